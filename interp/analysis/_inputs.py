@@ -1,0 +1,150 @@
+"""Shared input normalisation for the analyzers.
+
+Every analyzer accepts ``tokens`` as a string, a list of strings, or token ids, and turns them into
+one thing: a ``LongTensor [batch, pos]`` on the model's device. Doing it in one place means every
+analyzer rejects bad input with the same clear message instead of failing deep inside the model.
+
+>>> import torch
+>>> from interp.model.config import DecoderConfig
+>>> from interp.model.transformer import HookedDecoder
+>>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=16, n_layers=1, n_heads=2))
+>>> as_tokens(model, torch.tensor([1, 2, 3])).shape
+torch.Size([1, 3])
+>>> as_tokens(model, [[1, 2], [3, 4]]).tolist()
+[[1, 2], [3, 4]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from interp.errors import InterpError
+
+__all__ = ["as_tokens", "model_device", "check_index"]
+
+
+def model_device(model) -> torch.device:
+    """The device the model's parameters live on (CPU for a parameterless stub)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _describe(x) -> str:
+    """Short description of a bad value for error messages (never dump a huge tensor)."""
+    if isinstance(x, torch.Tensor):
+        return f"tensor(dtype={x.dtype}, shape={tuple(x.shape)})"
+    r = repr(x)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _is_int_like(v) -> bool:
+    # bool is an int subclass but never a token id; numpy integers expose __index__.
+    if isinstance(v, bool):
+        return False
+    try:
+        v.__index__()
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+def as_tokens(model, tokens, *, name: str = "tokens") -> torch.LongTensor:
+    """Normalise ``tokens`` into a ``LongTensor [batch, pos]`` on the model's device.
+
+    Accepted forms:
+      * ``str`` or a non-empty ``list[str]``: tokenised with ``model.to_tokens`` (needs a tokenizer;
+        a list is right-padded by the tokenizer's convention);
+      * an integer ``torch.Tensor`` / numpy array of shape ``[pos]`` (treated as batch 1) or
+        ``[batch, pos]``;
+      * a list of ints (batch 1) or a list of equal-length lists of ints.
+
+    Ids must lie in ``[0, d_vocab)`` and ``pos`` in ``[1, n_ctx]``; anything else raises
+    :class:`~interp.errors.InterpError` naming ``name``, the allowed range and the given value.
+
+    >>> import torch
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=10, n_ctx=8, d_model=8, n_layers=1, n_heads=1))
+    >>> as_tokens(m, [4, 5, 6]).tolist()
+    [[4, 5, 6]]
+    """
+    cfg = model.cfg
+    if isinstance(tokens, str) or (
+        isinstance(tokens, (list, tuple)) and len(tokens) > 0 and all(isinstance(t, str) for t in tokens)
+    ):
+        if getattr(model, "tokenizer", None) is None:
+            raise InterpError(
+                f"{name}: text input needs a model with a tokenizer (model.tokenizer is None); "
+                f"pass token ids as a LongTensor [batch, pos] instead; given {_describe(tokens)}"
+            )
+        if isinstance(tokens, str) and len(tokens) == 0:
+            raise InterpError(f"{name}: expected a non-empty string; given ''")
+        out = model.to_tokens(tokens if isinstance(tokens, str) else list(tokens))
+    elif isinstance(tokens, torch.Tensor):
+        out = tokens
+    elif hasattr(tokens, "__array__") and not isinstance(tokens, (list, tuple)):
+        # numpy arrays and friends
+        out = torch.as_tensor(tokens)
+    elif isinstance(tokens, Sequence) and not isinstance(tokens, (str, bytes)):
+        if len(tokens) == 0:
+            raise InterpError(f"{name}: expected a non-empty string, list of strings or token ids; given []")
+        if all(_is_int_like(t) for t in tokens):
+            out = torch.tensor([[int(t) for t in tokens]])
+        elif all(isinstance(r, Sequence) and not isinstance(r, (str, bytes)) for r in tokens) and all(
+            _is_int_like(t) for r in tokens for t in r
+        ):
+            lengths = {len(r) for r in tokens}
+            if len(lengths) != 1:
+                raise InterpError(
+                    f"{name}: nested lists of token ids must all have the same length; "
+                    f"given lengths {sorted(lengths)}"
+                )
+            out = torch.tensor([[int(t) for t in r] for r in tokens])
+        else:
+            raise InterpError(
+                f"{name}: expected a string, a list of strings, a list of ints, a list of equal-length "
+                f"lists of ints, or an integer tensor [batch, pos]; given {_describe(tokens)}"
+            )
+    else:
+        raise InterpError(
+            f"{name}: expected a string, a list of strings or an integer tensor [batch, pos]; "
+            f"given {type(tokens).__name__} {_describe(tokens)}"
+        )
+
+    if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
+        raise InterpError(f"{name}: token ids must be an integer tensor; given {_describe(out)}")
+    if out.ndim == 1:
+        out = out.unsqueeze(0)
+    if out.ndim != 2:
+        raise InterpError(f"{name}: token ids must have shape [pos] or [batch, pos]; given {_describe(out)}")
+    batch, pos = out.shape
+    if batch == 0 or pos == 0:
+        raise InterpError(f"{name}: need at least one sequence of at least one token; given {_describe(out)}")
+    n_ctx = int(cfg.n_ctx)
+    if pos > n_ctx:
+        raise InterpError(f"{name}: sequence length must be in [1, n_ctx={n_ctx}]; given {pos}")
+    d_vocab = int(cfg.d_vocab)
+    lo, hi = int(out.min()), int(out.max())
+    if lo < 0 or hi >= d_vocab:
+        bad = lo if lo < 0 else hi
+        raise InterpError(f"{name}: token ids must be in [0, d_vocab={d_vocab}); given id {bad}")
+    return out.to(device=model_device(model), dtype=torch.long)
+
+
+def check_index(name: str, value, size: int, *, allow_negative: bool = True) -> int:
+    """Validate an index into an axis of length ``size`` and return it as a non-negative int.
+
+    >>> check_index("layer", -1, 4)
+    3
+    """
+    if not _is_int_like(value):
+        raise InterpError(f"{name}: expected an integer index in [0, {size}); given {_describe(value)}")
+    v = int(value)
+    lo = -size if allow_negative else 0
+    if not lo <= v < size:
+        rng = f"[{-size}, {size})" if allow_negative else f"[0, {size})"
+        raise InterpError(f"{name}: must be in {rng}; given {v}")
+    return v % size
