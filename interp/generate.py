@@ -1,0 +1,106 @@
+"""Sampling with a KV cache: greedy, temperature, top-k, top-p (nucleus) and min-p.
+
+The output layer gives a score (logit) per vocabulary token; sampling turns them into a choice
+(seed 001): divide by the temperature (→0 is greedy, >1 flattens), then optionally keep only the k best
+(top-k), the smallest set whose probability reaches p (top-p), or the tokens whose probability is at
+least ``min_p`` times the best one (min-p), renormalise and draw. Hooks stay live during generation:
+wrap the call in ``with model.hooks(fwd_hooks=...)`` to steer or ablate while sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interp.errors import InterpError
+from interp.model.attention import KVCache
+
+
+def _check_sampling(temperature, top_k, top_p, min_p) -> None:
+    if temperature < 0:
+        raise InterpError(f"temperature must be >= 0 (0 means greedy); got {temperature}.")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise InterpError(f"top_k must be a positive integer or None; got {top_k!r}.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise InterpError(f"top_p must be in (0, 1] or None; got {top_p}.")
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise InterpError(f"min_p must be in [0, 1] or None; got {min_p}.")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
+                  min_p: float | None = None) -> torch.Tensor:
+    """Set to −inf every logit outside the top-k / top-p / min-p sets (each applied if given).
+
+    The best token always survives, so the result is never all −inf.
+    """
+    _check_sampling(1.0, top_k, top_p, min_p)
+    logits = logits.float().clone()
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(-1) - probs  # mass of the strictly better tokens
+        drop_sorted = before >= top_p  # keep a token while the better ones have not yet reached p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p is not None and min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        threshold = min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None, min_p=None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of ``logits`` [batch, vocab]."""
+    _check_sampling(temperature, top_k, top_p, min_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    filtered = filter_logits(logits / temperature, top_k, top_p, min_p)
+    probs = torch.softmax(filtered, dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@torch.no_grad()
+def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, min_p: float | None = None, seed: int | None = 0,
+             stop_at_eos: bool = True, eos_token_id: int | None = None, use_kv_cache: bool = True) -> torch.Tensor:
+    """Continue ``tokens`` (text or LongTensor [batch, pos]) by up to ``max_new_tokens`` sampled tokens.
+
+    Returns the prompt plus the continuation, [batch, pos + new]; rows that hit EOS are padded with EOS.
+
+    >>> import interp
+    >>> model = interp.load()
+    >>> out = generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=5, temperature=0)
+    >>> out.shape
+    torch.Size([1, 8])
+    """
+    _check_sampling(temperature, top_k, top_p, min_p)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise InterpError(f"max_new_tokens must be a non-negative integer; got {max_new_tokens!r}.")
+    tokens = model._as_tokens(tokens)
+    room = model.cfg.n_ctx - tokens.shape[1]
+    if room < 0:
+        model._check_length(tokens.shape[1])
+    if max_new_tokens > room:
+        raise InterpError(
+            f"max_new_tokens={max_new_tokens} would run past the context: the prompt has {tokens.shape[1]} tokens "
+            f"and n_ctx={model.cfg.n_ctx}, so at most {room} new tokens fit."
+        )
+    eos = eos_token_id if eos_token_id is not None else model.cfg.eos_token_id
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    step_input = tokens
+    for _ in range(max_new_tokens):
+        logits = model(step_input if use_kv_cache else tokens, kv_cache=cache)[:, -1]
+        nxt = sample_next(logits, temperature, top_k, top_p, min_p, generator)
+        if eos is not None and stop_at_eos:
+            nxt = torch.where(finished, torch.full_like(nxt, eos), nxt)
+            finished |= nxt == eos
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        step_input = nxt[:, None]
+        if eos is not None and stop_at_eos and bool(finished.all()):
+            break
+    return tokens

@@ -1,0 +1,91 @@
+"""Loading: our checkpoints, `transformers` model objects and folders, and the shipped zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interp.errors import InterpError
+from interp.loading.checkpoint import is_interp_checkpoint, load_checkpoint, save_checkpoint
+from interp.loading.hf import from_hf_model
+
+# The zoo lives beside the package in a source checkout (models/ is a data folder, not a package).
+ZOO = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODEL = "random-tiny"  # replaced by the shipped checkpoint's name once it exists
+
+
+def zoo_models() -> list[str]:
+    if not ZOO.is_dir():
+        return []
+    return sorted(p.name for p in ZOO.iterdir() if is_interp_checkpoint(p))
+
+
+def default_model_name() -> str:
+    names = zoo_models()
+    return DEFAULT_MODEL if DEFAULT_MODEL in names or not names else names[0]
+
+
+def random_tiny_model():
+    """A small randomly initialised model (named as such): the stand-in until a trained one ships."""
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(d_vocab=256, n_ctx=128, d_model=64, n_layers=2, n_heads=4, positional="rotary",
+                        name="random-tiny (randomly initialised, untrained)")
+    return HookedDecoder(cfg).eval()
+
+
+def load(source: Any = None, device: str | torch.device | None = None, tokenizer: Any = None):
+    """Load a model.
+
+    * ``load()`` — the default model of the shipped zoo (``models/``).
+    * ``load("name")`` — ``models/<name>``.
+    * ``load("path/to/folder")`` — our checkpoint (config.json + model.safetensors) or a `transformers`
+      ``save_pretrained`` folder (GPT-2, Llama/Mistral/Qwen2, GPT-NeoX).
+    * ``load(hf_model)`` — a `transformers` model object.
+    * ``load("org/model")`` — a hub id, through `transformers`' own download (needs a reachable hub).
+    """
+    if source is None:
+        name = default_model_name()
+        if name == DEFAULT_MODEL and DEFAULT_MODEL not in zoo_models():
+            model = random_tiny_model()
+            return model.to(device) if device is not None else model
+        source = name
+    if isinstance(source, torch.nn.Module):
+        return from_hf_model(source, tokenizer=tokenizer).to(device or next(source.parameters()).device)
+    if not isinstance(source, (str, Path)):
+        raise InterpError(f"load() takes a zoo name, a folder path or a transformers model; got {type(source).__name__}.")
+    path = Path(source)
+    if not path.exists() and (ZOO / str(source)).exists():
+        path = ZOO / str(source)
+    if path.is_dir():
+        if is_interp_checkpoint(path):
+            return load_checkpoint(path, device=device)
+        if (path / "config.json").is_file():
+            return _load_hf_folder(str(path), device, tokenizer)
+        raise InterpError(f"{path} holds neither an interp checkpoint nor a transformers model (no config.json).")
+    if path.exists():
+        raise InterpError(f"{path} is a file; load() needs a model folder (config.json + weights).")
+    if isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/")):
+        return _load_hf_folder(source, device, tokenizer)  # a hub id
+    raise InterpError(
+        f"no model called {str(source)!r}: not a folder, and not in the zoo {zoo_models() or '(empty)'} at {ZOO}."
+    )
+
+
+def _load_hf_folder(name_or_path: str, device, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype="auto")
+    if tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(Path(name_or_path, "tokenizer.json")))
+    model = from_hf_model(hf, tokenizer=tokenizer)
+    return model.to(device) if device is not None else model
+
+
+__all__ = ["load", "save_checkpoint", "load_checkpoint", "from_hf_model", "zoo_models", "default_model_name"]

@@ -1,0 +1,90 @@
+"""Our own checkpoints: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``). Never pickles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from interp.errors import InterpError
+from interp.io import atomic_path, atomic_write_text
+from interp.model.config import DecoderConfig
+from interp.model.transformer import HookedDecoder
+
+CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def is_interp_checkpoint(folder: Path) -> bool:
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        return False
+    try:
+        return "d_model" in json.loads((folder / CONFIG).read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def save_checkpoint(model: HookedDecoder, folder: str | Path, overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
+    """Write config.json, model.safetensors and (if attached) tokenizer.json, each atomically.
+
+    Refuses to replace an existing checkpoint unless ``overwrite=True``.
+    """
+    folder = Path(folder)
+    if (folder / WEIGHTS).exists() and not overwrite:
+        raise InterpError(f"{folder / WEIGHTS} already exists; pass overwrite=True to replace it.")
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu", dtype or t.dtype).contiguous() for name, t in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "interp"})
+    cfg = model.cfg.to_dict()
+    if dtype is not None:
+        cfg["dtype"] = {v: k for k, v in __import__("interp.model.config", fromlist=["DTYPES"]).DTYPES.items()}[dtype]
+    atomic_write_text(folder / CONFIG, json.dumps(cfg, indent=2) + "\n")
+    tok = model.tokenizer
+    if tok is not None and hasattr(tok, "to_str"):  # a `tokenizers.Tokenizer`
+        atomic_write_text(folder / TOKENIZER, tok.to_str(pretty=True))
+    return folder
+
+
+def load_state(model: HookedDecoder, state: dict[str, torch.Tensor], source: str) -> HookedDecoder:
+    """Copy ``state`` into ``model``, naming any missing, unexpected or wrong-shaped tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InterpError(
+            f"{source}: weights do not match the config. Missing tensors: {missing[:8]}"
+            f"{'...' if len(missing) > 8 else ''}; unexpected tensors: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}."
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise InterpError(
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)} but the config needs "
+                f"{tuple(expected[name].shape)}."
+            )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device | None = None) -> HookedDecoder:
+    folder = Path(folder)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise InterpError(f"{folder} is not an interp checkpoint: {name} is missing.")
+    cfg = DecoderConfig.load(folder / CONFIG)
+    tokenizer = None
+    if (folder / TOKENIZER).is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
+    with torch.device("meta"):
+        model = HookedDecoder(cfg, tokenizer=tokenizer)
+    model = model.to_empty(device="cpu")
+    if cfg.positional == "sinusoidal":  # non-persistent buffer: rebuild it
+        from interp.model.transformer import sinusoidal_table
+
+        model.pos_embed.W_pos = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(cfg.torch_dtype)
+    load_state(model, load_file(str(folder / WEIGHTS)), str(folder / WEIGHTS))
+    model.eval()
+    return model.to(device) if device is not None else model

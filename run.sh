@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One entry point for people and CI. It bootstraps .venv idempotently, then either runs the test
+# suite (`bash run.sh test`) or forwards everything else to the `interp` command
+# (`bash run.sh report "prompt" --out report.html`).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+STAMP="$VENV/.interp-installed"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "run.sh: setting up $VENV (first run only)..." >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install -q torch          # CUDA build where there is a GPU
+  elif ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    # The CPU build: an unpinned torch would pull several GB of CUDA wheels onto a GPU-less machine.
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
+      || "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  fi
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  echo "$want" > "$STAMP"
+fi
+if [ "${1:-}" = "test" ]; then
+  shift
+  exec "$VENV/bin/python" -m pytest -q "$@"
+fi
+exec "$VENV/bin/interp" "$@"
