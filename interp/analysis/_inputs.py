@@ -22,7 +22,7 @@ import torch
 
 from interp.errors import InterpError
 
-__all__ = ["as_tokens", "model_device", "check_index"]
+__all__ = ["as_tokens", "model_device", "check_index", "str_tokens", "token_str"]
 
 
 def model_device(model) -> torch.device:
@@ -148,3 +148,25 @@ def check_index(name: str, value, size: int, *, allow_negative: bool = True) -> 
         rng = f"[{-size}, {size})" if allow_negative else f"[0, {size})"
         raise InterpError(f"{name}: must be in {rng}; given {v}")
     return v % size
+
+
+def str_tokens(model, ids) -> list[str]:
+    """One display string per token id of a 1-D sequence (``model.to_str_tokens``; ``<id>`` without one).
+
+    >>> import types
+    >>> str_tokens(types.SimpleNamespace(tokenizer=None), [3, 4])
+    ['<3>', '<4>']
+    """
+    if isinstance(ids, torch.Tensor):
+        ids = ids.reshape(-1).tolist()
+    ids = [int(i) for i in ids]
+    if hasattr(model, "to_str_tokens"):
+        return [str(s) for s in model.to_str_tokens(torch.tensor(ids, dtype=torch.long))]
+    if getattr(model, "tokenizer", None) is None:
+        return [f"<{i}>" for i in ids]
+    return [str(model.tokenizer.decode([i])) for i in ids]
+
+
+def token_str(model, token_id: int) -> str:
+    """Display string of one token id (``str(id)`` without a tokenizer)."""
+    return str_tokens(model, [int(token_id)])[0]

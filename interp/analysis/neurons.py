@@ -1,0 +1,682 @@
+"""MLP neurons as key-value memories (Geva et al. 2021, "Transformer Feed-Forward Layers Are
+Key-Value Memories").
+
+A neuron ``n`` of layer ``l`` reads the residual stream with its input weights (the *key*: the
+question it asks) and, scaled by its activation, adds its output weights ``W_out[l][n]`` (the
+*value*: the answer) back into the stream.
+
+* The activation is ``blocks.{l}.mlp.hook_post``: ``act(x @ W_in + b_in)`` for a plain MLP and
+  ``act(x @ W_gate) * (x @ W_in)`` for a gated (SwiGLU) MLP, i.e. the key is the product of the
+  gate and the "up" projection, and the value is always the row ``W_out[l][n]``.
+* The answer (``neuron_answers``) is the value read through the unembedding: the change in every
+  token's logit per unit of activation, ``logit_per_unit[t] = (N(W_out[l][n])) . W_U[:, t]``, where
+  ``N`` is the linear part of the final norm: multiply by its weight (RMSNorm and LayerNorm) and, for
+  LayerNorm, subtract the mean over ``d_model`` first (LayerNorm centres its input, and centring is
+  linear, so it applies to each residual component separately). The final norm's data-dependent
+  ``1 / scale`` is positive, so it does not change the ranking.
+* The question (``scan_top_contexts``) is the set of corpus contexts where the neuron fires most.
+* ``top_neurons`` ranks the neurons of one prompt position by activation and by direct logit
+  contribution ``activation * N(W_out[l][n]) . W_U[:, target] / scale``, with ``scale`` the cached
+  ``ln_final.hook_scale`` at that position. Together with the other residual components
+  (embeddings, attention outputs, ``b_out``), each through the same map, plus the final norm's bias
+  ``b . W_U[:, target]`` and ``b_U[target]``, these contributions sum exactly to the logit in a
+  pre-norm model. Post-norm / DeepNorm models have no such decomposition: contributions are NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from interp.analysis._inputs import _is_int_like, as_tokens, check_index, model_device, str_tokens, token_str
+from interp.errors import InterpError
+
+__all__ = [
+    "neuron_direction",
+    "neuron_answers",
+    "neuron_contributions",
+    "top_neurons",
+    "scan_top_contexts",
+    "answer_agreement",
+    "final_norm_map",
+]
+
+_SCAN_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# weights and the final norm
+
+
+def _W_out(model, layer: int) -> torch.Tensor:
+    """``[d_mlp, d_model]`` output (value) weights of one layer."""
+    mlp = model.blocks[layer].mlp
+    w = getattr(mlp, "W_out", None)
+    if w is None:
+        w = model.W_out[layer]
+    return w
+
+
+def _W_U(model) -> torch.Tensor:
+    return model.W_U
+
+
+def _b_U(model) -> torch.Tensor | None:
+    b = getattr(model, "b_U", None)
+    return b
+
+
+def _param(module, *names):
+    for n in names:
+        v = getattr(module, n, None)
+        if isinstance(v, torch.Tensor):
+            return v
+    return None
+
+
+@dataclasses.dataclass
+class FinalNormMap:
+    """The linear part of the final norm: ``x -> (centre(x) if center else x) * weight`` (then ``/ scale + bias``)."""
+
+    center: bool
+    weight: torch.Tensor | None  # [d_model] or None (no elementwise weight)
+    bias: torch.Tensor | None  # [d_model] or None
+    decomposable: bool  # False for post-norm / DeepNorm: the final residual is not a sum of components
+    has_norm: bool = True  # False when the model has no final norm (then scale is 1)
+
+    def direction(self, u: torch.Tensor) -> torch.Tensor:
+        """Turn an unembedding direction ``u [..., d_model]`` into ``d`` with ``component . d`` =
+        the component's logit contribution times ``scale``: ``d = centre(weight * u)`` (LayerNorm) or
+        ``weight * u`` (RMSNorm). Centring ``d`` instead of each component is the same number, since
+        ``centre(c) . v = c . centre(v)``."""
+        d = u if self.weight is None else u * self.weight.to(u.dtype)
+        if self.center:
+            d = d - d.mean(-1, keepdim=True)
+        return d
+
+
+def final_norm_map(model) -> FinalNormMap:
+    """Describe ``model.ln_final`` as a linear map (see ``FinalNormMap``).
+
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=1, n_heads=2, norm="rmsnorm"))
+    >>> final_norm_map(m).center
+    False
+    """
+    cfg = model.cfg
+    ntype = str(getattr(cfg, "normalization_type", None) or getattr(cfg, "norm", "LN"))
+    center = ntype.upper().startswith("LN") or ntype.lower() == "layernorm"
+    ln = getattr(model, "ln_final", None)
+    weight = bias = None
+    if ln is not None:
+        weight = _param(ln, "w", "weight")
+        bias = _param(ln, "b", "bias")
+    else:  # cfg.final_norm=False: the final residual goes straight to the unembedding
+        center = False
+    placement = str(getattr(cfg, "norm_placement", "pre"))
+    return FinalNormMap(
+        center=center, weight=weight, bias=bias, decomposable=placement == "pre", has_norm=ln is not None
+    )
+
+
+@torch.no_grad()
+def neuron_direction(model, layer: int, neuron: int | None = None) -> torch.Tensor:
+    """The value vector(s) as the final norm sees them, float64: ``N(W_out[layer][neuron])``.
+
+    ``neuron=None`` gives all ``[d_mlp, d_model]``. Dot it with ``W_U`` for logits per unit activation.
+
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=1, n_heads=2))
+    >>> neuron_direction(m, 0, 3).shape
+    torch.Size([16])
+    """
+    cfg = model.cfg
+    layer = check_index("layer", layer, cfg.n_layers)
+    w = _W_out(model, layer).detach().double()
+    if neuron is not None:
+        w = w[check_index("neuron", neuron, w.shape[0])]
+    nm = final_norm_map(model)
+    if nm.center:
+        w = w - w.mean(-1, keepdim=True)
+    if nm.weight is not None:
+        w = w * nm.weight.detach().double()
+    return w
+
+
+def _resolve_k(k, name="k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InterpError(f"{name}: must be an int >= 1; given {k!r}")
+    return k
+
+
+@torch.no_grad()
+def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str = "both") -> pd.DataFrame:
+    """The neuron's *answer*: tokens whose logits its value vector raises (``top``) and lowers (``bottom``).
+
+    Columns: ``token, logit, token_id, direction, rank``. ``logit`` is the logit change per unit
+    activation before the final norm's positive ``1/scale`` (see module docstring). Rows: the top
+    ``k`` in descending order, then the bottom ``k`` (most negative first). ``direction`` picks
+    ``"top"``, ``"bottom"`` or ``"both"``.
+
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=1, n_heads=2))
+    >>> df = neuron_answers(m, 0, 5, k=3)
+    >>> df.direction.tolist(), bool(df.logit.iloc[0] >= df.logit.iloc[1])
+    (['top', 'top', 'top', 'bottom', 'bottom', 'bottom'], True)
+    """
+    if direction not in ("top", "bottom", "both"):
+        raise InterpError(f"direction: must be 'top', 'bottom' or 'both'; given {direction!r}")
+    k = _resolve_k(k)
+    logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
+    k = min(k, logits.shape[0])
+    rows = []
+    if direction in ("top", "both"):
+        v, i = logits.topk(k)
+        rows += [("top", r, int(t), float(x)) for r, (x, t) in enumerate(zip(v.tolist(), i.tolist()))]
+    if direction in ("bottom", "both"):
+        v, i = (-logits).topk(k)
+        rows += [("bottom", r, int(t), -float(x)) for r, (x, t) in enumerate(zip(v.tolist(), i.tolist()))]
+    return pd.DataFrame(
+        {
+            "token": [token_str(model, t) for _, _, t, _ in rows],
+            "logit": [x for *_, x in rows],
+            "token_id": [t for _, _, t, _ in rows],
+            "direction": [d for d, *_ in rows],
+            "rank": [r for _, r, *_ in rows],
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# per prompt: activations and direct logit contributions
+
+
+def _per_batch(name: str, value, batch: int, size: int, *, index: bool) -> list[int]:
+    """An int (same for every batch element) or one int per batch element."""
+    if _is_int_like(value) and not isinstance(value, torch.Tensor):
+        vals = [value] * batch
+    elif isinstance(value, torch.Tensor) and value.ndim == 0:
+        vals = [int(value)] * batch
+    elif isinstance(value, (Sequence, torch.Tensor)) and not isinstance(value, (str, bytes)):
+        vals = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+        if len(vals) != batch:
+            raise InterpError(f"{name}: expected an int or one value per batch element ({batch}); given {len(vals)}")
+    else:
+        raise InterpError(f"{name}: expected an int or a list of ints (one per batch element); given {value!r}")
+    if index:
+        return [check_index(name, v, size) for v in vals]
+    return [check_index(name, v, size, allow_negative=False) for v in vals]
+
+
+def _target_ids(model, target, logits_at: torch.Tensor) -> list[int]:
+    """Resolve ``target`` (None -> argmax, int, single-token str, or one per batch element)."""
+    batch, d_vocab = logits_at.shape
+    if target is None:
+        return logits_at.argmax(-1).tolist()
+    if isinstance(target, str):
+        return [_single_token_id(model, target)] * batch
+    if isinstance(target, (list, tuple)) and target and all(isinstance(t, str) for t in target):
+        if len(target) != batch:
+            raise InterpError(f"target: expected one token per batch element ({batch}); given {len(target)}")
+        return [_single_token_id(model, t) for t in target]
+    return _per_batch("target", target, batch, d_vocab, index=False)
+
+
+def _single_token_id(model, s: str) -> int:
+    if getattr(model, "tokenizer", None) is None:
+        raise InterpError(f"target: a string target needs a tokenizer (model.tokenizer is None); given {s!r}")
+    try:
+        ids = model.to_tokens(s, prepend_bos=False).reshape(-1).tolist()
+    except TypeError:  # a model whose to_tokens has no prepend_bos switch
+        ids = model.to_tokens(s).reshape(-1).tolist()
+    if len(ids) != 1:
+        raise InterpError(f"target: must be a single token; {s!r} tokenises to {len(ids)} tokens {ids}")
+    return int(ids[0])
+
+
+def _layers(name, layers, n_layers) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    if _is_int_like(layers) and not isinstance(layers, torch.Tensor):
+        return [check_index(name, layers, n_layers)]
+    if isinstance(layers, Iterable) and not isinstance(layers, (str, bytes)):
+        out = sorted({check_index(name, v, n_layers) for v in layers})
+        if out:
+            return out
+    raise InterpError(f"{name}: expected None, an int or a non-empty list of ints in [0, {n_layers}); given {layers!r}")
+
+
+@torch.no_grad()
+def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -> pd.DataFrame:
+    """Activation and direct logit contribution of *every* neuron at one position per batch element.
+
+    Columns: ``batch, position, target_id, target_token, layer, neuron, activation, contribution``.
+    ``contribution = activation * N(W_out[layer][neuron]) . W_U[:, target] / scale`` (module
+    docstring), computed in float64. ``position`` and ``target`` take one value for all batch
+    elements or one per element; ``target=None`` is the model's top prediction there.
+
+    >>> import torch
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=2, n_heads=2))
+    >>> df = neuron_contributions(m, torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    >>> len(df) == 2 * 2 * m.cfg.d_mlp
+    True
+    """
+    toks = as_tokens(model, tokens)
+    cfg = model.cfg
+    batch, n = toks.shape
+    pos = _per_batch("position", position, batch, n, index=True)
+    layer_list = _layers("layers", layers, cfg.n_layers)
+    names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
+    bi = torch.arange(batch, device=toks.device)
+    pi = torch.tensor(pos, device=toks.device)
+    tgt = _target_ids(model, target, logits[bi, pi])
+    nm = final_norm_map(model)
+    if nm.decomposable:
+        u = _W_U(model).detach().double()[:, tgt].T  # [batch, d_model]
+        d = nm.direction(u)
+        if nm.has_norm:
+            scale = cache["ln_final.hook_scale"][bi, pi].double().reshape(batch)  # [batch]
+        else:
+            scale = torch.ones(batch, dtype=torch.float64, device=toks.device)
+    frames = []
+    tstr = [token_str(model, t) for t in tgt]
+    for layer in layer_list:
+        act = cache[f"blocks.{layer}.mlp.hook_post"][bi, pi].double()  # [batch, d_mlp]
+        if nm.decomposable:
+            per_unit = _W_out(model, layer).detach().double() @ d.T  # [d_mlp, batch]
+            contrib = act * per_unit.T / scale[:, None]
+        else:
+            contrib = torch.full_like(act, float("nan"))
+        d_mlp = act.shape[1]
+        for b in range(batch):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "batch": b,
+                        "position": pos[b],
+                        "target_id": tgt[b],
+                        "target_token": tstr[b],
+                        "layer": layer,
+                        "neuron": range(d_mlp),
+                        "activation": act[b].cpu().numpy(),
+                        "contribution": contrib[b].cpu().numpy(),
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+@torch.no_grad()
+def top_neurons(model, tokens, position=-1, target=None, k: int = 20, layers=None) -> pd.DataFrame:
+    """Neurons with the largest activation and the largest direct effect on ``target``'s logit.
+
+    For every batch element, the ``k`` neurons (over all ``layers``) with the largest activation
+    (``ranked_by="activation"``) and the ``k`` with the largest ``|contribution|``
+    (``ranked_by="contribution"``; the sign shows promotion vs suppression). Columns: ``layer,
+    neuron, activation, contribution, batch, position, target_token, target_id, ranked_by, rank``.
+    See ``neuron_contributions`` for the arguments and the module docstring for the exact formula.
+
+    >>> import torch
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=2, n_heads=2))
+    >>> df = top_neurons(m, torch.tensor([[1, 2, 3], [4, 5, 6]]), k=5)
+    >>> df.groupby(["batch", "ranked_by"]).size().tolist()
+    [5, 5, 5, 5]
+    """
+    k = _resolve_k(k)
+    full = neuron_contributions(model, tokens, position=position, target=target, layers=layers)
+    cols = ["layer", "neuron", "activation", "contribution", "batch", "position", "target_token", "target_id"]
+    out = []
+    for _, g in full.groupby("batch", sort=True):
+        by_act = g.sort_values("activation", ascending=False, kind="stable").head(k)
+        key = g.contribution.abs()
+        by_con = g.loc[key.sort_values(ascending=False, kind="stable").index].head(k)
+        for name, sel in (("activation", by_act), ("contribution", by_con)):
+            sel = sel[cols].copy()
+            sel["ranked_by"] = name
+            sel["rank"] = range(len(sel))
+            out.append(sel)
+    return pd.concat(out, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# per neuron: the question (top-activating contexts over a corpus)
+
+
+def _documents(model, corpus) -> list[torch.Tensor]:
+    """Normalise a corpus into a list of 1-D LongTensors (one per document), on the CPU."""
+    if isinstance(corpus, str):
+        corpus = [corpus]
+    if isinstance(corpus, torch.Tensor):
+        corpus = [corpus]
+    docs: list[torch.Tensor] = []
+    if not isinstance(corpus, Iterable):
+        raise InterpError(
+            "texts_or_token_batches: expected a string, a list of strings, a LongTensor [n, pos] or an "
+            f"iterable of token batches; given {type(corpus).__name__}"
+        )
+    for i, item in enumerate(corpus):
+        if isinstance(item, str):
+            if getattr(model, "tokenizer", None) is None:
+                raise InterpError(
+                    "texts_or_token_batches: text needs a model with a tokenizer (model.tokenizer is None); "
+                    "pass token ids instead"
+                )
+            if not item:
+                continue
+            t = model.to_tokens(item).reshape(-1)
+        else:
+            t = item if isinstance(item, torch.Tensor) else torch.as_tensor(item)
+            if t.dtype.is_floating_point or t.dtype == torch.bool or t.ndim not in (1, 2):
+                raise InterpError(
+                    f"texts_or_token_batches[{i}]: expected a string or integer token ids of shape [pos] or "
+                    f"[batch, pos]; given dtype={t.dtype}, shape={tuple(t.shape)}"
+                )
+        t = t.detach().to("cpu", torch.long)
+        rows = [t] if t.ndim == 1 else list(t)
+        for r in rows:
+            if r.numel() and (int(r.min()) < 0 or int(r.max()) >= model.cfg.d_vocab):
+                raise InterpError(
+                    f"texts_or_token_batches[{i}]: token ids must be in [0, d_vocab={model.cfg.d_vocab}); "
+                    f"given range [{int(r.min())}, {int(r.max())}]"
+                )
+            if r.numel():
+                docs.append(r)
+    if not docs:
+        raise InterpError("texts_or_token_batches: the corpus is empty (no tokens)")
+    return docs
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def model_fingerprint(model) -> str:
+    """sha256 over the config and every parameter/buffer (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    cfg = model.cfg
+    try:
+        cfg_repr = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    except TypeError:
+        cfg_repr = repr(cfg)
+    h.update(cfg_repr.encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _corpus_fingerprint(docs: list[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(len(d).to_bytes(8, "little"))
+        h.update(_tensor_bytes(d))
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via ``write(tmp_path)`` into a temp file in the same folder, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_frame(df: pd.DataFrame, folder: Path) -> str:
+    try:
+        import pyarrow  # noqa: F401
+
+        name = "top_contexts.parquet"
+        _atomic_write(folder / name, lambda p: df.to_parquet(p, index=False))
+    except ImportError:  # pandas' JSON writer needs nothing extra
+        name = "top_contexts.jsonl"
+        _atomic_write(folder / name, lambda p: df.to_json(p, orient="records", lines=True, force_ascii=False))
+    return name
+
+
+def _load_frame(folder: Path, name: str) -> pd.DataFrame:
+    if name.endswith(".parquet"):
+        return pd.read_parquet(folder / name)
+    return pd.read_json(folder / name, orient="records", lines=True)
+
+
+@torch.no_grad()
+def scan_top_contexts(
+    model,
+    texts_or_token_batches,
+    layers=None,
+    k: int = 10,
+    window: int = 10,
+    batch_size: int = 8,
+    cache_path=None,
+    *,
+    seq_len: int | None = None,
+    after: int = 3,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The *question* each neuron asks: its ``k`` top-activating contexts over a corpus.
+
+    The corpus (a string, a list of strings, a LongTensor ``[n, pos]``, or an iterable of token
+    batches / id lists) is split into documents, each cut into chunks of at most ``seq_len``
+    (default ``n_ctx``) tokens, and streamed through the model ``batch_size`` chunks at a time
+    (right-padded; padded positions never count) with a tqdm bar. Per layer, a running top-``k`` per
+    neuron is merged with each batch's top-``k`` (``torch.topk`` over the old and new candidates), so
+    memory stays ``O(k * d_mlp)`` whatever the corpus size. The activation is ``mlp.hook_post``
+    (``act(gate) * up`` for gated MLPs).
+
+    Returns one row per (layer, neuron, rank): ``layer, neuron, rank, activation, doc, position,
+    token_id, token, next_token_id, next_token, context``. ``position`` indexes the document;
+    ``next_token_id`` is -1 at a document's end. ``context`` shows up to ``window`` tokens before the
+    trigger (those the model saw in that chunk), the trigger marked «like this», and ``after``
+    tokens after it.
+
+    ``cache_path`` (a folder): when it holds a scan with the same model fingerprint (config and
+    weights), corpus fingerprint (token ids) and options, that scan is loaded instead of recomputed;
+    otherwise the result is written atomically there (``top_contexts.parquet`` + ``meta.json``).
+
+    >>> import torch
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=1, n_heads=2, d_mlp=32))
+    >>> df = scan_top_contexts(m, torch.randint(20, (6, 8)), k=3, window=2, progress=False)
+    >>> len(df) == 1 * 32 * 3, bool(df.context.str.contains("«").all())
+    (True, True)
+    """
+    cfg = model.cfg
+    k = _resolve_k(k)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise InterpError(f"window: must be an int >= 0 (tokens shown before the trigger); given {window!r}")
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InterpError(f"after: must be an int >= 0 (tokens shown after the trigger); given {after!r}")
+    batch_size = _resolve_k(batch_size, "batch_size")
+    if seq_len is None:
+        seq_len = int(cfg.n_ctx)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
+        raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
+    layer_list = _layers("layers", layers, cfg.n_layers)
+    docs = _documents(model, texts_or_token_batches)
+
+    meta = {
+        "version": _SCAN_VERSION,
+        "model": model_fingerprint(model),
+        "corpus": _corpus_fingerprint(docs),
+        "options": {"layers": layer_list, "k": k, "window": window, "after": after, "seq_len": seq_len},
+    }
+    folder = Path(cache_path) if cache_path is not None else None
+    if folder is not None and (folder / "meta.json").is_file():
+        try:
+            old = json.loads((folder / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and {key: old.get(key) for key in meta} == meta and (folder / old["data"]).is_file():
+            df = _load_frame(folder, old["data"])
+            df.attrs["meta"] = old
+            return df
+
+    # chunks: (doc index, offset in doc, tokens)
+    chunks = [(di, off, d[off : off + seq_len]) for di, d in enumerate(docs) for off in range(0, len(d), seq_len)]
+    dev = model_device(model)
+    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layer_list}
+    best_val: dict[int, torch.Tensor] = {}
+    best_id: dict[int, torch.Tensor] = {}
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(chunks), batch_size)
+    for s in tqdm(starts, desc="scanning neurons", unit="batch", disable=not progress):
+        group = chunks[s : s + batch_size]
+        L = max(len(c[2]) for c in group)
+        toks = torch.zeros(len(group), L, dtype=torch.long)
+        valid = torch.zeros(len(group), L, dtype=torch.bool)
+        for i, (_, _, c) in enumerate(group):
+            toks[i, : len(c)] = c
+            valid[i, : len(c)] = True
+        toks, valid = toks.to(dev), valid.to(dev)
+        # global id of (chunk, position): chunk index * seq_len + position
+        gid = (torch.arange(s, s + len(group), device=dev)[:, None] * seq_len + torch.arange(L, device=dev)).reshape(-1)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
+        for name, layer in names.items():
+            act = cache[name].float().masked_fill(~valid[..., None], float("-inf")).reshape(-1, cache[name].shape[-1])
+            if layer in best_val:
+                cand_v = torch.cat([best_val[layer], act])
+                cand_i = torch.cat([best_id[layer], gid[:, None].expand_as(act)])
+            else:
+                cand_v, cand_i = act, gid[:, None].expand_as(act)
+            kk = min(k, cand_v.shape[0])
+            v, idx = cand_v.topk(kk, dim=0)  # [kk, d_mlp]
+            best_val[layer], best_id[layer] = v, cand_i.gather(0, idx)
+        del cache
+
+    strs_cache: dict[int, list[str]] = {}
+    sep = "" if getattr(model, "tokenizer", None) is not None else " "
+
+    def chunk_strs(ci: int) -> list[str]:
+        if ci not in strs_cache:
+            strs_cache[ci] = str_tokens(model, chunks[ci][2])
+        return strs_cache[ci]
+
+    frames = []
+    for layer in layer_list:
+        v, gi = best_val[layer].cpu(), best_id[layer].cpu()  # [kk, d_mlp]
+        kk, d_mlp = v.shape
+        neuron = torch.arange(d_mlp).expand(kk, d_mlp)
+        rank = torch.arange(kk)[:, None].expand(kk, d_mlp)
+        keep = torch.isfinite(v)  # fewer than k valid positions in the corpus leaves -inf slots
+        v, gi, neuron, rank = v.T[keep.T], gi.T[keep.T], neuron.T[keep.T], rank.T[keep.T]  # neuron-major
+        ci_all, pos_all = (gi // seq_len).tolist(), (gi % seq_len).tolist()
+        docs_col, dpos, tok_id, tok_s, nxt_id, nxt_s, ctx = [], [], [], [], [], [], []
+        for ci, p in zip(ci_all, pos_all):
+            di, off, c = chunks[ci]
+            strs = chunk_strs(ci)
+            dp = off + p
+            docs_col.append(di)
+            dpos.append(dp)
+            tok_id.append(int(c[p]))
+            tok_s.append(strs[p])
+            nid = int(docs[di][dp + 1]) if dp + 1 < len(docs[di]) else -1
+            nxt_id.append(nid)
+            nxt_s.append(token_str(model, nid) if nid >= 0 else "")
+            pre = sep.join(strs[max(0, p - window) : p])
+            post = sep.join(strs[p + 1 : p + 1 + after])
+            ctx.append(sep.join(x for x in (pre, f"«{strs[p]}»", post) if x) if sep else f"{pre}«{strs[p]}»{post}")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "neuron": neuron.numpy(),
+                    "rank": rank.numpy(),
+                    "activation": v.double().numpy(),
+                    "doc": docs_col,
+                    "position": dpos,
+                    "token_id": tok_id,
+                    "token": tok_s,
+                    "next_token_id": nxt_id,
+                    "next_token": nxt_s,
+                    "context": ctx,
+                }
+            )
+        )
+    df = pd.concat(frames, ignore_index=True)
+    if folder is not None:
+        meta["data"] = _save_frame(df, folder)
+        _atomic_write(folder / "meta.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    df.attrs["meta"] = meta
+    return df
+
+
+# ----------------------------------------------------------------------------------------------------
+# Geva et al.'s agreement: does the answer predict what follows the question?
+
+
+@torch.no_grad()
+def answer_agreement(model, contexts: pd.DataFrame, chunk: int = 1024) -> pd.DataFrame:
+    """Per layer, how often a neuron's top answer token is the next token after its top trigger.
+
+    ``contexts`` is the frame from ``scan_top_contexts``. For each neuron with a next token after
+    its rank-0 context: the top answer is ``argmax N(W_out[l][n]) . W_U`` (as ``neuron_answers``).
+    Columns: ``layer, n_neurons`` (neurons counted), ``agreement`` (top answer == next token after
+    the top-1 trigger; Geva et al. 2021's agreement rate), ``agreement_any`` (== the next token after
+    any of the scanned top-k triggers), ``mean_next_rank`` (rank of that next token among all
+    ``d_vocab`` answers, 0 = top) and ``chance`` (``1 / d_vocab``).
+
+    >>> import torch
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=2, n_heads=2, d_mlp=32))
+    >>> ctx = scan_top_contexts(m, torch.randint(20, (6, 8)), k=3, progress=False)
+    >>> answer_agreement(m, ctx).columns.tolist()
+    ['layer', 'n_neurons', 'agreement', 'agreement_any', 'mean_next_rank', 'chance']
+    """
+    need = {"layer", "neuron", "rank", "next_token_id"}
+    if not isinstance(contexts, pd.DataFrame) or not need <= set(contexts.columns):
+        raise InterpError(f"contexts: expected the DataFrame from scan_top_contexts (columns {sorted(need)})")
+    chunk = _resolve_k(chunk, "chunk")
+    W_U = _W_U(model).detach().double()
+    d_vocab = W_U.shape[1]
+    rows = []
+    for layer, g in contexts.groupby("layer", sort=True):
+        layer = int(layer)
+        d = neuron_direction(model, layer)  # [d_mlp, d_model]
+        top_answer = torch.empty(d.shape[0], dtype=torch.long)
+        for s in range(0, d.shape[0], chunk):
+            top_answer[s : s + chunk] = (d[s : s + chunk] @ W_U).argmax(-1).cpu()
+        g = g[g.next_token_id >= 0]
+        top1 = g[g["rank"] == g.groupby("neuron")["rank"].transform("min")].drop_duplicates("neuron")
+        if len(top1) == 0:
+            rows.append((layer, 0, float("nan"), float("nan"), float("nan"), 1.0 / d_vocab))
+            continue
+        neurons = torch.tensor(top1.neuron.to_numpy(), dtype=torch.long)
+        nxt = torch.tensor(top1.next_token_id.to_numpy(), dtype=torch.long)
+        agree = (top_answer[neurons] == nxt).double().mean().item()
+        hit = g.assign(ans=top_answer[torch.tensor(g.neuron.to_numpy(), dtype=torch.long)].numpy())
+        any_hit = (hit.ans == hit.next_token_id).groupby(hit.neuron).any()
+        any_rate = float(any_hit.loc[top1.neuron.to_numpy()].mean())
+        ranks = []
+        for s in range(0, len(neurons), chunk):
+            lg = d[neurons[s : s + chunk]] @ W_U  # [c, d_vocab]
+            tgt = lg.gather(1, nxt[s : s + chunk, None])
+            ranks.append((lg > tgt).sum(-1).double())
+        rows.append((layer, len(top1), agree, any_rate, torch.cat(ranks).mean().item(), 1.0 / d_vocab))
+    return pd.DataFrame(rows, columns=["layer", "n_neurons", "agreement", "agreement_any", "mean_next_rank", "chance"])
