@@ -292,7 +292,8 @@ class HookedDecoder(HookedRootModule):
         positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)
         x = self.hook_embed(self.embed(tokens))
         if self.cfg.positional in ("learned", "sinusoidal"):
-            x = x + self.hook_pos_embed(self.pos_embed(positions))[None]
+            # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
+            x = x + self.hook_pos_embed(self.pos_embed(positions)[None].repeat(tokens.shape[0], 1, 1))
         for block in self.blocks:
             x = block(x, positions, kv_cache, attn_backend)
         if self.cfg.final_norm:
