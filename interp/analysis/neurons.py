@@ -631,15 +631,20 @@ def scan_top_contexts(
 
 
 @torch.no_grad()
-def answer_agreement(model, contexts: pd.DataFrame, chunk: int = 1024) -> pd.DataFrame:
-    """Per layer, how often a neuron's top answer token is the next token after its top trigger.
+def answer_agreement(model, contexts: pd.DataFrame, by: str = "layer", chunk: int = 1024) -> pd.DataFrame:
+    """Geva et al.'s agreement: is a neuron's top answer the token that follows its top trigger?
 
-    ``contexts`` is the frame from ``scan_top_contexts``. For each neuron with a next token after
-    its rank-0 context: the top answer is ``argmax N(W_out[l][n]) . W_U`` (as ``neuron_answers``).
-    Columns: ``layer, n_neurons`` (neurons counted), ``agreement`` (top answer == next token after
-    the top-1 trigger; Geva et al. 2021's agreement rate), ``agreement_any`` (== the next token after
-    any of the scanned top-k triggers), ``mean_next_rank`` (rank of that next token among all
-    ``d_vocab`` answers, 0 = top) and ``chance`` (``1 / d_vocab``).
+    ``contexts`` is the frame from ``scan_top_contexts``. A neuron's top answer is
+    ``argmax_t N(W_out[l][n]) . W_U[:, t]`` (as in ``neuron_answers``); its top trigger is its rank-0
+    context, and neurons whose top trigger ends a document (no next token) are left out.
+
+    ``by="layer"`` (default) — columns ``layer, n_neurons, agreement, agreement_any,
+    mean_next_rank, chance``: ``agreement`` is the share of neurons whose top answer equals the
+    token after the top-1 trigger (Geva et al. 2021's agreement rate); ``agreement_any`` the share
+    where it equals the token after any of the scanned top-k triggers; ``mean_next_rank`` the mean
+    rank of the top-1 trigger's next token among all ``d_vocab`` answers (0 = top); ``chance`` is
+    ``1 / d_vocab``. ``by="neuron"`` — columns ``layer, neuron, top_answer_id, top_answer,
+    next_token_id, next_token, agree, agree_any, next_rank``.
 
     >>> import torch
     >>> from interp.model.config import DecoderConfig
@@ -652,31 +657,55 @@ def answer_agreement(model, contexts: pd.DataFrame, chunk: int = 1024) -> pd.Dat
     need = {"layer", "neuron", "rank", "next_token_id"}
     if not isinstance(contexts, pd.DataFrame) or not need <= set(contexts.columns):
         raise InterpError(f"contexts: expected the DataFrame from scan_top_contexts (columns {sorted(need)})")
+    if by not in ("layer", "neuron"):
+        raise InterpError(f"by: must be 'layer' or 'neuron'; given {by!r}")
     chunk = _resolve_k(chunk, "chunk")
     W_U = _W_U(model).detach().double()
     d_vocab = W_U.shape[1]
-    rows = []
+    per_neuron = []
     for layer, g in contexts.groupby("layer", sort=True):
-        layer = int(layer)
-        d = neuron_direction(model, layer)  # [d_mlp, d_model]
-        top_answer = torch.empty(d.shape[0], dtype=torch.long)
-        for s in range(0, d.shape[0], chunk):
-            top_answer[s : s + chunk] = (d[s : s + chunk] @ W_U).argmax(-1).cpu()
+        layer = check_index("contexts.layer", int(layer), model.cfg.n_layers, allow_negative=False)
+        top1 = g.sort_values(["neuron", "rank"], kind="stable").drop_duplicates("neuron")
+        top1 = top1[top1.next_token_id >= 0]
         g = g[g.next_token_id >= 0]
-        top1 = g[g["rank"] == g.groupby("neuron")["rank"].transform("min")].drop_duplicates("neuron")
         if len(top1) == 0:
-            rows.append((layer, 0, float("nan"), float("nan"), float("nan"), 1.0 / d_vocab))
             continue
+        d = neuron_direction(model, layer)  # [d_mlp, d_model]
         neurons = torch.tensor(top1.neuron.to_numpy(), dtype=torch.long)
         nxt = torch.tensor(top1.next_token_id.to_numpy(), dtype=torch.long)
-        agree = (top_answer[neurons] == nxt).double().mean().item()
-        hit = g.assign(ans=top_answer[torch.tensor(g.neuron.to_numpy(), dtype=torch.long)].numpy())
-        any_hit = (hit.ans == hit.next_token_id).groupby(hit.neuron).any()
-        any_rate = float(any_hit.loc[top1.neuron.to_numpy()].mean())
-        ranks = []
-        for s in range(0, len(neurons), chunk):
-            lg = d[neurons[s : s + chunk]] @ W_U  # [c, d_vocab]
-            tgt = lg.gather(1, nxt[s : s + chunk, None])
-            ranks.append((lg > tgt).sum(-1).double())
-        rows.append((layer, len(top1), agree, any_rate, torch.cat(ranks).mean().item(), 1.0 / d_vocab))
-    return pd.DataFrame(rows, columns=["layer", "n_neurons", "agreement", "agreement_any", "mean_next_rank", "chance"])
+        answers, ranks = [], []
+        for s in range(0, len(neurons), chunk):  # [chunk, d_vocab] at a time: d_mlp x d_vocab can be large
+            lg = d[neurons[s : s + chunk]] @ W_U
+            answers.append(lg.argmax(-1).cpu())
+            ranks.append((lg > lg.gather(1, nxt[s : s + chunk, None].to(lg.device))).sum(-1).cpu())
+        top_answer = torch.cat(answers)
+        answer_of = dict(zip(neurons.tolist(), top_answer.tolist()))
+        any_hit = (g.next_token_id == g.neuron.map(answer_of)).groupby(g.neuron).any()
+        per_neuron.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "neuron": neurons.numpy(),
+                    "top_answer_id": top_answer.numpy(),
+                    "top_answer": [token_str(model, t) for t in top_answer.tolist()],
+                    "next_token_id": nxt.numpy(),
+                    "next_token": [token_str(model, t) for t in nxt.tolist()],
+                    "agree": (top_answer == nxt).numpy(),
+                    "agree_any": any_hit.reindex(neurons.numpy()).to_numpy(dtype=bool),
+                    "next_rank": torch.cat(ranks).numpy(),
+                }
+            )
+        )
+    cols = ["layer", "neuron", "top_answer_id", "top_answer", "next_token_id", "next_token", "agree", "agree_any",
+            "next_rank"]
+    neurons_df = pd.concat(per_neuron, ignore_index=True) if per_neuron else pd.DataFrame(columns=cols)
+    if by == "neuron":
+        return neurons_df
+    out = neurons_df.groupby("layer", sort=True).agg(
+        n_neurons=("neuron", "size"),
+        agreement=("agree", "mean"),
+        agreement_any=("agree_any", "mean"),
+        mean_next_rank=("next_rank", "mean"),
+    ).reset_index()
+    out["chance"] = 1.0 / d_vocab
+    return out[["layer", "n_neurons", "agreement", "agreement_any", "mean_next_rank", "chance"]]
