@@ -1,0 +1,391 @@
+"""Triton kernels for FlashAttention-2-style attention (forward and backward).
+
+Imported lazily by :mod:`interp.kernels.flash` on the first kernel launch, because ``@triton.jit`` decides at
+decoration time whether to compile for the GPU or to run in Triton's CPU interpreter (``TRITON_INTERPRET=1``):
+deferring the import lets tests set that variable late.
+
+Layout conventions (all kernels):
+  q, o, do, dq : [batch, n_heads,    seq_q, d]   (any strides; the last one should be 1 for wide loads)
+  k, v, dk, dv : [batch, n_kv_heads, seq_k, d]
+  lse, delta   : [batch, n_heads, seq_q] float32, contiguous
+Query head ``h`` reads key/value head ``h // group`` (GQA/MQA by index, never by copying K/V).
+Causal masking is bottom-right aligned: query ``i`` sees key ``j`` iff ``j <= i + (seq_k - seq_q)``.
+
+The softmax runs in base 2 (``exp2``) with ``scale * log2(e)`` folded into the scores: one multiply per score
+instead of one per exponent, and ``exp2`` is the hardware instruction. ``lse`` is stored in natural log.
+Each loop over blocks is split into a part that needs no masks (blocks strictly inside the visible region)
+and a part that does (the causal diagonal and the ragged tails), so the common case pays for no ``tl.where``.
+"""
+
+import triton
+import triton.language as tl
+from triton import knobs
+
+# Which mode the @triton.jit decorators below were created in (flash.py re-imports this module if it changed).
+INTERPRETED = bool(knobs.runtime.interpret)
+
+LOG2E = 1.4426950408889634  # log2(e)
+LN2 = 0.6931471805599453  # ln(2)
+
+
+@triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Tile product a @ b (+ acc) with fp32 accumulation.
+
+    IEEE: fp32 operands use true fp32 products (Triton's default for fp32 is tf32, ~3e-4 relative error).
+    UPCAST: only for Triton's CPU interpreter, whose dot multiplies bf16 tiles as their raw uint16 bit
+    patterns; widening bf16 to fp32 is exact, so the result equals a tensor-core bf16 product with fp32
+    accumulation.
+    """
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi, seq_k,
+               kv_offset, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    d_mask = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = d_mask[None, :]
+        if MASKED:
+            kv_mask = kv_mask & (offs_n[:, None] < seq_k)
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = _mma(q, tl.trans(k), None, IEEE, UPCAST)
+        qk = qk * qk_scale
+        if MASKED:
+            visible = offs_n[None, :] < seq_k
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + kv_offset)
+            qk = tl.where(visible, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            # A row that has seen no key yet keeps m = -inf; subtracting it would give NaN (inf - inf).
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = m_new
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = _mma(p.to(v.dtype), v, acc, IEEE, UPCAST)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE,
+              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+              n_heads, group, seq_q, seq_k, kv_offset, qk_scale, seq_q_bucket, seq_k_bucket,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+              UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        # The last query blocks see the most keys: launch them first so long programs don't form the tail.
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // n_heads
+    off_h = pid_bh % n_heads
+    off_kvh = off_h // group
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+
+    q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
+    o_base = O + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+
+    q_mask = (offs_m[:, None] < seq_q) & d_mask[None, :]
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_k = (seq_k // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        # keys < unmasked_end are visible to every query of this block (j <= start_m + kv_offset);
+        # keys >= hi are visible to none of them.
+        hi = tl.minimum(seq_k, tl.maximum(start_m + BLOCK_M + kv_offset, 0))
+        unmasked_end = tl.maximum(start_m + kv_offset + 1, 0) // BLOCK_N * BLOCK_N
+        unmasked_end = tl.minimum(unmasked_end, full_k)
+    else:
+        hi = seq_k
+        unmasked_end = full_k
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                               0, unmasked_end, seq_k, kv_offset, qk_scale,
+                               HEAD_DIM, BLOCK_N, BLOCK_D, False, CAUSAL, IEEE, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                               unmasked_end, hi, seq_k, kv_offset, qk_scale,
+                               HEAD_DIM, BLOCK_N, BLOCK_D, True, CAUSAL, IEEE, UPCAST)
+
+    # A query row that sees no key at all (only when causal and seq_q > seq_k) gets output 0 and lse -inf.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    out = acc / l_safe[:, None]
+    tl.store(LSE + pid_bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(O.dtype.element_ty), mask=q_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# backward: dK and dV (one program per key block and key/value head; loops over the query heads of its group)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                    offs_n, offs_d, lo, hi, seq_q, seq_k, kv_offset, qk_scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    d_mask = offs_d < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_mask = d_mask[None, :]
+        if MASKED:
+            row_mask = row_mask & (offs_m[:, None] < seq_q)
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_mask, other=0.0)
+        if MASKED:
+            lse = tl.load(lse_base + offs_m, mask=offs_m < seq_q, other=0.0)
+            delta = tl.load(delta_base + offs_m, mask=offs_m < seq_q, other=0.0)
+        else:
+            lse = tl.load(lse_base + offs_m)
+            delta = tl.load(delta_base + offs_m)
+        # Work on the transposed tile [keys, queries] so that dk and dv come out of the dots unpermuted.
+        qkT = _mma(k, tl.trans(q), None, IEEE, UPCAST)
+        pT = tl.math.exp2(qkT * qk_scale - lse[None, :] * 1.4426950408889634)
+        if MASKED:
+            visible = (offs_m[None, :] < seq_q) & (offs_n[:, None] < seq_k)
+            if CAUSAL:
+                visible = visible & (offs_n[:, None] <= offs_m[None, :] + kv_offset)
+            pT = tl.where(visible, pT, 0.0)
+        dv = _mma(pT.to(do.dtype), do, dv, IEEE, UPCAST)
+        dpT = _mma(v, tl.trans(do), None, IEEE, UPCAST)
+        dsT = pT * (dpT - delta[None, :])
+        dk = _mma(dsT.to(q.dtype), q, dk, IEEE, UPCAST)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+                   stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                   stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                   n_heads, n_kv_heads, group, seq_q, seq_k, kv_offset, qk_scale, sm_scale,
+                   seq_q_bucket, seq_k_bucket,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                   UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bkv = tl.program_id(1)
+    off_b = pid_bkv // n_kv_heads
+    off_kvh = pid_bkv % n_kv_heads
+
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < seq_k) & (offs_d[None, :] < HEAD_DIM)
+
+    k = tl.load(K + off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
+                + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Query blocks are visited as [lo, a) masked, [a, b) unmasked, [b, end) masked.
+    full_q = (seq_q // BLOCK_M) * BLOCK_M
+    end_q = tl.cdiv(seq_q, BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        # Queries i < start_n - kv_offset see no key of this block;
+        # queries i >= start_n + BLOCK_N - 1 - kv_offset see all of them.
+        lo = tl.maximum(start_n - kv_offset, 0) // BLOCK_M * BLOCK_M
+        all_visible = tl.maximum(start_n + BLOCK_N - 1 - kv_offset, 0)
+        a = tl.cdiv(all_visible, BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+        a = 0
+    a = tl.maximum(lo, tl.minimum(a, full_q))
+    b = tl.maximum(a, full_q)
+    if start_n + BLOCK_N > seq_k:
+        # ragged last key block: mask every query block
+        a = lo
+        b = lo
+
+    for g in range(group):
+        off_h = off_kvh * group + g
+        bh = off_b * n_heads + off_h
+        q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+        do_base = DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
+        lse_base = LSE + bh.to(tl.int64) * seq_q
+        delta_base = DELTA + bh.to(tl.int64) * seq_q
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                                 offs_n, offs_d, lo, a, seq_q, seq_k, kv_offset, qk_scale,
+                                 HEAD_DIM, BLOCK_M, BLOCK_D, True, CAUSAL, IEEE, UPCAST)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                                 offs_n, offs_d, a, b, seq_q, seq_k, kv_offset, qk_scale,
+                                 HEAD_DIM, BLOCK_M, BLOCK_D, False, CAUSAL, IEEE, UPCAST)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                                 offs_n, offs_d, b, end_q, seq_q, seq_k, kv_offset, qk_scale,
+                                 HEAD_DIM, BLOCK_M, BLOCK_D, True, CAUSAL, IEEE, UPCAST)
+
+    dk = dk * sm_scale  # the scores were scale * q.k, so d(scores)/dk carries the scale once
+    tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh
+             + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + off_b.to(tl.int64) * stride_dvb + off_kvh.to(tl.int64) * stride_dvh
+             + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# backward: dQ (one program per query block and query head)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
+                  seq_k, kv_offset, qk_scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    d_mask = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = d_mask[None, :]
+        if MASKED:
+            kv_mask = kv_mask & (offs_n[:, None] < seq_k)
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = _mma(q, tl.trans(k), None, IEEE, UPCAST)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None] * 1.4426950408889634)
+        if MASKED:
+            visible = offs_n[None, :] < seq_k
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + kv_offset)
+            p = tl.where(visible, p, 0.0)
+        dp = _mma(do, tl.trans(v), None, IEEE, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq = _mma(ds.to(k.dtype), k, dq, IEEE, UPCAST)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                 stride_dqb, stride_dqh, stride_dqm,
+                 n_heads, group, seq_q, seq_k, kv_offset, qk_scale, sm_scale, seq_q_bucket, seq_k_bucket,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                 UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // n_heads
+    off_h = pid_bh % n_heads
+    off_kvh = off_h // group
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_mask = (offs_m[:, None] < seq_q) & (offs_d[None, :] < HEAD_DIM)
+
+    q = tl.load(Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+                + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_mask, other=0.0)
+    do = tl.load(DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_mask, other=0.0)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_k = (seq_k // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(seq_k, tl.maximum(start_m + BLOCK_M + kv_offset, 0))
+        unmasked_end = tl.maximum(start_m + kv_offset + 1, 0) // BLOCK_N * BLOCK_N
+        unmasked_end = tl.minimum(unmasked_end, full_k)
+    else:
+        hi = seq_k
+        unmasked_end = full_k
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                       0, unmasked_end, seq_k, kv_offset, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, CAUSAL,
+                       IEEE, UPCAST)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                       unmasked_end, hi, seq_k, kv_offset, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, True, CAUSAL,
+                       IEEE, UPCAST)
+    dq = dq * sm_scale
+    tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh
+             + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# autotuning (GPU only; the interpreter launches the plain kernels with small fixed blocks)
+# ----------------------------------------------------------------------------------------------------------
+# Configs follow what works for FA2 on Hopper (H100/H200): 128-row query tiles with 8 warps and a 3-stage
+# pipeline for the forward; narrower query tiles in the dK/dV pass (it holds two [BLOCK_N, d] accumulators).
+# They were chosen from published FA2/Triton settings, NOT tuned on a GPU here (none was available).
+
+_SMEM_LIMIT = 227 * 1024  # H100/H200 per-block shared memory with opt-in
+
+
+def _prune(configs, named_args, **kwargs):
+    d = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs["BLOCK_D"]
+    ieee = named_args["IEEE"] if "IEEE" in named_args else kwargs["IEEE"]
+    seq_q = named_args["seq_q"]
+    seq_k = named_args["seq_k"]
+    elt = 4 if ieee else 2
+    kept = []
+    for c in configs:
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        smem = (bm * d + c.num_stages * 2 * bn * d) * elt
+        if smem > _SMEM_LIMIT:
+            continue
+        # No point in tiles much larger than the problem.
+        if bm > max(16, triton.next_power_of_2(seq_q)) or bn > max(16, triton.next_power_of_2(seq_k)):
+            continue
+        kept.append(c)
+    if not kept:  # always leave something runnable
+        kept = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2)]
+    return kept
+
+
+def _cfg(bm, bn, w, s):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+
+
+FWD_CONFIGS = [
+    _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3), _cfg(128, 32, 4, 4),
+    _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 4), _cfg(32, 32, 4, 2), _cfg(16, 16, 4, 2),
+]
+DKDV_CONFIGS = [
+    _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3), _cfg(64, 64, 4, 3),
+    _cfg(16, 64, 4, 2), _cfg(16, 16, 4, 2),
+]
+DQ_CONFIGS = [
+    _cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 3),
+    _cfg(64, 16, 4, 2), _cfg(16, 16, 4, 2),
+]
+_KEY = ["seq_q_bucket", "seq_k_bucket", "HEAD_DIM", "CAUSAL", "IEEE", "UPCAST", "group"]
+
+_PRUNE = {"early_config_prune": _prune}
+attn_fwd_tuned = triton.autotune(FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_attn_fwd)
+attn_bwd_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_attn_bwd_dkdv)
+attn_bwd_dq_tuned = triton.autotune(DQ_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_attn_bwd_dq)
+
+attn_fwd = _attn_fwd
+attn_bwd_dkdv = _attn_bwd_dkdv
+attn_bwd_dq = _attn_bwd_dq

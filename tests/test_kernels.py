@@ -1,0 +1,264 @@
+"""The Triton flash-attention kernel against a float64 eager oracle.
+
+Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before anything imports
+the kernel module), on a small subset of shapes because the interpreter executes each program in numpy. With
+CUDA the same tests run compiled, and the full shape matrix plus long sequences run too.
+"""
+
+import math
+import os
+import zlib
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    # Must happen before interp.kernels._triton_flash is imported (its @triton.jit picks the mode then).
+    os.environ["TRITON_INTERPRET"] = "1"
+
+triton = pytest.importorskip("triton")
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from interp.errors import InterpError
+from interp.kernels import flash_attention, flash_attention_available, reference_attention
+
+DEVICE = "cuda" if CUDA else "cpu"
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| relative to max |ref|, the tensor's scale.
+
+    The scale is floored at 0.1: inputs are unit normals, so every quantity here is O(1), and a tensor that is
+    zero by construction (dq when each query sees a single key) is then held to 1e-6 absolute in fp32 instead
+    of to an impossible 0.
+    """
+    got, ref = got.double().cpu(), ref.double().cpu()
+    assert not torch.isnan(got).any(), "NaN in kernel output"
+    return ((got - ref).abs().max() / ref.abs().max().clamp_min(0.1)).item()
+
+
+def norm_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """||got - ref|| / ||ref||."""
+    got, ref = got.double().cpu(), ref.double().cpu()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+def assert_close(got, ref, dtype, what):
+    if dtype == torch.float32:
+        err = rel_err(got, ref)
+        assert err <= 1e-5, f"{what}: max-abs relative error {err:.2e} > 1e-5"
+    else:
+        # fp16/bf16: FA2 rounds the probabilities (and dS) to the input dtype before the tensor-core products,
+        # as every fused kernel does, so compare in norm (<= 1e-2) with a looser bound on the worst element.
+        err, worst = norm_err(got, ref), rel_err(got, ref)
+        assert err <= 1e-2 and worst <= 2e-2, f"{what}: norm error {err:.2e}, max-abs relative {worst:.2e}"
+
+
+def make_qkv(b, h, hk, sq, sk, d, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, sq, d, generator=g).to(DEVICE, dtype).requires_grad_()
+    k = torch.randn(b, hk, sk, d, generator=g).to(DEVICE, dtype).requires_grad_()
+    v = torch.randn(b, hk, sk, d, generator=g).to(DEVICE, dtype).requires_grad_()
+    return q, k, v
+
+
+def check_against_reference(b, h, hk, sq, sk, d, causal, dtype, seed=0, lse_grad=False, scale=None):
+    q, k, v = make_qkv(b, h, hk, sq, sk, d, dtype, seed)
+    out, lse = flash_attention(q, k, v, causal=causal, scale=scale)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert lse.shape == (b, h, sq) and lse.dtype == torch.float32
+
+    g = torch.Generator().manual_seed(seed + 1)
+    dout = torch.randn(out.shape, generator=g).to(DEVICE, dtype)
+    dlse = torch.randn(lse.shape, generator=g).to(DEVICE) if lse_grad else None
+
+    def objective(o, l_):
+        obj = (o.double() * dout.double()).sum()
+        if lse_grad:  # rows that see no key have lse = -inf and no gradient
+            obj = obj + torch.where(torch.isfinite(l_), l_.double(), 0.0).mul(dlse.double()).sum()
+        return obj
+
+    grads = torch.autograd.grad(objective(out, lse), (q, k, v))
+    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, scale=scale)
+    ref_grads = torch.autograd.grad(objective(ref_out, ref_lse), (q, k, v))
+
+    assert_close(out, ref_out, dtype, "out")
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isneginf(lse).cpu(), torch.isneginf(ref_lse).cpu()), "rows with no visible key"
+    # lse is accumulated and stored in fp32 whatever the input dtype (the scores of bf16 inputs are exact).
+    assert rel_err(lse[finite], ref_lse[finite]) <= 1e-5, "lse"
+    for name, got, ref in zip("qkv", grads, ref_grads):
+        assert_close(got, ref, dtype, f"d{name}")
+
+
+# --- the shape matrix -----------------------------------------------------------------------------
+# (b, h, hk, sq, sk, d, causal, dtype). Lengths 1, 17, 64, 127, 300; MHA, GQA, MQA; d 32/64/128 (+80, padded);
+# seq_q != seq_k both ways (causal rows with no key at all included). Sized for the interpreter (~tens of s).
+INTERPRETER_CASES = [
+    (1, 2, 2, 1, 1, 32, True, torch.float32),
+    (2, 4, 2, 17, 17, 64, False, torch.float32),
+    (1, 4, 1, 64, 64, 32, True, torch.float32),
+    (1, 2, 2, 127, 127, 32, True, torch.float32),
+    (1, 1, 1, 300, 300, 32, True, torch.float32),
+    (1, 3, 1, 33, 33, 128, True, torch.float32),
+    (1, 2, 1, 40, 40, 80, False, torch.float32),
+    (1, 4, 2, 40, 70, 32, True, torch.float32),  # queries are the last 40 of a 70-long context
+    (1, 2, 1, 70, 40, 32, True, torch.float32),  # the first 30 queries see no key
+    (1, 4, 2, 45, 45, 64, True, torch.bfloat16),
+    (1, 2, 1, 50, 50, 64, False, torch.float16),
+]
+
+
+def _case_id(c):
+    b, h, hk, sq, sk, d, causal, dtype = c
+    return f"b{b}-h{h}-kv{hk}-q{sq}-k{sk}-d{d}-{'causal' if causal else 'full'}-{str(dtype)[6:]}"
+
+
+@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=_case_id)
+def test_matches_float64_reference(case):
+    check_against_reference(*case, seed=zlib.crc32(_case_id(case).encode()) % 1000)
+
+
+def test_lse_gradient_and_custom_scale():
+    # Gradients flowing into lse (not only out) and a non-default softmax scale.
+    check_against_reference(1, 4, 2, 37, 37, 32, True, torch.float32, lse_grad=True, scale=0.37)
+    check_against_reference(1, 2, 1, 30, 45, 32, True, torch.float32, lse_grad=True)
+
+
+def test_strided_inputs_need_no_copy():
+    # The model holds q/k/v as [batch, pos, head, d]; the kernel takes that layout through strides.
+    b, s, h, hk, d = 2, 29, 4, 2, 32
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(b, s, h, d, generator=g).to(DEVICE)
+    k = torch.randn(b, s, hk, d, generator=g).to(DEVICE)
+    v = torch.randn(b, s, hk, d, generator=g).to(DEVICE)
+    out, lse = flash_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    ref_out, ref_lse = reference_attention(*(t.transpose(1, 2) for t in (q, k, v)), causal=True)
+    assert rel_err(out, ref_out) <= 1e-5
+    assert rel_err(lse, ref_lse) <= 1e-5
+
+
+def test_every_output_element_written():
+    # Poison what the allocator hands out: any element the kernel skipped would stay NaN.
+    q, k, v = make_qkv(1, 2, 1, 23, 23, 32, torch.float32, seed=5)
+    real_empty_like, real_empty = torch.empty_like, torch.empty
+
+    def poisoned_empty_like(t, *a, **kw):
+        return real_empty_like(t, *a, **kw).fill_(float("nan"))
+
+    def poisoned_empty(*a, **kw):
+        return real_empty(*a, **kw).fill_(float("nan"))
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(torch, "empty_like", poisoned_empty_like)
+    mp.setattr(torch, "empty", poisoned_empty)
+    try:
+        out, lse = flash_attention(q, k, v, causal=True)
+        dq, dk, dv = torch.autograd.grad(out.sum() + lse.sum(), (q, k, v))
+    finally:
+        mp.undo()
+    for t in (out, lse, dq, dk, dv):
+        assert not torch.isnan(t).any()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    b=st.integers(1, 2), hk=st.integers(1, 2), group=st.integers(1, 3), sq=st.integers(1, 40),
+    sk=st.integers(1, 40), d=st.sampled_from([16, 32, 48]), causal=st.booleans(), seed=st.integers(0, 10_000),
+)
+def test_property_small_shapes(b, hk, group, sq, sk, d, causal, seed):
+    # Any small shape, any alignment of seq_q against seq_k: output, lse and all three gradients match.
+    check_against_reference(b, hk * group, hk, sq, sk, d, causal, torch.float32, seed=seed, lse_grad=True)
+
+
+# --- the oracle itself ----------------------------------------------------------------------------
+
+
+def test_reference_matches_torch_sdpa():
+    # reference_attention is the oracle; check it against PyTorch's own attention with an explicit mask.
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 9, 16, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 2, 13, 16, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 2, 13, 16, generator=g, dtype=torch.float64)
+    for causal in (False, True):
+        out, lse = reference_attention(q, k, v, causal=causal)
+        i = torch.arange(9)[:, None]
+        j = torch.arange(13)[None, :]
+        mask = (j <= i + 4) if causal else torch.ones(9, 13, dtype=torch.bool)
+        kr, vr = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, attn_mask=mask)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        scores = (q @ kr.transpose(-1, -2)) / math.sqrt(16)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        torch.testing.assert_close(lse, torch.logsumexp(scores, -1), rtol=1e-12, atol=1e-12)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_clear_errors():
+    q = torch.randn(1, 4, 8, 32, device=DEVICE)
+    kv = torch.randn(1, 2, 8, 32, device=DEVICE)
+    with pytest.raises(InterpError, match="d_head must be in"):
+        flash_attention(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8))
+    with pytest.raises(InterpError, match="d_head must be in"):
+        flash_attention(torch.randn(1, 1, 4, 512), torch.randn(1, 1, 4, 512), torch.randn(1, 1, 4, 512))
+    with pytest.raises(InterpError, match="multiple of n_kv_heads"):
+        flash_attention(q, torch.randn(1, 3, 8, 32, device=DEVICE), torch.randn(1, 3, 8, 32, device=DEVICE))
+    with pytest.raises(InterpError, match="same shape"):
+        flash_attention(q, kv, torch.randn(1, 2, 9, 32, device=DEVICE))
+    with pytest.raises(InterpError, match="d_head must equal"):
+        flash_attention(q, torch.randn(1, 2, 8, 64, device=DEVICE), torch.randn(1, 2, 8, 64, device=DEVICE))
+    with pytest.raises(InterpError, match="4-D"):
+        flash_attention(q[0], kv[0], kv[0])
+    with pytest.raises(InterpError, match="share a dtype"):
+        flash_attention(q, kv.half(), kv.half())
+    with pytest.raises(InterpError, match="dtype must be one of"):
+        flash_attention(q.double(), kv.double(), kv.double())
+    with pytest.raises(InterpError, match="batch size"):
+        flash_attention(q, torch.randn(2, 2, 8, 32, device=DEVICE), torch.randn(2, 2, 8, 32, device=DEVICE))
+
+
+def test_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(1, 1, 4, 32)
+    with pytest.raises(InterpError, match="CUDA device"):
+        flash_attention(x, x, x)
+
+
+def test_available_flag():
+    assert flash_attention_available() == CUDA
+
+
+# --- GPU only: the full matrix and long sequences -------------------------------------------------
+
+GPU_CASES = [
+    (2, h, hk, s, s, d, causal, dtype)
+    for s in (1, 17, 64, 127, 300)
+    for d in (32, 64, 128)
+    for causal in (False, True)
+    for (h, hk) in ((4, 4), (4, 2), (4, 1))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16)
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
+def test_gpu_full_matrix(case):
+    check_against_reference(*case)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_long_sequence_vs_sdpa(dtype, causal):
+    # At 4k a float64 oracle is slow; PyTorch's fused attention in fp32 is the reference instead.
+    q, k, v = make_qkv(1, 8, 2, 4096, 4096, 128, dtype, seed=7)
+    out, lse = flash_attention(q, k, v, causal=causal)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float().repeat_interleave(4, 1), v.float().repeat_interleave(4, 1), is_causal=causal)
+    assert rel_err(out, ref) <= 1e-2
+    assert torch.isfinite(lse).all()
