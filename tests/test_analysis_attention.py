@@ -48,8 +48,18 @@ def _zero_all(model):
 
 def planted_model(induction: bool = True, copy_output: bool = False) -> HookedDecoder:
     cfg = DecoderConfig(
-        d_vocab=V, n_ctx=N_CTX, d_model=64, n_layers=2, n_heads=4, d_head=16, positional="learned",
-        norm="rmsnorm", attn_bias=False, mlp_bias=False, act="relu", dtype="float64",
+        d_vocab=V,
+        n_ctx=N_CTX,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_head=16,
+        positional="learned",
+        norm="rmsnorm",
+        attn_bias=False,
+        mlp_bias=False,
+        act="relu",
+        dtype="float64",
     )
     torch.manual_seed(0)
     m = HookedDecoder(cfg)
@@ -178,10 +188,17 @@ def test_head_scores_frame_shape_and_options():
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(),  # GPT-2 style
-        dict(positional="rotary", norm="rmsnorm", act="silu", gated=True, n_kv_heads=1, attn_bias=False,
-             mlp_bias=False),  # Llama style with MQA
-        dict(positional="rotary", rotary_fraction=0.5, parallel_residual=True),  # GPT-NeoX style
+        {},  # GPT-2 style
+        {
+            "positional": "rotary",
+            "norm": "rmsnorm",
+            "act": "silu",
+            "gated": True,
+            "n_kv_heads": 1,
+            "attn_bias": False,
+            "mlp_bias": False,
+        },  # Llama style with MQA
+        {"positional": "rotary", "rotary_fraction": 0.5, "parallel_residual": True},  # GPT-NeoX style
     ],
 )
 def test_head_scores_and_patterns_on_architectures(kw):
@@ -191,7 +208,12 @@ def test_head_scores_and_patterns_on_architectures(kw):
     df = head_scores(m, toks)
     assert len(df) == 2 * 4 * len(ROLES) and df.score.between(0, 1).all()
     # the pattern frame equals softmax(q k^T / sqrt(d_head)) computed here from the (rotated) q and k
-    names = ["blocks.1.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_rot_q", "blocks.1.attn.hook_rot_k"]
+    names = [
+        "blocks.1.attn.hook_q",
+        "blocks.1.attn.hook_k",
+        "blocks.1.attn.hook_rot_q",
+        "blocks.1.attn.hook_rot_k",
+    ]
     _, cache = m.run_with_cache(toks, names_filter=lambda n: n in names)
     rot = "rot_" if kw.get("positional") == "rotary" else ""
     q, k = cache[f"blocks.1.attn.hook_{rot}q"][1], cache[f"blocks.1.attn.hook_{rot}k"][1]  # batch element 1
@@ -201,7 +223,9 @@ def test_head_scores_and_patterns_on_architectures(kw):
     ref = torch.softmax(scores, -1)
     pat = attention_patterns(m, toks, layers=1, batch=1)
     got = torch.zeros(4, 10, 10, dtype=torch.float64)
-    got[pat["head"].to_numpy(), pat.query_pos.to_numpy(), pat.key_pos.to_numpy()] = torch.tensor(pat.weight.to_numpy().copy())
+    got[pat["head"].to_numpy(), pat.query_pos.to_numpy(), pat.key_pos.to_numpy()] = torch.from_numpy(
+        pat.weight.to_numpy().copy()
+    )
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
 
@@ -213,8 +237,18 @@ def test_attention_patterns_frame():
     m = planted_model(induction=False)
     toks = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
     df = attention_patterns(m, toks, layers=[0], heads=0, batch=None)
-    assert list(df.columns) == ["batch", "layer", "head", "query_pos", "key_pos", "query_id", "key_id",
-                                "query_token", "key_token", "weight"]
+    assert list(df.columns) == [
+        "batch",
+        "layer",
+        "head",
+        "query_pos",
+        "key_pos",
+        "query_id",
+        "key_id",
+        "query_token",
+        "key_token",
+        "weight",
+    ]
     assert len(df) == 2 * 15  # two sequences x 5*6/2 causal pairs
     assert (df.key_pos <= df.query_pos).all()
     sums = df.groupby(["batch", "query_pos"]).weight.sum()
@@ -265,7 +299,9 @@ def test_induction_model_learns_in_context():
     # the same losses as the model's own per-token cross-entropy
     toks = repeated_random_tokens(m, seq_len=8, batch=4)
     ref = HookedDecoder.loss(m(toks), toks, per_token=True).detach()
-    torch.testing.assert_close(per_token_loss(m, toks), ref.double(), atol=1e-6, rtol=0)  # the model computes it in fp32
+    torch.testing.assert_close(
+        per_token_loss(m, toks), ref.double(), atol=1e-6, rtol=0
+    )  # the model computes it in fp32
     icl = in_context_learning_score(m, toks, early=2, late=14)
     assert (icl.icl_score < -1.0).all()
     np.testing.assert_allclose(icl.early_loss, ref[:, 1].numpy(), atol=1e-6)

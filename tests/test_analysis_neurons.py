@@ -35,8 +35,9 @@ def planted_model(norm: str = "layernorm") -> HookedDecoder:
     embedding; the neuron's key is the normalised embedding of A, and a negative bias keeps every
     other token (cosine ~ N(0, 1/sqrt(d))) below the ReLU threshold.
     """
-    cfg = DecoderConfig(d_vocab=V, n_ctx=8, d_model=32, n_layers=1, n_heads=2, d_mlp=8, act="relu", norm=norm,
-                        dtype="float64")
+    cfg = DecoderConfig(
+        d_vocab=V, n_ctx=8, d_model=32, n_layers=1, n_heads=2, d_mlp=8, act="relu", norm=norm, dtype="float64"
+    )
     torch.manual_seed(0)
     m = HookedDecoder(cfg)
     d = cfg.d_model
@@ -60,8 +61,24 @@ def planted_model(norm: str = "layernorm") -> HookedDecoder:
 
 
 def word_tokenizer() -> Tokenizer:
-    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "a", "big", "red", "far", "away", "and", "then",
-             "it", "slept"]
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "mat",
+        "dog",
+        "ran",
+        "a",
+        "big",
+        "red",
+        "far",
+        "away",
+        "and",
+        "then",
+        "it",
+        "slept",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return tok
@@ -105,8 +122,19 @@ def test_planted_neuron_question_is_A_and_scan_matches_brute_force():
     docs[5][-1] = A
     docs[9][4] = A
     df = scan_top_contexts(m, docs, k=3, window=2, batch_size=3, progress=False)
-    assert list(df.columns) == ["layer", "neuron", "rank", "activation", "doc", "position", "token_id", "token",
-                                "next_token_id", "next_token", "context"]
+    assert list(df.columns) == [
+        "layer",
+        "neuron",
+        "rank",
+        "activation",
+        "doc",
+        "position",
+        "token_id",
+        "token",
+        "next_token_id",
+        "next_token",
+        "context",
+    ]
     n_a = sum(int((d == A).sum()) for d in docs)
     assert n_a >= 3
     planted = df[df.neuron == NEURON]
@@ -127,7 +155,9 @@ def test_planted_neuron_question_is_A_and_scan_matches_brute_force():
         # ties are common here (attention writes nothing, so equal token + nearby position ~ equal key), so
         # check that each reported (doc, position) really has the reported activation, and no repeats
         at = {w: acts[i, n].item() for i, w in enumerate(where)}
-        np.testing.assert_allclose([at[(d, p)] for d, p in zip(got.doc, got.position)], got.activation, atol=1e-10)
+        np.testing.assert_allclose(
+            [at[(d, p)] for d, p in zip(got.doc, got.position)], got.activation, atol=1e-10
+        )
         assert len(set(zip(got.doc, got.position))) == 3
         for _, row in got.iterrows():
             d = docs[row.doc]
@@ -163,11 +193,15 @@ def test_scan_texts_with_tokenizer_and_geva_agreement():
     m = planted_model()
     m.tokenizer = word_tokenizer()
     vocab = m.tokenizer.get_vocab()
-    a_word = [w for w, i in vocab.items() if i == A][0]
-    b_word = [w for w, i in vocab.items() if i == B][0]
-    c_word = [w for w, i in vocab.items() if i == C][0]
+    a_word = next(w for w, i in vocab.items() if i == A)
+    b_word = next(w for w, i in vocab.items() if i == B)
+    c_word = next(w for w, i in vocab.items() if i == C)
     assert {a_word, b_word, c_word}.isdisjoint({"the", "cat", "on", "mat", "it", "ran", "red", "big", "then"})
-    texts = [f"the cat {a_word} {b_word} on mat", f"it ran {a_word} {b_word}", f"red big {a_word} {b_word} then"]
+    texts = [
+        f"the cat {a_word} {b_word} on mat",
+        f"it ran {a_word} {b_word}",
+        f"red big {a_word} {b_word} then",
+    ]
     df = scan_top_contexts(m, texts, k=2, window=3, progress=False)
     planted = df[df.neuron == NEURON]
     assert (planted.token == a_word).all() and planted.context.str.contains(f"«{a_word}»").all()
@@ -179,7 +213,9 @@ def test_scan_texts_with_tokenizer_and_geva_agreement():
     assert layer.n_neurons.iloc[0] == len(agree)
     # the same trigger followed by another token: the answer no longer agrees
     other = [t.replace(b_word, c_word) for t in texts]
-    agree2 = answer_agreement(m, scan_top_contexts(m, other, k=2, progress=False), by="neuron").set_index("neuron")
+    agree2 = answer_agreement(m, scan_top_contexts(m, other, k=2, progress=False), by="neuron").set_index(
+        "neuron"
+    )
     assert not agree2.loc[NEURON, "agree"] and agree2.loc[NEURON, "next_rank"] > 0
     with pytest.raises(InterpError, match="contexts"):
         answer_agreement(m, pd.DataFrame({"x": [1]}))
@@ -193,8 +229,18 @@ def test_top_neurons_finds_planted_neuron():
     m = planted_model()
     toks = torch.tensor([[1, 2, 3, A], [4, A, 6, 7]])
     df = top_neurons(m, toks, position=[3, 1], target=B, k=3)
-    assert list(df.columns) == ["layer", "neuron", "activation", "contribution", "batch", "position", "target_token",
-                                "target_id", "ranked_by", "rank"]
+    assert list(df.columns) == [
+        "layer",
+        "neuron",
+        "activation",
+        "contribution",
+        "batch",
+        "position",
+        "target_token",
+        "target_id",
+        "ranked_by",
+        "rank",
+    ]
     for b in (0, 1):
         for by in ("activation", "contribution"):
             top = df[(df.batch == b) & (df.ranked_by == by)].iloc[0]
@@ -212,12 +258,19 @@ def test_top_neurons_finds_planted_neuron():
 
 
 ARCHS = {
-    "gpt2": dict(),
-    "llama": dict(positional="rotary", norm="rmsnorm", act="silu", gated=True, n_kv_heads=1, attn_bias=False,
-                  mlp_bias=False),
-    "neox": dict(positional="rotary", rotary_fraction=0.5, parallel_residual=True),
-    "tied_sinusoidal_relu": dict(positional="sinusoidal", tie_embeddings=True, act="relu"),
-    "no_final_norm": dict(final_norm=False),
+    "gpt2": {},
+    "llama": {
+        "positional": "rotary",
+        "norm": "rmsnorm",
+        "act": "silu",
+        "gated": True,
+        "n_kv_heads": 1,
+        "attn_bias": False,
+        "mlp_bias": False,
+    },
+    "neox": {"positional": "rotary", "rotary_fraction": 0.5, "parallel_residual": True},
+    "tied_sinusoidal_relu": {"positional": "sinusoidal", "tie_embeddings": True, "act": "relu"},
+    "no_final_norm": {"final_norm": False},
 }
 
 
@@ -229,8 +282,17 @@ def test_direct_logit_attribution_reconstructs_the_logit(arch):
     1e-5, not float64 round-off: neuron_contributions' run caches no pattern (sdpa, float64) while this
     test's full cache hooks the patterns (eager, whose softmax runs in float32), so activations differ ~1e-7.
     """
-    cfg = DecoderConfig(d_vocab=24, n_ctx=8, d_model=16, n_layers=2, n_heads=4, d_mlp=32, init_std=0.4,
-                        dtype="float64", **ARCHS[arch])
+    cfg = DecoderConfig(
+        d_vocab=24,
+        n_ctx=8,
+        d_model=16,
+        n_layers=2,
+        n_heads=4,
+        d_mlp=32,
+        init_std=0.4,
+        dtype="float64",
+        **ARCHS[arch],
+    )
     torch.manual_seed(1)
     m = HookedDecoder(cfg)
     with torch.no_grad():  # non-zero biases and norm gains so every term matters
@@ -251,7 +313,7 @@ def test_direct_logit_attribution_reconstructs_the_logit(arch):
         scale = cache["ln_final.hook_scale"][b, p, 0] if ln is not None else 1.0
         centre = cfg.norm == "layernorm" and ln is not None
 
-        def through_norm(c):
+        def through_norm(c, centre=centre, w=w, u=u, scale=scale):
             c = c - c.mean() if centre else c
             return float((c * w) @ u / scale)
 
@@ -276,7 +338,9 @@ def test_direct_logit_attribution_reconstructs_the_logit(arch):
 
 
 def test_post_norm_contributions_are_nan_not_wrong():
-    m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=1, n_heads=2, norm_placement="post"))
+    m = HookedDecoder(
+        DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=1, n_heads=2, norm_placement="post")
+    )
     df = top_neurons(m, torch.tensor([[1, 2, 3]]), k=2)
     assert df.contribution.isna().all() and df.activation.notna().all()
 

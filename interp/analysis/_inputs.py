@@ -22,7 +22,7 @@ import torch
 
 from interp.errors import InterpError
 
-__all__ = ["as_tokens", "model_device", "check_index", "str_tokens", "token_str"]
+__all__ = ["as_tokens", "check_index", "model_device", "str_tokens", "token_str"]
 
 
 def model_device(model) -> torch.device:

@@ -51,12 +51,12 @@ from interp.errors import InterpError
 __all__ = [
     "ROLES",
     "attention_patterns",
-    "top_attended",
     "head_scores",
-    "repeated_random_tokens",
-    "per_token_loss",
     "in_context_learning_score",
+    "per_token_loss",
+    "repeated_random_tokens",
     "repeated_sequence_loss",
+    "top_attended",
 ]
 
 ROLES = ("previous_token", "duplicate_token", "induction", "attention_sink", "local_window", "entropy")
@@ -77,7 +77,9 @@ def _select(name: str, value, size: int) -> list[int]:
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         out = [check_index(name, v, size) for v in value]
         if not out:
-            raise InterpError(f"{name}: expected None, an int or a non-empty list of ints in [0, {size}); given []")
+            raise InterpError(
+                f"{name}: expected None, an int or a non-empty list of ints in [0, {size}); given []"
+            )
         return sorted(set(out))
     raise InterpError(f"{name}: expected None, an int or a list of ints in [0, {size}); given {value!r}")
 
@@ -105,7 +107,9 @@ def _pattern(cache, layer: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_patterns(model, tokens, layers=None, heads=None, batch: int | None = 0, cache=None) -> pd.DataFrame:
+def attention_patterns(
+    model, tokens, layers=None, heads=None, batch: int | None = 0, cache=None
+) -> pd.DataFrame:
     """Attention patterns as a tidy frame, one row per (layer, head, query, visible key).
 
     Columns: ``batch, layer, head, query_pos, key_pos, query_id, key_id, query_token, key_token,
@@ -160,7 +164,9 @@ def attention_patterns(model, tokens, layers=None, heads=None, batch: int | None
 
 
 @torch.no_grad()
-def top_attended(model, tokens, layers=None, heads=None, batch: int | None = 0, k: int = 3, cache=None) -> pd.DataFrame:
+def top_attended(
+    model, tokens, layers=None, heads=None, batch: int | None = 0, k: int = 3, cache=None
+) -> pd.DataFrame:
     """The ``k`` most attended keys for every query position of the chosen heads.
 
     Columns: ``batch, layer, head, query_pos, query_token, rank, key_pos, key_token, weight`` (rank 0
@@ -201,7 +207,18 @@ def top_attended(model, tokens, layers=None, heads=None, batch: int | None = 0, 
                         key = int(idx[hi, q, r])
                         rows.append((b, layer, h, q, strs[q], r, key, strs[key], float(vals[hi, q, r])))
     return pd.DataFrame(
-        rows, columns=["batch", "layer", "head", "query_pos", "query_token", "rank", "key_pos", "key_token", "weight"]
+        rows,
+        columns=[
+            "batch",
+            "layer",
+            "head",
+            "query_pos",
+            "query_token",
+            "rank",
+            "key_pos",
+            "key_token",
+            "weight",
+        ],
     )
 
 
@@ -230,7 +247,9 @@ def repeated_random_tokens(
     n_pre = 0 if prefix is None else 1
     max_len = (int(cfg.n_ctx) - n_pre) // 2
     if max_len < 2:
-        raise InterpError(f"model.cfg.n_ctx: need n_ctx >= {4 + n_pre} for a repeated sequence; given {cfg.n_ctx}")
+        raise InterpError(
+            f"model.cfg.n_ctx: need n_ctx >= {4 + n_pre} for a repeated sequence; given {cfg.n_ctx}"
+        )
     if seq_len is None:
         seq_len = min(50, max_len)
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 2 <= seq_len <= max_len:
@@ -449,7 +468,9 @@ def in_context_learning_score(model, tokens, early: int = 50, late: int = 500) -
     for b in range(toks.shape[0]):
         le, ll = float(loss[b, early_eff - 1]), float(loss[b, late_eff - 1])
         rows.append((b, early_eff, late_eff, le, ll, ll - le))
-    return pd.DataFrame(rows, columns=["batch", "early_index", "late_index", "early_loss", "late_loss", "icl_score"])
+    return pd.DataFrame(
+        rows, columns=["batch", "early_index", "late_index", "early_loss", "late_loss", "icl_score"]
+    )
 
 
 @torch.no_grad()

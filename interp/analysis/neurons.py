@@ -40,13 +40,13 @@ from interp.analysis._inputs import _is_int_like, as_tokens, check_index, model_
 from interp.errors import InterpError
 
 __all__ = [
-    "neuron_direction",
-    "neuron_answers",
-    "neuron_contributions",
-    "top_neurons",
-    "scan_top_contexts",
     "answer_agreement",
     "final_norm_map",
+    "neuron_answers",
+    "neuron_contributions",
+    "neuron_direction",
+    "scan_top_contexts",
+    "top_neurons",
 ]
 
 _SCAN_VERSION = 1
@@ -211,9 +211,13 @@ def _per_batch(name: str, value, batch: int, size: int, *, index: bool) -> list[
     elif isinstance(value, (Sequence, torch.Tensor)) and not isinstance(value, (str, bytes)):
         vals = value.tolist() if isinstance(value, torch.Tensor) else list(value)
         if len(vals) != batch:
-            raise InterpError(f"{name}: expected an int or one value per batch element ({batch}); given {len(vals)}")
+            raise InterpError(
+                f"{name}: expected an int or one value per batch element ({batch}); given {len(vals)}"
+            )
     else:
-        raise InterpError(f"{name}: expected an int or a list of ints (one per batch element); given {value!r}")
+        raise InterpError(
+            f"{name}: expected an int or a list of ints (one per batch element); given {value!r}"
+        )
     if index:
         return [check_index(name, v, size) for v in vals]
     return [check_index(name, v, size, allow_negative=False) for v in vals]
@@ -254,7 +258,9 @@ def _layers(name, layers, n_layers) -> list[int]:
         out = sorted({check_index(name, v, n_layers) for v in layers})
         if out:
             return out
-    raise InterpError(f"{name}: expected None, an int or a non-empty list of ints in [0, {n_layers}); given {layers!r}")
+    raise InterpError(
+        f"{name}: expected None, an int or a non-empty list of ints in [0, {n_layers}); given {layers!r}"
+    )
 
 
 @torch.no_grad()
@@ -530,13 +536,19 @@ def scan_top_contexts(
             old = json.loads((folder / "meta.json").read_text())
         except (OSError, json.JSONDecodeError):
             old = None
-        if old is not None and {key: old.get(key) for key in meta} == meta and (folder / old["data"]).is_file():
+        if (
+            old is not None
+            and {key: old.get(key) for key in meta} == meta
+            and (folder / old["data"]).is_file()
+        ):
             df = _load_frame(folder, old["data"])
             df.attrs["meta"] = old
             return df
 
     # chunks: (doc index, offset in doc, tokens)
-    chunks = [(di, off, d[off : off + seq_len]) for di, d in enumerate(docs) for off in range(0, len(d), seq_len)]
+    chunks = [
+        (di, off, d[off : off + seq_len]) for di, d in enumerate(docs) for off in range(0, len(d), seq_len)
+    ]
     dev = model_device(model)
     names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layer_list}
     best_val: dict[int, torch.Tensor] = {}
@@ -554,11 +566,18 @@ def scan_top_contexts(
             valid[i, : len(c)] = True
         toks, valid = toks.to(dev), valid.to(dev)
         # global id of (chunk, position): chunk index * seq_len + position
-        gid = (torch.arange(s, s + len(group), device=dev)[:, None] * seq_len + torch.arange(L, device=dev)).reshape(-1)
+        gid = (
+            torch.arange(s, s + len(group), device=dev)[:, None] * seq_len + torch.arange(L, device=dev)
+        ).reshape(-1)
         with torch.no_grad():
             _, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
         for name, layer in names.items():
-            act = cache[name].float().masked_fill(~valid[..., None], float("-inf")).reshape(-1, cache[name].shape[-1])
+            act = (
+                cache[name]
+                .float()
+                .masked_fill(~valid[..., None], float("-inf"))
+                .reshape(-1, cache[name].shape[-1])
+            )
             if layer in best_val:
                 cand_v = torch.cat([best_val[layer], act])
                 cand_i = torch.cat([best_id[layer], gid[:, None].expand_as(act)])
@@ -600,7 +619,9 @@ def scan_top_contexts(
             nxt_s.append(token_str(model, nid) if nid >= 0 else "")
             pre = sep.join(strs[max(0, p - window) : p])
             post = sep.join(strs[p + 1 : p + 1 + after])
-            ctx.append(sep.join(x for x in (pre, f"«{strs[p]}»", post) if x) if sep else f"{pre}«{strs[p]}»{post}")
+            ctx.append(
+                sep.join(x for x in (pre, f"«{strs[p]}»", post) if x) if sep else f"{pre}«{strs[p]}»{post}"
+            )
         frames.append(
             pd.DataFrame(
                 {
@@ -696,16 +717,29 @@ def answer_agreement(model, contexts: pd.DataFrame, by: str = "layer", chunk: in
                 }
             )
         )
-    cols = ["layer", "neuron", "top_answer_id", "top_answer", "next_token_id", "next_token", "agree", "agree_any",
-            "next_rank"]
+    cols = [
+        "layer",
+        "neuron",
+        "top_answer_id",
+        "top_answer",
+        "next_token_id",
+        "next_token",
+        "agree",
+        "agree_any",
+        "next_rank",
+    ]
     neurons_df = pd.concat(per_neuron, ignore_index=True) if per_neuron else pd.DataFrame(columns=cols)
     if by == "neuron":
         return neurons_df
-    out = neurons_df.groupby("layer", sort=True).agg(
-        n_neurons=("neuron", "size"),
-        agreement=("agree", "mean"),
-        agreement_any=("agree_any", "mean"),
-        mean_next_rank=("next_rank", "mean"),
-    ).reset_index()
+    out = (
+        neurons_df.groupby("layer", sort=True)
+        .agg(
+            n_neurons=("neuron", "size"),
+            agreement=("agree", "mean"),
+            agreement_any=("agree_any", "mean"),
+            mean_next_rank=("next_rank", "mean"),
+        )
+        .reset_index()
+    )
     out["chance"] = 1.0 / d_vocab
     return out[["layer", "n_neurons", "agreement", "agreement_any", "mean_next_rank", "chance"]]
