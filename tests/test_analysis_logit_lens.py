@@ -36,12 +36,19 @@ from interp.model.transformer import HookedDecoder
 V = 64
 # init_std 0.3 makes the random models' distributions peaked enough that the comparisons below are
 # not comparisons of near-uniform vectors.
-BASE = dict(d_vocab=V, n_ctx=16, d_model=32, n_layers=3, n_heads=4, init_std=0.3)
+BASE = {"d_vocab": V, "n_ctx": 16, "d_model": 32, "n_layers": 3, "n_heads": 4, "init_std": 0.3}
 FAMILIES = {
-    "gpt2": dict(act="gelu_new"),
-    "llama": dict(norm="rmsnorm", positional="rotary", act="silu", gated=True, n_kv_heads=2, attn_bias=False,
-                  mlp_bias=False),
-    "neox": dict(parallel_residual=True, positional="rotary", rotary_fraction=0.25),
+    "gpt2": {"act": "gelu_new"},
+    "llama": {
+        "norm": "rmsnorm",
+        "positional": "rotary",
+        "act": "silu",
+        "gated": True,
+        "n_kv_heads": 2,
+        "attn_bias": False,
+        "mlp_bias": False,
+    },
+    "neox": {"parallel_residual": True, "positional": "rotary", "rotary_fraction": 0.25},
 }
 
 
@@ -132,8 +139,11 @@ def test_targets_ranks_positions_and_summary():
     df = logit_lens(model, tokens, k=4, target="next", positions=[0, -1, 3])
     assert sorted(df.position.unique()) == [0, 3, 5]
     assert len(df) == (n + 1) * 3 * 3 * 4
-    assert list(df[df.layer <= n].layer_name.unique()) == layer_names(n) == ["embed", "after block 0",
-                                                                              "after block 1", "after block 2"]
+    assert (
+        list(df[df.layer <= n].layer_name.unique())
+        == layer_names(n)
+        == ["embed", "after block 0", "after block 1", "after block 2"]
+    )
     p = softmax_out(model, tokens)
     last = df[(df.layer == n) & (df["rank"] == 1)]
     for row in last.itertuples():
@@ -143,7 +153,9 @@ def test_targets_ranks_positions_and_summary():
         nxt = int(tokens[row.batch, row.position + 1])
         assert row.target_id == nxt
         assert abs(row.target_prob - p[row.batch, row.position, nxt]) <= 1e-6
-        assert row.target_rank == 1 + int((p[row.batch, row.position] > p[row.batch, row.position, nxt]).sum())
+        assert row.target_rank == 1 + int(
+            (p[row.batch, row.position] > p[row.batch, row.position, nxt]).sum()
+        )
     # top-k are sorted, ranks 1..k
     for _, g in df.groupby(["batch", "layer", "position"]):
         assert list(g["rank"]) == [1, 2, 3, 4] and (np.diff(g.prob.values) <= 0).all()
@@ -242,3 +254,28 @@ def test_tuned_lens_training_is_deterministic():
         train_tuned_lens(model, data, steps=0, progress=False)
     with pytest.raises(InterpError, match="token_batches"):
         train_tuned_lens(model, [], progress=False)
+
+
+def test_float64_model_text_input_and_float64_lens_round_trip(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    words = ["<eos>", "the", "cat", "sat", "on", "mat"]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<eos>"))
+    tok.pre_tokenizer = Whitespace()
+    torch.manual_seed(0)
+    model = HookedDecoder(DecoderConfig(**{**BASE, "dtype": "float64"}), tokenizer=tok).eval()
+    df = logit_lens(model, "the cat sat on the mat", k=V)
+    assert df[df.layer == 0].groupby("position").input_token.first().tolist() == [
+        "the", "cat", "sat", "on", "the", "mat",
+    ]  # fmt: skip
+    ref = softmax_out(model, model.to_tokens("the cat sat on the mat"))
+    assert np.abs(probs_of(df, model.cfg.n_layers) - ref).max() <= 1e-12
+    lens = TunedLens.for_model(model)
+    assert lens.translators[0].weight.dtype == torch.float64
+    a = tuned_lens(model, "the cat sat", lens, k=3)
+    b = logit_lens(model, "the cat sat", k=3)
+    assert np.abs(a.prob.values - b.prob.values).max() <= 1e-12
+    back = TunedLens.load(lens.save(tmp_path), model)
+    assert back.translators[0].weight.dtype == torch.float64

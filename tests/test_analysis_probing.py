@@ -13,18 +13,31 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-from interp.analysis.probing import Activations, collect_activations, direction_matches, expand_hooks, fit_probes
+from interp.analysis.probing import (
+    Activations,
+    collect_activations,
+    direction_matches,
+    expand_hooks,
+    fit_probes,
+)
 from interp.errors import InterpError
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
 
 V = 48
-BASE = dict(d_vocab=V, n_ctx=16, d_model=32, n_layers=3, n_heads=4, init_std=0.3)
+BASE = {"d_vocab": V, "n_ctx": 16, "d_model": 32, "n_layers": 3, "n_heads": 4, "init_std": 0.3}
 FAMILIES = {
-    "gpt2": dict(act="gelu_new"),
-    "llama": dict(norm="rmsnorm", positional="rotary", act="silu", gated=True, n_kv_heads=2, attn_bias=False,
-                  mlp_bias=False),
-    "neox": dict(parallel_residual=True, positional="rotary", rotary_fraction=0.25),
+    "gpt2": {"act": "gelu_new"},
+    "llama": {
+        "norm": "rmsnorm",
+        "positional": "rotary",
+        "act": "silu",
+        "gated": True,
+        "n_kv_heads": 2,
+        "attn_bias": False,
+        "mlp_bias": False,
+    },
+    "neox": {"parallel_residual": True, "positional": "rotary", "rotary_fraction": 0.25},
 }
 
 
@@ -99,7 +112,9 @@ def test_fit_probes_is_deterministic_and_checks_input():
     X = rng.normal(size=(80, 8))
     y = (X[:, 0] > 0).astype(int)
     a, b = fit_probes(X, y, seed=4), fit_probes(X, y, seed=4)
-    assert a.scores.equals(b.scores) and np.array_equal(a.directions["activations"], b.directions["activations"])
+    assert a.scores.equals(b.scores) and np.array_equal(
+        a.directions["activations"], b.directions["activations"]
+    )
     assert np.array_equal(a.test_idx, b.test_idx)
     with pytest.raises(InterpError, match="labels"):
         fit_probes(X, y[:-1])

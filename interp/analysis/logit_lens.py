@@ -36,12 +36,12 @@ from interp.analysis._inputs import as_tokens, check_index
 from interp.errors import InterpError
 
 __all__ = [
-    "logit_lens",
-    "summarize_lens",
-    "layer_names",
-    "residual_stack",
-    "lens_logits",
     "LENS_COLUMNS",
+    "layer_names",
+    "lens_logits",
+    "logit_lens",
+    "residual_stack",
+    "summarize_lens",
 ]
 
 # Columns of the tidy frame, in order. One row per (batch, layer, position, rank); the per-(layer,
@@ -84,7 +84,7 @@ def _resid_hook(n_layers: int, layer: int) -> str:
 
 @torch.no_grad()
 def residual_stack(model, tokens) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the model once and return ``(stack [n_layers+1, batch, pos, d_model], logits [batch, pos, vocab])``.
+    """Run the model once; return ``(stack [n_layers+1, batch, pos, d_model], logits [batch, pos, vocab])``.
 
     ``stack[l]`` is the residual stream the lens reads at layer ``l`` (see the module docstring).
 
@@ -121,7 +121,7 @@ def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
     >>> from interp.model.config import DecoderConfig
     >>> from interp.model.transformer import HookedDecoder
     >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4))
-    >>> stack, logits = residual_stack(model, torch.zeros(1, 4, dtype=torch.long))
+    >>> stack, logits = residual_stack(model, torch.randint(0, 50, (2, 4)))
     >>> torch.allclose(lens_logits(model, stack[-1]), logits, atol=1e-5)
     True
     """
@@ -174,7 +174,9 @@ def _targets(model, tokens: torch.Tensor, final_logits: torch.Tensor, target) ->
             out = torch.full_like(tokens, -1)
             out[:, :-1] = tokens[:, 1:]
             return out
-        raise InterpError(f"target: must be 'final', 'next', a token id or a LongTensor [batch, pos]; given {target!r}")
+        raise InterpError(
+            f"target: must be 'final', 'next', a token id or a LongTensor [batch, pos]; given {target!r}"
+        )
     d_vocab = int(model.cfg.d_vocab)
     if isinstance(target, torch.Tensor) and target.ndim > 0:
         if tuple(target.shape) != (batch, n_pos) or target.dtype.is_floating_point:
@@ -185,8 +187,10 @@ def _targets(model, tokens: torch.Tensor, final_logits: torch.Tensor, target) ->
         out = target.to(device=tokens.device, dtype=torch.long)
     else:
         out = torch.full_like(tokens, check_index("target", target, d_vocab, allow_negative=False))
-    if int(out.max()) >= d_vocab or int(out.min()) < -1:
-        raise InterpError(f"target: ids must be in [0, d_vocab={d_vocab}) (or -1 for none); given {out.tolist()}")
+    lo, hi = int(out.min()), int(out.max())
+    if hi >= d_vocab or lo < -1:
+        bad = hi if hi >= d_vocab else lo
+        raise InterpError(f"target: ids must be in [0, d_vocab={d_vocab}) (or -1 for none); given id {bad}")
     return out
 
 
@@ -200,7 +204,7 @@ def _lens_frame(model, tokens, k: int, target, positions, translate: Translate |
     k = int(k)
     stack, final_logits = residual_stack(model, tokens)
     n_layers = stack.shape[0] - 1
-    batch, n_pos = tokens.shape
+    _batch, n_pos = tokens.shape
     pos = _positions(positions, n_pos)
     pos_t = torch.tensor(pos, device=tokens.device)
     targets = _targets(model, tokens, final_logits, target)[:, pos_t]  # [batch, P]
@@ -212,10 +216,11 @@ def _lens_frame(model, tokens, k: int, target, positions, translate: Translate |
 
     per_layer = []
     for layer in range(n_layers + 1):
-        resid = stack[layer]
+        # Only the requested positions are decoded: the norm, translator and unembedding act per position.
+        resid = stack[layer][:, pos_t]
         if translate is not None:
             resid = translate(resid, layer)
-        logp = torch.log_softmax(lens_logits(model, resid)[:, pos_t], dim=-1)  # [batch, P, vocab]
+        logp = torch.log_softmax(lens_logits(model, resid), dim=-1)  # [batch, P, vocab]
         top_logp, top_ids = logp.topk(k, dim=-1)
         t_logp = logp.gather(-1, safe_targets).squeeze(-1)
         # Rank 1 is the top prediction; ties are broken in the target's favour.
@@ -242,7 +247,9 @@ def _lens_frame(model, tokens, k: int, target, positions, translate: Translate |
     def per_cell(a):  # [L, B, P] -> one value per long row
         return np.broadcast_to(a[..., None], shape).reshape(-1)
 
-    strs = _token_strings(model, list(top_ids.reshape(-1)) + list(targets_np.reshape(-1)) + tokens.reshape(-1).tolist())
+    strs = _token_strings(
+        model, list(top_ids.reshape(-1)) + list(targets_np.reshape(-1)) + tokens.reshape(-1).tolist()
+    )
     names = np.array(layer_names(n_layers), dtype=object)
     input_tok = tokens[:, pos_t].cpu().numpy()
     t_ids = per_cell(np.broadcast_to(targets_np[None], (L, B, P)))
@@ -283,8 +290,10 @@ def logit_lens(model, tokens, k: int = 5, *, target="final", positions=None) -> 
         target: which token to track the probability and rank of: ``"final"`` (the model's own top
             prediction at that position), ``"next"`` (the true next token; none at the last
             position, where ``target_prob`` is NaN and ``target_rank`` is missing), a token id, or a
-            LongTensor ``[batch, pos]``.
+            LongTensor ``[batch, pos]`` (``-1`` marks "no target").
         positions: ``None`` for all, or an int / sequence of ints (negative counts from the end).
+            A list of texts is right-padded to one length; rows at padding positions mean nothing, so
+            pass texts of equal token length or select ``positions``.
 
     Returns:
         A tidy DataFrame with columns :data:`LENS_COLUMNS`: ``batch, layer (0..n_layers), layer_name,
@@ -321,7 +330,9 @@ def summarize_lens(df: pd.DataFrame) -> pd.DataFrame:
     """
     missing = [c for c in LENS_COLUMNS if c not in df.columns]
     if missing:
-        raise InterpError(f"df: expected a frame from logit_lens/tuned_lens with columns {LENS_COLUMNS}; missing {missing}")
+        raise InterpError(
+            f"df: expected a frame from logit_lens/tuned_lens with columns {LENS_COLUMNS}; missing {missing}"
+        )
     top = df[df["rank"] == 1]
     out = top[
         [

@@ -44,7 +44,15 @@ import torch
 from interp.analysis._inputs import as_tokens, check_index
 from interp.errors import InterpError
 
-__all__ = ["Activations", "ProbeResult", "expand_hooks", "collect_activations", "fit_probes", "direction_matches"]
+__all__ = [
+    "Activations",
+    "ProbeResult",
+    "collect_activations",
+    "direction_matches",
+    "expand_hooks",
+    "fit_probes",
+    "hook_layer",
+]
 
 
 # --- collecting activations ------------------------------------------------------------------------
@@ -77,7 +85,11 @@ _NOT_PER_POSITION = ("hook_pattern", "hook_attn_scores")
 
 
 def hook_layer(hook: str) -> int | None:
-    """The block index in a hook name (``blocks.3.hook_resid_post`` -> 3), or None (``hook_embed``)."""
+    """The block index in a hook name (``blocks.3.hook_resid_post`` -> 3), or None (``hook_embed``).
+
+    >>> hook_layer("blocks.3.mlp.hook_post"), hook_layer("hook_embed")
+    (3, None)
+    """
     m = _LAYER.match(hook)
     return int(m.group(1)) if m else None
 
@@ -98,7 +110,9 @@ def expand_hooks(model, hooks) -> list[str]:
     if isinstance(hooks, str):
         hooks = [hooks]
     if not isinstance(hooks, Sequence) or not hooks or not all(isinstance(h, str) for h in hooks):
-        raise InterpError(f"hooks: expected a hook name or a non-empty list of hook names; given {hooks!r:.80}")
+        raise InterpError(
+            f"hooks: expected a hook name or a non-empty list of hook names; given {hooks!r:.80}"
+        )
     names = model.hook_dict
     n_layers = int(model.cfg.n_layers)
     out: list[str] = []
@@ -108,7 +122,11 @@ def expand_hooks(model, hooks) -> list[str]:
         elif "{layer}" in h:
             cands = [h.format(layer=l) for l in range(n_layers)]
         else:
-            suffix = h if h.split(".")[-1].startswith("hook_") else ".".join(h.split(".")[:-1] + ["hook_" + h.split(".")[-1]])
+            suffix = (
+                h
+                if h.split(".")[-1].startswith("hook_")
+                else ".".join(h.split(".")[:-1] + ["hook_" + h.split(".")[-1]])
+            )
             cands = [f"blocks.{l}.{suffix}" for l in range(n_layers)]
         missing = [c for c in cands if c not in names]
         if missing:
@@ -130,8 +148,10 @@ def expand_hooks(model, hooks) -> list[str]:
 
 def _sequences(model, prompts_or_tokens) -> list[torch.Tensor]:
     """Split the input into token sequences [1, len]: texts one by one (no padding), tensors by row."""
-    if isinstance(prompts_or_tokens, (list, tuple)) and prompts_or_tokens and all(
-        isinstance(p, str) for p in prompts_or_tokens
+    if (
+        isinstance(prompts_or_tokens, (list, tuple))
+        and prompts_or_tokens
+        and all(isinstance(p, str) for p in prompts_or_tokens)
     ):
         return [as_tokens(model, p, name=f"prompts_or_tokens[{i}]") for i, p in enumerate(prompts_or_tokens)]
     tokens = as_tokens(model, prompts_or_tokens, name="prompts_or_tokens")
@@ -143,7 +163,9 @@ def _example_positions(positions, lengths: list[int]) -> list[list[int]]:
     n = len(lengths)
     if isinstance(positions, str):
         if positions != "all":
-            raise InterpError(f"positions: expected an int, 'all', or one int per prompt; given {positions!r}")
+            raise InterpError(
+                f"positions: expected an int, 'all', or one int per prompt; given {positions!r}"
+            )
         return [list(range(length)) for length in lengths]
     if isinstance(positions, torch.Tensor):
         positions = positions.tolist()
@@ -152,14 +174,20 @@ def _example_positions(positions, lengths: list[int]) -> list[list[int]]:
     if isinstance(positions, (list, tuple)):
         if len(positions) != n:
             raise InterpError(
-                f"positions: a list gives one position per prompt, so it needs {n} entries; given {len(positions)}"
+                f"positions: a list gives one position per prompt, so it needs {n} entries; "
+                f"given {len(positions)}"
             )
-        return [[check_index(f"positions[{i}]", p, length)] for i, (p, length) in enumerate(zip(positions, lengths))]
+        return [
+            [check_index(f"positions[{i}]", p, length)]
+            for i, (p, length) in enumerate(zip(positions, lengths))
+        ]
     return [[check_index("positions", positions, length)] for length in lengths]
 
 
 @torch.no_grad()
-def collect_activations(model, prompts_or_tokens, hooks, positions=-1, *, batch_size: int = 32) -> Activations:
+def collect_activations(
+    model, prompts_or_tokens, hooks, positions=-1, *, batch_size: int = 32
+) -> Activations:
     """Run prompts through the model and keep the activations at ``hooks`` and ``positions``.
 
     Args:
@@ -180,7 +208,8 @@ def collect_activations(model, prompts_or_tokens, hooks, positions=-1, *, batch_
     >>> from interp.model.transformer import HookedDecoder
     >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4,
     ...                                     norm="rmsnorm", positional="rotary", gated=True, act="silu"))
-    >>> acts = collect_activations(model, torch.randint(0, 50, (3, 5)), ["hook_embed", "mlp.hook_post"], "all")
+    >>> tokens = torch.randint(0, 50, (3, 5))
+    >>> acts = collect_activations(model, tokens, ["hook_embed", "mlp.hook_post"], positions="all")
     >>> len(acts), tuple(acts["blocks.1.mlp.hook_post"].shape)
     (15, (15, 128))
     """
@@ -270,10 +299,15 @@ def _as_matrix_dict(activations) -> dict[str, np.ndarray]:
         items = [("activations", activations)]
     out = {}
     for name, x in items:
-        x = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+        x = (
+            x.detach().cpu().double().numpy()
+            if isinstance(x, torch.Tensor)
+            else np.asarray(x, dtype=np.float64)
+        )
         if x.ndim != 2 or x.shape[0] < 2:
             raise InterpError(
-                f"activations: {name!r} must be a 2-D array [n_examples >= 2, features]; given shape {list(x.shape)}"
+                f"activations: {name!r} must be a 2-D array [n_examples >= 2, features]; "
+                f"given shape {list(x.shape)}"
             )
         if not np.isfinite(x).all():
             raise InterpError(f"activations: {name!r} contains NaN or infinite values")
@@ -352,7 +386,9 @@ def fit_probes(
     if task == "classification":
         classes, counts = np.unique(y, return_counts=True)
         if len(classes) < 2:
-            raise InterpError(f"labels: classification needs at least 2 classes; given only {classes.tolist()}")
+            raise InterpError(
+                f"labels: classification needs at least 2 classes; given only {classes.tolist()}"
+            )
         n_test = int(np.ceil(test_size * n))
         if counts.min() >= 2 and n_test >= len(classes) and n - n_test >= len(classes):
             stratify = y
@@ -413,7 +449,9 @@ _KINDS = ("W_in", "W_gate", "W_out", "W_E", "W_U")
 
 
 @torch.no_grad()
-def direction_matches(model, direction, *, k: int = 10, kinds=("W_in", "W_gate", "W_out", "W_E", "W_U"), layers=None) -> pd.DataFrame:
+def direction_matches(
+    model, direction, *, k: int = 10, kinds=("W_in", "W_gate", "W_out", "W_E", "W_U"), layers=None
+) -> pd.DataFrame:
     """The model directions most aligned with ``direction`` (a ``[d_model]`` vector), by cosine.
 
     Kinds: ``W_in`` (a neuron's input weights, a column of ``W_in[layer]``: what it reads),
@@ -426,8 +464,8 @@ def direction_matches(model, direction, *, k: int = 10, kinds=("W_in", "W_gate",
     >>> import torch
     >>> from interp.model.config import DecoderConfig
     >>> from interp.model.transformer import HookedDecoder
-    >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4,
-    ...                                     parallel_residual=True, positional="rotary", rotary_fraction=0.25))
+    >>> neox = dict(parallel_residual=True, positional="rotary", rotary_fraction=0.25)
+    >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4, **neox))
     >>> m = direction_matches(model, model.W_out[1, 7], k=2, kinds=["W_out"])
     >>> int(m.layer[0]), int(m["index"][0]), round(float(m.cosine[0]), 4)
     (1, 7, 1.0)
@@ -447,8 +485,14 @@ def direction_matches(model, direction, *, k: int = 10, kinds=("W_in", "W_gate",
     bad = [x for x in kinds if x not in _KINDS]
     if bad or not kinds:
         raise InterpError(f"kinds: each must be one of {list(_KINDS)}; given {list(kinds)}")
-    layer_list = list(range(n_layers)) if layers is None else [check_index("layers", l, n_layers) for l in (
-        [layers] if not isinstance(layers, (list, tuple, range)) else layers)]
+    layer_list = (
+        list(range(n_layers))
+        if layers is None
+        else [
+            check_index("layers", l, n_layers)
+            for l in ([layers] if not isinstance(layers, (list, tuple, range)) else layers)
+        ]
+    )
     direction = direction.detach().double().cpu()
 
     def block_vectors(kind):  # -> list of (layer, [n_neurons, d_model])
@@ -473,7 +517,11 @@ def direction_matches(model, direction, *, k: int = 10, kinds=("W_in", "W_gate",
         index_of = np.concatenate([np.arange(v.shape[0]) for _, v in groups])
         top = torch.topk(cos.abs(), min(k, cos.numel())).indices.numpy()
         is_token = kind in ("W_E", "W_U")
-        tokens = model.to_str_tokens(torch.tensor(index_of[top], dtype=torch.long)) if is_token else [""] * len(top)
+        tokens = (
+            model.to_str_tokens(torch.tensor(index_of[top], dtype=torch.long))
+            if is_token
+            else [""] * len(top)
+        )
         frames.append(
             pd.DataFrame(
                 {
@@ -486,5 +534,7 @@ def direction_matches(model, direction, *, k: int = 10, kinds=("W_in", "W_gate",
             )
         )
     if not frames:
-        return pd.DataFrame({"kind": [], "layer": pd.array([], dtype="Int64"), "index": [], "token": [], "cosine": []})
+        return pd.DataFrame(
+            {"kind": [], "layer": pd.array([], dtype="Int64"), "index": [], "token": [], "cosine": []}
+        )
     return pd.concat(frames, ignore_index=True)

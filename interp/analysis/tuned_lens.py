@@ -40,15 +40,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
 
 from interp.analysis._inputs import as_tokens, model_device
 from interp.analysis.logit_lens import _lens_frame, layer_names, lens_logits, residual_stack
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
 
-__all__ = ["TunedLens", "train_tuned_lens", "tuned_lens", "evaluate_lenses", "WEIGHTS_FILE", "CONFIG_FILE"]
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "TunedLens", "evaluate_lenses", "train_tuned_lens", "tuned_lens"]
 
 WEIGHTS_FILE = "tuned_lens.safetensors"
 CONFIG_FILE = "tuned_lens.json"
@@ -85,25 +86,47 @@ class TunedLens(nn.Module):
         self.info: dict = {}
 
     @classmethod
-    def for_model(cls, model) -> "TunedLens":
-        """An identity-initialised lens shaped for ``model``, on the model's device, in float32."""
+    def for_model(cls, model) -> TunedLens:
+        """An identity-initialised lens shaped for ``model``, on the model's device.
+
+        >>> from interp.model.config import DecoderConfig
+        >>> from interp.model.transformer import HookedDecoder
+        >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=3, n_heads=4))
+        >>> len(TunedLens.for_model(model).translators)
+        3
+        """
         cfg = model.cfg
-        return cls(int(cfg.d_model), int(cfg.n_layers), int(cfg.d_vocab)).to(model_device(model))
+        # float32 at least (half-precision translators cannot learn small corrections); float64 for
+        # float64 models so that an untrained lens reproduces the logit lens exactly.
+        dtype = torch.promote_types(model.W_U.dtype, torch.float32)
+        return cls(int(cfg.d_model), int(cfg.n_layers), int(cfg.d_vocab)).to(model_device(model), dtype)
 
     def forward(self, resid: torch.Tensor, layer: int) -> torch.Tensor:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.n_layers:
             raise InterpError(f"layer: must be an integer in [0, {self.n_layers}]; given {layer!r}")
         if resid.shape[-1] != self.d_model:
-            raise InterpError(f"resid: last dimension must be d_model={self.d_model}; given shape {list(resid.shape)}")
+            raise InterpError(
+                f"resid: last dimension must be d_model={self.d_model}; given shape {list(resid.shape)}"
+            )
         if layer == self.n_layers:
             return resid
         t = self.translators[layer]
-        # Translate in the lens's dtype (float32): half-precision residuals would lose the small
-        # corrections the translator learned.
+        # Translate in the lens's dtype (at least float32): half-precision residuals would lose the
+        # small corrections the translator learned.
         return t(resid.to(t.weight.dtype))
 
     def check_model(self, model) -> None:
-        """Raise :class:`InterpError` unless this lens's shapes match ``model``."""
+        """Raise :class:`InterpError` unless this lens's shapes match ``model``.
+
+        >>> from interp.model.config import DecoderConfig
+        >>> from interp.model.transformer import HookedDecoder
+        >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=3, n_heads=4))
+        >>> try:
+        ...     TunedLens(d_model=32, n_layers=2).check_model(model)
+        ... except InterpError as e:
+        ...     print("refused:", str(e).split(", but")[0])
+        refused: lens: was built for a model with {'d_model': 32, 'n_layers': 2}
+        """
         cfg = model.cfg
         want = {"d_model": int(cfg.d_model), "n_layers": int(cfg.n_layers)}
         have = {"d_model": self.d_model, "n_layers": self.n_layers}
@@ -122,7 +145,7 @@ class TunedLens(nn.Module):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(folder / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": _FORMAT})
             digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
@@ -140,7 +163,7 @@ class TunedLens(nn.Module):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, model=None) -> "TunedLens":
+    def load(cls, folder: str | Path, model=None) -> TunedLens:
         """Load a lens written by :meth:`save`; with ``model``, check shapes and move to its device.
 
         >>> import tempfile, torch
@@ -154,7 +177,8 @@ class TunedLens(nn.Module):
         cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         if not cfg_path.is_file() or not w_path.is_file():
             raise InterpError(
-                f"folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} in {str(folder)!r} (written by TunedLens.save); "
+                f"folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} in {str(folder)!r} "
+                f"(written by TunedLens.save); "
                 f"found {sorted(p.name for p in folder.iterdir()) if folder.is_dir() else 'no such folder'}"
             )
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -167,10 +191,12 @@ class TunedLens(nn.Module):
         if digest != meta.get("weights_sha256"):
             raise InterpError(
                 f"folder: {WEIGHTS_FILE} does not match {CONFIG_FILE} in {str(folder)!r} "
-                f"(sha256 {digest[:12]}... != recorded {str(meta.get('weights_sha256'))[:12]}...); save the lens again"
+                f"(sha256 {digest[:12]}... != recorded {str(meta.get('weights_sha256'))[:12]}...); "
+                f"save the lens again"
             )
+        state = load_file(str(w_path))
         lens = cls(int(meta["d_model"]), int(meta["n_layers"]), meta.get("d_vocab"))
-        lens.load_state_dict(load_file(str(w_path)))
+        lens.to(next(iter(state.values())).dtype).load_state_dict(state)
         lens.info = meta.get("info", {})
         if model is not None:
             lens.check_model(model)
@@ -180,7 +206,7 @@ class TunedLens(nn.Module):
 
 def _batches(model, token_batches) -> list[torch.Tensor]:
     """Normalise a corpus: one LongTensor [n, pos] or an iterable of token batches (any as_tokens form)."""
-    if isinstance(token_batches, torch.Tensor) or isinstance(token_batches, str):
+    if isinstance(token_batches, (torch.Tensor, str)):
         out = [as_tokens(model, token_batches, name="token_batches")]
     elif isinstance(token_batches, Iterable):
         out = [as_tokens(model, b, name=f"token_batches[{i}]") for i, b in enumerate(token_batches)]
@@ -245,14 +271,12 @@ def train_tuned_lens(
     >>> import torch
     >>> from interp.model.config import DecoderConfig
     >>> from interp.model.transformer import HookedDecoder
-    >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4,
-    ...                                     parallel_residual=True, positional="rotary", rotary_fraction=0.25))
+    >>> neox = dict(parallel_residual=True, positional="rotary", rotary_fraction=0.25)
+    >>> model = HookedDecoder(DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4, **neox))
     >>> lens = train_tuned_lens(model, torch.randint(0, 50, (4, 8)), steps=2, progress=False)
     >>> lens.info["steps"]
     2
     """
-    from tqdm.auto import tqdm
-
     batches = _batches(model, token_batches)
     for name, v in (("epochs", epochs),) + ((("steps", steps),) if steps is not None else ()):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -282,7 +306,9 @@ def train_tuned_lens(
                 order = torch.randperm(len(batches), generator=gen).tolist()
             tokens = batches[order.pop()]
             stack, final_logits = residual_stack(model, tokens)
-            final_logp = torch.log_softmax(final_logits.to(torch.promote_types(final_logits.dtype, torch.float32)), dim=-1)
+            final_logp = torch.log_softmax(
+                final_logits.to(torch.promote_types(final_logits.dtype, torch.float32)), dim=-1
+            )
             opt.zero_grad(set_to_none=True)
             total = 0.0
             # One backward per layer keeps only one [batch, pos, vocab] graph alive at a time.
@@ -319,7 +345,9 @@ def tuned_lens(model, tokens, lens: TunedLens, k: int = 5, *, target="final", po
     True
     """
     if not isinstance(lens, TunedLens):
-        raise InterpError(f"lens: expected a TunedLens (train_tuned_lens or TunedLens.load); given {type(lens).__name__}")
+        raise InterpError(
+            f"lens: expected a TunedLens (train_tuned_lens or TunedLens.load); given {type(lens).__name__}"
+        )
     lens.check_model(model)
     return _lens_frame(model, tokens, k, target, positions, translate=lens)
 
@@ -355,7 +383,9 @@ def evaluate_lenses(model, token_batches, lens: TunedLens | None = None) -> pd.D
     n_kl = n_ce = 0
     for tokens in batches:
         stack, final_logits = residual_stack(model, tokens)
-        final_logp = torch.log_softmax(final_logits.to(torch.promote_types(final_logits.dtype, torch.float32)), dim=-1)
+        final_logp = torch.log_softmax(
+            final_logits.to(torch.promote_types(final_logits.dtype, torch.float32)), dim=-1
+        )
         nxt = tokens[:, 1:]
         n_kl += tokens.numel()
         n_ce += nxt.numel()
