@@ -254,7 +254,7 @@ def train_tuned_lens(
     Args:
         model: a ``HookedDecoder``.
         token_batches: the corpus: an iterable of token batches (each a LongTensor ``[batch, pos]``,
-            text or list of texts) or a single LongTensor.
+            text or list of texts) or a single LongTensor (used as one batch).
         steps: optimisation steps (one per batch, cycling through the corpus); default
             ``epochs * len(batches)``.
         epochs: passes over the corpus when ``steps`` is not given.
