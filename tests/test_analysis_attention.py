@@ -223,8 +223,8 @@ def test_head_scores_and_patterns_on_architectures(kw):
     ref = torch.softmax(scores, -1)
     pat = attention_patterns(m, toks, layers=1, batch=1)
     got = torch.zeros(4, 10, 10, dtype=torch.float64)
-    got[pat["head"].to_numpy(), pat.query_pos.to_numpy(), pat.key_pos.to_numpy()] = torch.from_numpy(
-        pat.weight.to_numpy().copy()
+    got[pat["head"].tolist(), pat.query_pos.tolist(), pat.key_pos.tolist()] = torch.tensor(
+        pat.weight.tolist()
     )
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 

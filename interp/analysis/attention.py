@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -192,34 +193,36 @@ def top_attended(
     n = toks.shape[1]
     kk = min(k, n)
     causal = torch.ones(n, n, dtype=torch.bool, device=toks.device).tril()
-    rows = []
+    # (head, query, rank) grid; a query sees q + 1 keys, so ranks beyond that are dropped
+    hh, qq, rr = torch.meshgrid(torch.tensor(head_list), torch.arange(n), torch.arange(kk), indexing="ij")
+    keep = (rr <= qq).reshape(-1).numpy()
+    hh, qq, rr = (t.reshape(-1).numpy()[keep] for t in (hh, qq, rr))
+    frames = []
     for layer in layer_list:
         pat = _pattern(cache, layer)
         for b in batch_list:
-            strs = str_tokens(model, toks[b])
+            strs = np.array(str_tokens(model, toks[b]), dtype=object)
             # -1 on masked keys so they never outrank a visible key (weights are >= 0)
             p = pat[b][head_list].masked_fill(~causal, -1.0)
-            vals, idx = p.topk(kk, dim=-1)  # [h, q, kk]
-            vals, idx = vals.double().cpu(), idx.cpu()
-            for hi, h in enumerate(head_list):
-                for q in range(n):
-                    for r in range(min(kk, q + 1)):
-                        key = int(idx[hi, q, r])
-                        rows.append((b, layer, h, q, strs[q], r, key, strs[key], float(vals[hi, q, r])))
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "batch",
-            "layer",
-            "head",
-            "query_pos",
-            "query_token",
-            "rank",
-            "key_pos",
-            "key_token",
-            "weight",
-        ],
-    )
+            vals, idx = p.topk(kk, dim=-1)  # [head, query, kk]
+            vals = vals.double().cpu().reshape(-1).numpy()[keep]
+            idx = idx.cpu().reshape(-1).numpy()[keep]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "batch": b,
+                        "layer": layer,
+                        "head": hh,
+                        "query_pos": qq,
+                        "query_token": strs[qq],
+                        "rank": rr,
+                        "key_pos": idx,
+                        "key_token": strs[idx],
+                        "weight": vals,
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------------
