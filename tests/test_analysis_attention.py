@@ -224,7 +224,7 @@ def test_head_scores_and_patterns_on_architectures(kw):
     pat = attention_patterns(m, toks, layers=1, batch=1)
     got = torch.zeros(4, 10, 10, dtype=torch.float64)
     got[pat["head"].tolist(), pat.query_pos.tolist(), pat.key_pos.tolist()] = torch.tensor(
-        pat.weight.tolist()
+        pat.weight.tolist(), dtype=torch.float64
     )
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
