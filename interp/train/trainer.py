@@ -74,6 +74,7 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads
     device: str = "cpu"
     max_minutes: float | None = None  # stop (and save) after this much wall time
+    stop_after: int | None = None  # stop (and save) after this step; the schedule still spans `steps`
     progress: bool = True  # tqdm bar
     model: dict = field(default_factory=dict)  # DecoderConfig fields (d_vocab and n_ctx are filled in)
 
@@ -422,9 +423,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict:
             last = step == cfg.steps
             elapsed = elapsed0 + time.time() - t_start
             over_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
-            if stopper.requested or over_time:
+            stop_here = cfg.stop_after is not None and step >= cfg.stop_after
+            if stopper.requested or over_time or stop_here:
                 last = True
-                stop_reason = "interrupted" if stopper.requested else "max_minutes"
+                stop_reason = "interrupted" if stopper.requested else "max_minutes" if over_time else "stop_after"
             if step % cfg.log_interval == 0 or step % cfg.eval_interval == 0 or last:
                 now = time.time()
                 row = {"step": step, "tokens": state["tokens"], "epoch": round(schedule.epoch(step), 4), "lr": lr,

@@ -1,0 +1,240 @@
+"""Data windows, the training loop, exact resume, export and the CLI — on tiny models and the text fixture."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import interp
+from interp.errors import InterpError
+from interp.train import main as train_main
+from interp.train import trainer as trainer_mod
+from interp.train.data import (
+    BatchSchedule,
+    TokenData,
+    Windows,
+    add_repeated_spans,
+    eval_batches,
+    prepare,
+    write_token_files,
+)
+from interp.train.trainer import TrainConfig, export_model, latest_checkpoint, lr_at, train
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny_corpus.txt"
+TINY_MODEL = dict(d_model=32, n_layers=2, n_heads=4, positional="rotary")
+
+
+# ------------------------------------------------------------------------------------------------
+# windows
+
+
+def test_windows_targets_are_next_inputs_and_respect_stride():
+    tokens = np.arange(1000, 1103, dtype=np.uint16)  # distinct values: position is recoverable
+    for context, stride in [(8, 8), (8, 3), (16, 20), (1, 1), (102, 5)]:
+        w = Windows(tokens, context, stride)
+        expected = [s for s in range(0, len(tokens)) if s + context + 1 <= len(tokens)][::1]
+        expected = [s for s in expected if s % stride == 0]
+        assert len(w) == len(expected)
+        for i in range(len(w)):
+            x, y = w[i]
+            assert x.shape == (context,) and y.shape == (context,)
+            assert torch.equal(x[1:], y[:-1])  # target t == input t+1
+            assert int(x[0]) == 1000 + i * stride  # window i starts at i * stride
+            assert int(y[-1]) == 1000 + i * stride + context  # last target stays inside the stream
+    assert len(Windows(tokens, 103, 1)) == 0  # 103 + 1 tokens needed, only 103 there
+
+
+def test_windows_reject_bad_arguments():
+    with pytest.raises(InterpError, match="context_length"):
+        Windows(np.zeros(10, np.uint16), 0, 1)
+    with pytest.raises(InterpError, match="stride"):
+        Windows(np.zeros(10, np.uint16), 4, 0)
+    with pytest.raises(InterpError, match="window index"):
+        Windows(np.zeros(10, np.uint16), 4, 1).start(99)
+
+
+def test_split_is_by_document_and_no_window_crosses_it(tmp_path):
+    # Document d is made of the token d+1 only, so every token names its document.
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=200)
+    docs = [[d + 1] * int(n) for d, n in enumerate(lengths)]
+    meta = write_token_files(docs, tmp_path, eos_id=0, vocab_size=300, val_fraction=0.2, seed=3)
+    data = TokenData(tmp_path)
+    train_ids, val_ids = np.asarray(data.split("train")), np.asarray(data.split("val"))
+    train_docs, val_docs = set(train_ids[train_ids > 0]), set(val_ids[val_ids > 0])
+    assert train_docs.isdisjoint(val_docs) and train_docs | val_docs == set(range(1, 201))
+    assert 20 <= len(val_docs) <= 60  # ~20 % of 200 documents
+    # whole documents, each followed by one EOS
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        assert ids[-1] == 0 and meta["splits"][split]["tokens"] == len(ids)
+        for d in set(ids[ids > 0]):
+            assert (ids == d).sum() == lengths[d - 1]
+    assert data.dtype == np.uint16 and isinstance(data.split("train"), np.memmap)
+    for split, allowed in (("train", train_docs), ("val", val_docs)):
+        w = Windows(data.split(split), 16, 5)
+        for i in range(len(w)):
+            x, y = w[i]
+            seen = set(torch.cat([x, y]).tolist()) - {0}
+            assert seen <= allowed
+
+
+def test_batch_schedule_is_a_function_of_the_step_and_covers_each_epoch():
+    w = Windows(np.arange(501, dtype=np.uint16), 8, 4)
+    a, b = BatchSchedule(w, 4, seed=1), BatchSchedule(w, 4, seed=1)
+    assert len(w) == 124
+    seen = np.concatenate([a.indices(s) for s in range(31)])
+    assert sorted(seen) == list(range(124))  # epoch 0 visits every window once
+    for s in (0, 7, 3, 33):
+        xa, ya = a.batch(s)
+        xb, yb = b.batch(s)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(BatchSchedule(w, 4, seed=2).batch(0)[0], a.batch(0)[0])
+
+
+def test_repeated_spans_copy_a_span_of_the_row():
+    rows = np.arange(10 * 65).reshape(10, 65)  # all distinct tokens
+    out = add_repeated_spans(rows, np.random.default_rng(0), prob=1.0, min_span=6, max_span=12)
+    for r in range(10):
+        values, counts = np.unique(out[r], return_counts=True)
+        n_repeated = int((counts == 2).sum())
+        assert 6 <= n_repeated <= 12  # one copied span of 6..12 tokens
+        # the copy sits after the original and is contiguous
+        dup = np.isin(out[r], values[counts == 2])
+        first, second = np.flatnonzero(dup)[:n_repeated], np.flatnonzero(dup)[n_repeated:]
+        assert np.all(np.diff(second) == 1) and second[0] > first[-1]
+    assert np.array_equal(add_repeated_spans(rows, np.random.default_rng(0), 0.0), rows)
+
+
+def test_eval_batches_tile_in_order():
+    w = Windows(np.arange(200, dtype=np.uint16), 9, 9)
+    xs = torch.cat([x for x, _ in eval_batches(w, 4)])
+    assert xs.shape[0] == len(w) and int(xs[1, 0]) == 9
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(data="", out="", steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(110, cfg) == pytest.approx(1e-4)
+    with pytest.raises(InterpError, match="warmup_steps"):
+        TrainConfig(data="", out="", steps=5, warmup_steps=10)
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+@pytest.fixture(scope="module")
+def token_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokens")
+    prepare(FIXTURE, folder, folder / "tok-src.json", vocab_size=320, val_fraction=0.15, seed=0)
+    return folder
+
+
+def _cfg(token_dir, out, **kw):
+    base = dict(data=str(token_dir), out=str(out), steps=12, batch_size=4, context_length=32, stride=16, lr=3e-3,
+                warmup_steps=2, eval_interval=6, eval_batches=2, log_interval=3, checkpoint_interval=6, seed=0,
+                threads=1, progress=False, model=dict(TINY_MODEL))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_prepare_writes_tokens_with_eos_between_documents(token_dir):
+    data = TokenData(token_dir)
+    n_docs = len([d for d in FIXTURE.read_text(encoding="utf-8").split("\n\n") if d.strip()])
+    tr, va = np.asarray(data.split("train")), np.asarray(data.split("val"))
+    assert (tr == data.eos_id).sum() + (va == data.eos_id).sum() == n_docs
+    assert data.meta["splits"]["val"]["documents"] >= 1
+    assert (token_dir / "tokenizer.json").is_file()
+
+
+def test_training_lowers_the_loss(token_dir, tmp_path):
+    summary = train(_cfg(token_dir, tmp_path / "run", steps=40, eval_interval=40, lr=1e-2, repeat_prob=0.3))
+    rows = json.loads((tmp_path / "run" / "log.json").read_text())
+    first, last = rows[0]["train_loss"], rows[-1]["train_loss"]
+    assert first > math.log(320) - 0.5  # starts near uniform over the vocabulary
+    assert last < first - 1.0
+    assert summary["final_val_loss"] < math.log(320) - 0.5
+    for name in ("log.csv", "loss.png", "summary.json", "latest.json"):
+        assert (tmp_path / "run" / name).is_file()
+    # a checkpoint folder is also a loadable model folder
+    model = interp.load(str(latest_checkpoint(tmp_path / "run")))
+    assert model.tokenizer is not None and model.cfg.positional == "rotary"
+
+
+def _params(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resume_is_bit_identical(token_dir, tmp_path):
+    full = tmp_path / "full"
+    train(_cfg(token_dir, full, repeat_prob=0.5))
+    part = tmp_path / "part"
+    s = train(_cfg(token_dir, part, repeat_prob=0.5, stop_after=5))
+    assert s["step"] == 5 and s["stop_reason"] == "stop_after"
+    s = train(_cfg(token_dir, part, repeat_prob=0.5))  # resumes from step 5
+    assert s["step"] == 12
+    a, b = _params(latest_checkpoint(full)), _params(latest_checkpoint(part))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    oa = load_file(str(latest_checkpoint(full) / "optimizer.safetensors"))
+    ob = load_file(str(latest_checkpoint(part) / "optimizer.safetensors"))
+    assert all(torch.equal(oa[k], ob[k]) for k in oa)
+    # the log of the resumed run continues the interrupted one
+    steps = [r["step"] for r in json.loads((part / "log.json").read_text())]
+    assert steps == sorted(steps) and steps[-1] == 12
+
+
+def test_ctrl_c_saves_a_consistent_checkpoint_and_resumes_exactly(token_dir, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train(_cfg(token_dir, full, steps=8))
+    run = tmp_path / "run"
+    real_lr_at = trainer_mod.lr_at
+
+    def lr_at_with_ctrl_c(step, cfg):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 3
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(trainer_mod, "lr_at", lr_at_with_ctrl_c)
+    s = train(_cfg(token_dir, run, steps=8))
+    assert s["stop_reason"] == "interrupted" and s["step"] == 4  # finished the step, saved, stopped
+    assert not list((run / "checkpoints").glob(".tmp*"))
+    monkeypatch.setattr(trainer_mod, "lr_at", real_lr_at)
+    train(_cfg(token_dir, run, steps=8))
+    a, b = _params(latest_checkpoint(full)), _params(latest_checkpoint(run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_passes_decoder_options_and_exports(token_dir, tmp_path):
+    out = tmp_path / "cli"
+    rc = train_main(["fit", "--data", str(token_dir), "--out", str(out), "--steps", "3", "--batch-size", "2",
+                     "--context-length", "16", "--warmup-steps", "1", "--eval-interval", "3", "--eval-batches", "1",
+                     "--no-progress", "--threads", "1", "--d-model", "32", "--n-heads", "2", "--n-layers", "2",
+                     "--norm-placement", "deepnorm", "--norm", "rmsnorm", "--act", "silu", "--gated",
+                     "--n-kv-heads", "1"])
+    assert rc == 0
+    cfg = json.loads((latest_checkpoint(out) / "config.json").read_text())
+    assert (cfg["norm_placement"], cfg["norm"], cfg["act"], cfg["gated"], cfg["n_kv_heads"]) == (
+        "deepnorm", "rmsnorm", "silu", True, 1)
+    assert cfg["n_ctx"] == 16 and cfg["d_vocab"] == 320 and cfg["eos_token_id"] == 0
+    dest = export_model(latest_checkpoint(out), tmp_path / "exported", name="tiny")
+    m1, m2 = interp.load(str(dest)), interp.load(str(latest_checkpoint(out)))
+    tokens = torch.tensor([[5, 6, 7, 8]])
+    assert torch.equal(m1(tokens), m2(tokens)) and m1.cfg.name == "tiny"
+
+
+def test_resume_refuses_a_different_model(token_dir, tmp_path):
+    train(_cfg(token_dir, tmp_path / "r", steps=2, warmup_steps=1, checkpoint_interval=2))
+    bad = _cfg(token_dir, tmp_path / "r", steps=4, warmup_steps=1, model=dict(TINY_MODEL, d_model=64))
+    with pytest.raises(InterpError, match="model config differs"):
+        train(bad)
