@@ -344,3 +344,18 @@ def test_docstring_examples_run():
     for mod in (attention_mod, inputs_mod):
         res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert res.failed == 0, mod.__name__
+
+
+def test_padded_texts_are_scored_on_their_own_tokens():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [f"w{i}" for i in range(V)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    m = planted_model(induction=False)
+    m.tokenizer = tok
+    texts = ["w1 w2 w3 w4 w5 w6 w7 w8 w9", "w3 w4 w5"]  # the second is right-padded with 6 pad tokens
+    s = scores_by_head(head_scores(m, texts))
+    q = np.concatenate([np.arange(1, 9), np.arange(1, 3)])  # real queries only
+    assert s.loc[(1, 2), "previous_token"] == pytest.approx(np.mean(1 / (q + 1)), abs=1e-6)
+    assert s.loc[(0, 0), "previous_token"] >= 0.95

@@ -348,3 +348,15 @@ def test_post_norm_contributions_are_nan_not_wrong():
 def test_docstring_examples_run():
     res = doctest.testmod(neurons_mod, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0
+
+
+def test_top_neurons_on_padded_texts_uses_each_texts_last_token():
+    m = planted_model()
+    m.tokenizer = word_tokenizer()
+    texts = ["the cat sat on the mat", "a big dog"]
+    df = neuron_contributions(m, texts, position=-1, target=B)
+    assert df.groupby("batch").position.first().tolist() == [5, 2]
+    alone = neuron_contributions(m, texts[1], position=-1, target=B)
+    np.testing.assert_allclose(df[df.batch == 1].contribution, alone.contribution, atol=1e-9)
+    with pytest.raises(InterpError, match="position"):
+        neuron_contributions(m, texts, position=4)  # past the end of "a big dog"

@@ -22,7 +22,7 @@ import torch
 
 from interp.errors import InterpError
 
-__all__ = ["as_tokens", "check_index", "model_device", "str_tokens", "token_str"]
+__all__ = ["as_tokens", "check_index", "model_device", "str_tokens", "text_lengths", "token_str"]
 
 
 def model_device(model) -> torch.device:
@@ -170,3 +170,15 @@ def str_tokens(model, ids) -> list[str]:
 def token_str(model, token_id: int) -> str:
     """Display string of one token id (``str(id)`` without a tokenizer)."""
     return str_tokens(model, [int(token_id)])[0]
+
+
+def text_lengths(model, tokens, toks: torch.Tensor) -> list[int]:
+    """Unpadded length of every row of ``toks = as_tokens(model, tokens)``.
+
+    Only a list of several strings is padded (right-padded by ``model.to_tokens``); every other input
+    has all rows full length. Analyzers use this so padding never counts as text.
+    """
+    full = [int(toks.shape[1])] * int(toks.shape[0])
+    if isinstance(tokens, (list, tuple)) and len(tokens) > 1 and all(isinstance(t, str) for t in tokens):
+        return [int(model.to_tokens(t).shape[-1]) for t in tokens]
+    return full

@@ -33,8 +33,8 @@ repeats are the planted ones, as in TransformerLens/Olsson). The other roles are
 ``tokens`` you pass. ``head_scores(..., repeats="tokens")`` measures the repeat-based roles on your
 tokens instead (for natural text, where they repeat). The ``source`` column says which.
 
-Padding is not masked: when ``tokens`` is a list of strings of different lengths, the padded
-positions count like any others. Pass equal-length inputs (or one string) for clean scores.
+A list of strings of different lengths is right-padded by ``model.to_tokens``; ``head_scores``
+scores each row on its own tokens only, so the padding never counts.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.analysis._inputs import as_tokens, check_index, model_device, str_tokens
+from interp.analysis._inputs import as_tokens, check_index, model_device, str_tokens, text_lengths
 from interp.errors import InterpError
 
 __all__ = [
@@ -329,18 +329,24 @@ def _head_role_sums(pat: torch.Tensor, masks: dict, roles: Sequence[str]):
     return out
 
 
-def _role_scores(model, toks: torch.Tensor, roles: Sequence[str], window: int) -> dict:
-    """{role: tensor [n_layers, n_heads]} averaged over batch elements and defined queries."""
+def _role_scores(model, toks: torch.Tensor, roles: Sequence[str], window: int, lengths=None) -> dict:
+    """{role: tensor [n_layers, n_heads]} averaged over batch elements and defined queries.
+
+    ``lengths`` (one per row) drops right padding: row ``b`` is scored on its first ``lengths[b]``
+    positions only (causal attention means real tokens never see the padding after them).
+    """
     cfg = model.cfg
     layers = list(range(cfg.n_layers))
+    lengths = lengths or [toks.shape[1]] * toks.shape[0]
     _, cache = _run_patterns(model, toks, layers)
-    masks = [_query_masks(toks[b], window) for b in range(toks.shape[0])]
+    masks = [_query_masks(toks[b, : lengths[b]], window) for b in range(toks.shape[0])]
     num = {r: torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64) for r in roles}
-    den = {r: 0.0 for r in roles}
+    den = dict.fromkeys(roles, 0.0)
     for layer in layers:
         pat = _pattern(cache, layer)  # read (and, on fused backends, rebuild) one layer at a time
         for b in range(toks.shape[0]):
-            for role, (s, w) in _head_role_sums(pat[b], masks[b], roles).items():
+            n = lengths[b]
+            for role, (s, w) in _head_role_sums(pat[b, :, :n, :n], masks[b], roles).items():
                 num[role][layer] += s.cpu()
                 if layer == 0:
                     den[role] += w
@@ -396,7 +402,8 @@ def head_scores(
     else:
         toks = as_tokens(model, tokens)
         on_tokens = ROLES if repeats == "tokens" else plain_roles
-        scores.update(_role_scores(model, toks, on_tokens, window))
+        lengths = text_lengths(model, tokens, toks)
+        scores.update(_role_scores(model, toks, on_tokens, window, lengths))
         source.update({r: "tokens" for r in on_tokens})
         if repeats == "random":
             scores.update(_role_scores(model, rand, repeat_roles, window))

@@ -36,7 +36,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from interp.analysis._inputs import _is_int_like, as_tokens, check_index, model_device, str_tokens, token_str
+from interp.analysis._inputs import (
+    _is_int_like,
+    as_tokens,
+    check_index,
+    model_device,
+    str_tokens,
+    text_lengths,
+    token_str,
+)
 from interp.errors import InterpError
 
 __all__ = [
@@ -202,25 +210,20 @@ def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str =
 # per prompt: activations and direct logit contributions
 
 
-def _per_batch(name: str, value, batch: int, size: int, *, index: bool) -> list[int]:
-    """An int (same for every batch element) or one int per batch element."""
-    if _is_int_like(value) and not isinstance(value, torch.Tensor):
-        vals = [value] * batch
-    elif isinstance(value, torch.Tensor) and value.ndim == 0:
-        vals = [int(value)] * batch
-    elif isinstance(value, (Sequence, torch.Tensor)) and not isinstance(value, (str, bytes)):
+def _per_batch(name: str, value, batch: int) -> list:
+    """An int (same for every batch element) or one int per batch element -> list of ``batch`` values."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        value = value.item()
+    if _is_int_like(value):
+        return [int(value)] * batch
+    if isinstance(value, (Sequence, torch.Tensor)) and not isinstance(value, (str, bytes)):
         vals = value.tolist() if isinstance(value, torch.Tensor) else list(value)
         if len(vals) != batch:
             raise InterpError(
-                f"{name}: expected an int or one value per batch element ({batch}); given {len(vals)}"
+                f"{name}: expected an int or one value per batch element ({batch}); given {len(vals)} values"
             )
-    else:
-        raise InterpError(
-            f"{name}: expected an int or a list of ints (one per batch element); given {value!r}"
-        )
-    if index:
-        return [check_index(name, v, size) for v in vals]
-    return [check_index(name, v, size, allow_negative=False) for v in vals]
+        return vals
+    raise InterpError(f"{name}: expected an int or a list of ints (one per batch element); given {value!r}")
 
 
 def _target_ids(model, target, logits_at: torch.Tensor) -> list[int]:
@@ -234,7 +237,9 @@ def _target_ids(model, target, logits_at: torch.Tensor) -> list[int]:
         if len(target) != batch:
             raise InterpError(f"target: expected one token per batch element ({batch}); given {len(target)}")
         return [_single_token_id(model, t) for t in target]
-    return _per_batch("target", target, batch, d_vocab, index=False)
+    return [
+        check_index("target", t, d_vocab, allow_negative=False) for t in _per_batch("target", target, batch)
+    ]
 
 
 def _single_token_id(model, s: str) -> int:
@@ -282,8 +287,13 @@ def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -
     """
     toks = as_tokens(model, tokens)
     cfg = model.cfg
-    batch, n = toks.shape
-    pos = _per_batch("position", position, batch, n, index=True)
+    batch = toks.shape[0]
+    # a negative position counts from each row's own end, so -1 is the last real token of a padded text
+    lengths = text_lengths(model, tokens, toks)
+    pos = [
+        check_index("position", p, lengths[b]) for b, p in enumerate(_per_batch("position", position, batch))
+    ]
+
     layer_list = _layers("layers", layers, cfg.n_layers)
     names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
     with torch.no_grad():
@@ -572,23 +582,26 @@ def scan_top_contexts(
         with torch.no_grad():
             _, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
         for name, layer in names.items():
-            act = (
-                cache[name]
-                .float()
-                .masked_fill(~valid[..., None], float("-inf"))
-                .reshape(-1, cache[name].shape[-1])
-            )
+            act = cache[name].float().masked_fill(~valid[..., None], float("-inf"))
+            act = act.reshape(-1, act.shape[-1])  # [rows, d_mlp]
+            # this batch's top-k first, then merge with the running top-k: O(k * d_mlp) extra memory
+            v, idx = act.topk(min(k, act.shape[0]), dim=0)
+            ids = gid[idx]
             if layer in best_val:
-                cand_v = torch.cat([best_val[layer], act])
-                cand_i = torch.cat([best_id[layer], gid[:, None].expand_as(act)])
-            else:
-                cand_v, cand_i = act, gid[:, None].expand_as(act)
-            kk = min(k, cand_v.shape[0])
-            v, idx = cand_v.topk(kk, dim=0)  # [kk, d_mlp]
-            best_val[layer], best_id[layer] = v, cand_i.gather(0, idx)
+                v, ids = torch.cat([best_val[layer], v]), torch.cat([best_id[layer], ids])
+                v, idx = v.topk(min(k, v.shape[0]), dim=0)
+                ids = ids.gather(0, idx)
+            best_val[layer], best_id[layer] = v, ids
         del cache
 
     strs_cache: dict[int, list[str]] = {}
+    id_strs: dict[int, str] = {}
+
+    def id_str(t: int) -> str:
+        if t not in id_strs:
+            id_strs[t] = token_str(model, t)
+        return id_strs[t]
+
     sep = "" if getattr(model, "tokenizer", None) is not None else " "
 
     def chunk_strs(ci: int) -> list[str]:
@@ -616,7 +629,7 @@ def scan_top_contexts(
             tok_s.append(strs[p])
             nid = int(docs[di][dp + 1]) if dp + 1 < len(docs[di]) else -1
             nxt_id.append(nid)
-            nxt_s.append(token_str(model, nid) if nid >= 0 else "")
+            nxt_s.append(id_str(nid) if nid >= 0 else "")
             pre = sep.join(strs[max(0, p - window) : p])
             post = sep.join(strs[p + 1 : p + 1 + after])
             ctx.append(
