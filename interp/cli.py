@@ -1,47 +1,335 @@
-"""The `interp` command (subcommands grow with the project; see `interp --help`)."""
+"""The `interp` command: reports, probes, the dashboard, sampling, training, benchmarks and the model zoo.
+
+Every subcommand has ``--help`` with an example. Bad input (an :class:`~interp.errors.InterpError`)
+prints one line and exits with status 2, never a traceback; Ctrl-C exits with 130 and leaves no
+half-written file (outputs are written atomically, at the end).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the source checkout (apps/, benchmarks/, models/ live here)
+DASHBOARD = ROOT / "apps" / "dashboard.py"
+BENCHMARKS = ROOT / "benchmarks"
+
+_RAW = argparse.RawDescriptionHelpFormatter
 
 
-def _generate(args) -> int:
-    import interp
-    from interp.generate import generate
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
-    model = interp.load(args.model)
-    out = generate(model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
-    print(model.to_string(out[0]) if model.tokenizer is not None else out[0].tolist())
+
+# ----------------------------------------------------------------------------------------------------
+# report
+
+
+def _report(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from interp.report.data import STAGES, ReportOptions, collect_report
+    from interp.report.inputs import load_model
+    from interp.report.output import check_writable
+    from interp.report.render import format_for, write_report
+
+    fmt = format_for(args.out, args.format)
+    out = args.out
+    if out is None:
+        out = "report.md" if fmt == "md" else "report.html"
+    check_writable(out, args.force)  # before the analysis, not after it
+    options = ReportOptions(k_next=args.k, k_neurons=args.neurons, n_pattern_heads=args.heads,
+                            max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed)
+    err = Console(stderr=True)
+    steps = ["loading model", *STAGES, "writing"]
+    with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=args.quiet or not err.is_terminal) as bar:
+        task = bar.add_task(steps[0], total=len(steps))
+
+        def stage(name: str) -> None:
+            bar.update(task, description=name, completed=steps.index(name))
+
+        model = load_model(args.model, device=args.device)
+        data = collect_report(model, args.prompt, options, progress=stage)
+        stage("writing")
+        path = write_report(data, out, fmt=fmt, force=args.force)
+        bar.update(task, completed=len(steps))
+    s = data.summary()
+    if not args.quiet:
+        print(f"wrote {path} ({fmt}, {path.stat().st_size / 1e6:.1f} MB): {s['n_tokens']} tokens, "
+              f"next token {s['predicted']!r} p={s['probability']:.3f}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description="Ask a decoder-only transformer why it predicts what it predicts.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="sample a continuation", description="Example: interp generate 'Once upon a time' --temperature 0.8")
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="write one self-contained HTML (or Markdown) report for a prompt", formatter_class=_RAW,
+        description="Run every analysis on a prompt and write one file: model, tokenization, next-token "
+                    "distribution, logit lens, attention heads, neurons and superposition. The HTML opens "
+                    "offline (plotly is embedded).",
+        epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
+                         'interp report "Once upon a time" --format md --out report.md --model models/NAME'))
+    p.add_argument("prompt", help="the text to analyse")
+    p.add_argument("--out", default=None, help="output file (default report.html, or report.md with --format md)")
+    p.add_argument("--format", choices=("html", "md"), default=None, help="default: from --out's suffix, else html")
+    p.add_argument("--model", default=None, help="zoo name or model folder (default: the shipped model)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--k", type=int, default=10, help="next-token candidates and logit-lens depth (default 10)")
+    p.add_argument("--neurons", type=int, default=10, help="neurons per ranking (default 10)")
+    p.add_argument("--heads", type=int, default=4, help="notable heads whose patterns are drawn (default 4)")
+    p.add_argument("--max-pairs", type=int, default=20_000, help="direction pairs per superposition set")
+    p.add_argument("--sets", nargs="+", default=["W_E", "W_U", "W_in", "W_out"], metavar="SET",
+                   help="superposition direction sets (default W_E W_U W_in W_out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    p.set_defaults(func=_report)
+
+
+# ----------------------------------------------------------------------------------------------------
+# dashboard
+
+
+def _dashboard(args) -> int:
+    from interp.errors import InterpError
+
+    if not DASHBOARD.is_file():
+        raise InterpError(f"the dashboard app is missing at {DASHBOARD}; run interp from a source checkout.")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD), "--server.address", args.host,
+           "--server.port", str(args.port), "--server.headless", "false" if args.browser else "true",
+           "--browser.gatherUsageStats", "false"]
+    extra = []
+    if args.model:
+        extra += ["--model", args.model]
+    if args.prompt:
+        extra += ["--prompt", args.prompt]
+    if extra:
+        cmd += ["--", *extra]
+    print(f"interp dashboard: http://{args.host}:{args.port}  (Ctrl-C stops it)", file=sys.stderr)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_dashboard(sub) -> None:
+    p = sub.add_parser(
+        "dashboard", help="start the Streamlit dashboard", formatter_class=_RAW,
+        description="Start the interactive dashboard (apps/dashboard.py) with Streamlit: overview and sampling, "
+                    "attention, neurons, superposition, logit lens, report download.",
+        epilog=_examples("interp dashboard", "interp dashboard --port 8600 --model models/NAME --prompt 'Hello'",
+                         "streamlit run apps/dashboard.py   (the same app)"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--model", default=None, help="model preselected in the sidebar (zoo name or folder)")
+    p.add_argument("--prompt", default=None, help="prompt preselected in the sidebar")
+    p.add_argument("--browser", action="store_true", help="open a browser window")
+    p.set_defaults(func=_dashboard)
+
+
+# ----------------------------------------------------------------------------------------------------
+# probe / train / bench: delegate the rest of the command line
+
+
+def _probe(args) -> int:
+    from interp.report.probes import PROBES, main as probe_main
+
+    if args.name is None:
+        print("probes: " + ", ".join(PROBES) + "\nrun `interp probe NAME --help` for one probe's options.")
+        return 0
+    if args.name not in PROBES:
+        from interp.errors import InterpError
+
+        raise InterpError(f"probe: unknown probe {args.name!r}; choose from {list(PROBES)}.")
+    return probe_main(args.name, args.rest, prog=f"interp probe {args.name}")
+
+
+def _add_probe(sub) -> None:
+    from interp.report.probes import PROBES
+
+    listing = "\n".join(f"  {name:<14} {p.summary}" for name, p in PROBES.items())
+    p = sub.add_parser(
+        "probe", help="run one analysis and print tables (same as python probes/NAME.py)", formatter_class=_RAW,
+        description=f"Run one probe. Probes:\n{listing}\n\n`interp probe NAME --help` lists a probe's options; "
+                    "every probe takes --model, --prompts FILE, --json/--csv/--html PATH and --force.",
+        epilog=_examples('interp probe attention "When Mary and John went to the store, John gave" --layer 0 --head 1',
+                         'interp probe logit_lens "The capital of France is" --k 3 --json lens.json',
+                         "interp probe superposition --toy --sparsity 0.95"))
+    p.add_argument("name", nargs="?", default=None, help="probe name (see above)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the probe's own arguments")
+    p.set_defaults(func=_probe)
+
+
+def _train(args) -> int:
+    from interp.train import main as train_main
+
+    return train_main(args.rest)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="tokenize a corpus, train a model, export it to the zoo (interp.train)", formatter_class=_RAW,
+        description="Training, delegated to interp.train: `prepare` (tokenizer + token files), `fit` (train or "
+                    "resume), `export` (write a model folder). `interp train COMMAND --help` lists each "
+                    "command's options.",
+        epilog=_examples(
+            "interp train prepare data/corpus/corpus.jsonl --tokenizer data/tokenizer.json --out data/tokens",
+            "interp train fit --data data/tokens --out runs/demo --steps 2000 --d-model 128 --positional rotary",
+            "interp train export runs/demo --to models/my-model"))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for interp.train (prepare | fit | export ...)")
+    p.set_defaults(func=_train)
+
+
+def _benchmarks() -> list[str]:
+    if not BENCHMARKS.is_dir():
+        return []
+    return sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+
+
+def _bench(args) -> int:
+    from interp.errors import InterpError
+
+    names = _benchmarks()
+    if args.name is None:
+        print("benchmarks: " + (", ".join(names) if names else f"(none in {BENCHMARKS})"))
+        return 0
+    if args.name not in names:
+        raise InterpError(f"bench: no benchmark {args.name!r} in {BENCHMARKS}; choose from {names or '(none)'}.")
+    try:
+        return subprocess.call([sys.executable, str(BENCHMARKS / f"{args.name}.py"), *args.rest], cwd=ROOT)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_bench(sub) -> None:
+    names = _benchmarks()
+    p = sub.add_parser(
+        "bench", help="run a benchmark script from benchmarks/ by name", formatter_class=_RAW,
+        description="Run benchmarks/NAME.py with the remaining arguments (from the repository root). "
+                    f"Available: {', '.join(names) if names else '(none yet)'}. Without NAME, list them.",
+        epilog=_examples("interp bench", f"interp bench {names[0] if names else 'attention'} --help"))
+    p.add_argument("name", nargs="?", default=None, help="benchmark name (file stem in benchmarks/)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    p.set_defaults(func=_bench)
+
+
+# ----------------------------------------------------------------------------------------------------
+# generate / models
+
+
+def _generate(args) -> int:
+    from interp.generate import generate
+    from interp.report.inputs import encode_prompt, load_model
+
+    model = load_model(args.model, device=args.device)
+    tokens = encode_prompt(model, args.prompt)
+    for i in range(args.samples):
+        out = generate(model, tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed + i)
+        print(model.to_string(out[0]))
+        if args.samples > 1 and i < args.samples - 1:
+            print("---")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    g = sub.add_parser(
+        "generate", help="sample a continuation", formatter_class=_RAW,
+        description="Continue a prompt with the KV-cached sampler: temperature (0 = greedy), top-k, top-p, min-p.",
+        epilog=_examples("interp generate 'Once upon a time' --temperature 0.8",
+                         "interp generate 'The capital of France is' --temperature 0 --max-new-tokens 5",
+                         "interp generate 'Hello' --top-p 0.9 --samples 3 --seed 1"))
     g.add_argument("prompt")
     g.add_argument("--model", default=None, help="zoo name or folder (default: the shipped model)")
+    g.add_argument("--device", default=None, help="torch device, e.g. cuda")
     g.add_argument("--max-new-tokens", type=int, default=30)
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--samples", type=int, default=1, help="continuations, seeds seed..seed+n-1 (default 1)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=_generate)
+
+
+def card_line(folder: Path) -> str:
+    """The first line of a model card (README.md), without Markdown heading marks."""
+    card = folder / "README.md"
+    if not card.is_file():
+        return "(no model card)"
+    for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.strip():
+            return line.strip().lstrip("#").strip()
+    return "(empty model card)"
+
+
+def _models(args) -> int:
+    from interp.loading import ZOO, default_model_name, zoo_models
+
+    names = zoo_models()
+    default = default_model_name()
+    if not names:
+        print(f"no models in {ZOO} yet; interp.load() gives {default!r}, a small randomly initialised model.")
+        return 0
+    width = max(len(n) for n in names)
+    for n in names:
+        mark = "*" if n == default else " "
+        print(f"{mark} {n:<{width}}  {card_line(ZOO / n)}")
+    print(f"(* = default; load with --model NAME or interp.load('NAME'); zoo folder {ZOO})")
+    return 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the model zoo with each model card's first line", formatter_class=_RAW,
+                       description="List the models shipped in models/ (the default is marked *).",
+                       epilog=_examples("interp models", "interp report 'Hello' --model NAME"))
+    p.set_defaults(func=_models)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interp", formatter_class=_RAW,
+        description="Ask a decoder-only transformer why it predicts what it predicts.",
+        epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
+                         'interp probe attention "When Mary and John went to the store, John gave"',
+                         "interp dashboard", "interp models") + "\n\n`interp COMMAND --help` for each command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_bench, _add_models):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from interp.errors import InterpError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `interp probe NAME --help`, `interp train fit --help`, `interp bench NAME --help`: the delegate's own help.
+    if len(argv) >= 2 and argv[0] in ("probe", "train", "bench") and argv[1] not in ("-h", "--help"):
+        ns = argparse.Namespace(command=argv[0], name=argv[1], rest=argv[2:])
+        if argv[0] == "train":
+            ns.rest = argv[1:]
+        func = {"probe": _probe, "train": _train, "bench": _bench}[argv[0]]
+    else:
+        ns = build_parser().parse_args(argv)
+        func = ns.func
     try:
-        return args.func(args)
+        return int(func(ns) or 0)
     except InterpError as e:
         print(f"interp: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interp: interrupted; no partial output was written.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `interp ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

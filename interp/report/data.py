@@ -1,0 +1,196 @@
+"""The numbers a report shows, gathered from the analyzers into one small dataclass.
+
+``collect_report`` only *calls* analyzers (``interp.analysis.*``, ``interp.tokenize``) and selects rows
+from what they return; the renderers (``interp.report.render``) only format a :class:`ReportData`. Tests
+compare a rendered report against the same analyzer calls, so every number on the page is traceable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interp.errors import InterpError
+from interp.report.inputs import encode_prompt, model_summary, str_tokens
+
+__all__ = ["ReportOptions", "ReportData", "collect_report", "STAGES", "tokenization_table", "NOTABLE_ROLES",
+           "notable_heads", "pattern_matrix"]
+
+# The head roles whose best head gets its pattern drawn (entropy is a property, not a role).
+NOTABLE_ROLES = ("previous_token", "induction", "duplicate_token", "attention_sink", "local_window")
+
+# Report stages, in order, for progress bars.
+STAGES = ("tokenization", "logit lens", "attention", "neurons", "superposition")
+
+
+@dataclass
+class ReportOptions:
+    """Knobs of a report; the defaults keep a report on a small model to a few seconds of CPU."""
+
+    k_next: int = 10  # next-token candidates listed (also the logit lens' k)
+    k_neurons: int = 10  # neurons ranked by activation and by contribution
+    n_answer_neurons: int = 5  # top contributors whose answer tokens are listed
+    k_answers: int = 8  # answer tokens per neuron (each direction)
+    n_pattern_heads: int = 4  # notable heads whose patterns are drawn
+    superposition_sets: tuple[str, ...] = ("W_E", "W_U", "W_in", "W_out")
+    max_pairs: int = 20_000  # direction pairs per set (exact below this)
+    hist_pairs: int = 5_000  # pairs sampled for the angle histograms
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("k_next", "k_neurons", "n_answer_neurons", "k_answers", "n_pattern_heads", "max_pairs", "hist_pairs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InterpError(f"{name}: must be an integer >= 1; given {v!r}.")
+        self.superposition_sets = tuple(self.superposition_sets)
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows. DataFrames are analyzer outputs or row selections of them."""
+
+    prompt: str
+    options: dict
+    model: dict  # model_summary()
+    token_ids: list[int]
+    str_tokens: list[str]
+    tokens: pd.DataFrame  # explain_tokenization: position, token_id, token, bytes, start, end, text_span
+    lens: pd.DataFrame  # logit_lens(k=k_next), target="final"
+    lens_grid: pd.DataFrame  # summarize_lens(lens): one row per (layer, position)
+    next_tokens: pd.DataFrame  # lens rows of the last layer at the last position: the model's own output
+    final_by_layer: pd.DataFrame  # lens_grid at the last position: the final prediction's prob by layer
+    head_scores: pd.DataFrame  # attention.head_scores
+    notable_heads: pd.DataFrame  # the best head per notable role
+    patterns: pd.DataFrame  # attention.attention_patterns of the notable heads on the prompt
+    neurons: pd.DataFrame  # neurons.top_neurons at the last position, target = predicted token
+    neuron_answers: pd.DataFrame  # neurons.neuron_answers of the top contributors (+ layer, neuron columns)
+    superposition: pd.DataFrame  # superposition.direction_set_stats
+    angle_samples: pd.DataFrame  # superposition.direction_angle_samples (model and random pairs)
+    random_pdf: pd.DataFrame  # superposition.random_angle_pdf(d_model)
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def predicted_token(self) -> str:
+        return str(self.next_tokens.iloc[0]["token"])
+
+    def summary(self) -> dict:
+        """A few headline numbers (for the terminal and the dashboard)."""
+        top = self.next_tokens.iloc[0]
+        return {"prompt": self.prompt, "model": self.model["name"], "n_tokens": len(self.token_ids),
+                "predicted": str(top["token"]), "probability": float(top["prob"])}
+
+
+def tokenization_table(model, prompt: str, tokens: torch.Tensor) -> pd.DataFrame:
+    """How the prompt became ``tokens``: ``interp.tokenize.explain_tokenization`` when it applies.
+
+    ``explain_tokenization`` reads a `tokenizers.Tokenizer`; for other tokenizers (or when the model
+    prepends a BOS token it does not know about) the table falls back to ids and decoded strings.
+    """
+    ids = tokens.reshape(-1).tolist()
+    strs = str_tokens(model, tokens)
+    tok = getattr(model, "tokenizer", None)
+    try:
+        from tokenizers import Tokenizer
+
+        from interp.tokenize import explain_tokenization
+
+        if isinstance(tok, Tokenizer):
+            df = explain_tokenization(tok, prompt)
+            extra = len(ids) - len(df)
+            if extra >= 0 and df.token_id.tolist() == ids[extra:]:
+                if extra:  # BOS (or other prefix) the model adds before the text
+                    head = pd.DataFrame({"position": range(extra), "token_id": ids[:extra], "token": strs[:extra],
+                                         "bytes": "", "start": 0, "end": 0, "text_span": ""})
+                    df = pd.concat([head, df.assign(position=df.position + extra)], ignore_index=True)
+                return df
+    except InterpError:
+        pass
+    return pd.DataFrame({"position": range(len(ids)), "token_id": ids, "token": strs})
+
+
+def notable_heads(scores: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The highest-scoring head of each notable role, best first, at most ``n`` distinct heads."""
+    rows = []
+    for role in NOTABLE_ROLES:
+        s = scores[(scores.role == role) & scores.score.notna()]
+        if len(s):
+            rows.append(s.loc[s.score.idxmax()])
+    if not rows:
+        return scores.iloc[:0][["role", "layer", "head", "score", "source"]]
+    df = pd.DataFrame(rows)[["role", "layer", "head", "score", "source"]].sort_values("score", ascending=False)
+    df = df.drop_duplicates(["layer", "head"]).head(n)
+    return df.reset_index(drop=True)
+
+
+def collect_report(model, prompt: str, options: ReportOptions | None = None,
+                   progress: Callable[[str], None] | None = None) -> ReportData:
+    """Run every analyzer a report needs on ``prompt`` and keep their outputs.
+
+    ``progress(stage)`` is called before each of :data:`STAGES` (for progress bars).
+    """
+    from interp.analysis import attention, logit_lens, neurons, superposition
+
+    opts = options or ReportOptions()
+    step = progress or (lambda stage: None)
+
+    step("tokenization")
+    tokens = encode_prompt(model, prompt)
+    ids = tokens[0].tolist()
+    strs = str_tokens(model, tokens)
+    tok_table = tokenization_table(model, prompt, tokens)
+    n_layers, last = int(model.cfg.n_layers), len(ids) - 1
+
+    step("logit lens")
+    k = min(opts.k_next, int(model.cfg.d_vocab))
+    lens = logit_lens.logit_lens(model, tokens, k=k, target="final")
+    grid = logit_lens.summarize_lens(lens)
+    next_tokens = lens[(lens.layer == n_layers) & (lens.position == last)][
+        ["rank", "token_id", "token", "prob", "logprob"]].reset_index(drop=True)
+    final_by_layer = grid[grid.position == last][
+        ["layer", "layer_name", "target_token", "target_prob", "target_rank", "top_token", "top_prob"]
+    ].reset_index(drop=True)
+
+    step("attention")
+    scores = attention.head_scores(model, tokens, seed=opts.seed)
+    notable = notable_heads(scores, opts.n_pattern_heads)
+    frames = [attention.attention_patterns(model, tokens, layers=int(r.layer), heads=int(r.head))
+              for r in notable.itertuples()]
+    patterns = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    step("neurons")
+    top = neurons.top_neurons(model, tokens, position=-1, k=opts.k_neurons)
+    contrib = top[top.ranked_by == "contribution"].head(opts.n_answer_neurons)
+    answers = []
+    for r in contrib.itertuples():
+        a = neurons.neuron_answers(model, int(r.layer), int(r.neuron), k=opts.k_answers)
+        a.insert(0, "neuron", int(r.neuron))
+        a.insert(0, "layer", int(r.layer))
+        answers.append(a)
+    answers_df = pd.concat(answers, ignore_index=True) if answers else pd.DataFrame()
+
+    step("superposition")
+    sets = opts.superposition_sets
+    stats = superposition.direction_set_stats(model, sets=sets, max_pairs=opts.max_pairs, seed=opts.seed)
+    samples = superposition.direction_angle_samples(model, sets=sets, max_pairs=opts.hist_pairs, seed=opts.seed)
+    pdf = superposition.random_angle_pdf(int(model.cfg.d_model), n_points=361)
+
+    opts_dict = asdict(opts)
+    opts_dict["superposition_sets"] = list(sets)
+    return ReportData(
+        prompt=prompt, options=opts_dict, model=model_summary(model), token_ids=[int(i) for i in ids],
+        str_tokens=strs, tokens=tok_table, lens=lens, lens_grid=grid, next_tokens=next_tokens,
+        final_by_layer=final_by_layer, head_scores=scores, notable_heads=notable, patterns=patterns,
+        neurons=top, neuron_answers=answers_df, superposition=stats, angle_samples=samples, random_pdf=pdf,
+    )
+
+
+def pattern_matrix(patterns: pd.DataFrame, layer: int, head: int, n: int) -> np.ndarray:
+    """A ``[query, key]`` matrix from an ``attention_patterns`` frame (NaN above the diagonal)."""
+    sel = patterns[(patterns.layer == layer) & (patterns["head"] == head)]
+    m = np.full((n, n), np.nan)
+    m[sel.query_pos.to_numpy(), sel.key_pos.to_numpy()] = sel.weight.to_numpy()
+    return m

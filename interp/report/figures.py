@@ -1,0 +1,179 @@
+"""Plotly figures shared by the HTML report and the dashboard.
+
+Each builder takes analyzer output (a DataFrame) and returns a ``plotly.graph_objects.Figure``; none
+computes anything an analyzer computes. Token axes use integer positions with token labels as tick
+text, because a categorical axis would merge repeated tokens ("the" ... "the") into one column.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "show_token",
+    "next_token_bar",
+    "lens_grid_heatmap",
+    "final_prob_by_layer",
+    "head_role_grid",
+    "pattern_heatmap",
+    "neuron_bar",
+    "angle_histogram",
+    "toy_model_figure",
+]
+
+_LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=60), font=dict(size=12))
+
+
+def show_token(s: str) -> str:
+    """A token as people can see it: newlines, tabs and edge spaces made visible."""
+    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    s = "".join(named.get(ch, ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256
+                          else f"\\u{ord(ch):04x}") for ch in str(s))
+    if s != s.strip(" "):
+        s = s.replace(" ", "␣")
+    return s if s else "∅"
+
+
+def _esc(token: str) -> str:
+    """A token for plotly text, which reads a little HTML: escape it so "<b>" stays text."""
+    return html.escape(show_token(token))
+
+
+def _token_ticks(tokens: list[str]) -> dict:
+    return dict(tickmode="array", tickvals=list(range(len(tokens))),
+                ticktext=[f"{_esc(t)}<sub>{i}</sub>" for i, t in enumerate(tokens)])
+
+
+def next_token_bar(next_tokens: pd.DataFrame, title: str = "Next-token probabilities") -> go.Figure:
+    """Horizontal bars of ``token``/``prob`` (best on top)."""
+    df = next_tokens.iloc[::-1]
+    labels = [f"{_esc(t)} ({i})" for t, i in zip(df.token, df.token_id)]
+    fig = go.Figure(go.Bar(x=df.prob, y=labels, orientation="h", text=[f"{p:.3f}" for p in df.prob],
+                           textposition="auto", marker_color="#4c78a8"))
+    fig.update_layout(title=title, xaxis_title="probability", height=max(220, 28 * len(df) + 90), **_LAYOUT)
+    return fig
+
+
+def lens_grid_heatmap(grid: pd.DataFrame, tokens: list[str], value: str = "top_prob",
+                      title: str = "Logit lens: top prediction at every layer and position") -> go.Figure:
+    """Layer × position grid from ``summarize_lens``: colour = ``value``, text = the top token."""
+    layers = sorted(grid.layer.unique())
+    names = grid.drop_duplicates("layer").set_index("layer").layer_name.reindex(layers).tolist()
+    n = len(tokens)
+    z = np.full((len(layers), n), np.nan)
+    text = np.full((len(layers), n), "", dtype=object)
+    row = {layer: i for i, layer in enumerate(layers)}
+    for r in grid.itertuples():
+        z[row[r.layer], r.position] = getattr(r, value)
+        text[row[r.layer], r.position] = _esc(r.top_token)
+    hover = "layer %{y}<br>position %{x}<br>top token %{text}<br>" + value + " %{z:.3f}<extra></extra>"
+    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", hovertemplate=hover, colorscale="Blues",
+                               zmin=0, zmax=1 if value.endswith("prob") else None, colorbar=dict(title=value)))
+    fig.update_layout(title=title, height=max(260, 40 * len(layers) + 140), **_LAYOUT)
+    fig.update_xaxes(title="input position (token)", **_token_ticks(tokens))
+    fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(len(layers))), ticktext=names)
+    return fig
+
+
+def final_prob_by_layer(final_by_layer: pd.DataFrame, token: str | None = None) -> go.Figure:
+    """Probability of the model's final prediction read off each layer (logit lens, last position)."""
+    token = token if token is not None else str(final_by_layer.target_token.iloc[-1])
+    fig = go.Figure(go.Scatter(x=final_by_layer.layer_name, y=final_by_layer.target_prob, mode="lines+markers",
+                               text=[f"rank {r}" for r in final_by_layer.target_rank], name="p(final token)"))
+    fig.update_layout(title=f"Probability of the final prediction {show_token(token)!r} by layer",
+                      yaxis_title="probability", xaxis_title="layer", height=320, **_LAYOUT)
+    return fig
+
+
+def head_role_grid(scores: pd.DataFrame, roles: list[str] | None = None) -> go.Figure:
+    """One layer × head heatmap per role from ``head_scores`` (scores in [0, 1])."""
+    roles = roles or list(dict.fromkeys(scores.role))
+    n_layers = int(scores.layer.max()) + 1
+    n_heads = int(scores["head"].max()) + 1
+    fig = make_subplots(rows=1, cols=len(roles), subplot_titles=[r.replace("_", " ") for r in roles],
+                        horizontal_spacing=0.03, shared_yaxes=True)
+    for i, role in enumerate(roles):
+        s = scores[scores.role == role]
+        z = np.full((n_layers, n_heads), np.nan)
+        z[s.layer.to_numpy(), s["head"].to_numpy()] = s.score.to_numpy()
+        fig.add_trace(go.Heatmap(z=z, zmin=0, zmax=1, colorscale="Viridis", showscale=i == len(roles) - 1,
+                                 hovertemplate=f"{role}<br>layer %{{y}} head %{{x}}<br>score %{{z:.3f}}<extra></extra>"),
+                      row=1, col=i + 1)
+        fig.update_xaxes(title_text="head", row=1, col=i + 1, dtick=1)
+    fig.update_yaxes(title_text="layer", row=1, col=1, dtick=1, autorange="reversed")
+    for i in range(2, len(roles) + 1):
+        fig.update_yaxes(autorange="reversed", row=1, col=i)
+    fig.update_layout(title="Head roles (score per layer and head)", height=max(260, 30 * n_layers + 160), **_LAYOUT)
+    return fig
+
+
+def pattern_heatmap(matrix: np.ndarray, tokens: list[str], title: str) -> go.Figure:
+    """A ``[query, key]`` attention pattern with token labels on both axes."""
+    fig = go.Figure(go.Heatmap(z=matrix, zmin=0, zmax=1, colorscale="Reds",
+                               hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"))
+    size = max(300, min(700, 22 * len(tokens) + 160))
+    fig.update_layout(title=title, height=size, **_LAYOUT)
+    fig.update_xaxes(title="key", **_token_ticks(tokens))
+    fig.update_yaxes(title="query", autorange="reversed", **_token_ticks(tokens))
+    return fig
+
+
+def neuron_bar(top: pd.DataFrame, ranked_by: str = "contribution") -> go.Figure:
+    """Bars of the top neurons (``top_neurons`` rows of one ``ranked_by``)."""
+    df = top[top.ranked_by == ranked_by]
+    labels = [f"L{r.layer}N{r.neuron}" for r in df.itertuples()]
+    colors = ["#54a24b" if v >= 0 else "#e45756" for v in df[ranked_by]]
+    fig = go.Figure(go.Bar(x=labels, y=df[ranked_by], marker_color=colors))
+    target = show_token(df.target_token.iloc[0]) if len(df) else ""
+    what = "direct logit contribution to " + repr(target) if ranked_by == "contribution" else "activation"
+    fig.update_layout(title=f"Top neurons by {what}", yaxis_title=ranked_by, height=320, **_LAYOUT)
+    return fig
+
+
+def angle_histogram(samples: pd.DataFrame, pdf: pd.DataFrame | None, set_name: str, layer=None,
+                    bins: int = 90) -> go.Figure:
+    """Histogram of pairwise angles of one direction set, model vs random, with the exact random density."""
+    sel = samples[samples.set == set_name]
+    if layer is not None and sel.layer.notna().any():
+        sel = sel[sel.layer == layer]
+    edges = np.linspace(0, 180, bins + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure()
+    for source, color in (("model", "#4c78a8"), ("random", "#bbbbbb")):
+        a = sel[sel.source == source].angle_deg.to_numpy()
+        if len(a):
+            # Binning here is drawing, not analysis: the samples come from direction_angle_samples.
+            dens, _ = np.histogram(a, bins=edges, density=True)
+            fig.add_trace(go.Bar(x=centers, y=dens, name=f"{source} pairs", marker_color=color,
+                                 opacity=0.75 if source == "model" else 0.6))
+    if pdf is not None:
+        fig.add_trace(go.Scatter(x=pdf.angle_deg, y=pdf.pdf_per_deg, mode="lines", name="random (exact)",
+                                 line=dict(color="black", width=1.5)))
+    where = f" layer {layer}" if layer is not None else ""
+    fig.update_layout(title=f"Pairwise angles: {set_name}{where}", barmode="overlay", bargap=0,
+                      xaxis_title="angle (degrees)", yaxis_title="density per degree", height=330, **_LAYOUT)
+    return fig
+
+
+def toy_model_figure(result) -> go.Figure:
+    """A toy model of superposition: WᵀW (feature interference) and per-feature norms."""
+    w = np.asarray(result.W)
+    gram = w.T @ w  # drawing the Gram matrix of the learned W; the measures come from the analyzer
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["WᵀW", "‖W_i‖ (colour: dimensionality)"],
+                        column_widths=[0.5, 0.5])
+    lim = float(np.abs(gram).max()) or 1.0
+    fig.add_trace(go.Heatmap(z=gram, zmin=-lim, zmax=lim, colorscale="RdBu", reversescale=True, showscale=False),
+                  row=1, col=1)
+    fig.add_trace(go.Bar(x=list(range(w.shape[1])), y=result.feature_norms,
+                         marker=dict(color=result.dimensionality, cmin=0, cmax=1, colorscale="Viridis",
+                                     colorbar=dict(title="D_i"))), row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title_text="feature", row=1, col=2)
+    fig.update_layout(title=f"Toy model: {result.n_features} features in {result.d_hidden} dims, "
+                            f"p = {result.feature_probability:g}", height=360, showlegend=False, **_LAYOUT)
+    return fig
