@@ -288,6 +288,15 @@ def test_repeated_random_tokens_are_seeded_and_distinct_within_a_half():
     assert all(len(set(row[:8].tolist())) == 8 for row in a)
     p = repeated_random_tokens(m, seq_len=7, batch=1, seed=5, prefix=0)
     assert p.shape == (1, 15) and p[0, 0] == 0
+    # a model with a BOS gets it in front by default (never drawn inside); prefix=None turns it off
+    bos = HookedDecoder(DecoderConfig(d_vocab=10, n_ctx=20, d_model=8, n_layers=1, n_heads=1, bos_token_id=3))
+    r = repeated_random_tokens(bos, seq_len=9, batch=5)
+    assert r.shape == (5, 19) and (r[:, 0] == 3).all() and not (r[:, 1:] == 3).any()
+    assert repeated_random_tokens(bos, seq_len=9, batch=1, prefix=None).shape == (1, 18)
+    with pytest.raises(InterpError, match="prefix"):
+        repeated_random_tokens(bos, prefix="eos")
+    rep = repeated_sequence_loss(bos, seq_len=9, batch=1)
+    assert rep.position.min() == 1 and rep.groupby("half").size().tolist() == [9, 9]
 
 
 def test_induction_model_learns_in_context():

@@ -360,3 +360,23 @@ def test_top_neurons_on_padded_texts_uses_each_texts_last_token():
     np.testing.assert_allclose(df[df.batch == 1].contribution, alone.contribution, atol=1e-9)
     with pytest.raises(InterpError, match="position"):
         neuron_contributions(m, texts, position=4)  # past the end of "a big dog"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "neox"])
+def test_neuron_analyzers_on_architectures(arch):
+    cfg = DecoderConfig(d_vocab=24, n_ctx=8, d_model=16, n_layers=2, n_heads=4, d_mlp=32, **ARCHS[arch])
+    torch.manual_seed(2)
+    m = HookedDecoder(cfg)
+    corpus = torch.randint(24, (4, 8))
+    ctx = scan_top_contexts(m, corpus, k=2, batch_size=3, progress=False)
+    assert len(ctx) == 2 * 32 * 2
+    _, cache = m.run_with_cache(corpus)
+    top = ctx[ctx["rank"] == 0]
+    for layer in (0, 1):
+        best = (
+            cache[f"blocks.{layer}.mlp.hook_post"].reshape(-1, 32).max(0).values
+        )  # act(gate) * up when gated
+        np.testing.assert_allclose(top[top.layer == layer].activation, best.detach().numpy(), atol=1e-5)
+    assert len(answer_agreement(m, ctx)) == 2
+    assert len(neuron_answers(m, 1, 7, k=4)) == 8
+    assert len(top_neurons(m, corpus[:2], k=4)) == 2 * 2 * 4

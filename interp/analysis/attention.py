@@ -229,14 +229,28 @@ def top_attended(
 # head roles
 
 
+def _resolve_prefix(model, prefix):
+    """``"bos"`` -> the model's BOS id (or None); an int is validated; None stays None."""
+    if isinstance(prefix, str):
+        if prefix != "bos":
+            raise InterpError(f"prefix: must be a token id, None or 'bos'; given {prefix!r}")
+        bos = getattr(model.cfg, "bos_token_id", None)
+        return None if bos is None else int(bos)
+    if prefix is not None:
+        return check_index("prefix", prefix, int(model.cfg.d_vocab), allow_negative=False)
+    return None
+
+
 def repeated_random_tokens(
-    model, seq_len: int | None = None, batch: int = 4, seed: int = 0, prefix: int | None = None
+    model, seq_len: int | None = None, batch: int = 4, seed: int = 0, prefix: int | str | None = "bos"
 ) -> torch.LongTensor:
     """A seeded random sequence repeated twice: ``[batch, (1 if prefix) + 2 * seq_len]``.
 
     Each half uses distinct tokens when the vocabulary has enough (so the only repeats are the planted
-    ones); ``seq_len=None`` takes ``min(50, (n_ctx - prefix) // 2)``. ``prefix`` (e.g. a BOS id) is
-    put in front of every row. The model's ``eos_token_id`` is never drawn.
+    ones); ``seq_len=None`` takes ``min(50, (n_ctx - prefix) // 2)``. ``prefix`` is a token id put in
+    front of every row; the default ``"bos"`` uses ``model.cfg.bos_token_id`` when the model has one
+    (as TransformerLens does: a model trained with a BOS expects it) and nothing otherwise; ``None``
+    never prefixes. The model's BOS and EOS ids are never drawn.
 
     >>> import torch
     >>> from interp.model.config import DecoderConfig
@@ -247,6 +261,7 @@ def repeated_random_tokens(
     (torch.Size([2, 10]), True)
     """
     cfg = model.cfg
+    prefix = _resolve_prefix(model, prefix)
     n_pre = 0 if prefix is None else 1
     max_len = (int(cfg.n_ctx) - n_pre) // 2
     if max_len < 2:
@@ -259,12 +274,10 @@ def repeated_random_tokens(
         raise InterpError(f"seq_len: must be an int in [2, {max_len}] (half of n_ctx); given {seq_len!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InterpError(f"batch: must be an int >= 1; given {batch!r}")
-    if prefix is not None:
-        check_index("prefix", prefix, int(cfg.d_vocab), allow_negative=False)
     vocab = torch.arange(int(cfg.d_vocab))
-    eos = getattr(cfg, "eos_token_id", None)
-    if eos is not None and len(vocab) > 1:
-        vocab = vocab[vocab != int(eos)]
+    for special in (getattr(cfg, "eos_token_id", None), getattr(cfg, "bos_token_id", None)):
+        if special is not None and len(vocab) > 1:
+            vocab = vocab[vocab != int(special)]
     g = torch.Generator().manual_seed(int(seed))
     rows = []
     for _ in range(batch):
@@ -365,7 +378,7 @@ def head_scores(
     seq_len: int | None = None,
     n_random: int = 4,
     seed: int = 0,
-    prefix: int | None = None,
+    prefix: int | str | None = "bos",
 ) -> pd.DataFrame:
     """Score every head on every role (see the module docstring); scores lie in ``[0, 1]``.
 
@@ -485,7 +498,7 @@ def in_context_learning_score(model, tokens, early: int = 50, late: int = 500) -
 
 @torch.no_grad()
 def repeated_sequence_loss(
-    model, seq_len: int | None = None, batch: int = 4, seed: int = 0, prefix: int | None = None
+    model, seq_len: int | None = None, batch: int = 4, seed: int = 0, prefix: int | str | None = "bos"
 ) -> pd.DataFrame:
     """Per-token loss on a repeated random sequence (see ``repeated_random_tokens``).
 
@@ -501,6 +514,7 @@ def repeated_sequence_loss(
     >>> df.groupby("half").size().tolist()
     [14, 16]
     """
+    prefix = _resolve_prefix(model, prefix)
     toks = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed, prefix=prefix)
     n_pre = 0 if prefix is None else 1
     half_len = (toks.shape[1] - n_pre) // 2
