@@ -16,7 +16,7 @@ from interp.model.attention import KVCache
 
 
 def _check_sampling(temperature, top_k, top_p, min_p) -> None:
-    if temperature < 0:
+    if not temperature >= 0:  # also refuses NaN, which would otherwise reach torch.multinomial
         raise InterpError(f"temperature must be >= 0 (0 means greedy); got {temperature}.")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise InterpError(f"top_k must be a positive integer or None; got {top_k!r}.")

@@ -28,8 +28,9 @@ from interp.model.config import BACKENDS, DecoderConfig
 # --- rotary position embedding ------------------------------------------------------------------
 def rotary_cos_sin(positions: torch.Tensor, rotary_dim: int, base: float, dtype: torch.dtype):
     """cos/sin tables [pos, rotary_dim] for the rotate-half convention (Llama, GPT-NeoX)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=positions.device, dtype=torch.float32) / rotary_dim))
-    freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    work = torch.promote_types(dtype, torch.float32)  # at least fp32; a float64 model keeps full precision
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=positions.device, dtype=work) / rotary_dim))
+    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
     angles = torch.cat([freqs, freqs], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -175,7 +176,9 @@ class Attention(nn.Module):
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.cfg.attn_scale
         visible = causal_mask(q.shape[1], k.shape[1], q.device)
         scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
-        pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(v.dtype))
+        # softmax in at least fp32: half precision is upcast, float64 (the oracle) is not truncated
+        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        pattern = self.hook_pattern(probs.to(v.dtype))
         return torch.matmul(pattern, vh).transpose(1, 2)
 
     def _fused(self, q, k, v, backend):

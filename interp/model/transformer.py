@@ -148,7 +148,7 @@ def sinusoidal_table(n_ctx: int, d_model: int) -> torch.Tensor:
     table = torch.zeros(n_ctx, d_model, dtype=torch.float64)
     table[:, 0::2] = torch.sin(position / div)
     table[:, 1::2] = torch.cos(position / div)[:, : d_model // 2]
-    return table.float()
+    return table  # float64; the model casts it to its dtype (a float32 round trip would cap float64 models)
 
 
 class Embed(nn.Module):

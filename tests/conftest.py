@@ -1,0 +1,152 @@
+"""Shared fixtures: tiny randomly initialised `transformers` models of every family we load, built offline.
+
+Nothing here downloads anything: every model is built from a config object, every tokenizer from an
+in-memory vocabulary. Heavy imports (transformers, TransformerLens' bridge) happen inside the helpers, so
+test files that do not need them do not pay for them.
+
+The HF models are perturbed with noise after initialisation: transformers initialises biases to 0 and norm
+gains to 1, and a comparison that only ever sees those values cannot tell a dropped bias or a swapped norm
+weight from a correct mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+# Belt and braces: the tests must never reach a hub, whatever the caller's environment says.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+VOCAB = 96  # tiny vocabulary shared by every HF fixture
+N_CTX = 32
+EOS = 1  # an id inside the vocabulary (GPT-2's default 50256 is not)
+NOISE = 0.1  # std of the noise added to every HF parameter (biases and norm gains included)
+
+# family name -> (transformers config class name, kwargs). Each variant exercises a different part of the
+# loader: GQA, MQA, explicit head_dim, q/k/v biases, MLP biases, tied/untied heads, partial rotary,
+# parallel vs sequential residual, RoPE base.
+HF_VARIANTS: dict[str, tuple[str, dict]] = {
+    "gpt2": ("GPT2Config", dict(n_positions=N_CTX, n_embd=32, n_layer=2, n_head=4)),
+    "gpt2_relu_untied": (
+        "GPT2Config",
+        dict(n_positions=N_CTX, n_embd=32, n_layer=2, n_head=4, n_inner=48, activation_function="relu",
+             tie_word_embeddings=False),
+    ),
+    "llama": (  # GQA: 4 query heads share 2 key/value heads
+        "LlamaConfig",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=N_CTX),
+    ),
+    "llama_biases_tied": (  # explicit head_dim != hidden/heads, every bias on, tied head, other RoPE base
+        "LlamaConfig",
+        dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+             rope_theta=500.0, max_position_embeddings=N_CTX),
+    ),
+    "neox": (  # Pythia-style: parallel residual, a quarter of each head rotates
+        "GPTNeoXConfig",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=N_CTX, rotary_pct=0.25, use_parallel_residual=True),
+    ),
+    "neox_sequential": (
+        "GPTNeoXConfig",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=N_CTX, rotary_pct=0.5, use_parallel_residual=False, attention_bias=False,
+             tie_word_embeddings=True),
+    ),
+    "qwen2": (  # q/k/v biases, no output bias, GQA
+        "Qwen2Config",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=N_CTX),
+    ),
+    "mistral": (  # MQA: a single key/value head
+        "MistralConfig",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=1, max_position_embeddings=N_CTX, sliding_window=None),
+    ),
+}
+# One representative per family (what the TransformerLens bridge tests use).
+HF_FAMILIES = ("gpt2", "llama", "neox", "qwen2", "mistral")
+
+
+def hf_config(variant: str):
+    import transformers
+
+    cls_name, kwargs = HF_VARIANTS[variant]
+    return getattr(transformers, cls_name)(
+        vocab_size=VOCAB, eos_token_id=EOS, bos_token_id=EOS, pad_token_id=EOS, **kwargs
+    )
+
+
+@torch.no_grad()
+def build_hf_model(variant: str, seed: int = 0, noise: float = NOISE):
+    """A randomly initialised, noise-perturbed ``*ForCausalLM`` in eval mode with eager attention."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(variant), attn_implementation="eager").eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    for p in model.parameters():  # tied tensors are one Parameter, so they stay tied
+        p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+_HF_CACHE: dict = {}
+
+
+@pytest.fixture(scope="session")
+def hf_model_factory():
+    """``factory(variant)`` -> a fresh deep copy of a cached tiny HF model (tests may mutate their copy)."""
+
+    def factory(variant: str, seed: int = 0):
+        key = (variant, seed)
+        if key not in _HF_CACHE:
+            _HF_CACHE[key] = build_hf_model(variant, seed)
+        return copy.deepcopy(_HF_CACHE[key])
+
+    return factory
+
+
+def tokens_for(batch: int = 2, pos: int = 12, vocab: int = VOCAB, seed: int = 0) -> torch.Tensor:
+    """Random token ids (avoiding the EOS id, so nothing depends on special tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(2, vocab, (batch, pos), generator=gen)
+
+
+def word_level_tokenizer(vocab: int = VOCAB):
+    """A `tokenizers.Tokenizer` whose tokens are the words 't0' ... 't{vocab-1}' (no training, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory):
+    """A folder holding a `transformers` fast tokenizer over the tiny vocabulary.
+
+    TransformerLens' bridge re-opens the tokenizer by its ``name_or_path`` to switch on BOS, so it must come
+    from a folder (an in-memory `PreTrainedTokenizerFast` has no path and the bridge fails with KeyError).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("hf_tokenizer")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=word_level_tokenizer(), unk_token="t0", eos_token=f"t{EOS}", bos_token=f"t{EOS}",
+        pad_token=f"t{EOS}",
+    )
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state, so failures reproduce."""
+    torch.manual_seed(0)
+    yield
