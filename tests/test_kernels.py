@@ -23,7 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from interp.errors import InterpError
-from interp.kernels import flash_attention, flash_attention_available, reference_attention
+from interp.kernels import (
+    attention_lse,
+    flash_attention,
+    flash_attention_available,
+    fused_attention,
+    reference_attention,
+)
 
 DEVICE = "cuda" if CUDA else "cpu"
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -192,6 +198,39 @@ def test_reference_matches_torch_sdpa():
         scores = (q @ kr.transpose(-1, -2)) / math.sqrt(16)
         scores = scores.masked_fill(~mask, float("-inf"))
         torch.testing.assert_close(lse, torch.logsumexp(scores, -1), rtol=1e-12, atol=1e-12)
+
+
+# --- fused_attention: the entry point the model calls -------------------------------------------------------
+
+
+@pytest.mark.parametrize("sq,sk,h,hk", [(19, 19, 4, 4), (19, 19, 4, 2), (1, 23, 4, 1), (7, 23, 2, 2)])
+def test_fused_attention_sdpa_path(sq, sk, h, hk):
+    # PyTorch's fused kernel plus its own log-sum-exp: same output as F.scaled_dot_product_attention (it is
+    # the kernel sdpa dispatches to), lse equal to the float64 oracle; cached keys (sk > sq) aligned
+    # bottom-right.
+    g = torch.Generator().manual_seed(sq * 100 + sk)
+    q = torch.randn(2, h, sq, 32, generator=g).to(DEVICE)
+    k = torch.randn(2, hk, sk, 32, generator=g).to(DEVICE)
+    v = torch.randn(2, hk, sk, 32, generator=g).to(DEVICE)
+    out, lse = fused_attention(q, k, v, causal=True, scale=0.3, backend="sdpa")
+    ref_out, ref_lse = reference_attention(q, k, v, causal=True, scale=0.3)
+    assert rel_err(out, ref_out) <= 1e-5 and rel_err(lse, ref_lse) <= 1e-5
+    assert rel_err(attention_lse(q, k, causal=True, scale=0.3, tile_elems=2 * h * sk * 3), ref_lse) <= 1e-5
+    if sq == sk:
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=0.3, enable_gqa=h != hk)
+        assert torch.equal(out, expected)
+
+
+def test_fused_attention_triton_path_and_backends():
+    q, k, v = make_qkv(1, 4, 2, 20, 20, 32, torch.float32, seed=11)
+    out, lse = fused_attention(q, k, v, backend="triton")
+    ref_out, ref_lse = reference_attention(q, k, v)
+    assert rel_err(out, ref_out) <= 1e-5 and rel_err(lse, ref_lse) <= 1e-5
+    auto_out, _ = fused_attention(q, k, v)  # triton on CUDA, sdpa on the CPU
+    assert rel_err(auto_out, ref_out) <= 1e-5
+    with pytest.raises(InterpError, match="backend must be one of"):
+        fused_attention(q, k, v, backend="flash")
 
 
 # --- errors ---------------------------------------------------------------------------------------

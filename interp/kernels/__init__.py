@@ -2,17 +2,24 @@
 
 ``flash_attention(q, k, v, causal=True, scale=None) -> (out, lse)``: our Triton FlashAttention-2 kernel
 (forward + backward; CUDA, or Triton's CPU interpreter under ``TRITON_INTERPRET=1``).
+``fused_attention(q, k, v, causal=True, scale=None, backend="auto") -> (out, lse)``: what the model calls;
+triton on CUDA, PyTorch's fused attention (with its log-sum-exp) elsewhere.
 ``reference_attention``: the float64 eager oracle with the same conventions.
+``attention_lse``: the log-sum-exp alone, in query tiles.
 ``flash_attention_available()``: True when CUDA and triton are both present.
 """
 
 from interp.kernels.flash import MAX_HEAD_DIM, MIN_HEAD_DIM, flash_attention, flash_attention_available
+from interp.kernels.fused import FUSED_BACKENDS, attention_lse, fused_attention
 from interp.kernels.reference import reference_attention
 
 __all__ = [
-           "MAX_HEAD_DIM",
-           "MIN_HEAD_DIM",
-           "flash_attention",
-           "flash_attention_available",
-           "reference_attention",
+    "FUSED_BACKENDS",
+    "MAX_HEAD_DIM",
+    "MIN_HEAD_DIM",
+    "attention_lse",
+    "flash_attention",
+    "flash_attention_available",
+    "fused_attention",
+    "reference_attention",
 ]
