@@ -38,6 +38,7 @@ def save_checkpoint(model: HookedDecoder, folder: str | Path, overwrite: bool = 
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "interp"})
     cfg = model.cfg.to_dict()
+    cfg["source"] = {k: v for k, v in cfg.get("source", {}).items() if k != "path"}  # where it was loaded from is not part of it
     if dtype is not None:
         cfg["dtype"] = {v: k for k, v in __import__("interp.model.config", fromlist=["DTYPES"]).DTYPES.items()}[dtype]
     atomic_write_text(folder / CONFIG, json.dumps(cfg, indent=2) + "\n")
@@ -73,6 +74,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device | None = None
         if not (folder / name).is_file():
             raise InterpError(f"{folder} is not an interp checkpoint: {name} is missing.")
     cfg = DecoderConfig.load(folder / CONFIG)
+    cfg.source = {**cfg.source, "path": str(folder.resolve())}  # lets tools save artefacts (e.g. a tuned lens) beside it
     tokenizer = None
     if (folder / TOKENIZER).is_file():
         from tokenizers import Tokenizer
