@@ -126,6 +126,13 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(110, cfg) == pytest.approx(1e-4)
     with pytest.raises(InterpError, match="warmup_steps"):
         TrainConfig(data="", out="", steps=5, warmup_steps=10)
+    # time-based schedule: the cosine follows the share of the time budget used
+    tcfg = TrainConfig(data="", out="", steps=10**6, warmup_steps=10, lr=1e-3, min_lr=1e-4, lr_schedule="time",
+                       max_minutes=1.0)
+    assert lr_at(500, tcfg, time_fraction=0.5) == pytest.approx(lr_at(60, cfg))
+    assert lr_at(500, tcfg, time_fraction=1.7) == pytest.approx(1e-4)
+    with pytest.raises(InterpError, match="max_minutes"):
+        TrainConfig(data="", out="", lr_schedule="time")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,10 +207,10 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_resumes_exactly(token_dir, tmp
     run = tmp_path / "run"
     real_lr_at = trainer_mod.lr_at
 
-    def lr_at_with_ctrl_c(step, cfg):
+    def lr_at_with_ctrl_c(step, cfg, *args):
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 3
-        return real_lr_at(step, cfg)
+        return real_lr_at(step, cfg, *args)
 
     monkeypatch.setattr(trainer_mod, "lr_at", lr_at_with_ctrl_c)
     s = train(_cfg(token_dir, run, steps=8))

@@ -75,6 +75,9 @@ class TrainConfig:
     device: str = "cpu"
     max_minutes: float | None = None  # stop (and save) after this much wall time
     stop_after: int | None = None  # stop (and save) after this step; the schedule still spans `steps`
+    # "steps": cosine over `steps` (exactly resumable). "time": cosine over the wall-clock budget
+    # `max_minutes` (for a fixed time slot on a shared machine; the schedule then depends on timing).
+    lr_schedule: str = "steps"
     progress: bool = True  # tqdm bar
     model: dict = field(default_factory=dict)  # DecoderConfig fields (d_vocab and n_ctx are filled in)
 
@@ -96,16 +99,27 @@ class TrainConfig:
             raise InterpError(f"warmup_steps must be an integer in [0, steps={self.steps}]; got {self.warmup_steps!r}.")
         if not 0.0 <= self.repeat_prob <= 1.0:
             raise InterpError(f"repeat_prob must be in [0, 1]; got {self.repeat_prob!r}.")
+        if self.lr_schedule not in ("steps", "time"):
+            raise InterpError(f"lr_schedule must be 'steps' or 'time'; got {self.lr_schedule!r}.")
+        if self.lr_schedule == "time" and not self.max_minutes:
+            raise InterpError("lr_schedule='time' needs max_minutes (the budget the cosine spans).")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise InterpError(f"grad_clip must be > 0 (or None to disable); got {self.grad_clip!r}.")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``steps``."""
+def lr_at(step: int, cfg: TrainConfig, time_fraction: float | None = None) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``steps``.
+
+    With ``time_fraction`` (share of the post-warm-up time budget used, for ``lr_schedule="time"``) the
+    cosine follows wall-clock time instead of the step count.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if time_fraction is not None:
+        progress = min(1.0, max(0.0, time_fraction))
+    else:
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -393,13 +407,23 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict:
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     def snapshot() -> dict:
-        return {"step": step, "tokens": state["tokens"], "elapsed_s": elapsed0 + time.time() - t_start,
+        snap = {"step": step, "tokens": state["tokens"], "elapsed_s": elapsed0 + time.time() - t_start,
                 "log": rows, "train_config": asdict(cfg)}
+        if "warmup_end_s" in state:
+            snap["warmup_end_s"] = state["warmup_end_s"]
+        return snap
 
     stop_reason = "steps"
     with _GracefulStop() as stopper:
         while step < cfg.steps:
-            lr = lr_at(step, cfg)
+            frac = None
+            if cfg.lr_schedule == "time":
+                now_elapsed = elapsed0 + time.time() - t_start
+                if step == cfg.warmup_steps and "warmup_end_s" not in state:
+                    state["warmup_end_s"] = now_elapsed
+                w_end = state.get("warmup_end_s", now_elapsed)
+                frac = (now_elapsed - w_end) / max(1e-9, cfg.max_minutes * 60 - w_end)
+            lr = lr_at(step, cfg, frac)
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = schedule.batch(step)
