@@ -1,0 +1,431 @@
+"""The interp dashboard: `interp dashboard` or `streamlit run apps/dashboard.py [-- --model M --prompt P]`.
+
+The sidebar picks a model (a zoo entry or a local folder) and a prompt; the pages show what the
+analyzers in ``interp.analysis`` say about them. The app only calls analyzers (through small cached
+wrappers) and draws their output with the figures the HTML report uses. Bad input — an empty or too
+long prompt, a folder that does not exist — shows an error message in the page, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# `streamlit run apps/dashboard.py` from a source checkout works without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from interp.errors import InterpError  # noqa: E402
+
+PAGES = ("Overview", "Attention", "Neurons", "Superposition", "Logit lens", "Report")
+DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
+DEFAULT_MODEL = "default"
+LOCAL = "Local folder…"
+SAMPLE_CORPUS = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "
+    "of a wife.\nIn the beginning God created the heaven and the earth.\nThe quick brown fox jumps over the lazy "
+    "dog.\nimport numpy as np\nfor i in range(10):\n    print(i)\n"
+)
+
+
+def _cli_defaults() -> argparse.Namespace:
+    """Defaults passed after `--` (``streamlit run apps/dashboard.py -- --model M --prompt P``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", default=None)
+    p.add_argument("--prompt", default=None)
+    args, _ = p.parse_known_args(sys.argv[1:])
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# cached model and analyses. Keys are plain values (model spec, prompt, options) so caching is exact.
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=4)
+def get_model(spec: str):
+    from interp.report.inputs import load_model
+
+    return load_model(None if spec == DEFAULT_MODEL else spec)
+
+
+def tokens_for(spec: str, prompt: str):
+    from interp.report.inputs import encode_prompt
+
+    return encode_prompt(get_model(spec), prompt)
+
+
+@st.cache_data(show_spinner="Tokenizing…", max_entries=32)
+def tokenization(spec: str, prompt: str) -> pd.DataFrame:
+    from interp.report.data import tokenization_table
+
+    return tokenization_table(get_model(spec), prompt, tokens_for(spec, prompt))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def next_tokens(spec: str, prompt: str, k: int, temperature: float, top_k, top_p, min_p) -> pd.DataFrame:
+    from interp.report.probes import next_token_table
+
+    return next_token_table(get_model(spec), tokens_for(spec, prompt), k, temperature, top_k, top_p, min_p)
+
+
+@st.cache_data(show_spinner="Scoring heads…", max_entries=32)
+def head_scores(spec: str, prompt: str) -> pd.DataFrame:
+    from interp.analysis.attention import head_scores as _head_scores
+
+    return _head_scores(get_model(spec), tokens_for(spec, prompt))
+
+
+@st.cache_data(show_spinner="Reading attention patterns…", max_entries=32)
+def patterns(spec: str, prompt: str, layer: int) -> pd.DataFrame:
+    from interp.analysis.attention import attention_patterns
+
+    return attention_patterns(get_model(spec), tokens_for(spec, prompt), layers=layer)
+
+
+@st.cache_data(show_spinner="Ranking neurons…", max_entries=32)
+def top_neurons(spec: str, prompt: str, k: int, position: int, target) -> pd.DataFrame:
+    from interp.analysis.neurons import top_neurons as _top_neurons
+
+    return _top_neurons(get_model(spec), tokens_for(spec, prompt), position=position, target=target, k=k)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def neuron_answers(spec: str, layer: int, neuron: int, k: int) -> pd.DataFrame:
+    from interp.analysis.neurons import neuron_answers as _neuron_answers
+
+    return _neuron_answers(get_model(spec), layer, neuron, k=k)
+
+
+@st.cache_data(show_spinner="Scanning the corpus…", max_entries=16)
+def top_contexts(spec: str, corpus: str, layer: int, k: int) -> pd.DataFrame:
+    from interp.analysis.neurons import scan_top_contexts
+
+    docs = [d for d in corpus.split("\n") if d.strip()]
+    if not docs:
+        raise InterpError("corpus: give at least one non-empty line of text to scan.")
+    return scan_top_contexts(get_model(spec), docs, layers=[layer], k=k, window=8, progress=False)
+
+
+@st.cache_data(show_spinner="Measuring angles…", max_entries=32)
+def angle_data(spec: str, set_name: str, max_pairs: int):
+    from interp.analysis import superposition as sp
+
+    model = get_model(spec)
+    stats = sp.direction_set_stats(model, sets=(set_name,), max_pairs=max_pairs)
+    samples = sp.direction_angle_samples(model, sets=set_name, max_pairs=min(max_pairs, 5000))
+    pdf = sp.random_angle_pdf(int(stats.dim.iloc[0]), n_points=361) if len(stats) else None
+    return stats, samples, pdf
+
+
+@st.cache_data(show_spinner="Training the toy model…", max_entries=32)
+def toy_model(n_features: int, d_hidden: int, sparsity: float, importance: float, steps: int, seed: int):
+    from interp.analysis.superposition import train_toy_model
+
+    return train_toy_model(n_features, d_hidden, feature_probability=1.0 - sparsity, importance=importance,
+                           steps=steps, seed=seed, batch_size=256)
+
+
+@st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
+def lens(spec: str, prompt: str, k: int, target: str) -> pd.DataFrame:
+    from interp.analysis.logit_lens import logit_lens
+
+    return logit_lens(get_model(spec), tokens_for(spec, prompt), k=k, target=target)
+
+
+@st.cache_data(show_spinner="Building the report…", max_entries=8)
+def report_html(spec: str, prompt: str) -> bytes:
+    from interp.report import collect_report, render_html
+
+    return render_html(collect_report(get_model(spec), prompt)).encode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def show(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
+    """A dataframe with token columns made visible (spaces, newlines)."""
+    from interp.report.figures import show_token
+    from interp.report.render import _TOKEN_COLUMNS
+
+    view = df.copy()
+    for c in view.columns:
+        if c in _TOKEN_COLUMNS and not pd.api.types.is_numeric_dtype(view[c]):
+            view[c] = view[c].map(lambda s: show_token(s) if isinstance(s, str) else s)
+    st.dataframe(view, hide_index=True, key=key, **kwargs)
+
+
+def plot(fig, key: str) -> None:
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
+def sidebar() -> tuple[str, str, str]:
+    from interp.loading import zoo_models
+
+    defaults = _cli_defaults()
+    st.sidebar.title("interp")
+    zoo = zoo_models()
+    options = [DEFAULT_MODEL, *zoo, LOCAL]
+    preset = defaults.model
+    index = 0
+    if preset:
+        index = options.index(preset) if preset in options else len(options) - 1
+    choice = st.sidebar.selectbox("Model", options, index=index, key="model_choice",
+                                  help="'default' is the shipped model (interp.load()); or a local model folder")
+    spec = choice
+    if choice == LOCAL:
+        path = st.sidebar.text_input("Model folder", value=preset if preset and preset not in options else "",
+                                     key="model_path", placeholder="/path/to/model (config.json + weights)")
+        spec = path.strip()
+    prompt = st.sidebar.text_area("Prompt", value=defaults.prompt or DEFAULT_PROMPT, key="prompt", height=110)
+    wanted = st.query_params.get("page", PAGES[0])
+    page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0, key="page")
+    if st.query_params.get("page") != page:
+        st.query_params["page"] = page
+    return spec, prompt, page
+
+
+def check_model(spec: str):
+    """Load the chosen model, or raise InterpError with a message for the page."""
+    if not spec:
+        raise InterpError("model folder: enter the path of a local model folder (config.json + model.safetensors).")
+    if spec not in (DEFAULT_MODEL,) and ("/" in spec or spec.startswith((".", "~"))):
+        p = Path(spec).expanduser()
+        if not p.is_dir():
+            raise InterpError(f"model folder: {spec!r} does not exist (or is not a folder) on this machine.")
+    return get_model(spec)
+
+
+# ----------------------------------------------------------------------------------------------------
+# pages
+
+
+def page_overview(spec: str, prompt: str) -> None:
+    from interp.report.figures import next_token_bar
+    from interp.report.inputs import model_summary
+
+    model = get_model(spec)
+    toks = tokenization(spec, prompt)
+    st.subheader("Model")
+    summary = model_summary(model)
+    cols = st.columns(4)
+    for col, key in zip(cols, ("parameters", "n_layers", "d_model", "n_heads")):
+        col.metric(key, f"{summary[key]:,}")
+    with st.expander("Configuration"):
+        show(pd.DataFrame({"field": list(summary), "value": [str(v) for v in summary.values()]}), key="config")
+    st.subheader(f"Tokens ({len(toks)})")
+    show(toks, key="tokens")
+
+    st.subheader("Next token")
+    c1, c2, c3, c4 = st.columns(4)
+    temperature = c1.slider("temperature", 0.0, 2.0, 1.0, 0.05, key="temperature", help="0 = greedy")
+    top_k = c2.number_input("top-k (0 = off)", 0, int(model.cfg.d_vocab), 0, key="top_k")
+    top_p = c3.slider("top-p (1 = off)", 0.05, 1.0, 1.0, 0.05, key="top_p")
+    k = c4.number_input("rows", 1, 100, 10, key="next_k")
+    table = next_tokens(spec, prompt, int(k), float(temperature), int(top_k) or None,
+                        None if top_p >= 1.0 else float(top_p), None)
+    left, right = st.columns([3, 2])
+    with left:
+        plot(next_token_bar(table), key="next_bar")
+    with right:
+        show(table, key="next_table")
+    st.caption("prob: the model's softmax; sampled_prob: what the sampler draws from after temperature and filters.")
+
+    st.subheader("Sample")
+    s1, s2, s3 = st.columns(3)
+    n_new = s1.slider("new tokens", 1, 100, 20, key="max_new_tokens")
+    seed = s2.number_input("seed", 0, 10**6, 0, key="seed")
+    if s3.button("Generate", key="generate"):
+        from interp.generate import generate
+
+        tokens = tokens_for(spec, prompt)
+        room = int(model.cfg.n_ctx) - tokens.shape[1]
+        if room < 1:
+            raise InterpError(f"the prompt fills the model's context (n_ctx={model.cfg.n_ctx}); shorten it to sample.")
+        out = generate(model, tokens, max_new_tokens=min(int(n_new), room), temperature=float(temperature),
+                       top_k=int(top_k) or None, top_p=None if top_p >= 1.0 else float(top_p), seed=int(seed))
+        st.code(prompt + model.to_string(out[0, tokens.shape[1]:]), language=None)
+
+
+def page_attention(spec: str, prompt: str) -> None:
+    from interp.report.data import notable_heads, pattern_matrix
+    from interp.report.figures import head_role_grid, pattern_heatmap
+    from interp.report.inputs import str_tokens
+
+    model = get_model(spec)
+    scores = head_scores(spec, prompt)
+    st.subheader("Head roles")
+    plot(head_role_grid(scores), key="role_grid")
+    st.caption("duplicate_token and induction are scored on a repeated random sequence, the other roles on the "
+               "prompt (column source).")
+    with st.expander("Notable heads and all scores", expanded=True):
+        show(notable_heads(scores, 6), key="notable")
+        wide = scores.pivot_table(index=["layer", "head"], columns="role", values="score", dropna=False)
+        show(wide[[r for r in dict.fromkeys(scores.role) if r in wide.columns]].reset_index(), key="head_scores")
+
+    st.subheader("Pattern of one head")
+    cfg = model.cfg
+    c1, c2 = st.columns(2)
+    layer = c1.selectbox("layer", list(range(cfg.n_layers)), key="attn_layer")
+    head = c2.selectbox("head", list(range(cfg.n_heads)), key="attn_head")
+    pats = patterns(spec, prompt, int(layer))
+    strs = str_tokens(model, tokens_for(spec, prompt))
+    n = len(strs)
+    plot(pattern_heatmap(pattern_matrix(pats, int(layer), int(head), n), strs, f"L{layer}H{head}"), key="pattern")
+    if st.checkbox("All heads of this layer", key="all_heads"):
+        cols = st.columns(min(4, cfg.n_heads))
+        for h in range(cfg.n_heads):
+            with cols[h % len(cols)]:
+                plot(pattern_heatmap(pattern_matrix(pats, int(layer), h, n), strs, f"L{layer}H{h}"),
+                     key=f"pattern_{h}")
+
+
+def page_neurons(spec: str, prompt: str) -> None:
+    model = get_model(spec)
+    c1, c2, c3 = st.columns(3)
+    k = c1.slider("neurons per ranking", 3, 50, 10, key="neuron_k")
+    position = c2.number_input("position (-1 = last)", -len(tokens_for(spec, prompt)[0]),
+                               len(tokens_for(spec, prompt)[0]) - 1, -1, key="neuron_position")
+    target = c3.text_input("target token (empty = prediction)", "", key="neuron_target").strip("\n") or None
+    if target is not None and target.lstrip("-").isdigit():
+        target = int(target)
+    top = top_neurons(spec, prompt, int(k), int(position), target)
+    cols = ["rank", "layer", "neuron", "activation", "contribution", "target_token"]
+    by_con = top[top.ranked_by == "contribution"][cols].reset_index(drop=True)
+    by_act = top[top.ranked_by == "activation"][cols].reset_index(drop=True)
+    tgt = by_con.target_token.iloc[0] if len(by_con) else ""
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Answer neurons")
+        st.caption(f"direct logit contribution to {tgt!r}")
+        show(by_con, key="by_contribution")
+    with right:
+        st.subheader("Question neurons")
+        st.caption("largest activation at this position")
+        show(by_act, key="by_activation")
+
+    st.subheader("One neuron")
+    listed = [f"L{r.layer}N{r.neuron}" for r in pd.concat([by_con, by_act]).drop_duplicates(["layer", "neuron"])
+              .itertuples()]
+    pick = st.selectbox("neuron", listed, key="neuron_pick")
+    layer, neuron = (int(x) for x in pick[1:].split("N"))
+    ans = neuron_answers(spec, layer, neuron, 10)
+    a1, a2 = st.columns(2)
+    with a1:
+        st.caption("tokens it raises (logit per unit activation)")
+        show(ans[ans.direction == "top"][["rank", "token", "token_id", "logit"]], key="answers_top")
+    with a2:
+        st.caption("tokens it lowers")
+        show(ans[ans.direction == "bottom"][["rank", "token", "token_id", "logit"]], key="answers_bottom")
+    with st.expander("Top contexts: where does it fire?"):
+        corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="corpus", height=150)
+        if st.button("Scan corpus", key="scan"):
+            ctx = top_contexts(spec, corpus, layer, 5)
+            show(ctx[ctx.neuron == neuron][["rank", "activation", "doc", "position", "token", "context"]],
+                 key="contexts")
+
+
+def page_superposition(spec: str, prompt: str) -> None:
+    from interp.analysis import superposition as sp
+    from interp.report.figures import angle_histogram, toy_model_figure
+
+    model = get_model(spec)
+    st.subheader("The model's directions vs random")
+    available = [s for s in ("W_E", "W_U", "W_in", "W_out", "W_pos", "W_gate", "W_Q", "W_K", "W_V", "W_O", "OV", "QK")
+                 if not (s == "W_pos" and model.cfg.positional != "learned")
+                 and not (s == "W_gate" and not model.cfg.gated)]
+    c1, c2, c3 = st.columns(3)
+    set_name = c1.selectbox("direction set", available, key="sp_set", help=sp.DIRECTION_SETS.get("W_E"))
+    max_pairs = c2.select_slider("pairs", [1000, 5000, 20000, 100000], 5000, key="sp_pairs")
+    stats, samples, pdf = angle_data(spec, set_name, int(max_pairs))
+    layers = [int(x) for x in stats.layer.dropna().unique()] if len(stats) else []
+    layer = c3.selectbox("layer", layers, key="sp_layer") if layers else None
+    st.caption(sp.DIRECTION_SETS.get(set_name, ""))
+    plot(angle_histogram(samples, pdf, set_name, layer=layer), key="angles")
+    show(stats, key="sp_stats")
+
+    st.subheader("Toy model of superposition")
+    t1, t2, t3, t4 = st.columns(4)
+    sparsity = t1.slider("sparsity (P feature = 0)", 0.0, 0.99, 0.9, 0.01, key="sparsity")
+    n_features = t2.slider("features", 2, 40, 20, key="toy_features")
+    d_hidden = t3.slider("hidden dims", 1, 10, 5, key="toy_hidden")
+    steps = t4.select_slider("steps", [100, 300, 1000, 3000], 1000, key="toy_steps")
+    toy = toy_model(int(n_features), int(d_hidden), float(sparsity), 0.7, int(steps), 0)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("represented features", f"{toy.n_represented} / {toy.n_features}")
+    m2.metric("dimensions per feature", f"{toy.dimensions_per_feature:.3f}")
+    m3.metric("final loss", f"{toy.final_loss:.4g}")
+    plot(toy_model_figure(toy), key="toy")
+
+    st.subheader("Johnson–Lindenstrauss calculator")
+    j1, j2, j3 = st.columns(3)
+    n_vec = j1.number_input("vectors", 2, 10**12, 10_000, key="jl_n")
+    eps = j2.slider("distortion ε", 0.01, 0.99, 0.1, 0.01, key="jl_eps")
+    dim = j3.number_input("dimensions", 2, 10**6, int(model.cfg.d_model), key="jl_dim")
+    r1, r2, r3 = st.columns(3)
+    r1.metric("dims needed for the vectors", f"{sp.jl_min_dim(int(n_vec), float(eps)):,}")
+    r2.metric("vectors that fit in the dims", f"{sp.jl_max_vectors(int(dim), float(eps)):,}")
+    r3.metric("random pairs within 90°±1°", f"{sp.near_orthogonal_fraction(int(dim), 1.0):.4f}")
+
+
+def page_lens(spec: str, prompt: str) -> None:
+    from interp.analysis.logit_lens import summarize_lens
+    from interp.report.figures import final_prob_by_layer, lens_grid_heatmap
+    from interp.report.inputs import str_tokens
+
+    model = get_model(spec)
+    c1, c2, c3 = st.columns(3)
+    k = c1.slider("top tokens per cell", 1, 20, 5, key="lens_k")
+    target = c2.radio("track", ["final", "next"], horizontal=True, key="lens_target",
+                      help="final: the model's own prediction; next: the true next token of the prompt")
+    value = c3.radio("colour", ["top_prob", "target_prob", "entropy", "kl"], horizontal=True, key="lens_value")
+    df = lens(spec, prompt, int(k), target)
+    grid = summarize_lens(df)
+    strs = str_tokens(model, tokens_for(spec, prompt))
+    plot(lens_grid_heatmap(grid, strs, value=value), key="lens_grid")
+    pos = st.select_slider("position", list(range(len(strs))), len(strs) - 1, key="lens_pos",
+                           format_func=lambda i: f"{i}: {strs[i]!r}")
+    cell = grid[grid.position == pos]
+    if cell.target_prob.notna().any():
+        plot(final_prob_by_layer(cell), key="lens_final")
+    st.caption(f"top-{k} at position {pos} for every layer")
+    show(df[df.position == pos][["layer", "layer_name", "rank", "token", "prob", "target_token", "target_prob",
+                                 "target_rank"]], key="lens_cells")
+
+
+def page_report(spec: str, prompt: str) -> None:
+    st.subheader("HTML report")
+    st.write("One self-contained file (opens offline) with every section: model, tokenization, next token, "
+             "logit lens, attention, neurons, superposition.")
+    if st.button("Build report", key="build_report"):
+        st.session_state["report_for"] = (spec, prompt)
+    if st.session_state.get("report_for") == (spec, prompt):
+        data = report_html(spec, prompt)
+        st.download_button("Download report.html", data, file_name="interp-report.html", mime="text/html",
+                           key="download_report")
+        st.caption(f"{len(data) / 1e6:.1f} MB")
+
+
+RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons,
+          "Superposition": page_superposition, "Logit lens": page_lens, "Report": page_report}
+
+
+def main() -> None:
+    st.set_page_config(page_title="interp dashboard", layout="wide")
+    spec, prompt, page = sidebar()
+    st.title(page)
+    try:
+        check_model(spec)
+        if page != "Superposition":  # the superposition page reads weights only
+            tokens_for(spec, prompt)
+        RENDER[page](spec, prompt)
+    except InterpError as e:  # bad input: the message says what to change
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - a page must never show a traceback to the user
+        st.error(f"Unexpected {type(e).__name__}: {e}")
+
+
+main()

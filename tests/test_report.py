@@ -1,0 +1,227 @@
+"""Reports: one self-contained HTML (or Markdown) file whose numbers equal the analyzers' outputs.
+
+The report is built for the default model (``interp.load()``), parsed back with the standard library's
+``html.parser`` and compared, table by table, with fresh analyzer calls and with independent references
+(the model's own softmax for the next-token distribution, UTF-8 bytes / the tokenizer for token ids).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.errors import InterpError
+from interp.report import ReportOptions, collect_report, render_html, render_markdown, write_report
+from interp.report.inputs import encode_prompt, load_model
+from interp.report.readback import check_well_formed, external_references, read_tables, section_ids
+from interp.report.render import SECTIONS, format_for
+
+PROMPT = "The cat sat on the mat. The cat"
+# Small enough for 2 shared CPU cores; the structure is the same as the defaults'.
+OPTIONS = ReportOptions(k_next=5, k_neurons=5, n_answer_neurons=2, k_answers=3, n_pattern_heads=2,
+                        superposition_sets=("W_E", "W_out"), max_pairs=1500, hist_pairs=500)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()  # the shipped default (the random stand-in until a trained model ships)
+
+
+@pytest.fixture(scope="module")
+def data(model):
+    return collect_report(model, PROMPT, OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def page(data):
+    return render_html(data)
+
+
+@pytest.fixture(scope="module")
+def tables(page):
+    return read_tables(page)
+
+
+def _floats(col) -> np.ndarray:
+    return np.array([float(v) for v in col], dtype=np.float64)
+
+
+def test_html_is_well_formed_offline_and_has_every_section(page):
+    assert check_well_formed(page) == []
+    assert section_ids(page) == list(SECTIONS)
+    assert external_references(page) == []
+    from plotly.offline import get_plotlyjs
+
+    # plotly's library is embedded exactly once; figures reuse it
+    assert page.count(get_plotlyjs()[:500]) == 1
+    assert page.count("Plotly.newPlot") >= 6
+
+
+def test_model_section_matches_config(model, tables):
+    got = dict(zip(tables["model"].field, tables["model"].value))
+    cfg = model.cfg
+    for key in ("n_layers", "d_model", "n_heads", "d_mlp", "d_vocab", "n_ctx"):
+        assert int(got[key]) == int(getattr(cfg, key))
+    assert int(got["parameters"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_tokenization_matches_an_independent_encoding(model, tables, data):
+    ids = [int(v) for v in tables["tokens"].token_id]
+    if getattr(model, "_interp_byte_tokenizer", False):
+        reference = list(PROMPT.encode("utf-8"))  # the stand-in reads bytes
+    else:
+        reference = model.tokenizer.encode(PROMPT).ids
+        if model.cfg.bos_token_id is not None:
+            reference = [model.cfg.bos_token_id] + reference
+    assert ids == reference == data.token_ids
+
+
+def test_next_token_distribution_is_the_models_softmax(model, tables):
+    tokens = encode_prompt(model, PROMPT)
+    with torch.no_grad():
+        probs = torch.softmax(model(tokens)[0, -1].double(), -1)
+    top = probs.topk(OPTIONS.k_next)
+    t = tables["next_tokens"]
+    assert [int(v) for v in t.token_id] == top.indices.tolist()
+    np.testing.assert_allclose(_floats(t.prob), top.values.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_logit_lens_tables_equal_the_analyzer(model, tables):
+    from interp.analysis.logit_lens import logit_lens, summarize_lens
+
+    grid = summarize_lens(logit_lens(model, encode_prompt(model, PROMPT), k=OPTIONS.k_next, target="final"))
+    t = tables["lens_grid"]
+    assert len(t) == len(grid) == (model.cfg.n_layers + 1) * len(encode_prompt(model, PROMPT)[0])
+    assert list(t.top_token) == list(grid.top_token)
+    np.testing.assert_allclose(_floats(t.top_prob), grid.top_prob.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(_floats(t.kl), grid.kl.to_numpy(), rtol=1e-9, atol=1e-12)
+    last = grid[grid.position == grid.position.max()]
+    f = tables["final_by_layer"]
+    np.testing.assert_allclose(_floats(f.target_prob), last.target_prob.to_numpy(), rtol=1e-12)
+    # the lens' last layer is the model's output: the final prediction ranks first there
+    assert int(f.target_rank.iloc[-1]) == 1
+
+
+def test_attention_tables_equal_the_analyzer(model, tables, data):
+    from interp.analysis.attention import head_scores
+
+    ref = head_scores(model, encode_prompt(model, PROMPT), seed=OPTIONS.seed)
+    t = tables["head_roles"]
+    assert len(t) == model.cfg.n_layers * model.cfg.n_heads
+    for role in ("previous_token", "induction", "attention_sink", "entropy"):
+        want = ref[ref.role == role].sort_values(["layer", "head"]).score.to_numpy()
+        np.testing.assert_allclose(_floats(t[role]), want, rtol=1e-12, equal_nan=True)
+    notable = tables["notable_heads"]
+    assert 1 <= len(notable) <= OPTIONS.n_pattern_heads
+    for r in notable.itertuples():  # each notable head is the best head of its role
+        best = ref[ref.role == r.role].score.max()
+        assert math.isclose(float(r.score), best, rel_tol=1e-12)
+    # a drawn pattern is a causal distribution over keys for every query
+    pat = data.patterns
+    sums = pat.groupby(["layer", "head", "query_pos"]).weight.sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-5)
+    assert (pat.key_pos <= pat.query_pos).all()
+
+
+def test_neuron_tables_equal_the_analyzer(model, tables):
+    from interp.analysis.neurons import neuron_answers, top_neurons
+
+    ref = top_neurons(model, encode_prompt(model, PROMPT), position=-1, k=OPTIONS.k_neurons)
+    for name, ranked_by in (("neurons_contribution", "contribution"), ("neurons_activation", "activation")):
+        t = tables[name]
+        r = ref[ref.ranked_by == ranked_by]
+        assert [(int(a), int(b)) for a, b in zip(t.layer, t.neuron)] == list(zip(r.layer, r.neuron))
+        np.testing.assert_allclose(_floats(t.contribution), r.contribution.to_numpy(), rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(_floats(t.activation), r.activation.to_numpy(), rtol=1e-12)
+    ans = tables["neuron_answers"]
+    first = ans[(ans.layer == ans.layer.iloc[0]) & (ans.neuron == ans.neuron.iloc[0])]
+    ref_ans = neuron_answers(model, int(first.layer.iloc[0]), int(first.neuron.iloc[0]), k=OPTIONS.k_answers)
+    np.testing.assert_allclose(_floats(first.logit), ref_ans.logit.to_numpy(), rtol=1e-12)
+    # the predicted token is the target every contribution refers to
+    assert set(tables["neurons_contribution"].target_token) == {tables["next_tokens"].token.iloc[0]}
+
+
+def test_superposition_table_equals_the_analyzer_and_random_baseline(model, tables):
+    from interp.analysis.superposition import direction_set_stats, random_angle_moments
+
+    ref = direction_set_stats(model, sets=OPTIONS.superposition_sets, max_pairs=OPTIONS.max_pairs, seed=OPTIONS.seed)
+    t = tables["superposition"]
+    assert list(t.set) == list(ref.set)
+    np.testing.assert_allclose(_floats(t.mean_abs_cos), ref.mean_abs_cos.to_numpy(), rtol=1e-12)
+    # the baseline column is the closed form for random unit vectors in d_model dimensions
+    exact = random_angle_moments(int(model.cfg.d_model), 1.0)
+    np.testing.assert_allclose(_floats(t.baseline_frac_within_tol), exact["frac_within_tol"], rtol=1e-12)
+
+
+def test_markdown_report_has_every_section_and_the_numbers(data):
+    md = render_markdown(data)
+    for title in SECTIONS.values():
+        assert f"\n## {title}\n" in md
+    top = data.next_tokens.iloc[0]
+    assert f"{top['prob']:.4f}" in md
+    # every table row has as many cells as its header
+    for block in md.split("\n\n"):
+        lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if lines:
+            widths = {ln.replace("\\|", "").count("|") for ln in lines}
+            assert len(widths) == 1, block[:200]
+
+
+def test_write_report_is_atomic_and_refuses_to_overwrite(data, tmp_path, monkeypatch):
+    out = tmp_path / "report.html"
+    write_report(data, out)
+    assert check_well_formed(out.read_text(encoding="utf-8")) == []
+    with pytest.raises(InterpError, match="--force"):
+        write_report(data, out)
+    before = out.read_bytes()
+
+    import interp.report.render as render
+
+    def interrupted(_data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render, "render_html", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(data, out, force=True)
+    assert out.read_bytes() == before  # the old report is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no temporary file left behind
+    write_report(data, tmp_path / "r.md")
+    assert (tmp_path / "r.md").read_text(encoding="utf-8").startswith("# interp report")
+
+
+def test_format_and_option_errors_name_the_argument():
+    assert format_for("x.md", None) == "md" and format_for("x.html", None) == "html" and format_for(None, None) == "html"
+    with pytest.raises(InterpError, match="--format"):
+        format_for("x.html", "pdf")
+    with pytest.raises(InterpError, match="k_next"):
+        ReportOptions(k_next=0)
+
+
+def test_bad_prompts_raise_clear_errors(model):
+    with pytest.raises(InterpError, match="non-empty"):
+        collect_report(model, "   ", OPTIONS)
+    with pytest.raises(InterpError, match="n_ctx"):
+        encode_prompt(model, "word " * (model.cfg.n_ctx + 5))
+
+
+def test_report_on_a_tokenizer_model_with_bos(tmp_path):
+    """A model with a real BPE tokenizer and a BOS token: the token table gets the BOS row first."""
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+    from interp.tokenize import train_tokenizer
+
+    tok = train_tokenizer(["the cat sat on the mat"] * 20 + ["a dog ran far away"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = DecoderConfig(d_vocab=tok.get_vocab_size(), n_ctx=32, d_model=32, n_layers=1, n_heads=2, bos_token_id=0)
+    m = HookedDecoder(cfg, tokenizer=tok).eval()
+    d = collect_report(m, "the cat sat", ReportOptions(k_next=3, k_neurons=3, n_answer_neurons=1, k_answers=2,
+                                                       n_pattern_heads=1, superposition_sets=("W_E",),
+                                                       max_pairs=200, hist_pairs=100))
+    assert d.token_ids[0] == 0 and d.token_ids[1:] == tok.encode("the cat sat").ids
+    assert list(d.tokens.token_id) == d.token_ids
+    assert check_well_formed(render_html(d)) == []
+    assert isinstance(d.tokens, pd.DataFrame) and d.model["tokenizer"].startswith("Tokenizer")
