@@ -490,7 +490,7 @@ def print_tables(outputs: list[ProbeOutput], console=None, max_rows: int = 25) -
 
 def _records(df: pd.DataFrame) -> list[dict]:
     # pandas' JSON writer turns NaN/NA into null and numpy scalars into plain numbers.
-    return json.loads(df.to_json(orient="records", force_ascii=False))
+    return json.loads(df.to_json(orient="records", force_ascii=False, double_precision=15))
 
 
 def outputs_json(name: str, model_desc: dict, outputs: list[ProbeOutput], options: dict) -> str:
@@ -584,7 +584,8 @@ def _run_with_progress(name: str, model, prompts: list[str], args) -> list[Probe
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
     with Progress(TextColumn(f"{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(name, total=len(prompts))
         return run_probe(name, model, prompts, args, progress=lambda i: bar.update(task, completed=i))
