@@ -33,7 +33,7 @@ SAMPLE_CORPUS = (
 
 def _cli_defaults() -> argparse.Namespace:
     """Defaults passed after `--` (``streamlit run apps/dashboard.py -- --model M --prompt P``)."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--model", default=None)
     p.add_argument("--prompt", default=None)
     args, _ = p.parse_known_args(sys.argv[1:])
@@ -404,6 +404,7 @@ def page_report(spec: str, prompt: str) -> None:
         st.session_state["report_for"] = (spec, prompt)
     if st.session_state.get("report_for") == (spec, prompt):
         data = report_html(spec, prompt)
+        st.session_state["report_html"] = data  # what the button serves (tests read it back here)
         st.download_button("Download report.html", data, file_name="interp-report.html", mime="text/html",
                            key="download_report")
         st.caption(f"{len(data) / 1e6:.1f} MB")

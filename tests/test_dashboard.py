@@ -1,0 +1,241 @@
+"""The Streamlit dashboard through ``streamlit.testing.v1.AppTest``: every page, its widgets and its numbers.
+
+Pages run on a tiny checkpoint chosen through the sidebar's "Local folder" field (so that path is
+tested too); the Overview also runs on the default model. Numbers shown are compared with fresh
+analyzer calls or the model's own softmax. Bad input must show ``st.error`` in the page, never an exception.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.report.inputs import encode_prompt, load_model
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "apps" / "dashboard.py")
+PROMPT = "the cat sat on the mat, the cat"
+LOCAL = "Local folder…"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A small checkpoint without a tokenizer (d_vocab 256: the dashboard reads text as bytes)."""
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+
+    torch.manual_seed(1)
+    cfg = DecoderConfig(d_vocab=256, n_ctx=48, d_model=32, n_layers=2, n_heads=2, name="dashboard-test")
+    folder = tmp_path_factory.mktemp("dash") / "tiny"
+    HookedDecoder(cfg).save(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_dir):
+    """One AppTest session on the tiny model (pages are visited in turn; caches persist between runs)."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.sidebar.selectbox(key="model_choice").set_value(LOCAL).run()
+    at.sidebar.text_input(key="model_path").set_value(tiny_dir).run()
+    at.sidebar.text_area(key="prompt").set_value(PROMPT).run()
+    return at
+
+
+def _ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _goto(at, page: str):
+    at.sidebar.radio(key="page").set_value(page).run()
+    _ok(at)
+    assert at.title[0].value == page
+    return at
+
+
+def _frame(at, *columns: str) -> pd.DataFrame:
+    """The first dataframe shown with all of ``columns``."""
+    for d in at.dataframe:
+        if set(columns) <= set(d.value.columns):
+            return d.value
+    raise AssertionError(f"no dataframe with columns {columns}: {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def _charts(at) -> set[str]:
+    return {c.key for c in at.get("plotly_chart")}
+
+
+def _next_probs(model, prompt: str, k: int) -> torch.return_types.topk:
+    with torch.no_grad():
+        return torch.softmax(model(encode_prompt(model, prompt))[0, -1].double(), -1).topk(k)
+
+
+def test_overview_default_model():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    _ok(at)
+    assert at.title[0].value == "Overview" and at.sidebar.selectbox(key="model_choice").value == "default"
+    model = load_model()
+    prompt = at.sidebar.text_area(key="prompt").value
+    table = _frame(at, "prob", "sampled_prob")
+    ref = _next_probs(model, prompt, 10)
+    assert table.token_id.tolist() == ref.indices.tolist()
+    np.testing.assert_allclose(table.prob.to_numpy(), ref.values.numpy(), rtol=1e-6)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["n_layers"] == str(model.cfg.n_layers)
+
+
+def test_overview_sampling_controls_and_generate(app, tiny):
+    _goto(app, "Overview")
+    assert {"temperature", "top_k", "top_p", "max_new_tokens", "seed", "generate"} <= {
+        w.key for w in [*app.slider, *app.number_input, *app.button]}
+    assert "next_bar" in _charts(app)
+    tokens = _frame(app, "token_id", "bytes")
+    assert tokens.token_id.tolist() == list(PROMPT.encode("utf-8"))
+    app.number_input(key="top_k").set_value(3).run()
+    _ok(app)
+    table = _frame(app, "prob", "sampled_prob")
+    ref = _next_probs(tiny, PROMPT, 10)
+    want = np.zeros(10)
+    want[:3] = ref.values[:3].numpy() / ref.values[:3].sum().item()
+    np.testing.assert_allclose(table.sampled_prob.to_numpy(), want, rtol=1e-6, atol=1e-12)
+    app.slider(key="temperature").set_value(0.0).run()
+    app.slider(key="max_new_tokens").set_value(4).run()
+    app.button(key="generate").click().run()
+    _ok(app)
+    from interp.generate import generate
+
+    greedy = generate(tiny, encode_prompt(tiny, PROMPT), max_new_tokens=4, temperature=0)
+    assert app.code[0].value == PROMPT + tiny.to_string(greedy[0, len(PROMPT.encode()):])
+    app.number_input(key="top_k").set_value(0).run()
+    app.slider(key="temperature").set_value(1.0).run()
+
+
+def test_attention_page(app, tiny):
+    from interp.analysis.attention import attention_patterns, head_scores
+
+    _goto(app, "Attention")
+    assert {"role_grid", "pattern"} <= _charts(app)
+    scores = _frame(app, "previous_token", "induction")
+    ref = head_scores(tiny, encode_prompt(tiny, PROMPT))
+    want = ref[ref.role == "previous_token"].sort_values(["layer", "head"]).score.to_numpy()
+    np.testing.assert_allclose(scores.previous_token.to_numpy(), want, rtol=1e-12)
+    app.selectbox(key="attn_layer").set_value(1).run()
+    app.selectbox(key="attn_head").set_value(1).run()
+    app.checkbox(key="all_heads").check().run()
+    _ok(app)
+    assert {"pattern_0", "pattern_1"} <= _charts(app)
+    pat = attention_patterns(tiny, encode_prompt(tiny, PROMPT), layers=1, heads=1)
+    assert np.allclose(pat.groupby("query_pos").weight.sum(), 1.0, atol=1e-5)
+
+
+def test_neurons_page(app, tiny):
+    from interp.analysis.neurons import neuron_answers, top_neurons
+
+    _goto(app, "Neurons")
+    tokens = encode_prompt(tiny, PROMPT)
+    ref = top_neurons(tiny, tokens, k=10)
+    shown = _frame(app, "contribution", "target_token")
+    want = ref[ref.ranked_by == "contribution"]
+    assert list(zip(shown.layer, shown.neuron)) == list(zip(want.layer, want.neuron))
+    np.testing.assert_allclose(shown.contribution.to_numpy(), want.contribution.to_numpy(), rtol=1e-12)
+    pick = app.selectbox(key="neuron_pick").value
+    layer, neuron = (int(x) for x in pick[1:].split("N"))
+    ans = _frame(app, "logit", "token_id")
+    ref_ans = neuron_answers(tiny, layer, neuron, k=10)
+    np.testing.assert_allclose(ans.logit.to_numpy(), ref_ans[ref_ans.direction == "top"].logit.to_numpy(), rtol=1e-12)
+    app.button(key="scan").click().run()
+    _ok(app)
+    ctx = _frame(app, "context", "activation")
+    assert len(ctx) >= 1 and ctx.activation.is_monotonic_decreasing
+
+
+def test_superposition_page(app, tiny):
+    from interp.analysis.superposition import direction_set_stats, jl_min_dim, train_toy_model
+
+    _goto(app, "Superposition")
+    assert {"angles", "toy"} <= _charts(app)
+    stats = _frame(app, "mean_abs_cos", "baseline_mean_abs_cos")
+    ref = direction_set_stats(tiny, sets=("W_E",), max_pairs=5000)
+    np.testing.assert_allclose(stats.mean_abs_cos.to_numpy(), ref.mean_abs_cos.to_numpy(), rtol=1e-12)
+    app.select_slider(key="toy_steps").set_value(100).run()
+    app.slider(key="toy_features").set_value(8).run()
+    app.slider(key="toy_hidden").set_value(3).run()
+    app.slider(key="sparsity").set_value(0.95).run()
+    _ok(app)
+    toy = train_toy_model(8, 3, feature_probability=1.0 - 0.95, importance=0.7, steps=100, seed=0, batch_size=256)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["represented features"] == f"{toy.n_represented} / 8"
+    assert metrics["dimensions per feature"] == f"{toy.dimensions_per_feature:.3f}"
+    assert metrics["dims needed for the vectors"] == f"{jl_min_dim(10_000, 0.1):,}"
+    app.selectbox(key="sp_set").set_value("W_out").run()
+    _ok(app)
+    assert app.selectbox(key="sp_layer").options == ["0", "1"]
+
+
+def test_logit_lens_page(app, tiny):
+    from interp.analysis.logit_lens import logit_lens
+
+    _goto(app, "Logit lens")
+    assert {"lens_grid", "lens_final"} <= _charts(app)
+    app.slider(key="lens_k").set_value(3).run()
+    app.radio(key="lens_target").set_value("next").run()
+    app.select_slider(key="lens_pos").set_value(4).run()
+    _ok(app)
+    cells = _frame(app, "rank", "prob", "target_rank")
+    ref = logit_lens(tiny, encode_prompt(tiny, PROMPT), k=3, target="next")
+    ref = ref[ref.position == 4]
+    np.testing.assert_allclose(cells.prob.to_numpy(), ref.prob.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(cells.target_prob.to_numpy(), ref.target_prob.to_numpy(), rtol=1e-12)
+
+
+def test_report_page_download(app, tiny):
+    from interp.report.readback import check_well_formed, read_tables, section_ids
+    from interp.report.render import SECTIONS
+
+    _goto(app, "Report")
+    assert not app.get("download_button")  # nothing is built until asked
+    app.button(key="build_report").click().run()
+    _ok(app)
+    assert len(app.get("download_button")) == 1
+    page = app.session_state["report_html"].decode("utf-8")  # the bytes the download button serves
+    assert check_well_formed(page) == [] and section_ids(page) == list(SECTIONS)
+    shown = read_tables(page)["next_tokens"]
+    ref = _next_probs(tiny, PROMPT, len(shown))
+    np.testing.assert_allclose([float(v) for v in shown.prob], ref.values.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "prompt, needle",
+    [("", "non-empty"), ("   ", "non-empty"), ("x" * 60, "n_ctx=48")],
+)
+def test_bad_prompt_shows_an_error_not_a_traceback(app, prompt, needle):
+    for page in ("Overview", "Logit lens"):
+        app.sidebar.radio(key="page").set_value(page).run()
+        app.sidebar.text_area(key="prompt").set_value(prompt).run()
+        assert not app.exception
+        assert any(needle in e.value for e in app.error), [e.value for e in app.error]
+    app.sidebar.text_area(key="prompt").set_value(PROMPT).run()
+    _ok(app)
+
+
+@pytest.mark.parametrize("path, needle", [("/no/such/model", "does not exist"), ("", "enter the path"),
+                                          ("no-such-zoo-name", "no model called")])
+def test_bad_model_path_shows_an_error(tiny_dir, path, needle):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.sidebar.selectbox(key="model_choice").set_value(LOCAL).run()
+    at.sidebar.text_input(key="model_path").set_value(path).run()
+    assert not at.exception
+    assert any(needle in e.value for e in at.error), [e.value for e in at.error]
