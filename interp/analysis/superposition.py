@@ -29,6 +29,7 @@ All functions are pure: they return DataFrames or small dataclasses, seeded wher
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,12 @@ def random_angle_moments(dim: int, tolerance_deg: float = 1.0) -> dict:
         "mean_abs_cos": mean_abs_cos,
         "frac_within_tol": near_orthogonal_fraction(dim, tolerance_deg),
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_moments(dim: int, tol: float) -> dict:
+    # One quadrature per (dim, tol): a model's many per-layer/per-head groups share a dimension.
+    return random_angle_moments(dim, tol)
 
 
 def sample_random_cosines(dim: int, n_pairs: int, seed: int = 0) -> np.ndarray:
@@ -525,17 +532,29 @@ def _pairs(n: int, owner: torch.Tensor | None, max_pairs: int, gen: torch.Genera
     return torch.cat(i_parts)[:max_pairs], torch.cat(j_parts)[:max_pairs], False
 
 
+# Below this size a group is copied once into contiguous float64 (fast gathers); above it, e.g. a 150k×4096
+# vocabulary, rows are converted chunk by chunk from the stored tensor instead.
+_MAX_FLOAT64_COPY_BYTES = 1 << 29
+
+
 def _group_cosines(g: _Group, max_pairs: int, gen: torch.Generator, center: bool, chunk: int = 4096):
-    """Cosines of the group's pairs (float64 numpy), skipping zero vectors. Works chunk by chunk on the stored
-    weight so a 150k-row vocabulary is never copied whole into float64."""
+    """Cosines of the group's pairs (float64 numpy), skipping zero vectors."""
     v = g.vectors
     n, dim = v.shape
+    small = n * dim * 8 <= _MAX_FLOAT64_COPY_BYTES
+    if small:
+        # One contiguous float64 copy: column sets (W_U, W_in, ...) arrive as transposed views, and gathering
+        # rows of those is a strided walk many times slower than the copy.
+        v = v.to("cpu", torch.float64).contiguous()
     mean = None
     if center:
         mean = torch.zeros(dim, dtype=torch.float64)
         for s in range(0, n, chunk):
             mean += v[s : s + chunk].to("cpu", torch.float64).sum(0)
         mean /= max(n, 1)
+        if small:
+            v -= mean
+            mean = None
     norms = torch.empty(n, dtype=torch.float64)
     for s in range(0, n, chunk):
         x = v[s : s + chunk].to("cpu", torch.float64)
@@ -546,13 +565,19 @@ def _group_cosines(g: _Group, max_pairs: int, gen: torch.Generator, center: bool
     owner = g.owner[idx] if g.owner is not None else None
     i, j, exact = _pairs(idx.numel(), owner, max_pairs, gen)
     i, j = idx[i], idx[j]
+    if small:
+        v /= torch.where(nonzero, norms, 1.0)[:, None]
     cos = torch.empty(i.numel(), dtype=torch.float64)
     for s in range(0, i.numel(), chunk):
-        a = v[i[s : s + chunk].to(v.device)].to("cpu", torch.float64)
-        b = v[j[s : s + chunk].to(v.device)].to("cpu", torch.float64)
+        ii, jj = i[s : s + chunk], j[s : s + chunk]
+        if small:
+            cos[s : s + chunk] = torch.linalg.vecdot(v.index_select(0, ii), v.index_select(0, jj))
+            continue
+        a = v.index_select(0, ii.to(v.device)).to("cpu", torch.float64)
+        b = v.index_select(0, jj.to(v.device)).to("cpu", torch.float64)
         if mean is not None:
             a, b = a - mean, b - mean
-        cos[s : s + chunk] = (a * b).sum(1) / (norms[i[s : s + chunk]] * norms[j[s : s + chunk]])
+        cos[s : s + chunk] = torch.linalg.vecdot(a, b) / (norms[ii] * norms[jj])
     return cos.clamp(-1.0, 1.0).numpy(), int(idx.numel()), int(n - idx.numel()), exact
 
 
@@ -661,7 +686,7 @@ def direction_set_stats(
         }
         row.update(_summarise(cos, tol))
         if dim >= 2:
-            ex = random_angle_moments(dim, tol)
+            ex = _cached_moments(dim, tol)
             owner = None
             if g.owner is not None:
                 owner = g.owner[:count] if n_zero == 0 else None
