@@ -15,10 +15,10 @@ from pathlib import Path
 # `streamlit run apps/dashboard.py` from a source checkout works without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import pandas as pd
+import streamlit as st
 
-from interp.errors import InterpError  # noqa: E402
+from interp.errors import InterpError
 
 PAGES = ("Overview", "Attention", "Neurons", "Superposition", "Logit lens", "Report")
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -284,7 +284,6 @@ def page_attention(spec: str, prompt: str) -> None:
 
 
 def page_neurons(spec: str, prompt: str) -> None:
-    model = get_model(spec)
     c1, c2, c3 = st.columns(3)
     k = c1.slider("neurons per ranking", 3, 50, 10, key="neuron_k")
     position = c2.number_input("position (-1 = last)", -len(tokens_for(spec, prompt)[0]),

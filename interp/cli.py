@@ -136,7 +136,8 @@ def _add_dashboard(sub) -> None:
 
 
 def _probe(args) -> int:
-    from interp.report.probes import PROBES, main as probe_main
+    from interp.report.probes import PROBES
+    from interp.report.probes import main as probe_main
 
     if args.name is None:
         print("probes: " + ", ".join(PROBES) + "\nrun `interp probe NAME --help` for one probe's options.")

@@ -12,7 +12,7 @@ from pathlib import Path
 # Let `python probes/logit_lens.py` work from a source checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interp.report.probes import main  # noqa: E402
+from interp.report.probes import main
 
 if __name__ == "__main__":
     sys.exit(main("logit_lens"))

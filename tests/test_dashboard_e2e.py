@@ -66,7 +66,7 @@ def _ensure_chromium() -> str:
     log = ""
     for cmd in (["apt-get", "install", "-y", "chromium"], ["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=False)
             log = (p.stdout + p.stderr)[-400:]
         except (subprocess.TimeoutExpired, OSError) as e:
             log = str(e)

@@ -179,7 +179,7 @@ def test_write_report_is_atomic_and_refuses_to_overwrite(data, tmp_path, monkeyp
         write_report(data, out)
     before = out.read_bytes()
 
-    import interp.report.render as render
+    from interp.report import render
 
     def interrupted(_data):
         raise KeyboardInterrupt

@@ -17,8 +17,16 @@ import torch
 from interp.errors import InterpError
 from interp.report.inputs import encode_prompt, model_summary, str_tokens
 
-__all__ = ["ReportOptions", "ReportData", "collect_report", "STAGES", "tokenization_table", "NOTABLE_ROLES",
-           "notable_heads", "pattern_matrix"]
+__all__ = [
+    "NOTABLE_ROLES",
+    "STAGES",
+    "ReportData",
+    "ReportOptions",
+    "collect_report",
+    "notable_heads",
+    "pattern_matrix",
+    "tokenization_table",
+]
 
 # The head roles whose best head gets its pattern drawn (entropy is a property, not a role).
 NOTABLE_ROLES = ("previous_token", "induction", "duplicate_token", "attention_sink", "local_window")

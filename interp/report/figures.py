@@ -15,18 +15,18 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 __all__ = [
-    "show_token",
-    "next_token_bar",
-    "lens_grid_heatmap",
+    "angle_histogram",
     "final_prob_by_layer",
     "head_role_grid",
-    "pattern_heatmap",
+    "lens_grid_heatmap",
     "neuron_bar",
-    "angle_histogram",
+    "next_token_bar",
+    "pattern_heatmap",
+    "show_token",
     "toy_model_figure",
 ]
 
-_LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=60), font=dict(size=12))
+_LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b": 60}, "font": {"size": 12}}
 
 
 def show_token(s: str) -> str:
@@ -45,8 +45,8 @@ def _esc(token: str) -> str:
 
 
 def _token_ticks(tokens: list[str]) -> dict:
-    return dict(tickmode="array", tickvals=list(range(len(tokens))),
-                ticktext=[f"{_esc(t)}<sub>{i}</sub>" for i, t in enumerate(tokens)])
+    return {"tickmode": "array", "tickvals": list(range(len(tokens))),
+                "ticktext": [f"{_esc(t)}<sub>{i}</sub>" for i, t in enumerate(tokens)]}
 
 
 def next_token_bar(next_tokens: pd.DataFrame, title: str = "Next-token probabilities") -> go.Figure:
@@ -73,7 +73,7 @@ def lens_grid_heatmap(grid: pd.DataFrame, tokens: list[str], value: str = "top_p
         text[row[r.layer], r.position] = _esc(r.top_token)
     hover = "layer %{y}<br>position %{x}<br>top token %{text}<br>" + value + " %{z:.3f}<extra></extra>"
     fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", hovertemplate=hover, colorscale="Blues",
-                               zmin=0, zmax=1 if value.endswith("prob") else None, colorbar=dict(title=value)))
+                               zmin=0, zmax=1 if value.endswith("prob") else None, colorbar={"title": value}))
     fig.update_layout(title=title, height=max(260, 40 * len(layers) + 140), **_LAYOUT)
     fig.update_xaxes(title="input position (token)", **_token_ticks(tokens))
     fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(len(layers))), ticktext=names)
@@ -153,7 +153,7 @@ def angle_histogram(samples: pd.DataFrame, pdf: pd.DataFrame | None, set_name: s
                                  opacity=0.75 if source == "model" else 0.6))
     if pdf is not None:
         fig.add_trace(go.Scatter(x=pdf.angle_deg, y=pdf.pdf_per_deg, mode="lines", name="random (exact)",
-                                 line=dict(color="black", width=1.5)))
+                                 line={"color": "black", "width": 1.5}))
     where = f" layer {layer}" if layer is not None else ""
     fig.update_layout(title=f"Pairwise angles: {set_name}{where}", barmode="overlay", bargap=0,
                       xaxis_title="angle (degrees)", yaxis_title="density per degree", height=330, **_LAYOUT)
@@ -170,8 +170,8 @@ def toy_model_figure(result) -> go.Figure:
     fig.add_trace(go.Heatmap(z=gram, zmin=-lim, zmax=lim, colorscale="RdBu", reversescale=True, showscale=False),
                   row=1, col=1)
     fig.add_trace(go.Bar(x=list(range(w.shape[1])), y=result.feature_norms,
-                         marker=dict(color=result.dimensionality, cmin=0, cmax=1, colorscale="Viridis",
-                                     colorbar=dict(title="D_i"))), row=1, col=2)
+                         marker={"color": result.dimensionality, "cmin": 0, "cmax": 1, "colorscale": "Viridis",
+                                     "colorbar": {"title": "D_i"}}), row=1, col=2)
     fig.update_yaxes(autorange="reversed", row=1, col=1)
     fig.update_xaxes(title_text="feature", row=1, col=2)
     fig.update_layout(title=f"Toy model: {result.n_features} features in {result.d_hidden} dims, "

@@ -18,14 +18,14 @@ import torch
 from interp.errors import InterpError
 
 __all__ = [
-    "load_model",
-    "model_label",
+    "MAX_PROMPT_CHARS",
     "attach_byte_tokenizer",
     "encode_prompt",
-    "read_prompts",
+    "load_model",
+    "model_label",
     "model_summary",
+    "read_prompts",
     "str_tokens",
-    "MAX_PROMPT_CHARS",
 ]
 
 # A prompt longer than this is almost surely a pasted file; refuse before tokenizing it.
@@ -49,7 +49,7 @@ def attach_byte_tokenizer(model):
     """Give a tokenizer-less model with ``d_vocab >= 256`` a byte tokenizer (in place); returns the model."""
     if getattr(model, "tokenizer", None) is None and int(model.cfg.d_vocab) >= 256:
         model.tokenizer = byte_tokenizer()
-        model._interp_byte_tokenizer = True  # noqa: SLF001 - read by model_summary
+        model._interp_byte_tokenizer = True
     return model
 
 

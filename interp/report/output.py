@@ -7,7 +7,7 @@ from pathlib import Path
 from interp.errors import InterpError
 from interp.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["check_writable", "write_text", "write_bytes"]
+__all__ = ["check_writable", "write_bytes", "write_text"]
 
 
 def check_writable(path: str | Path, force: bool = False, flag: str = "--out") -> Path:

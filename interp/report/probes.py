@@ -20,8 +20,18 @@ import torch
 
 from interp.errors import InterpError
 
-__all__ = ["Probe", "ProbeOutput", "PROBES", "build_parser", "main", "run_probe", "print_tables", "outputs_json",
-           "outputs_csv", "outputs_html"]
+__all__ = [
+    "PROBES",
+    "Probe",
+    "ProbeOutput",
+    "build_parser",
+    "main",
+    "outputs_csv",
+    "outputs_html",
+    "outputs_json",
+    "print_tables",
+    "run_probe",
+]
 
 
 @dataclass
@@ -170,8 +180,8 @@ def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
             "baseline_frac_within_tol"]
     tables = {"direction_sets": stats[[c for c in cols if c in stats.columns]]}
     d = int(model.cfg.d_model)
-    notes = [f"random unit vectors in {d} dims: {sp.near_orthogonal_fraction(d, args.tolerance):.4f} of pairs lie "
-             f"within 90°±{args.tolerance:g}"]
+    notes = [(f"random unit vectors in {d} dims: {sp.near_orthogonal_fraction(d, args.tolerance):.4f} of pairs lie "
+             f"within 90°±{args.tolerance:g}")]
     if args.jl is not None:
         n, eps = args.jl
         if n != int(n):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-__all__ = ["check_well_formed", "read_tables", "section_ids", "external_references"]
+__all__ = ["check_well_formed", "external_references", "read_tables", "section_ids"]
 
 # Elements that never have an end tag in HTML.
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

@@ -28,8 +28,16 @@ from interp.report.figures import (
     show_token,
 )
 
-__all__ = ["render_html", "render_markdown", "write_report", "SECTIONS", "html_table", "md_table", "FORMATS",
-           "html_page"]
+__all__ = [
+    "FORMATS",
+    "SECTIONS",
+    "html_page",
+    "html_table",
+    "md_table",
+    "render_html",
+    "render_markdown",
+    "write_report",
+]
 
 # Section ids, in page order, with their headings.
 SECTIONS = {
