@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import doctest
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -87,13 +88,13 @@ def test_fraction_large_dim_gaussian_limit_and_seed_claims():
     assert 0.13 < near_orthogonal_fraction(100) < 0.15
     assert near_orthogonal_fraction(1000) > 0.40 and near_orthogonal_fraction(10_000) > 0.90
     fr = [near_orthogonal_fraction(d) for d in (2, 3, 10, 100, 1000, 10_000)]
-    assert all(a < b for a, b in zip(fr, fr[1:]))
+    assert all(a < b for a, b in itertools.pairwise(fr))
     assert near_orthogonal_fraction(50, 0.0) == 0.0
 
 
 @pytest.mark.parametrize("dim", [2, 3, 4, 10, 100, 5000])
 def test_angle_pdf_integrates_to_one_and_cdf_is_its_integral(dim):
-    pdf = lambda deg: float(random_angle_pdf(dim, [deg]).pdf_per_deg.iloc[0])  # noqa: E731
+    pdf = lambda deg: float(random_angle_pdf(dim, [deg]).pdf_per_deg.iloc[0])
     pts = [90.0 - k * 50 / math.sqrt(dim) for k in (1, 0.2)] + [90.0]
     total = integrate.quad(pdf, 0, 180, points=sorted(p for p in pts if 0 < p < 180), limit=200)[0]
     assert total == pytest.approx(1.0, abs=1e-8)
@@ -111,7 +112,9 @@ def test_cos_pdf_matches_scipy_beta(dim):
     t = np.array([-0.9, -0.3, 0.05, 0.4, 0.77])
     ref = stats.beta(0.5, (dim - 1) / 2).pdf(t * t) * np.abs(t)
     np.testing.assert_allclose(random_cos_pdf(dim, t), ref, rtol=1e-10)
-    assert integrate.quad(lambda x: float(random_cos_pdf(dim, x)), -1, 1, limit=200)[0] == pytest.approx(1, abs=1e-7)
+    assert integrate.quad(lambda x: float(random_cos_pdf(dim, x)), -1, 1, limit=200)[0] == pytest.approx(
+        1, abs=1e-7
+    )
 
 
 def test_moments_closed_forms_and_monte_carlo():
@@ -134,14 +137,22 @@ def test_moments_closed_forms_and_monte_carlo():
 def test_random_angle_stats_frame():
     df = random_angle_stats(dims=(2, 3, 100, 2000), tolerance_deg=2.0, n_pairs=6000, seed=1)
     assert list(df.dim) == [2, 3, 100, 2000]
-    assert {"exact_frac_within_tol", "mc_frac_within_tol", "mc_frac_stderr", "exact_std_angle_deg",
-            "mc_std_angle_deg", "exact_mean_abs_cos", "mc_mean_abs_cos"} <= set(df.columns)
+    assert {
+        "exact_frac_within_tol",
+        "mc_frac_within_tol",
+        "mc_frac_stderr",
+        "exact_std_angle_deg",
+        "mc_std_angle_deg",
+        "exact_mean_abs_cos",
+        "mc_mean_abs_cos",
+    } <= set(df.columns)
     assert (abs(df.mc_frac_within_tol - df.exact_frac_within_tol) < 4 * df.mc_frac_stderr).all()
     assert np.allclose(df.mc_std_angle_deg, df.exact_std_angle_deg, rtol=0.05)
     assert (df.exact_mean_angle_deg == 90).all()
     # Seeded: the same call gives the same numbers.
-    pd.testing.assert_frame_equal(df, random_angle_stats(dims=(2, 3, 100, 2000), tolerance_deg=2.0,
-                                                         n_pairs=6000, seed=1))
+    pd.testing.assert_frame_equal(
+        df, random_angle_stats(dims=(2, 3, 100, 2000), tolerance_deg=2.0, n_pairs=6000, seed=1)
+    )
     assert random_angle_stats(dims=(10,), n_pairs=0).mc_frac_within_tol.isna().all()
 
 
@@ -225,12 +236,18 @@ def test_welch_bound_met_by_simplex_and_never_beaten():
 
 def _stand_in(seed=0, d_model=24, vocab=40, layers=2, heads=4, kv=2, d_head=6, d_mlp=48):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g)
     return SimpleNamespace(
-        W_E=r(vocab, d_model), W_U=r(d_model, vocab), W_pos=None,
-        W_Q=r(layers, heads, d_model, d_head), W_K=r(layers, kv, d_model, d_head),
-        W_V=r(layers, kv, d_model, d_head), W_O=r(layers, heads, d_head, d_model),
-        W_in=r(layers, d_model, d_mlp), W_gate=None, W_out=r(layers, d_mlp, d_model),
+        W_E=r(vocab, d_model),
+        W_U=r(d_model, vocab),
+        W_pos=None,
+        W_Q=r(layers, heads, d_model, d_head),
+        W_K=r(layers, kv, d_model, d_head),
+        W_V=r(layers, kv, d_model, d_head),
+        W_O=r(layers, heads, d_head, d_model),
+        W_in=r(layers, d_model, d_mlp),
+        W_gate=None,
+        W_out=r(layers, d_mlp, d_model),
     )
 
 
@@ -245,8 +262,9 @@ def _all_pair_cos(x: np.ndarray, owner=None) -> np.ndarray:
 
 def test_exact_stats_match_numpy_reference():
     m = _stand_in()
-    df = direction_set_stats(m, sets=("W_E", "W_U", "W_in", "W_out", "W_Q", "W_K", "W_O"), max_pairs=10**6,
-                             tolerance_deg=5.0)
+    df = direction_set_stats(
+        m, sets=("W_E", "W_U", "W_in", "W_out", "W_Q", "W_K", "W_O"), max_pairs=10**6, tolerance_deg=5.0
+    )
     refs = {("W_E", None, None): m.W_E.numpy(), ("W_U", None, None): m.W_U.T.numpy()}
     for l in range(2):
         refs[("W_in", l, None)] = m.W_in[l].T.numpy()
@@ -258,7 +276,11 @@ def test_exact_stats_match_numpy_reference():
             refs[("W_K", l, h)] = m.W_K[l, h].T.numpy()
     assert len(df) == len(refs)
     for row in df.itertuples():
-        key = (row.set, None if pd.isna(row.layer) else int(row.layer), None if pd.isna(row.head) else int(row.head))
+        key = (
+            row.set,
+            None if pd.isna(row.layer) else int(row.layer),
+            None if pd.isna(row.head) else int(row.head),
+        )
         x = refs[key].astype(np.float64)
         c = _all_pair_cos(x)
         ang = np.degrees(np.arccos(c))
@@ -308,9 +330,12 @@ def test_random_init_model_matches_random_baseline():
     from interp.model.transformer import HookedDecoder
 
     torch.manual_seed(0)
-    model = HookedDecoder(DecoderConfig(d_vocab=512, n_ctx=16, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                                        d_mlp=256))
-    df = direction_set_stats(model, sets=("W_E", "W_U", "W_in", "W_out", "W_O", "OV"), max_pairs=20_000, seed=0)
+    model = HookedDecoder(
+        DecoderConfig(d_vocab=512, n_ctx=16, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=256)
+    )
+    df = direction_set_stats(
+        model, sets=("W_E", "W_U", "W_in", "W_out", "W_O", "OV"), max_pairs=20_000, seed=0
+    )
     assert set(df.set) == {"W_E", "W_U", "W_in", "W_out", "W_O", "OV"}
     big = df[df.set.isin(["W_E", "W_U", "W_in", "W_out"])]
     assert (big.n_pairs == 20_000).all() and not big.exact.any()
@@ -346,6 +371,32 @@ def test_shared_offset_is_detected_and_centering_removes_it():
     cen = direction_set_stats(m, sets=("W_E",), center=True).iloc[0]
     assert raw.mean_cos > 0.05 and raw.mean_abs_cos > 1.2 * raw.baseline_mean_abs_cos
     assert abs(cen.mean_cos) < 0.01 and cen.mean_abs_cos == pytest.approx(cen.baseline_mean_abs_cos, rel=0.05)
+
+
+def test_available_direction_sets():
+    m = _stand_in()
+    assert sp.available_direction_sets(m) == [
+        "W_E",
+        "W_U",
+        "W_in",
+        "W_out",
+        "W_Q",
+        "W_K",
+        "W_V",
+        "W_O",
+        "OV",
+        "QK",
+    ]
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+
+    rot = HookedDecoder(
+        DecoderConfig(d_vocab=50, n_ctx=8, d_model=16, n_layers=1, n_heads=2, positional="rotary", gated=True)
+    )
+    names = sp.available_direction_sets(rot)
+    assert "W_pos" not in names and "W_gate" in names
+    with pytest.raises(InterpError, match="W_pos"):
+        direction_set_stats(rot, sets=("W_pos",))
 
 
 def test_zero_rows_layers_and_errors():
@@ -461,14 +512,27 @@ def test_toy_models_dense_vs_sparse():
     assert sparse.n_represented > m
     assert m / n * 0.7 <= sparse.dimensions_per_feature < 0.7 * dense.dimensions_per_feature
     assert df[df.feature_probability == 0.02].interference.max() > 0.05
-    assert set(df.columns) >= {"feature_probability", "sparsity", "importance_decay", "feature", "importance",
-                               "norm", "interference", "dimensionality", "represented", "dimensions_per_feature",
-                               "n_represented", "final_loss"}
+    assert set(df.columns) >= {
+        "feature_probability",
+        "sparsity",
+        "importance_decay",
+        "feature",
+        "importance",
+        "norm",
+        "interference",
+        "dimensionality",
+        "represented",
+        "dimensions_per_feature",
+        "n_represented",
+        "final_loss",
+    }
 
 
 def test_train_toy_model_result_is_consistent_and_deterministic():
     r = train_toy_model(10, 3, feature_probability=0.1, importance=[1.0] * 5 + [0.5] * 5, steps=300, seed=4)
-    again = train_toy_model(10, 3, feature_probability=0.1, importance=[1.0] * 5 + [0.5] * 5, steps=300, seed=4)
+    again = train_toy_model(
+        10, 3, feature_probability=0.1, importance=[1.0] * 5 + [0.5] * 5, steps=300, seed=4
+    )
     np.testing.assert_array_equal(r.W, again.W)
     assert r.W.shape == (3, 10) and r.b.shape == (10,) and len(r.history) == 300
     assert r.dimensions_per_feature == pytest.approx(3 / (r.W**2).sum())

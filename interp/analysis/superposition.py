@@ -42,24 +42,25 @@ from scipy import integrate, special
 from interp.errors import InterpError
 
 __all__ = [
+    "DIRECTION_SETS",
+    "PackingResult",
+    "ToyModelResult",
+    "available_direction_sets",
+    "direction_angle_samples",
+    "direction_set_stats",
+    "jl_max_vectors",
+    "jl_min_dim",
     "near_orthogonal_fraction",
-    "random_cos_pdf",
-    "random_angle_pdf",
+    "pack_near_orthogonal",
     "random_angle_cdf",
     "random_angle_moments",
-    "sample_random_cosines",
+    "random_angle_pdf",
     "random_angle_stats",
-    "jl_min_dim",
-    "jl_max_vectors",
-    "welch_bound",
-    "DIRECTION_SETS",
-    "direction_set_stats",
-    "direction_angle_samples",
-    "PackingResult",
-    "pack_near_orthogonal",
-    "ToyModelResult",
-    "train_toy_model",
+    "random_cos_pdf",
+    "sample_random_cosines",
     "sweep_toy_models",
+    "train_toy_model",
+    "welch_bound",
 ]
 
 
@@ -330,7 +331,7 @@ def jl_min_dim(n_vectors: int, eps: float) -> int:
     """
     n = _int_arg("n_vectors", n_vectors, 1)
     eps = _float_arg("eps", eps, 0.0, 1.0, lo_open=True, hi_open=True)
-    return int(math.floor(4.0 * math.log(n) / _jl_denominator(eps)))
+    return math.floor(4.0 * math.log(n) / _jl_denominator(eps))
 
 
 def _chernoff_log_tail(dim: int, eps: float) -> float:
@@ -438,12 +439,13 @@ class _Group:
 
 
 def _weight(model, name: str) -> torch.Tensor:
+    why = "None or missing"
     try:
         w = getattr(model, name)
-    except (AttributeError, NotImplementedError, KeyError):
-        w = None
+    except (AttributeError, NotImplementedError, KeyError, ValueError) as e:  # InterpError is a ValueError
+        w, why = None, str(e) or why
     if w is None:
-        raise InterpError(f"sets contains {name!r} but the model has no {name} weight (None or missing)")
+        raise InterpError(f"sets contains {name!r} but the model has no {name} weight ({why})")
     if not isinstance(w, torch.Tensor):
         w = torch.as_tensor(np.asarray(w))
     return w.detach()
@@ -601,25 +603,46 @@ def _random_baseline_cosines(g_count: int, dim: int, owner, n_pairs: int, exact:
 def _summarise(cos: np.ndarray, tol: float) -> dict:
     if cos.size == 0:
         nan = float("nan")
-        return dict(
-            mean_cos=nan,
-            std_cos=nan,
-            mean_abs_cos=nan,
-            max_abs_cos=nan,
-            frac_within_tol=nan,
-            mean_angle_deg=nan,
-            std_angle_deg=nan,
-        )
+        return {
+            "mean_cos": nan,
+            "std_cos": nan,
+            "mean_abs_cos": nan,
+            "max_abs_cos": nan,
+            "frac_within_tol": nan,
+            "mean_angle_deg": nan,
+            "std_angle_deg": nan,
+        }
     ang = np.degrees(np.arccos(cos))
-    return dict(
-        mean_cos=float(cos.mean()),
-        std_cos=float(np.sqrt(np.mean(cos * cos))),  # RMS about 0: the random baseline is 1/sqrt(d)
-        mean_abs_cos=float(np.abs(cos).mean()),
-        max_abs_cos=float(np.abs(cos).max()),
-        frac_within_tol=float(np.mean(np.abs(ang - 90.0) <= tol)),
-        mean_angle_deg=float(ang.mean()),
-        std_angle_deg=float(ang.std()),
-    )
+    return {
+        "mean_cos": float(cos.mean()),
+        "std_cos": float(np.sqrt(np.mean(cos * cos))),  # RMS about 0: the random baseline is 1/sqrt(d)
+        "mean_abs_cos": float(np.abs(cos).mean()),
+        "max_abs_cos": float(np.abs(cos).max()),
+        "frac_within_tol": float(np.mean(np.abs(ang - 90.0) <= tol)),
+        "mean_angle_deg": float(ang.mean()),
+        "std_angle_deg": float(ang.std()),
+    }
+
+
+def available_direction_sets(model) -> list[str]:
+    """The names from :data:`DIRECTION_SETS` this model has weights for (e.g. no ``W_pos`` under rotary, no
+    ``W_gate`` without a gated MLP), in :data:`DIRECTION_SETS` order.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> available_direction_sets(SimpleNamespace(W_E=torch.zeros(5, 4), W_U=torch.zeros(4, 5), W_pos=None))
+    ['W_E', 'W_U']
+    """
+    needs = {"OV": ("W_V", "W_O"), "QK": ("W_Q", "W_K")}
+    out = []
+    for name in DIRECTION_SETS:
+        try:
+            for w in needs.get(name, (name,)):
+                _weight(model, w)
+        except InterpError:
+            continue
+        out.append(name)
+    return out
 
 
 def _groups_for(model, sets, layers, k_singular) -> list[_Group]:
