@@ -136,10 +136,12 @@ def lens(spec: str, prompt: str, k: int, target: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
-def report_html(spec: str, prompt: str) -> bytes:
-    from interp.report import collect_report, render_html
+def report_files(spec: str, prompt: str) -> tuple[bytes, bytes]:
+    """The report as (HTML, Markdown) bytes, from one run of the analyzers."""
+    from interp.report import collect_report, render_html, render_markdown
 
-    return render_html(collect_report(get_model(spec), prompt)).encode("utf-8")
+    data = collect_report(get_model(spec), prompt)
+    return render_html(data).encode("utf-8"), render_markdown(data).encode("utf-8")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -402,11 +404,13 @@ def page_report(spec: str, prompt: str) -> None:
     if st.button("Build report", key="build_report"):
         st.session_state["report_for"] = (spec, prompt)
     if st.session_state.get("report_for") == (spec, prompt):
-        data = report_html(spec, prompt)
-        st.session_state["report_html"] = data  # what the button serves (tests read it back here)
-        st.download_button("Download report.html", data, file_name="interp-report.html", mime="text/html",
-                           key="download_report")
-        st.caption(f"{len(data) / 1e6:.1f} MB")
+        html, md = report_files(spec, prompt)
+        st.session_state["report_html"] = html  # what the button serves (tests read it back here)
+        c1, c2 = st.columns(2)
+        c1.download_button(f"Download report.html ({len(html) / 1e6:.1f} MB)", html, file_name="interp-report.html",
+                           mime="text/html", key="download_report")
+        c2.download_button("Download report.md", md, file_name="interp-report.md", mime="text/markdown",
+                           key="download_report_md")
 
 
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons,

@@ -208,7 +208,7 @@ def test_report_page_download(app, tiny):
     assert not app.get("download_button")  # nothing is built until asked
     app.button(key="build_report").click().run()
     _ok(app)
-    assert len(app.get("download_button")) == 1
+    assert len(app.get("download_button")) == 2  # HTML and Markdown
     page = app.session_state["report_html"].decode("utf-8")  # the bytes the download button serves
     assert check_well_formed(page) == [] and section_ids(page) == list(SECTIONS)
     shown = read_tables(page)["next_tokens"]

@@ -448,7 +448,7 @@ def run_probe(name: str, model, prompts: list[str], args, progress: Callable[[in
     probe = PROBES[name]
     if not probe.per_prompt:
         return [probe.run(model, prompts, args)]
-    if not probe.needs_prompt and not prompts:
+    if not probe.needs_prompt:  # reads weights only: one result, whatever prompts were given
         return [probe.run(model, None, None, args)]
     outs = []
     for i, prompt in enumerate(prompts):
