@@ -111,6 +111,16 @@ def test_repeated_spans_copy_a_span_of_the_row():
         first, second = np.flatnonzero(dup)[:n_repeated], np.flatnonzero(dup)[n_repeated:]
         assert np.all(np.diff(second) == 1) and second[0] > first[-1]
     assert np.array_equal(add_repeated_spans(rows, np.random.default_rng(0), 0.0), rows)
+    # random spans: the pasted pair is random ids from the given range, identical in both places
+    zeros = np.zeros((6, 65), dtype=np.int64)
+    out = add_repeated_spans(zeros, np.random.default_rng(1), prob=1.0, min_span=10, max_span=10, random_frac=1.0,
+                             vocab=(5, 50))
+    for r in range(6):
+        nz = np.flatnonzero(out[r])
+        assert len(nz) == 20 and out[r][nz].min() >= 5 and out[r][nz].max() < 50
+        assert np.array_equal(out[r][nz[:10]], out[r][nz[10:]])
+    with pytest.raises(InterpError, match="vocab"):
+        add_repeated_spans(zeros, np.random.default_rng(1), 1.0, random_frac=0.5)
 
 
 def test_eval_batches_tile_in_order():

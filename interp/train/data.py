@@ -180,14 +180,22 @@ def split_rows(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def add_repeated_spans(rows: np.ndarray, rng: np.random.Generator, prob: float, min_span: int = 8,
-                       max_span: int | None = None) -> np.ndarray:
+                       max_span: int | None = None, random_frac: float = 0.0,
+                       vocab: tuple[int, int] | None = None) -> np.ndarray:
     """Paste, in a random ``prob`` share of rows, a copy of one of the row's own spans further on.
 
     Span length is uniform in ``[min_span, max_span]`` (default: a quarter of the row); the source
-    span starts anywhere that leaves room for the copy after it. Returns a new array.
+    span starts anywhere that leaves room for the copy after it. In a ``random_frac`` share of those
+    rows the source span is first overwritten with random token ids from ``vocab = (low, high)``:
+    then only copying can predict the second occurrence (in text, bigram statistics help too), the
+    purest signal for an induction head. Returns a new array.
     """
     if not 0.0 <= prob <= 1.0:
         raise InterpError(f"repeat_prob must be in [0, 1]; got {prob!r}.")
+    if not 0.0 <= random_frac <= 1.0:
+        raise InterpError(f"repeat_random_frac must be in [0, 1]; got {random_frac!r}.")
+    if random_frac > 0 and vocab is None:
+        raise InterpError("random_frac > 0 needs vocab=(low, high), the range of random token ids.")
     rows = rows.copy()
     n = rows.shape[1]
     hi = max_span if max_span is not None else n // 4
@@ -199,6 +207,8 @@ def add_repeated_spans(rows: np.ndarray, rng: np.random.Generator, prob: float, 
         length = int(rng.integers(min_span, hi + 1))
         src = int(rng.integers(0, n - 2 * length + 1))
         dst = int(rng.integers(src + length, n - length + 1))
+        if random_frac > 0 and rng.random() < random_frac:
+            rows[r, src:src + length] = rng.integers(vocab[0], vocab[1], size=length)
         rows[r, dst:dst + length] = rows[r, src:src + length]
     return rows
 
@@ -212,7 +222,8 @@ class BatchSchedule:
     """
 
     def __init__(self, windows: Windows, batch_size: int, seed: int = 0, repeat_prob: float = 0.0,
-                 repeat_min_span: int = 8, repeat_max_span: int | None = None):
+                 repeat_min_span: int = 8, repeat_max_span: int | None = None, repeat_random_frac: float = 0.0,
+                 vocab: tuple[int, int] | None = None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InterpError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
         if len(windows) == 0:
@@ -221,6 +232,7 @@ class BatchSchedule:
                 f"context_length + 1 = {windows.context_length + 1}; use a shorter --context-length or more text.")
         self.windows, self.batch_size, self.seed = windows, batch_size, seed
         self.repeat_prob, self.repeat_min_span, self.repeat_max_span = repeat_prob, repeat_min_span, repeat_max_span
+        self.repeat_random_frac, self.vocab = repeat_random_frac, vocab
         self._perm_cache: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -240,7 +252,8 @@ class BatchSchedule:
         rows = self.windows.rows(self.indices(step))
         if self.repeat_prob > 0:
             rng = np.random.default_rng([self.seed, 1_000_003, step])
-            rows = add_repeated_spans(rows, rng, self.repeat_prob, self.repeat_min_span, self.repeat_max_span)
+            rows = add_repeated_spans(rows, rng, self.repeat_prob, self.repeat_min_span, self.repeat_max_span,
+                                      self.repeat_random_frac, self.vocab)
         return split_rows(rows)
 
 

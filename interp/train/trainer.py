@@ -69,6 +69,7 @@ class TrainConfig:
     repeat_prob: float = 0.0  # share of rows with a repeated span (induction curriculum)
     repeat_min_span: int = 8
     repeat_max_span: int | None = None
+    repeat_random_frac: float = 0.0  # share of repeated spans made of random tokens (pure copying signal)
     bf16: bool = False  # bfloat16 autocast (CPU or CUDA)
     compile: bool = False  # torch.compile the forward pass
     threads: int | None = None  # torch.set_num_threads
@@ -368,8 +369,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict:
 
     train_windows = Windows(data.split("train"), cfg.context_length, cfg.stride)
     val_windows = Windows(data.split("val"), cfg.context_length, cfg.context_length)
+    # random span tokens avoid id 0..eos so a random span never fakes a document boundary
     schedule = BatchSchedule(train_windows, cfg.batch_size, cfg.seed, cfg.repeat_prob, cfg.repeat_min_span,
-                             cfg.repeat_max_span)
+                             cfg.repeat_max_span, cfg.repeat_random_frac, (data.eos_id + 1, data.vocab_size))
 
     model = build_model(cfg, data, tokenizer).to(cfg.device)
     model.train()
