@@ -335,11 +335,10 @@ def page_superposition(spec: str, prompt: str) -> None:
 
     model = get_model(spec)
     st.subheader("The model's directions vs random")
-    available = [s for s in ("W_E", "W_U", "W_in", "W_out", "W_pos", "W_gate", "W_Q", "W_K", "W_V", "W_O", "OV", "QK")
-                 if not (s == "W_pos" and model.cfg.positional != "learned")
-                 and not (s == "W_gate" and not model.cfg.gated)]
+    available = sp.available_direction_sets(model)
     c1, c2, c3 = st.columns(3)
-    set_name = c1.selectbox("direction set", available, key="sp_set", help=sp.DIRECTION_SETS.get("W_E"))
+    set_name = c1.selectbox("direction set", available, key="sp_set",
+                            help="embedding rows, unembedding columns, neuron read/write vectors, head weights")
     max_pairs = c2.select_slider("pairs", [1000, 5000, 20000, 100000], 5000, key="sp_pairs")
     stats, samples, pdf = angle_data(spec, set_name, int(max_pairs))
     layers = [int(x) for x in stats.layer.dropna().unique()] if len(stats) else []
