@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 VOCAB = 96  # tiny vocabulary shared by every HF fixture
 N_CTX = 32
@@ -31,43 +31,43 @@ NOISE = 0.1  # std of the noise added to every HF parameter (biases and norm gai
 # loader: GQA, MQA, explicit head_dim, q/k/v biases, MLP biases, tied/untied heads, partial rotary,
 # parallel vs sequential residual, RoPE base.
 HF_VARIANTS: dict[str, tuple[str, dict]] = {
-    "gpt2": ("GPT2Config", dict(n_positions=N_CTX, n_embd=32, n_layer=2, n_head=4)),
+    "gpt2": ("GPT2Config", {"n_positions": N_CTX, "n_embd": 32, "n_layer": 2, "n_head": 4}),
     "gpt2_relu_untied": (
         "GPT2Config",
-        dict(n_positions=N_CTX, n_embd=32, n_layer=2, n_head=4, n_inner=48, activation_function="relu",
-             tie_word_embeddings=False),
+        {"n_positions": N_CTX, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 48, "activation_function": "relu",
+             "tie_word_embeddings": False},
     ),
     "llama": (  # GQA: 4 query heads share 2 key/value heads
         "LlamaConfig",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=N_CTX),
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": N_CTX},
     ),
     "llama_biases_tied": (  # explicit head_dim != hidden/heads, every bias on, tied head, other RoPE base
         "LlamaConfig",
-        dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
-             rope_theta=500.0, max_position_embeddings=N_CTX),
+        {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True,
+             "rope_theta": 500.0, "max_position_embeddings": N_CTX},
     ),
     "neox": (  # Pythia-style: parallel residual, a quarter of each head rotates
         "GPTNeoXConfig",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=N_CTX, rotary_pct=0.25, use_parallel_residual=True),
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": N_CTX, "rotary_pct": 0.25, "use_parallel_residual": True},
     ),
     "neox_sequential": (
         "GPTNeoXConfig",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=N_CTX, rotary_pct=0.5, use_parallel_residual=False, attention_bias=False,
-             tie_word_embeddings=True),
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": N_CTX, "rotary_pct": 0.5, "use_parallel_residual": False, "attention_bias": False,
+             "tie_word_embeddings": True},
     ),
     "qwen2": (  # q/k/v biases, no output bias, GQA
         "Qwen2Config",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=N_CTX),
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": N_CTX},
     ),
     "mistral": (  # MQA: a single key/value head
         "MistralConfig",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=1, max_position_embeddings=N_CTX, sliding_window=None),
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 1, "max_position_embeddings": N_CTX, "sliding_window": None},
     ),
 }
 # One representative per family (what the TransformerLens bridge tests use).

@@ -37,8 +37,8 @@ REQUIRED_BLOCK_HOOKS = [
 @pytest.fixture(scope="module")
 def bridge_pair_factory(hf_model_factory, hf_tokenizer_dir, tmp_path_factory):
     """family -> (our model, bridge) built from the same perturbed HF weights."""
-    from transformers import AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoTokenizer
 
     made = {}
 

@@ -29,33 +29,33 @@ from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
 
 V = 64
-BASE = dict(d_vocab=V, n_ctx=24, d_model=32, n_layers=2, n_heads=4, init_std=0.15)
+BASE = {"d_vocab": V, "n_ctx": 24, "d_model": 32, "n_layers": 2, "n_heads": 4, "init_std": 0.15}
 
 # Each entry covers several options at once; together they cover every value of every architecture field.
 ARCHS: dict[str, dict] = {
-    "gpt2_like": dict(positional="learned", norm="layernorm", act="gelu_new"),
-    "sinusoidal_post_relu_gqa_tied_nobias": dict(
-        positional="sinusoidal", norm="rmsnorm", norm_placement="post", act="relu", n_kv_heads=2,
-        attn_bias=False, mlp_bias=False, tie_embeddings=True,
-    ),
-    "partial_rotary_deepnorm_mqa_gated": dict(
-        positional="rotary", rotary_fraction=0.5, norm="layernorm", norm_placement="deepnorm", act="gelu",
-        n_kv_heads=1, gated=True,
-    ),
-    "llama_like": dict(
-        positional="rotary", norm="rmsnorm", act="silu", gated=True, n_kv_heads=2, attn_bias=False,
-        mlp_bias=False, d_mlp=48, rotary_base=500.0,
-    ),
-    "neox_like_parallel": dict(
-        positional="rotary", rotary_fraction=0.25, norm="layernorm", act="gelu", parallel_residual=True,
-        tie_embeddings=True,
-    ),
-    "nopos_parallel_rms_gelu_new_outbias_off": dict(
-        positional="none", norm="rmsnorm", act="gelu_new", parallel_residual=True, attn_out_bias=False,
-    ),
-    "explicit_dhead_post_silu": dict(
-        positional="learned", norm="layernorm", norm_placement="post", act="silu", d_head=12, n_heads=2,
-    ),
+    "gpt2_like": {"positional": "learned", "norm": "layernorm", "act": "gelu_new"},
+    "sinusoidal_post_relu_gqa_tied_nobias": {
+        "positional": "sinusoidal", "norm": "rmsnorm", "norm_placement": "post", "act": "relu", "n_kv_heads": 2,
+        "attn_bias": False, "mlp_bias": False, "tie_embeddings": True,
+    },
+    "partial_rotary_deepnorm_mqa_gated": {
+        "positional": "rotary", "rotary_fraction": 0.5, "norm": "layernorm", "norm_placement": "deepnorm", "act": "gelu",
+        "n_kv_heads": 1, "gated": True,
+    },
+    "llama_like": {
+        "positional": "rotary", "norm": "rmsnorm", "act": "silu", "gated": True, "n_kv_heads": 2, "attn_bias": False,
+        "mlp_bias": False, "d_mlp": 48, "rotary_base": 500.0,
+    },
+    "neox_like_parallel": {
+        "positional": "rotary", "rotary_fraction": 0.25, "norm": "layernorm", "act": "gelu", "parallel_residual": True,
+        "tie_embeddings": True,
+    },
+    "nopos_parallel_rms_gelu_new_outbias_off": {
+        "positional": "none", "norm": "rmsnorm", "act": "gelu_new", "parallel_residual": True, "attn_out_bias": False,
+    },
+    "explicit_dhead_post_silu": {
+        "positional": "learned", "norm": "layernorm", "norm_placement": "post", "act": "silu", "d_head": 12, "n_heads": 2,
+    },
 }
 
 
@@ -223,6 +223,24 @@ def test_every_config_field_value_is_covered():
         "mha" if c.n_kv_heads == c.n_heads else "mqa" if c.n_kv_heads == 1 else "gqa" for c in cfgs
     }
     assert any(0 < c.rotary_fraction < 1 and c.positional == "rotary" for c in cfgs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ["gpt2_like", "llama_like", "partial_rotary_deepnorm_mqa_gated"])
+def test_cuda_backends_match_the_cpu(arch):
+    """On a GPU every backend (eager, sdpa, and triton/auto) gives the CPU eager logits; KV cache included."""
+    model = make_model(**{**ARCHS[arch], "d_model": 128})  # d_head 32: a head size fused kernels support
+    tokens = rand_tokens(batch=2, pos=19, seed=14)
+    with torch.no_grad():
+        ref = model(tokens, attn_backend="eager")
+        gpu = model.to("cuda")
+        for backend in ("eager", "sdpa", "auto"):
+            torch.testing.assert_close(gpu(tokens.cuda(), attn_backend=backend).cpu(), ref, atol=1e-4, rtol=0)
+        cache = KVCache(model.cfg.n_layers)
+        gpu(tokens[:, :15].cuda(), kv_cache=cache, attn_backend="auto")
+        step = gpu(tokens[:, 15:16].cuda(), kv_cache=cache, attn_backend="auto")[:, 0].cpu()
+    torch.testing.assert_close(step, ref[:, 15], atol=1e-4, rtol=0)
 
 
 # --- ActivationCache methods against hand computations -------------------------------------------
@@ -438,7 +456,7 @@ def test_greedy_equals_argmax_of_full_forward(gen_model):
 
 def test_sampling_is_seeded_and_cache_independent(gen_model):
     prompt = rand_tokens(batch=2, pos=4, seed=10)
-    kw = dict(max_new_tokens=10, temperature=1.5, stop_at_eos=False)
+    kw = {"max_new_tokens": 10, "temperature": 1.5, "stop_at_eos": False}
     a = generate(gen_model, prompt, seed=123, **kw)
     assert torch.equal(a, generate(gen_model, prompt, seed=123, **kw))
     assert torch.equal(a, generate(gen_model, prompt, seed=123, use_kv_cache=False, **kw))
@@ -460,15 +478,15 @@ PROBS = torch.tensor([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])  # sorted, so the set
 @pytest.mark.parametrize(
     "kwargs,allowed",
     [
-        (dict(top_k=2), {0, 1}),
-        (dict(top_k=4), {0, 1, 2, 3}),
-        (dict(top_p=0.5), {0, 1}),  # 0.30 < 0.5 <= 0.55: the smallest set reaching p
-        (dict(top_p=0.7), {0, 1, 2}),
-        (dict(top_p=0.2), {0}),  # the best token alone already exceeds p
-        (dict(min_p=0.5), {0, 1, 2}),  # keep p >= 0.5 * 0.30 = 0.15
-        (dict(min_p=0.3), {0, 1, 2, 3}),  # keep p >= 0.09
-        (dict(top_k=3, min_p=0.5), {0, 1, 2}),
-        (dict(top_k=5, top_p=0.7), {0, 1, 2}),
+        ({"top_k": 2}, {0, 1}),
+        ({"top_k": 4}, {0, 1, 2, 3}),
+        ({"top_p": 0.5}, {0, 1}),  # 0.30 < 0.5 <= 0.55: the smallest set reaching p
+        ({"top_p": 0.7}, {0, 1, 2}),
+        ({"top_p": 0.2}, {0}),  # the best token alone already exceeds p
+        ({"min_p": 0.5}, {0, 1, 2}),  # keep p >= 0.5 * 0.30 = 0.15
+        ({"min_p": 0.3}, {0, 1, 2, 3}),  # keep p >= 0.09
+        ({"top_k": 3, "min_p": 0.5}, {0, 1, 2}),
+        ({"top_k": 5, "top_p": 0.7}, {0, 1, 2}),
     ],
 )
 def test_samplers_never_leave_their_set(kwargs, allowed):
@@ -515,15 +533,19 @@ def test_generation_stops_at_eos():
     assert out.shape == (2, 4) and (out[:, 3] == 5).all()
     out = generate(model, prompt, max_new_tokens=6, temperature=0.7, stop_at_eos=False)
     assert out.shape == (2, 9)
-    # One row reaches EOS first: it is padded with EOS while the other continues.
+    # Rows finish independently: a finished row is padded with EOS while the other continues, and
+    # generation stops once every row has finished.
     with torch.no_grad():
         model.unembed.b_U[5] = 0.0
-    first_free = generate(model, prompt, max_new_tokens=6, temperature=0, stop_at_eos=False)
-    eos_row = first_free[0, 3]  # call the first row's first new token "EOS" for this run
-    out = generate(model, prompt, max_new_tokens=6, temperature=0, eos_token_id=int(eos_row))
-    assert (out[0, 3:] == eos_row).all()
-    if not (first_free[1, 3:] == eos_row).any():
-        assert torch.equal(out[1], first_free[1])
+    free = generate(model, prompt, max_new_tokens=6, temperature=0, stop_at_eos=False)
+    eos = int(free[0, 3])  # call row 0's first new token "EOS" for this run
+    row1 = free[1, 3:].tolist()
+    assert eos in row1[1:-1]  # row 1 reaches it later, strictly inside the budget (else pick another seed)
+    length = 3 + row1.index(eos) + 1
+    out = generate(model, prompt, max_new_tokens=6, temperature=0, eos_token_id=eos)
+    assert out.shape == (2, length)
+    assert (out[0, 3:] == eos).all()
+    assert torch.equal(out[1], free[1, :length])
 
 
 # --- bad input ----------------------------------------------------------------------------------------
@@ -574,28 +596,29 @@ def test_non_integer_and_misshapen_tokens(small):
         small(rand_tokens(), return_type="probs")
     with pytest.raises(InterpError, match="attn_backend.*'flash'"):
         small(rand_tokens(), attn_backend="flash")
-    with pytest.raises(InterpError, match="triton.*CUDA"):
-        if not torch.cuda.is_available():
-            small(rand_tokens(), attn_backend="triton")
-        else:
-            raise InterpError("triton needs CUDA (skipped on a GPU machine)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the CPU model could move to CUDA")
+def test_triton_backend_on_cpu_is_refused(small):
+    with pytest.raises(InterpError, match=r"attn_backend='triton' needs a CUDA device.*cpu"):
+        small(rand_tokens(), attn_backend="triton")
 
 
 @pytest.mark.parametrize(
     "overrides,pattern",
     [
-        (dict(n_heads=4, n_kv_heads=3), r"n_heads \(4\).*n_kv_heads \(3\).*\[1, 2, 4\]"),
-        (dict(n_heads=3), r"d_model \(32\).*n_heads \(3\)"),
-        (dict(positional="alibi"), r"positional.*'learned'.*'alibi'"),
-        (dict(norm="batchnorm"), r"norm must be one of.*'batchnorm'"),
-        (dict(norm_placement="sandwich"), r"norm_placement.*'sandwich'"),
-        (dict(act="tanh"), r"act must be one of.*'tanh'"),
-        (dict(d_model=0), r"d_model must be a positive integer; got 0"),
-        (dict(rotary_fraction=0.0, positional="rotary"), r"rotary_fraction must be in \(0, 1\]; got 0.0"),
-        (dict(rotary_fraction=0.375, positional="rotary"), r"rotary dims.*= 3\) must be even"),
-        (dict(parallel_residual=True, norm_placement="post"), r"parallel_residual.*norm_placement='pre'"),
-        (dict(norm_eps=0.0), r"norm_eps must be > 0"),
-        (dict(dtype="int8"), r"dtype must be one of.*'int8'"),
+        ({"n_heads": 4, "n_kv_heads": 3}, r"n_heads \(4\).*n_kv_heads \(3\).*\[1, 2, 4\]"),
+        ({"n_heads": 3}, r"d_model \(32\).*n_heads \(3\)"),
+        ({"positional": "alibi"}, r"positional.*'learned'.*'alibi'"),
+        ({"norm": "batchnorm"}, r"norm must be one of.*'batchnorm'"),
+        ({"norm_placement": "sandwich"}, r"norm_placement.*'sandwich'"),
+        ({"act": "tanh"}, r"act must be one of.*'tanh'"),
+        ({"d_model": 0}, r"d_model must be a positive integer; got 0"),
+        ({"rotary_fraction": 0.0, "positional": "rotary"}, r"rotary_fraction must be in \(0, 1\]; got 0.0"),
+        ({"rotary_fraction": 0.375, "positional": "rotary"}, r"rotary dims.*= 3\) must be even"),
+        ({"parallel_residual": True, "norm_placement": "post"}, r"parallel_residual.*norm_placement='pre'"),
+        ({"norm_eps": 0.0}, r"norm_eps must be > 0"),
+        ({"dtype": "int8"}, r"dtype must be one of.*'int8'"),
     ],
 )
 def test_bad_config(overrides, pattern):
@@ -605,14 +628,15 @@ def test_bad_config(overrides, pattern):
 
 def test_unknown_hook_name(small):
     tokens = rand_tokens()
-    ident = lambda a, hook: a  # noqa: E731
+    ident = lambda a, hook: a
     with pytest.raises(InterpError, match=r"unknown hook name 'blocks.0.hook_resid_psot'"):
         small.add_hook("blocks.0.hook_resid_psot", ident)
     with pytest.raises(InterpError, match=r"unknown hook name 'blocks.9.attn.hook_z'"):
         small.run_with_hooks(tokens, fwd_hooks=[("blocks.9.attn.hook_z", ident)])
-    with pytest.raises(InterpError, match=r"unknown hook name 'hook_resid'"):
-        with small.hooks(fwd_hooks=[("hook_resid", ident)]):
-            pass
+    with pytest.raises(InterpError, match=r"unknown hook name 'hook_resid'"), small.hooks(
+        fwd_hooks=[("hook_resid", ident)]
+    ):
+        pass
     small.reset_hooks()
 
 
@@ -625,15 +649,15 @@ def test_unknown_hook_name_in_names_filter(small):
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        (dict(temperature=-0.5), r"temperature must be >= 0.*-0.5"),
-        (dict(temperature=float("nan")), r"temperature must be >= 0.*nan"),
-        (dict(top_k=0), r"top_k must be a positive integer.*0"),
-        (dict(top_k=2.5), r"top_k must be a positive integer.*2.5"),
-        (dict(top_p=0.0), r"top_p must be in \(0, 1\].*0.0"),
-        (dict(top_p=1.5), r"top_p must be in \(0, 1\].*1.5"),
-        (dict(min_p=-0.1), r"min_p must be in \[0, 1\].*-0.1"),
-        (dict(min_p=2.0), r"min_p must be in \[0, 1\].*2.0"),
-        (dict(max_new_tokens=-1), r"max_new_tokens must be a non-negative integer.*-1"),
+        ({"temperature": -0.5}, r"temperature must be >= 0.*-0.5"),
+        ({"temperature": float("nan")}, r"temperature must be >= 0.*nan"),
+        ({"top_k": 0}, r"top_k must be a positive integer.*0"),
+        ({"top_k": 2.5}, r"top_k must be a positive integer.*2.5"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\].*0.0"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\].*1.5"),
+        ({"min_p": -0.1}, r"min_p must be in \[0, 1\].*-0.1"),
+        ({"min_p": 2.0}, r"min_p must be in \[0, 1\].*2.0"),
+        ({"max_new_tokens": -1}, r"max_new_tokens must be a non-negative integer.*-1"),
     ],
 )
 def test_bad_sampling_parameters(small, kwargs, pattern):
@@ -653,7 +677,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path, arch):
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert json.loads((folder / "config.json").read_text())["d_model"] == 32
     loaded = interp.load(str(folder))
-    assert loaded.cfg == model.cfg
+    strip = lambda cfg: {k: v for k, v in cfg.to_dict().items() if k != "source"}  # source: provenance
+    assert strip(loaded.cfg) == strip(model.cfg)
     tokens = rand_tokens(seed=13)
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
