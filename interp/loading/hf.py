@@ -50,7 +50,7 @@ def gpt2_config(c, dtype: str) -> DecoderConfig:
     return DecoderConfig(
         d_vocab=c.vocab_size, n_ctx=c.n_positions, d_model=c.n_embd, n_layers=c.n_layer, n_heads=c.n_head,
         d_mlp=c.n_inner or 4 * c.n_embd, positional="learned", norm="layernorm", norm_eps=c.layer_norm_epsilon,
-        act=_act(c.activation_function, "GPT-2"), tie_embeddings=True, eos_token_id=c.eos_token_id,
+        act=_act(c.activation_function, "GPT-2"), tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)), eos_token_id=c.eos_token_id,
         dtype=dtype, name=getattr(c, "name_or_path", "") or "gpt2",
     )
 
@@ -75,6 +75,8 @@ def gpt2_state(sd: dict, cfg: DecoderConfig) -> dict:
         out[f"blocks.{l}.mlp.W_out"] = sd[p + "mlp.c_proj.weight"]
         out[f"blocks.{l}.mlp.b_out"] = sd[p + "mlp.c_proj.bias"]
     out["ln_final.w"], out["ln_final.b"] = sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"]
+    if not cfg.tie_embeddings:
+        out["unembed.W_U_param"] = sd["lm_head.weight"].T
     out["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=out["embed.W_E"].dtype)
     return out
 

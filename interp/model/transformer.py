@@ -44,6 +44,11 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float() if dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32, as HF does
+        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
+            # nothing observes the intermediates: one fused call (what HF itself runs for LayerNorm)
+            if self.rms:
+                return F.rms_norm(x, x.shape[-1:], self.w.to(x.dtype), self.eps).to(dtype)
+            return F.layer_norm(x, x.shape[-1:], self.w.to(x.dtype), self.b.to(x.dtype), self.eps).to(dtype)
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
@@ -184,7 +189,7 @@ class Unembed(nn.Module):
         return self._embed[0].W_E.T if self.W_U_param is None else self.W_U_param
 
     def forward(self, x):
-        return x @ self.W_U + self.b_U
+        return (x @ self.W_U).add_(self.b_U)  # in-place bias: one logits-sized tensor, not two
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
@@ -318,6 +323,9 @@ class HookedDecoder(HookedRootModule):
     # --- caching -------------------------------------------------------------------------------
     def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
         """TransformerLens' run_with_cache, returning an ``ActivationCache`` bound to this model."""
+        names = kwargs.get("names_filter")
+        for name in [names] if isinstance(names, str) else (names if isinstance(names, (list, tuple)) else []):
+            self.check_hook_name(name)  # a typo would otherwise give a silently empty cache
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if not return_cache_object:
             return out, cache_dict
@@ -327,14 +335,23 @@ class HookedDecoder(HookedRootModule):
     def check_hooks_to_add(self, hook_point, hook_point_name, hook, dir="fwd", is_permanent=False, prepend=False):
         pass
 
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
+    def check_hook_name(self, name) -> None:
+        """Raise a clear error for a hook name this model does not have (TransformerLens would KeyError)."""
         if isinstance(name, str) and name not in self.hook_dict:
             close = [n for n in self.hook_dict if n.split(".")[-1] == name.split(".")[-1]][:4]
             raise InterpError(
                 f"unknown hook name {name!r}. Names follow TransformerLens, e.g. 'blocks.0.attn.hook_pattern'; "
                 f"similar names here: {close or sorted(self.hook_dict)[:6]}. See model.hook_dict for all."
             )
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
+        self.check_hook_name(name)
         return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def _enable_hook_with_name(self, name, hook, dir):
+        # run_with_hooks / hooks() reach hook points through here, bypassing add_hook
+        self.check_hook_name(name)
+        return super()._enable_hook_with_name(name, hook, dir)
 
     # --- weights with TransformerLens names ------------------------------------------------------
     @property
