@@ -222,10 +222,11 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
         a = 0
     a = tl.maximum(lo, tl.minimum(a, full_q))
     b = tl.maximum(a, full_q)
-    if start_n + BLOCK_N > seq_k:
-        # ragged last key block: mask every query block
-        a = lo
-        b = lo
+    # Ragged last key block: mask every query block. (tl.where, not a runtime `if`: the branches would give
+    # a and b different types when lo is the constant 0.)
+    ragged = start_n + BLOCK_N > seq_k
+    a = tl.where(ragged, lo, a)
+    b = tl.where(ragged, lo, b)
 
     for g in range(group):
         off_h = off_kvh * group + g

@@ -6,13 +6,14 @@ why it is fast and why it cannot hand a pattern to a hook. ``run_with_lazy_cache
 * Layers whose ``hook_attn_scores`` / ``hook_pattern`` the names filter asks for still run fused. Instead of
   caching an n x n pattern, the cache keeps that layer's rotated queries and keys and the kernel's
   log-sum-exp (O(n * d) per layer; the q/k tensors are the same storage a cached ``hook_rot_q`` would use).
-* The first time a pattern entry is read, it is rebuilt in query tiles:
-  ``P = exp(scale * q k^T - lse)`` over the visible keys, then divided by its row sum. The scores are the
-  same product the eager path computes (same dtype, same scale, same causal mask), so the pattern equals the
-  eager one to float32 rounding (~1e-7). The lse only serves as the row's shift, so the division makes the
-  result the softmax of the recomputed scores regardless of how the lse was rounded; and it is a check: if
-  the recomputed scores do not reproduce the kernel's normaliser, the read fails with a clear error instead
-  of returning an approximation.
+* The first time a pattern entry is read, it is rebuilt in query tiles: the scores ``scale * q k^T`` are
+  recomputed exactly as the eager path computes them (same dtype, same scale, same causal mask) and
+  ``P = exp(s - lse)`` with lse the row's log-sum-exp, so the pattern equals the eager one to float32
+  rounding (~1e-7). The normaliser is taken from the recomputed scores themselves (a softmax), not from the
+  kernel's stored lse: that keeps P exact when the lse was rounded differently (an fp32 kernel lse against
+  bf16-rounded eager scores). The stored lse is the check instead: if the recomputed scores do not
+  reproduce the kernel's normaliser, the read fails with a clear error rather than return an approximation.
+  Reading a layer's scores first makes its pattern a plain softmax of them (no second matmul).
 * Chosen heads or query rows of a layer come from :meth:`LazyActivationCache.pattern` without building the
   rest; :func:`attention_rows` gets full rows of one head in a long context without any n x n tensor.
 
@@ -96,7 +97,9 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
     n_h, n_q = len(head_idx), len(query_idx)
 
     all_heads = n_h == h and bool((head_idx == torch.arange(h, device=q.device)).all())
-    out = torch.empty(b, n_h, n_q, sk, dtype=q.dtype, device=q.device)
+    # Masked entries are exactly 0 in a pattern and -inf in scores; tiles only write the visible span.
+    fill = 0.0 if kind == "pattern" else float("-inf")
+    out = torch.full((b, n_h, n_q, sk), fill, dtype=q.dtype, device=q.device)
     if n_h == 0 or n_q == 0:
         return out
     qh = q if all_heads else q.index_select(1, head_idx)
@@ -108,40 +111,49 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
     lse = None
     if rec.lse is not None and kind == "pattern":
         lse = rec.lse if all_heads else rec.lse.index_select(1, head_idx)
+    offset = sk - sq  # bottom-right causal alignment: query i sees keys j <= i + offset
     key_pos = torch.arange(sk, device=q.device)
     tile = max(1, min(n_q, tile_elems // max(1, b * n_h * sk)))
-    # Half-precision recomputed scores differ from the kernel's fp32 ones by their rounding, so the
-    # consistency check on the normaliser is looser there; it exists to catch mismatched q/k/lse, not ulps.
-    check_tol = 1e-3 if q.dtype in (torch.float32, torch.float64) else 0.25
+    # The consistency check on the normaliser catches mismatched q/k/lse, not rounding: scores recomputed in
+    # half precision (as the eager path rounds them) can differ from the kernel's fp32 ones by an epsilon
+    # of their size, so the allowed drift grows with the largest score there.
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    eps = torch.finfo(q.dtype).eps
 
     for start in range(0, n_q, tile):
         rows = query_idx[start:start + tile]
+        stop = start + len(rows)
+        # Keys no row of the tile can see are skipped for scores; a pattern row keeps its full length so its
+        # softmax reduces over exactly what the eager path's does (bit-for-bit the same arithmetic).
+        hi = sk if kind == "pattern" else min(sk, int(rows.max()) + offset + 1)
+        if hi <= 0:
+            continue
         qt = qh.index_select(2, rows)  # [b, n_h, t, d]
         if all_heads:
-            s = torch.matmul(qt.reshape(b, hk, group, len(rows), d), kT).reshape(b, h, len(rows), sk)
+            s = torch.matmul(qt.reshape(b, hk, group, len(rows), d), kT[..., :hi])
+            s = s.reshape(b, h, len(rows), hi)
         else:
-            s = torch.matmul(qt, kT)
-        s = s * rec.scale  # the eager path: matmul in the model dtype, then the scale
-        visible = key_pos[None, :] <= rows[:, None] + (sk - sq)  # bottom-right causal alignment
+            s = torch.matmul(qt, kT[..., :hi])
+        s.mul_(rec.scale)  # as the eager path: matmul in the model dtype, then the scale
+        hidden = key_pos[None, :hi] > rows[:, None] + offset
         if kind == "scores":
-            out[:, :, start:start + len(rows)] = s.masked_fill(~visible, float("-inf"))
+            out[:, :, start:stop, :hi] = s.masked_fill_(hidden, float("-inf"))
             continue
-        s = s.float().masked_fill(~visible, float("-inf"))
+        check_tol = 1e-3
+        if half and lse is not None:
+            check_tol += 2 * eps * s.float().abs().masked_fill_(hidden, 0).amax().item()
+        s = s.float().masked_fill_(hidden, float("-inf"))
         if lse is not None:
-            shift = lse.index_select(2, rows)
-        else:
-            shift = s.amax(-1)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        e = torch.exp(s - shift[..., None])
-        denom = e.sum(-1, keepdim=True)
-        if lse is not None:
-            drift = denom.log().abs().max().item()
+            # exp(s - lse) must sum to one over each row; it does unless q/k/lse do not belong together.
+            stored = lse.index_select(2, rows)
+            gap = torch.logsumexp(s, dim=-1) - stored
+            drift = torch.where(torch.isneginf(stored), 0.0, gap).abs().max().item()  # rows seeing no key
             if not drift <= check_tol:  # also catches NaN
                 raise InterpError(
                     "the stored log-sum-exp does not normalise the recomputed attention scores "
-                    f"(|log sum| = {drift:.3g} > {check_tol}): the cached q/k/lse are inconsistent, so an "
-                    "exact pattern cannot be rebuilt. Re-run with attn_backend='eager' to materialise it.")
-        out[:, :, start:start + len(rows)] = (e / denom).to(q.dtype)
+                    f"(|log sum| = {drift:.3g} > {check_tol:.3g}): the cached q/k/lse are inconsistent, so "
+                    "an exact pattern cannot be rebuilt. Re-run with attn_backend='eager' to materialise it.")
+        out[:, :, start:stop, :hi] = torch.softmax(s, dim=-1)
     return out
 
 
@@ -181,19 +193,43 @@ class LazyCacheDict(MutableMapping):
 
     def __init__(self, data: dict | None = None):
         self._data: dict[str, torch.Tensor | LazyAttention] = dict(data or {})
+        self._recipes: dict[str, LazyAttention] = {}  # how each built entry was made
 
     def __getitem__(self, key: str) -> torch.Tensor:
         value = self._data[key]
         if isinstance(value, LazyAttention):
-            value = value.build()
+            recipe = value
+            value = self._from_built_scores(key, recipe)
+            if value is None:
+                value = recipe.build()
             self._data[key] = value
+            self._recipes[key] = recipe
         return value
+
+    def _from_built_scores(self, key: str, recipe: LazyAttention) -> torch.Tensor | None:
+        # A pattern whose layer's scores were already built (same q/k, rows and layout) is their softmax,
+        # exactly as the eager path computes it: one cheap pass instead of a second matmul.
+        if recipe.kind != "pattern" or not key.endswith("hook_pattern"):
+            return None
+        sibling = key[: -len("hook_pattern")] + "hook_attn_scores"
+        made = self._recipes.get(sibling)
+        if made is None or not isinstance(self._data.get(sibling), torch.Tensor):
+            return None
+        same_rows = (made.queries is None) == (recipe.queries is None) and (
+            made.queries is None or torch.equal(made.queries, recipe.queries))
+        if made.rec is not recipe.rec or not same_rows or made.squeeze_batch != recipe.squeeze_batch:
+            return None
+        scores = self._data[sibling]
+        pattern = torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+        return pattern if recipe.device is None else pattern.to(recipe.device)
 
     def __setitem__(self, key: str, value) -> None:
         self._data[key] = value
+        self._recipes.pop(key, None)
 
     def __delitem__(self, key: str) -> None:
         del self._data[key]
+        self._recipes.pop(key, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
