@@ -273,6 +273,16 @@ def test_available_flag():
     assert flash_attention_available() == CUDA
 
 
+@pytest.mark.skipif(CUDA, reason="on CUDA every other test already launches through the autotuner")
+def test_autotuned_launch_path(monkeypatch):
+    # The GPU launches through triton.autotune (grid lambdas, config pruning, kwargs). Drive that path in the
+    # interpreter with a problem small enough that pruning leaves one config, so nothing needs timing.
+    import interp.kernels.flash as flash_module
+
+    monkeypatch.setattr(flash_module, "_AUTOTUNE_IN_INTERPRETER", True)
+    check_against_reference(1, 4, 2, 13, 13, 32, True, torch.float32, seed=4, lse_grad=True)
+
+
 def test_kernels_compile_for_hopper_without_a_gpu():
     # The interpreter runs the kernels' arithmetic but not Triton's compiler. Lower all three kernels to sm_90
     # cubins (Triton ships ptxas) in a process without TRITON_INTERPRET: type errors of the compiled language,
