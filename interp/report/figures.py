@@ -41,7 +41,7 @@ def show_token(s: str) -> str:
 
 def _esc(token: str) -> str:
     """A token for plotly text, which reads a little HTML: escape it so "<b>" stays text."""
-    return html.escape(show_token(token))
+    return html.escape(show_token(token), quote=False)
 
 
 def _token_ticks(tokens: list[str]) -> dict:
@@ -85,7 +85,7 @@ def final_prob_by_layer(final_by_layer: pd.DataFrame, token: str | None = None) 
     token = token if token is not None else str(final_by_layer.target_token.iloc[-1])
     fig = go.Figure(go.Scatter(x=final_by_layer.layer_name, y=final_by_layer.target_prob, mode="lines+markers",
                                text=[f"rank {r}" for r in final_by_layer.target_rank], name="p(final token)"))
-    fig.update_layout(title=f"Probability of the final prediction {show_token(token)!r} by layer",
+    fig.update_layout(title=f"Probability of the final prediction “{_esc(token)}” by layer",
                       yaxis_title="probability", xaxis_title="layer", height=320, **_LAYOUT)
     return fig
 
@@ -129,8 +129,8 @@ def neuron_bar(top: pd.DataFrame, ranked_by: str = "contribution") -> go.Figure:
     labels = [f"L{r.layer}N{r.neuron}" for r in df.itertuples()]
     colors = ["#54a24b" if v >= 0 else "#e45756" for v in df[ranked_by]]
     fig = go.Figure(go.Bar(x=labels, y=df[ranked_by], marker_color=colors))
-    target = show_token(df.target_token.iloc[0]) if len(df) else ""
-    what = "direct logit contribution to " + repr(target) if ranked_by == "contribution" else "activation"
+    target = _esc(df.target_token.iloc[0]) if len(df) else ""
+    what = f"direct logit contribution to “{target}”" if ranked_by == "contribution" else "activation"
     fig.update_layout(title=f"Top neurons by {what}", yaxis_title=ranked_by, height=320, **_LAYOUT)
     return fig
 
