@@ -2,7 +2,7 @@
 
     python benchmarks/attention.py                 # full sweep on CUDA; small eager-vs-sdpa sweep on CPU
     python benchmarks/attention.py --quick         # a few shapes
-    python benchmarks/attention.py --out results.json
+    python benchmarks/attention.py --out my.json   # default: benchmarks/results/attention-{cuda,cpu}.json
 
 Reports TFLOP/s for the forward and for forward+backward, with the FlashAttention convention for counting:
 forward = 4 * batch * heads * seq_q * seq_k * d_head (two matmuls), halved when causal; backward = 2.5x the
@@ -227,7 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few shapes only")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--reps", type=int, default=10, help="CPU repetitions (CUDA uses do_bench)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("attention_results.json"))
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    default_out = Path(__file__).parent / "results" / f"attention-{kind}.json"
+    parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     if any(m not in ("fwd", "fwd+bwd") for m in modes):

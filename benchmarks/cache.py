@@ -1,7 +1,7 @@
 """run_with_cache with every hook: interp (lazy patterns) vs TransformerLens' TransformerBridge.
 
     python benchmarks/cache.py                       # sizes 1k/2k/4k/8k, capped on the CPU (see --max-*)
-    python benchmarks/cache.py --sizes 1024,2048 --out results.json
+    python benchmarks/cache.py --sizes 1024,2048  # writes benchmarks/results/cache-{cuda,cpu}.json
 
 One 12-layer GPT-2-small-shaped model (d_model 768, 12 heads, d_mlp 3072, vocab 50257) with random weights,
 built from a `transformers` GPT2Config: the bridge is booted offline from a save_pretrained folder with
@@ -229,7 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=8192 if cuda else 4096, help="largest size for interp")
     p.add_argument("--repeats", type=int, default=2, help="calls per measurement (fastest time is kept)")
     p.add_argument("--timeout", type=int, default=900)
-    p.add_argument("--out", type=Path, default=Path(__file__).with_name("cache_results.json"))
+    kind = "cuda" if cuda else "cpu"
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / f"cache-{kind}.json")
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "TOKENS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 

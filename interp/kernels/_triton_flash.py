@@ -337,11 +337,12 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
 # autotuning (GPU only; the interpreter launches the plain kernels with small fixed blocks)
 # ----------------------------------------------------------------------------------------------------------
 # Candidate tiles for Hopper (H100/H200). No GPU was available to time them, so they were screened by
-# compiling every candidate for sm_90 here (python -m interp.kernels.compile_check --all-configs) and keeping
-# those that use wgmma without spilling registers for d_head 64 and 128, plus the usual FA2 choices
-# (128-row query tiles, 8 warps) even where they spill a little at d=128; the autotuner times them on the
-# real device and keeps the fastest. The dK/dV pass holds two [BLOCK_N, d] fp32 accumulators, so at d=128
-# only narrow key tiles (BLOCK_N=32) stay spill-free there.
+# compiling every candidate for sm_90 here (python -m interp.kernels.compile_check --all-configs; the table
+# is in benchmarks/RESULTS_attention.md): kept are tiles on wgmma without register spills at d_head 64 and
+# 128, plus the usual FA2 choices (128-row query tiles, 8 warps) that spill a little at d=128. The dK/dV
+# pass holds two [BLOCK_N, d] fp32 accumulators: at d=128 every wgmma tile of it spills, and the spill-free
+# ones (BLOCK_N=32, too narrow for wgmma) run on mma.sync, so both kinds are candidates. The autotuner times
+# them on the device and keeps the fastest.
 
 
 def _prune(configs, named_args, **kwargs):
