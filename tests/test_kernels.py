@@ -1,8 +1,8 @@
 """The Triton flash-attention kernel against a float64 eager oracle.
 
-Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before anything imports
-the kernel module), on a small subset of shapes because the interpreter executes each program in numpy. With
-CUDA the same tests run compiled, and the full shape matrix plus long sequences run too.
+Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before triton is
+imported), on a small subset of shapes because the interpreter executes each program in numpy. With CUDA
+the same tests run compiled, and the full shape matrix plus long sequences run too.
 """
 
 import math
@@ -17,13 +17,15 @@ import torch
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
-    # Must happen before interp.kernels._triton_flash is imported (its @triton.jit picks the mode then).
+    # Before triton is imported: @triton.jit picks compiled or interpreted mode at decoration time, and
+    # triton's own library functions (tl.zeros, tl.max, ...) are decorated when triton is imported.
     os.environ["TRITON_INTERPRET"] = "1"
 
 triton = pytest.importorskip("triton")
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from triton.runtime.interpreter import InterpretedFunction
 
 from interp.errors import InterpError
 from interp.kernels import (
@@ -35,6 +37,28 @@ from interp.kernels import (
 )
 
 DEVICE = "cuda" if CUDA else "cpu"
+# If something imported triton before this module (without the variable), this process cannot interpret
+# kernels; then every test here is skipped and test_in_a_fresh_process runs the module again in a new one.
+INTERPRETER_READY = CUDA or isinstance(triton.language.zeros, InterpretedFunction)
+
+
+@pytest.fixture(autouse=True)
+def needs_kernel_runtime(request):
+    if not INTERPRETER_READY and request.node.name != "test_in_a_fresh_process":
+        pytest.skip("triton was imported before TRITON_INTERPRET was set; test_in_a_fresh_process runs this")
+
+
+def test_in_a_fresh_process():
+    if INTERPRETER_READY:
+        pytest.skip("the kernels run in this process")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         capture_output=True, text=True, env=env, cwd=root, timeout=900, check=False)
+    assert res.returncode == 0, res.stdout[-4000:]
+
+
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     """max |got - ref| relative to max |ref|, the tensor's scale.
 
@@ -171,7 +195,8 @@ def test_every_output_element_written():
         assert not torch.isnan(t).any()
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     b=st.integers(1, 2), hk=st.integers(1, 2), group=st.integers(1, 3), sq=st.integers(1, 40),
     sk=st.integers(1, 40), d=st.sampled_from([16, 32, 48]), causal=st.booleans(), seed=st.integers(0, 10_000),
@@ -289,9 +314,10 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     # shared memory over the limit, or a kernel not on Hopper's wgmma would show up here.
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]), TRITON_DEFAULT_FP_FUSION="1")
-    res = subprocess.run([sys.executable, "-m", "interp.kernels.compile_check", "--quick"], capture_output=True,
-                         text=True, env=env, timeout=600, check=False)
+    env.update(PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]),
+               TRITON_DEFAULT_FP_FUSION="1")
+    res = subprocess.run([sys.executable, "-m", "interp.kernels.compile_check", "--quick"],
+                         capture_output=True, text=True, env=env, timeout=600, check=False)
     if "ptxas" in res.stderr and ("not found" in res.stderr or "No such file" in res.stderr):
         pytest.skip("this triton install has no ptxas")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
