@@ -13,7 +13,8 @@ Causal masking is aligned to the bottom-right corner: query ``i`` sees key ``j``
 output 0 and lse -inf.
 
 The kernels run on CUDA tensors, or on CPU tensors inside Triton's interpreter when ``TRITON_INTERPRET=1`` is
-set before the first call (that is how the tests run them without a GPU; it is slow, use tiny shapes).
+set before triton is first imported (that is how the tests run them without a GPU; it is slow, use tiny
+shapes).
 Both ``out`` and ``lse`` are differentiable: the backward is FA2's (dQ in one pass over key blocks, dK/dV in
 one pass over query blocks, recomputing the probabilities from the saved ``lse``; no [seq_q, seq_k] matrix is
 ever stored).
@@ -69,9 +70,10 @@ def flash_attention_available() -> bool:
 
 
 def _kernels():
-    # Imported on first use: @triton.jit picks compiled vs interpreted mode when the module is imported, so a
-    # late TRITON_INTERPRET=1 still takes effect. If the mode changed since the import (a test switched the
-    # variable), re-import so the kernels match it.
+    # Imported on first use, because @triton.jit picks compiled vs interpreted mode when the module is
+    # imported; if TRITON_INTERPRET changed since, re-import so our kernels follow it. (Triton's own library
+    # functions, tl.zeros, tl.max, ..., are fixed when triton is imported: the variable must be set before
+    # that for the interpreter to work at all.)
     import importlib
 
     from interp.kernels import _triton_flash
@@ -122,7 +124,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale) -> f
     elif not _interpreting():
         raise InterpError(
             f"flash_attention: tensors must be on a CUDA device (got {q.device}); on the CPU the kernel runs "
-            "only inside Triton's interpreter (set TRITON_INTERPRET=1 before the first call)")
+            "only inside Triton's interpreter (set TRITON_INTERPRET=1 before triton is imported)")
     if scale is None:
         return 1.0 / math.sqrt(d)
     scale = float(scale)
