@@ -409,10 +409,12 @@ def test_patterns_are_computed_only_when_hooked(monkeypatch):
         model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", lambda p, hook: None)])
         assert calls == [1]  # only the hooked layer
         calls.clear()
-        model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_attn_scores")
+        model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_attn_scores", lazy_patterns=False)
         assert calls == [0]
         calls.clear()
-        _, cache = model.run_with_cache(tokens)
+        _, cache = model.run_with_cache(tokens)  # lazy (default): stays fused, patterns rebuilt on read
+        assert calls == []
+        _, cache = model.run_with_cache(tokens, lazy_patterns=False)
         assert sorted(calls) == [0, 1]
     p = cache["blocks.1.attn.hook_pattern"]
     torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))

@@ -71,7 +71,8 @@ def _sdpa(q, k, v, causal: bool, scale: float, need_lse: bool):
     # With cached keys (sk > sq) the mask must be aligned bottom-right, which sdpa's is_causal does not do.
     needs_mask = causal and sq != sk and sq > 1
     cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if q.device.type == "cpu" and cpu_op is not None:
+    # Only when the lse is wanted (a lazy cache): plain forwards and training keep PyTorch's own dispatch.
+    if need_lse and q.device.type == "cpu" and cpu_op is not None:
         mask = None
         if needs_mask:
             mask = torch.zeros(sq, sk, dtype=q.dtype).masked_fill(~_visible(sq, sk, q.device), float("-inf"))

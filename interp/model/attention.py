@@ -57,11 +57,10 @@ def resolve_backend(requested: str | None, cfg: DecoderConfig, device: torch.dev
     if backend == "auto":
         if device.type != "cuda":
             return "sdpa"
-        try:
-            from interp.kernels import flash_attention_available
-        except ImportError:
-            return "sdpa"
-        return "triton" if flash_attention_available() else "sdpa"
+        from interp.kernels import MAX_HEAD_DIM, MIN_HEAD_DIM, flash_attention_available
+
+        kernel_fits = MIN_HEAD_DIM <= cfg.d_head <= MAX_HEAD_DIM and cfg.dtype in ("float16", "bfloat16", "float32")
+        return "triton" if kernel_fits and flash_attention_available() else "sdpa"
     if backend == "triton" and device.type != "cuda":
         raise InterpError(
             "attn_backend='triton' needs a CUDA device (the kernel is compiled for the GPU); the model is on "
@@ -183,19 +182,12 @@ class Attention(nn.Module):
 
     def _fused(self, q, k, v, backend):
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if backend == "triton":
-            from interp.kernels import flash_attention
+        from interp.kernels import fused_attention
 
-            z, lse = flash_attention(qh, kh, vh, causal=True, scale=self.cfg.attn_scale)
-        else:
-            lse = None
-            n_q, n_k = q.shape[1], k.shape[1]
-            # sdpa's is_causal aligns the mask top-left; with cached keys (n_k > n_q) pass it explicitly.
-            mask = None if n_q == n_k or n_q == 1 else causal_mask(n_q, n_k, q.device)
-            z = F.scaled_dot_product_attention(
-                qh, kh, vh, attn_mask=mask, is_causal=(n_q == n_k and n_q > 1),
-                scale=self.cfg.attn_scale, enable_gqa=self.group > 1,
-            )
+        # With cached keys (generation) queries are the last n_q positions; fused_attention aligns the causal
+        # mask bottom-right. The log-sum-exp is only asked for when a lazy cache will rebuild the pattern.
+        z, lse = fused_attention(qh, kh, vh, causal=True, scale=self.cfg.attn_scale, backend=backend,
+                                 need_lse=self.pattern_recorder is not None)
         if self.pattern_recorder is not None:
             self.pattern_recorder(self.layer, qh, kh, lse)
         return z.transpose(1, 2)

@@ -321,11 +321,22 @@ class HookedDecoder(HookedRootModule):
         return nll if per_token else nll.mean()
 
     # --- caching -------------------------------------------------------------------------------
-    def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
-        """TransformerLens' run_with_cache, returning an ``ActivationCache`` bound to this model."""
+    def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False,
+                       lazy_patterns: bool = True, **kwargs):
+        """TransformerLens' run_with_cache, returning an ``ActivationCache`` bound to this model.
+
+        With ``lazy_patterns`` (the default) attention stays fused: the cache keeps each layer's rotated q, k
+        and log-sum-exp and builds ``hook_pattern`` / ``hook_attn_scores`` exactly when first read, so caching
+        a long context costs O(layers·n·d) instead of O(layers·heads·n²). ``lazy_patterns=False`` records
+        patterns eagerly during the forward pass, as TransformerLens does.
+        """
         names = kwargs.get("names_filter")
         for name in [names] if isinstance(names, str) else (names if isinstance(names, (list, tuple)) else []):
             self.check_hook_name(name)  # a typo would otherwise give a silently empty cache
+        if return_cache_object and lazy_patterns:
+            from interp.model.lazy_pattern import run_with_lazy_cache
+
+            return run_with_lazy_cache(self, *model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if not return_cache_object:
             return out, cache_dict
