@@ -22,6 +22,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
+# DecoderConfig overrides giving our own model each family's architecture (GPT-2; Llama with GQA; NeoX with
+# partial rotary and parallel residual); tests add their own sizes, e.g. {**FAMILY_CONFIGS["llama"], "n_kv_heads": 1}.
+FAMILY_CONFIGS = {
+    "gpt2": {"positional": "learned", "act": "gelu_new"},
+    "llama": {"positional": "rotary", "norm": "rmsnorm", "act": "silu", "gated": True, "n_kv_heads": 2,
+              "attn_bias": False, "mlp_bias": False},
+    "neox": {"positional": "rotary", "rotary_fraction": 0.25, "parallel_residual": True},
+}
+
 VOCAB = 96  # tiny vocabulary shared by every HF fixture
 N_CTX = 32
 EOS = 1  # an id inside the vocabulary (GPT-2's default 50256 is not)

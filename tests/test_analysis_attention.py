@@ -22,6 +22,8 @@ import torch
 
 import interp.analysis._inputs as inputs_mod
 import interp.analysis.attention as attention_mod
+from conftest import FAMILY_CONFIGS
+
 from interp.analysis._inputs import as_tokens
 from interp.analysis.attention import (
     ROLES,
@@ -189,16 +191,8 @@ def test_head_scores_frame_shape_and_options():
     "kw",
     [
         {},  # GPT-2 style
-        {
-            "positional": "rotary",
-            "norm": "rmsnorm",
-            "act": "silu",
-            "gated": True,
-            "n_kv_heads": 1,
-            "attn_bias": False,
-            "mlp_bias": False,
-        },  # Llama style with MQA
-        {"positional": "rotary", "rotary_fraction": 0.5, "parallel_residual": True},  # GPT-NeoX style
+        {**FAMILY_CONFIGS["llama"], "n_kv_heads": 1},  # Llama style with MQA
+        {**FAMILY_CONFIGS["neox"], "rotary_fraction": 0.5},  # GPT-NeoX style
     ],
 )
 def test_head_scores_and_patterns_on_architectures(kw):

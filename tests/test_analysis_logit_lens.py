@@ -29,6 +29,8 @@ from interp.analysis.tuned_lens import (
     train_tuned_lens,
     tuned_lens,
 )
+from conftest import FAMILY_CONFIGS
+
 from interp.errors import InterpError
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
@@ -37,19 +39,7 @@ V = 64
 # init_std 0.3 makes the random models' distributions peaked enough that the comparisons below are
 # not comparisons of near-uniform vectors.
 BASE = {"d_vocab": V, "n_ctx": 16, "d_model": 32, "n_layers": 3, "n_heads": 4, "init_std": 0.3}
-FAMILIES = {
-    "gpt2": {"act": "gelu_new"},
-    "llama": {
-        "norm": "rmsnorm",
-        "positional": "rotary",
-        "act": "silu",
-        "gated": True,
-        "n_kv_heads": 2,
-        "attn_bias": False,
-        "mlp_bias": False,
-    },
-    "neox": {"parallel_residual": True, "positional": "rotary", "rotary_fraction": 0.25},
-}
+FAMILIES = FAMILY_CONFIGS
 
 
 def make_model(family: str = "gpt2", seed: int = 0, **kw) -> HookedDecoder:

@@ -12,6 +12,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import interp.analysis.neurons as neurons_mod
+from conftest import FAMILY_CONFIGS
+
 from interp.analysis.neurons import (
     answer_agreement,
     neuron_answers,
@@ -259,16 +261,8 @@ def test_top_neurons_finds_planted_neuron():
 
 ARCHS = {
     "gpt2": {},
-    "llama": {
-        "positional": "rotary",
-        "norm": "rmsnorm",
-        "act": "silu",
-        "gated": True,
-        "n_kv_heads": 1,
-        "attn_bias": False,
-        "mlp_bias": False,
-    },
-    "neox": {"positional": "rotary", "rotary_fraction": 0.5, "parallel_residual": True},
+    "llama": {**FAMILY_CONFIGS["llama"], "n_kv_heads": 1},  # MQA
+    "neox": {**FAMILY_CONFIGS["neox"], "rotary_fraction": 0.5},
     "tied_sinusoidal_relu": {"positional": "sinusoidal", "tie_embeddings": True, "act": "relu"},
     "no_final_norm": {"final_norm": False},
 }

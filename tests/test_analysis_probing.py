@@ -20,25 +20,15 @@ from interp.analysis.probing import (
     expand_hooks,
     fit_probes,
 )
+from conftest import FAMILY_CONFIGS
+
 from interp.errors import InterpError
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
 
 V = 48
 BASE = {"d_vocab": V, "n_ctx": 16, "d_model": 32, "n_layers": 3, "n_heads": 4, "init_std": 0.3}
-FAMILIES = {
-    "gpt2": {"act": "gelu_new"},
-    "llama": {
-        "norm": "rmsnorm",
-        "positional": "rotary",
-        "act": "silu",
-        "gated": True,
-        "n_kv_heads": 2,
-        "attn_bias": False,
-        "mlp_bias": False,
-    },
-    "neox": {"parallel_residual": True, "positional": "rotary", "rotary_fraction": 0.25},
-}
+FAMILIES = FAMILY_CONFIGS
 
 
 def make_model(family="gpt2", seed=0, tokenizer=None):

@@ -13,6 +13,8 @@ import textwrap
 import pytest
 import torch
 
+from conftest import FAMILY_CONFIGS
+
 from interp.errors import InterpError
 from interp.kernels import fused_attention
 from interp.model.config import DecoderConfig
@@ -27,12 +29,7 @@ from interp.model.lazy_pattern import (
 from interp.model.transformer import HookedDecoder
 
 N_LAYERS, N_HEADS, SEQ, BATCH = 2, 4, 21, 2
-FAMILIES = {
-    "gpt2": {"positional": "learned", "act": "gelu_new"},
-    "llama": {"positional": "rotary", "norm": "rmsnorm", "act": "silu", "gated": True, "n_kv_heads": 2,
-              "attn_bias": False, "mlp_bias": False},
-    "neox": {"positional": "rotary", "rotary_fraction": 0.25, "parallel_residual": True},
-}
+FAMILIES = FAMILY_CONFIGS
 
 
 def make_model(family: str, dtype: str = "float32", n_ctx: int = 64) -> HookedDecoder:
