@@ -116,8 +116,8 @@ def copyright_info(pkg_dir: Path, package: str) -> dict:
     """The first `Copyright:`/`License:` pair of the package's debian/copyright (the `Files: *` stanza)."""
     path = pkg_dir / "usr/share/doc" / package / "copyright"
     text = path.read_text(encoding="utf-8", errors="replace")
-    lic = re.search(r"^License:[ \t]*(\S.*)$", text, re.M)
-    cop = re.search(r"^Copyright:[ \t]*(\S.*)$", text, re.M)
+    lic = re.search(r"^License:[ \t]*(\S.*)$", text, re.MULTILINE)
+    cop = re.search(r"^Copyright:[ \t]*(\S.*)$", text, re.MULTILINE)
     info = {
         "copyright_file": str(path.relative_to(pkg_dir)),
         "copyright_sha256": hashlib.sha256(text.encode()).hexdigest(),
@@ -231,7 +231,7 @@ class _TextExtractor(HTMLParser):
 
 def html_to_text(page: str) -> tuple[str, str]:
     """(title, fluent text) of an HTML documentation page."""
-    title_m = re.search(r"<title>(.*?)</title>", page, re.S | re.I)
+    title_m = re.search(r"<title>(.*?)</title>", page, re.DOTALL | re.IGNORECASE)
     title = html.unescape(re.sub(r"\s+", " ", title_m.group(1)).strip()) if title_m else ""
     for want_root in (True, False):
         p = _TextExtractor(want_root)
@@ -267,7 +267,7 @@ def _clean_osis(verse: str) -> str:
     # Footnotes and cross-references are editorial apparatus, not running text.
     # The module has no space around a footnote ("God<note>..</note><w>created"), so a note
     # becomes a space, and a space before closing punctuation is removed again.
-    verse = re.sub(r"<note\b.*?</note>", " ", verse, flags=re.S)
+    verse = re.sub(r"<note\b.*?</note>", " ", verse, flags=re.DOTALL)
     verse = re.sub(r"<[^>]+>", "", verse)
     verse = re.sub(r"\s+", " ", verse).strip()
     return re.sub(r" ([,.;:!?’”)\]])", r"\1", verse)

@@ -82,9 +82,9 @@ def test_explainer_columns_and_spans(tok):
         assert row.text_span == text[row.start:row.end]
         assert row.text_span.encode("utf-8").find(bytes.fromhex(row.bytes)) >= 0
     # a 3-byte Chinese character split across tokens shows its fragments as <0x..>
-    frag = readable_token("今".encode("utf-8")[:2])
+    frag = readable_token("今".encode()[:2])
     assert frag == "<0xE4><0xBB>"
-    assert readable_token("今".encode("utf-8")) == "今"
+    assert readable_token("今".encode()) == "今"
 
 
 def test_save_load_and_token_bytes(tok, tmp_path):

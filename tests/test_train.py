@@ -29,7 +29,7 @@ from interp.train.data import (
 from interp.train.trainer import TrainConfig, export_model, latest_checkpoint, lr_at, train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_corpus.txt"
-TINY_MODEL = dict(d_model=32, n_layers=2, n_heads=4, positional="rotary")
+TINY_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "positional": "rotary"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def test_windows_targets_are_next_inputs_and_respect_stride():
     tokens = np.arange(1000, 1103, dtype=np.uint16)  # distinct values: position is recoverable
     for context, stride in [(8, 8), (8, 3), (16, 20), (1, 1), (102, 5)]:
         w = Windows(tokens, context, stride)
-        expected = [s for s in range(0, len(tokens)) if s + context + 1 <= len(tokens)][::1]
+        expected = [s for s in range(len(tokens)) if s + context + 1 <= len(tokens)][::1]
         expected = [s for s in expected if s % stride == 0]
         assert len(w) == len(expected)
         for i in range(len(w)):
@@ -157,9 +157,9 @@ def token_dir(tmp_path_factory):
 
 
 def _cfg(token_dir, out, **kw):
-    base = dict(data=str(token_dir), out=str(out), steps=12, batch_size=4, context_length=32, stride=16, lr=3e-3,
-                warmup_steps=2, eval_interval=6, eval_batches=2, log_interval=3, checkpoint_interval=6, seed=0,
-                threads=1, progress=False, model=dict(TINY_MODEL))
+    base = {"data": str(token_dir), "out": str(out), "steps": 12, "batch_size": 4, "context_length": 32,
+            "stride": 16, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 6, "eval_batches": 2, "log_interval": 3,
+            "checkpoint_interval": 6, "seed": 0, "threads": 1, "progress": False, "model": dict(TINY_MODEL)}
     base.update(kw)
     return TrainConfig(**base)
 

@@ -106,8 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-__all__ = ["main", "train", "TrainConfig", "prepare", "write_token_files", "TokenData", "Windows", "BatchSchedule",
-           "export_model", "lr_at"]
+__all__ = [
+    "BatchSchedule",
+    "TokenData",
+    "TrainConfig",
+    "Windows",
+    "export_model",
+    "lr_at",
+    "main",
+    "prepare",
+    "train",
+    "write_token_files",
+]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -122,7 +122,8 @@ def _fmt_heads(table: list[dict], role: str, k: int = 3) -> str:
     return ", ".join(f"L{r['layer']}H{r['head']} {r[role]:.2f}" for r in rows)
 
 
-def render_card(name: str, cfg: dict, facts: dict, train: dict, manifest: dict, heldout: dict) -> str:
+def render_card(name: str, cfg: dict, facts: dict, train: dict, manifest: dict, heldout: dict,
+                notes: str = "") -> str:
     rr = facts["repeated_random"]
     sources = "\n".join(
         f"| {s['description']} | `{s['package']}` {s['version']} | {s['license']} | {s['documents']} | "
@@ -134,6 +135,10 @@ def render_card(name: str, cfg: dict, facts: dict, train: dict, manifest: dict, 
         f"{r['attention_sink']:.2f} | {r['entropy']:.2f} |" for r in facts["head_scores"])
     n_params = train["n_params"]
     tc = train["train_config"]
+    frac = tc.get("repeat_random_frac", 0.0)
+    random_note = (f"; in {frac:.0%} of those rows the span is first replaced by random tokens, so only copying "
+                   f"can predict its second occurrence" if frac else "")
+    notes = "\n".join(f"* {line.strip()}" for line in notes.split("\n") if line.strip())
     ind, prev = facts["best"]["induction"], facts["best"]["previous_token"]
     circuits = (f"its strongest previous-token head is L{prev['layer']}H{prev['head']} (score {prev['score']:.2f}) and "
                 f"its strongest induction head L{ind['layer']}H{ind['head']} (score {ind['score']:.2f}); on a repeated "
@@ -189,8 +194,9 @@ Tokenizer: byte-level BPE (`tokenizers`), vocabulary {cfg['d_vocab']} including 
   torch.compile {'on' if tc['compile'] else 'off'}.
 * **Curriculum (repeated spans):** in {tc['repeat_prob']:.0%} of the training rows, a random span of
   {tc['repeat_min_span']}–{tc['repeat_max_span'] or tc['context_length'] // 4} tokens of the row's own text is pasted again later in the same row
-  (`interp/train/data.py: add_repeated_spans`). Small models on plain text are slow to form induction
-  heads; repeats make copying pay off early. The validation data has no such repeats.
+  (`interp/train/data.py: add_repeated_spans`){random_note}. Small models on plain text are slow to
+  form induction heads; repeats make copying pay off early. The validation data has no such repeats.
+{notes}
 * **Steps:** {steps} —
   **{train['tokens'] / 1e6:.1f} M tokens seen** ({train['tokens'] / manifest['tokens_train']:.2f} passes over the
   {manifest['tokens_train'] / 1e6:.2f} M training tokens).
@@ -238,7 +244,7 @@ duplicate-token on repeated random tokens):
 
 ## Limitations
 
-Trained for about an hour on two shared CPU cores: expect repetition and topic drift in samples. The
+Trained for {train['elapsed_s'] / 60:.0f} minutes on two shared CPU cores: expect repetition and topic drift in samples. The
 corpus is English documentation-heavy; other languages tokenize into byte pieces. No safety tuning.
 """
 
@@ -252,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout-max-tokens", type=int, default=40000)
     ap.add_argument("--device-description", default=f"{platform.machine()} CPU")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--notes", default="", help="extra bullet points for the Training section (one per line)")
     args = ap.parse_args(argv)
 
     import shutil
@@ -299,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
                                           "n_ctx+1 tokens with stride n_ctx (interp.train.data.Windows); mean "
                                           "next-token cross-entropy over all predicted tokens"},
         "facts": facts,
+        "notes": args.notes,
     }
     atomic_write_text(model_dir / "recipe.json", json.dumps(recipe, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(model_dir / "README.md", render_card(model_dir.name, cfg, facts, train, manifest, heldout))
+    atomic_write_text(model_dir / "README.md", render_card(model_dir.name, cfg, facts, train, manifest, heldout,
+                                                                 args.notes))
     print(json.dumps({"heldout_loss": facts["heldout_loss"], "repeated_random": facts["repeated_random"],
                       "best": facts["best"]}, indent=2))
     return 0

@@ -85,19 +85,19 @@ def write_token_files(
     counts = {s: {"tokens": 0, "documents": 0} for s in SPLITS}
     val_docs: list[str] = []
     keys_iter = iter(keys) if keys is not None else None
-    with atomic_path(out_dir / "train.bin") as train_tmp, atomic_path(out_dir / "val.bin") as val_tmp:
-        with open(train_tmp, "wb") as f_train, open(val_tmp, "wb") as f_val:
-            for i, ids in enumerate(docs):
-                key = next(keys_iter) if keys_iter is not None else str(i)
-                arr = np.asarray(ids, dtype=np.int64)
-                if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-                    raise InterpError(f"document {key!r} has token ids outside [0, {vocab_size - 1}].")
-                split = "val" if is_val_document(i, key, val_fraction, seed) else "train"
-                np.append(arr, eos_id).astype(dtype).tofile(f_val if split == "val" else f_train)
-                counts[split]["tokens"] += arr.size + 1
-                counts[split]["documents"] += 1
-                if split == "val":
-                    val_docs.append(key)
+    with (atomic_path(out_dir / "train.bin") as train_tmp, atomic_path(out_dir / "val.bin") as val_tmp,
+          open(train_tmp, "wb") as f_train, open(val_tmp, "wb") as f_val):
+        for i, ids in enumerate(docs):
+            key = next(keys_iter) if keys_iter is not None else str(i)
+            arr = np.asarray(ids, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                raise InterpError(f"document {key!r} has token ids outside [0, {vocab_size - 1}].")
+            split = "val" if is_val_document(i, key, val_fraction, seed) else "train"
+            np.append(arr, eos_id).astype(dtype).tofile(f_val if split == "val" else f_train)
+            counts[split]["tokens"] += arr.size + 1
+            counts[split]["documents"] += 1
+            if split == "val":
+                val_docs.append(key)
     meta = {
         "format": "interp-tokens-v1",
         "dtype": dtype.name,
