@@ -200,8 +200,8 @@ Tokenizer: byte-level BPE (`tokenizers`), vocabulary {cfg['d_vocab']} including 
 * **Steps:** {steps} —
   **{train['tokens'] / 1e6:.1f} M tokens seen** ({train['tokens'] / manifest['tokens_train']:.2f} passes over the
   {manifest['tokens_train'] / 1e6:.2f} M training tokens).
-* **Time and device:** {train['elapsed_s'] / 60:.0f} min wall clock on {train['device']}
-  (shared with other jobs; 2 threads).
+* **Time and device:** {train['elapsed_s'] / 60:.0f} min of training wall clock (compilation included) on
+  {train['device']}.
 * **Final losses:** train {train['final_train_loss']:.3f} nats (mean of the last logging interval, with the
   repeated-span rows), validation {train['final_val_loss']:.3f} nats (first {tc['eval_batches']} batches of the
   held-out split).
