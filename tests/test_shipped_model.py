@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +52,7 @@ def test_loads_by_name_and_as_default(model):
 
 def test_heldout_loss_matches_the_card(model, recipe):
     card = (FOLDER / "README.md").read_text()
-    m = re.search(r"Loss on it.*?\*\*([0-9.]+) nats\*\*", card, re.S)
+    m = re.search(r"Loss on it.*?\*\*([0-9.]+) nats\*\*", card, re.DOTALL)
     assert m, "card states no held-out loss"
     claimed = float(m.group(1))
     assert abs(claimed - recipe["heldout"]["loss_nats"]) < 1e-3
