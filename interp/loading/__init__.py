@@ -13,7 +13,7 @@ from interp.loading.hf import from_hf_model
 
 # The zoo lives beside the package in a source checkout (models/ is a data folder, not a package).
 ZOO = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_MODEL = "random-tiny"  # replaced by the shipped checkpoint's name once it exists
+DEFAULT_MODEL = "docs-bible-austen-2l"  # the shipped checkpoint (models/docs-bible-austen-2l)
 
 
 def zoo_models() -> list[str]:
