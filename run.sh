@@ -11,17 +11,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "run.sh: setting up $VENV (first run only)..." >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  echo "run.sh: setting up $VENV (first run only; log in $VENV/install.log)..." >&2
+  exec 3>&1 4>&2 >"$VENV/install.log" 2>&1  # keep the terminal for the command's own output
+  trap 'exec 1>&3 2>&4; echo "run.sh: set-up failed; see $VENV/install.log" >&2; tail -20 "$VENV/install.log" >&2' ERR
+  "$VENV/bin/python" -m pip install -q --upgrade pip
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
     "$VENV/bin/python" -m pip install -q torch          # CUDA build where there is a GPU
   elif ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     # The CPU build: an unpinned torch would pull several GB of CUDA wheels onto a GPU-less machine.
-    "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
-      || "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   fi
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
   echo "$want" > "$STAMP"
+  trap - ERR
+  exec 1>&3 2>&4
 fi
 if [ "${1:-}" = "test" ]; then
   shift
