@@ -108,6 +108,17 @@ def _pattern(cache, layer: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _pattern_inputs(model, tokens, layers, heads, batch, cache):
+    """Tokens, the chosen layers/heads/batch rows, and a cache holding those layers' patterns."""
+    toks = as_tokens(model, tokens)
+    layer_list = _select("layers", layers, model.cfg.n_layers)
+    head_list = _select("heads", heads, model.cfg.n_heads)
+    batch_list = _select("batch", batch, toks.shape[0])
+    if cache is None:
+        _, cache = _run_patterns(model, toks, layer_list)
+    return toks, layer_list, head_list, batch_list, cache
+
+
 def attention_patterns(
     model, tokens, layers=None, heads=None, batch: int | None = 0, cache=None
 ) -> pd.DataFrame:
@@ -127,13 +138,7 @@ def attention_patterns(
     >>> len(df), float(df.groupby("query_pos").weight.sum().round(6).min())
     (10, 1.0)
     """
-    toks = as_tokens(model, tokens)
-    cfg = model.cfg
-    layer_list = _select("layers", layers, cfg.n_layers)
-    head_list = _select("heads", heads, cfg.n_heads)
-    batch_list = _select("batch", batch, toks.shape[0])
-    if cache is None:
-        _, cache = _run_patterns(model, toks, layer_list)
+    toks, layer_list, head_list, batch_list, cache = _pattern_inputs(model, tokens, layers, heads, batch, cache)
     n = toks.shape[1]
     qi, ki = torch.tril_indices(n, n)  # causal (query, key) pairs, query-major
     frames = []
@@ -183,13 +188,7 @@ def top_attended(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InterpError(f"k: expected an int >= 1; given {k!r}")
-    toks = as_tokens(model, tokens)
-    cfg = model.cfg
-    layer_list = _select("layers", layers, cfg.n_layers)
-    head_list = _select("heads", heads, cfg.n_heads)
-    batch_list = _select("batch", batch, toks.shape[0])
-    if cache is None:
-        _, cache = _run_patterns(model, toks, layer_list)
+    toks, layer_list, head_list, batch_list, cache = _pattern_inputs(model, tokens, layers, heads, batch, cache)
     n = toks.shape[1]
     kk = min(k, n)
     causal = torch.ones(n, n, dtype=torch.bool, device=toks.device).tril()
