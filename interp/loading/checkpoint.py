@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
-from interp.model.config import DecoderConfig
+from interp.model.config import DTYPES, DecoderConfig
 from interp.model.transformer import HookedDecoder
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
@@ -40,7 +40,7 @@ def save_checkpoint(model: HookedDecoder, folder: str | Path, overwrite: bool = 
     cfg = model.cfg.to_dict()
     cfg["source"] = {k: v for k, v in cfg.get("source", {}).items() if k != "path"}  # where it was loaded from is not part of it
     if dtype is not None:
-        cfg["dtype"] = {v: k for k, v in __import__("interp.model.config", fromlist=["DTYPES"]).DTYPES.items()}[dtype]
+        cfg["dtype"] = {v: k for k, v in DTYPES.items()}[dtype]
     atomic_write_text(folder / CONFIG, json.dumps(cfg, indent=2) + "\n")
     tok = model.tokenizer
     if tok is not None and hasattr(tok, "to_str"):  # a `tokenizers.Tokenizer`
