@@ -434,3 +434,365 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", where: str
                 c, bootstrap=bootstrap, seed=seed)
     df.attrs.update(where=where, copies_per_pass=k)
     return df
+
+
+# ----------------------------------------------------------------------------------------------------
+# ablations: the same sweep with zeros, a reference mean or a resampled reference as the source
+
+_ABLATE = {"heads": ("z", "head"), "mlp": ("mlp_out", None), "neurons": ("post", "neuron")}
+
+
+@torch.no_grad()
+def ablation(model, tokens, metric="logit_diff", what: str = "heads", method: str = "zero", *, reference=None,
+             answer=None, wrong=None, position: int = -1, layers=None, neurons=None, batch_size: int | None = None,
+             memory_budget: float = 2**30, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Ablate each head, MLP layer or neuron (at every position) and read the metric.
+
+    ``what``: ``"heads"`` (``hook_z`` of one head), ``"mlp"`` (``hook_mlp_out``) or ``"neurons"``
+    (``mlp.hook_post`` of one neuron; ``neurons=[(layer, neuron), ...]``, default every neuron of
+    ``layers``). ``method``: ``"zero"``; ``"mean"``, the activation's mean over every token of
+    ``reference`` (prompts or ids, any length); ``"resample"``, the activation on a reference prompt
+    drawn (with ``seed``) for each prompt of ``tokens`` (``reference`` must have ``tokens``' length).
+
+    Returns ``layer, [head | neuron], effect, change`` (+ ``ci_low, ci_high`` over several prompts):
+    ``effect`` is the metric with the component ablated and ``change`` its difference from the intact
+    run (``df.attrs["baseline"]``).
+    """
+    if what not in _ABLATE:
+        raise InterpError(f"what: must be one of {list(_ABLATE)}; given {what!r}")
+    if method not in ("zero", "mean", "resample"):
+        raise InterpError(f"method: must be 'zero', 'mean' or 'resample'; given {method!r}")
+    where, _ = _ABLATE[what]
+    site = _SITES[where]
+    toks = as_tokens(model, tokens)
+    if what == "neurons" and neurons is None:
+        neurons = [(lay, n) for lay in _layer_list(model, layers) for n in range(model.cfg.d_mlp)]
+    logits = model(toks)
+    metric = make_metric(model, metric, answer=answer, wrong=wrong, position=position, clean_logits=logits,
+                         batch=toks.shape[0])
+    cells = _cells(model, where, toks.shape[1], False, layers, neurons)
+    names = {site.hook.format(layer=lay) for lay in cells.layer.unique()}
+    if method == "zero":
+        def source_of(lay):  # a zero of the activation's trailing shape, broadcast over batch and positions
+            return torch.zeros(1, 1, *_trailing(model, where), device=toks.device, dtype=logits.dtype)
+    else:
+        if reference is None:
+            raise InterpError(f"reference: method={method!r} needs reference prompts or token ids; given None")
+        ref = as_tokens(model, reference, name="reference")
+        _, ref_cache = model.run_with_cache(ref, names_filter=lambda n: n in names)
+        if method == "mean":
+            def source_of(lay):
+                return ref_cache[site.hook.format(layer=lay)].mean((0, 1), keepdim=True)
+        else:
+            if ref.shape[1] != toks.shape[1]:
+                raise InterpError(f"reference: resample ablation needs prompts of the same length as tokens "
+                                  f"({toks.shape[1]} tokens); given {ref.shape[1]}")
+            gen = torch.Generator().manual_seed(seed)
+            pick = torch.randint(0, ref.shape[0], (toks.shape[0],), generator=gen).to(toks.device)
+
+            def source_of(lay):
+                return ref_cache[site.hook.format(layer=lay)][pick]
+    runner = _Runner(model, toks, metric)
+    k = _choose_k(model, len(cells), toks.shape[0], toks.shape[1], where, batch_size, memory_budget)
+    values = _sweep(model, runner, where, cells, source_of, k)
+    base = _metric_values(metric, logits)
+    df = _frame(model, cells, values, None, None, toks, bootstrap=bootstrap, seed=seed)
+    df.insert(df.columns.get_loc("effect") + 1, "change", df.effect - float(base.mean()))
+    df.attrs.update(baseline=float(base.mean()), what=what, method=method, copies_per_pass=k)
+    return df
+
+
+def _trailing(model, where: str) -> tuple[int, ...]:
+    cfg = model.cfg
+    return {"z": (cfg.n_heads, cfg.d_head), "mlp_out": (cfg.d_model,), "post": (cfg.d_mlp,)}[where]
+
+
+# ----------------------------------------------------------------------------------------------------
+# path patching: one component's output, only along its direct path into one later component
+
+
+@dataclass(frozen=True)
+class _Component:
+    kind: str  # "head" | "mlp" | "logits"
+    layer: int = -1
+    head: int = -1
+    input: str = ""  # q | k | v for a receiving head
+
+    @property
+    def name(self) -> str:
+        if self.kind == "logits":
+            return "logits"
+        base = f"L{self.layer}H{self.head}" if self.kind == "head" else f"MLP{self.layer}"
+        return base + (f".{self.input}" if self.input else "")
+
+
+def _component(model, spec, name: str, receiver: bool) -> _Component:
+    """Parse ``"L1H3"`` / ``"L1H3.q"`` / ``"MLP0"`` / ``"logits"`` (or ``(layer, head)``)."""
+    import re
+
+    cfg = model.cfg
+    if isinstance(spec, tuple) and len(spec) == 2:
+        spec = f"L{spec[0]}H{spec[1]}"
+    m = re.fullmatch(r"L(\d+)H(\d+)(?:\.([qkv]))?|MLP(\d+)|logits", str(spec)) if isinstance(spec, str) else None
+    if m is None or (not receiver and (spec == "logits" or m.group(3))) or (receiver and m.group(2) and not m.group(3)):
+        want = "'L{layer}H{head}.q|k|v', 'MLP{layer}' or 'logits'" if receiver else "'L{layer}H{head}' or 'MLP{layer}'"
+        raise InterpError(f"{name}: expected {want}; given {spec!r}")
+    if spec == "logits":
+        return _Component("logits", cfg.n_layers)
+    if m.group(4) is not None:
+        return _Component("mlp", check_index(f"{name} layer", int(m.group(4)), cfg.n_layers))
+    return _Component("head", check_index(f"{name} layer", int(m.group(1)), cfg.n_layers),
+                      check_index(f"{name} head", int(m.group(2)), cfg.n_heads), m.group(3) or "")
+
+
+def _output(model, cache, comp: _Component) -> torch.Tensor:
+    """What a component writes into the residual stream at every position ``[batch, pos, d_model]``."""
+    if comp.kind == "mlp":
+        return cache[f"blocks.{comp.layer}.hook_mlp_out"]
+    z = cache[f"blocks.{comp.layer}.attn.hook_z"][:, :, comp.head]
+    return z @ model.blocks[comp.layer].attn.W_O[comp.head]
+
+
+def _reads_after(model, sender: _Component, receiver: _Component) -> bool:
+    """True when ``receiver`` reads the residual stream after ``sender`` has written to it."""
+    if receiver.kind == "logits":
+        return True
+    if receiver.kind == "head" or model.cfg.parallel_residual or sender.kind == "mlp":
+        return sender.layer < receiver.layer
+    return sender.layer <= receiver.layer  # a head feeds its own layer's MLP (sequential residual)
+
+
+def _receiver_hook(model, receiver: _Component, resid_in: torch.Tensor):
+    """A hook replacing the receiver's output by its value on input ``resid_in`` (the path-patched stream)."""
+    block = model.blocks[min(receiver.layer, model.cfg.n_layers - 1)]
+    if receiver.kind == "logits":
+        return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda act, hook: resid_in.to(act.dtype)
+    if receiver.kind == "mlp":
+        return f"blocks.{receiver.layer}.hook_mlp_out", lambda act, hook: block.mlp(block.ln2(resid_in)).to(act.dtype)
+    attn = block.attn
+    comp = receiver.input
+    head = receiver.head if comp == "q" else receiver.head // attn.group
+
+    def hook(act, hook):
+        W, b = {"q": (attn.W_Q, attn.b_Q), "k": (attn.W_K, attn.b_K), "v": (attn.W_V, attn.b_V)}[comp]
+        x = block.ln1(resid_in)
+        new = x @ W[head] + (0 if b is None else b[head])
+        act = act.clone()
+        act[:, :, head] = new.to(act.dtype)
+        return act
+
+    return f"blocks.{receiver.layer}.attn.hook_{comp}", hook
+
+
+def _default_receivers(model, sender: _Component) -> list[_Component]:
+    cfg = model.cfg
+    out = []
+    for lay in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            for comp in "qkv":
+                out.append(_Component("head", lay, h, comp))
+        out.append(_Component("mlp", lay))
+    out.append(_Component("logits", cfg.n_layers))
+    return [r for r in out if _reads_after(model, sender, r)]
+
+
+@torch.no_grad()
+def path_patching(model, clean, corrupted, sender, receivers=None, metric="logit_diff", *, answer=None,
+                  wrong=None, position: int = -1) -> pd.DataFrame:
+    """Patch ``sender``'s clean output into the corrupted run along its direct path to each receiver only.
+
+    ``sender``: ``"L{layer}H{head}"`` (the head's ``z @ W_O``) or ``"MLP{layer}"``. ``receivers``: a
+    list of ``"L{layer}H{head}.q|k|v"`` (that head's query, key or value input), ``"MLP{layer}"`` or
+    ``"logits"`` (the direct path to the unembedding); default every component that reads the stream
+    after the sender. For each receiver, the corrupted run is repeated with the receiver's input
+    replaced by ``corrupted resid + (sender_clean - sender_corrupted)`` and everything else left
+    corrupted (Wang et al. 2022's path patching of one edge). Pre-norm models only. With GQA a key or
+    value receiver patches the key/value head its query head reads (shared by its group).
+
+    Returns ``sender, receiver, effect, normalised`` (``df.attrs``: ``clean``, ``corrupted``).
+    """
+    if getattr(model.cfg, "norm_placement", "pre") != "pre":
+        raise InterpError("model: path patching needs a pre-norm model (the residual stream is a sum of "
+                          f"component outputs); given norm_placement={model.cfg.norm_placement!r}")
+    src = _component(model, sender, "sender", receiver=False)
+    recs = (_default_receivers(model, src) if receivers is None else
+            [_component(model, r, "receivers", receiver=True) for r in
+             ([receivers] if isinstance(receivers, (str, tuple)) else receivers)])
+    for r in recs:
+        if not _reads_after(model, src, r):
+            raise InterpError(f"receivers: {r.name} does not read the residual stream after {src.name} writes it")
+    c, r_toks = _pair(model, clean, corrupted)
+    clean_logits, clean_cache = model.run_with_cache(c)
+    corr_logits, corr_cache = model.run_with_cache(r_toks)
+    metric = make_metric(model, metric, answer=answer, wrong=wrong, position=position, clean_logits=clean_logits,
+                         batch=c.shape[0])
+    delta = _output(model, clean_cache, src) - _output(model, corr_cache, src)
+    rows = []
+    for rec in recs:
+        if rec.kind == "logits":
+            stream = corr_cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+        elif rec.kind == "mlp" and not model.cfg.parallel_residual:
+            stream = corr_cache[f"blocks.{rec.layer}.hook_resid_mid"]
+        else:
+            stream = corr_cache[f"blocks.{rec.layer}.hook_resid_pre"]
+        name, hook = _receiver_hook(model, rec, stream + delta)
+        logits = model.run_with_hooks(r_toks, fwd_hooks=[(name, hook)])
+        rows.append({"sender": src.name, "receiver": rec.name, "effect": float(_metric_values(metric, logits).mean())})
+    df = pd.DataFrame(rows)
+    cv, rv = float(_metric_values(metric, clean_logits).mean()), float(_metric_values(metric, corr_logits).mean())
+    df["normalised"] = normalised(df.effect, cv, rv) if cv != rv else float("nan")
+    df.attrs.update(clean=cv, corrupted=rv)
+    return df
+
+
+# ----------------------------------------------------------------------------------------------------
+# attribution patching: a first-order estimate of every cell from one forward + backward pair
+
+
+def attribution_patching(model, clean, corrupted, metric="logit_diff", where: str = "resid_pre", *, answer=None,
+                         wrong=None, position: int = -1, by_position: bool = True, layers=None, neurons=None,
+                         exact: bool = False, batch_size: int | None = None, memory_budget: float = 2**30,
+                         bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Estimate every cell's patching effect as ``(clean - corrupted) · ∂metric/∂activation``.
+
+    One clean forward and one corrupted forward + backward cover the whole sweep (same cells and
+    arguments as :func:`activation_patching`). Returns the cells with ``attribution`` (the estimated
+    change of the metric from the corrupted run) and ``normalised`` (``attribution / (clean -
+    corrupted)``). ``exact=True`` also runs :func:`activation_patching` and adds ``effect``,
+    ``exact_change`` and, in ``df.attrs``, the ``pearson`` and ``spearman`` correlations between the
+    estimate and the exact change.
+    """
+    site = _site(where)
+    c, r = _pair(model, clean, corrupted)
+    cells = _cells(model, where, c.shape[1], by_position, layers, neurons)
+    names = [site.hook.format(layer=lay) for lay in sorted(cells.layer.unique())]
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(c, names_filter=lambda n: n in names)
+    metric_fn = make_metric(model, metric, answer=answer, wrong=wrong, position=position, clean_logits=clean_logits,
+                            batch=c.shape[0])
+    acts = {}
+
+    def keep(act, hook):
+        acts[hook.name] = act
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(r, fwd_hooks=[(n, keep) for n in names])
+        m = torch.as_tensor(metric_fn(logits))
+        grads = torch.autograd.grad(m.sum(), [acts[n] for n in names], allow_unused=True)
+    grad = dict(zip(names, grads))
+    B = c.shape[0]
+    per = {}
+    for n in names:
+        g = grad[n] if grad[n] is not None else torch.zeros_like(acts[n])
+        per[n] = ((clean_cache[n].double() - acts[n].detach().double()) * g.double())
+    values = []
+    for row in cells.itertuples(index=False):
+        t = per[site.hook.format(layer=row.layer)]
+        idx = [slice(None)] * max(site.axes.values())
+        for col, axis in site.axes.items():
+            if hasattr(row, col):
+                idx[axis - 1] = getattr(row, col)
+        v = t[(slice(None), *idx)].reshape(B, -1).sum(-1)
+        values.append(v if m.ndim else v.sum())
+    values = torch.stack(values)
+    df = _frame(model, cells, values, _metric_values(metric_fn, clean_logits.detach()),
+                _metric_values(metric_fn, logits.detach()), c, column="attribution", bootstrap=bootstrap, seed=seed)
+    df["normalised"] = df.attribution / (df.attrs["clean"] - df.attrs["corrupted"])
+    df.attrs.update(where=where)
+    if exact:
+        ex = activation_patching(model, c, r, metric_fn, where, by_position=by_position, layers=layers,
+                                 neurons=neurons, batch_size=batch_size, memory_budget=memory_budget, bootstrap=0)
+        df["effect"] = ex.effect.to_numpy()
+        df["exact_change"] = df.effect - df.attrs["corrupted"]
+        df.attrs.update(pearson=float(df.attribution.corr(df.exact_change)),
+                        spearman=float(df.attribution.corr(df.exact_change, method="spearman")))
+    return df
+
+
+# ----------------------------------------------------------------------------------------------------
+# direct logit attribution by component
+
+
+@torch.no_grad()
+def direct_logit_attribution(model, tokens, answer=None, wrong=None, *, position: int = -1, centered: bool = False,
+                             k_neurons: int = 10, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Split the logit of ``answer`` (minus that of ``wrong``) at ``position`` into what each component wrote.
+
+    Components (rows with ``kind`` ``embed``, ``pos_embed``, ``head``, ``attn_bias``, ``mlp``,
+    ``norm_bias``, ``unembed_bias``) sum exactly to the logit (difference): each residual component
+    ``c`` contributes ``c · N(u) / scale`` with ``u`` the unembedding direction, ``N`` the linear part of
+    the final norm and ``scale`` the cached ``ln_final.hook_scale`` (see ``interp.analysis.neurons``);
+    the norm's bias contributes ``b · u`` and the unembedding bias ``b_U``. ``kind="neuron"`` rows are
+    the ``k_neurons`` MLP neurons with the largest ``|contribution|``: a finer split of their ``mlp``
+    rows, not extra terms. ``answer=None`` explains the model's prediction. ``centered=True`` replaces
+    ``u`` by ``u - mean over the vocabulary`` (and ``b_U`` likewise): the logit *relative to the
+    average token*, which raw logits hide (a direction can raise every token).
+
+    Columns ``component, kind, layer, head, neuron, contribution`` (+ ``ci_low, ci_high`` over several
+    prompts); ``df.attrs``: ``logit`` (the model's own value), ``total`` (sum of the components),
+    ``answer``, ``wrong``.
+    """
+    cfg = model.cfg
+    toks = as_tokens(model, tokens)
+    B, P = toks.shape
+    pos = check_index("position", position, P)
+    nm = final_norm_map(model)
+    if not nm.decomposable:
+        raise InterpError("model: direct logit attribution needs a pre-norm model (a post-norm residual stream "
+                          f"is not a sum of components); given norm_placement={cfg.norm_placement!r}")
+    logits, cache = model.run_with_cache(toks)
+    at = logits[:, pos].double()
+    ans = at.argmax(-1).cpu() if answer is None else _token_ids(model, answer, B, "answer")
+    W_U = model.W_U.detach().double()
+    b_U = model.b_U.detach().double()
+    if centered:
+        W_U, b_U, at = W_U - W_U.mean(1, keepdim=True), b_U - b_U.mean(), at - at.mean(-1, keepdim=True)
+    dev = W_U.device
+    u, bias, target = W_U[:, ans.to(dev)].T, b_U[ans.to(dev)], at[torch.arange(B), ans.to(at.device)]
+    if wrong is not None:
+        wr = _token_ids(model, wrong, B, "wrong").to(dev)
+        u, bias, target = u - W_U[:, wr].T, bias - b_U[wr], target - at[torch.arange(B), wr.to(at.device)]
+    d = nm.direction(u)  # [B, d_model]
+    scale = cache["ln_final.hook_scale"][:, pos].double().reshape(B) if nm.has_norm else torch.ones(B, device=dev)
+
+    def through(x):  # [B, ..., d_model] -> [B, ...] logit contribution
+        return torch.einsum("b...d,bd->b...", x.double(), d) / scale.reshape(B, *[1] * (x.ndim - 2))
+
+    rows: list[tuple] = []  # (component, kind, layer, head, neuron, values [B])
+    rows.append(("embed", "embed", None, None, None, through(cache["hook_embed"][:, pos])))
+    if "hook_pos_embed" in cache.cache_dict:
+        rows.append(("pos_embed", "pos_embed", None, None, None, through(cache["hook_pos_embed"][:, pos])))
+    neuron_rows = []
+    for lay in range(cfg.n_layers):
+        attn = model.blocks[lay].attn
+        z = cache[f"blocks.{lay}.attn.hook_z"][:, pos].double()  # [B, H, d_head]
+        heads = through(torch.einsum("bhe,hed->bhd", z, attn.W_O.detach().double()))  # [B, H]
+        rows += [(f"L{lay}H{h}", "head", lay, h, None, heads[:, h]) for h in range(cfg.n_heads)]
+        if attn.b_O is not None:
+            rows.append((f"L{lay}.b_O", "attn_bias", lay, None, None, through(attn.b_O.detach().expand(B, -1))))
+        rows.append((f"MLP{lay}", "mlp", lay, None, None, through(cache[f"blocks.{lay}.hook_mlp_out"][:, pos])))
+        post = cache[f"blocks.{lay}.mlp.hook_post"][:, pos].double()  # [B, d_mlp]
+        per_unit = (_W_out(model, lay).detach().double() @ d.T).T  # [B, d_mlp]
+        neuron_rows.append((post * per_unit / scale[:, None]))
+    if nm.bias is not None:
+        rows.append(("ln_final.b", "norm_bias", None, None, None, (u * nm.bias.detach().double()).sum(-1)))
+    rows.append(("b_U", "unembed_bias", None, None, None, bias))
+    total = torch.stack([r[-1] for r in rows]).sum(0)
+    neurons = torch.stack(neuron_rows, 1)  # [B, layer, d_mlp]
+    k = min(int(k_neurons), neurons[0].numel())
+    if k > 0:
+        top = neurons.mean(0).abs().flatten().topk(k).indices
+        for i in top.tolist():
+            lay, n = divmod(i, cfg.d_mlp)
+            rows.append((f"L{lay}N{n}", "neuron", lay, None, n, neurons[:, lay, n]))
+    values = torch.stack([r[-1] for r in rows])  # [rows, B]
+    df = pd.DataFrame({"component": [r[0] for r in rows], "kind": [r[1] for r in rows],
+                       "layer": pd.array([r[2] for r in rows], dtype="Int64"),
+                       "head": pd.array([r[3] for r in rows], dtype="Int64"),
+                       "neuron": pd.array([r[4] for r in rows], dtype="Int64")})
+    out = _frame(model, df, values if B > 1 else values[:, 0], None, None, toks, column="contribution",
+                 bootstrap=bootstrap, seed=seed)
+    out.attrs.update(logit=float(target.mean()), total=float(total.mean()), position=pos, centered=centered,
+                     answer=str_tokens(model, ans[:1])[0], wrong=None if wrong is None else
+                     str_tokens(model, _token_ids(model, wrong, B, "wrong")[:1])[0])
+    return out
