@@ -37,9 +37,12 @@ from interp.io import atomic_write_text  # noqa: E402
 from interp.model.config import DecoderConfig  # noqa: E402
 from interp.model.transformer import HookedDecoder  # noqa: E402
 
+# name -> (our where, our options, TL sweep, TL patch setter, TL activation, our columns in TL's axis order)
 SWEEPS = {
-    "resid_pre": ("resid_pre", {}, "get_act_patch_resid_pre", ["layer", "position"]),
-    "heads": ("z", {"by_position": False}, "get_act_patch_attn_head_out_all_pos", ["layer", "head"]),
+    "resid_pre": ("resid_pre", {}, "get_act_patch_resid_pre", "layer_pos_patch_setter", "resid_pre",
+                  ["layer", "position"]),
+    "heads": ("z", {"by_position": False}, "get_act_patch_attn_head_out_all_pos", "layer_head_vector_patch_setter",
+              "z", ["layer", "head"]),
 }
 
 
@@ -73,6 +76,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--repeats", type=int, default=1, help="runs per contender (fastest is kept)")
     p.add_argument("--batch-size", type=int, default=None, help="interp: patched copies per pass (default: budget)")
+    p.add_argument("--tl-cells", type=int, default=None,
+                   help="run TransformerLens on this many randomly chosen cells only (its cost is one forward per "
+                        "cell, so its full-sweep time is extrapolated linearly); equality is checked on them")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                    f"patching-{'cuda' if cuda else 'cpu'}-{stamp}.json")
@@ -99,21 +105,34 @@ def main(argv=None) -> int:
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean)
         model(clean[:, :8])  # warm-up
+    import transformer_lens.tools.analysis._model_state  # noqa: F401  (TL imports it on its first sweep: ~10 s)
     rows = []
     for name in sweeps:
-        where, opts, tl_name, order = SWEEPS[name]
-        tl_fn = getattr(patching, tl_name)
-        t_tl, ref = timed(lambda: tl_fn(model, corrupted, clean_cache, metric).double().cpu(), args.repeats)
+        where, opts, tl_name, setter, act, order = SWEEPS[name]
         t_ours, df = timed(lambda: activation_patching(model, clean, corrupted, answer=answer, wrong=wrong,
                                                         where=where, batch_size=args.batch_size, bootstrap=0, **opts),
                            args.repeats)
-        ours = torch.tensor(df.sort_values(order).effect.to_numpy()).reshape(ref.shape)
-        rows.append({"sweep": name, "cells": int(ref.numel()), "tl_seconds": t_tl, "interp_seconds": t_ours,
-                     "speedup": t_tl / t_ours, "max_abs_diff": float((ours - ref).abs().max()),
-                     "metric_scale": float(ref.abs().max()), "copies_per_pass": int(df.attrs["copies_per_pass"])})
+        df = df.sort_values(order).reset_index(drop=True)
+        n_cells = len(df)
+        if args.tl_cells is None or args.tl_cells >= n_cells:
+            rows_tl = df
+            t_tl, ref = timed(lambda: getattr(patching, tl_name)(model, corrupted, clean_cache, metric), args.repeats)
+        else:  # TL's generic sweep over an index_df of sampled cells (one forward each, as in the full sweep)
+            rows_tl = df.sample(args.tl_cells, random_state=0).sort_index()
+            index_df = rows_tl[order].rename(columns={"position": "pos"}).reset_index(drop=True)
+            t_tl, ref = timed(lambda: patching.generic_activation_patch(
+                model, corrupted, clean_cache, metric, getattr(patching, setter), act, index_df=index_df),
+                args.repeats)
+        ref = ref.double().cpu().reshape(-1)
+        diff = float((torch.tensor(rows_tl.effect.to_numpy()) - ref).abs().max())
+        t_tl_full = t_tl * n_cells / len(rows_tl)
+        rows.append({"sweep": name, "cells": n_cells, "tl_cells_run": len(rows_tl), "tl_seconds": t_tl,
+                     "tl_seconds_full_sweep": t_tl_full, "interp_seconds": t_ours, "speedup": t_tl_full / t_ours,
+                     "max_abs_diff": diff, "metric_scale": float(ref.abs().max()),
+                     "copies_per_pass": int(df.attrs["copies_per_pass"])})
         r = rows[-1]
-        print(f"{name:<10} cells {r['cells']:>5}  TL {t_tl:8.2f}s  interp {t_ours:7.2f}s  "
-              f"x{r['speedup']:5.1f}  max|diff| {r['max_abs_diff']:.1e}  (k={r['copies_per_pass']})", flush=True)
+        print(f"{name:<10} cells {n_cells:>5}  TL {t_tl_full:8.2f}s ({len(rows_tl)} cells run)  interp "
+              f"{t_ours:7.2f}s  x{r['speedup']:5.1f}  max|diff| {diff:.1e}  (k={r['copies_per_pass']})", flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     result = {"device": device, "dtype": "float32", "torch": torch.__version__, "layers": args.layers,

@@ -86,7 +86,7 @@ def test_batched_equals_unbatched_and_budget():
     m = random_model("llama")
     clean, corrupted = pair(batch=2)
     one = activation_patching(m, clean, corrupted, answer=ANS[:2], wrong=WRONG[:2], where="resid_post", batch_size=1)
-    for kw in ({"batch_size": 3}, {"batch_size": 1000}, {"memory_budget": 200_000}):
+    for kw in ({"batch_size": 3}, {"batch_size": 1000}, {"memory_budget": 30_000}):
         many = activation_patching(m, clean, corrupted, answer=ANS[:2], wrong=WRONG[:2], where="resid_post", **kw)
         torch.testing.assert_close(torch.tensor(many.effect.values), torch.tensor(one.effect.values),
                                    rtol=1e-5, atol=1e-6)

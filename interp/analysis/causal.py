@@ -55,6 +55,7 @@ __all__ = [
     "make_metric",
     "normalised",
     "path_patching",
+    "repeated_text_pair",
 ]
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,8 +332,11 @@ def _sweep(model, runner: _Runner, where: str, cells: pd.DataFrame, source_of: C
     has_pos = cols["position"] is not None
     out = []
     dev = model_device(model)
-    for s in range(0, len(cells), k):
-        sl = slice(s, min(s + k, len(cells)))
+    # A pass holds at most k cells of one layer: it starts at that layer, so mixing in cells of a later
+    # layer would recompute the layers between for them (and a pass from layer 0 would redo everything).
+    bounds = [0] + [i for i in range(1, len(cells)) if cols["layer"][i] != cols["layer"][i - 1]] + [len(cells)]
+    passes = [slice(s, min(s + k, b)) for a, b in zip(bounds, bounds[1:]) for s in range(a, b, k)]
+    for sl in passes:
         n = sl.stop - sl.start
         layer = cols["layer"][sl]
         p0 = runner.start(int(cols["position"][sl].min())) if has_pos else 0
@@ -796,3 +800,55 @@ def direct_logit_attribution(model, tokens, answer=None, wrong=None, *, position
                      answer=str_tokens(model, ans[:1])[0], wrong=None if wrong is None else
                      str_tokens(model, _token_ids(model, wrong, B, "wrong")[:1])[0])
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# a prompt pair with a real mechanism in it: induction on repeated text
+
+
+@dataclass
+class PromptPair:
+    clean: torch.Tensor  # [1, pos]
+    corrupted: torch.Tensor  # [1, pos]
+    answer: int
+    wrong: int
+    position: int  # where the first copy differs
+
+
+def repeated_text_pair(model, tokens, position: int | None = None, wrong: int | None = None) -> PromptPair:
+    """A clean/corrupted pair that an induction head decides: the prompt followed by its own beginning.
+
+    ``clean = t[0..n) + t[0..j)`` predicts ``t[j]`` by copying what followed ``t[j-1]`` the first time;
+    ``corrupted`` is the same with ``t[j]`` of the first copy replaced by ``wrong`` (default: the first
+    prompt token that differs from ``t[j-1]`` and ``t[j]``, else ``t[j] + 1``), so an induction head
+    now copies ``wrong``. ``j`` (``position``) defaults to ``n // 2``; it needs ``n >= 2`` tokens.
+    The metric is ``logit_diff(answer=t[j], wrong=wrong)`` at the last position.
+
+    >>> import torch
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=16, d_model=16, n_layers=1, n_heads=2))
+    >>> p = repeated_text_pair(m, [5, 6, 7, 8])
+    >>> p.clean.tolist(), p.corrupted.tolist(), p.answer, p.wrong
+    ([[5, 6, 7, 8, 5, 6]], [[5, 6, 5, 8, 5, 6]], 7, 5)
+    """
+    t = as_tokens(model, tokens)[0]
+    n = t.shape[0]
+    if n < 2:
+        raise InterpError(f"tokens: a repeated-text pair needs a prompt of at least 2 tokens; given {n}")
+    j = n // 2 if position is None else check_index("position", position, n)
+    if j == 0:
+        raise InterpError("position: must be >= 1 (the token before it is what the induction head matches); given 0")
+    if n + j > int(model.cfg.n_ctx):
+        raise InterpError(f"tokens: the prompt plus its repeat ({n + j} tokens) must fit n_ctx={model.cfg.n_ctx}")
+    answer = int(t[j])
+    if wrong is None:
+        others = [int(x) for x in t.tolist() if int(x) not in (answer, int(t[j - 1]))]
+        wrong = others[0] if others else (answer + 1) % int(model.cfg.d_vocab)
+    wrong = check_index("wrong", wrong, int(model.cfg.d_vocab), allow_negative=False)
+    if wrong == answer:
+        raise InterpError(f"wrong: must differ from the answer token {answer}; given {wrong}")
+    clean = torch.cat([t, t[:j]])[None]
+    corrupted = clean.clone()
+    corrupted[0, j] = wrong
+    return PromptPair(clean, corrupted, answer, wrong, j)
