@@ -25,6 +25,7 @@ import platform
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,10 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp.analysis.causal import activation_patching, logit_diff  # noqa: E402
-from interp.io import atomic_write_text  # noqa: E402
-from interp.model.config import DecoderConfig  # noqa: E402
-from interp.model.transformer import HookedDecoder  # noqa: E402
+from interp.analysis.causal import activation_patching, logit_diff
+from interp.io import atomic_write_text
+from interp.model.config import DecoderConfig
+from interp.model.transformer import HookedDecoder
 
 # name -> (our where, our options, TL sweep, TL patch setter, TL activation, our columns in TL's axis order)
 SWEEPS = {
@@ -109,20 +110,18 @@ def main(argv=None) -> int:
     rows = []
     for name in sweeps:
         where, opts, tl_name, setter, act, order = SWEEPS[name]
-        t_ours, df = timed(lambda: activation_patching(model, clean, corrupted, answer=answer, wrong=wrong,
-                                                        where=where, batch_size=args.batch_size, bootstrap=0, **opts),
-                           args.repeats)
+        t_ours, df = timed(partial(activation_patching, model, clean, corrupted, answer=answer, wrong=wrong,
+                                   where=where, batch_size=args.batch_size, bootstrap=0, **opts), args.repeats)
         df = df.sort_values(order).reset_index(drop=True)
         n_cells = len(df)
         if args.tl_cells is None or args.tl_cells >= n_cells:
             rows_tl = df
-            t_tl, ref = timed(lambda: getattr(patching, tl_name)(model, corrupted, clean_cache, metric), args.repeats)
+            t_tl, ref = timed(partial(getattr(patching, tl_name), model, corrupted, clean_cache, metric), args.repeats)
         else:  # TL's generic sweep over an index_df of sampled cells (one forward each, as in the full sweep)
             rows_tl = df.sample(args.tl_cells, random_state=0).sort_index()
             index_df = rows_tl[order].rename(columns={"position": "pos"}).reset_index(drop=True)
-            t_tl, ref = timed(lambda: patching.generic_activation_patch(
-                model, corrupted, clean_cache, metric, getattr(patching, setter), act, index_df=index_df),
-                args.repeats)
+            t_tl, ref = timed(partial(patching.generic_activation_patch, model, corrupted, clean_cache, metric,
+                                      getattr(patching, setter), act, index_df=index_df), args.repeats)
         ref = ref.double().cpu().reshape(-1)
         diff = float((torch.tensor(rows_tl.effect.to_numpy()) - ref).abs().max())
         t_tl_full = t_tl * n_cells / len(rows_tl)

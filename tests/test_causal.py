@@ -6,12 +6,11 @@ import doctest
 
 import pytest
 import torch
+from conftest import FAMILY_CONFIGS
 from transformer_lens import patching
 from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
 
-import interp.analysis.causal as causal
-from conftest import FAMILY_CONFIGS
-
+from interp.analysis import causal
 from interp.analysis.causal import (
     ablation,
     activation_patching,

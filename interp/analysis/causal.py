@@ -32,8 +32,8 @@ mean's bootstrap interval (``ci_low``, ``ci_high``).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -335,7 +335,7 @@ def _sweep(model, runner: _Runner, where: str, cells: pd.DataFrame, source_of: C
     # A pass holds at most k cells of one layer: it starts at that layer, so mixing in cells of a later
     # layer would recompute the layers between for them (and a pass from layer 0 would redo everything).
     bounds = [0] + [i for i in range(1, len(cells)) if cols["layer"][i] != cols["layer"][i - 1]] + [len(cells)]
-    passes = [slice(s, min(s + k, b)) for a, b in zip(bounds, bounds[1:]) for s in range(a, b, k)]
+    passes = [slice(s, min(s + k, b)) for a, b in itertools.pairwise(bounds) for s in range(a, b, k)]
     for sl in passes:
         n = sl.stop - sl.start
         layer = cols["layer"][sl]
@@ -777,7 +777,7 @@ def direct_logit_attribution(model, tokens, answer=None, wrong=None, *, position
         rows.append((f"MLP{lay}", "mlp", lay, None, None, through(cache[f"blocks.{lay}.hook_mlp_out"][:, pos])))
         post = cache[f"blocks.{lay}.mlp.hook_post"][:, pos].double()  # [B, d_mlp]
         per_unit = (_W_out(model, lay).detach().double() @ d.T).T  # [B, d_mlp]
-        neuron_rows.append((post * per_unit / scale[:, None]))
+        neuron_rows.append(post * per_unit / scale[:, None])
     if nm.bias is not None:
         rows.append(("ln_final.b", "norm_bias", None, None, None, (u * nm.bias.detach().double()).sum(-1)))
     rows.append(("b_U", "unembed_bias", None, None, None, bias))

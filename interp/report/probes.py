@@ -429,11 +429,11 @@ def _patching_run(model, prompts: list[str], args) -> ProbeOutput:
     wide.columns = [str(c) for c in wide.columns]
     heads = heads.assign(attribution=attr.attribution.to_numpy())
     r = heads.attribution.corr(heads.effect - heads.attrs["corrupted"])
-    notes = [f"logit difference: clean {heads.attrs['clean']:.3f}, corrupted {heads.attrs['corrupted']:.3f} "
-             f"(normalised: 0 = corrupted, 1 = clean; {len(pairs)} pair(s))",
+    notes = [(f"logit difference: clean {heads.attrs['clean']:.3f}, corrupted {heads.attrs['corrupted']:.3f} "
+              f"(normalised: 0 = corrupted, 1 = clean; {len(pairs)} pair(s))"),
              f"attribution patching vs exact head patching: Pearson r = {r:.3f}",
-             f"DLA of the clean prompt: components sum to {dla.attrs['total']:.3f} (logit difference "
-             f"{dla.attrs['logit']:.3f}); neuron rows split their MLP rows"]
+             (f"DLA of the clean prompt: components sum to {dla.attrs['total']:.3f} (logit difference "
+              f"{dla.attrs['logit']:.3f}); neuron rows split their MLP rows")]
     return ProbeOutput({"heads": heads, args.where: grid, "layer_by_position": wide.reset_index(),
                         "dla": top.reset_index(drop=True)}, notes=notes, terminal_only=("layer_by_position",))
 

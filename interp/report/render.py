@@ -26,8 +26,8 @@ from interp.report.figures import (
     lens_grid_heatmap,
     neuron_bar,
     next_token_bar,
-    pattern_heatmap,
     patching_heatmap,
+    pattern_heatmap,
     show_token,
 )
 
