@@ -144,7 +144,7 @@ def test_dla_components_sum_to_the_logit(family):
     for wrong in (None, WRONG):
         for centered in (False, True):
             df = direct_logit_attribution(m, clean, ANS, wrong, centered=centered, position=-2)
-            logits = m(clean)[:, -2].double()
+            logits = m(clean)[:, -2].double().detach()
             if centered:
                 logits = logits - logits.mean(-1, keepdim=True)
             rows = torch.arange(3)
@@ -296,3 +296,51 @@ def test_errors_name_the_argument():
 
 def test_doctests():
     assert doctest.testmod(causal, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_kl_and_log_prob_metrics_equal_transformer_lens_with_torch_metrics():
+    import torch.nn.functional as F
+
+    m = random_model("llama")
+    clean, corrupted = pair()
+    clean_logits, clean_cache = m.run_with_cache(clean)
+    ref_lp = clean_logits[:, -1].log_softmax(-1)
+
+    def tl_kl(logits):
+        lp = logits[:, -1].log_softmax(-1)
+        return F.kl_div(lp, ref_lp, log_target=True, reduction="none").sum(-1).mean()
+
+    def tl_logprob(logits):
+        return logits[:, -1].log_softmax(-1)[torch.arange(3), ANS].mean()
+
+    for name, fn in (("kl", tl_kl), ("log_prob", tl_logprob)):
+        ref = patching.get_act_patch_resid_pre(m, corrupted, clean_cache, fn).double()
+        df = activation_patching(m, clean, corrupted, name, answer=ANS)
+        torch.testing.assert_close(grid(df, ref, ["layer", "position"]), ref, rtol=1e-4, atol=1e-6)
+    # patching the only differing position at layer 0 restores the clean output: KL 0, normalised 1
+    row = df[(df.layer == 0) & (df.position == 2)]
+    kl = activation_patching(m, clean, corrupted, "kl")
+    assert kl[(kl.layer == 0) & (kl.position == 2)].normalised.item() == pytest.approx(1.0, abs=1e-5)
+    assert row.normalised.item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_zero_ablation_of_mlp_and_neurons_equals_a_hand_hook():
+    m = random_model("neox")
+    clean, _ = pair()
+    base = logit_diff(m(clean), torch.tensor(ANS), torch.tensor(WRONG)).mean().detach()
+    mlp = ablation(m, clean, answer=ANS, wrong=WRONG, what="mlp")
+    neurons = ablation(m, clean, answer=ANS, wrong=WRONG, what="neurons", neurons=[(0, 3), (1, 10)])
+    for lay in range(2):
+        lg = m.run_with_hooks(clean, fwd_hooks=[(f"blocks.{lay}.hook_mlp_out", lambda a, hook: a * 0)])
+        want = logit_diff(lg, torch.tensor(ANS), torch.tensor(WRONG)).mean().detach()
+        assert mlp.effect[lay] == pytest.approx(float(want), abs=1e-5)
+    for i, (lay, n) in enumerate([(0, 3), (1, 10)]):
+        def zero(a, hook, n=n):
+            a = a.clone()
+            a[:, :, n] = 0
+            return a
+
+        lg = m.run_with_hooks(clean, fwd_hooks=[(f"blocks.{lay}.mlp.hook_post", zero)])
+        want = logit_diff(lg, torch.tensor(ANS), torch.tensor(WRONG)).mean().detach()
+        assert neurons.effect[i] == pytest.approx(float(want), abs=1e-5)
+        assert neurons.change[i] == pytest.approx(float(want - base), abs=1e-5)
