@@ -13,14 +13,13 @@ metric is the logit difference of two tokens at the last position. Two sweeps, e
 ``interp`` is ``interp.analysis.causal.activation_patching``: k patched copies per forward pass, each pass
 started at its lowest patched layer and position from the corrupted run's residual stream and KV cache,
 unembedding only the metric's position. Reported: wall seconds (fastest of ``--repeats``), the speed-up,
-and the largest |difference| between the two tables. Writes JSON atomically to a new file (an existing
-file is only replaced with ``--force``) and prints a table.
+and the largest |difference| between the two tables. Writes JSON to a new timestamped file in
+benchmarks/results/ (``--out`` is never overwritten without ``--force``) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from interp.analysis.causal import activation_patching, logit_diff
-from interp.io import atomic_write_text
+from interp.io import write_benchmark_json
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
 
@@ -80,13 +79,13 @@ def main(argv=None) -> int:
     p.add_argument("--tl-cells", type=int, default=None,
                    help="run TransformerLens on this many randomly chosen cells only (its cost is one forward per "
                         "cell, so its full-sweep time is extrapolated linearly); equality is checked on them")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
-                   f"patching-{'cuda' if cuda else 'cpu'}-{stamp}.json")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path (default: a new benchmarks/results/patching-<device>-<time>.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
-    if args.out.exists() and not args.force:
-        p.error(f"--out {args.out} exists; give --force to replace it or choose another path")
+    if args.out is not None and args.out.exists() and not args.force:  # refuse before the long run, not after
+        p.error(f"--out: {str(args.out)!r} already exists; pass --force to overwrite it.")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sweeps = [s for s in args.sweeps.split(",") if s]
     if set(sweeps) - set(SWEEPS):
         p.error(f"--sweeps must be a comma list of {list(SWEEPS)}; given {args.sweeps!r}")
@@ -137,8 +136,8 @@ def main(argv=None) -> int:
     result = {"device": device, "dtype": "float32", "torch": torch.__version__, "layers": args.layers,
               "d_model": 768, "heads": 12, "vocab": args.vocab, "tokens": args.tokens, "batch": 1,
               "date": stamp, "rows": rows}
-    atomic_write_text(args.out, json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    out = write_benchmark_json(result, args.out, f"patching-{str(args.device).split(':')[0]}", args.force)
+    print(f"wrote {out}")
     return 0
 
 

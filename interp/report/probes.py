@@ -393,8 +393,8 @@ def _patching_args(p: argparse.ArgumentParser) -> None:
                    help="several pairs, one 'clean<TAB>corrupted<TAB>answer<TAB>wrong' per line (bootstrap intervals)")
     p.add_argument("--where", default="resid_pre", choices=("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"),
                    help="activation of the layer x position sweep (default resid_pre)")
-    p.add_argument("--top", type=_positive_int, default=10, help="components listed by direct logit attribution (default 10)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="patched copies per forward pass (default: by memory)")
+    p.add_argument("--top", type=positive_int, default=10, help="components listed by direct logit attribution (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="patched copies per forward pass (default: by memory)")
 
 
 def read_pairs(path: str) -> list[list[str]]:
