@@ -30,8 +30,8 @@ ANS, WRONG = [3, 4, 5], [6, 7, 8]
 def random_model(family: str, seed: int = 0, **over) -> HookedDecoder:
     """A tiny random model of a family, its biases and norm gains perturbed so none is trivially 0 or 1."""
     torch.manual_seed(seed)
-    m = HookedDecoder(DecoderConfig(d_vocab=V, n_ctx=16, d_model=32, n_layers=2, n_heads=4, d_mlp=48,
-                                    **{**FAMILY_CONFIGS[family], **over})).eval()
+    cfg = {"d_vocab": V, "n_ctx": 16, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_mlp": 48}
+    m = HookedDecoder(DecoderConfig(**{**cfg, **FAMILY_CONFIGS[family], **over})).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -69,8 +69,8 @@ SWEEPS = [
 @pytest.mark.parametrize("family", list(FAMILY_CONFIGS))
 def test_sweeps_equal_transformer_lens(family):
     """Cell by cell equal to transformer_lens.patching on the same model and prompts (resid, heads, MLP)."""
-    m = random_model(family)
-    clean, corrupted = pair()
+    m = random_model(family, n_heads=2)  # TL runs one forward per cell: keep the grids small
+    clean, corrupted = pair(pos=4)
     _, clean_cache = m.run_with_cache(clean)
     sweeps = SWEEPS if family == "gpt2" else [SWEEPS[i] for i in (0, 2, 3)]  # every family: resid, mlp, heads
     for tl_fn, where, opts, order in sweeps:
@@ -274,7 +274,7 @@ def test_errors_name_the_argument():
     m = random_model("gpt2")
     clean, corrupted = pair()
     cases = [
-        (lambda: activation_patching(m, clean, corrupted[:, :5], answer=1, wrong=2), "corrupted"),
+        (lambda: activation_patching(m, clean, corrupted[:, :4], answer=1, wrong=2), "corrupted"),
         (lambda: activation_patching(m, clean, corrupted, answer=1, wrong=2, where="resid"), "where"),
         (lambda: activation_patching(m, clean, corrupted, answer=1), "wrong"),
         (lambda: activation_patching(m, clean, corrupted, answer=V, wrong=2), "answer"),
