@@ -269,8 +269,7 @@ class _Runner:
             self.logits, cache = model.run_with_cache(corrupted, names_filter=lambda n: n in names)
         self.cache = {n: cache[n] for n in names}
         self.batch, self.n_pos = corrupted.shape
-        # the sequential residual stream is what a block reads; post-norm blocks read it too (block input)
-        pos = getattr(metric, "position", None)
+        pos = getattr(metric, "position", None)  # a Metric reads one position: only that one is unembedded
         self.metric_pos = None if pos is None else check_index("position", pos, self.n_pos)
 
     def start(self, p0: int) -> int:
