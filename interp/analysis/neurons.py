@@ -39,8 +39,6 @@ from interp.analysis._inputs import (
     _is_int_like,
     as_tokens,
     check_index,
-    model_device,
-    str_tokens,
     text_lengths,
     token_str,
 )

@@ -63,7 +63,6 @@ class ActivationWriter(Consumer):
         self.shapes: dict[str, list[int]] = {}
 
     def update(self, acts, batch: Batch):
-        B, L = batch.tokens.shape
         scored = batch.scored
         for name in self.hooks:
             a = acts[name]

@@ -286,7 +286,7 @@ def tokenized(model, corpus: Corpus, *, batch_docs: int = 64, prefetch: int = 25
                     return
             if pending:
                 flush()
-        except BaseException as e:  # hand the error to the consumer
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer thread, which re-raises it
             out.put(e)
             return
         out.put(_END)

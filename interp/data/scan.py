@@ -58,7 +58,7 @@ class Batch:
 class Consumer:
     """Base class: override ``update`` (and the rest when the consumer has state)."""
 
-    hooks: set[str] = set()
+    hooks: frozenset[str] = frozenset()
 
     def update(self, acts: dict[str, torch.Tensor], batch: Batch) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -106,7 +106,7 @@ def _load_checkpoint(path: Path, digest: str, consumers: Sequence[Consumer]) -> 
         info = f.metadata() or {}
         if info.get("digest") != digest:
             return set()  # another model, corpus or options: start afresh (the file is overwritten)
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
     for i, c in enumerate(consumers):
         prefix = f"{i}."
         c.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
@@ -195,7 +195,6 @@ def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | Non
 
     pending: list[tuple[Window, torch.Tensor]] = []
     shard = 0
-    mine = lambda s: s % world == rank and s not in done  # noqa: E731
     try:
         for di, toks in enumerate(tokenized(model, corpus, stats=stats)):
             info.n_docs += 1
@@ -208,7 +207,7 @@ def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | Non
                     if pending:
                         run_shard(shard, pending)
                     pending, shard = [], s
-                if mine(s):
+                if s % world == rank and s not in done:
                     pending.append((w, toks))
         if pending:
             run_shard(shard, pending)
