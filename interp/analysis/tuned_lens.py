@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from interp.analysis._inputs import as_tokens, model_device
 from interp.analysis.logit_lens import _lens_frame, layer_names, lens_logits, residual_stack
+from interp.data.distributed import all_reduce, broadcast_, rank_world
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
 
@@ -256,7 +257,8 @@ def train_tuned_lens(
         token_batches: the corpus: an iterable of token batches (each a LongTensor ``[batch, pos]``,
             text or list of texts) or a single LongTensor (used as one batch).
         steps: optimisation steps (one per batch, cycling through the corpus); default
-            ``epochs * len(batches)``.
+            ``epochs * len(batches)``. Under ``torchrun`` each step takes one batch per rank and
+            averages the gradients (data parallel; pass every rank the same ``token_batches``).
         epochs: passes over the corpus when ``steps`` is not given.
         lr, weight_decay: AdamW settings. Weight decay pulls ``W`` towards zero, not the identity, so
             it defaults to off.
@@ -299,12 +301,21 @@ def train_tuned_lens(
     recent: list[float] = []
     was_training = lens.training
     lens.train()
-    bar = tqdm(range(n_steps), desc="tuned lens", disable=not progress, leave=False)
+    # Under torchrun this is data parallel: every step draws world_size batches from the same seeded
+    # order, rank r trains on the r-th, and the gradients are averaged (all_reduce) before the step, so
+    # a step sees world_size batches and every rank keeps the same lens.
+    rank, world = rank_world()
+    for p in params:
+        broadcast_(p)
+    bar = tqdm(range(n_steps), desc="tuned lens", disable=not progress or rank != 0, leave=False)
     with _frozen(model):
         for _ in bar:
-            if not order:  # a fresh shuffled pass over the corpus
-                order = torch.randperm(len(batches), generator=gen).tolist()
-            tokens = batches[order.pop()]
+            drawn = []
+            for _ in range(world):
+                if not order:  # a fresh shuffled pass over the corpus
+                    order = torch.randperm(len(batches), generator=gen).tolist()
+                drawn.append(order.pop())
+            tokens = batches[drawn[rank]]
             stack, final_logits = residual_stack(model, tokens)
             final_logp = torch.log_softmax(
                 final_logits.to(torch.promote_types(final_logits.dtype, torch.float32)), dim=-1
@@ -317,6 +328,11 @@ def train_tuned_lens(
                 loss = _kl_per_token(final_logp, logp).mean()
                 loss.backward()
                 total += float(loss.detach())
+            if world > 1:
+                flat = all_reduce(torch.cat([p.grad.reshape(-1) for p in params])) / world
+                for p, g in zip(params, flat.split([p.numel() for p in params])):
+                    p.grad.copy_(g.view_as(p))
+                total = float(all_reduce(torch.tensor(total, dtype=torch.float64))) / world
             opt.step()
             recent = (recent + [total / n_layers])[-10:]
             bar.set_postfix(kl=f"{recent[-1]:.4f}")
@@ -327,7 +343,7 @@ def train_tuned_lens(
         "weight_decay": weight_decay,
         "seed": seed,
         "n_batches": len(batches),
-        "tokens_per_step": int(sum(b.numel() for b in batches) / len(batches)),
+        "tokens_per_step": int(world * sum(b.numel() for b in batches) / len(batches)),
         "final_mean_kl": sum(recent) / len(recent),
     }
     return lens

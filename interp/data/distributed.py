@@ -21,6 +21,7 @@ __all__ = [
     "all_gather_object",
     "all_reduce",
     "barrier",
+    "broadcast_",
     "broadcast_object",
     "comm_device",
     "init_from_env",
@@ -104,6 +105,16 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite ``t`` in place with rank ``src``'s values."""
+    if _active():
+        buf = t.detach().to(comm_device(), copy=True)
+        dist.broadcast(buf, src=src)
+        with torch.no_grad():
+            t.copy_(buf.to(t.device))
+    return t
 
 
 def barrier() -> None:
