@@ -22,14 +22,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import FAMILY_CONFIGS, word_level_tokenizer
 
 WORLD = 2
 TIMEOUT_S = 240
 VOCAB = 40
 LENGTHS = [3, 30, 7, 1, 19, 12, 40, 5, 9, 2, 26, 11]  # uneven documents (n_ctx = 16: some need 3+ windows)
-SCAN = dict(k=3, window=3, batch_size=2, shard_windows=3, seq_len=12, overlap=4, progress=False)
+SCAN = {"k": 3, "window": 3, "batch_size": 2, "shard_windows": 3, "seq_len": 12, "overlap": 4, "progress": False}
 
 
 def make_model():
