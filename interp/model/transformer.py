@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
 
 from interp.errors import InterpError
 from interp.model.attention import Attention, KVCache
@@ -267,7 +267,7 @@ class HookedDecoder(HookedRootModule):
         if lo < 0 or hi >= self.cfg.d_vocab:
             bad = lo if lo < 0 else hi
             raise InterpError(f"token id {bad} is out of range: ids must be in [0, {self.cfg.d_vocab - 1}] (d_vocab={self.cfg.d_vocab}).")
-        return tokens.long().to(self.W_E.device)
+        return tokens.long().to(self.device)
 
     def _check_length(self, n_positions: int) -> None:
         if n_positions > self.cfg.n_ctx:
@@ -403,7 +403,9 @@ class HookedDecoder(HookedRootModule):
 
     @property
     def device(self) -> torch.device:
-        return self.embed.W_E.device
+        """Where inputs go: the embedding's device, or its execution device when placed by a device map."""
+        placed = getattr(self, "input_device", None)  # set by interp.loading.placement.dispatch
+        return placed if placed is not None else self.embed.W_E.device
 
     # --- what TransformerLens' ActivationCache asks of a model ---------------------------------
     def tokens_to_residual_directions(self, tokens) -> torch.Tensor:
