@@ -3,7 +3,8 @@
 from interp.errors import InterpError
 from interp.loading import load, zoo_models
 from interp.model.config import DecoderConfig
+from interp.model.memory import estimate_memory
 from interp.model.transformer import HookedDecoder
 
-__all__ = ["load", "zoo_models", "DecoderConfig", "HookedDecoder", "InterpError"]
+__all__ = ["DecoderConfig", "HookedDecoder", "InterpError", "estimate_memory", "load", "zoo_models"]
 __version__ = "0.1.0"

@@ -76,8 +76,8 @@ def _filter(hooks) -> Callable[[str], bool]:
         hooks = [hooks]
     if isinstance(hooks, Sequence) and all(isinstance(h, str) for h in hooks):
         wanted = set(hooks)
-        # a full name, or a per-block suffix such as "hook_resid_post" / "mlp.hook_post"
-        return lambda n: n in wanted or any(n.startswith("blocks.") and n.split(".", 2)[2] == w for w in wanted)
+        # a full name, or a per-block suffix such as "hook_resid_post", "mlp.hook_post" or "hook_pattern"
+        return lambda n: n in wanted or (n.startswith("blocks.") and any(n.endswith("." + w) for w in wanted))
     raise InterpError(f"hooks: expected None, 'all', a hook name, a list of names or a function; given {hooks!r:.80}")
 
 
