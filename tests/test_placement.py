@@ -127,3 +127,16 @@ def test_estimate_memory_of_long_contexts_and_bad_input():
             estimate_memory(cfg, bad)
     with pytest.raises(InterpError, match="config"):
         estimate_memory({"d_model": 3}, 4)
+
+
+def test_corpus_scan_on_an_offloaded_model_equals_the_plain_model(tmp_path):
+    from interp.analysis.neurons import scan_top_contexts
+
+    ref = make("llama")
+    placed = dispatch(copy.deepcopy(ref), SPLIT, offload_folder=tmp_path / "offload")
+    docs = [torch.randint(40, (n,)) for n in (5, 20, 9)]
+    want = scan_top_contexts(ref, docs, k=2, seq_len=8, overlap=2, progress=False)
+    got = scan_top_contexts(placed, docs, k=2, seq_len=8, overlap=2, progress=False)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(got, want)

@@ -135,7 +135,9 @@ def _batches(windows: list[tuple[Window, torch.Tensor]], batch_size: int, shard:
 
 
 def _forward(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, return_type=None)
+    # device=: a model spread over several GPUs (device_map) hands every activation back on the input's device
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, return_type=None,
+                                    device=tokens.device)
     return {n: cache[n] for n in names}
 
 
