@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
+from conftest import FAMILY_CONFIGS
 
 import interp
-from conftest import FAMILY_CONFIGS
 from interp.errors import InterpError
 from interp.loading.placement import dispatch
 from interp.model.config import DecoderConfig
@@ -52,7 +53,7 @@ def test_offloaded_model_gives_the_same_logits_cache_and_hook_edits(tmp_path, fa
         logits2, cache2 = placed.run_with_cache(tokens, device="cpu")
     torch.testing.assert_close(logits2, logits, rtol=0, atol=0)
     assert set(cache2.keys()) == set(cache.keys())
-    for name in cache.keys():  # every hook, patterns rebuilt lazily from the offloaded layer's q and k
+    for name in cache:  # every hook, patterns rebuilt lazily from the offloaded layer's q and k
         assert cache2[name].device.type == "cpu"
         torch.testing.assert_close(cache2[name], cache[name], rtol=0, atol=0, msg=name)
     torch.testing.assert_close(cache2.pattern(1, heads=[2], queries=[-1]), cache.pattern(1, heads=[2], queries=[-1]))
@@ -130,13 +131,13 @@ def test_estimate_memory_of_long_contexts_and_bad_input():
 
 
 def test_corpus_scan_on_an_offloaded_model_equals_the_plain_model(tmp_path):
-    from interp.analysis.neurons import scan_top_contexts
+    from interp.analysis.neurons import model_fingerprint, scan_top_contexts
 
     ref = make("llama")
     placed = dispatch(copy.deepcopy(ref), SPLIT, offload_folder=tmp_path / "offload")
+    # offloaded weights are read back for the fingerprint: the same weights, wherever they live
+    assert model_fingerprint(placed) == model_fingerprint(ref)
     docs = [torch.randint(40, (n,)) for n in (5, 20, 9)]
     want = scan_top_contexts(ref, docs, k=2, seq_len=8, overlap=2, progress=False)
     got = scan_top_contexts(placed, docs, k=2, seq_len=8, overlap=2, progress=False)
-    import pandas as pd
-
     pd.testing.assert_frame_equal(got, want)

@@ -377,6 +377,27 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def _named_state(model):
+    """(name, tensor) for every parameter and persistent buffer, module by module. A model placed with a
+    device map (weights offloaded to CPU or disk) has each module's weights brought in only while it is
+    read, so they never need to be in memory together."""
+    from contextlib import nullcontext
+
+    placed = getattr(model, "hf_device_map", None) is not None
+    if placed:
+        from accelerate.utils.modeling import align_module_device
+    for prefix, module in model.named_modules():
+        own = {**module._parameters, **{k: v for k, v in module._buffers.items()
+                                         if k not in module._non_persistent_buffers_set}}
+        own = {k: v for k, v in own.items() if v is not None}
+        if not own:
+            continue
+        with align_module_device(module, "cpu") if placed else nullcontext():
+            for name in own:
+                t = getattr(module, name)  # re-read: the hook swaps in the onloaded tensor
+                yield (f"{prefix}.{name}" if prefix else name), t
+
+
 def model_fingerprint(model) -> str:
     """sha256 over the config, every parameter/buffer (names, dtypes, shapes and bytes) and the tokenizer."""
     h = hashlib.sha256()
@@ -386,9 +407,13 @@ def model_fingerprint(model) -> str:
     except TypeError:
         cfg_repr = repr(cfg)
     h.update(cfg_repr.encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(_tensor_bytes(t))
+    digests = {}
+    for name, t in _named_state(model):
+        d = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        d.update(_tensor_bytes(t))
+        digests[name] = d.hexdigest()
+    for name in sorted(digests):  # the same weights give the same fingerprint however they are placed
+        h.update(f"{name}:{digests[name]}".encode())
     tok = getattr(model, "tokenizer", None)
     if tok is not None and hasattr(tok, "to_str"):  # text corpora are hashed raw: the tokenizer decides the ids
         h.update(tok.to_str().encode())
