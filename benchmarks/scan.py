@@ -6,7 +6,7 @@
 The shipped model (models/docs-bible-austen-2l) scans its held-out text (models/.../heldout.txt, split into
 documents at blank lines) for every neuron's top-10 contexts, exactly as ``interp scan neurons`` does:
 ``scan_top_contexts`` with windows of ``--seq-len`` tokens, ``--batch-size`` windows per forward pass and
-``--shard-windows`` windows per shard. Each configuration runs as ``torchrun --nproc-per-node N`` in a fresh
+``--shard-docs`` documents per shard. Each configuration runs as ``torchrun --nproc-per-node N`` in a fresh
 process group; inside, every rank loads the model, waits at a barrier, scans, waits at a barrier again: the
 time between the barriers is the scan (tokenization in the background thread, forward passes, top-k,
 collectives), without interpreter start-up and model loading. Every run's merged result is checked against
@@ -69,7 +69,7 @@ def worker(args) -> None:
         barrier()
         t0 = time.perf_counter()
         df = scan_top_contexts(model, corpus, k=10, batch_size=args.batch_size, seq_len=args.seq_len,
-                               overlap=args.overlap, shard_windows=args.shard_windows, progress=False)
+                               overlap=args.overlap, shard_docs=args.shard_docs, progress=False)
         barrier()
         seconds = time.perf_counter() - t0
     if is_main():
@@ -85,7 +85,7 @@ def run(n: int, args, tmp: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), __file__,
            "--worker", str(folder), "--device", args.device, "--corpus", str(args.corpus), "--seq-len",
            str(args.seq_len), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
-           "--shard-windows", str(args.shard_windows), "--threads", str(args.threads)]
+           "--shard-docs", str(args.shard_docs), "--threads", str(args.threads)]
     subprocess.run(cmd, env=env, check=True, cwd=ROOT)
     return json.loads((folder / "timing.json").read_text()) | {"result": folder / "result.parquet"}
 
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--shard-windows", type=int, default=8)
+    p.add_argument("--shard-docs", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: a new file in benchmarks/results)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         print("--procs: the first count must be 1 (the baseline)", file=sys.stderr)
         return 2
     model = interp.load(MODEL)
-    n_tokens = sum(len(t) for t in tokenized(model, Corpus.from_path(args.corpus, doc_sep="\n\n")))
+    n_tokens = sum(len(t) for _, t in tokenized(model, Corpus.from_path(args.corpus, doc_sep="\n\n")))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = None
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         "model": {"name": MODEL, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp,
                   "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab},
         "shapes": {"n_tokens": n_tokens, "seq_len": args.seq_len, "overlap": args.overlap,
-                   "batch_size": args.batch_size, "shard_windows": args.shard_windows, "k": 10},
+                   "batch_size": args.batch_size, "shard_docs": args.shard_docs, "k": 10},
         "results": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

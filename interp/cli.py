@@ -342,7 +342,7 @@ def _scan(args) -> int:
     model, corpus = _scan_model(args), _scan_corpus(args)
     overlap = args.overlap if args.overlap is not None else (args.seq_len or int(model.cfg.n_ctx)) // 4
     common = {"seq_len": args.seq_len, "overlap": overlap, "batch_size": args.batch_size,
-              "shard_windows": args.shard_windows, "progress": not args.quiet}
+              "shard_docs": args.shard_docs, "progress": not args.quiet}
     if args.kind == "neurons":
         from interp.analysis.neurons import scan_top_contexts
 
@@ -405,7 +405,7 @@ def _add_scan(sub) -> None:
     p.add_argument("--overlap", type=int, default=None,
                    help="context tokens each later window of a long document repeats (default seq_len/4)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--shard-windows", type=int, default=64, help="windows per shard: the unit of work and resume")
+    p.add_argument("--shard-docs", type=int, default=64, help="documents per shard: the unit of work and resume (default 64)")
     p.add_argument("--layers", type=int, nargs="+", default=None, help="neurons: layers to scan (default all)")
     p.add_argument("--k", type=int, default=10, help="neurons: contexts per neuron (default 10)")
     p.add_argument("--window", type=int, default=10, help="neurons: tokens shown before the trigger")

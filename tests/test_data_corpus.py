@@ -75,7 +75,11 @@ def test_sources_read_back_as_the_same_documents(tmp_path):
     m = HookedDecoder(DecoderConfig(d_vocab=24, n_ctx=8, d_model=8, n_layers=1, n_heads=2),
                       tokenizer=word_level_tokenizer(24))
     got = list(tokenized(m, Corpus.from_path(folder), batch_docs=2, prefetch=1))
-    assert [t.tolist() for t in got] == [m.to_tokens(t)[0].tolist() for t in texts]
+    assert [t.tolist() for _, t in got] == [m.to_tokens(t)[0].tolist() for t in texts]
+    assert [i for i, _ in got] == list(range(len(texts)))
+    # a selection tokenizes only those documents, keeping their numbers
+    picked = list(tokenized(m, as_corpus(["", *texts]), select=lambda i: i % 3 == 1))
+    assert [(i, t.tolist()) for i, t in picked] == [(i, m.to_tokens(texts[i])[0].tolist()) for i in (1, 4)]
     # the fingerprint follows the content, not the path
     fp = Corpus.from_path(folder).fingerprint()
     (folder / "b.md").write_text("t6 t7 t8")

@@ -4,9 +4,8 @@ One module-scoped fixture spawns the two ranks once (torch.multiprocessing, a fi
 pytest's tmp_path, a timeout) and runs every sharded computation there; each test compares one of them
 with the same call in this (single) process: the top-k neuron scan, probe activation collection,
 running statistics, the activation dataset, tuned-lens fitting, and a run that both ranks abandon
-after their first shard and then resume. The corpus has documents of very different lengths, so the
-shards (3 windows each, 5+ shards, an odd count) hold uneven numbers of tokens and the ranks uneven
-numbers of shards.
+after their first shard and then resume. The corpus has 13 documents of very different lengths in shards of
+2 documents, so the shards hold uneven numbers of tokens and the ranks uneven numbers of shards (4 and 3).
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from conftest import FAMILY_CONFIGS, word_level_tokenizer
 WORLD = 2
 TIMEOUT_S = 240
 VOCAB = 40
-LENGTHS = [3, 30, 7, 1, 19, 12, 40, 5, 9, 2, 26, 11]  # uneven documents (n_ctx = 16: some need 3+ windows)
-SCAN = {"k": 3, "window": 3, "batch_size": 2, "shard_windows": 3, "seq_len": 12, "overlap": 4, "progress": False}
+LENGTHS = [3, 30, 7, 1, 19, 12, 40, 5, 9, 2, 26, 11, 6]  # uneven documents (n_ctx = 16: some need 3+ windows)
+SCAN = {"k": 3, "window": 3, "batch_size": 2, "shard_docs": 2, "seq_len": 12, "overlap": 4, "progress": False}
 
 
 def make_model():
@@ -70,10 +69,10 @@ def compute(out: Path, crash_after_first_shard: bool = False) -> dict:
         "probe": collect_activations(model, prompts(), ["resid_post", "mlp.hook_post"], positions="all",
                                      batch_size=1),
         "stats": activation_stats(model, docs, ["mlp.hook_post", "hook_embed"], seq_len=12, overlap=4,
-                                  batch_size=2, shard_windows=3, progress=False),
+                                  batch_size=2, shard_docs=2, progress=False),
     }
     ds = write_activation_dataset(model, docs, ["blocks.1.hook_resid_post"], out / "acts", seq_len=12, overlap=4,
-                                  batch_size=2, shard_windows=3, progress=False)
+                                  batch_size=2, shard_docs=2, progress=False)
     res["acts"] = (ds.activations("blocks.1.hook_resid_post"), ds.index(), ds.manifest["corpus"])
     lens = train_tuned_lens(model, lens_batches() if dist.is_initialized() else [torch.cat(lens_batches())],
                             steps=3, lr=1e-2, progress=False)

@@ -458,7 +458,7 @@ def scan_top_contexts(
     seq_len: int | None = None,
     after: int = 3,
     overlap: int = 0,
-    shard_windows: int = 64,
+    shard_docs: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The *question* each neuron asks: its ``k`` top-activating contexts over a corpus.
@@ -477,7 +477,7 @@ def scan_top_contexts(
     The activation is ``mlp.hook_post`` (``act(gate) * up`` for gated MLPs).
 
     Under ``torchrun`` (a ``torch.distributed`` group initialised) each rank scans every
-    ``world_size``-th shard of ``shard_windows`` windows, the top-k lists are merged with collectives and
+    ``world_size``-th shard of ``shard_docs`` documents, the top-k lists are merged with collectives and
     every rank returns the same frame (identical to a one-process scan); rank 0 writes ``cache_path``.
 
     Returns one row per (layer, neuron, rank): ``layer, neuron, rank, activation, doc, position,
@@ -545,7 +545,7 @@ def scan_top_contexts(
     top = TopK(names, k, before=window, after=after)
     try:
         run_scan(model, corpus, [top], seq_len=seq_len, overlap=overlap, batch_size=batch_size,
-                 shard_windows=shard_windows, checkpoint_dir=None if folder is None else folder / "partial",
+                 shard_docs=shard_docs, checkpoint_dir=None if folder is None else folder / "partial",
                  meta=meta, progress=progress, desc="scanning neurons")
     except InterpError as e:
         raise InterpError(f"texts_or_token_batches: {e}") from None

@@ -5,7 +5,7 @@ Layout of a dataset folder::
     manifest.json              format, model (name + weight fingerprint), hooks (feature shape, dtype),
                                corpus (source fingerprint, sha256 of the token ids, documents, tokens),
                                windowing (seq_len, overlap), shards (file, rows), rows
-    shard-000000.safetensors   one per shard of windows: a tensor per hook [rows, *features], and
+    shard-000000.safetensors   one per shard of documents: a tensor per hook [rows, *features], and
                                ``doc``, ``position``, ``token_id`` [rows] (int64): where each row comes from
 
 Rows are the scored token positions of the corpus (every token once, in corpus order within a shard;
@@ -87,7 +87,7 @@ class ActivationWriter(Consumer):
             barrier()
             return
         shards, shapes = [], {}
-        for s in range(info.n_shards):
+        for s in info.shard_tokens:  # shards holding any token, in order
             path = self.folder / shard_file(s)
             if not path.is_file():
                 raise InterpError(f"activation dataset: shard file {path} is missing after the scan")
@@ -105,7 +105,7 @@ class ActivationWriter(Consumer):
 
 
 def write_activation_dataset(model, corpus, hooks, folder, *, dtype: str = "float32", seq_len: int | None = None,
-                             overlap: int = 0, batch_size: int = 8, shard_windows: int = 64,
+                             overlap: int = 0, batch_size: int = 8, shard_docs: int = 64,
                              overwrite: bool = False, progress: bool = True) -> ActivationDataset:
     """Scan ``corpus`` and store the activations at ``hooks`` for every scored token position.
 
@@ -136,7 +136,7 @@ def write_activation_dataset(model, corpus, hooks, folder, *, dtype: str = "floa
     writer = ActivationWriter(folder, names, _DTYPES[dtype], manifest)
     meta = {"kind": "activations", "manifest": manifest, "hooks": names, "dtype": dtype}
     run_scan(model, corpus, [writer], seq_len=seq_len, overlap=overlap, batch_size=batch_size,
-             shard_windows=shard_windows, checkpoint_dir=folder / "checkpoints", meta=meta, progress=progress,
+             shard_docs=shard_docs, checkpoint_dir=folder / "checkpoints", meta=meta, progress=progress,
              desc="writing activations")
     return ActivationDataset(folder)
 

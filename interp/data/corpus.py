@@ -226,13 +226,15 @@ def _encoder(model):
     return encode
 
 
-def tokenized(model, corpus: Corpus, *, batch_docs: int = 64, prefetch: int = 256,
-              stats: dict | None = None) -> Iterator[torch.Tensor]:
-    """The corpus's non-empty documents as 1-D ``LongTensor`` ids, tokenized in a background thread.
+def tokenized(model, corpus: Corpus, *, select: Callable[[int], bool] | None = None, batch_docs: int = 64,
+              prefetch: int = 256, stats: dict | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(index, ids)`` for the corpus's documents, tokenized in a background thread (ids: 1-D ``LongTensor``).
 
-    Documents are numbered by this iterator's order (empty ones are skipped). Ids are checked against
-    ``d_vocab``. ``stats`` (a dict), when given, is kept up to date with ``chars`` (raw characters
-    read) and ``tokens`` (ids produced), which a progress bar turns into an ETA.
+    ``index`` numbers the non-empty raw documents (an empty string or id list gets no number), so it is
+    known without tokenizing; ``select(index)`` (default: all) picks the documents to tokenize, which is
+    how a rank tokenizes only its own shards. Ids are checked against ``d_vocab``. ``stats`` (a dict), when
+    given, is kept up to date with ``docs`` (non-empty documents seen), ``chars`` (raw characters of the
+    selected ones) and ``tokens`` (ids produced), which a progress bar turns into an ETA.
     """
     encode = _encoder(model)
     d_vocab = int(model.cfg.d_vocab)
@@ -240,10 +242,10 @@ def tokenized(model, corpus: Corpus, *, batch_docs: int = 64, prefetch: int = 25
     stop = threading.Event()
     _END = object()
     stats = {} if stats is None else stats
-    stats.setdefault("chars", 0)
-    stats.setdefault("tokens", 0)
+    for key in ("docs", "chars", "tokens"):
+        stats.setdefault(key, 0)
 
-    def emit(t: torch.Tensor, i: int) -> bool:
+    def emit(i: int, t: torch.Tensor) -> bool:
         if t.numel() == 0:
             return True
         lo, hi = int(t.min()), int(t.max())
@@ -253,7 +255,7 @@ def tokenized(model, corpus: Corpus, *, batch_docs: int = 64, prefetch: int = 25
         stats["tokens"] += t.numel()
         while not stop.is_set():
             try:
-                out.put(t, timeout=0.1)
+                out.put((i, t), timeout=0.1)
                 return True
             except queue.Full:
                 continue
@@ -261,28 +263,34 @@ def tokenized(model, corpus: Corpus, *, batch_docs: int = 64, prefetch: int = 25
 
     def work():
         try:
-            pending: list[str] = []
+            pending: list[tuple[int, str]] = []
 
             def flush() -> bool:
                 ok = True
-                for ids in encode(pending):
-                    ok = ok and emit(torch.tensor(ids, dtype=torch.long), -1)
+                for (i, _), ids in zip(pending, encode([text for _, text in pending])):
+                    ok = ok and emit(i, torch.tensor(ids, dtype=torch.long))
                 pending.clear()
                 return ok
 
-            for i, doc in enumerate(corpus):
+            index = 0
+            for doc in corpus:
                 if stop.is_set():
                     return
+                if len(doc) == 0:
+                    continue
+                i, index = index, index + 1
+                stats["docs"] = index
+                if select is not None and not select(i):
+                    continue
                 if isinstance(doc, str):
                     stats["chars"] += len(doc)
-                    if doc:
-                        pending.append(doc)
+                    pending.append((i, doc))
                     if len(pending) >= batch_docs and not flush():
                         return
                     continue
                 if pending and not flush():  # keep document order across text and token items
                     return
-                if not emit(torch.as_tensor(doc, dtype=torch.long).reshape(-1), i):
+                if not emit(i, torch.as_tensor(doc, dtype=torch.long).reshape(-1)):
                     return
             if pending:
                 flush()

@@ -1,12 +1,12 @@
-"""One engine for every corpus scan: stream windows, shard them over ranks, checkpoint, merge.
+"""One engine for every corpus scan: stream documents, shard them over ranks, checkpoint, merge.
 
-``run_scan(model, corpus, consumers, ...)`` tokenizes the corpus in the background, cuts each document into
-windows (:func:`~interp.data.corpus.document_windows`: never across a document boundary), numbers the
-windows in corpus order and groups ``shard_windows`` consecutive windows into a *shard*. Shard ``s``
-belongs to rank ``s % world_size`` (one process: every shard). Each rank runs its shards' windows through
-the model ``batch_size`` at a time, always in the same batches whatever the world size, so a result does
-not depend on how many processes computed it, and hands the cached activations of the scored positions to
-its *consumers* (a running top-k, running statistics, an activation-dataset writer ...).
+``run_scan(model, corpus, consumers, ...)`` reads the corpus in order and numbers its non-empty documents;
+``shard_docs`` consecutive documents make a *shard*, and shard ``s`` belongs to rank ``s % world_size``
+(one process: every shard). A rank tokenizes only its own shards' documents, in a background thread, cuts
+each into windows (:func:`~interp.data.corpus.document_windows`: never across a document boundary) and
+runs them through the model ``batch_size`` at a time, always in the same batches whatever the world size,
+so a result does not depend on how many processes computed it. The cached activations of the scored
+positions go to the *consumers* (a running top-k, running statistics, an activation-dataset writer ...).
 
 After each completed shard a rank checkpoints its consumers' state and the shards it has done
 (``checkpoint_dir/rank{r}-of-{w}.safetensors``, written atomically); a scan started again with the same
@@ -15,7 +15,7 @@ their state across ranks with collectives (``all_gather`` / ``all_reduce``), so 
 result and rank 0 writes it.
 
 A consumer implements ``hooks`` (names it needs), ``update(acts, batch)``, and optionally ``state()`` /
-``load_state(state)`` (tensors to checkpoint), ``end_shard(shard)`` and ``merge()``.
+``load_state(state)`` (tensors to checkpoint), ``end_shard(shard)`` and ``merge(info)``.
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ class Consumer:
 
 @dataclass
 class ScanInfo:
-    """What a scan saw (every rank reads the whole corpus stream, so these are corpus totals)."""
+    """What a scan saw: corpus totals, merged over ranks (and over runs, for a resumed scan)."""
 
     n_docs: int = 0
     n_tokens: int = 0
-    n_windows: int = 0
     n_shards: int = 0
-    tokens_sha256: str = ""
+    tokens_sha256: str = ""  # over the shards' token hashes, in shard order
+    shard_tokens: dict[int, int] = field(default_factory=dict)  # tokens per shard (shards without any: absent)
     shards_run: list[int] = field(default_factory=list)  # by this rank in this call (resumed ones excluded)
 
 
@@ -99,25 +99,25 @@ def meta_digest(meta: dict) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _load_checkpoint(path: Path, digest: str, consumers: Sequence[Consumer]) -> set[int]:
+def _load_checkpoint(path: Path, digest: str, consumers: Sequence[Consumer]) -> dict[int, tuple[int, str]]:
     if not path.is_file():
-        return set()
+        return {}
     with safe_open(str(path), framework="pt") as f:
         info = f.metadata() or {}
         if info.get("digest") != digest:
-            return set()  # another model, corpus or options: start afresh (the file is overwritten)
+            return {}  # another model, corpus or options: start afresh (the file is overwritten)
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
     for i, c in enumerate(consumers):
         prefix = f"{i}."
         c.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    return set(json.loads(info["done"]))
+    return {int(s): tuple(v) for s, v in json.loads(info["done"]).items()}
 
 
-def _save_checkpoint(path: Path, digest: str, consumers: Sequence[Consumer], done: set[int]) -> None:
+def _save_checkpoint(path: Path, digest: str, consumers: Sequence[Consumer], done: dict) -> None:
     tensors = {f"{i}.{k}": v.detach().to("cpu").contiguous()
                for i, c in enumerate(consumers) for k, v in c.state().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"digest": digest, "done": json.dumps(sorted(done))})
+        save_file(tensors, str(tmp), metadata={"digest": digest, "done": json.dumps(done)})
 
 
 def _batches(windows: list[tuple[Window, torch.Tensor]], batch_size: int, shard: int, device):
@@ -142,21 +142,22 @@ def _forward(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Te
 
 
 def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | None = None, overlap: int = 0,
-             batch_size: int = 8, shard_windows: int = 64, checkpoint_dir=None, meta: dict | None = None,
+             batch_size: int = 8, shard_docs: int = 64, checkpoint_dir=None, meta: dict | None = None,
              progress: bool = True, desc: str = "scanning") -> ScanInfo:
     """Run ``corpus`` through ``model`` once, feeding ``consumers``; see the module docstring.
 
-    ``seq_len`` (default ``n_ctx``) and ``overlap`` shape the windows; ``shard_windows`` windows make a
-    shard (the unit of work per rank and of checkpointing). ``checkpoint_dir`` enables resuming; ``meta``
-    (model, corpus and option fingerprints) decides whether a checkpoint there belongs to this scan. The
-    tqdm bar (rank 0 only) counts scored tokens: rate in tokens/s and an ETA from the corpus size.
+    ``seq_len`` (default ``n_ctx``) and ``overlap`` shape the windows; ``shard_docs`` consecutive
+    documents make a shard (the unit of work per rank and of checkpointing; a rank reads every document
+    but tokenizes only its own shards'). ``checkpoint_dir`` enables resuming; ``meta`` (model, corpus
+    and option fingerprints) decides whether a checkpoint there belongs to this scan. The tqdm bar (rank
+    0 only) counts scored tokens: rate in tokens/s and an ETA from the corpus size.
     """
     cfg = model.cfg
     seq_len = int(cfg.n_ctx) if seq_len is None else seq_len
     _check_int("seq_len", seq_len, 1, int(cfg.n_ctx))
     _check_int("overlap", overlap, 0, seq_len - 1)
     _check_int("batch_size", batch_size, 1)
-    _check_int("shard_windows", shard_windows, 1)
+    _check_int("shard_docs", shard_docs, 1)
     corpus = as_corpus(corpus)
     rank, world = rank_world()
     names = set().union(*(c.hooks for c in consumers))
@@ -165,12 +166,12 @@ def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | Non
             model.check_hook_name(n)
 
     digest = meta_digest({**(meta or {}), "seq_len": seq_len, "overlap": overlap, "batch_size": batch_size,
-                          "shard_windows": shard_windows, "world": world})
+                          "shard_docs": shard_docs, "world": world})
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"rank{rank}-of-{world}.safetensors"
-    done = _load_checkpoint(ckpt, digest, consumers) if ckpt is not None else set()
+    # shard -> (tokens, sha256 of its token ids): what this rank has finished, resumed ones included
+    done = _load_checkpoint(ckpt, digest, consumers) if ckpt is not None else {}
     device = model_device(model)
     info = ScanInfo()
-    token_hash = hashlib.sha256()
     stats: dict = {}
 
     from tqdm.auto import tqdm
@@ -178,7 +179,8 @@ def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | Non
     bar = tqdm(desc=desc, unit="tok", unit_scale=True, disable=not progress or rank != 0,
                total=None if corpus.n_tokens is None else math.ceil(corpus.n_tokens / world))
 
-    def run_shard(shard: int, windows: list) -> None:
+    def run_shard(shard: int, docs: list[tuple[int, torch.Tensor]]) -> None:
+        windows = [(w, toks) for di, toks in docs for w in document_windows(di, toks, seq_len, overlap)]
         for batch in _batches(windows, batch_size, shard, device):
             with torch.no_grad():
                 acts = _forward(model, batch.tokens, names)
@@ -190,35 +192,44 @@ def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | Non
             bar.update(int(batch.scored.sum()))
         for c in consumers:
             c.end_shard(shard)
-        done.add(shard)
+        h = hashlib.sha256()
+        for _, toks in docs:
+            h.update(len(toks).to_bytes(8, "little") + toks.numpy().tobytes())
+        done[shard] = (sum(len(t) for _, t in docs), h.hexdigest())
         info.shards_run.append(shard)
         if ckpt is not None:
             _save_checkpoint(ckpt, digest, consumers, done)
 
-    pending: list[tuple[Window, torch.Tensor]] = []
-    shard = 0
+    def mine(i: int) -> bool:
+        s = i // shard_docs
+        return s % world == rank and s not in done
+
+    pending: list[tuple[int, torch.Tensor]] = []
+    shard = None
     try:
-        for di, toks in enumerate(tokenized(model, corpus, stats=stats)):
-            info.n_docs += 1
-            info.n_tokens += len(toks)
-            token_hash.update(len(toks).to_bytes(8, "little") + toks.numpy().tobytes())
-            for w in document_windows(di, toks, seq_len, overlap):
-                s = info.n_windows // shard_windows
-                info.n_windows += 1
-                if s != shard:
-                    if pending:
-                        run_shard(shard, pending)
-                    pending, shard = [], s
-                if s % world == rank and s not in done:
-                    pending.append((w, toks))
+        for di, toks in tokenized(model, corpus, select=mine, stats=stats):
+            s = di // shard_docs
+            if s != shard and pending:
+                run_shard(shard, pending)
+                pending = []
+            shard = s
+            pending.append((di, toks))
         if pending:
             run_shard(shard, pending)
     finally:
         bar.close()
+    info.n_docs = stats["docs"]
     if info.n_docs == 0:
         raise InterpError("corpus: the corpus is empty (no tokens)")
-    info.n_shards = shard + 1
-    info.tokens_sha256 = token_hash.hexdigest()
+    info.n_shards = math.ceil(info.n_docs / shard_docs)
+    shards = {}
+    for part in all_gather_object(done):
+        shards.update(part)
+    info.shard_tokens = {s: n for s, (n, _) in sorted(shards.items())}
+    info.n_tokens = sum(info.shard_tokens.values())
+    if info.n_tokens == 0:
+        raise InterpError("corpus: the corpus is empty (no tokens)")
+    info.tokens_sha256 = hashlib.sha256("".join(sha for _, (_, sha) in sorted(shards.items())).encode()).hexdigest()
     for c in consumers:
         c.merge(info)
     return info
@@ -395,7 +406,7 @@ class RunningStats(Consumer):
 
 
 def activation_stats(model, corpus, hooks, *, seq_len: int | None = None, overlap: int = 0, batch_size: int = 8,
-                     shard_windows: int = 64, checkpoint_dir=None, progress: bool = True):
+                     shard_docs: int = 64, checkpoint_dir=None, progress: bool = True):
     """Per-feature statistics of ``hooks`` over every scored token of ``corpus`` (sharded under torchrun).
 
     ``hooks``: names or per-block suffixes (``"mlp.hook_post"`` = every block's). Returns a DataFrame
@@ -413,7 +424,7 @@ def activation_stats(model, corpus, hooks, *, seq_len: int | None = None, overla
     stats = RunningStats(names)
     meta = {"kind": "stats", "model": model_fingerprint(model), "corpus": corpus.fingerprint(), "hooks": names}
     run_scan(model, corpus, [stats], seq_len=seq_len, overlap=overlap, batch_size=batch_size,
-             shard_windows=shard_windows, checkpoint_dir=checkpoint_dir, meta=meta, progress=progress,
+             shard_docs=shard_docs, checkpoint_dir=checkpoint_dir, meta=meta, progress=progress,
              desc="activation statistics")
     frames = []
     for name in names:
