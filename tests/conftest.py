@@ -11,6 +11,7 @@ weight from a correct mapping.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -159,3 +160,21 @@ def _seed():
     """Every test starts from the same global RNG state, so failures reproduce."""
     torch.manual_seed(0)
     yield
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Temporarily run torch on ``n`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny matmuls on a shared CPU are far slower with two (oversubscription)."""
+    with torch_threads(1):
+        yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 from interp.cli import main
 from interp.loading import ZOO
@@ -15,12 +14,7 @@ TEXT = ("In the beginning God created the heaven and the earth.\n\nIt is a truth
         "light: and there was light.")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.skipif(not (ZOO / MODEL).is_dir(), reason="the shipped model is not in models/")

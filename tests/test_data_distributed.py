@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import FAMILY_CONFIGS, word_level_tokenizer
+from conftest import FAMILY_CONFIGS, torch_threads, word_level_tokenizer
 
 WORLD = 2
 TIMEOUT_S = 240
@@ -121,15 +121,6 @@ def _worker(rank: int, world: int, root: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared CPU: one thread per process avoids oversubscription (the ranks use one too)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
@@ -150,7 +141,8 @@ def sharded(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     assert not dist.is_initialized()
-    return compute(tmp_path_factory.mktemp("single"))
+    with torch_threads(1):  # as the ranks run (and tiny matmuls on a shared CPU are slower with more)
+        return compute(tmp_path_factory.mktemp("single"))
 
 
 def test_topk_scan_two_ranks_equal_one(sharded, single):
@@ -219,6 +211,7 @@ def test_interrupted_scan_resumes_and_equals_uninterrupted(sharded, single):
     assert sum(r["full_forwards"] for r in sharded) == single["full_forwards"]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_checkpoint_of_another_scan_is_not_reused(tmp_path):
     from interp.analysis.neurons import scan_top_contexts
 
