@@ -199,7 +199,9 @@ def collect_activations(
         positions: ``-1`` (default: each prompt's last token) or any int (negative from each prompt's
             end); ``"all"`` (every token: one example per token, in prompt-then-position order); or
             one int per prompt (e.g. where the subject is).
-        batch_size: sequences per forward pass (equal-length sequences are batched together).
+        batch_size: sequences per forward pass (equal-length sequences are batched together). Under
+            ``torchrun`` (a ``torch.distributed`` group initialised) rank ``r`` runs batches ``r, r + world,
+            ...`` and the rows are gathered, so every rank returns exactly the one-process result.
 
     Returns:
         :class:`Activations`; its ``index`` maps example rows to (prompt, position, token).
