@@ -191,3 +191,23 @@ def test_activation_dataset_is_memory_mapped_and_refuses_overwrite(tmp_path):
         ds.activations("blocks.0.hook_resid_post")
     with pytest.raises(InterpError, match="manifest"):
         ActivationDataset(tmp_path)
+
+
+def test_tuned_lens_trains_from_an_activation_dataset_as_from_tokens(tmp_path):
+    from interp.analysis.tuned_lens import train_tuned_lens
+    from interp.data import write_activation_dataset
+
+    torch.manual_seed(0)
+    m = HookedDecoder(DecoderConfig(d_vocab=30, n_ctx=8, d_model=16, n_layers=2, n_heads=2, init_std=0.3)).eval()
+    tokens = torch.randint(30, (3, 8))
+    ds = write_activation_dataset(m, tokens, ["resid_pre", "blocks.1.hook_resid_post"], tmp_path / "ds",
+                                  progress=False)
+    direct = train_tuned_lens(m, [tokens], steps=3, lr=1e-2, progress=False)
+    stored = train_tuned_lens(m, ds, steps=3, lr=1e-2, batch_rows=24, progress=False)  # the same 24 tokens a step
+    for name, v in direct.state_dict().items():
+        torch.testing.assert_close(stored.state_dict()[name], v, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(direct.translators[0].weight, torch.eye(16))
+    assert stored.info["tokens_per_step"] == 24
+    partial = write_activation_dataset(m, tokens, "resid_post", tmp_path / "partial", progress=False)
+    with pytest.raises(InterpError, match="resid_pre"):
+        train_tuned_lens(m, partial, steps=1, progress=False)

@@ -18,6 +18,7 @@ Reading (the API the probes, the tuned lens and feature learning use)::
     ds = ActivationDataset("acts/")            # checks the manifest
     len(ds), ds.hooks, ds.manifest             # rows, hook names, everything recorded
     x = ds.shard(0)["blocks.1.hook_resid_post"]   # a memory-mapped [rows, d] tensor: no copy
+    ds.rows(hook, slice(1000, 2000))           # float32 rows, reading only the shards they sit in
     for xb in ds.iter_batches("blocks.1.hook_resid_post", batch_size=4096, shuffle=True, seed=0): ...
     ds.activations(hook)                       # all rows in one (copied) float tensor
     ds.index()                                 # DataFrame doc, position, token_id per row
@@ -175,7 +176,7 @@ class ActivationDataset:
     ``len(ds)`` rows; ``ds.hooks``; ``ds.manifest`` (the JSON: model, hooks, corpus, shards);
     ``ds.shard(i)`` -> dict of memory-mapped tensors (each hook, ``doc``, ``position``, ``token_id``);
     ``ds.activations(hook, rows=None)`` -> float32 ``[n, features]`` (rows: None = all, a slice or
-    indices); ``ds.iter_batches(hook, batch_size, shuffle=False, seed=0)`` -> float32 batches, reading
+    indices); ``ds.rows(hook, slice)`` -> the same for a contiguous slice, touching only its shards; ``ds.iter_batches(hook, batch_size, shuffle=False, seed=0)`` -> float32 batches, reading
     one shard at a time; ``ds.index()`` -> DataFrame ``doc, position, token_id``;
     ``ds.to_probe_activations(hooks=None)`` -> :class:`interp.analysis.probing.Activations`.
     """
@@ -223,6 +224,21 @@ class ActivationDataset:
         x = torch.cat([self.shard(i)[hook].float().reshape(self.manifest["shards"][i]["rows"], -1)
                        for i in range(self.n_shards)])
         return x if rows is None else x[rows]
+
+    def rows(self, hook: str, rows: slice) -> torch.Tensor:
+        """float32 ``[n, features]`` for a contiguous slice of rows, reading only the shards it touches."""
+        self._check_hook(hook)
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise InterpError(f"rows: expected a contiguous slice (step 1); given {rows!r}")
+        parts, base = [], 0
+        for i, info in enumerate(self.manifest["shards"]):
+            lo, hi = max(start, base), min(stop, base + info["rows"])
+            if lo < hi:
+                x = self.shard(i)[hook]
+                parts.append(x.reshape(x.shape[0], -1)[lo - base:hi - base].float())
+            base += info["rows"]
+        return torch.cat(parts) if parts else torch.empty(0, 0)
 
     def iter_batches(self, hook: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                      drop_last: bool = False) -> Iterator[torch.Tensor]:
