@@ -38,6 +38,7 @@ import torch
 from interp.analysis._inputs import (
     _is_int_like,
     as_tokens,
+    check_finite_output,
     check_index,
     text_lengths,
     token_str,
@@ -296,6 +297,7 @@ def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -
     names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
+    check_finite_output(model, logits)
     bi = torch.arange(batch, device=toks.device)
     pi = torch.tensor(pos, device=toks.device)
     tgt = _target_ids(model, target, logits[bi, pi])
