@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from interp.argtypes import OneLineParser, nonnegative_float, positive_int
+from interp.argtypes import OneLineParser, nonnegative_float, nonnegative_int, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (apps/, benchmarks/, models/ live here)
 DASHBOARD = ROOT / "apps" / "dashboard.py"
@@ -353,8 +353,9 @@ def _add_models(sub) -> None:
 
 def _scan_model(args):
     from interp.data.distributed import init_from_env
-    from interp.report.inputs import attach_byte_tokenizer, load_model
+    from interp.report.inputs import attach_byte_tokenizer, check_device, load_model
 
+    check_device(args.device)
     init_from_env()  # under torchrun: one rank per process (gloo on CPU, NCCL on GPU)
     device = args.device
     if device is None and os.environ.get("LOCAL_RANK") is not None:
@@ -457,16 +458,16 @@ def _add_scan(sub) -> None:
     p.add_argument("--offload-folder", default=None, help="where --device-map puts 'disk' weights")
     p.add_argument("--text-field", default="text", help="JSONL/Parquet/datasets column with the text (default text)")
     p.add_argument("--doc-sep", default=None, help="split text files into documents at this string (e.g. '\n\n')")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's n_ctx)")
-    p.add_argument("--overlap", type=int, default=None,
+    p.add_argument("--seq-len", type=positive_int, default=None, help="window length (default: the model's n_ctx)")
+    p.add_argument("--overlap", type=nonnegative_int, default=None,
                    help="context tokens each later window of a long document repeats (default seq_len/4)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--shard-docs", type=int, default=64, help="documents per shard: the unit of work and resume (default 64)")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="neurons: layers to scan (default all)")
-    p.add_argument("--k", type=int, default=10, help="neurons: contexts per neuron (default 10)")
-    p.add_argument("--window", type=int, default=10, help="neurons: tokens shown before the trigger")
-    p.add_argument("--after", type=int, default=3, help="neurons: tokens shown after the trigger")
-    p.add_argument("--show", type=int, default=10, help="neurons: strongest neurons printed (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--shard-docs", type=positive_int, default=64, help="documents per shard: the unit of work and resume (default 64)")
+    p.add_argument("--layers", type=positive_int, nargs="+", default=None, help="neurons: layers to scan (default all)")
+    p.add_argument("--k", type=positive_int, default=10, help="neurons: contexts per neuron (default 10)")
+    p.add_argument("--window", type=nonnegative_int, default=10, help="neurons: tokens shown before the trigger")
+    p.add_argument("--after", type=nonnegative_int, default=3, help="neurons: tokens shown after the trigger")
+    p.add_argument("--show", type=positive_int, default=10, help="neurons: strongest neurons printed (default 10)")
     p.add_argument("--hooks", nargs="+", default=["resid_post"],
                    help="activations/stats: hook names or per-block suffixes (default resid_post)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
