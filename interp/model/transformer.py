@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import lm_cross_entropy_loss
 
 from interp.errors import InterpError
 from interp.model.attention import Attention, KVCache
@@ -295,6 +294,7 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         prepend_bos: bool | None = None,
         padding_side: str | None = None,
         attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         attn_backend: str | None = None,
         kv_cache: KVCache | None = None,
     ):
@@ -304,7 +304,8 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         position t predicts token t+1), per position with ``loss_per_token`` ([batch, pos - 1]). Text is
         tokenized with ``prepend_bos`` / ``padding_side`` (see :mod:`interp.model.text`); a left-padded batch
         of texts gets its padding mask, and ``attention_mask`` [batch, past + pos] (1 = real token) can be
-        given for token input. Masked positions are left out of the loss. ``attn_backend`` overrides
+        given for token input. Masked positions are left out of the loss. ``labels`` [batch, pos] are explicit
+        targets for the loss (default: the tokens; -100 = ignore), as in TransformerBridge. ``attn_backend`` overrides
         ``cfg.attn_backend`` for this call; ``kv_cache`` continues a cached prefix (generation).
         """
         if return_type not in ("logits", "loss", "both", None):
@@ -338,7 +339,11 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         if return_type is None:
             return None
         mask = None if attention_mask is None else attention_mask[:, past:]
-        loss = self.loss(logits, tokens, per_token=loss_per_token, attention_mask=mask)
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != tokens.shape):
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InterpError(f"labels must be a LongTensor shaped like the tokens {list(tokens.shape)}; got {got}.")
+        targets = tokens if labels is None else labels.to(tokens.device)
+        loss = self.loss(logits, targets, per_token=loss_per_token, attention_mask=mask)
         return loss if return_type == "loss" else (logits, loss)
 
     def _check_mask(self, attention_mask, tokens: torch.Tensor, past: int) -> torch.Tensor | None:
@@ -358,11 +363,20 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
     @staticmethod
     def loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False,
              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token cross-entropy of logits [b, p, V] against tokens [b, p] (TransformerLens' formula, in
-        fp32); a prediction from or of a masked (padding) position counts 0 and is left out of the mean."""
+        """Next-token cross-entropy of logits [b, p, V] against tokens [b, p], in fp32 (TransformerLens' formula).
+
+        A prediction from or of a masked (padding) position, or of a target -100, counts 0 and is left out of
+        the mean; ``per_token`` gives [b, p - 1].
+        """
         if tokens.shape[1] < 2:
             raise InterpError("a loss needs at least 2 tokens per sequence (each position predicts the next).")
-        return lm_cross_entropy_loss(logits.float(), tokens, attention_mask, per_token)
+        targets = tokens[:, 1:]
+        valid = targets != -100
+        if attention_mask is not None:
+            valid = valid & attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1).masked_fill(~valid, 0.0)
+        return nll if per_token else nll.sum() / valid.sum()
 
     # --- caching -------------------------------------------------------------------------------
     def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False,
