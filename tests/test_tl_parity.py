@@ -255,7 +255,12 @@ def test_sampling_keywords(pair):
 # --- TransformerLens' own benchmark functions, interp as the model under test ------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_transformer_lens_benchmarks(pair, family):
-    from transformer_lens.benchmarks import activation_cache, backward_gradients, forward_pass, hook_registration
+    from transformer_lens.benchmarks import (
+        activation_cache,
+        backward_gradients,
+        forward_pass,
+        hook_registration,
+    )
 
     ours, bridge, _ = pair(family)
     with torch.no_grad():

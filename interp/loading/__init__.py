@@ -92,4 +92,4 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
     return model.to(device) if device is not None else model
 
 
-__all__ = ["load", "save_checkpoint", "load_checkpoint", "from_hf_model", "zoo_models", "default_model_name"]
+__all__ = ["default_model_name", "from_hf_model", "load", "load_checkpoint", "save_checkpoint", "zoo_models"]

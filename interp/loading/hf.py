@@ -7,7 +7,8 @@ scaling scheme, sliding-window attention, …) is refused with an error naming t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import einops
 import torch

@@ -17,8 +17,8 @@ GQA/MQA: ``n_kv_heads`` key/value heads each serve ``n_heads // n_kv_heads`` con
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
