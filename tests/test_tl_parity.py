@@ -204,6 +204,7 @@ def test_gated_hooks_match_the_bridge(pair, family):
                 assert (got - ours(TEXT)).abs().max() > 1e-4  # the edit did something
                 torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
             assert _fired(ours, set(ours.hook_dict), TEXT) == set(ours.hook_dict)
+            assert not any(module.training for module in ours.modules())  # new hook points follow eval()
         finally:
             for model in (ours, bridge):
                 getattr(model, f"set_{flag}")(False)
@@ -238,6 +239,33 @@ def test_greedy_generation_equals_transformers(pair, family):
     assert torch.equal(got, want), (got.tolist(), want.tolist())
     texts = ours.generate(TEXTS, max_new_tokens=n, do_sample=False, stop_at_eos=False, verbose=False)
     assert texts == [ours.tokenizer.decode(row, skip_special_tokens=True) for row in want]
+
+
+def test_transformer_lens_utilities_run_unchanged(pair, capsys):
+    """TransformerLens' own helpers that take a model: test_prompt prints the same, patching gives the same."""
+    from transformer_lens import patching
+    from transformer_lens.utilities import test_prompt
+
+    ours, bridge, _ = pair("gpt2")
+    printed = []
+    for model in (ours, bridge):
+        test_prompt("the cat sat on the", " mat", model, top_k=3)
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and "Rank" in printed[0]
+
+    clean, corrupt = ours.to_tokens("the cat sat on the mat"), ours.to_tokens("the dog sat on the mat")
+    answer = ours.to_single_token(" mat")
+
+    def metric(logits):
+        return logits[0, -1, answer]
+
+    results = []
+    for model in (ours, bridge):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(clean)
+            results.append(patching.get_act_patch_resid_pre(model, corrupt, cache, metric))
+    assert results[0].shape == (ours.cfg.n_layers, clean.shape[1])
+    torch.testing.assert_close(results[0], results[1], atol=ATOL, rtol=1e-5)
 
 
 def test_sampling_keywords(pair):

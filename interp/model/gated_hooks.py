@@ -54,7 +54,7 @@ def register_gated_block_hooks(block) -> None:
             owner = block.attn if name.startswith("attn.") else block
             attr = name.split(".")[-1]
             if on and not hasattr(owner, attr):
-                setattr(owner, attr, HookPoint())
+                setattr(owner, attr, HookPoint().train(owner.training))  # eval() stays eval()
             elif not on and hasattr(owner, attr):
                 getattr(owner, attr).remove_hooks("both", including_permanent=True)
                 delattr(owner, attr)

@@ -137,6 +137,8 @@ class TextMixin:
         tok = self._need_tokenizer()
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.tolist()
+        if isinstance(tokens, int):  # a 0-d tensor or a single id
+            tokens = [tokens]
         if tokens and isinstance(tokens[0], list):
             return [tok.decode(row, clean_up_tokenization_spaces=False) for row in tokens]
         return tok.decode(tokens, clean_up_tokenization_spaces=False)
