@@ -124,6 +124,15 @@ def test_logits_and_loss_match_the_bridge(pair, family):
             torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
             torch.testing.assert_close(ours(TEXTS, padding_side=side, return_type="loss"),
                                        bridge(TEXTS, padding_side=side, return_type="loss"), atol=ATOL, rtol=1e-5)
+        # stop_at_layer / start_at_layer split the forward pass where the bridge splits it
+        resid = ours(TEXT, stop_at_layer=1)
+        torch.testing.assert_close(resid, bridge(TEXT, stop_at_layer=1), atol=ATOL, rtol=0)
+        torch.testing.assert_close(resid, ours(TEXT, stop_at_layer=-ours.cfg.n_layers + 1), atol=0, rtol=0)
+        torch.testing.assert_close(ours(resid, start_at_layer=1), ours(TEXT), atol=ATOL, rtol=0)
+        torch.testing.assert_close(ours(resid, start_at_layer=1), bridge(resid, start_at_layer=1), atol=ATOL, rtol=0)
+        labels = ours.to_tokens(TEXT)
+        torch.testing.assert_close(ours(resid, start_at_layer=1, return_type="loss", labels=labels), loss,
+                                   atol=ATOL, rtol=1e-5)
         # left padding with an explicit mask on token input: each row equals that prompt run alone
         tokens = ours.to_tokens(TEXTS, padding_side="left")
         mask = ours.padding_mask(tokens, padding_side="left")
@@ -377,6 +386,9 @@ def test_bad_keywords_are_one_line_errors():
         (lambda: model.run_with_hooks("hi", fwd_hooks=[("blocks.0.hook_q_input", lambda a, hook: a)]),
          "set_use_split_qkv_input"),
         (lambda: model.set_use_attn_in(1), "set_use_attn_in"),
+        (lambda: model("hi", stop_at_layer=9), "stop_at_layer"),
+        (lambda: model(torch.tensor([[1, 2, 3]]), start_at_layer=1), "start_at_layer"),
+        (lambda: model(torch.zeros(1, 3, model.cfg.d_model), start_at_layer=1, return_type="loss"), "labels"),
     ]
     for call, word in cases:
         with pytest.raises(InterpError) as err:

@@ -295,6 +295,8 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         padding_side: str | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
         attn_backend: str | None = None,
         kv_cache: KVCache | None = None,
     ):
@@ -305,32 +307,43 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         tokenized with ``prepend_bos`` / ``padding_side`` (see :mod:`interp.model.text`); a left-padded batch
         of texts gets its padding mask, and ``attention_mask`` [batch, past + pos] (1 = real token) can be
         given for token input. Masked positions are left out of the loss. ``labels`` [batch, pos] are explicit
-        targets for the loss (default: the tokens; -100 = ignore), as in TransformerBridge. ``attn_backend`` overrides
-        ``cfg.attn_backend`` for this call; ``kv_cache`` continues a cached prefix (generation).
+        targets for the loss (default: the tokens; -100 = ignore), as in TransformerBridge. ``stop_at_layer=k``
+        returns the residual stream entering block k (negative k counts from the end); ``start_at_layer=k`` takes
+        that residual [batch, pos, d_model] as ``input`` and runs blocks k.. (a loss then needs ``labels``).
+        ``attn_backend`` overrides ``cfg.attn_backend`` for this call; ``kv_cache`` continues a cached prefix.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise InterpError(f"return_type must be 'logits', 'loss', 'both' or None; got {return_type!r}.")
-        if is_text(input):
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        if start_at_layer is not None:
+            tokens = None
+            x = self._as_residual(input)
+        elif is_text(input):
             tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
             if attention_mask is None and tokens.shape[0] > 1 and self._padding_side(padding_side) == "left":
                 attention_mask = self.padding_mask(tokens, prepend_bos, "left")
         else:
             tokens = self._as_tokens(input)
+        shape = tuple((x if tokens is None else tokens).shape[:2])
+        device = self.device
         past = 0 if kv_cache is None else kv_cache.length
-        self._check_length(past + tokens.shape[1])
-        attention_mask = self._check_mask(attention_mask, tokens, past)
+        self._check_length(past + shape[1])
+        attention_mask = self._check_mask(attention_mask, shape, past)
         if attention_mask is None:
-            positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)
+            positions = torch.arange(past, past + shape[1], device=device)
             key_mask = None
         else:  # padding: each row counts positions from its first real token, and pads are hidden
-            positions, key_mask = position_ids(attention_mask, tokens.shape[1]), attention_mask.bool()
-        x = self.hook_embed(self.embed(tokens))
-        if self.cfg.positional in ("learned", "sinusoidal"):
-            # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
-            pos = self.pos_embed(positions)
-            x = x + self.hook_pos_embed(pos if pos.ndim == 3 else pos[None].repeat(tokens.shape[0], 1, 1))
-        for block in self.blocks:
+            positions, key_mask = position_ids(attention_mask, shape[1]), attention_mask.bool()
+        if tokens is not None:
+            x = self.hook_embed(self.embed(tokens))
+            if self.cfg.positional in ("learned", "sinusoidal"):
+                # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
+                pos = self.pos_embed(positions)
+                x = x + self.hook_pos_embed(pos if pos.ndim == 3 else pos[None].repeat(shape[0], 1, 1))
+        for block in self.blocks[start:stop]:
             x = block(x, positions, kv_cache, attn_backend, key_mask)
+        if stop_at_layer is not None:
+            return x
         if self.cfg.final_norm:
             x = self.ln_final(x)
         logits = self.hook_unembed(self.unembed(x))
@@ -339,23 +352,47 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         if return_type is None:
             return None
         mask = None if attention_mask is None else attention_mask[:, past:]
-        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != tokens.shape):
+        if labels is None and tokens is None:
+            raise InterpError("a loss from start_at_layer needs labels=<token ids [batch, pos]> (there are no tokens).")
+        if labels is not None and (not isinstance(labels, torch.Tensor) or tuple(labels.shape) != shape):
             got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise InterpError(f"labels must be a LongTensor shaped like the tokens {list(tokens.shape)}; got {got}.")
-        targets = tokens if labels is None else labels.to(tokens.device)
+            raise InterpError(f"labels must be a LongTensor shaped like the tokens {list(shape)}; got {got}.")
+        targets = tokens if labels is None else labels.to(device).long()
         loss = self.loss(logits, targets, per_token=loss_per_token, attention_mask=mask)
         return loss if return_type == "loss" else (logits, loss)
 
-    def _check_mask(self, attention_mask, tokens: torch.Tensor, past: int) -> torch.Tensor | None:
-        """A 0/1 mask [batch, past + pos] on the model's device, or None when every token is real."""
+    def _layer_range(self, start_at_layer, stop_at_layer) -> tuple[int, int]:
+        """Blocks [start, stop) to run; negative layers count from the end, as in TransformerLens."""
+        n = self.cfg.n_layers
+        bounds = []
+        for name, value, default in (("start_at_layer", start_at_layer, 0), ("stop_at_layer", stop_at_layer, n)):
+            if value is None:
+                bounds.append(default)
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not -n <= value <= n:
+                raise InterpError(f"{name} must be an int in [{-n}, {n}] (n_layers={n}); got {value!r}.")
+            bounds.append(value % n if value < 0 else value)
+        return bounds[0], bounds[1]
+
+    def _as_residual(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 3 or x.shape[-1] != self.cfg.d_model:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InterpError(f"with start_at_layer, input must be the residual stream [batch, pos, "
+                              f"d_model={self.cfg.d_model}] (floating point); got {got}.")
+        return x.to(self.device, self.W_E.dtype)
+
+    def _check_mask(self, attention_mask, tokens, past: int) -> torch.Tensor | None:
+        """A 0/1 mask [batch, past + pos] on the model's device, or None when every token is real.
+        ``tokens``: the token tensor, or just its (batch, pos) shape."""
         if attention_mask is None:
             return None
-        expected = (tokens.shape[0], past + tokens.shape[1])
+        shape = tokens.shape if isinstance(tokens, torch.Tensor) else tokens
+        expected = (shape[0], past + shape[1])
         if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != expected:
             got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
             raise InterpError(f"attention_mask must be a 0/1 tensor of shape [batch, past + pos] = {list(expected)}; "
                               f"got {got}.")
-        mask = attention_mask.to(tokens.device)
+        mask = attention_mask.to(self.device)
         if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
             raise InterpError("attention_mask must hold only 0 (padding) and 1 (real token).")
         return None if bool(mask.all()) else mask.long()
