@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from forward import ROOT, _cpu_name, _loadavg, build_models, time_call  # noqa: E402  (sibling script)
+from forward import ROOT, _cpu_name, _loadavg, build_models, time_call
 
-from interp.io import atomic_write_text  # noqa: E402
+from interp.io import atomic_write_text
 
 
 def agreement(out: torch.Tensor, ref: torch.Tensor, n_prompt: int) -> int:
