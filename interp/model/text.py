@@ -16,6 +16,8 @@ The conventions are TransformerLens' (its ``TransformerBridge`` is the reference
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from transformer_lens.utilities import get_attention_mask, get_offset_position_ids
 
@@ -128,10 +130,11 @@ class TextMixin:
                      padding_side: str | None = None) -> torch.Tensor:
         """0/1 mask [batch, pos] of the real (non-pad) tokens of ``tokens`` padded on ``padding_side``
         (TransformerLens' get_attention_mask: only the leading/trailing run of pad ids is padding)."""
-        tok = self._need_tokenizer()
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.convert_ids_to_tokens(self.pad_token_id)
-        return get_attention_mask(tok, tokens, self._prepend_bos(prepend_bos), self._padding_side(padding_side))
+        bos = self._prepend_bos(prepend_bos)
+        # TL's function reads only these three fields, so token ids need no tokenizer
+        ids = SimpleNamespace(pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id if bos else None,
+                              padding_side=self._padding_side(padding_side))
+        return get_attention_mask(ids, torch.as_tensor(tokens), bos, ids.padding_side)
 
     # --- tokens -> text ---------------------------------------------------------------------------
     def to_string(self, tokens) -> str | list[str]:
