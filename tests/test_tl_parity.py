@@ -106,7 +106,7 @@ def test_logits_and_loss_match_the_bridge(pair, family):
     ours, bridge, _ = pair(family)
     with torch.no_grad():
         for bos in (None, not ours.cfg.default_prepend_bos):
-            torch.testing.assert_close(ours(TEXT, prepend_bos=bos), bridge(TEXT, prepend_bos=bos), atol=ATOL, rtol=0)
+            torch.testing.assert_close(ours(TEXT, prepend_bos=bos), bridge(TEXT, prepend_bos=bos), atol=ATOL, rtol=1e-5)
         loss, ref = ours(TEXT, return_type="loss"), bridge(TEXT, return_type="loss")
         torch.testing.assert_close(loss, ref, atol=ATOL, rtol=1e-5)
         per_token = ours(TEXT, return_type="loss", loss_per_token=True)
@@ -118,7 +118,7 @@ def test_logits_and_loss_match_the_bridge(pair, family):
             real = ours.padding_mask(tokens, padding_side=side).bool()
             assert (~real).any()  # the batch really is padded
             got, want = ours(TEXTS, padding_side=side), bridge(TEXTS, padding_side=side)
-            torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=0)
+            torch.testing.assert_close(got[real], want[real], atol=ATOL, rtol=1e-5)
             got = ours(TEXTS, padding_side=side, return_type="loss", loss_per_token=True)
             want = bridge(TEXTS, padding_side=side, return_type="loss", loss_per_token=True)
             torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
@@ -126,10 +126,10 @@ def test_logits_and_loss_match_the_bridge(pair, family):
                                        bridge(TEXTS, padding_side=side, return_type="loss"), atol=ATOL, rtol=1e-5)
         # stop_at_layer / start_at_layer split the forward pass where the bridge splits it
         resid = ours(TEXT, stop_at_layer=1)
-        torch.testing.assert_close(resid, bridge(TEXT, stop_at_layer=1), atol=ATOL, rtol=0)
-        torch.testing.assert_close(resid, ours(TEXT, stop_at_layer=-ours.cfg.n_layers + 1), atol=0, rtol=0)
-        torch.testing.assert_close(ours(resid, start_at_layer=1), ours(TEXT), atol=ATOL, rtol=0)
-        torch.testing.assert_close(ours(resid, start_at_layer=1), bridge(resid, start_at_layer=1), atol=ATOL, rtol=0)
+        torch.testing.assert_close(resid, bridge(TEXT, stop_at_layer=1), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(resid, ours(TEXT, stop_at_layer=-ours.cfg.n_layers + 1), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(ours(resid, start_at_layer=1), ours(TEXT), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(ours(resid, start_at_layer=1), bridge(resid, start_at_layer=1), atol=ATOL, rtol=1e-5)
         labels = ours.to_tokens(TEXT)
         torch.testing.assert_close(ours(resid, start_at_layer=1, return_type="loss", labels=labels), loss,
                                    atol=ATOL, rtol=1e-5)
@@ -139,7 +139,7 @@ def test_logits_and_loss_match_the_bridge(pair, family):
         batched = ours(tokens, attention_mask=mask)
         for i, text in enumerate(TEXTS):
             alone = ours(text)
-            torch.testing.assert_close(batched[i, -alone.shape[1]:], alone[0], atol=ATOL, rtol=0)
+            torch.testing.assert_close(batched[i, -alone.shape[1]:], alone[0], atol=ATOL, rtol=1e-5)
 
 
 # --- hooks ------------------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_shared_hooks_and_the_hooks_that_fire(pair, family):
     only_ours = {f"blocks.{layer}.{h}" for layer in range(ours.cfg.n_layers) for h in ONLY_OURS[family]}
     assert set(ours_d) - set(bridge_d) == only_ours  # every hook we cache, the bridge has (or it is documented)
     assert not compare_activation_dicts({k: ours_d[k] for k in shared}, {k: bridge_d[k] for k in shared}, atol=ATOL)
-    torch.testing.assert_close(ours_d["hook_unembed"], bridge_d["hook_unembed"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours_d["hook_unembed"], bridge_d["hook_unembed"], atol=ATOL, rtol=1e-5)
 
     # every hook point we register fires; those the bridge also has fire there too; the rest is documented
     names = set(ours.hook_dict)
@@ -206,12 +206,12 @@ def test_gated_hooks_match_the_bridge(pair, family):
                 _, bridge_cache = bridge.run_with_cache(TEXT, names_filter=names)
                 for name in names:
                     assert our_cache[name].shape == bridge_cache[name].shape, name
-                    torch.testing.assert_close(our_cache[name], bridge_cache[name], atol=ATOL, rtol=0)
+                    torch.testing.assert_close(our_cache[name], bridge_cache[name], atol=ATOL, rtol=1e-5)
                 # an edit through the gated hook has the same effect on both
                 fwd = [(names[0], shift)]
                 got, want = ours.run_with_hooks(TEXT, fwd_hooks=fwd), bridge.run_with_hooks(TEXT, fwd_hooks=fwd)
                 assert (got - ours(TEXT)).abs().max() > 1e-4  # the edit did something
-                torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+                torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
             assert _fired(ours, set(ours.hook_dict), TEXT) == set(ours.hook_dict)
             assert not any(module.training for module in ours.modules())  # new hook points follow eval()
         finally:
