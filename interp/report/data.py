@@ -110,9 +110,9 @@ def tokenization_table(model, prompt: str, tokens: torch.Tensor) -> pd.DataFrame
     try:
         from tokenizers import Tokenizer
 
-        from interp.tokenize import explain_tokenization
+        from interp.tokenize import backend_tokenizer, explain_tokenization
 
-        if isinstance(tok, Tokenizer):
+        if isinstance(backend_tokenizer(tok), Tokenizer):
             df = explain_tokenization(tok, prompt)
             extra = len(ids) - len(df)
             if extra >= 0 and df.token_id.tolist() == ids[extra:]:
