@@ -39,7 +39,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from interp.analysis._inputs import _is_int_like, as_tokens, check_index, model_device, str_tokens
+from interp.analysis._inputs import (
+    _is_int_like,
+    as_tokens,
+    check_index,
+    model_device,
+    str_tokens,
+    text_lengths,
+)
 from interp.analysis.neurons import _single_token_id, _W_out, final_norm_map
 from interp.errors import InterpError
 from interp.model.attention import KVCache
@@ -378,6 +385,11 @@ def _frame(model, cells: pd.DataFrame, values: torch.Tensor, clean_value, corrup
 def _pair(model, clean, corrupted):
     c = as_tokens(model, clean, name="clean")
     r = as_tokens(model, corrupted, name="corrupted")
+    for name, given, toks in (("clean", clean, c), ("corrupted", corrupted, r)):
+        lengths = set(text_lengths(model, given, toks))
+        if len(lengths) > 1:  # right-padding would move the metric's position off the text
+            raise InterpError(f"{name}: every prompt of a batch must have the same number of tokens (positions "
+                              f"line up across pairs); given lengths {sorted(lengths)}")
     if c.shape != r.shape:
         raise InterpError(
             f"corrupted: must have the clean prompt's shape {tuple(c.shape)} (same batch and token count, so "
