@@ -158,7 +158,7 @@ def test_dla_components_sum_to_the_logit(family):
         b_out = m.blocks[lay].mlp.b_out
         nm = causal.final_norm_map(m)
         _, cache = m.run_with_cache(clean[:1])
-        u = nm.direction(m.W_U[:, ANS[0]].double())
+        u = nm.direction(m.W_U[:, ANS[0]].detach().double())
         bias = 0.0 if b_out is None else float(b_out.detach().double() @ u / cache["ln_final.hook_scale"][0, -1].double())
         neurons = full[(full.kind == "neuron") & (full.layer == lay)].contribution.sum()
         mlp = full[(full.kind == "mlp") & (full.layer == lay)].contribution.item()
