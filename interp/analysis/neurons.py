@@ -49,10 +49,12 @@ from interp.errors import InterpError
 
 __all__ = [
     "answer_agreement",
+    "answer_frame",
     "final_norm_map",
     "neuron_answers",
     "neuron_contributions",
     "neuron_direction",
+    "residual_direction",
     "scan_top_contexts",
     "top_neurons",
 ]
@@ -153,6 +155,14 @@ def neuron_direction(model, layer: int, neuron: int | None = None) -> torch.Tens
     w = _W_out(model, layer).detach().double()
     if neuron is not None:
         w = w[check_index("neuron", neuron, w.shape[0])]
+    return residual_direction(model, w)
+
+
+def residual_direction(model, w: torch.Tensor) -> torch.Tensor:
+    """Residual-stream vector(s) ``w [..., d_model]`` as the final norm sees them (float64): centred over
+    ``d_model`` for LayerNorm, times the norm's weight. ``residual_direction(model, w) @ W_U`` is the logit
+    change per unit of ``w`` before the norm's positive ``1/scale``."""
+    w = w.detach().double()
     nm = final_norm_map(model)
     if nm.center:
         w = w - w.mean(-1, keepdim=True)
@@ -183,10 +193,16 @@ def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str =
     >>> df.direction.tolist(), bool(df.logit.iloc[0] >= df.logit.iloc[1])
     (['top', 'top', 'top', 'bottom', 'bottom', 'bottom'], True)
     """
+    logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
+    return answer_frame(model, logits, k, direction)
+
+
+def answer_frame(model, logits: torch.Tensor, k: int = 10, direction: str = "both") -> pd.DataFrame:
+    """The ``k`` largest (``top``) and most negative (``bottom``) entries of a ``[d_vocab]`` logit vector,
+    as ``neuron_answers`` shows them: ``token, logit, token_id, direction, rank``."""
     if direction not in ("top", "bottom", "both"):
         raise InterpError(f"direction: must be 'top', 'bottom' or 'both'; given {direction!r}")
     k = _resolve_k(k)
-    logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
     k = min(k, logits.shape[0])
     rows = []
     if direction in ("top", "both"):
@@ -478,6 +494,120 @@ def _load_frame(folder: Path, name: str) -> pd.DataFrame:
     return pd.read_json(folder / name, orient="records", lines=True)
 
 
+def _chunk_docs(docs: list[torch.Tensor], seq_len: int) -> list[tuple[int, int, torch.Tensor]]:
+    """Each document cut into chunks of at most ``seq_len`` tokens: (doc index, offset in doc, tokens)."""
+    return [(di, off, d[off : off + seq_len]) for di, d in enumerate(docs) for off in range(0, len(d), seq_len)]
+
+
+@torch.no_grad()
+def _scan_topk(model, chunks, seq_len: int, readers: dict, k: int, batch_size: int, progress: bool, desc: str):
+    """Running top-``k`` over a corpus of every unit of every reader.
+
+    ``readers`` maps a key to ``(hook_name, fn)``: the units are ``fn(activation)`` (``[batch, pos, units]``;
+    ``fn=None`` takes the hook's activation as it is). Chunks run ``batch_size`` at a time, right-padded
+    (padded positions never count). Returns ``{key: (values [k', units], global ids [k', units])}``, a
+    global id being ``chunk index * seq_len + position``; fewer than ``k`` valid positions leave -inf slots.
+    """
+    from tqdm.auto import tqdm
+
+    dev = model_device(model)
+    hooks = {name for name, _ in readers.values()}
+    best_val: dict = {}
+    best_id: dict = {}
+    for s in tqdm(range(0, len(chunks), batch_size), desc=desc, unit="batch", disable=not progress):
+        group = chunks[s : s + batch_size]
+        L = max(len(c[2]) for c in group)
+        toks = torch.zeros(len(group), L, dtype=torch.long)
+        valid = torch.zeros(len(group), L, dtype=torch.bool)
+        for i, (_, _, c) in enumerate(group):
+            toks[i, : len(c)] = c
+            valid[i, : len(c)] = True
+        toks, valid = toks.to(dev), valid.to(dev)
+        # global id of (chunk, position): chunk index * seq_len + position
+        gid = (
+            torch.arange(s, s + len(group), device=dev)[:, None] * seq_len + torch.arange(L, device=dev)
+        ).reshape(-1)
+        _, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in hooks)
+        for key, (name, fn) in readers.items():
+            act = cache[name] if fn is None else fn(cache[name])
+            act = act.float().masked_fill(~valid[..., None], float("-inf"))
+            act = act.reshape(-1, act.shape[-1])  # [rows, units]
+            # this batch's top-k first, then merge with the running top-k: O(k * units) extra memory
+            v, idx = act.topk(min(k, act.shape[0]), dim=0)
+            ids = gid[idx]
+            if key in best_val:
+                v, ids = torch.cat([best_val[key], v]), torch.cat([best_id[key], ids])
+                v, idx = v.topk(min(k, v.shape[0]), dim=0)
+                ids = ids.gather(0, idx)
+            best_val[key], best_id[key] = v, ids
+        del cache
+    return {key: (best_val[key], best_id[key]) for key in readers}
+
+
+class _ContextLabels:
+    """Turns a scan's (value, global id) pairs into rows with the trigger token and its context."""
+
+    def __init__(self, model, docs, chunks):
+        self.model, self.docs, self.chunks = model, docs, chunks
+        self.sep = "" if getattr(model, "tokenizer", None) is not None else " "
+        self._strs: dict[int, list[str]] = {}
+        self._ids: dict[int, str] = {}
+
+    def id_str(self, t: int) -> str:
+        if t not in self._ids:
+            self._ids[t] = token_str(self.model, t)
+        return self._ids[t]
+
+    def chunk_strs(self, ci: int) -> list[str]:
+        if ci not in self._strs:
+            self._strs[ci] = str_tokens(self.model, self.chunks[ci][2])
+        return self._strs[ci]
+
+    def frame(self, best, seq_len: int, window: int, after: int, const: dict, unit: str) -> pd.DataFrame:
+        """One row per (unit, rank): ``*const, {unit}, rank, activation, doc, position, token_id, token,
+        next_token_id, next_token, context``, unit-major."""
+        v, gi = best[0].cpu(), best[1].cpu()  # [kk, units]
+        kk, units = v.shape
+        unit_ids = torch.arange(units).expand(kk, units)
+        rank = torch.arange(kk)[:, None].expand(kk, units)
+        keep = torch.isfinite(v)  # fewer than k valid positions in the corpus leaves -inf slots
+        v, gi, unit_ids, rank = v.T[keep.T], gi.T[keep.T], unit_ids.T[keep.T], rank.T[keep.T]  # unit-major
+        ci_all, pos_all = (gi // seq_len).tolist(), (gi % seq_len).tolist()
+        sep = self.sep
+        docs_col, dpos, tok_id, tok_s, nxt_id, nxt_s, ctx = [], [], [], [], [], [], []
+        for ci, p in zip(ci_all, pos_all):
+            di, off, c = self.chunks[ci]
+            strs = self.chunk_strs(ci)
+            dp = off + p
+            docs_col.append(di)
+            dpos.append(dp)
+            tok_id.append(int(c[p]))
+            tok_s.append(strs[p])
+            nid = int(self.docs[di][dp + 1]) if dp + 1 < len(self.docs[di]) else -1
+            nxt_id.append(nid)
+            nxt_s.append(self.id_str(nid) if nid >= 0 else "")
+            pre = sep.join(strs[max(0, p - window) : p])
+            post = sep.join(strs[p + 1 : p + 1 + after])
+            ctx.append(
+                sep.join(x for x in (pre, f"«{strs[p]}»", post) if x) if sep else f"{pre}«{strs[p]}»{post}"
+            )
+        return pd.DataFrame(
+            {
+                **const,
+                unit: unit_ids.numpy(),
+                "rank": rank.numpy(),
+                "activation": v.double().numpy(),
+                "doc": docs_col,
+                "position": dpos,
+                "token_id": tok_id,
+                "token": tok_s,
+                "next_token_id": nxt_id,
+                "next_token": nxt_s,
+                "context": ctx,
+            }
+        )
+
+
 @torch.no_grad()
 def scan_top_contexts(
     model,
@@ -555,103 +685,13 @@ def scan_top_contexts(
             df.attrs["meta"] = old
             return df
 
-    # chunks: (doc index, offset in doc, tokens)
-    chunks = [
-        (di, off, d[off : off + seq_len]) for di, d in enumerate(docs) for off in range(0, len(d), seq_len)
-    ]
-    dev = model_device(model)
-    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layer_list}
-    best_val: dict[int, torch.Tensor] = {}
-    best_id: dict[int, torch.Tensor] = {}
-    from tqdm.auto import tqdm
-
-    starts = range(0, len(chunks), batch_size)
-    for s in tqdm(starts, desc="scanning neurons", unit="batch", disable=not progress):
-        group = chunks[s : s + batch_size]
-        L = max(len(c[2]) for c in group)
-        toks = torch.zeros(len(group), L, dtype=torch.long)
-        valid = torch.zeros(len(group), L, dtype=torch.bool)
-        for i, (_, _, c) in enumerate(group):
-            toks[i, : len(c)] = c
-            valid[i, : len(c)] = True
-        toks, valid = toks.to(dev), valid.to(dev)
-        # global id of (chunk, position): chunk index * seq_len + position
-        gid = (
-            torch.arange(s, s + len(group), device=dev)[:, None] * seq_len + torch.arange(L, device=dev)
-        ).reshape(-1)
-        with torch.no_grad():
-            _, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
-        for name, layer in names.items():
-            act = cache[name].float().masked_fill(~valid[..., None], float("-inf"))
-            act = act.reshape(-1, act.shape[-1])  # [rows, d_mlp]
-            # this batch's top-k first, then merge with the running top-k: O(k * d_mlp) extra memory
-            v, idx = act.topk(min(k, act.shape[0]), dim=0)
-            ids = gid[idx]
-            if layer in best_val:
-                v, ids = torch.cat([best_val[layer], v]), torch.cat([best_id[layer], ids])
-                v, idx = v.topk(min(k, v.shape[0]), dim=0)
-                ids = ids.gather(0, idx)
-            best_val[layer], best_id[layer] = v, ids
-        del cache
-
-    strs_cache: dict[int, list[str]] = {}
-    id_strs: dict[int, str] = {}
-
-    def id_str(t: int) -> str:
-        if t not in id_strs:
-            id_strs[t] = token_str(model, t)
-        return id_strs[t]
-
-    sep = "" if getattr(model, "tokenizer", None) is not None else " "
-
-    def chunk_strs(ci: int) -> list[str]:
-        if ci not in strs_cache:
-            strs_cache[ci] = str_tokens(model, chunks[ci][2])
-        return strs_cache[ci]
-
+    chunks = _chunk_docs(docs, seq_len)
+    readers = {layer: (f"blocks.{layer}.mlp.hook_post", None) for layer in layer_list}
+    best = _scan_topk(model, chunks, seq_len, readers, k, batch_size, progress, "scanning neurons")
+    labels = _ContextLabels(model, docs, chunks)
     frames = []
     for layer in layer_list:
-        v, gi = best_val[layer].cpu(), best_id[layer].cpu()  # [kk, d_mlp]
-        kk, d_mlp = v.shape
-        neuron = torch.arange(d_mlp).expand(kk, d_mlp)
-        rank = torch.arange(kk)[:, None].expand(kk, d_mlp)
-        keep = torch.isfinite(v)  # fewer than k valid positions in the corpus leaves -inf slots
-        v, gi, neuron, rank = v.T[keep.T], gi.T[keep.T], neuron.T[keep.T], rank.T[keep.T]  # neuron-major
-        ci_all, pos_all = (gi // seq_len).tolist(), (gi % seq_len).tolist()
-        docs_col, dpos, tok_id, tok_s, nxt_id, nxt_s, ctx = [], [], [], [], [], [], []
-        for ci, p in zip(ci_all, pos_all):
-            di, off, c = chunks[ci]
-            strs = chunk_strs(ci)
-            dp = off + p
-            docs_col.append(di)
-            dpos.append(dp)
-            tok_id.append(int(c[p]))
-            tok_s.append(strs[p])
-            nid = int(docs[di][dp + 1]) if dp + 1 < len(docs[di]) else -1
-            nxt_id.append(nid)
-            nxt_s.append(id_str(nid) if nid >= 0 else "")
-            pre = sep.join(strs[max(0, p - window) : p])
-            post = sep.join(strs[p + 1 : p + 1 + after])
-            ctx.append(
-                sep.join(x for x in (pre, f"«{strs[p]}»", post) if x) if sep else f"{pre}«{strs[p]}»{post}"
-            )
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "neuron": neuron.numpy(),
-                    "rank": rank.numpy(),
-                    "activation": v.double().numpy(),
-                    "doc": docs_col,
-                    "position": dpos,
-                    "token_id": tok_id,
-                    "token": tok_s,
-                    "next_token_id": nxt_id,
-                    "next_token": nxt_s,
-                    "context": ctx,
-                }
-            )
-        )
+        frames.append(labels.frame(best[layer], seq_len, window, after, {"layer": layer}, unit="neuron"))
     df = pd.concat(frames, ignore_index=True)
     if folder is not None:
         meta["data"] = _save_frame(df, folder)
