@@ -328,7 +328,7 @@ def test_train_from_model_and_disk_sources(tmp_path, tiny):
     torch.testing.assert_close(acts, cache[HOOK].reshape(-1, 16))
     save_file({"activations": acts[:200].contiguous()}, str(tmp_path / "a.safetensors"))
     save_file({"activations": acts[200:].contiguous()}, str(tmp_path / "b.safetensors"))
-    opts = dict(steps=30, batch_size=32, progress=False, seed=2)
+    opts = {"steps": 30, "batch_size": 32, "progress": False, "seed": 2}
     from_disk = train_sae(tmp_path, 32, "topk", k=4, **opts)
     from_model = train_sae((tiny, HOOK, toks), 32, "topk", k=4, **opts)
     assert from_model.cfg.hook_name == HOOK and from_model.cfg.metadata["model_name"] == "tiny"
@@ -340,7 +340,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     from interp.analysis.sae import train as train_mod
 
     x, _ = planted(n=3000, seed=4)
-    opts = dict(steps=40, batch_size=128, checkpoint_every=20, progress=False, log_every=10)
+    opts = {"steps": 40, "batch_size": 128, "checkpoint_every": 20, "progress": False, "log_every": 10}
     full = train_sae(x, 64, "topk", k=3, checkpoint_dir=tmp_path / "full", **opts)
 
     real = train_mod._Trainer.train_step
@@ -423,9 +423,41 @@ def test_decoder_orthogonality_against_random_baseline():
     row = decoder_orthogonality(sae, max_pairs=20_000).iloc[0]
     assert row["set"] == "W_dec" and row["count"] == 256 and row["dim"] == 32
     assert abs(row.mean_abs_cos - row.baseline_mean_abs_cos) < 0.1 * row.baseline_mean_abs_cos
-    x, dirs = planted(n_dirs=64, d=32)
+    _x, dirs = planted(n_dirs=64, d=32)
     planted_sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="relu"))
     with torch.no_grad():
-        planted_sae.W_dec.copy_(torch.cat([dirs, -dirs[:0]]))
+        planted_sae.W_dec.copy_(dirs)
     assert decoder_orthogonality(planted_sae).mean_abs_cos.iloc[0] == pytest.approx(
         float((dirs @ dirs.T).abs().triu(1).sum() / (64 * 63 / 2)), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_cli_train_eval_features(tmp_path, capsys):
+    from interp.cli import main
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "m"
+    HookedDecoder(DecoderConfig(d_vocab=256, n_ctx=32, d_model=16, n_layers=1, n_heads=2, name="cli")).save(model_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"paragraph {i}: the cat sat on the mat and looked at {i}" for i in range(40)))
+    out = tmp_path / "sae"
+    base = ["--model", str(model_dir), "--corpus", str(corpus), "--quiet"]
+    rc = main(["sae", "train", *base, "--out", str(out), "--steps", "20", "--batch-size", "64", "--d-sae", "32",
+               "--k", "2"])
+    assert rc == 0 and (out / "cfg.json").is_file() and (out / "eval.json").is_file()
+    metrics = json.loads((out / "eval.json").read_text())
+    assert metrics["n_tokens"] > 0 and metrics["l0"] <= 2
+    rc = main(["sae", "eval", "--sae", str(out), *base, "--json", str(tmp_path / "e.json")])
+    tables = json.loads((tmp_path / "e.json").read_text())
+    assert rc == 0 and {r["metric"] for r in tables["evaluation"]} >= {"l0", "fve", "ce_loss_recovered"}
+    rc = main(["sae", "features", "--sae", str(out), *base, "--feature", "0", "1", "--json", str(tmp_path / "f.json")])
+    tables = json.loads((tmp_path / "f.json").read_text())
+    assert rc == 0 and {r["feature"] for r in tables["logit effects"]} == {0, 1}
+    capsys.readouterr()
+    assert main(["sae", "eval", "--sae", str(tmp_path / "nope"), *base]) == 2
+    assert "not an SAE folder" in capsys.readouterr().err
+    assert main(["sae", "train", *base, "--out", str(out), "--steps", "20", "--d-sae", "48"]) == 2
+    assert "--force" in capsys.readouterr().err

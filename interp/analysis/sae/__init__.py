@@ -19,7 +19,14 @@ SAE takes a layer's activations apart into such directions. The modules:
 torch.Size([16, 64])
 """
 
-from interp.analysis.sae.evaluate import SAEEval, ce_loss_recovered, evaluate_sae, sae_hook, sae_metrics, splice_sae
+from interp.analysis.sae.evaluate import (
+    SAEEval,
+    ce_loss_recovered,
+    evaluate_sae,
+    sae_hook,
+    sae_metrics,
+    splice_sae,
+)
 from interp.analysis.sae.features import (
     decoder_angle_samples,
     decoder_orthogonality,
