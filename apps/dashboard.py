@@ -201,6 +201,17 @@ def show(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
     st.dataframe(view, hide_index=True, key=key, **kwargs)
 
 
+def show_answers(ans: pd.DataFrame, key: str, raises: str) -> None:
+    """A ``neuron_answers``-shaped frame side by side: the tokens raised and the tokens lowered."""
+    a1, a2 = st.columns(2)
+    with a1:
+        st.caption(raises)
+        show(ans[ans.direction == "top"][["rank", "token", "token_id", "logit"]], key=f"{key}_top")
+    with a2:
+        st.caption("tokens it lowers")
+        show(ans[ans.direction == "bottom"][["rank", "token", "token_id", "logit"]], key=f"{key}_bottom")
+
+
 def plot(fig, key: str) -> None:
     st.plotly_chart(fig, key=key, config={"displaylogo": False})
 
@@ -355,13 +366,7 @@ def page_neurons(spec: str, prompt: str) -> None:
     pick = st.selectbox("neuron", listed, key="neuron_pick")
     layer, neuron = (int(x) for x in pick[1:].split("N"))
     ans = neuron_answers(spec, layer, neuron, 10)
-    a1, a2 = st.columns(2)
-    with a1:
-        st.caption("tokens it raises (logit per unit activation)")
-        show(ans[ans.direction == "top"][["rank", "token", "token_id", "logit"]], key="answers_top")
-    with a2:
-        st.caption("tokens it lowers")
-        show(ans[ans.direction == "bottom"][["rank", "token", "token_id", "logit"]], key="answers_bottom")
+    show_answers(ans, "answers", "tokens it raises (logit per unit activation)")
     with st.expander("Top contexts: where does it fire?"):
         corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="corpus", height=150)
         if st.button("Scan corpus", key="scan"):
@@ -452,14 +457,8 @@ def page_sae(spec: str, prompt: str) -> None:
     feature = int(f1.number_input("feature", 0, sae.cfg.d_sae - 1, default, key="sae_feature"))
     k = int(f2.slider("tokens", 3, 30, 10, key="sae_logit_k"))
     try:
-        eff = sae_logit_effects(spec, path, feature, k)
-        a1, a2 = st.columns(2)
-        with a1:
-            st.caption("tokens it raises (centred logit per unit activation)")
-            show(eff[eff.direction == "top"][["rank", "token", "token_id", "logit"]], key="sae_logits_top")
-        with a2:
-            st.caption("tokens it lowers")
-            show(eff[eff.direction == "bottom"][["rank", "token", "token_id", "logit"]], key="sae_logits_bottom")
+        show_answers(sae_logit_effects(spec, path, feature, k), "sae_logits",
+                     "tokens it raises (centred logit per unit activation)")
     except InterpError as e:  # a hook that does not write to the residual stream has no logit effects
         st.caption(str(e))
     with st.expander("Top contexts: where does it fire?"):

@@ -171,18 +171,22 @@ def _train(args) -> int:
     return train_main(args.rest)
 
 
+def _add_delegate(sub, name: str, help: str, description: str, examples: tuple, rest: str, func) -> None:
+    """A subcommand whose arguments all go to another module's own parser (``interp NAME COMMAND ...``)."""
+    p = sub.add_parser(name, help=help, formatter_class=_RAW, description=description, epilog=_examples(*examples))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=rest)
+    p.set_defaults(func=func)
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="tokenize a corpus, train a model, export it to the zoo (interp.train)", formatter_class=_RAW,
-        description="Training, delegated to interp.train: `prepare` (tokenizer + token files), `fit` (train or "
-                    "resume), `export` (write a model folder). `interp train COMMAND --help` lists each "
-                    "command's options.",
-        epilog=_examples(
-            "interp train prepare data/corpus/corpus.jsonl --tokenizer data/tokenizer.json --out data/tokens",
-            "interp train fit --data data/tokens --out runs/demo --steps 2000 --d-model 128 --positional rotary",
-            "interp train export runs/demo --to models/my-model"))
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for interp.train (prepare | fit | export ...)")
-    p.set_defaults(func=_train)
+    _add_delegate(
+        sub, "train", "tokenize a corpus, train a model, export it to the zoo (interp.train)",
+        "Training, delegated to interp.train: `prepare` (tokenizer + token files), `fit` (train or resume), "
+        "`export` (write a model folder). `interp train COMMAND --help` lists each command's options.",
+        ("interp train prepare data/corpus/corpus.jsonl --tokenizer data/tokenizer.json --out data/tokens",
+         "interp train fit --data data/tokens --out runs/demo --steps 2000 --d-model 128 --positional rotary",
+         "interp train export runs/demo --to models/my-model"),
+        "arguments for interp.train (prepare | fit | export ...)", _train)
 
 
 def _sae(args) -> int:
@@ -192,16 +196,14 @@ def _sae(args) -> int:
 
 
 def _add_sae(sub) -> None:
-    p = sub.add_parser(
-        "sae", help="sparse autoencoders: train, eval, features (interp.analysis.sae)", formatter_class=_RAW,
-        description="Sparse autoencoders on a hook's activations (TopK, ReLU+L1, JumpReLU; SAELens' format): "
-                    "`train` (checkpoints resume, --time-budget), `eval` (L0, variance explained, CE loss "
-                    "recovered, dead/dense latents), `features` (top contexts, logit effects). "
-                    "`interp sae COMMAND --help` lists each command's options.",
-        epilog=_examples("interp sae train --out runs/sae --time-budget 540", "interp sae eval --sae runs/sae",
-                         "interp sae features --sae runs/sae --feature 3 17"))
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="train | eval | features and their options")
-    p.set_defaults(func=_sae)
+    _add_delegate(
+        sub, "sae", "sparse autoencoders: train, eval, features (interp.analysis.sae)",
+        "Sparse autoencoders on a hook's activations (TopK, ReLU+L1, JumpReLU; SAELens' format): `train` "
+        "(checkpoints resume, --time-budget), `eval` (L0, variance explained, CE loss recovered, dead/dense "
+        "latents), `features` (top contexts, logit effects). `interp sae COMMAND --help` lists each command's options.",
+        ("interp sae train --out runs/sae --time-budget 540", "interp sae eval --sae runs/sae",
+         "interp sae features --sae runs/sae --feature 3 17"),
+        "train | eval | features and their options", _sae)
 
 
 def _benchmarks() -> list[str]:
