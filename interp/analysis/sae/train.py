@@ -299,8 +299,9 @@ def train_sae(
     meta = {**src.metadata, **(metadata or {})}
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=opts["k"],
                     jumprelu_bandwidth=opts["bandwidth"], metadata=meta)
-    torch.manual_seed(seed)
-    sae = SAE(cfg).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        sae = SAE(cfg).to(device)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = None
     if folder is not None and (folder / STATE_JSON).is_file():
