@@ -4,8 +4,9 @@
     python benchmarks/sae.py --archs topk --budget 120 --out benchmarks/results/sae-quick.json
 
 For each architecture, ``train_sae`` runs with its defaults (d_sae = 8 x d_model, batch 1024) on the
-activations of ``--hook`` over the first 90 % of the model folder's ``heldout.txt``, stopping at ``--budget``
-seconds of training (activation gathering not included), and is evaluated on the last 10 %: L0, fraction of
+activations of ``--hook`` over the first 90 % of the model folder's ``heldout.txt`` for ``--steps`` steps or
+``--budget`` seconds of training, whichever comes first (activation gathering not included; the learning-rate
+schedule follows whichever runs out first), and is evaluated on the last 10 %: L0, fraction of
 variance explained, CE loss recovered (zero-ablation baseline), dead and dense latents.
 
 The peer, measured in the same run on the same held-out activations: the dense rank-L reconstruction by
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--hook", default="blocks.0.hook_resid_post")
     p.add_argument("--archs", default="topk,relu,jumprelu")
     p.add_argument("--budget", type=float, default=540.0, help="training seconds per architecture (default 540)")
+    p.add_argument("--steps", type=int, default=3000, help="planned steps per architecture (default 3000; the "
+                                                           "schedule ends at --budget if that comes first)")
     p.add_argument("--expansion", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu")
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
     rows = []
     for arch in args.archs.split(","):
         t0 = time.perf_counter()
-        sae = train_sae(acts.to(args.device), d_sae, arch, time_budget=args.budget, device=args.device,
+        sae = train_sae(acts.to(args.device), d_sae, arch, steps=args.steps, time_budget=args.budget, device=args.device,
                         metadata={"hook_name": args.hook}, progress=False)
         train_s = time.perf_counter() - t0
         ev = evaluate_sae(model, sae, held_docs)
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "sae", "device": args.device, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "dtype": "float32", "model": model.cfg.name, "hook": args.hook,
               "d_in": int(acts.shape[-1]), "d_sae": d_sae, "train_tokens": int(acts.shape[0]),
-              "gather_activations_s": gather_s, "budget_s": args.budget, "rows": rows,
+              "gather_activations_s": gather_s, "budget_s": args.budget, "planned_steps": args.steps, "rows": rows,
               "date": time.strftime("%Y-%m-%d")}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

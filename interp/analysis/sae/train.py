@@ -52,7 +52,7 @@ STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 # Per-architecture defaults, chosen on the shipped model's residual stream (benchmarks/sae.py).
 DEFAULTS = {
     "relu": {"lr": 3e-3, "l1_coefficient": 2.0},
-    "topk": {"lr": 1e-3},
+    "topk": {"lr": 3e-3},
     "jumprelu": {"lr": 3e-3, "l0_coefficient": 0.2, "bandwidth": 0.05, "init_threshold": 1.0},
 }
 
