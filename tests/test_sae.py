@@ -96,7 +96,8 @@ ARCH_OPTIONS = {
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
 def test_planted_dictionary_recovered(arch):
     x, dirs = planted()
-    sae = train_sae(x, 128, arch, steps=800, batch_size=256, seed=0, progress=False, **ARCH_OPTIONS[arch])
+    steps = 300 if arch == "topk" else 800
+    sae = train_sae(x, 128, arch, steps=steps, batch_size=256, seed=0, progress=False, **ARCH_OPTIONS[arch])
     assert recovery(sae, dirs) >= 0.9
     m = sae_metrics(sae, x)
     assert m["fve"] > 0.7 and m["l0"] < 16
@@ -105,14 +106,15 @@ def test_planted_dictionary_recovered(arch):
 def test_toy_model_features_recovered():
     from interp.analysis.superposition import train_toy_model
 
-    toy = train_toy_model(n_features=12, d_hidden=4, feature_probability=0.05, importance=0.9, steps=1500, seed=0)
+    toy = train_toy_model(n_features=12, d_hidden=4, feature_probability=0.05, importance=0.9, steps=600, seed=0,
+                          batch_size=512)
     w = torch.tensor(toy.W)  # [d_hidden, n_features]
     represented = torch.tensor(toy.feature_norms > 0.5)
     assert int(represented.sum()) > 4  # superposition: more features stored than dimensions
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(20_000, 12, generator=g) < 0.05) * torch.rand(20_000, 12, generator=g)
     h = (x.double() @ w.T).float()  # the toy model's hidden layer
-    sae = train_sae(h, 24, "topk", k=1, steps=800, batch_size=256, progress=False)
+    sae = train_sae(h, 24, "topk", k=1, steps=400, batch_size=256, progress=False)
     true = (w.T / w.T.norm(dim=-1, keepdim=True).clamp_min(1e-12))[represented]
     assert recovery(sae, true) >= 0.9
 

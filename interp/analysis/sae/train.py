@@ -141,7 +141,7 @@ class _Trainer:
         scale = min(n_dead / (self.sae.d_in // 2 or 1), 1.0)
         return self.opts["aux_coefficient"] * scale * (aux_recon - residual).pow(2).sum(-1).mean()
 
-    def train_step(self, x: torch.Tensor, frac: float) -> dict:
+    def train_step(self, x: torch.Tensor, frac: float, want_stats: bool = True) -> dict | None:
         sae = self.sae
         for g in self.opt.param_groups:
             g["lr"] = self.opts["lr"] * _schedule(frac)
@@ -158,6 +158,8 @@ class _Trainer:
             fired = (f > 0).any(0)
             self.since_fired += x.shape[0]
             self.since_fired[fired] = 0
+            if not want_stats:
+                return None
             total = (x - x.mean(0)).pow(2).sum()
             return {"loss": float(loss), "mse": float(mse), "fve": float(1 - err.pow(2).sum() / total),
                     "l0": float((f > 0).float().sum(-1).mean()),
@@ -349,10 +351,11 @@ def train_sae(
             frac = trainer.step / steps
             if time_budget is not None:  # the schedule follows whichever runs out first, steps or time
                 frac = max(frac, (time.perf_counter() - start) / time_budget)
-            stats = trainer.train_step(x, min(frac, 1.0))
+            log = (trainer.step + 1) % log_every == 0 or trainer.step + 1 == steps
+            stats = trainer.train_step(x, min(frac, 1.0), want_stats=log)
             trainer.step += 1
             trainer.elapsed = time.perf_counter() - start
-            if trainer.step % log_every == 0 or trainer.step == steps:
+            if log:
                 trainer.history.append({"step": trainer.step, "tokens": trainer.step * batch_size,
                                         "elapsed_s": trainer.elapsed, **stats})
                 bar.set_postfix(loss=f"{stats['loss']:.3g}", fve=f"{stats['fve']:.3f}", l0=f"{stats['l0']:.1f}",
