@@ -163,10 +163,11 @@ def sae_logit_effects(spec: str, sae_path: str, feature: int, k: int) -> pd.Data
 def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int) -> pd.DataFrame:
     from interp.analysis.sae import feature_top_contexts
 
-    docs = [d for d in corpus.split("\n") if d.strip()]
+    model = get_model(spec)
+    docs = [model.to_tokens(d)[0].cpu() for d in corpus.split("\n") if d.strip()]  # bytes without a tokenizer
     if not docs:
         raise InterpError("corpus: give at least one non-empty line of text to scan.")
-    return feature_top_contexts(get_model(spec), get_sae(sae_path), docs, features=[feature], k=k, window=8)
+    return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
 
 
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)

@@ -91,15 +91,15 @@ def main(argv=None) -> int:
 
     from interp.analysis.sae import evaluate_sae, model_activations, train_sae
     from interp.report.inputs import load_model
-    from interp.report.sae import _docs, read_corpus
+    from interp.report.sae import documents, read_corpus
 
     out = Path(args.out) if args.out else _free_path(args.device)
     if out.exists() and not args.force:
         print(f"{out} exists; pass --force to overwrite", file=sys.stderr)
         return 2
     model = load_model(args.model, device=args.device)
-    train_docs = _docs(read_corpus(model, None, "train", 0.1))
-    held_docs = _docs(read_corpus(model, None, "eval", 0.1))
+    train_docs = documents(model, read_corpus(model, None, "train", 0.1))
+    held_docs = documents(model, read_corpus(model, None, "eval", 0.1))
     t0 = time.perf_counter()
     acts = model_activations(model, args.hook, train_docs)
     gather_s = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from interp.report.inputs import encode_prompt, load_model
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "dashboard.py")
-PROMPT = "the cat sat on the mat"
+PROMPT = "t3 t4 t5 t6 t7 t8 t3 t4"  # words of the word-level test tokenizer
 HOOK = "blocks.1.hook_resid_pre"
 
 
@@ -26,7 +26,11 @@ def folders(tmp_path_factory):
 
     torch.manual_seed(1)
     root = tmp_path_factory.mktemp("dash_sae")
-    HookedDecoder(DecoderConfig(d_vocab=256, n_ctx=48, d_model=32, n_layers=2, n_heads=2, name="t")).save(root / "m")
+    from conftest import VOCAB, word_level_tokenizer
+
+    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=48, d_model=32, n_layers=2, n_heads=2, name="t"))
+    model.tokenizer = word_level_tokenizer()  # unknown words of the page's sample corpus read as t0
+    model.save(root / "m")
     sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4, metadata={"hook_name": HOOK}))
     with torch.no_grad():
         sae.b_enc.add_(0.1 * torch.randn(64))

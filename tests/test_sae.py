@@ -440,11 +440,17 @@ def test_decoder_orthogonality_against_random_baseline():
 def test_cli_train_eval_features(tmp_path, capsys):
     from interp.cli import main
 
+    from conftest import VOCAB, word_level_tokenizer
+
     torch.manual_seed(0)
     model_dir = tmp_path / "m"
-    HookedDecoder(DecoderConfig(d_vocab=256, n_ctx=32, d_model=16, n_layers=1, n_heads=2, name="cli")).save(model_dir)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"paragraph {i}: the cat sat on the mat and looked at {i}" for i in range(40)))
+    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=1, n_heads=2, name="cli"))
+    model.tokenizer = word_level_tokenizer()
+    model.save(model_dir)
+    g = torch.Generator().manual_seed(0)
+    corpus = tmp_path / "corpus.txt"  # paragraphs of words t2 ... t95 (the word-level tokenizer's vocabulary)
+    corpus.write_text("\n\n".join(" ".join(f"t{int(i)}" for i in torch.randint(2, VOCAB, (12,), generator=g))
+                                   for _ in range(40)))
     out = tmp_path / "sae"
     base = ["--model", str(model_dir), "--corpus", str(corpus), "--quiet"]
     rc = main(["sae", "train", *base, "--out", str(out), "--steps", "20", "--batch-size", "64", "--d-sae", "32",

@@ -17,7 +17,7 @@ import pandas as pd
 
 from interp.errors import InterpError
 
-__all__ = ["build_parser", "main", "read_corpus"]
+__all__ = ["build_parser", "documents", "main", "read_corpus"]
 
 _RAW = argparse.RawDescriptionHelpFormatter
 DEFAULT_HOOK = "blocks.0.hook_resid_post"
@@ -50,9 +50,10 @@ def read_corpus(model, path: str | None, part: str, eval_fraction: float) -> str
     return out
 
 
-def _docs(text: str) -> list[str]:
-    # the shipped corpus separates documents by blank lines; keep paragraphs as documents
-    return [d for d in text.split("\n\n") if d.strip()]
+def documents(model, text: str) -> list:
+    """Paragraphs (the shipped corpus separates documents by blank lines) as token ids: ``model.to_tokens``
+    also reads text for a model without a tokenizer (as bytes)."""
+    return [model.to_tokens(d)[0].cpu() for d in text.split("\n\n") if d.strip()]
 
 
 def _model_for(args, sae=None):
@@ -90,7 +91,7 @@ def _train(args) -> int:
     d_sae = args.d_sae or (args.expansion * d_in if d_in else None)
     if d_sae is None:
         raise InterpError(f"--d-sae: give the number of latents for hook {args.hook!r}")
-    sae = train_sae((model, args.hook, _docs(text)), d_sae, args.architecture, k=args.k, steps=args.steps,
+    sae = train_sae((model, args.hook, documents(model, text)), d_sae, args.architecture, k=args.k, steps=args.steps,
                     batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
                     time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,
                     device=args.device, progress=not args.quiet)
@@ -100,7 +101,7 @@ def _train(args) -> int:
              + (" — stopped at the time budget" if getattr(sae, "stopped_early", False) else "")]
     if args.eval_fraction > 0:
         held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
-        ev = evaluate_sae(model, sae, _docs(held), progress=not args.quiet)
+        ev = evaluate_sae(model, sae, documents(model, held), progress=not args.quiet)
         tables["held-out evaluation"] = ev.table()
         write_text(out / "eval.json", json.dumps(ev.metrics, indent=1) + "\n", True)
     _out(tables, args, notes)
@@ -121,7 +122,7 @@ def _eval(args) -> int:
 
     sae, model = _load(args)
     text = read_corpus(model, args.corpus, "eval" if args.corpus is None else "all", args.eval_fraction)
-    ev = evaluate_sae(model, sae, _docs(text), max_tokens=args.max_tokens, progress=not args.quiet)
+    ev = evaluate_sae(model, sae, documents(model, text), max_tokens=args.max_tokens, progress=not args.quiet)
     orth = decoder_orthogonality(sae)
     cols = ["count", "dim", "mean_abs_cos", "baseline_mean_abs_cos", "max_abs_cos", "baseline_max_abs_cos",
             "frac_within_tol", "baseline_frac_within_tol"]
@@ -136,7 +137,7 @@ def _features(args) -> int:
 
     sae, model = _load(args)
     text = read_corpus(model, args.corpus, "eval" if args.corpus is None else "all", args.eval_fraction)
-    docs = _docs(text)
+    docs = documents(model, text)
     feats = args.feature
     if not feats:  # the most frequently firing live latents
         lat = evaluate_sae(model, sae, docs, max_tokens=20_000).latents
