@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from interp.argtypes import OneLineParser, nonnegative_float, positive_int
 from interp.errors import InterpError
 
 __all__ = ["build_parser", "documents", "main", "read_corpus"]
@@ -161,7 +162,7 @@ def _features(args) -> int:
 
 
 def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=prog, formatter_class=_RAW,
         description="Sparse autoencoders: train one on a hook's activations, evaluate it, look at its features.",
         epilog="examples:\n  interp sae train --out runs/sae-resid0 --time-budget 540\n"
@@ -176,41 +177,41 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
         q.add_argument("--hook", default=None if sae else DEFAULT_HOOK,
                        help=f"hook name (default: the SAE's own{'' if sae else '; train: ' + DEFAULT_HOOK})")
         q.add_argument("--corpus", default=None, help="text file (default: the model folder's heldout.txt)")
-        q.add_argument("--eval-fraction", type=float, default=0.1,
+        q.add_argument("--eval-fraction", type=nonnegative_float, default=0.1,
                        help="tail of the default corpus held out for evaluation (default 0.1)")
         q.add_argument("--device", default=None, help="torch device, e.g. cuda")
         q.add_argument("--json", default=None, help="also write the tables to this JSON file")
         q.add_argument("--force", action="store_true", help="overwrite existing output")
-        q.add_argument("--rows", type=int, default=20, help="rows shown per table (default 20)")
+        q.add_argument("--rows", type=positive_int, default=20, help="rows shown per table (default 20)")
         q.add_argument("--quiet", action="store_true", help="no progress bars or tables")
 
     t = sub.add_parser("train", help="train an SAE (checkpoints resume; stops at --time-budget)", formatter_class=_RAW)
     common(t, False)
     t.add_argument("--out", required=True, help="output folder: the SAE and its resumable checkpoints")
     t.add_argument("--architecture", choices=("topk", "relu", "jumprelu"), default="topk")
-    t.add_argument("--d-sae", type=int, default=None, help="latents (default: --expansion x d_model)")
-    t.add_argument("--expansion", type=int, default=8, help="latents per input dimension (default 8)")
-    t.add_argument("--k", type=int, default=None, help="TopK: active latents per token (default d_in/8)")
-    t.add_argument("--l1", type=float, default=None, help="ReLU: L1 coefficient")
-    t.add_argument("--l0", type=float, default=None, help="JumpReLU: L0 coefficient")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: 10 passes, >= 1000)")
-    t.add_argument("--batch-size", type=int, default=1024)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds (checkpointed)")
+    t.add_argument("--d-sae", type=positive_int, default=None, help="latents (default: --expansion x d_model)")
+    t.add_argument("--expansion", type=positive_int, default=8, help="latents per input dimension (default 8)")
+    t.add_argument("--k", type=positive_int, default=None, help="TopK: active latents per token (default d_in/8)")
+    t.add_argument("--l1", type=nonnegative_float, default=None, help="ReLU: L1 coefficient")
+    t.add_argument("--l0", type=nonnegative_float, default=None, help="JumpReLU: L0 coefficient")
+    t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 10 passes, >= 1000)")
+    t.add_argument("--batch-size", type=positive_int, default=1024)
+    t.add_argument("--lr", type=nonnegative_float, default=None)
+    t.add_argument("--time-budget", type=nonnegative_float, default=None, help="stop after this many seconds (checkpointed)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="L0, variance explained, CE loss recovered, dead/dense latents", formatter_class=_RAW)
     common(e, True)
-    e.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
+    e.add_argument("--max-tokens", type=positive_int, default=None, help="stop after this many tokens")
     e.set_defaults(func=_eval)
 
     f = sub.add_parser("features", help="features' top contexts and logit effects", formatter_class=_RAW)
     common(f, True)
     f.add_argument("--feature", type=int, nargs="+", default=None, help="feature indices (default: --top most frequent)")
-    f.add_argument("--top", type=int, default=5, help="how many features when --feature is not given (default 5)")
-    f.add_argument("--k", type=int, default=5, help="contexts per feature (default 5)")
-    f.add_argument("--logits", type=int, default=5, help="tokens raised and lowered per feature (default 5)")
+    f.add_argument("--top", type=positive_int, default=5, help="how many features when --feature is not given (default 5)")
+    f.add_argument("--k", type=positive_int, default=5, help="contexts per feature (default 5)")
+    f.add_argument("--logits", type=positive_int, default=5, help="tokens raised and lowered per feature (default 5)")
     f.set_defaults(func=_features)
     return p
 
