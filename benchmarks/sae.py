@@ -42,6 +42,16 @@ def _free_path(device: str) -> Path:
     return path
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @torch.no_grad()
 def pca_peer(model, hook: str, train_acts: torch.Tensor, held_docs, rank: int) -> dict:
     """FVE and CE recovered of projecting the hook onto the top-``rank`` principal components (plus mean)."""
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
               f"(PCA-{r['pca_rank']} {r['pca_fve']:.3f})  CE rec {r['ce_loss_recovered']:.3f} "
               f"(PCA {r['pca_ce_loss_recovered']:.3f})  dead {r['dead_frac']:.3f}  dense {r['dense_frac']:.3f}",
               flush=True)
-    result = {"benchmark": "sae", "device": args.device, "cpu": platform.processor() or platform.machine(),
+    result = {"benchmark": "sae", "device": args.device, "cpu": _cpu_name(),
               "threads": torch.get_num_threads(), "dtype": "float32", "model": model.cfg.name, "hook": args.hook,
               "d_in": int(acts.shape[-1]), "d_sae": d_sae, "train_tokens": int(acts.shape[0]),
               "gather_activations_s": gather_s, "budget_s": args.budget, "planned_steps": args.steps, "rows": rows,
