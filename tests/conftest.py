@@ -11,6 +11,7 @@ weight from a correct mapping.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -177,3 +178,21 @@ def assert_close_to_scale(actual, expected, rtol: float = 1e-5, msg=None) -> Non
     actual = torch.as_tensor(actual)
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30), msg=msg)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Temporarily run torch on ``n`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny matmuls on a shared CPU are far slower with two (oversubscription)."""
+    with torch_threads(1):
+        yield

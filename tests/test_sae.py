@@ -332,6 +332,16 @@ def test_train_from_model_and_disk_sources(tmp_path, tiny):
     save_file({"activations": acts[200:].contiguous()}, str(tmp_path / "b.safetensors"))
     opts = {"steps": 30, "batch_size": 32, "progress": False, "seed": 2}
     from_disk = train_sae(tmp_path, 32, "topk", k=4, **opts)
+    from interp.data import write_activation_dataset
+
+    write_activation_dataset(tiny, toks, [HOOK], tmp_path / "ds", shard_docs=5, progress=False)
+    from_dataset = train_sae((tmp_path / "ds", HOOK), 32, "topk", k=4, **opts)
+    assert from_dataset.cfg.hook_name == HOOK
+    from interp.analysis.sae import as_source
+
+    src = as_source((tmp_path / "ds", HOOK))
+    assert src.n == acts.shape[0] and len(src.sizes) == 5
+    torch.testing.assert_close(torch.cat([src.shard(i) for i in range(5)]), acts)
     from_model = train_sae((tiny, HOOK, toks), 32, "topk", k=4, **opts)
     assert from_model.cfg.hook_name == HOOK and from_model.cfg.metadata["model_name"] == "tiny"
     assert len(from_disk.history) and from_disk.W_dec.shape == (32, 16)
@@ -438,9 +448,9 @@ def test_decoder_orthogonality_against_random_baseline():
 
 
 def test_cli_train_eval_features(tmp_path, capsys):
-    from interp.cli import main
-
     from conftest import VOCAB, word_level_tokenizer
+
+    from interp.cli import main
 
     torch.manual_seed(0)
     model_dir = tmp_path / "m"

@@ -51,29 +51,35 @@ def _features(features, d_sae: int) -> list[int] | None:
 @torch.no_grad()
 def feature_top_contexts(model, sae: SAE, corpus, features=None, k: int = 10, *, hook_name: str | None = None,
                          window: int = 10, after: int = 3, batch_size: int = 8, seq_len: int | None = None,
-                         progress: bool = False) -> pd.DataFrame:
-    """Each feature's ``k`` top-activating contexts over ``corpus`` (as ``scan_top_contexts`` does for neurons).
+                         overlap: int = 0, progress: bool = False) -> pd.DataFrame:
+    """Each feature's ``k`` top-activating contexts over ``corpus`` (as ``scan_top_contexts`` does for neurons:
+    the same corpus forms, windows, running top-k and context rows, and ``torchrun`` sharding).
 
     Columns: ``feature, rank, activation, doc, position, token_id, token, next_token_id, next_token,
     context`` (the trigger marked «like this»). ``features`` (an int or a list) keeps just those.
     """
     from interp.analysis import neurons as nr
+    from interp.data.scan import TopK, run_scan
 
     name = check_hook_name(model, _hook_of(sae, hook_name))
     k = nr._resolve_k(k)
-    batch_size = nr._resolve_k(batch_size, "batch_size")
     for arg, v in (("window", window), ("after", after)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise InterpError(f"{arg}: must be an int >= 0; given {v!r}")
     keep = _features(features, sae.cfg.d_sae)
-    seq_len = int(seq_len or model.cfg.n_ctx)
-    if not 1 <= seq_len <= model.cfg.n_ctx:
-        raise InterpError(f"seq_len: must be in [1, n_ctx={model.cfg.n_ctx}]; given {seq_len}")
-    docs = nr._documents(model, corpus)
-    chunks = nr._chunk_docs(docs, seq_len)
-    best = nr._scan_topk(model, chunks, seq_len, {0: (name, _encoder(sae))}, k, batch_size, progress,
-                         "scanning features")[0]
-    df = nr._ContextLabels(model, docs, chunks).frame(best, seq_len, window, after, {}, unit="feature")
+    encode = _encoder(sae)
+
+    class FeatureTopK(TopK):  # the neuron scan's running top-k, fed the SAE's features instead of the hook
+        def update(self, acts, batch):
+            super().update({name: encode(acts[name])}, batch)
+
+    top = FeatureTopK([name], k, before=window, after=after)
+    try:
+        run_scan(model, corpus, [top], seq_len=seq_len, overlap=overlap, batch_size=batch_size, progress=progress,
+                 desc="scanning features")
+    except InterpError as e:
+        raise InterpError(f"corpus: {e}") from None
+    df = nr._top_frame(model, top, {name: 0}, window, after).drop(columns="layer").rename(columns={"neuron": "feature"})
     df = df[df.activation > 0]  # a feature that is 0 everywhere has no top contexts
     if keep is not None:
         df = df[df.feature.isin(keep)]

@@ -12,7 +12,9 @@ Accepted ``source`` forms (``as_source``):
   file holds one tensor, or several of which ``activations`` is used;
 * ``(model, hook_name, corpus)``: the activations of ``hook_name`` over ``corpus`` (text, a list of texts or
   token ids; see ``model_activations``), gathered once into memory;
-* **adapter point** for activation datasets built elsewhere (e.g. ``interp.data``): any object with
+* ``(dataset, hook_name)``: an ``interp.data.ActivationDataset`` (or its folder) and one of its hooks,
+  read shard by shard from the memory-mapped files;
+* **adapter point** for activation datasets built elsewhere: any object with
   ``shard_sizes`` (a list of ints) and ``load_shard(i) -> Tensor [n_i, d_in]``, optionally ``d_in`` and
   ``metadata`` (a dict with ``hook_name``, ``model_name``...).
 """
@@ -144,13 +146,13 @@ def _disk_source(path: Path) -> ActivationSource:
 def token_batches(model, corpus, seq_len: int | None = None, batch_size: int = 16) -> list[torch.Tensor]:
     """The corpus (as in ``scan_top_contexts``) cut into chunks of ``seq_len`` (default ``n_ctx``) tokens per
     document, stacked into ``[batch, pos]`` batches of equal-length chunks (so nothing is padded)."""
-    from interp.analysis.neurons import _documents
+    from interp.data.corpus import as_corpus, tokenized
 
     seq_len = int(seq_len or model.cfg.n_ctx)
     if not 1 <= seq_len <= model.cfg.n_ctx:
         raise InterpError(f"seq_len: must be in [1, n_ctx={model.cfg.n_ctx}]; given {seq_len}")
     by_len: dict[int, list[torch.Tensor]] = {}
-    for d in _documents(model, corpus):
+    for _, d in tokenized(model, as_corpus(corpus)):
         for o in range(0, len(d), seq_len):
             by_len.setdefault(len(d[o : o + seq_len]), []).append(d[o : o + seq_len])
     return [torch.stack(g[i : i + batch_size]) for g in by_len.values() for i in range(0, len(g), batch_size)]
@@ -214,6 +216,17 @@ def as_source(source, *, seq_len: int | None = None, max_tokens: int | None = No
         meta = {"hook_name": hook_name, "model_name": name, "context_size": int(seq_len or model.cfg.n_ctx),
                 "prepend_bos": getattr(model.cfg, "bos_token_id", None) is not None}
         return _tensor_source(acts, meta)
+    if isinstance(source, tuple) and len(source) == 2:  # (interp.data.ActivationDataset or its folder, hook)
+        from interp.data import ActivationDataset
+
+        ds, hook = source
+        ds = ds if isinstance(ds, ActivationDataset) else ActivationDataset(ds)
+        ds._check_hook(hook)
+        sizes = [int(s["rows"]) for s in ds.manifest["shards"]]
+        meta = {"hook_name": hook, "model_name": (ds.manifest.get("model") or {}).get("name"),
+                "dataset_path": str(ds.folder)}
+        return ActivationSource(sizes, lambda i: ds.shard(i)[hook].float().reshape(sizes[i], -1),
+                                int(ds.shard(0)[hook][0].numel()), meta)
     if hasattr(source, "shard_sizes") and hasattr(source, "load_shard"):
         sizes = list(source.shard_sizes)
         d_in = getattr(source, "d_in", None) or int(torch.as_tensor(source.load_shard(0)).shape[-1])
