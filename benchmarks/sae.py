@@ -19,9 +19,7 @@ shapes, threads, timings) atomically to a new file (``--force`` to overwrite).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,25 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from interp.io import atomic_write_text
+from forward import _cpu_name, _loadavg  # benchmarks/ is this script's folder
 
-
-def _free_path(device: str) -> Path:
-    base = ROOT / "benchmarks" / "results" / f"sae-{device}"
-    path, i = base.with_suffix(".json"), 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}.json"), i + 1
-    return path
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from interp.io import write_benchmark_json
 
 
 @torch.no_grad()
@@ -93,7 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--expansion", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="JSON path (default: a new benchmarks/results/sae-DEVICE*.json)")
+    p.add_argument("--out", default=None, help="JSON path (default: a new benchmarks/results/sae-DEVICE-*.json)")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -103,10 +85,6 @@ def main(argv=None) -> int:
     from interp.report.inputs import load_model
     from interp.report.sae import documents, read_corpus
 
-    out = Path(args.out) if args.out else _free_path(args.device)
-    if out.exists() and not args.force:
-        print(f"{out} exists; pass --force to overwrite", file=sys.stderr)
-        return 2
     model = load_model(args.model, device=args.device)
     train_docs = documents(model, read_corpus(model, None, "train", 0.1))
     held_docs = documents(model, read_corpus(model, None, "eval", 0.1))
@@ -139,8 +117,8 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "dtype": "float32", "model": model.cfg.name, "hook": args.hook,
               "d_in": int(acts.shape[-1]), "d_sae": d_sae, "train_tokens": int(acts.shape[0]),
               "gather_activations_s": gather_s, "budget_s": args.budget, "planned_steps": args.steps, "rows": rows,
-              "date": time.strftime("%Y-%m-%d")}
-    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+              "loadavg": _loadavg(), "date": time.strftime("%Y-%m-%d")}
+    out = write_benchmark_json(result, args.out, f"sae-{args.device.split(':')[0]}", args.force)
     print(f"wrote {out}")
     return 0
 
