@@ -479,3 +479,19 @@ def test_cli_train_eval_features(tmp_path, capsys):
     assert "not an SAE folder" in capsys.readouterr().err
     assert main(["sae", "train", *base, "--out", str(out), "--steps", "20", "--d-sae", "48"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_splice_composes_with_causal_tools(tiny, tiny_sae):
+    """Activation patching runs unchanged with an error-term SAE spliced in, and sees a feature ablation."""
+    from interp.analysis.causal import activation_patching
+
+    clean, corrupted = corpus_tokens(1, 8, seed=10), corpus_tokens(1, 8, seed=11)
+    opts = {"answer": 5, "wrong": 6, "where": "resid_pre", "bootstrap": 0}
+    plain = activation_patching(tiny, clean, corrupted, **opts)
+    with splice_sae(tiny, tiny_sae, use_error_term=True):
+        spliced = activation_patching(tiny, clean, corrupted, **opts)
+    torch.testing.assert_close(torch.tensor(spliced.effect.to_numpy()), torch.tensor(plain.effect.to_numpy()))
+    with tiny_sae.hooks(fwd_hooks=[("hook_sae_acts_post", lambda f, hook: torch.zeros_like(f))]), \
+            splice_sae(tiny, tiny_sae, use_error_term=True):
+        ablated = activation_patching(tiny, clean, corrupted, **opts)
+    assert not torch.allclose(torch.tensor(ablated.effect.to_numpy()), torch.tensor(plain.effect.to_numpy()))
