@@ -267,3 +267,230 @@ def test_opt_learned_positions_with_offset():
         state[f"blocks.{l}.mlp.W_in"], state[f"blocks.{l}.mlp.b_in"] = sd[p + "fc1.weight"].T, sd[p + "fc1.bias"]
         state[f"blocks.{l}.mlp.W_out"], state[f"blocks.{l}.mlp.b_out"] = sd[p + "fc2.weight"].T, sd[p + "fc2.bias"]
     _compare(_ours(cfg, state), hf, tokens_for(2, 20))
+
+
+# --- mixture of experts --------------------------------------------------------------------------------------
+
+def _moe_layer_state(sd: dict, state: dict, l: int, shared: bool) -> None:
+    """transformers' batched experts (gate_up_proj [E, 2I, d], down_proj [E, d, I]) -> one MLP per expert."""
+    p = f"model.layers.{l}.mlp."
+    for k in [k for k in state if k.startswith(f"blocks.{l}.mlp.")]:
+        del state[k]
+    state[f"blocks.{l}.mlp.W_router"] = sd[p + "gate.weight"].T
+    gate_up, down = sd[p + "experts.gate_up_proj"], sd[p + "experts.down_proj"]
+    inner = down.shape[-1]
+    for e in range(gate_up.shape[0]):
+        state[f"blocks.{l}.mlp.experts.{e}.W_gate"] = gate_up[e, :inner].T
+        state[f"blocks.{l}.mlp.experts.{e}.W_in"] = gate_up[e, inner:].T
+        state[f"blocks.{l}.mlp.experts.{e}.W_out"] = down[e].T
+    if shared:
+        for ours, theirs in (("W_gate", "gate_proj"), ("W_in", "up_proj"), ("W_out", "down_proj")):
+            state[f"blocks.{l}.mlp.shared_expert.{ours}"] = sd[p + f"shared_expert.{theirs}.weight"].T
+        state[f"blocks.{l}.mlp.W_shared_gate"] = sd[p + "shared_expert_gate.weight"].T
+
+
+def _dense_stand_in(sd: dict, l: int, d_mlp: int) -> None:
+    for name in ("gate_proj", "up_proj"):
+        sd[f"model.layers.{l}.mlp.{name}.weight"] = torch.zeros(d_mlp, 32)
+    sd[f"model.layers.{l}.mlp.down_proj.weight"] = torch.zeros(32, d_mlp)
+
+
+def mixtral_pair():
+    hf = _hf("MixtralConfig", **LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2, sliding_window=None)
+    cfg = _llama_cfg(n_experts=4, n_experts_per_token=2, rotary_base=hf.config.rope_parameters["rope_theta"],
+                     norm_eps=hf.config.rms_norm_eps)
+    sd = _sd(hf)
+    for l in range(2):
+        _dense_stand_in(sd, l, 48)
+    state = llama_state(sd, cfg)
+    for l in range(2):
+        _moe_layer_state(sd, state, l, shared=False)
+    return _ours(cfg, state), hf
+
+
+def test_mixtral_moe_matches_transformers():
+    ours, hf = mixtral_pair()
+    _compare(ours, hf, tokens_for(2, 20))
+
+
+def test_qwen2_moe_shared_expert_unnormalised_topk_and_dense_layers():
+    hf = _hf("Qwen2MoeConfig", **LLAMA_LIKE, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+             num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, mlp_only_layers=[1])
+    cfg = _llama_cfg(n_experts=4, n_experts_per_token=2, d_expert=24, d_shared_expert=40, router_norm_topk=False,
+                     moe_layers=[0], attn_bias=True, attn_out_bias=False,
+                     rotary_base=hf.config.rope_parameters["rope_theta"], norm_eps=hf.config.rms_norm_eps)
+    sd = _sd(hf)
+    _dense_stand_in(sd, 0, 48)
+    state = llama_state(sd, cfg)
+    _moe_layer_state(sd, state, 0, shared=True)
+    ours = _ours(cfg, state)
+    _compare(ours, hf, tokens_for(2, 20))
+
+
+def test_moe_hooks_show_the_routed_tokens_and_neuron_analyzers_refuse():
+    from interp.analysis.neurons import neuron_answers, top_neurons
+    from interp.model.mlp import routed_tokens
+
+    ours, _ = mixtral_pair()
+    toks = tokens_for(2, 9)
+    _, cache = ours.run_with_cache(toks)
+    logits = cache["blocks.1.mlp.hook_router_logits"]
+    idx, weights = cache["blocks.1.mlp.hook_expert_indices"], cache["blocks.1.mlp.hook_expert_weights"]
+    assert logits.shape == (2, 9, 4) and idx.shape == weights.shape == (2, 9, 2)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 9))
+    assert (idx == torch.topk(logits, 2, dim=-1).indices).all()  # softmax is monotone: top-2 of the logits
+    x = cache["blocks.1.ln2.hook_normalized"] * ours.blocks[1].ln2.w  # what the MoE reads
+    mixed = torch.zeros_like(x)
+    for e in range(4):
+        where = routed_tokens(idx, e)
+        post = cache[f"blocks.1.mlp.experts.{e}.hook_post"]
+        assert post.shape == (len(where), 48)
+        expert = ours.blocks[1].mlp.experts[e]
+        xe = x[where[:, 0], where[:, 1]]
+        torch.testing.assert_close(post, torch.nn.functional.silu(xe @ expert.W_gate) * (xe @ expert.W_in))
+        w = (weights * (idx == e)).sum(-1)[where[:, 0], where[:, 1]]
+        mixed[where[:, 0], where[:, 1]] += (post @ expert.W_out) * w[:, None]
+    assert_close_to_scale(mixed, cache["blocks.1.hook_mlp_out"])
+    with pytest.raises(InterpError, match=r"mixture-of-experts.*experts"):
+        neuron_answers(ours, 0, 0)
+    with pytest.raises(InterpError, match=r"mixture-of-experts"):
+        top_neurons(ours, toks[:1])
+    with pytest.raises(InterpError, match=r"mixtures of experts"):
+        ours.W_in
+
+
+# --- attention options through every path -------------------------------------------------------------------
+
+def _attn_model(seed=0, **over) -> HookedDecoder:
+    torch.manual_seed(seed)
+    base = dict(d_vocab=VOCAB, n_ctx=N_CTX, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_head=16,
+                positional="rotary", norm="rmsnorm", init_std=0.2)
+    return HookedDecoder(DecoderConfig(**{**base, **over})).eval()
+
+
+ATTN_OPTIONS = {
+    "window": dict(sliding_window=7),
+    "window_per_layer": dict(sliding_window=7, layer_types=["full_attention", "sliding_attention"]),
+    "softcap": dict(attn_softcap=2.0),
+    "alibi": dict(alibi=True, positional="none"),
+    "all": dict(sliding_window=7, attn_softcap=2.0, alibi=True, attn_multiplier=0.4),
+}
+
+
+def _brute_force_pattern(q, k, scale, window, softcap, slopes):
+    """float64, one score at a time: the definition, with no tensor tricks to share bugs with."""
+    b, h, n, _ = q.shape
+    group = h // k.shape[1]
+    out = torch.zeros(b, h, n, n, dtype=torch.float64)
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(n):
+                row = []
+                for j in range(i + 1):
+                    if window is not None and i - j >= window:
+                        continue
+                    s = scale * float(q[bi, hi, i].double() @ k[bi, hi // group, j].double())
+                    if softcap is not None:
+                        s = softcap * math.tanh(s / softcap)
+                    if slopes is not None:
+                        s -= float(slopes[hi]) * (i - j)
+                    row.append((j, s))
+                m = max(s for _, s in row)
+                total = sum(math.exp(s - m) for _, s in row)
+                for j, s in row:
+                    out[bi, hi, i, j] = math.exp(s - m) / total
+    return out
+
+
+@pytest.mark.parametrize("option", sorted(ATTN_OPTIONS))
+def test_attention_options_eager_sdpa_lazy_agree(option):
+    model = _attn_model(**ATTN_OPTIONS[option])
+    toks = tokens_for(2, 50)
+    names = lambda n: n.endswith(("hook_pattern", "hook_attn_scores", "hook_rot_q", "hook_rot_k", "hook_q",
+                                   "hook_k"))
+    eager_logits, eager = model.run_with_cache(toks, attn_backend="eager", names_filter=names, lazy_patterns=False)
+    sdpa_logits, lazy = model.run_with_cache(toks, attn_backend="sdpa", names_filter=names)
+    assert_close_to_scale(sdpa_logits, eager_logits)
+    attn = model.blocks[1].attn
+    for layer in range(2):
+        assert lazy.cache_dict.is_lazy(f"blocks.{layer}.attn.hook_pattern")  # rebuilt, not materialised
+        pattern = eager[f"blocks.{layer}.attn.hook_pattern"]
+        assert_close_to_scale(lazy[f"blocks.{layer}.attn.hook_pattern"], pattern)
+        scores = eager[f"blocks.{layer}.attn.hook_attn_scores"]
+        rebuilt = lazy[f"blocks.{layer}.attn.hook_attn_scores"]
+        assert torch.equal(torch.isinf(rebuilt), torch.isinf(scores))
+        finite = torch.isfinite(scores)
+        assert_close_to_scale(rebuilt[finite], scores[finite])
+    # eager against the float64 definition (layer 1, both batch rows)
+    key = "hook_rot" if model.cfg.positional == "rotary" else "hook"
+    q = eager[f"blocks.1.attn.{key}_q"].transpose(1, 2)
+    k = eager[f"blocks.1.attn.{key}_k"].transpose(1, 2)
+    slopes = attn.alibi
+    expected = _brute_force_pattern(q[:, :, :20], k[:, :, :20], model.cfg.attn_scale, attn.window, attn.softcap,
+                                    slopes)
+    torch.testing.assert_close(eager["blocks.1.attn.hook_pattern"][:, :, :20, :20].double(), expected, rtol=0,
+                               atol=2e-6)
+    if attn.window is not None:  # the window binds: nothing further back than 7 keys
+        far = torch.ones(50, 50, dtype=torch.bool).tril(-7)
+        assert (eager["blocks.1.attn.hook_pattern"][..., far] == 0).all()
+
+
+def test_alibi_slopes_match_bloom():
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    from interp.kernels.reference import alibi_slopes
+
+    for n in (1, 4, 6, 12, 16, 20):
+        alibi = build_alibi_tensor(torch.ones(1, 3), n, torch.float64)  # [n, 1, 3] = slope * key position
+        torch.testing.assert_close(alibi_slopes(n), alibi[:, 0, 1], rtol=1e-6, atol=0)  # Bloom's are float32
+
+
+@pytest.mark.parametrize("option", ["window", "all"])
+def test_kv_cached_generation_with_a_sliding_window_equals_full_forward(option):
+    from interp.generate import generate
+
+    model = _attn_model(**ATTN_OPTIONS[option])
+    prompt = tokens_for(2, 5)
+    out = generate(model, prompt, max_new_tokens=15, temperature=0)  # the window slides past the cache start
+    full = model(out, attn_backend="eager")
+    assert (full[:, 4:-1].argmax(-1) == out[:, 5:]).all()
+    from interp.model.attention import KVCache
+
+    cache = KVCache(model.cfg.n_layers)
+    steps = [model(out[:, :5], kv_cache=cache)] + [model(out[:, i:i + 1], kv_cache=cache) for i in range(5, 20)]
+    assert_close_to_scale(torch.cat(steps, dim=1), full)
+
+
+def test_kv_cached_generation_with_moe_equals_full_forward():
+    from interp.model.attention import KVCache
+
+    ours, _ = mixtral_pair()
+    toks = tokens_for(2, 12)
+    full = ours(toks)
+    cache = KVCache(2)
+    steps = [ours(toks[:, :4], kv_cache=cache)] + [ours(toks[:, i:i + 1], kv_cache=cache) for i in range(4, 12)]
+    assert_close_to_scale(torch.cat(steps, dim=1), full)
+
+
+def test_bad_block_options_are_refused_clearly():
+    base = dict(d_vocab=VOCAB, n_ctx=N_CTX, d_model=32, n_layers=2, n_heads=4)
+    cases = [
+        (dict(sliding_window=0), r"sliding_window must be a positive integer; got 0"),
+        (dict(layer_types=["sliding_attention"]), r"layer_types must be a list with one entry per layer"),
+        (dict(layer_types=["sliding_attention", "full_attention"]), r"sliding_window is None"),
+        (dict(layer_types=["local", "full_attention"], sliding_window=3), r"layer_types.*'local'"),
+        (dict(attn_softcap=-1.0), r"attn_softcap must be a finite number > 0"),
+        (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), r"positional='rotary'"),
+        (dict(positional="rotary", rope_parameters={"rope_type": "llama3", "factor": 8.0}),
+         r"needs \['low_freq_factor'"),
+        (dict(positional="rotary", rope_parameters={"rope_type": "ntk"}), r"rope_type.*'ntk'"),
+        (dict(pos_offset=2, positional="rotary"), r"pos_offset needs positional='learned'"),
+        (dict(qk_norm="yes"), r"qk_norm must be one of"),
+        (dict(shared_norm=True), r"shared_norm=True needs parallel_residual=True"),
+        (dict(n_experts=4, n_experts_per_token=5), r"n_experts_per_token must be in \[1, n_experts=4\]; got 5"),
+        (dict(n_experts=4, moe_layers=[2]), r"moe_layers must hold layer indices in \[0, 1\]; got \[2\]"),
+        (dict(embed_multiplier=0.0), r"embed_multiplier must be a finite number > 0"),
+    ]
+    for over, pattern in cases:
+        with pytest.raises(InterpError, match=pattern):
+            DecoderConfig(**{**base, **over})
