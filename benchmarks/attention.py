@@ -76,7 +76,7 @@ def sdpa(backend=None):
         if softcap is not None:
             return None  # a soft-cap transforms the scores: no mask expresses it
         mask = None if window is None else _window_mask(q.shape[2], window, q.device)
-        kwargs = dict(is_causal=causal) if mask is None else dict(attn_mask=mask)
+        kwargs = {"is_causal": causal} if mask is None else {"attn_mask": mask}
         if backend is None:
             return F.scaled_dot_product_attention(q, k, v, **kwargs)
         from torch.nn.attention import sdpa_kernel

@@ -71,12 +71,12 @@ def environment() -> dict:
 # --- kernel correctness --------------------------------------------------------------------------------------
 
 OPTIONS = {
-    "full": dict(causal=False),
-    "causal": dict(causal=True),
-    "window": dict(causal=True, window=64),
-    "softcap": dict(causal=True, softcap=20.0),
-    "alibi": dict(causal=True, alibi=True),
-    "all": dict(causal=True, window=100, softcap=30.0, alibi=True),
+    "full": {"causal": False},
+    "causal": {"causal": True},
+    "window": {"causal": True, "window": 64},
+    "softcap": {"causal": True, "softcap": 20.0},
+    "alibi": {"causal": True, "alibi": True},
+    "all": {"causal": True, "window": 100, "softcap": 30.0, "alibi": True},
 }
 
 

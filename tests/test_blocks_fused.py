@@ -21,13 +21,13 @@ if not CUDA:
 
 triton = pytest.importorskip("triton")
 
-from conftest import VOCAB, assert_close_to_scale, tokens_for  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+from conftest import VOCAB, assert_close_to_scale, tokens_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from triton.runtime.interpreter import InterpretedFunction
 
-from interp.model.config import DecoderConfig  # noqa: E402
-from interp.model.transformer import HookedDecoder  # noqa: E402
+from interp.model.config import DecoderConfig
+from interp.model.transformer import HookedDecoder
 
 INTERPRETER_READY = CUDA or isinstance(triton.language.zeros, InterpretedFunction)
 DEVICE = "cuda" if CUDA else "cpu"
@@ -52,8 +52,8 @@ def test_in_a_fresh_process():
 
 def make(seed=0, **over) -> HookedDecoder:
     torch.manual_seed(seed)
-    base = dict(d_vocab=VOCAB, n_ctx=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_head=16,
-                positional="rotary", norm="rmsnorm", init_std=0.2)
+    base = {"d_vocab": VOCAB, "n_ctx": 64, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_head": 16,
+                "positional": "rotary", "norm": "rmsnorm", "init_std": 0.2}
     return HookedDecoder(DecoderConfig(**{**base, **over})).to(DEVICE).eval()
 
 
@@ -62,7 +62,7 @@ PATTERNS = ("hook_pattern", "hook_attn_scores")
 
 def check_paths(model, toks, backends=("sdpa", "triton"), grads=False):
     """Logits of every backend equal eager; patterns rebuilt lazily from each fused pass equal eager's."""
-    names = lambda n: n.endswith(PATTERNS)  # noqa: E731
+    names = lambda n: n.endswith(PATTERNS)
     ref, eager = model.run_with_cache(toks, attn_backend="eager", names_filter=names, lazy_patterns=False)
     for backend in backends:
         logits, lazy = model.run_with_cache(toks, attn_backend=backend, names_filter=names)
@@ -87,9 +87,9 @@ def check_paths(model, toks, backends=("sdpa", "triton"), grads=False):
 
 
 @pytest.mark.parametrize("options", [
-    dict(sliding_window=7, layer_types=["sliding_attention", "full_attention"], attn_softcap=2.0),
-    dict(sliding_window=5, attn_softcap=1.5, alibi=True, attn_multiplier=0.3, qk_norm="per_head",
-         rotary_interleaved=True),
+    {"sliding_window": 7, "layer_types": ["sliding_attention", "full_attention"], "attn_softcap": 2.0},
+    {"sliding_window": 5, "attn_softcap": 1.5, "alibi": True, "attn_multiplier": 0.3, "qk_norm": "per_head",
+         "rotary_interleaved": True},
 ], ids=["per-layer-window+softcap", "everything"])
 def test_triton_backend_at_model_level(options):
     model = make(**options)
@@ -107,8 +107,8 @@ ROPES = [None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", "fa
 @st.composite
 def option_sets(draw):
     n_heads = draw(st.sampled_from([2, 4]))
-    opts = dict(n_heads=n_heads, n_kv_heads=draw(st.sampled_from([k for k in (1, 2, 4) if n_heads % k == 0])),
-                d_model=16 * n_heads)
+    opts = {"n_heads": n_heads, "n_kv_heads": draw(st.sampled_from([k for k in (1, 2, 4) if n_heads % k == 0])),
+                "d_model": 16 * n_heads}
     window = draw(st.one_of(st.none(), st.integers(1, 12)))
     if window is not None:
         opts["sliding_window"] = window

@@ -83,7 +83,8 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     """Attention with any score modification, a query tile at a time: ``(out, lse)``, differentiable.
 
     The scores are computed in the inputs' dtype and the softmax in at least float32, as the eager path
-    does; memory beyond q/k/v is one tile of scores (``tile_elems``) plus the output.
+    does. Without autograd, memory beyond q/k/v is one tile of scores (``tile_elems``) plus the output; when
+    training, autograd keeps each tile's probabilities for the backward (as eager attention would).
     """
     b, h, sq, d = q.shape
     hk, sk = k.shape[1], k.shape[2]

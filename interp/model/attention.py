@@ -22,8 +22,7 @@ every backend and the lazy pattern rebuild apply identically.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError

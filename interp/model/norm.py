@@ -11,8 +11,8 @@ Options (DecoderConfig): ``norm_weight_offset`` (the gain is offset + w: Gemma s
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.model.config import DecoderConfig
