@@ -511,3 +511,35 @@ def test_checkpoint_round_trip_keeps_every_block(tmp_path):
     assert replace(loaded.cfg, source={}) == model.cfg
     toks = tokens_for(2, 20)
     torch.testing.assert_close(loaded(toks), model(toks), rtol=0, atol=0)
+
+
+def test_gemma3_local_global_rope_bases_and_qk_norm_with_offset():
+    hf = _hf("Gemma3TextConfig", hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, max_position_embeddings=N_CTX, query_pre_attn_scalar=8,
+             sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+             rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    c = hf.config
+    cfg = _llama_cfg(act="gelu_new", norm_weight_offset=1.0, norm_placement="sandwich", tie_embeddings=True,
+                     embed_multiplier=math.sqrt(32), attn_multiplier=8 ** -0.5, sliding_window=6,
+                     layer_types=list(c.layer_types), d_head=8, qk_norm="per_head", norm_eps=c.rms_norm_eps,
+                     rope_parameters={k: dict(v) for k, v in c.rope_parameters.items()})
+    sd = _sd(hf)
+    state = llama_state(sd, cfg)
+    for l in range(2):
+        p = f"model.layers.{l}."
+        state[f"blocks.{l}.ln1_post.w"] = sd[p + "post_attention_layernorm.weight"]
+        state[f"blocks.{l}.ln2.w"] = sd[p + "pre_feedforward_layernorm.weight"]
+        state[f"blocks.{l}.ln2_post.w"] = sd[p + "post_feedforward_layernorm.weight"]
+        for x in "qk":
+            state[f"blocks.{l}.attn.{x}_norm.w"] = sd[p + f"self_attn.{x}_norm.weight"]
+    _compare(_ours(cfg, state), hf, tokens_for(2, 30))
+
+
+def test_smollm3_nope_layers():
+    hf = _hf("SmolLM3Config", **LLAMA_LIKE, no_rope_layers=[1, 0], use_sliding_window=False)
+    cfg = _llama_cfg(rope_layers=[bool(x) for x in hf.config.no_rope_layers], norm_eps=hf.config.rms_norm_eps,
+                     rotary_base=hf.config.rope_parameters["rope_theta"])
+    ours = _ours(cfg, llama_state(_sd(hf), cfg))
+    _compare(ours, hf, tokens_for(2, 20))
+    assert "blocks.1.attn.hook_rot_q" not in dict(ours.run_with_cache(tokens_for(1, 4))[1])  # layer 1: no RoPE
