@@ -50,6 +50,21 @@ def _ours(cfg: DecoderConfig, state: dict) -> HookedDecoder:
     return model.eval()
 
 
+def _put(state: dict, ours: str, sd: dict, theirs: str, names=("W_in", "b_in"), transpose=True) -> None:
+    """A transformers Linear (or norm) ``theirs`` -> our weight/bias pair under ``ours`` (weights transposed)."""
+    w = sd[theirs + ".weight"]
+    state[f"{ours}.{names[0]}"] = w.T if transpose else w
+    state[f"{ours}.{names[1]}"] = sd[theirs + ".bias"]
+
+
+def _heads_in(w: torch.Tensor, heads: int) -> torch.Tensor:
+    return einops.rearrange(w, "(h d) m -> h m d", h=heads)  # a [heads*d, d_model] projection, per head
+
+
+def _heads_out(w: torch.Tensor, heads: int) -> torch.Tensor:
+    return einops.rearrange(w, "m (h d) -> h d m", h=heads)
+
+
 def _sd(hf) -> dict:
     return {k: v.detach().clone() for k, v in hf.state_dict().items()}
 
@@ -84,15 +99,20 @@ def test_gemma2_softcaps_windows_sandwich_norms_scale():
     cfg = _llama_cfg(act="gelu_new", norm_weight_offset=1.0, norm_placement="sandwich", tie_embeddings=True,
                      embed_multiplier=math.sqrt(32), attn_multiplier=24 ** -0.5, attn_softcap=1.5,
                      final_softcap=3.0, sliding_window=7, layer_types=list(c.layer_types), d_head=8)
-    sd = _sd(hf)
+    _compare(_ours(cfg, _gemma_state(_sd(hf), cfg)), hf, tokens_for(2, 40))
+
+
+def _gemma_state(sd: dict, cfg: DecoderConfig) -> dict:
+    """Gemma 2/3: Llama's names plus sandwich norms (and QK-norm when the config has it)."""
     state = llama_state(sd, cfg)
-    for l in range(2):
+    for l in range(cfg.n_layers):
         p = f"model.layers.{l}."
         state[f"blocks.{l}.ln1_post.w"] = sd[p + "post_attention_layernorm.weight"]
         state[f"blocks.{l}.ln2.w"] = sd[p + "pre_feedforward_layernorm.weight"]
         state[f"blocks.{l}.ln2_post.w"] = sd[p + "post_feedforward_layernorm.weight"]
-    ours = _ours(cfg, state)
-    _compare(ours, hf, tokens_for(2, 40))
+        for x in "qk" if cfg.qk_norm else "":
+            state[f"blocks.{l}.attn.{x}_norm.w"] = sd[p + f"self_attn.{x}_norm.weight"]
+    return state
 
 
 def test_qwen3_qk_norm_per_head():
@@ -200,14 +220,11 @@ def test_gptj_interleaved_partial_rotary_shared_norm():
     for l in range(2):
         p = f"transformer.h.{l}."
         for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            state[f"blocks.{l}.attn.W_{name}"] = einops.rearrange(sd[p + f"attn.{proj}.weight"], "(h d) m -> h m d",
-                                                                  h=H)
-        state[f"blocks.{l}.attn.W_O"] = einops.rearrange(sd[p + "attn.out_proj.weight"], "m (h d) -> h d m", h=H)
-        state[f"blocks.{l}.ln1.w"], state[f"blocks.{l}.ln1.b"] = sd[p + "ln_1.weight"], sd[p + "ln_1.bias"]
-        state[f"blocks.{l}.mlp.W_in"], state[f"blocks.{l}.mlp.b_in"] = sd[p + "mlp.fc_in.weight"].T, sd[
-            p + "mlp.fc_in.bias"]
-        state[f"blocks.{l}.mlp.W_out"], state[f"blocks.{l}.mlp.b_out"] = sd[p + "mlp.fc_out.weight"].T, sd[
-            p + "mlp.fc_out.bias"]
+            state[f"blocks.{l}.attn.W_{name}"] = _heads_in(sd[p + f"attn.{proj}.weight"], H)
+        state[f"blocks.{l}.attn.W_O"] = _heads_out(sd[p + "attn.out_proj.weight"], H)
+        _put(state, f"blocks.{l}.ln1", sd, p + "ln_1", ("w", "b"), transpose=False)
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.fc_in")
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.fc_out", ("W_out", "b_out"))
     _compare(_ours(cfg, state), hf, tokens_for(2, 20))
 
 
@@ -229,16 +246,12 @@ def test_bloom_alibi_and_embedding_norm():
         b = einops.rearrange(sd[p + "self_attention.query_key_value.bias"], "(h three d) -> three h d", h=H, three=3)
         for i, name in enumerate("QKV"):
             state[f"blocks.{l}.attn.W_{name}"], state[f"blocks.{l}.attn.b_{name}"] = W[i], b[i]
-        state[f"blocks.{l}.attn.W_O"] = einops.rearrange(sd[p + "self_attention.dense.weight"], "m (h d) -> h d m",
-                                                         h=H)
+        state[f"blocks.{l}.attn.W_O"] = _heads_out(sd[p + "self_attention.dense.weight"], H)
         state[f"blocks.{l}.attn.b_O"] = sd[p + "self_attention.dense.bias"]
         for ours_name, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            state[f"blocks.{l}.{ours_name}.w"], state[f"blocks.{l}.{ours_name}.b"] = sd[p + theirs + ".weight"], sd[
-                p + theirs + ".bias"]
-        state[f"blocks.{l}.mlp.W_in"], state[f"blocks.{l}.mlp.b_in"] = sd[p + "mlp.dense_h_to_4h.weight"].T, sd[
-            p + "mlp.dense_h_to_4h.bias"]
-        state[f"blocks.{l}.mlp.W_out"], state[f"blocks.{l}.mlp.b_out"] = sd[p + "mlp.dense_4h_to_h.weight"].T, sd[
-            p + "mlp.dense_4h_to_h.bias"]
+            _put(state, f"blocks.{l}.{ours_name}", sd, p + theirs, ("w", "b"), transpose=False)
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.dense_h_to_4h")
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.dense_4h_to_h", ("W_out", "b_out"))
     _compare(_ours(cfg, state), hf, tokens_for(2, 20))
 
 
@@ -255,18 +268,14 @@ def test_opt_learned_positions_with_offset():
     for l in range(2):
         p = f"{d}layers.{l}."
         for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            state[f"blocks.{l}.attn.W_{name}"] = einops.rearrange(sd[p + f"self_attn.{proj}.weight"],
-                                                                  "(h d) m -> h m d", h=H)
-            state[f"blocks.{l}.attn.b_{name}"] = einops.rearrange(sd[p + f"self_attn.{proj}.bias"], "(h d) -> h d",
-                                                                  h=H)
-        state[f"blocks.{l}.attn.W_O"] = einops.rearrange(sd[p + "self_attn.out_proj.weight"], "m (h d) -> h d m",
-                                                         h=H)
+            state[f"blocks.{l}.attn.W_{name}"] = _heads_in(sd[p + f"self_attn.{proj}.weight"], H)
+            state[f"blocks.{l}.attn.b_{name}"] = sd[p + f"self_attn.{proj}.bias"].reshape(H, -1)
+        state[f"blocks.{l}.attn.W_O"] = _heads_out(sd[p + "self_attn.out_proj.weight"], H)
         state[f"blocks.{l}.attn.b_O"] = sd[p + "self_attn.out_proj.bias"]
         for ours_name, theirs in (("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")):
-            state[f"blocks.{l}.{ours_name}.w"], state[f"blocks.{l}.{ours_name}.b"] = sd[p + theirs + ".weight"], sd[
-                p + theirs + ".bias"]
-        state[f"blocks.{l}.mlp.W_in"], state[f"blocks.{l}.mlp.b_in"] = sd[p + "fc1.weight"].T, sd[p + "fc1.bias"]
-        state[f"blocks.{l}.mlp.W_out"], state[f"blocks.{l}.mlp.b_out"] = sd[p + "fc2.weight"].T, sd[p + "fc2.bias"]
+            _put(state, f"blocks.{l}.{ours_name}", sd, p + theirs, ("w", "b"), transpose=False)
+        _put(state, f"blocks.{l}.mlp", sd, p + "fc1")
+        _put(state, f"blocks.{l}.mlp", sd, p + "fc2", ("W_out", "b_out"))
     _compare(_ours(cfg, state), hf, tokens_for(2, 20))
 
 
@@ -524,16 +533,7 @@ def test_gemma3_local_global_rope_bases_and_qk_norm_with_offset():
                      embed_multiplier=math.sqrt(32), attn_multiplier=8 ** -0.5, sliding_window=6,
                      layer_types=list(c.layer_types), d_head=8, qk_norm="per_head", norm_eps=c.rms_norm_eps,
                      rope_parameters={k: dict(v) for k, v in c.rope_parameters.items()})
-    sd = _sd(hf)
-    state = llama_state(sd, cfg)
-    for l in range(2):
-        p = f"model.layers.{l}."
-        state[f"blocks.{l}.ln1_post.w"] = sd[p + "post_attention_layernorm.weight"]
-        state[f"blocks.{l}.ln2.w"] = sd[p + "pre_feedforward_layernorm.weight"]
-        state[f"blocks.{l}.ln2_post.w"] = sd[p + "post_feedforward_layernorm.weight"]
-        for x in "qk":
-            state[f"blocks.{l}.attn.{x}_norm.w"] = sd[p + f"self_attn.{x}_norm.weight"]
-    _compare(_ours(cfg, state), hf, tokens_for(2, 30))
+    _compare(_ours(cfg, _gemma_state(_sd(hf), cfg)), hf, tokens_for(2, 30))
 
 
 def test_smollm3_nope_layers():

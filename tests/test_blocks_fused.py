@@ -8,9 +8,6 @@ the module re-runs itself in a fresh one (as tests/test_kernels.py does).
 """
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +18,7 @@ if not CUDA:
 
 triton = pytest.importorskip("triton")
 
-from conftest import VOCAB, assert_close_to_scale, tokens_for
+from conftest import VOCAB, assert_close_to_scale, tokens_for, triton_interpreter_tests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from triton.runtime.interpreter import InterpretedFunction
@@ -33,21 +30,7 @@ INTERPRETER_READY = CUDA or isinstance(triton.language.zeros, InterpretedFunctio
 DEVICE = "cuda" if CUDA else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def needs_kernel_runtime(request):
-    if not INTERPRETER_READY and request.node.name != "test_in_a_fresh_process":
-        pytest.skip("triton was imported before TRITON_INTERPRET was set; test_in_a_fresh_process runs this")
-
-
-def test_in_a_fresh_process():
-    if INTERPRETER_READY:
-        pytest.skip("the kernels run in this process")
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         capture_output=True, text=True, env=env, cwd=root, timeout=900, check=False)
-    assert res.returncode == 0, res.stdout[-4000:]
+needs_kernel_runtime, test_in_a_fresh_process = triton_interpreter_tests(__file__, INTERPRETER_READY)
 
 
 def make(seed=0, **over) -> HookedDecoder:
