@@ -130,8 +130,8 @@ def _sdpa(q, k, v, causal: bool, scale: float, need_lse: bool, window=None, alib
         return out, lse.detach().float()
     if not needs_mask:
         mask = None
-    elif plain:
-        mask = visible_keys(*query_key_positions(sq, sk, q.device), causal=causal)
+    elif alibi is None:  # a boolean mask (a quarter of a float one): causal and/or the window
+        mask = visible_keys(*query_key_positions(sq, sk, q.device), causal=causal, window=window)
     else:
         mask = _additive_mask(q, sq, sk, causal, window, alibi)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
