@@ -65,8 +65,20 @@ _SCAN_VERSION = 2  # 2: streaming corpus (raw-content fingerprint), document-res
 # weights and the final norm
 
 
+def _refuse_moe(model, layers) -> None:
+    """Neurons here are the units of one dense MLP; an MoE layer has E experts' worth, routed per token."""
+    cfg = model.cfg
+    moe = [layer for layer in layers if getattr(cfg, "is_moe", lambda _: False)(layer)]
+    if moe:
+        raise InterpError(
+            f"layers {moe} are mixture-of-experts layers: neuron analyzers read one dense MLP per layer "
+            f"(blocks.{{l}}.mlp.hook_post). Pass dense layers only, or study an expert through its own hooks "
+            f"(blocks.{moe[0]}.mlp.experts.{{e}}.hook_post, rows = interp.model.mlp.routed_tokens).")
+
+
 def _W_out(model, layer: int) -> torch.Tensor:
     """``[d_mlp, d_model]`` output (value) weights of one layer."""
+    _refuse_moe(model, [layer])
     mlp = model.blocks[layer].mlp
     w = getattr(mlp, "W_out", None)
     if w is None:
@@ -310,6 +322,7 @@ def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -
     ]
 
     layer_list = _layers("layers", layers, cfg.n_layers)
+    _refuse_moe(model, layer_list)
     names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
@@ -532,6 +545,7 @@ def scan_top_contexts(
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
         raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
     layer_list = _layers("layers", layers, cfg.n_layers)
+    _refuse_moe(model, layer_list)
     try:
         corpus = as_corpus(texts_or_token_batches)
     except InterpError as e:
