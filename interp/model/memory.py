@@ -52,9 +52,9 @@ def hook_shape(cfg, name: str, batch: int, pos: int) -> tuple[int, ...]:
     parent = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
     if last == "hook_scale":
         return (batch, pos, 1)
-    if last in ("hook_q", "hook_rot_q", "hook_z"):
+    if last in ("hook_q", "hook_rot_q", "hook_z", "hook_q_normed"):
         return (batch, pos, h, dh)
-    if last in ("hook_k", "hook_v", "hook_rot_k"):
+    if last in ("hook_k", "hook_v", "hook_rot_k", "hook_k_normed"):
         return (batch, pos, kv, dh)
     if last in ("hook_attn_scores", "hook_pattern"):
         return (batch, h, pos, pos)
