@@ -159,7 +159,7 @@ def test_dla_components_sum_to_the_logit(family):
         nm = causal.final_norm_map(m)
         _, cache = m.run_with_cache(clean[:1])
         u = nm.direction(m.W_U[:, ANS[0]].detach().double())
-        bias = 0.0 if b_out is None else float(b_out.detach().double() @ u / cache["ln_final.hook_scale"][0, -1].double())
+        bias = 0.0 if b_out is None else float(b_out.detach().double() @ u / cache["ln_final.hook_scale"][0, -1].detach().double())
         neurons = full[(full.kind == "neuron") & (full.layer == lay)].contribution.sum()
         mlp = full[(full.kind == "mlp") & (full.layer == lay)].contribution.item()
         assert neurons + bias == pytest.approx(mlp, abs=1e-6)
