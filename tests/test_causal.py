@@ -154,12 +154,12 @@ def test_dla_components_sum_to_the_logit(family):
             assert df.attrs["logit"] == pytest.approx(float(want.mean()), rel=1e-5, abs=1e-6)
     # the neuron rows split their MLP row: with every neuron listed, they and b_out sum to each MLP
     full = direct_logit_attribution(m, clean[:1], ANS[0], k_neurons=2 * m.cfg.d_mlp)
+    with torch.no_grad():
+        _, cache = m.run_with_cache(clean[:1])
+        u = causal.final_norm_map(m).direction(m.W_U[:, ANS[0]].double())
     for lay in range(2):
         b_out = m.blocks[lay].mlp.b_out
-        nm = causal.final_norm_map(m)
-        _, cache = m.run_with_cache(clean[:1])
-        u = nm.direction(m.W_U[:, ANS[0]].detach().double())
-        bias = 0.0 if b_out is None else float(b_out.detach().double() @ u / cache["ln_final.hook_scale"][0, -1].detach().double())
+        bias = 0.0 if b_out is None else float(b_out.detach().double() @ u / cache["ln_final.hook_scale"][0, -1].double())
         neurons = full[(full.kind == "neuron") & (full.layer == lay)].contribution.sum()
         mlp = full[(full.kind == "mlp") & (full.layer == lay)].contribution.item()
         assert neurons + bias == pytest.approx(mlp, abs=1e-6)
