@@ -101,7 +101,11 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
 
         read_json(Path(name_or_path, "config.json"))  # a broken file: one line, not transformers' tracebacks
     hf = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype="auto")
-    if tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
+    if tokenizer is None and Path(name_or_path, "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer  # the folder's own tokenizer class and special tokens
+
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    elif tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(Path(name_or_path, "tokenizer.json")))

@@ -17,8 +17,8 @@ GQA/MQA: ``n_kv_heads`` key/value heads each serve ``n_heads // n_kv_heads`` con
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
@@ -27,10 +27,10 @@ from interp.model.config import BACKENDS, DecoderConfig
 
 # --- rotary position embedding ------------------------------------------------------------------
 def rotary_cos_sin(positions: torch.Tensor, rotary_dim: int, base: float, dtype: torch.dtype):
-    """cos/sin tables [pos, rotary_dim] for the rotate-half convention (Llama, GPT-NeoX)."""
+    """cos/sin tables [(batch,) pos, rotary_dim] for the rotate-half convention (Llama, GPT-NeoX)."""
     work = torch.promote_types(dtype, torch.float32)  # at least fp32; a float64 model keeps full precision
     inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=positions.device, dtype=work) / rotary_dim))
-    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
+    freqs = positions.to(inv_freq.dtype)[..., None] * inv_freq  # [(batch,) pos, rotary_dim / 2]
     angles = torch.cat([freqs, freqs], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -45,7 +45,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
     half = rotary_dim // 2
     rotated_half = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    # cos/sin are [pos, rot] (shared positions) or [batch, pos, rot] (left padding): add the head axis
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     return torch.cat([x_rot * cos + rotated_half * sin, x_pass], dim=-1)
 
 
@@ -75,6 +76,18 @@ def causal_mask(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
     q = torch.arange(n_query, device=device)[:, None] + offset
     k = torch.arange(n_key, device=device)[None, :]
     return k <= q
+
+
+def visible_keys(n_query: int, n_key: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Causal mask [query, key], or [batch, 1, query, key] with a padding mask ``key_mask`` [batch, key]
+    (True = real token). A padding query sees only itself: its output is finite and never read by a real
+    token (pad keys are hidden from every other query)."""
+    visible = causal_mask(n_query, n_key, device)
+    if key_mask is None:
+        return visible
+    offset = n_key - n_query
+    is_self = torch.arange(n_key, device=device)[None, :] == torch.arange(n_query, device=device)[:, None] + offset
+    return visible & (key_mask.bool()[:, None, None, :] | is_self)
 
 
 class KVCache:
@@ -116,11 +129,12 @@ class Attention(nn.Module):
             self.register_parameter("b_V", None)
         self.b_O = nn.Parameter(torch.zeros(d)) if cfg.attn_out_bias else None
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [batch, pos, head, d_head]
-        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        if cfg.positional == "rotary":  # registered only where RoPE runs, so every hook point fires
+            self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_attn_scores = HookPoint()  # [batch, head, query, key], masked entries −inf
         self.hook_pattern = HookPoint()  # [batch, head, query, key]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, head, d_model], only when cfg.use_attn_result
+        # hook_result [batch, pos, head, d_model] exists while cfg.use_attn_result (interp.model.gated_hooks)
         # Set by the lazy-pattern cache (interp.model.lazy_pattern) to receive rotated q, k and lse.
         self.pattern_recorder = None
 
@@ -129,7 +143,8 @@ class Attention(nn.Module):
         return self.cfg.n_heads // self.cfg.n_kv_heads
 
     def _project(self, x, W, b):
-        out = torch.einsum("bpm,hmd->bphd", x, W)
+        # x is the residual [b, pos, d_model], or one copy per head [b, pos, head, d_model] (split inputs)
+        out = torch.einsum("bphm,hmd->bphd" if x.ndim == 4 else "bpm,hmd->bphd", x, W)
         return out if b is None else out + b
 
     def pattern_hooked(self) -> bool:
@@ -142,11 +157,15 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         kv_cache: KVCache | None = None,
         backend: str | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x``: [batch, pos, d_model], or a (q, k, v) tuple of per-head inputs [batch, pos, head, d_model].
+        ``key_mask`` [batch, n_key] (True = real token) hides padding; positions are then [batch, pos]."""
         cfg = self.cfg
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(x, self.W_K, self.b_K))
-        v = self.hook_v(self._project(x, self.W_V, self.b_V))
+        q_in, k_in, v_in = x if isinstance(x, tuple) else (x, x, x)  # a tuple: per-head inputs (gated hooks)
+        q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(k_in, self.W_K, self.b_K))
+        v = self.hook_v(self._project(v_in, self.W_V, self.b_V))
         if cfg.positional == "rotary":
             cos, sin = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, q.dtype)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
@@ -154,9 +173,14 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer, k, v)
 
-        backend = resolve_backend(backend, cfg, x.device)
+        backend = resolve_backend(backend, cfg, q.device)
         if self.pattern_hooked() or backend == "eager":
-            z = self._eager(q, k, v)
+            z = self._eager(q, k, v, key_mask)
+        elif key_mask is not None:  # padding: PyTorch's sdpa with an explicit mask (no kernel lse to record)
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=cfg.attn_scale,
+                attn_mask=visible_keys(q.shape[1], k.shape[1], key_mask, q.device), enable_gqa=self.group > 1,
+            ).transpose(1, 2)
         else:
             z = self._fused(q, k, v, backend)
         z = self.hook_z(z)
@@ -167,13 +191,13 @@ class Attention(nn.Module):
             out = torch.einsum("bphd,hdm->bpm", z, self.W_O)
         return out if self.b_O is None else out + self.b_O
 
-    def _eager(self, q, k, v):
-        """The reference: scores, −inf above the diagonal, softmax, weighted sum of values."""
+    def _eager(self, q, k, v, key_mask=None):
+        """The reference: scores, −inf above the diagonal (and on padding), softmax, weighted sum of values."""
         qh = q.transpose(1, 2)  # [b, head, q, d]
         kh = k.transpose(1, 2).repeat_interleave(self.group, dim=1)
         vh = v.transpose(1, 2).repeat_interleave(self.group, dim=1)
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.cfg.attn_scale
-        visible = causal_mask(q.shape[1], k.shape[1], q.device)
+        visible = visible_keys(q.shape[1], k.shape[1], key_mask, q.device)
         scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
         # softmax in at least fp32: half precision is upcast, float64 (the oracle) is not truncated
         probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
