@@ -60,6 +60,8 @@ def hook_shape(cfg, name: str, batch: int, pos: int) -> tuple[int, ...]:
         return (batch, h, pos, pos)
     if last == "hook_result":
         return (batch, pos, h, cfg.d_model)
+    if name == "hook_unembed":  # the logits
+        return (batch, pos, cfg.d_vocab)
     if parent == "mlp":  # hook_pre, hook_pre_linear, hook_post
         return (batch, pos, cfg.d_mlp)
     return (batch, pos, cfg.d_model)  # embeddings, residual streams, sublayer outputs, hook_normalized
