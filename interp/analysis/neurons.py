@@ -48,10 +48,12 @@ from interp.io import atomic_path, atomic_write_text
 
 __all__ = [
     "answer_agreement",
+    "answer_frame",
     "final_norm_map",
     "neuron_answers",
     "neuron_contributions",
     "neuron_direction",
+    "residual_direction",
     "scan_top_contexts",
     "top_neurons",
 ]
@@ -63,8 +65,20 @@ _SCAN_VERSION = 2  # 2: streaming corpus (raw-content fingerprint), document-res
 # weights and the final norm
 
 
+def _refuse_moe(model, layers) -> None:
+    """Neurons here are the units of one dense MLP; an MoE layer has E experts' worth, routed per token."""
+    cfg = model.cfg
+    moe = [layer for layer in layers if getattr(cfg, "is_moe", lambda _: False)(layer)]
+    if moe:
+        raise InterpError(
+            f"layers {moe} are mixture-of-experts layers: neuron analyzers read one dense MLP per layer "
+            f"(blocks.{{l}}.mlp.hook_post). Pass dense layers only, or study an expert through its own hooks "
+            f"(blocks.{moe[0]}.mlp.experts.{{e}}.hook_post, rows = interp.model.mlp.routed_tokens).")
+
+
 def _W_out(model, layer: int) -> torch.Tensor:
     """``[d_mlp, d_model]`` output (value) weights of one layer."""
+    _refuse_moe(model, [layer])
     mlp = model.blocks[layer].mlp
     w = getattr(mlp, "W_out", None)
     if w is None:
@@ -152,6 +166,14 @@ def neuron_direction(model, layer: int, neuron: int | None = None) -> torch.Tens
     w = _W_out(model, layer).detach().double()
     if neuron is not None:
         w = w[check_index("neuron", neuron, w.shape[0])]
+    return residual_direction(model, w)
+
+
+def residual_direction(model, w: torch.Tensor) -> torch.Tensor:
+    """Residual-stream vector(s) ``w [..., d_model]`` as the final norm sees them (float64): centred over
+    ``d_model`` for LayerNorm, times the norm's weight. ``residual_direction(model, w) @ W_U`` is the logit
+    change per unit of ``w`` before the norm's positive ``1/scale``."""
+    w = w.detach().double()
     nm = final_norm_map(model)
     if nm.center:
         w = w - w.mean(-1, keepdim=True)
@@ -182,10 +204,16 @@ def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str =
     >>> df.direction.tolist(), bool(df.logit.iloc[0] >= df.logit.iloc[1])
     (['top', 'top', 'top', 'bottom', 'bottom', 'bottom'], True)
     """
+    logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
+    return answer_frame(model, logits, k, direction)
+
+
+def answer_frame(model, logits: torch.Tensor, k: int = 10, direction: str = "both") -> pd.DataFrame:
+    """The ``k`` largest (``top``) and most negative (``bottom``) entries of a ``[d_vocab]`` logit vector,
+    as ``neuron_answers`` shows them: ``token, logit, token_id, direction, rank``."""
     if direction not in ("top", "bottom", "both"):
         raise InterpError(f"direction: must be 'top', 'bottom' or 'both'; given {direction!r}")
     k = _resolve_k(k)
-    logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
     k = min(k, logits.shape[0])
     rows = []
     if direction in ("top", "both"):
@@ -294,6 +322,7 @@ def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -
     ]
 
     layer_list = _layers("layers", layers, cfg.n_layers)
+    _refuse_moe(model, layer_list)
     names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
@@ -516,6 +545,7 @@ def scan_top_contexts(
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
         raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
     layer_list = _layers("layers", layers, cfg.n_layers)
+    _refuse_moe(model, layer_list)
     try:
         corpus = as_corpus(texts_or_token_batches)
     except InterpError as e:
