@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import FAMILY_CONFIGS, torch_threads, word_level_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 WORLD = 2
 TIMEOUT_S = 240
 VOCAB = 40
@@ -64,22 +65,7 @@ def compute(out: Path, crash_after_first_shard: bool = False) -> dict:
     from interp.data import activation_stats, write_activation_dataset
 
     model, docs = make_model(), corpus_docs()
-    res = {
-        "scan": scan_top_contexts(model, docs, **SCAN),
-        "probe": collect_activations(model, prompts(), ["resid_post", "mlp.hook_post"], positions="all",
-                                     batch_size=1),
-        "stats": activation_stats(model, docs, ["mlp.hook_post", "hook_embed"], seq_len=12, overlap=4,
-                                  batch_size=2, shard_docs=2, progress=False),
-    }
-    ds = write_activation_dataset(model, docs, ["blocks.1.hook_resid_post"], out / "acts", seq_len=12, overlap=4,
-                                  batch_size=2, shard_docs=2, progress=False)
-    res["acts"] = (ds.activations("blocks.1.hook_resid_post"), ds.index(), ds.manifest["corpus"])
-    lens = train_tuned_lens(model, lens_batches() if dist.is_initialized() else [torch.cat(lens_batches())],
-                            steps=3, lr=1e-2, progress=False)
-    res["lens"] = {k: v.detach().clone() for k, v in lens.state_dict().items()}
-
-    # an interrupted scan: each rank stops after its first completed shard, then the scan is run again
-    forwards = []
+    forwards = []  # batch sizes of every forward pass a scan makes in this process
     real_forward, real_save = scan_mod._forward, scan_mod._save_checkpoint
 
     def counting_forward(model, tokens, names):
@@ -92,6 +78,9 @@ def compute(out: Path, crash_after_first_shard: bool = False) -> dict:
 
     scan_mod._forward = counting_forward
     try:
+        res = {"scan": scan_top_contexts(model, docs, **SCAN)}
+        res["full_forwards"] = len(forwards)
+        # an interrupted scan: each rank stops after its first completed shard, then the scan is run again
         scan_mod._save_checkpoint = crash_after_save
         try:
             scan_top_contexts(model, docs, cache_path=out / "resume", **SCAN)
@@ -100,12 +89,19 @@ def compute(out: Path, crash_after_first_shard: bool = False) -> dict:
         scan_mod._save_checkpoint = real_save
         before = len(forwards)
         res["resumed"] = scan_top_contexts(model, docs, cache_path=out / "resume", **SCAN)
-        res["resumed_forwards"] = (before, len(forwards) - before)
-        full = scan_top_contexts(model, docs, **SCAN)
-        res["full_forwards"] = len(forwards) - before - res["resumed_forwards"][1]
-        del full
+        res["resumed_forwards"] = (before - res["full_forwards"], len(forwards) - before)
     finally:
         scan_mod._forward, scan_mod._save_checkpoint = real_forward, real_save
+    res["probe"] = collect_activations(model, prompts(), ["resid_post", "mlp.hook_post"], positions="all",
+                                       batch_size=1)
+    res["stats"] = activation_stats(model, docs, ["mlp.hook_post", "hook_embed"], seq_len=12, overlap=4,
+                                    batch_size=2, shard_docs=2, progress=False)
+    ds = write_activation_dataset(model, docs, ["blocks.1.hook_resid_post"], out / "acts", seq_len=12, overlap=4,
+                                  batch_size=2, shard_docs=2, progress=False)
+    res["acts"] = (ds.activations("blocks.1.hook_resid_post"), ds.index(), ds.manifest["corpus"])
+    lens = train_tuned_lens(model, lens_batches() if dist.is_initialized() else [torch.cat(lens_batches())],
+                            steps=3, lr=1e-2, progress=False)
+    res["lens"] = {k: v.detach().clone() for k, v in lens.state_dict().items()}
     return res
 
 
@@ -211,7 +207,6 @@ def test_interrupted_scan_resumes_and_equals_uninterrupted(sharded, single):
     assert sum(r["full_forwards"] for r in sharded) == single["full_forwards"]
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_checkpoint_of_another_scan_is_not_reused(tmp_path):
     from interp.analysis.neurons import scan_top_contexts
 
