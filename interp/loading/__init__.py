@@ -38,8 +38,10 @@ def random_tiny_model():
     return HookedDecoder(cfg).eval()
 
 
-def load(source: Any = None, device: str | torch.device | None = None, tokenizer: Any = None):
-    """Load a model.
+def load(source: Any = None, device: str | torch.device | None = None, tokenizer: Any = None, *,
+         fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
+         fold_value_biases: bool = False, refactor_factored_attn_matrices: bool = False):
+    """Load a model, optionally with TransformerLens' weight processing.
 
     * ``load()`` — the default model of the shipped zoo (``models/``).
     * ``load("name")`` — ``models/<name>``.
@@ -47,7 +49,19 @@ def load(source: Any = None, device: str | torch.device | None = None, tokenizer
       ``save_pretrained`` folder (GPT-2, Llama/Mistral/Qwen2, GPT-NeoX).
     * ``load(hf_model)`` — a `transformers` model object.
     * ``load("org/model")`` — a hub id, through `transformers`' own download (needs a reachable hub).
+
+    ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases`` are TransformerLens'
+    processing steps with TL's meaning (interp.model.processing). They are off by default, so the weights and
+    every hook are exactly the source model's; switch them on (as TL's ``from_pretrained`` does) before
+    using TL's ``decompose_resid(apply_ln=True)`` / ``logit_attrs`` — those warn on an unfolded model.
     """
+    model = _load(source, device, tokenizer)
+    steps = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights, "center_unembed": center_unembed,
+             "fold_value_biases": fold_value_biases, "refactor_factored_attn_matrices": refactor_factored_attn_matrices}
+    return model.process_weights(**steps) if any(steps.values()) else model
+
+
+def _load(source: Any, device, tokenizer):
     if source is None:
         name = default_model_name()
         if name == DEFAULT_MODEL and DEFAULT_MODEL not in zoo_models():

@@ -67,6 +67,10 @@ class DecoderConfig:
     deepnorm_beta: float | None = None  # None -> (8 N)^(-1/4)
     eos_token_id: int | None = None
     bos_token_id: int | None = None
+    # TransformerLens weight processing applied to the weights (interp.model.processing), in order, e.g.
+    # ["fold_ln", "center_writing_weights"]. After "fold_ln" ln1/ln2/ln_final have no gain or bias (TL's
+    # LNPre / RMSPre): their parameters live in the weights that read them.
+    weight_processing: list = field(default_factory=list)
     dtype: str = "float32"
     name: str = "interp-model"
     source: dict = field(default_factory=dict)  # where the weights came from (HF class, path, ...)
@@ -116,6 +120,11 @@ class DecoderConfig:
             self.attn_out_bias = self.attn_bias
         if self.norm_eps <= 0:
             raise InterpError(f"DecoderConfig.norm_eps must be > 0; got {self.norm_eps}.")
+        from interp.model.processing import STEPS
+
+        unknown = [step for step in self.weight_processing if step not in STEPS]
+        if unknown:
+            raise InterpError(f"DecoderConfig.weight_processing entries must be in {list(STEPS)}; got {unknown}.")
 
     # --- derived quantities -------------------------------------------------------------------
     @property
@@ -137,6 +146,11 @@ class DecoderConfig:
         return self.deepnorm_beta if self.deepnorm_beta is not None else (8.0 * self.n_layers) ** -0.25
 
     @property
+    def norm_folded(self) -> bool:
+        """fold_ln has moved the norms' gains and biases into the weights that read them."""
+        return "fold_ln" in self.weight_processing
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
@@ -149,7 +163,8 @@ class DecoderConfig:
     def normalization_type(self) -> str | None:
         if self.norm_placement != "pre":
             return None  # apply_ln on a post-LN stream has no meaning; TL then skips folding
-        return "LN" if self.norm == "layernorm" else "RMS"
+        kind = "LN" if self.norm == "layernorm" else "RMS"
+        return kind + "Pre" if self.norm_folded else kind  # TL's names for a norm without gain or bias
 
     @property
     def final_rms(self) -> bool:

@@ -14,13 +14,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
 from interp.model.attention import Attention, KVCache
 from interp.model.config import DecoderConfig
+from interp.model.processing import InterpActivationCache, process_weights
 
 
 # --- norms --------------------------------------------------------------------------------------
@@ -30,14 +30,16 @@ class Norm(nn.Module):
     ``hook_scale`` is the divisor sqrt(mean(x²) + eps) (after centering for LayerNorm) and
     ``hook_normalized`` the unit-scale vector before the learned gain ``w`` and bias ``b``; caching the
     scale is what lets ``ActivationCache.apply_ln_to_stack`` treat the norm as linear per position.
+    After ``fold_ln`` (``cfg.norm_folded``) the norm keeps no gain or bias (TransformerLens' LNPre/RMSPre):
+    they were multiplied into the weights that read its output.
     """
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, cfg: DecoderConfig, learned: bool = True):
         super().__init__()
         self.rms = cfg.norm == "rmsnorm"
         self.eps = cfg.norm_eps
-        self.w = nn.Parameter(torch.ones(cfg.d_model))
-        self.b = None if self.rms else nn.Parameter(torch.zeros(cfg.d_model))
+        self.w = nn.Parameter(torch.ones(cfg.d_model)) if learned else None
+        self.b = None if self.rms or not learned else nn.Parameter(torch.zeros(cfg.d_model))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
@@ -46,14 +48,19 @@ class Norm(nn.Module):
         x = x.float() if dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32, as HF does
         if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
             # nothing observes the intermediates: one fused call (what HF itself runs for LayerNorm)
+            w = None if self.w is None else self.w.to(x.dtype)
             if self.rms:
-                return F.rms_norm(x, x.shape[-1:], self.w.to(x.dtype), self.eps).to(dtype)
-            return F.layer_norm(x, x.shape[-1:], self.w.to(x.dtype), self.b.to(x.dtype), self.eps).to(dtype)
+                return F.rms_norm(x, x.shape[-1:], w, self.eps).to(dtype)
+            b = None if self.b is None else self.b.to(x.dtype)
+            return F.layer_norm(x, x.shape[-1:], w, b, self.eps).to(dtype)
         if not self.rms:
             x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         x = self.hook_normalized(x / scale)
-        x = x * self.w if self.b is None else x * self.w + self.b
+        if self.w is not None:
+            x = x * self.w
+        if self.b is not None:
+            x = x + self.b
         return x.to(dtype)
 
 
@@ -118,7 +125,7 @@ class Block(nn.Module):
     def __init__(self, cfg: DecoderConfig, layer: int):
         super().__init__()
         self.cfg = cfg
-        self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+        self.ln1, self.ln2 = Norm(cfg, learned=not cfg.norm_folded), Norm(cfg, learned=not cfg.norm_folded)
         self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()
@@ -221,7 +228,7 @@ class HookedDecoder(HookedRootModule):
             self.hook_pos_embed = HookPoint()
         self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
         if cfg.final_norm:
-            self.ln_final = Norm(cfg)
+            self.ln_final = Norm(cfg, learned=not cfg.norm_folded)
         self.unembed = Unembed(cfg, self.embed)
         self.init_weights()
         self.to(cfg.torch_dtype)
@@ -340,7 +347,18 @@ class HookedDecoder(HookedRootModule):
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if not return_cache_object:
             return out, cache_dict
-        return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, InterpActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def process_weights(self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
+                        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False):
+        """TransformerLens' weight processing in place (see interp.model.processing); TL's defaults.
+
+        Log-probabilities stay the same; afterwards TL's ``decompose_resid(apply_ln=True)`` / ``logit_attrs``
+        add up to the logits. Returns the model.
+        """
+        return process_weights(self, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                               center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                               refactor_factored_attn_matrices=refactor_factored_attn_matrices)
 
     # --- hooks: unknown names get a clear error ----------------------------------------------
     def check_hooks_to_add(self, hook_point, hook_point_name, hook, dir="fwd", is_permanent=False, prepend=False):
