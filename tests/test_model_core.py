@@ -613,7 +613,7 @@ def test_triton_backend_on_cpu_is_refused(small):
         ({"n_heads": 3}, r"d_model \(32\).*n_heads \(3\)"),
         ({"positional": "alibi"}, r"positional.*'learned'.*'alibi'"),
         ({"norm": "batchnorm"}, r"norm must be one of.*'batchnorm'"),
-        ({"norm_placement": "sandwich"}, r"norm_placement.*'sandwich'"),
+        ({"norm_placement": "middle"}, r"norm_placement.*'middle'"),
         ({"act": "tanh"}, r"act must be one of.*'tanh'"),
         ({"d_model": 0}, r"d_model must be a positive integer; got 0"),
         ({"rotary_fraction": 0.0, "positional": "rotary"}, r"rotary_fraction must be in \(0, 1\]; got 0.0"),
@@ -719,9 +719,9 @@ def test_checkpoint_with_unexpected_tensor_or_config_field(tmp_path):
     with pytest.raises(InterpError, match=r"unexpected tensors: \['blocks.0.attn.W_extra'\]"):
         interp.load(str(folder))
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["n_experts"] = 8
+    cfg["n_dragons"] = 8
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(InterpError, match=r"n_experts"):
+    with pytest.raises(InterpError, match=r"n_dragons"):
         interp.load(str(folder))
 
 

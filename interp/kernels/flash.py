@@ -233,12 +233,16 @@ class _FlashAttention(torch.autograd.Function):
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                    scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float | None = None, window: int | None = None, softcap: float | None = None,
+                    alibi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused attention; returns ``(out, lse)``. See the module docstring for shapes and conventions.
 
     ``scale`` defaults to ``1/sqrt(d_head)``. Inputs in fp16/bf16/fp32; accumulation is always fp32 (and fp32
     inputs use IEEE fp32 products, not tf32, so fp32 results match a float64 reference to ~1e-6).
     """
     scale = _check_inputs(q, k, v, scale)
+    if window is not None or softcap is not None or alibi is not None:
+        raise InterpError("flash_attention: window / softcap / alibi are not implemented in the Triton kernel yet; "
+                          "use attn_backend='sdpa' or 'eager'")
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
     return _FlashAttention.apply(q, k, v, bool(causal), scale)

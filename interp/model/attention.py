@@ -12,6 +12,11 @@ every visible key with q·k/√d; mask the future with −inf (causal); softmax;
 
 GQA/MQA: ``n_kv_heads`` key/value heads each serve ``n_heads // n_kv_heads`` consecutive query heads
 (query head h reads kv head h // group), as in Llama/Mistral.
+
+Blocks of modern LLMs, each off by default (DecoderConfig): QK-norm on q and k before RoPE (Qwen3, OLMo 2,
+Gemma 3; hooked as ``attn.q_norm.*``/``attn.hook_q_normed``), per-layer RoPE (scalings, base, or none),
+and the score modifications of :mod:`interp.kernels.reference` (soft-cap, ALiBi, sliding window), which
+every backend and the lazy pattern rebuild apply identically.
 """
 
 from __future__ import annotations
@@ -22,31 +27,10 @@ import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
+from interp.kernels.reference import alibi_slopes, modify_scores, query_key_positions
 from interp.model.config import BACKENDS, DecoderConfig
-
-
-# --- rotary position embedding ------------------------------------------------------------------
-def rotary_cos_sin(positions: torch.Tensor, rotary_dim: int, base: float, dtype: torch.dtype):
-    """cos/sin tables [pos, rotary_dim] for the rotate-half convention (Llama, GPT-NeoX)."""
-    work = torch.promote_types(dtype, torch.float32)  # at least fp32; a float64 model keeps full precision
-    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=positions.device, dtype=work) / rotary_dim))
-    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
-    angles = torch.cat([freqs, freqs], dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``rotary_dim`` features of each head of x [batch, pos, head, d_head].
-
-    Pairs (i, i + rotary_dim/2) rotate by angle pos·θ_i, so q·k depends only on the relative offset.
-    Dims past ``rotary_dim`` (partial rotary, GPT-NeoX) pass through unchanged.
-    """
-    rotary_dim = cos.shape[-1]
-    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated_half = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat([x_rot * cos + rotated_half * sin, x_pass], dim=-1)
+from interp.model.norm import Norm
+from interp.model.rope import apply_rotary, rope_frequencies, rotary_cos_sin
 
 
 # --- backends -----------------------------------------------------------------------------------
@@ -67,14 +51,6 @@ def resolve_backend(requested: str | None, cfg: DecoderConfig, device: torch.dev
             f"{device}. Use attn_backend='sdpa' or 'eager' on the CPU, or 'auto' to choose for you."
         )
     return backend
-
-
-def causal_mask(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
-    """Boolean [query, key] mask, True where the key is visible. Queries are the last n_query positions."""
-    offset = n_key - n_query
-    q = torch.arange(n_query, device=device)[:, None] + offset
-    k = torch.arange(n_key, device=device)[None, :]
-    return k <= q
 
 
 class KVCache:
@@ -123,6 +99,19 @@ class Attention(nn.Module):
         self.hook_result = HookPoint()  # [batch, pos, head, d_model], only when cfg.use_attn_result
         # Set by the lazy-pattern cache (interp.model.lazy_pattern) to receive rotated q, k and lse.
         self.pattern_recorder = None
+        # score modifications of this layer (interp.kernels.reference)
+        self.window = cfg.window(layer)
+        self.softcap = cfg.attn_softcap
+        if cfg.alibi:
+            self.register_buffer("alibi", alibi_slopes(H), persistent=False)
+        else:
+            self.alibi = None
+        self.rope = cfg.rope_for_layer(layer) if cfg.uses_rope(layer) else None
+        if cfg.qk_norm is not None:
+            per_head = cfg.qk_norm == "per_head"
+            self.q_norm = Norm(cfg, dh if per_head else H * dh)
+            self.k_norm = Norm(cfg, dh if per_head else K * dh)
+            self.hook_q_normed, self.hook_k_normed = HookPoint(), HookPoint()  # [batch, pos, head, d_head]
 
     @property
     def group(self) -> int:
@@ -136,6 +125,21 @@ class Attention(nn.Module):
         """True when something hooks the scores or the pattern, so they must be materialised."""
         return self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
 
+    def _qk_norm(self, t: torch.Tensor, norm: Norm, hook: HookPoint) -> torch.Tensor:
+        if self.cfg.qk_norm == "per_head":
+            return hook(norm(t))
+        return hook(norm(t.flatten(-2)).unflatten(-1, t.shape[-2:]))  # across heads: one norm over h*d
+
+    def _rotate(self, q, k, positions):
+        cfg = self.cfg
+        work = torch.promote_types(q.dtype, torch.float32)  # a float64 model keeps full precision
+        # dynamic/longrope frequencies depend on the length of the context processed so far
+        inv_freq, factor = rope_frequencies(self.rope, cfg.rotary_dim, cfg.n_ctx, int(positions[-1]) + 1, work)
+        cos, sin = rotary_cos_sin(positions, inv_freq.to(q.device), q.dtype, factor, cfg.rotary_interleaved)
+        q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rotary_interleaved))
+        k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_interleaved))
+        return q, k
+
     def forward(
         self,
         x: torch.Tensor,
@@ -147,10 +151,11 @@ class Attention(nn.Module):
         q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(x, self.W_K, self.b_K))
         v = self.hook_v(self._project(x, self.W_V, self.b_V))
-        if cfg.positional == "rotary":
-            cos, sin = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, q.dtype)
-            q = self.hook_rot_q(apply_rotary(q, cos, sin))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+        if cfg.qk_norm is not None:
+            q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
+            k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
+        if self.rope is not None:
+            q, k = self._rotate(q, k, positions)
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer, k, v)
 
@@ -168,13 +173,14 @@ class Attention(nn.Module):
         return out if self.b_O is None else out + self.b_O
 
     def _eager(self, q, k, v):
-        """The reference: scores, −inf above the diagonal, softmax, weighted sum of values."""
+        """The reference: scores (soft-cap, ALiBi), −inf where masked, softmax, weighted sum of values."""
         qh = q.transpose(1, 2)  # [b, head, q, d]
         kh = k.transpose(1, 2).repeat_interleave(self.group, dim=1)
         vh = v.transpose(1, 2).repeat_interleave(self.group, dim=1)
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.cfg.attn_scale
-        visible = causal_mask(q.shape[1], k.shape[1], q.device)
-        scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
+        q_pos, k_pos = query_key_positions(q.shape[1], k.shape[1], q.device)
+        scores = modify_scores(scores, q_pos, k_pos, True, self.window, self.softcap, self.alibi)
+        scores = self.hook_attn_scores(scores)
         # softmax in at least fp32: half precision is upcast, float64 (the oracle) is not truncated
         probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
         pattern = self.hook_pattern(probs.to(v.dtype))
@@ -187,7 +193,8 @@ class Attention(nn.Module):
         # With cached keys (generation) queries are the last n_q positions; fused_attention aligns the causal
         # mask bottom-right. The log-sum-exp is only asked for when a lazy cache will rebuild the pattern.
         z, lse = fused_attention(qh, kh, vh, causal=True, scale=self.cfg.attn_scale, backend=backend,
-                                 need_lse=self.pattern_recorder is not None)
+                                 need_lse=self.pattern_recorder is not None, window=self.window,
+                                 softcap=self.softcap, alibi=self.alibi)
         if self.pattern_recorder is not None:
             self.pattern_recorder(self.layer, qh, kh, lse)
         return z.transpose(1, 2)

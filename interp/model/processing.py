@@ -54,13 +54,17 @@ def _work(t: torch.Tensor) -> torch.Tensor:
 
 def _check_foldable(model) -> None:
     cfg = model.cfg
-    if cfg.norm_placement != "pre":
+    if cfg.norm_placement not in ("pre", "sandwich"):
         raise InterpError(
-            f"fold_ln needs pre-norm blocks (norm_placement='pre'); this model has norm_placement="
-            f"{cfg.norm_placement!r}, whose norms act on the residual stream itself and cannot fold into a read."
+            f"fold_ln needs norms that read the residual stream before a sublayer (norm_placement 'pre' or "
+            f"'sandwich'); this model has norm_placement={cfg.norm_placement!r}, whose norms act on the residual "
+            "stream or on a sublayer's output and cannot fold into a read."
         )
     if not cfg.final_norm:
         raise InterpError("fold_ln needs a final norm (cfg.final_norm=True); this model has none to fold.")
+    if cfg.has_moe and cfg.norm == "layernorm":
+        raise InterpError("fold_ln of a LayerNorm into a mixture of experts is not supported (the router and "
+                          "experts have no biases to take the norm's bias); RMSNorm MoE models fold.")
 
 
 def _untie(model) -> None:
@@ -71,12 +75,12 @@ def _untie(model) -> None:
         model.cfg.tie_embeddings = False
 
 
-@torch.no_grad()
 def _fold_norm_into(norm: nn.Module, reads: list[tuple[nn.Module, str, str | None, int]], center: bool) -> None:
     """Fold ``norm``'s gain/bias into each (module, weight name, bias name, d_model axis) that reads it."""
-    if norm.w is None:  # already folded
+    if norm.w is None:  # already folded, or parameter-free (OLMo): nothing to move
         return
-    w, b = _work(norm.w), None if norm.b is None else _work(norm.b)
+    w, b = norm.gain(torch.float32), None if norm.b is None else _work(norm.b)  # gain: offset + w (Gemma)
+    w = w.to(torch.promote_types(norm.w.dtype, torch.float32))
     for module, W_name, b_name, axis in reads:
         W = getattr(module, W_name)
         Wf = _work(W)
@@ -94,27 +98,44 @@ def _fold_norm_into(norm: nn.Module, reads: list[tuple[nn.Module, str, str | Non
     norm.b = None
 
 
+def _mlp_reads(mlp: nn.Module, with_bias: bool) -> list:
+    """Every matrix reading the MLP's input: W_in (+ W_gate), or a MoE's router, experts and shared expert."""
+    if hasattr(mlp, "W_router"):  # RMSNorm only (checked): no biases to create
+        reads = [(mlp, "W_router", None, 0)]
+        experts = list(mlp.experts) + ([mlp.shared_expert] if mlp.shared_expert is not None else [])
+        if getattr(mlp, "W_shared_gate", None) is not None:
+            reads.append((mlp, "W_shared_gate", None, 0))
+        return reads + [r for e in experts for r in _mlp_reads(e, False)]
+    reads = [(mlp, "W_in", "b_in" if with_bias else None, 0)]
+    if mlp.W_gate is not None:
+        reads.append((mlp, "W_gate", "b_gate" if with_bias else None, 0))
+    return reads
+
+
 def _fold_ln(model) -> None:
     _check_foldable(model)
     cfg = model.cfg
-    center = cfg.norm == "layernorm"  # TL's fold_layer_norm centres reading weights for LayerNorm only
-    with_bias = cfg.norm == "layernorm"  # RMSNorm has no bias, so folding creates none
+    layernorm = cfg.norm == "layernorm"  # TL centres reading weights for LayerNorm only; RMSNorm has no bias
     for block in model.blocks:
         attn, mlp = block.attn, block.mlp
-        if with_bias:
+        if layernorm:
             cfg.attn_bias = True  # ln1's bias becomes b_Q/b_K/b_V
-        reads = [(attn, f"W_{n}", f"b_{n}" if with_bias else None, 1) for n in "QKV"]
-        _fold_norm_into(block.ln1, reads, center)
-        mlp_reads = [(mlp, "W_in", "b_in" if with_bias else None, 0)]
-        if mlp.W_gate is not None:
-            mlp_reads.append((mlp, "W_gate", "b_gate" if with_bias else None, 0))
-        if with_bias and mlp.b_out is None:  # the MLP gains input biases: the config then says mlp_bias
-            _param(mlp, "b_out", torch.zeros(cfg.d_model), mlp.W_out)
-        if with_bias:
-            cfg.mlp_bias = True
-        _fold_norm_into(block.ln2, mlp_reads, center)
+            cfg.mlp_bias = True  # ln2's bias becomes b_in (and b_gate); the config then has b_out too
+            if mlp.b_out is None:
+                _param(mlp, "b_out", torch.zeros(cfg.d_model), mlp.W_out)
+        attn_reads = [(attn, f"W_{n}", f"b_{n}" if layernorm else None, 1) for n in "QKV"]
+        if cfg.shared_norm:  # one norm feeds both sublayers (GPT-J, Phi, Falcon-7B, Cohere)
+            _fold_norm_into(block.ln1, attn_reads + _mlp_reads(mlp, layernorm), layernorm)
+        else:
+            _fold_norm_into(block.ln1, attn_reads, layernorm)
+            _fold_norm_into(block.ln2, _mlp_reads(mlp, layernorm), layernorm)
     _untie(model)
-    _fold_norm_into(model.ln_final, [(model.unembed, "W_U_param", "b_U", 0)], center)
+    if cfg.logit_scale != 1.0:  # Cohere / Granite: a scale on the logits is a scale of W_U and b_U
+        for name in ("W_U_param", "b_U"):
+            t = getattr(model.unembed, name)
+            _param(model.unembed, name, _work(t) * cfg.logit_scale, t)
+        cfg.logit_scale = 1.0
+    _fold_norm_into(model.ln_final, [(model.unembed, "W_U_param", "b_U", 0)], layernorm)
 
 
 @torch.no_grad()
@@ -195,9 +216,11 @@ def process_weights(model, fold_ln: bool = False, center_writing_weights: bool =
 # --- the warning TL's cache methods need on an unprocessed model -------------------------------------
 def _norms_are_trivial(model) -> bool:
     """True when every pre-norm has unit gain and no bias (e.g. OLMo's parameter-free LayerNorm)."""
-    norms = [m for b in model.blocks for m in (b.ln1, b.ln2)] + ([model.ln_final] if model.cfg.final_norm else [])
+    names = ("ln1", "ln2", "ln1_post", "ln2_post")
+    norms = [getattr(b, n) for b in model.blocks for n in names if hasattr(b, n)]
+    norms += [model.ln_final] if model.cfg.final_norm else []
     for norm in norms:
-        if norm.w is not None and not torch.all(norm.w == 1):
+        if norm.w is not None and not torch.all(norm.gain(norm.w.dtype) == 1):
             return False
         if norm.b is not None and torch.any(norm.b != 0):
             return False

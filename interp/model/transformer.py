@@ -7,149 +7,92 @@ intermediate a researcher may want passes through a ``HookPoint`` named exactly 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
 from interp.model.attention import Attention, KVCache
 from interp.model.config import DecoderConfig
+from interp.model.mlp import MLP, MoE, gelu_new  # noqa: F401  (gelu_new: kept importable from here)
+from interp.model.norm import Norm
 from interp.model.processing import InterpActivationCache, process_weights
-
-
-# --- norms --------------------------------------------------------------------------------------
-class Norm(nn.Module):
-    """LayerNorm or RMSNorm with TransformerLens' hooks.
-
-    ``hook_scale`` is the divisor sqrt(mean(x²) + eps) (after centering for LayerNorm) and
-    ``hook_normalized`` the unit-scale vector before the learned gain ``w`` and bias ``b``; caching the
-    scale is what lets ``ActivationCache.apply_ln_to_stack`` treat the norm as linear per position.
-    After ``fold_ln`` (``cfg.norm_folded``) the norm keeps no gain or bias (TransformerLens' LNPre/RMSPre):
-    they were multiplied into the weights that read its output.
-    """
-
-    def __init__(self, cfg: DecoderConfig, learned: bool = True):
-        super().__init__()
-        self.rms = cfg.norm == "rmsnorm"
-        self.eps = cfg.norm_eps
-        self.w = nn.Parameter(torch.ones(cfg.d_model)) if learned else None
-        self.b = None if self.rms or not learned else nn.Parameter(torch.zeros(cfg.d_model))
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float() if dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32, as HF does
-        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
-            # nothing observes the intermediates: one fused call (what HF itself runs for LayerNorm)
-            w = None if self.w is None else self.w.to(x.dtype)
-            if self.rms:
-                return F.rms_norm(x, x.shape[-1:], w, self.eps).to(dtype)
-            b = None if self.b is None else self.b.to(x.dtype)
-            return F.layer_norm(x, x.shape[-1:], w, b, self.eps).to(dtype)
-        if not self.rms:
-            x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        x = self.hook_normalized(x / scale)
-        if self.w is not None:
-            x = x * self.w
-        if self.b is not None:
-            x = x + self.b
-        return x.to(dtype)
-
-
-# --- MLP ----------------------------------------------------------------------------------------
-def gelu_new(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's tanh approximation of GELU."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
-
-
-ACTIVATION_FNS = {"gelu": F.gelu, "gelu_new": gelu_new, "relu": F.relu, "silu": F.silu}
-
-
-class MLP(nn.Module):
-    """Key/value memory: W_in's columns ask questions of the residual stream, W_out's rows write answers.
-
-    Gated (SwiGLU) variant: the neuron's activation is act(x·W_gate) · (x·W_in), recorded at hook_post.
-    """
-
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        d, m = cfg.d_model, cfg.d_mlp
-        self.gated = cfg.gated
-        self.act = ACTIVATION_FNS[cfg.act]
-        self.W_in = nn.Parameter(torch.empty(d, m))
-        self.b_in = nn.Parameter(torch.zeros(m)) if cfg.mlp_bias else None
-        if cfg.gated:
-            self.W_gate = nn.Parameter(torch.empty(d, m))
-            self.b_gate = nn.Parameter(torch.zeros(m)) if cfg.mlp_bias else None
-            self.hook_pre_linear = HookPoint()
-        else:
-            self.W_gate = None
-        self.W_out = nn.Parameter(torch.empty(m, d))
-        self.b_out = nn.Parameter(torch.zeros(d)) if cfg.mlp_bias else None
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
-
-    @staticmethod
-    def _linear(x, W, b):
-        return x @ W if b is None else x @ W + b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            pre = self.hook_pre(self._linear(x, self.W_gate, self.b_gate))
-            pre_linear = self.hook_pre_linear(self._linear(x, self.W_in, self.b_in))
-            post = self.hook_post(self.act(pre) * pre_linear)
-        else:
-            pre = self.hook_pre(self._linear(x, self.W_in, self.b_in))
-            post = self.hook_post(self.act(pre))
-        return self._linear(post, self.W_out, self.b_out)
 
 
 # --- block --------------------------------------------------------------------------------------
 class Block(nn.Module):
-    """One layer. Norm placement follows the seeds:
+    """One layer. Norm placement follows the seeds and the families:
 
     * pre-LN:   x + f(LN(x))                     (GPT-2, Llama; stable, the modern default)
     * post-LN:  LN(x + f(x))                     (the original Transformer)
     * deepnorm: LN(α·x + f(x)), β-scaled init    (DeepNet: post-LN made trainable at depth)
-    * parallel: x + attn(LN1 x) + mlp(LN2 x)     (GPT-NeoX / Pythia)
+    * sandwich: x + LN_post(f(LN(x)))            (Gemma 2/3: ln1/ln1_post, ln2/ln2_post)
+    * sublayer_post: x + LN_post(f(x))           (OLMo 2: only ln1_post/ln2_post)
+    * parallel: x + attn(LN1 x) + mlp(LN2 x)     (GPT-NeoX / Pythia; with shared_norm one LN: GPT-J, Phi)
+
+    ``residual_multiplier`` scales each sublayer's output before it joins the residual (Granite); the
+    hooks hook_attn_out / hook_mlp_out see the scaled value, so resid_mid = resid_pre + attn_out holds.
     """
 
     def __init__(self, cfg: DecoderConfig, layer: int):
         super().__init__()
         self.cfg = cfg
-        self.ln1, self.ln2 = Norm(cfg, learned=not cfg.norm_folded), Norm(cfg, learned=not cfg.norm_folded)
+        placement = cfg.norm_placement
+        if placement != "sublayer_post":
+            self.ln1 = Norm(cfg, learned=not cfg.norm_folded)
+            if not cfg.shared_norm:
+                self.ln2 = Norm(cfg, learned=not cfg.norm_folded)
+        if placement in ("sandwich", "sublayer_post"):
+            self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
         self.attn = Attention(cfg, layer)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if cfg.is_moe(layer) else MLP(cfg)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
+    def _sublayer(self, f, x, pre: str | None, post: str | None):
+        """f(pre-norm x), post-normed and scaled as the placement says."""
+        out = f(x if pre is None else getattr(self, pre)(x))
+        if post is not None:
+            out = getattr(self, post)(out)
+        m = self.cfg.residual_multiplier
+        return out if m == 1.0 else out * m
+
     def forward(self, x, positions, kv_cache=None, backend=None):
         cfg = self.cfg
         x = self.hook_resid_pre(x)
-        if cfg.norm_placement == "pre":
-            attn_out = self.hook_attn_out(self.attn(self.ln1(x), positions, kv_cache, backend))
+
+        def attn(h):
+            return self.attn(h, positions, kv_cache, backend)
+
+        placement = cfg.norm_placement
+        if placement in ("pre", "sandwich", "sublayer_post"):
+            pre1, pre2 = ("ln1", "ln2") if placement != "sublayer_post" else (None, None)
+            post1, post2 = ("ln1_post", "ln2_post") if placement != "pre" else (None, None)
             if cfg.parallel_residual:
-                mlp_out = self.hook_mlp_out(self.mlp(self.ln2(x)))
+                if cfg.shared_norm:  # one norm feeds both sublayers (GPT-J, Phi, Falcon-7B, Cohere)
+                    h = self.ln1(x)
+                    attn_out = self.hook_attn_out(self._sublayer(attn, h, None, None))
+                    mlp_out = self.hook_mlp_out(self._sublayer(self.mlp, h, None, None))
+                else:
+                    attn_out = self.hook_attn_out(self._sublayer(attn, x, "ln1", None))
+                    mlp_out = self.hook_mlp_out(self._sublayer(self.mlp, x, "ln2", None))
                 return self.hook_resid_post(x + attn_out + mlp_out)
+            attn_out = self.hook_attn_out(self._sublayer(attn, x, pre1, post1))
             mid = self.hook_resid_mid(x + attn_out)
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mid)))
+            mlp_out = self.hook_mlp_out(self._sublayer(self.mlp, mid, pre2, post2))
             return self.hook_resid_post(mid + mlp_out)
         # post-LN and DeepNorm: normalise after adding the sublayer to the (α-scaled) residual
         alpha = cfg.alpha
-        attn_out = self.hook_attn_out(self.attn(x, positions, kv_cache, backend))
+        attn_out = self.hook_attn_out(self._sublayer(attn, x, None, None))
         mid = self.hook_resid_mid(self.ln1(alpha * x + attn_out))
-        mlp_out = self.hook_mlp_out(self.mlp(mid))
+        mlp_out = self.hook_mlp_out(self._sublayer(self.mlp, mid, None, None))
         return self.hook_resid_post(self.ln2(alpha * mid + mlp_out))
 
 
@@ -175,13 +118,15 @@ class Embed(nn.Module):
 class PosEmbed(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        if cfg.positional == "learned":
-            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        if cfg.positional == "learned":  # OPT's table has pos_offset extra rows in front
+            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx + cfg.pos_offset, cfg.d_model))
         else:  # sinusoidal: a fixed table, saved with the weights so a checkpoint is self-contained
             self.register_buffer("W_pos", sinusoidal_table(cfg.n_ctx, cfg.d_model), persistent=False)
 
+        self.offset = cfg.pos_offset
+
     def forward(self, positions):
-        return self.W_pos[positions]
+        return self.W_pos[positions + self.offset]
 
 
 class Unembed(nn.Module):
@@ -226,6 +171,8 @@ class HookedDecoder(HookedRootModule):
         if cfg.positional in ("learned", "sinusoidal"):
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()
+        if cfg.embed_norm:
+            self.embed_ln = Norm(cfg)  # Bloom's word_embeddings_layernorm (TransformerLens: embed_ln)
         self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
         if cfg.final_norm:
             self.ln_final = Norm(cfg, learned=not cfg.norm_folded)
@@ -247,10 +194,17 @@ class HookedDecoder(HookedRootModule):
         for block in self.blocks:
             nn.init.normal_(block.attn.W_Q, std=std)
             nn.init.normal_(block.attn.W_K, std=std)
-            for W in (block.attn.W_V, block.attn.W_O, block.mlp.W_in, block.mlp.W_out):
+            for W in (block.attn.W_V, block.attn.W_O):
                 nn.init.normal_(W, std=std * beta)
-            if block.mlp.W_gate is not None:
-                nn.init.normal_(block.mlp.W_gate, std=std * beta)
+            mlps = [block.mlp]
+            if isinstance(block.mlp, MoE):
+                nn.init.normal_(block.mlp.W_router, std=std)
+                mlps = list(block.mlp.experts) + ([block.mlp.shared_expert] if block.mlp.shared_expert else [])
+                if block.mlp.shared_expert is not None and block.mlp.W_shared_gate is not None:
+                    nn.init.normal_(block.mlp.W_shared_gate, std=std)
+            for mlp in mlps:
+                for W in (mlp.W_in, mlp.W_out) + ((mlp.W_gate,) if mlp.W_gate is not None else ()):
+                    nn.init.normal_(W, std=std * beta)
 
     # --- input checks -------------------------------------------------------------------------
     def _as_tokens(self, tokens) -> torch.Tensor:
@@ -302,15 +256,25 @@ class HookedDecoder(HookedRootModule):
         past = 0 if kv_cache is None else kv_cache.length
         self._check_length(past + tokens.shape[1])
         positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)
-        x = self.hook_embed(self.embed(tokens))
-        if self.cfg.positional in ("learned", "sinusoidal"):
+        cfg = self.cfg
+        x = self.embed(tokens)
+        if cfg.embed_multiplier != 1.0:  # Gemma's sqrt(d_model), Granite's multiplier (in the model dtype)
+            x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
+        x = self.hook_embed(x)  # what joins the residual stream, so decompose_resid adds up
+        if cfg.positional in ("learned", "sinusoidal"):
             # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
             x = x + self.hook_pos_embed(self.pos_embed(positions)[None].repeat(tokens.shape[0], 1, 1))
+        if cfg.embed_norm:
+            x = self.embed_ln(x)
         for block in self.blocks:
             x = block(x, positions, kv_cache, attn_backend)
-        if self.cfg.final_norm:
+        if cfg.final_norm:
             x = self.ln_final(x)
         logits = self.unembed(x)
+        if cfg.logit_scale != 1.0:  # Cohere's logit_scale, Granite's 1 / logits_scaling
+            logits = logits * cfg.logit_scale
+        if cfg.final_softcap is not None:  # Gemma 2: c * tanh(logits / c)
+            logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
         if return_type == "logits":
             return logits
         if return_type is None:
@@ -413,11 +377,18 @@ class HookedDecoder(HookedRootModule):
     b_K = property(lambda self: self._stack(lambda b: b.attn.b_K))
     b_V = property(lambda self: self._stack(lambda b: b.attn.b_V))
     b_O = property(lambda self: self._stack(lambda b: b.attn.b_O))
-    W_in = property(lambda self: self._stack(lambda b: b.mlp.W_in))
-    W_gate = property(lambda self: self._stack(lambda b: b.mlp.W_gate))
-    W_out = property(lambda self: self._stack(lambda b: b.mlp.W_out))
-    b_in = property(lambda self: self._stack(lambda b: b.mlp.b_in))
-    b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out))
+    def _dense_mlp(self, get):
+        if self.cfg.has_moe:
+            raise InterpError(
+                "this model's MLPs are mixtures of experts: there is no stacked W_in/W_gate/W_out/b_in/b_out. "
+                "Read one expert's weights as model.blocks[l].mlp.experts[e].W_in (and .W_gate, .W_out).")
+        return self._stack(get)
+
+    W_in = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_in))
+    W_gate = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_gate))
+    W_out = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_out))
+    b_in = property(lambda self: self._dense_mlp(lambda b: b.mlp.b_in))
+    b_out = property(lambda self: self._dense_mlp(lambda b: b.mlp.b_out))
 
     @property
     def device(self) -> torch.device:
@@ -446,7 +417,7 @@ class HookedDecoder(HookedRootModule):
             block = self.blocks[i]
             if block.attn.b_O is not None:
                 total = total + block.attn.b_O
-            if include_mlp_biases and block.mlp.b_out is not None:
+            if include_mlp_biases and getattr(block.mlp, "b_out", None) is not None:
                 total = total + block.mlp.b_out
         if mlp_input and layer < self.cfg.n_layers and self.blocks[layer].attn.b_O is not None:
             total = total + self.blocks[layer].attn.b_O
