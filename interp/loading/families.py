@@ -16,7 +16,6 @@ variant we do not map) is an error naming it, never a quietly wrong model.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -306,7 +305,7 @@ def _split_gpt2(sd: dict, cfg: dict) -> None:
             sd[f"layers.{l}.{slot}.bias"] = sd.pop(p + name + ".bias")
 
 
-def _per_head_qkv(prefix: str, H: int):
+def _per_head_qkv(prefix: str):
     """NeoX / Bloom / Falcon (multi_query=False): output features grouped per head as [q | k | v]."""
     def split(sd: dict, cfg: dict) -> None:
         for l in range(cfg["n_layers"]):
@@ -357,6 +356,14 @@ def _split_phi3(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.q.weight"], sd[f"layers.{l}.k.weight"], sd[f"layers.{l}.v.weight"] = q, k, v
         gate, up = sd.pop(p + "mlp.gate_up_proj.weight").chunk(2)
         sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
+
+
+def _split_cohere(sd: dict, cfg: dict) -> None:
+    """Cohere's LayerNorm has a gain and no bias: ours with a zero bias is the same function."""
+    for l in range(cfg["n_layers"]):
+        w = sd[f"model.layers.{l}.input_layernorm.weight"]
+        sd[f"model.layers.{l}.input_layernorm.bias"] = torch.zeros_like(w)
+    sd["model.norm.bias"] = torch.zeros_like(sd["model.norm.weight"])
 
 
 # --- the table ----------------------------------------------------------------------------------------
@@ -426,10 +433,10 @@ FAMILIES: dict[str, Family] = {
     "GPTNeoForCausalLM": Family("GPT-Neo", gpt_neo, GPT_NEO_NAMES),
     "GPTJForCausalLM": Family("GPT-J", gptj, GPTJ_NAMES),
     "GPTNeoXForCausalLM": Family("GPT-NeoX", neox, NEOX_NAMES,
-                                 _per_head_qkv("gpt_neox.layers.{l}.attention.query_key_value", 0)),
+                                 _per_head_qkv("gpt_neox.layers.{l}.attention.query_key_value")),
     "OPTForCausalLM": Family("OPT", opt, OPT_NAMES),
     "BloomForCausalLM": Family("Bloom", bloom, BLOOM_NAMES,
-                               _per_head_qkv("transformer.h.{l}.self_attention.query_key_value", 0)),
+                               _per_head_qkv("transformer.h.{l}.self_attention.query_key_value")),
     "LlamaForCausalLM": Family("Llama", llama, LLAMA_NAMES),
     "MistralForCausalLM": Family("Mistral", llama, LLAMA_NAMES),
     "MixtralForCausalLM": Family("Mixtral", mixtral, MOE_NAMES),
@@ -448,7 +455,7 @@ FAMILIES: dict[str, Family] = {
                                                   "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
     "FalconForCausalLM": Family("Falcon", falcon, FALCON_NAMES, _split_falcon),
     "CodeGenForCausalLM": Family("CodeGen", codegen, GPTJ_NAMES, _split_codegen),
-    "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES),
+    "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
 }
@@ -558,13 +565,13 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
         out[p + "mlp.shared_expert.W_in"] = s.pop("shared_up.weight").T
         out[p + "mlp.shared_expert.W_out"] = s.pop("shared_down.weight").T
     if "shared_expert_gate.weight" in s:
-        out[p + "mlp.W_shared_gate"] = s.pop("shared_expert_gate.weight")[0]
+        out[p + "mlp.W_shared_gate"] = s.pop("shared_expert_gate.weight").T  # [1, d] -> [d, 1]
     return out
 
 
-def family_of(hf_model_or_config) -> tuple[str, Family]:
-    """(architecture class name, Family) of a transformers model object."""
-    arch = type(hf_model_or_config).__name__
+def family_of(hf_model_or_arch) -> tuple[str, Family]:
+    """(architecture class name, Family) of a transformers model object or its class name."""
+    arch = hf_model_or_arch if isinstance(hf_model_or_arch, str) else type(hf_model_or_arch).__name__
     if arch not in FAMILIES:
         raise InterpError(
             f"architecture {arch} is not supported; supported: {sorted(FAMILIES)}. "
@@ -599,5 +606,4 @@ def check_memory(n_bytes: int, device: str | torch.device, what: str) -> None:
         )
 
 
-__all__ = ["FAMILIES", "Family", "check_memory", "collect_slots", "estimate_bytes", "family_of", "to_interp_state",
-           "math"]
+__all__ = ["FAMILIES", "Family", "check_memory", "collect_slots", "estimate_bytes", "family_of", "to_interp_state"]
