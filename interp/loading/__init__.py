@@ -91,15 +91,34 @@ def _load(source: Any, device, tokenizer):
 
 
 def _load_hf_folder(name_or_path: str, device, tokenizer):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype="auto")
+    hf_config = AutoConfig.from_pretrained(name_or_path)
+    _check_folder_fits(hf_config, name_or_path)
+    hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
     if tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(Path(name_or_path, "tokenizer.json")))
     model = from_hf_model(hf, tokenizer=tokenizer)
     return model.to(device) if device is not None else model
+
+
+def _check_folder_fits(hf_config, name: str) -> None:
+    """Refuse, before allocating, a model whose two copies (transformers' and ours) exceed free memory."""
+    from transformers import AutoModelForCausalLM
+
+    from interp.loading.families import check_memory, estimate_bytes, family_of
+
+    arch = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
+    family_of(arch)  # an unsupported architecture is refused before anything is built
+    with torch.device("meta"):  # shapes only: counts the parameters without allocating them
+        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    dtype = getattr(hf_config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    check_memory(2 * estimate_bytes(n_params, dtype), "cpu",
+                 f"{name} ({arch}, {n_params / 1e6:.0f}M parameters in {dtype}, two copies while converting)")
 
 
 __all__ = ["load", "save_checkpoint", "load_checkpoint", "from_hf_model", "zoo_models", "default_model_name"]

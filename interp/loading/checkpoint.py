@@ -20,9 +20,11 @@ def is_interp_checkpoint(folder: Path) -> bool:
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         return False
     try:
-        return "d_model" in json.loads((folder / CONFIG).read_text())
+        data = json.loads((folder / CONFIG).read_text())
     except json.JSONDecodeError:
         return False
+    # transformers configs carry model_type; some (XGLM) also have a d_model field
+    return "d_vocab" in data and "d_model" in data and "model_type" not in data
 
 
 def save_checkpoint(model: HookedDecoder, folder: str | Path, overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:

@@ -115,7 +115,7 @@ def _refuse(family: str, **settings) -> None:
     """Raise for the first HF setting that is on and that we cannot reproduce (name = what it is)."""
     for what, on in settings.items():
         if on:
-            raise InterpError(f"{family}: {what.replace('_', ' ')} is not supported by interp's model.")
+            raise InterpError(f"{family}: the config setting {what} is not supported by interp's model.")
 
 
 def _llama_like(c, family: str, **kw) -> dict:
@@ -463,8 +463,7 @@ FAMILIES: dict[str, Family] = {
 
 # --- slots -> our parameters ---------------------------------------------------------------------------
 # HF tensors that are not weights (recomputed buffers some checkpoints still carry).
-_IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.masked_bias|attn\.bias|attention\.bias|embed_positions\.embed_positions"
-                      r"|\.rotary_emb\.)")
+_IGNORED = re.compile(r"(\.rotary_emb\.inv_freq|(^|\.)(attn|attention)\.(bias|masked_bias)|\.embed_positions)$")
 
 
 def collect_slots(family: Family, hf_sd: dict, cfg: dict) -> dict:
