@@ -167,7 +167,14 @@ def _center_writing_weights(model) -> bool:
 
 
 @torch.no_grad()
-def _center_unembed(model) -> None:
+def _center_unembed(model) -> bool:
+    if model.cfg.final_softcap is not None:
+        warnings.warn(
+            "center_unembed skipped: a final logit soft-cap (Gemma 2's final_softcap) is not invariant to adding "
+            "a constant to the logits, so centring W_U would change the probabilities. TransformerLens skips it too.",
+            stacklevel=3,
+        )
+        return False
     _untie(model)
     W_U, b_U = model.unembed.W_U_param, model.unembed.b_U
     _param(model.unembed, "W_U_param", _work(W_U) - _work(W_U).mean(-1, keepdim=True), W_U)
@@ -206,7 +213,7 @@ def process_weights(model, fold_ln: bool = False, center_writing_weights: bool =
     steps = {"fold_ln": _fold_ln, "center_writing_weights": _center_writing_weights,
              "center_unembed": _center_unembed, "fold_value_biases": _fold_value_biases}
     for name in STEPS:
-        # center_writing_weights returns False when it skips (RMSNorm): then it is not recorded
+        # a step returns False when it cannot be exact here and skips (with a warning): then it is not recorded
         if chosen[name] and name not in model.cfg.weight_processing and steps[name](model) is not False:
             model.cfg.weight_processing.append(name)
     model._unfolded_warned = False

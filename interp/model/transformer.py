@@ -260,12 +260,12 @@ class HookedDecoder(HookedRootModule):
         x = self.embed(tokens)
         if cfg.embed_multiplier != 1.0:  # Gemma's sqrt(d_model), Granite's multiplier (in the model dtype)
             x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
+        if cfg.embed_norm:  # Bloom; normalises the token embedding, as TransformerLens' Embed (post_embedding_ln)
+            x = self.embed_ln(x)
         x = self.hook_embed(x)  # what joins the residual stream, so decompose_resid adds up
         if cfg.positional in ("learned", "sinusoidal"):
             # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
             x = x + self.hook_pos_embed(self.pos_embed(positions)[None].repeat(tokens.shape[0], 1, 1))
-        if cfg.embed_norm:
-            x = self.embed_ln(x)
         for block in self.blocks:
             x = block(x, positions, kv_cache, attn_backend)
         if cfg.final_norm:
