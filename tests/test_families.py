@@ -261,3 +261,13 @@ def test_a_model_larger_than_memory_is_refused_before_allocating(tmp_path, monke
         interp.load(tmp_path)
     with pytest.raises(InterpError, match="memory"):
         interp.load(hf)  # an object already in memory: our copy would not fit either
+
+
+def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
+    import transformers
+
+    bigcode = transformers.GPTBigCodeConfig(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=N_CTX)
+    with pytest.raises(InterpError, match=r"GPTBigCodeForCausalLM is not supported: it needs .*multi-query c_attn"):
+        interp.load(transformers.GPTBigCodeForCausalLM(bigcode))
+    with pytest.raises(InterpError, match=r"GPT2ForSequenceClassification .* not a causal language model"):
+        interp.load(transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**CASES["gpt2"][1])))

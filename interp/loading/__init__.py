@@ -111,7 +111,7 @@ def _check_folder_fits(hf_config, name: str) -> None:
     from interp.loading.families import check_memory, estimate_bytes, family_of
 
     arch = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
-    family_of(arch)  # an unsupported architecture is refused before anything is built
+    family_of(arch, hf_config)  # an unsupported architecture is refused before anything is built
     with torch.device("meta"):  # shapes only: counts the parameters without allocating them
         skeleton = AutoModelForCausalLM.from_config(hf_config)
     n_params = sum(p.numel() for p in skeleton.parameters())
@@ -121,4 +121,4 @@ def _check_folder_fits(hf_config, name: str) -> None:
                  f"{name} ({arch}, {n_params / 1e6:.0f}M parameters in {dtype}, two copies while converting)")
 
 
-__all__ = ["load", "save_checkpoint", "load_checkpoint", "from_hf_model", "zoo_models", "default_model_name"]
+__all__ = ["default_model_name", "from_hf_model", "load", "load_checkpoint", "save_checkpoint", "zoo_models"]

@@ -568,14 +568,39 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
     return out
 
 
-def family_of(hf_model_or_arch) -> tuple[str, Family]:
+# What an architecture outside the table would need (model_type -> the missing feature), for the error.
+MISSING_FEATURE = {
+    "mpt": "MPT's ALiBi together with clip_qkv and bias-free LayerNorm, not mapped yet",
+    "gpt_bigcode": "GPTBigCode's fused multi-query c_attn layout, not mapped yet",
+    "xglm": "XGLM's offset sinusoidal positions with a scaled embedding, not mapped yet",
+    "qwen3_moe": "Qwen3-MoE (QK-norm + MoE) is not mapped yet",
+    "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
+    "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
+    "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",
+}
+
+
+def _why_unsupported(arch: str, config) -> str:
+    model_type = getattr(config, "model_type", None)
+    if config is not None and getattr(config, "is_encoder_decoder", False):
+        return "it is an encoder-decoder model and interp's model is decoder-only"
+    if not arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return ("it is not a causal language model with its LM head (load the family's *ForCausalLM class: a base "
+                "model or a classifier has no next-token logits)")
+    if model_type in MISSING_FEATURE:
+        return f"it needs {MISSING_FEATURE[model_type]}"
+    return "its family is not in interp's table (interp.loading.families.FAMILIES)"
+
+
+def family_of(hf_model_or_arch, config=None) -> tuple[str, Family]:
     """(architecture class name, Family) of a transformers model object or its class name."""
-    arch = hf_model_or_arch if isinstance(hf_model_or_arch, str) else type(hf_model_or_arch).__name__
+    if isinstance(hf_model_or_arch, str):
+        arch = hf_model_or_arch
+    else:
+        arch, config = type(hf_model_or_arch).__name__, getattr(hf_model_or_arch, "config", None)
     if arch not in FAMILIES:
-        raise InterpError(
-            f"architecture {arch} is not supported; supported: {sorted(FAMILIES)}. "
-            "(Load the *ForCausalLM class of a family: a base model without its LM head has no logits.)"
-        )
+        raise InterpError(f"architecture {arch} is not supported: {_why_unsupported(arch, config)}. "
+                          f"Supported: {sorted(FAMILIES)}.")
     return arch, FAMILIES[arch]
 
 
