@@ -601,7 +601,8 @@ def test_non_integer_and_misshapen_tokens(small):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the CPU model could move to CUDA")
-def test_triton_backend_on_cpu_is_refused(small):
+def test_triton_backend_on_cpu_is_refused(small, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # (test_kernels sets it for the process: the interpreter would run)
     with pytest.raises(InterpError, match=r"attn_backend='triton' needs a CUDA device.*cpu"):
         small(rand_tokens(), attn_backend="triton")
 

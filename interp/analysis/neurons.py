@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import torch
 from interp.analysis._inputs import (
     _is_int_like,
     as_tokens,
+    check_finite_output,
     check_index,
     model_device,
     str_tokens,
@@ -46,6 +45,7 @@ from interp.analysis._inputs import (
     token_str,
 )
 from interp.errors import InterpError
+from interp.io import atomic_path
 
 __all__ = [
     "answer_agreement",
@@ -64,8 +64,20 @@ _SCAN_VERSION = 1
 # weights and the final norm
 
 
+def _refuse_moe(model, layers) -> None:
+    """Neurons here are the units of one dense MLP; an MoE layer has E experts' worth, routed per token."""
+    cfg = model.cfg
+    moe = [layer for layer in layers if getattr(cfg, "is_moe", lambda _: False)(layer)]
+    if moe:
+        raise InterpError(
+            f"layers {moe} are mixture-of-experts layers: neuron analyzers read one dense MLP per layer "
+            f"(blocks.{{l}}.mlp.hook_post). Pass dense layers only, or study an expert through its own hooks "
+            f"(blocks.{moe[0]}.mlp.experts.{{e}}.hook_post, rows = interp.model.mlp.routed_tokens).")
+
+
 def _W_out(model, layer: int) -> torch.Tensor:
     """``[d_mlp, d_model]`` output (value) weights of one layer."""
+    _refuse_moe(model, [layer])
     mlp = model.blocks[layer].mlp
     w = getattr(mlp, "W_out", None)
     if w is None:
@@ -295,9 +307,11 @@ def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -
     ]
 
     layer_list = _layers("layers", layers, cfg.n_layers)
+    _refuse_moe(model, layer_list)
     names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
+    check_finite_output(model, logits)
     bi = torch.arange(batch, device=toks.device)
     pi = torch.tensor(pos, device=toks.device)
     tgt = _target_ids(model, target, logits[bi, pi])
@@ -447,17 +461,9 @@ def _corpus_fingerprint(docs: list[torch.Tensor]) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` into a temp file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write via ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _save_frame(df: pd.DataFrame, folder: Path) -> str:
@@ -532,6 +538,7 @@ def scan_top_contexts(
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
         raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
     layer_list = _layers("layers", layers, cfg.n_layers)
+    _refuse_moe(model, layer_list)
     docs = _documents(model, texts_or_token_batches)
 
     meta = {

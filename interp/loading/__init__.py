@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from interp.errors import InterpError
-from interp.loading.checkpoint import is_interp_checkpoint, load_checkpoint, save_checkpoint
+from interp.loading.checkpoint import check_finite, is_interp_checkpoint, load_checkpoint, save_checkpoint
 from interp.loading.hf import from_hf_model
 
 # The zoo lives beside the package in a source checkout (models/ is a data folder, not a package).
@@ -69,7 +69,9 @@ def _load(source: Any, device, tokenizer):
             return model.to(device) if device is not None else model
         source = name
     if isinstance(source, torch.nn.Module):
-        return from_hf_model(source, tokenizer=tokenizer).to(device or next(source.parameters()).device)
+        model = from_hf_model(source, tokenizer=tokenizer)
+        check_finite(model.named_parameters(), type(source).__name__)
+        return model.to(device or next(source.parameters()).device)
     if not isinstance(source, (str, Path)):
         raise InterpError(f"load() takes a zoo name, a folder path or a transformers model; got {type(source).__name__}.")
     path = Path(source)
@@ -93,6 +95,10 @@ def _load(source: Any, device, tokenizer):
 def _load_hf_folder(name_or_path: str, device, tokenizer):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if Path(name_or_path, "config.json").is_file():
+        from interp.io import read_json
+
+        read_json(Path(name_or_path, "config.json"))  # a broken file: one line, not transformers' tracebacks
     hf_config = AutoConfig.from_pretrained(name_or_path)
     _check_folder_fits(hf_config, name_or_path)
     hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
@@ -101,6 +107,7 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
 
         tokenizer = Tokenizer.from_file(str(Path(name_or_path, "tokenizer.json")))
     model = from_hf_model(hf, tokenizer=tokenizer)
+    check_finite(model.named_parameters(), name_or_path)
     return model.to(device) if device is not None else model
 
 

@@ -46,10 +46,14 @@ def resolve_backend(requested: str | None, cfg: DecoderConfig, device: torch.dev
         kernel_fits = MIN_HEAD_DIM <= cfg.d_head <= MAX_HEAD_DIM and cfg.dtype in ("float16", "bfloat16", "float32")
         return "triton" if kernel_fits and flash_attention_available() else "sdpa"
     if backend == "triton" and device.type != "cuda":
-        raise InterpError(
-            "attn_backend='triton' needs a CUDA device (the kernel is compiled for the GPU); the model is on "
-            f"{device}. Use attn_backend='sdpa' or 'eager' on the CPU, or 'auto' to choose for you."
-        )
+        from interp.kernels.flash import _interpreting
+
+        if not _interpreting():  # on the CPU the kernel runs only in Triton's interpreter (slow: tests, CI)
+            raise InterpError(
+                "attn_backend='triton' needs a CUDA device (the kernel is compiled for the GPU); the model is on "
+                f"{device}. Use attn_backend='sdpa' or 'eager' on the CPU, or 'auto' to choose for you "
+                "(or set TRITON_INTERPRET=1 before triton is imported to run the kernel in Triton's interpreter)."
+            )
     return backend
 
 
@@ -102,16 +106,18 @@ class Attention(nn.Module):
         # score modifications of this layer (interp.kernels.reference)
         self.window = cfg.window(layer)
         self.softcap = cfg.attn_softcap
-        if cfg.alibi:
-            self.register_buffer("alibi", alibi_slopes(H), persistent=False)
-        else:
-            self.alibi = None
         self.rope = cfg.rope_for_layer(layer) if cfg.uses_rope(layer) else None
         if cfg.qk_norm is not None:
             per_head = cfg.qk_norm == "per_head"
             self.q_norm = Norm(cfg, dh if per_head else H * dh)
             self.k_norm = Norm(cfg, dh if per_head else K * dh)
             self.hook_q_normed, self.hook_k_normed = HookPoint(), HookPoint()  # [batch, pos, head, d_head]
+
+    @property
+    def alibi(self) -> torch.Tensor | None:
+        """ALiBi slopes [n_heads] (float64, on the weights' device), or None. Computed, not stored: a model
+        built on the meta device and loaded from a state dict has them right without a buffer to fill."""
+        return alibi_slopes(self.cfg.n_heads).to(self.W_Q.device) if self.cfg.alibi else None
 
     @property
     def group(self) -> int:
