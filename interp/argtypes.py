@@ -32,3 +32,11 @@ def nonnegative_float(text: str) -> float:
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0; given {v:g}")
     return v
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the problem and where to read more), exit status 2 — the same
+    shape as every other `interp` error, instead of a usage block followed by the message."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from interp.argtypes import nonnegative_float, positive_int
+from interp.argtypes import OneLineParser, nonnegative_float, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (apps/, benchmarks/, models/ live here)
 DASHBOARD = ROOT / "apps" / "dashboard.py"
@@ -351,7 +351,7 @@ def _add_models(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="interp", formatter_class=_RAW,
         description="Ask a decoder-only transformer why it predicts what it predicts.",
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',

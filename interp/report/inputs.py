@@ -149,12 +149,7 @@ def encode_prompt(model, prompt: str, *, name: str = "prompt") -> torch.Tensor:
         raise InterpError(f"{name}: expected non-empty text; given {prompt!r}.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InterpError(f"{name}: at most {MAX_PROMPT_CHARS} characters; given {len(prompt)}.")
-    if getattr(model, "tokenizer", None) is None:
-        raise InterpError(
-            f"{name}: this model has no tokenizer and its vocabulary ({model.cfg.d_vocab}) is too small to read "
-            "text as bytes; load a model folder with a tokenizer.json."
-        )
-    tokens = model.to_tokens(prompt)
+    tokens = model.to_tokens(prompt)  # a model without a tokenizer says so (it takes token ids only)
     n_ctx = int(model.cfg.n_ctx)
     if tokens.shape[1] > n_ctx:
         raise InterpError(

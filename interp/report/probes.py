@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from interp.argtypes import finite_float, nonnegative_float, positive_int
+from interp.argtypes import OneLineParser, finite_float, nonnegative_float, positive_int
 from interp.errors import InterpError
 
 if TYPE_CHECKING:
@@ -414,7 +414,7 @@ PROBES: dict[str, Probe] = {
 
 def build_parser(name: str, prog: str | None = None) -> argparse.ArgumentParser:
     probe = PROBES[name]
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog or f"probes/{name}.py",
         description=f"{probe.summary}.",
         epilog=f"Example:\n  {probe.example}\n  interp probe {name} ... (same options)\n\n"
