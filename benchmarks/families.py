@@ -62,7 +62,7 @@ def scaled_config(case: str, d_model: int, layers: int, vocab: int, n_ctx: int):
     grow = d_model / 32  # the test configs have d_model 32
     out = dict(kwargs)
     for key, value in kwargs.items():
-        if key in ("hidden_size", "n_embd"):
+        if key in ("hidden_size", "n_embd", "word_embed_proj_dim"):
             out[key] = d_model
         elif key in ("intermediate_size", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size"):
             out[key] = int(value * grow)
@@ -203,7 +203,12 @@ def main(argv=None) -> int:
         tok_dir = word_level_tokenizer_dir(args.vocab, Path(tmp) / "tok")
         for case in args.families:
             print(f"{case} ...", flush=True)
-            rows += bench_family(case, args, Path(tmp), tok_dir)
+            try:
+                rows += bench_family(case, args, Path(tmp), tok_dir)
+            except Exception as e:  # noqa: BLE001 -- one family's failure must not lose the others' numbers
+                rows.append({"family": case, "class": "?", "params_M": None, "workload": "load", "impl": "interp",
+                             "wall_s": None, "cpu_s": None, "peak_mib": None, "cpu_ratio": None, "mem_ratio": None,
+                             "error": f"{type(e).__name__}: {e}"[:160]})
     result = {"benchmark": "families", "date": stamp, "device": "cpu", "device_name": _cpu_name(),
               "dtype": "float32", "threads": args.threads, "repeats": args.repeats,
               "shape": {"d_model": args.d_model, "n_layers": args.layers, "d_vocab": args.vocab, "batch": args.batch,
