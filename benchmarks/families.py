@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from forward import _cpu_name, measure_peak_mib, time_call, word_level_tokenizer_dir  # noqa: E402
+from forward import _cpu_name, measure_peak_mib, time_call, word_level_tokenizer_dir
 
 # one case per family from the test matrix (the variants stay in the tests)
 DEFAULT = ["gpt2", "gpt_neo", "gptj", "neox", "opt", "bloom", "llama3", "mistral", "mixtral", "qwen2", "qwen2_moe",

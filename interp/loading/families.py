@@ -156,18 +156,13 @@ def gpt_neo(c) -> dict:
 
 
 def gptj(c) -> dict:
+    """GPT-J and CodeGen: one block (parallel, a shared LayerNorm, interleaved partial rotary); only CodeGen's
+    fused qkv layout differs (:func:`_split_codegen`)."""
+    family = type(c).__name__.removesuffix("Config")
     d_head = c.n_embd // c.n_head
     rotary = c.rotary_dim or d_head
-    return _common(c, "GPT-J", d_mlp=c.n_inner or 4 * c.n_embd, positional="rotary", rotary_fraction=rotary / d_head,
-                   rotary_interleaved=True, norm_eps=c.layer_norm_epsilon, act=_act(c, "GPT-J"),
-                   parallel_residual=True, shared_norm=True, attn_bias=False, mlp_bias=True)
-
-
-def codegen(c) -> dict:
-    d_head = c.n_embd // c.n_head
-    rotary = c.rotary_dim or d_head
-    return _common(c, "CodeGen", d_mlp=c.n_inner or 4 * c.n_embd, positional="rotary", rotary_fraction=rotary / d_head,
-                   rotary_interleaved=True, norm_eps=c.layer_norm_epsilon, act=_act(c, "CodeGen"),
+    return _common(c, family, d_mlp=c.n_inner or 4 * c.n_embd, positional="rotary", rotary_fraction=rotary / d_head,
+                   rotary_interleaved=True, norm_eps=c.layer_norm_epsilon, act=_act(c, family),
                    parallel_residual=True, shared_norm=True, attn_bias=False, mlp_bias=True)
 
 
@@ -454,7 +449,7 @@ FAMILIES: dict[str, Family] = {
                                                   "ln1_post": "model.layers.{l}.post_attention_layernorm",
                                                   "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
     "FalconForCausalLM": Family("Falcon", falcon, FALCON_NAMES, _split_falcon),
-    "CodeGenForCausalLM": Family("CodeGen", codegen, GPTJ_NAMES, _split_codegen),
+    "CodeGenForCausalLM": Family("CodeGen", gptj, GPTJ_NAMES, _split_codegen),
     "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
