@@ -225,6 +225,18 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
     torch.testing.assert_close(attrs.sum(0), want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe"])
+def test_interp_checkpoint_of_a_family_round_trips(case, tmp_path):
+    """Saved as our own checkpoint (config.json + safetensors) and loaded back: the same model."""
+    _, model = _pair(case)
+    model.save(tmp_path / case)
+    again = interp.load(tmp_path / case)
+    tokens = _tokens(5)
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens), model(tokens), rtol=0, atol=0)
+    assert again.cfg.to_dict() | {"source": {}} == model.cfg.to_dict() | {"source": {}}
+
+
 def test_folder_load_takes_n_ctx_dtype_and_special_tokens_from_the_config(tmp_path):
     hf, _ = _pair("llama3")
     hf.to(torch.bfloat16).save_pretrained(tmp_path)

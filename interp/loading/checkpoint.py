@@ -78,10 +78,9 @@ def empty_model(cfg: DecoderConfig, tokenizer=None) -> HookedDecoder:
     """A HookedDecoder whose parameters are allocated but not initialised (they are about to be loaded).
 
     Built on the meta device, so no time goes into a random initialisation that would be overwritten. The
-    non-persistent buffers (computed, never saved: the sinusoidal table, ALiBi slopes) are recomputed here,
-    since ``to_empty`` leaves them as garbage.
+    non-persistent buffers (computed, never saved: the sinusoidal table) are recomputed here, since
+    ``to_empty`` leaves them as garbage.
     """
-    from interp.kernels.reference import alibi_slopes
     from interp.model.transformer import sinusoidal_table
 
     with torch.device("meta"):
@@ -89,10 +88,7 @@ def empty_model(cfg: DecoderConfig, tokenizer=None) -> HookedDecoder:
     model = model.to_empty(device="cpu")
     if cfg.positional == "sinusoidal":
         model.pos_embed.W_pos = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(cfg.torch_dtype)
-    for block in model.blocks:
-        if getattr(block.attn, "alibi", None) is not None:
-            block.attn.alibi = alibi_slopes(cfg.n_heads).to(cfg.torch_dtype)  # as .to(dtype) leaves it
-    unknown = [name for name, _ in model.named_buffers() if not name.endswith(("pos_embed.W_pos", "attn.alibi"))]
+    unknown = [name for name, _ in model.named_buffers() if name != "pos_embed.W_pos"]
     if unknown:  # a new computed buffer must be recomputed above, or it would hold garbage
         raise InterpError(f"empty_model does not know how to recompute the buffers {unknown[:4]}.")
     return model
