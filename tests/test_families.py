@@ -161,18 +161,36 @@ def test_lazy_pattern_and_kv_cache_step(case):
 BRIDGE_CASES = ["bloom", "cohere", "gemma2", "gptj", "granite", "phi", "qwen3"]
 
 
+PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+
+
+def _processed(case: str):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # steps that cannot be exact here (RMSNorm centring, soft-cap) are skipped
+        return interp.load(_pair(case)[0], **PROCESSING)
+
+
+@pytest.mark.parametrize("compat", [False, True], ids=["raw", "processed"])
 @pytest.mark.parametrize("case", BRIDGE_CASES)
-def test_hooks_equal_the_bridge(case, hf_tokenizer_dir, tmp_path):
+def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
+    """Raw: our plain load vs the bridge. Processed: ours with TL's four processing steps vs the bridge after
+    enable_compatibility_mode() (TL's defaults: the same four, skipped where TL skips them)."""
     from transformer_lens.benchmarks.utils import compare_activation_dicts
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
     hf, model = _pair(case)
+    if compat:
+        model = _processed(case)
     hf.config.architectures = [type(hf).__name__]  # the bridge picks its adapter by architecture
     hf.config.save_pretrained(tmp_path)  # the bridge needs a local folder, never a hub id
     bridge = TransformerBridge.boot_transformers(
         str(tmp_path), hf_model=copy.deepcopy(hf), tokenizer=AutoTokenizer.from_pretrained(hf_tokenizer_dir), device="cpu"
     )
+    if compat:
+        bridge.enable_compatibility_mode(disable_warnings=True)
     tokens = _tokens(2)
     with torch.no_grad():
         ref_logits, ref_cache = bridge.run_with_cache(tokens)
@@ -196,17 +214,12 @@ def test_hooks_equal_the_bridge(case, hf_tokenizer_dir, tmp_path):
 def test_processing_keeps_log_probs_and_dla_adds_up(case):
     """TransformerLens' weight processing on every family: log-probabilities unchanged, and TL's
     decompose_resid + logit_attrs of a logit difference sums to it (before Gemma 2's final soft-cap)."""
-    import warnings
-
     hf, _ = _pair(case)
-    steps = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
     if case == "olmo2":  # norms only on sublayer outputs: nothing reads a normalised residual stream
         with pytest.raises(InterpError, match="norm_placement"):
-            interp.load(hf, **steps)
+            interp.load(hf, **PROCESSING)
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # steps that cannot be exact here (RMSNorm centring, soft-cap) are skipped
-        model = interp.load(hf, **steps)
+    model = _processed(case)
     tokens = _tokens(4)
     with torch.no_grad():
         ref = hf(tokens).logits
