@@ -76,7 +76,7 @@ def sdpa(backend=None):
         if softcap is not None:
             return None  # a soft-cap transforms the scores: no mask expresses it
         mask = None if window is None else _window_mask(q.shape[2], window, q.device)
-        kwargs = dict(is_causal=causal) if mask is None else dict(attn_mask=mask)
+        kwargs = {"is_causal": causal} if mask is None else {"attn_mask": mask}
         if backend is None:
             return F.scaled_dot_product_attention(q, k, v, **kwargs)
         from torch.nn.attention import sdpa_kernel
@@ -227,7 +227,7 @@ def configs(device: str, quick: bool, variants=("full", "causal"), dims=None, se
 
 
 def run(device: str, quick: bool, modes, reps: int, variants=("full", "causal"), dims=None, seqs=None,
-        window: int = 1024, dry_run: bool = False, only=None, dtypes=None) -> dict:
+        window: int = 1024, dry_run: bool = False, only=None, dtypes=None, deadline: float | None = None) -> dict:
     impls = contenders(device, only)
     rows = []
     for dtype, d, variant, seq, batch, heads in configs(device, quick, variants, dims, seqs, dry_run, dtypes):
@@ -238,7 +238,10 @@ def run(device: str, quick: bool, modes, reps: int, variants=("full", "causal"),
             for name, impl in impls.items():
                 if name in ("eager", "sdpa[math]") and seq > 8192:
                     continue  # materialises [heads, seq, seq] scores: tens of GB
-                ms, err = bench_one(impl, batch, heads, seq, d, causal, dtype, device, mode, reps, win, cap)
+                if deadline is not None and time.time() > deadline:
+                    ms, err = None, "skipped: out of time (--deadline)"
+                else:
+                    ms, err = bench_one(impl, batch, heads, seq, d, causal, dtype, device, mode, reps, win, cap)
                 work = flops(batch, heads, seq, d, causal, mode, win)
                 tflops = None if ms is None else work / (ms * 1e-3) / 1e12
                 rows.append({"impl": name, "dtype": str(dtype).removeprefix("torch."), "d_head": d,
@@ -301,6 +304,8 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=1024, help="window width of the 'window' variant")
     parser.add_argument("--impls", default=None, help="comma list of contenders to run (default: all available)")
     parser.add_argument("--dtypes", default=None, help="comma list, e.g. bfloat16,float16 (default: by device)")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="unix time after which the remaining rows are recorded as skipped (JSON still written)")
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU, tiny sizes, our kernel in Triton's interpreter (set TRITON_INTERPRET=1)")
     parser.add_argument("--reps", type=int, default=10, help="CPU repetitions (CUDA uses do_bench)")
@@ -317,7 +322,10 @@ def main(argv=None) -> int:
     dims = [int(x) for x in args.dims.split(",")] if args.dims else None
     seqs = [int(x) for x in args.seqs.split(",")] if args.seqs else None
     device = "cpu" if args.dry_run else args.device
-    result = run(device, args.quick, modes, args.reps, variants, dims, seqs, args.window, args.dry_run)
+    only = [x for x in args.impls.split(",") if x] if args.impls else None
+    dtypes = [x for x in args.dtypes.split(",") if x] if args.dtypes else None
+    result = run(device, args.quick, modes, args.reps, variants, dims, seqs, args.window, args.dry_run, only,
+                 dtypes, args.deadline)
     kind = str(device).split(':')[0]
     out = write_benchmark_json(result, args.out, f"attention-{kind}", args.force)
     print(table(result))

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import einops
 import pytest
@@ -49,18 +50,33 @@ def _ours(cfg: DecoderConfig, state: dict) -> HookedDecoder:
     return model.eval()
 
 
+def _put(state: dict, ours: str, sd: dict, theirs: str, names=("W_in", "b_in"), transpose=True) -> None:
+    """A transformers Linear (or norm) ``theirs`` -> our weight/bias pair under ``ours`` (weights transposed)."""
+    w = sd[theirs + ".weight"]
+    state[f"{ours}.{names[0]}"] = w.T if transpose else w
+    state[f"{ours}.{names[1]}"] = sd[theirs + ".bias"]
+
+
+def _heads_in(w: torch.Tensor, heads: int) -> torch.Tensor:
+    return einops.rearrange(w, "(h d) m -> h m d", h=heads)  # a [heads*d, d_model] projection, per head
+
+
+def _heads_out(w: torch.Tensor, heads: int) -> torch.Tensor:
+    return einops.rearrange(w, "m (h d) -> h d m", h=heads)
+
+
 def _sd(hf) -> dict:
     return {k: v.detach().clone() for k, v in hf.state_dict().items()}
 
 
-LLAMA_LIKE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=N_CTX)
+LLAMA_LIKE = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "max_position_embeddings": N_CTX}
 
 
 def _llama_cfg(**over) -> DecoderConfig:
-    base = dict(d_vocab=VOCAB, n_ctx=N_CTX, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=48,
-                positional="rotary", norm="rmsnorm", norm_eps=1e-6, act="silu", gated=True, attn_bias=False,
-                mlp_bias=False)
+    base = {"d_vocab": VOCAB, "n_ctx": N_CTX, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_mlp": 48,
+                "positional": "rotary", "norm": "rmsnorm", "norm_eps": 1e-6, "act": "silu", "gated": True, "attn_bias": False,
+                "mlp_bias": False}
     return DecoderConfig(**{**base, **over})
 
 
@@ -83,15 +99,20 @@ def test_gemma2_softcaps_windows_sandwich_norms_scale():
     cfg = _llama_cfg(act="gelu_new", norm_weight_offset=1.0, norm_placement="sandwich", tie_embeddings=True,
                      embed_multiplier=math.sqrt(32), attn_multiplier=24 ** -0.5, attn_softcap=1.5,
                      final_softcap=3.0, sliding_window=7, layer_types=list(c.layer_types), d_head=8)
-    sd = _sd(hf)
+    _compare(_ours(cfg, _gemma_state(_sd(hf), cfg)), hf, tokens_for(2, 40))
+
+
+def _gemma_state(sd: dict, cfg: DecoderConfig) -> dict:
+    """Gemma 2/3: Llama's names plus sandwich norms (and QK-norm when the config has it)."""
     state = llama_state(sd, cfg)
-    for l in range(2):
+    for l in range(cfg.n_layers):
         p = f"model.layers.{l}."
         state[f"blocks.{l}.ln1_post.w"] = sd[p + "post_attention_layernorm.weight"]
         state[f"blocks.{l}.ln2.w"] = sd[p + "pre_feedforward_layernorm.weight"]
         state[f"blocks.{l}.ln2_post.w"] = sd[p + "post_feedforward_layernorm.weight"]
-    ours = _ours(cfg, state)
-    _compare(ours, hf, tokens_for(2, 40))
+        for x in "qk" if cfg.qk_norm else "":
+            state[f"blocks.{l}.attn.{x}_norm.w"] = sd[p + f"self_attn.{x}_norm.weight"]
+    return state
 
 
 def test_qwen3_qk_norm_per_head():
@@ -199,14 +220,11 @@ def test_gptj_interleaved_partial_rotary_shared_norm():
     for l in range(2):
         p = f"transformer.h.{l}."
         for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            state[f"blocks.{l}.attn.W_{name}"] = einops.rearrange(sd[p + f"attn.{proj}.weight"], "(h d) m -> h m d",
-                                                                  h=H)
-        state[f"blocks.{l}.attn.W_O"] = einops.rearrange(sd[p + "attn.out_proj.weight"], "m (h d) -> h d m", h=H)
-        state[f"blocks.{l}.ln1.w"], state[f"blocks.{l}.ln1.b"] = sd[p + "ln_1.weight"], sd[p + "ln_1.bias"]
-        state[f"blocks.{l}.mlp.W_in"], state[f"blocks.{l}.mlp.b_in"] = sd[p + "mlp.fc_in.weight"].T, sd[
-            p + "mlp.fc_in.bias"]
-        state[f"blocks.{l}.mlp.W_out"], state[f"blocks.{l}.mlp.b_out"] = sd[p + "mlp.fc_out.weight"].T, sd[
-            p + "mlp.fc_out.bias"]
+            state[f"blocks.{l}.attn.W_{name}"] = _heads_in(sd[p + f"attn.{proj}.weight"], H)
+        state[f"blocks.{l}.attn.W_O"] = _heads_out(sd[p + "attn.out_proj.weight"], H)
+        _put(state, f"blocks.{l}.ln1", sd, p + "ln_1", ("w", "b"), transpose=False)
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.fc_in")
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.fc_out", ("W_out", "b_out"))
     _compare(_ours(cfg, state), hf, tokens_for(2, 20))
 
 
@@ -228,16 +246,12 @@ def test_bloom_alibi_and_embedding_norm():
         b = einops.rearrange(sd[p + "self_attention.query_key_value.bias"], "(h three d) -> three h d", h=H, three=3)
         for i, name in enumerate("QKV"):
             state[f"blocks.{l}.attn.W_{name}"], state[f"blocks.{l}.attn.b_{name}"] = W[i], b[i]
-        state[f"blocks.{l}.attn.W_O"] = einops.rearrange(sd[p + "self_attention.dense.weight"], "m (h d) -> h d m",
-                                                         h=H)
+        state[f"blocks.{l}.attn.W_O"] = _heads_out(sd[p + "self_attention.dense.weight"], H)
         state[f"blocks.{l}.attn.b_O"] = sd[p + "self_attention.dense.bias"]
         for ours_name, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            state[f"blocks.{l}.{ours_name}.w"], state[f"blocks.{l}.{ours_name}.b"] = sd[p + theirs + ".weight"], sd[
-                p + theirs + ".bias"]
-        state[f"blocks.{l}.mlp.W_in"], state[f"blocks.{l}.mlp.b_in"] = sd[p + "mlp.dense_h_to_4h.weight"].T, sd[
-            p + "mlp.dense_h_to_4h.bias"]
-        state[f"blocks.{l}.mlp.W_out"], state[f"blocks.{l}.mlp.b_out"] = sd[p + "mlp.dense_4h_to_h.weight"].T, sd[
-            p + "mlp.dense_4h_to_h.bias"]
+            _put(state, f"blocks.{l}.{ours_name}", sd, p + theirs, ("w", "b"), transpose=False)
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.dense_h_to_4h")
+        _put(state, f"blocks.{l}.mlp", sd, p + "mlp.dense_4h_to_h", ("W_out", "b_out"))
     _compare(_ours(cfg, state), hf, tokens_for(2, 20))
 
 
@@ -254,18 +268,14 @@ def test_opt_learned_positions_with_offset():
     for l in range(2):
         p = f"{d}layers.{l}."
         for name, proj in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            state[f"blocks.{l}.attn.W_{name}"] = einops.rearrange(sd[p + f"self_attn.{proj}.weight"],
-                                                                  "(h d) m -> h m d", h=H)
-            state[f"blocks.{l}.attn.b_{name}"] = einops.rearrange(sd[p + f"self_attn.{proj}.bias"], "(h d) -> h d",
-                                                                  h=H)
-        state[f"blocks.{l}.attn.W_O"] = einops.rearrange(sd[p + "self_attn.out_proj.weight"], "m (h d) -> h d m",
-                                                         h=H)
+            state[f"blocks.{l}.attn.W_{name}"] = _heads_in(sd[p + f"self_attn.{proj}.weight"], H)
+            state[f"blocks.{l}.attn.b_{name}"] = sd[p + f"self_attn.{proj}.bias"].reshape(H, -1)
+        state[f"blocks.{l}.attn.W_O"] = _heads_out(sd[p + "self_attn.out_proj.weight"], H)
         state[f"blocks.{l}.attn.b_O"] = sd[p + "self_attn.out_proj.bias"]
         for ours_name, theirs in (("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")):
-            state[f"blocks.{l}.{ours_name}.w"], state[f"blocks.{l}.{ours_name}.b"] = sd[p + theirs + ".weight"], sd[
-                p + theirs + ".bias"]
-        state[f"blocks.{l}.mlp.W_in"], state[f"blocks.{l}.mlp.b_in"] = sd[p + "fc1.weight"].T, sd[p + "fc1.bias"]
-        state[f"blocks.{l}.mlp.W_out"], state[f"blocks.{l}.mlp.b_out"] = sd[p + "fc2.weight"].T, sd[p + "fc2.bias"]
+            _put(state, f"blocks.{l}.{ours_name}", sd, p + theirs, ("w", "b"), transpose=False)
+        _put(state, f"blocks.{l}.mlp", sd, p + "fc1")
+        _put(state, f"blocks.{l}.mlp", sd, p + "fc2", ("W_out", "b_out"))
     _compare(_ours(cfg, state), hf, tokens_for(2, 20))
 
 
@@ -356,24 +366,24 @@ def test_moe_hooks_show_the_routed_tokens_and_neuron_analyzers_refuse():
     with pytest.raises(InterpError, match=r"mixture-of-experts"):
         top_neurons(ours, toks[:1])
     with pytest.raises(InterpError, match=r"mixtures of experts"):
-        ours.W_in
+        _ = ours.W_in
 
 
 # --- attention options through every path -------------------------------------------------------------------
 
 def _attn_model(seed=0, **over) -> HookedDecoder:
     torch.manual_seed(seed)
-    base = dict(d_vocab=VOCAB, n_ctx=N_CTX, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_head=16,
-                positional="rotary", norm="rmsnorm", init_std=0.2)
+    base = {"d_vocab": VOCAB, "n_ctx": N_CTX, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_head": 16,
+                "positional": "rotary", "norm": "rmsnorm", "init_std": 0.2}
     return HookedDecoder(DecoderConfig(**{**base, **over})).eval()
 
 
 ATTN_OPTIONS = {
-    "window": dict(sliding_window=7),
-    "window_per_layer": dict(sliding_window=7, layer_types=["full_attention", "sliding_attention"]),
-    "softcap": dict(attn_softcap=2.0),
-    "alibi": dict(alibi=True, positional="none"),
-    "all": dict(sliding_window=7, attn_softcap=2.0, alibi=True, attn_multiplier=0.4),
+    "window": {"sliding_window": 7},
+    "window_per_layer": {"sliding_window": 7, "layer_types": ["full_attention", "sliding_attention"]},
+    "softcap": {"attn_softcap": 2.0},
+    "alibi": {"alibi": True, "positional": "none"},
+    "all": {"sliding_window": 7, "attn_softcap": 2.0, "alibi": True, "attn_multiplier": 0.4},
 }
 
 
@@ -445,19 +455,18 @@ def test_alibi_slopes_match_bloom():
         torch.testing.assert_close(alibi_slopes(n), alibi[:, 0, 1], rtol=1e-6, atol=0)  # Bloom's are float32
 
 
-@pytest.mark.parametrize("option", ["window", "all"])
-def test_kv_cached_generation_with_a_sliding_window_equals_full_forward(option):
+@torch.no_grad()
+def test_kv_cached_generation_with_a_sliding_window_equals_full_forward():
     from interp.generate import generate
-
-    model = _attn_model(**ATTN_OPTIONS[option])
-    prompt = tokens_for(2, 5)
-    out = generate(model, prompt, max_new_tokens=15, temperature=0)  # the window slides past the cache start
-    full = model(out, attn_backend="eager")
-    assert (full[:, 4:-1].argmax(-1) == out[:, 5:]).all()
     from interp.model.attention import KVCache
 
+    model = _attn_model(**ATTN_OPTIONS["all"])  # window 7, soft-cap, ALiBi, custom scale
+    prompt = tokens_for(2, 5)
+    out = generate(model, prompt, max_new_tokens=10, temperature=0)  # the window slides past the cache start
+    full = model(out, attn_backend="eager")
+    assert (full[:, 4:-1].argmax(-1) == out[:, 5:]).all()
     cache = KVCache(model.cfg.n_layers)
-    steps = [model(out[:, :5], kv_cache=cache)] + [model(out[:, i:i + 1], kv_cache=cache) for i in range(5, 20)]
+    steps = [model(out[:, :5], kv_cache=cache)] + [model(out[:, i:i + 1], kv_cache=cache) for i in range(5, 15)]
     assert_close_to_scale(torch.cat(steps, dim=1), full)
 
 
@@ -473,24 +482,64 @@ def test_kv_cached_generation_with_moe_equals_full_forward():
 
 
 def test_bad_block_options_are_refused_clearly():
-    base = dict(d_vocab=VOCAB, n_ctx=N_CTX, d_model=32, n_layers=2, n_heads=4)
+    base = {"d_vocab": VOCAB, "n_ctx": N_CTX, "d_model": 32, "n_layers": 2, "n_heads": 4}
     cases = [
-        (dict(sliding_window=0), r"sliding_window must be a positive integer; got 0"),
-        (dict(layer_types=["sliding_attention"]), r"layer_types must be a list with one entry per layer"),
-        (dict(layer_types=["sliding_attention", "full_attention"]), r"sliding_window is None"),
-        (dict(layer_types=["local", "full_attention"], sliding_window=3), r"layer_types.*'local'"),
-        (dict(attn_softcap=-1.0), r"attn_softcap must be a finite number > 0"),
-        (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), r"positional='rotary'"),
-        (dict(positional="rotary", rope_parameters={"rope_type": "llama3", "factor": 8.0}),
+        ({"sliding_window": 0}, r"sliding_window must be a positive integer; got 0"),
+        ({"layer_types": ["sliding_attention"]}, r"layer_types must be a list with one entry per layer"),
+        ({"layer_types": ["sliding_attention", "full_attention"]}, r"sliding_window is None"),
+        ({"layer_types": ["local", "full_attention"], "sliding_window": 3}, r"layer_types.*'local'"),
+        ({"attn_softcap": -1.0}, r"attn_softcap must be a finite number > 0"),
+        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, r"positional='rotary'"),
+        ({"positional": "rotary", "rope_parameters": {"rope_type": "llama3", "factor": 8.0}},
          r"needs \['low_freq_factor'"),
-        (dict(positional="rotary", rope_parameters={"rope_type": "ntk"}), r"rope_type.*'ntk'"),
-        (dict(pos_offset=2, positional="rotary"), r"pos_offset needs positional='learned'"),
-        (dict(qk_norm="yes"), r"qk_norm must be one of"),
-        (dict(shared_norm=True), r"shared_norm=True needs parallel_residual=True"),
-        (dict(n_experts=4, n_experts_per_token=5), r"n_experts_per_token must be in \[1, n_experts=4\]; got 5"),
-        (dict(n_experts=4, moe_layers=[2]), r"moe_layers must hold layer indices in \[0, 1\]; got \[2\]"),
-        (dict(embed_multiplier=0.0), r"embed_multiplier must be a finite number > 0"),
+        ({"positional": "rotary", "rope_parameters": {"rope_type": "ntk"}}, r"rope_type.*'ntk'"),
+        ({"pos_offset": 2, "positional": "rotary"}, r"pos_offset needs positional='learned'"),
+        ({"qk_norm": "yes"}, r"qk_norm must be one of"),
+        ({"shared_norm": True}, r"shared_norm=True needs parallel_residual=True"),
+        ({"n_experts": 4, "n_experts_per_token": 5}, r"n_experts_per_token must be in \[1, n_experts=4\]; got 5"),
+        ({"n_experts": 4, "moe_layers": [2]}, r"moe_layers must hold layer indices in \[0, 1\]; got \[2\]"),
+        ({"embed_multiplier": 0.0}, r"embed_multiplier must be a finite number > 0"),
     ]
     for over, pattern in cases:
         with pytest.raises(InterpError, match=pattern):
             DecoderConfig(**{**base, **over})
+
+
+def test_checkpoint_round_trip_keeps_every_block(tmp_path):
+    import interp
+
+    cfg = _llama_cfg(sliding_window=5, layer_types=["sliding_attention", "full_attention"], attn_softcap=3.0,
+                     rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0},
+                                      "sliding_attention": {"rope_theta": 100.0}},
+                     qk_norm="per_head", norm_placement="sandwich", norm_weight_offset=1.0, embed_multiplier=2.0,
+                     final_softcap=10.0, n_experts=3, n_experts_per_token=2, moe_layers=[1], d_shared_expert=16)
+    torch.manual_seed(0)
+    model = HookedDecoder(cfg).eval()
+    model.save(tmp_path / "m")
+    loaded = interp.load(str(tmp_path / "m"))
+    assert replace(loaded.cfg, source={}) == model.cfg
+    toks = tokens_for(2, 20)
+    torch.testing.assert_close(loaded(toks), model(toks), rtol=0, atol=0)
+
+
+def test_gemma3_local_global_rope_bases_and_qk_norm_with_offset():
+    hf = _hf("Gemma3TextConfig", hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, max_position_embeddings=N_CTX, query_pre_attn_scalar=8,
+             sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+             rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    c = hf.config
+    cfg = _llama_cfg(act="gelu_new", norm_weight_offset=1.0, norm_placement="sandwich", tie_embeddings=True,
+                     embed_multiplier=math.sqrt(32), attn_multiplier=8 ** -0.5, sliding_window=6,
+                     layer_types=list(c.layer_types), d_head=8, qk_norm="per_head", norm_eps=c.rms_norm_eps,
+                     rope_parameters={k: dict(v) for k, v in c.rope_parameters.items()})
+    _compare(_ours(cfg, _gemma_state(_sd(hf), cfg)), hf, tokens_for(2, 30))
+
+
+def test_smollm3_nope_layers():
+    hf = _hf("SmolLM3Config", **LLAMA_LIKE, no_rope_layers=[1, 0], use_sliding_window=False)
+    cfg = _llama_cfg(rope_layers=[bool(x) for x in hf.config.no_rope_layers], norm_eps=hf.config.rms_norm_eps,
+                     rotary_base=hf.config.rope_parameters["rope_theta"])
+    ours = _ours(cfg, llama_state(_sd(hf), cfg))
+    _compare(ours, hf, tokens_for(2, 20))
+    assert "blocks.1.attn.hook_rot_q" not in dict(ours.run_with_cache(tokens_for(1, 4))[1])  # layer 1: no RoPE

@@ -8,9 +8,6 @@ the module re-runs itself in a fresh one (as tests/test_kernels.py does).
 """
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,39 +18,25 @@ if not CUDA:
 
 triton = pytest.importorskip("triton")
 
-from conftest import VOCAB, assert_close_to_scale, tokens_for  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+from conftest import VOCAB, assert_close_to_scale, tokens_for, triton_interpreter_tests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from triton.runtime.interpreter import InterpretedFunction
 
-from interp.model.config import DecoderConfig  # noqa: E402
-from interp.model.transformer import HookedDecoder  # noqa: E402
+from interp.model.config import DecoderConfig
+from interp.model.transformer import HookedDecoder
 
 INTERPRETER_READY = CUDA or isinstance(triton.language.zeros, InterpretedFunction)
 DEVICE = "cuda" if CUDA else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def needs_kernel_runtime(request):
-    if not INTERPRETER_READY and request.node.name != "test_in_a_fresh_process":
-        pytest.skip("triton was imported before TRITON_INTERPRET was set; test_in_a_fresh_process runs this")
-
-
-def test_in_a_fresh_process():
-    if INTERPRETER_READY:
-        pytest.skip("the kernels run in this process")
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         capture_output=True, text=True, env=env, cwd=root, timeout=900, check=False)
-    assert res.returncode == 0, res.stdout[-4000:]
+needs_kernel_runtime, test_in_a_fresh_process = triton_interpreter_tests(__file__, INTERPRETER_READY)
 
 
 def make(seed=0, **over) -> HookedDecoder:
     torch.manual_seed(seed)
-    base = dict(d_vocab=VOCAB, n_ctx=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_head=16,
-                positional="rotary", norm="rmsnorm", init_std=0.2)
+    base = {"d_vocab": VOCAB, "n_ctx": 64, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_head": 16,
+                "positional": "rotary", "norm": "rmsnorm", "init_std": 0.2}
     return HookedDecoder(DecoderConfig(**{**base, **over})).to(DEVICE).eval()
 
 
@@ -62,7 +45,7 @@ PATTERNS = ("hook_pattern", "hook_attn_scores")
 
 def check_paths(model, toks, backends=("sdpa", "triton"), grads=False):
     """Logits of every backend equal eager; patterns rebuilt lazily from each fused pass equal eager's."""
-    names = lambda n: n.endswith(PATTERNS)  # noqa: E731
+    names = lambda n: n.endswith(PATTERNS)
     ref, eager = model.run_with_cache(toks, attn_backend="eager", names_filter=names, lazy_patterns=False)
     for backend in backends:
         logits, lazy = model.run_with_cache(toks, attn_backend=backend, names_filter=names)
@@ -87,9 +70,9 @@ def check_paths(model, toks, backends=("sdpa", "triton"), grads=False):
 
 
 @pytest.mark.parametrize("options", [
-    dict(sliding_window=7, layer_types=["sliding_attention", "full_attention"], attn_softcap=2.0),
-    dict(sliding_window=5, attn_softcap=1.5, alibi=True, attn_multiplier=0.3, qk_norm="per_head",
-         rotary_interleaved=True),
+    {"sliding_window": 7, "layer_types": ["sliding_attention", "full_attention"], "attn_softcap": 2.0},
+    {"sliding_window": 5, "attn_softcap": 1.5, "alibi": True, "attn_multiplier": 0.3, "qk_norm": "per_head",
+         "rotary_interleaved": True},
 ], ids=["per-layer-window+softcap", "everything"])
 def test_triton_backend_at_model_level(options):
     model = make(**options)
@@ -107,8 +90,8 @@ ROPES = [None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", "fa
 @st.composite
 def option_sets(draw):
     n_heads = draw(st.sampled_from([2, 4]))
-    opts = dict(n_heads=n_heads, n_kv_heads=draw(st.sampled_from([k for k in (1, 2, 4) if n_heads % k == 0])),
-                d_model=16 * n_heads)
+    opts = {"n_heads": n_heads, "n_kv_heads": draw(st.sampled_from([k for k in (1, 2, 4) if n_heads % k == 0])),
+                "d_model": 16 * n_heads}
     window = draw(st.one_of(st.none(), st.integers(1, 12)))
     if window is not None:
         opts["sliding_window"] = window

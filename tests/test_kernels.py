@@ -23,12 +23,12 @@ if not CUDA:
 
 triton = pytest.importorskip("triton")
 
+from conftest import triton_interpreter_tests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from triton.runtime.interpreter import InterpretedFunction
 
 from interp.errors import InterpError
-from interp.kernels.reference import alibi_slopes
 from interp.kernels import (
     attention_lse,
     flash_attention,
@@ -36,6 +36,7 @@ from interp.kernels import (
     fused_attention,
     reference_attention,
 )
+from interp.kernels.reference import alibi_slopes
 
 DEVICE = "cuda" if CUDA else "cpu"
 # If something imported triton before this module (without the variable), this process cannot interpret
@@ -43,21 +44,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 INTERPRETER_READY = CUDA or isinstance(triton.language.zeros, InterpretedFunction)
 
 
-@pytest.fixture(autouse=True)
-def needs_kernel_runtime(request):
-    if not INTERPRETER_READY and request.node.name != "test_in_a_fresh_process":
-        pytest.skip("triton was imported before TRITON_INTERPRET was set; test_in_a_fresh_process runs this")
-
-
-def test_in_a_fresh_process():
-    if INTERPRETER_READY:
-        pytest.skip("the kernels run in this process")
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         capture_output=True, text=True, env=env, cwd=root, timeout=900, check=False)
-    assert res.returncode == 0, res.stdout[-4000:]
+needs_kernel_runtime, test_in_a_fresh_process = triton_interpreter_tests(__file__, INTERPRETER_READY)
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -100,7 +87,7 @@ def make_qkv(b, h, hk, sq, sk, d, dtype, seed):
 def check_against_reference(b, h, hk, sq, sk, d, causal, dtype, seed=0, lse_grad=False, scale=None, window=None,
                             softcap=None, alibi=False):
     q, k, v = make_qkv(b, h, hk, sq, sk, d, dtype, seed)
-    mods = dict(window=window, softcap=softcap, alibi=alibi_slopes(h).to(DEVICE) if alibi else None)
+    mods = {"window": window, "softcap": softcap, "alibi": alibi_slopes(h).to(DEVICE) if alibi else None}
     out, lse = flash_attention(q, k, v, causal=causal, scale=scale, **mods)
     assert out.shape == q.shape and out.dtype == dtype
     assert lse.shape == (b, h, sq) and lse.dtype == torch.float32
@@ -159,11 +146,11 @@ def test_matches_float64_reference(case):
 # Score modifications (window, soft-cap, ALiBi), alone and together, GQA, seq_q != seq_k, where the window
 # binds across several key blocks (interpreter tiles are 32x16), forward and backward (incl. an lse gradient).
 MOD_CASES = [
-    dict(case=(1, 2, 1, 50, 50, 32, True, torch.float32), window=7),
-    dict(case=(2, 4, 2, 37, 53, 16, True, torch.float32), window=9, softcap=1.5, alibi=True, lse_grad=True),
-    dict(case=(1, 2, 2, 40, 40, 32, False, torch.float32), softcap=2.0, alibi=True),
-    dict(case=(1, 4, 2, 45, 45, 64, True, torch.bfloat16), window=20, softcap=5.0),
-    dict(case=(1, 2, 1, 5, 50, 32, True, torch.float16), window=3, alibi=True),  # decode-like: cached keys
+    {"case": (1, 2, 1, 50, 50, 32, True, torch.float32), "window": 7},
+    {"case": (2, 4, 2, 37, 53, 16, True, torch.float32), "window": 9, "softcap": 1.5, "alibi": True, "lse_grad": True},
+    {"case": (1, 2, 2, 40, 40, 32, False, torch.float32), "softcap": 2.0, "alibi": True},
+    {"case": (1, 4, 2, 45, 45, 64, True, torch.bfloat16), "window": 20, "softcap": 5.0},
+    {"case": (1, 2, 1, 5, 50, 32, True, torch.float16), "window": 3, "alibi": True},  # decode-like: cached keys
 ]
 
 
@@ -383,7 +370,7 @@ GPU_MOD_CASES = [
     for d in (64, 128)
     for hk in (4, 1)
     for dtype in (torch.float32, torch.float16, torch.bfloat16)
-    for mods in (dict(window=64), dict(softcap=20.0), dict(alibi=True), dict(window=100, softcap=30.0, alibi=True))
+    for mods in ({"window": 64}, {"softcap": 20.0}, {"alibi": True}, {"window": 100, "softcap": 30.0, "alibi": True})
 ]
 
 

@@ -149,7 +149,7 @@ def _block_d(d: int) -> int:
     return max(MIN_HEAD_DIM, 1 << (d - 1).bit_length())
 
 
-def _meta(q: torch.Tensor, d: int, causal: bool, mods: "_Mods") -> dict:
+def _meta(q: torch.Tensor, d: int, causal: bool, mods: _Mods) -> dict:
     # UPCAST works around the interpreter's bf16 dot (see _triton_flash._mma); never set on the GPU.
     return {"HEAD_DIM": d, "BLOCK_D": _block_d(d), "CAUSAL": bool(causal), "IEEE": q.dtype == torch.float32,
             "UPCAST": _interpreting() and q.dtype == torch.bfloat16, "SOFTCAP": mods.softcap is not None,

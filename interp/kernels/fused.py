@@ -83,7 +83,8 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     """Attention with any score modification, a query tile at a time: ``(out, lse)``, differentiable.
 
     The scores are computed in the inputs' dtype and the softmax in at least float32, as the eager path
-    does; memory beyond q/k/v is one tile of scores (``tile_elems``) plus the output.
+    does. Without autograd, memory beyond q/k/v is one tile of scores (``tile_elems``) plus the output; when
+    training, autograd keeps each tile's probabilities for the backward (as eager attention would).
     """
     b, h, sq, d = q.shape
     hk, sk = k.shape[1], k.shape[2]
@@ -129,8 +130,8 @@ def _sdpa(q, k, v, causal: bool, scale: float, need_lse: bool, window=None, alib
         return out, lse.detach().float()
     if not needs_mask:
         mask = None
-    elif plain:
-        mask = visible_keys(*query_key_positions(sq, sk, q.device), causal=causal)
+    elif alibi is None:  # a boolean mask (a quarter of a float one): causal and/or the window
+        mask = visible_keys(*query_key_positions(sq, sk, q.device), causal=causal, window=window)
     else:
         mask = _additive_mask(q, sq, sk, causal, window, alibi)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,

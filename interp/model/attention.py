@@ -22,8 +22,7 @@ every backend and the lazy pattern rebuild apply identically.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
@@ -107,6 +106,7 @@ class Attention(nn.Module):
         self.window = cfg.window(layer)
         self.softcap = cfg.attn_softcap
         self.rope = cfg.rope_for_layer(layer) if cfg.uses_rope(layer) else None
+        self._rope_cache: dict = {}  # (device, dtype, length) -> (inv_freq, attention factor); not state
         if cfg.qk_norm is not None:
             per_head = cfg.qk_norm == "per_head"
             self.q_norm = Norm(cfg, dh if per_head else H * dh)
@@ -136,12 +136,24 @@ class Attention(nn.Module):
             return hook(norm(t))
         return hook(norm(t.flatten(-2)).unflatten(-1, t.shape[-2:]))  # across heads: one norm over h*d
 
+    def _frequencies(self, positions, work):
+        """(inv_freq on the device, attention factor), computed once per device/dtype (and length, for dynamic
+        and longrope, whose frequencies depend on the length of the context processed so far)."""
+        by_length = self.rope["rope_type"] in ("dynamic", "longrope")
+        seq_len = int(positions[-1]) + 1 if by_length else 0  # (the only host sync, and only for those two)
+        key = (positions.device, work, seq_len)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) > 8:
+                self._rope_cache.clear()
+            inv_freq, factor = rope_frequencies(self.rope, self.cfg.rotary_dim, self.cfg.n_ctx, seq_len, work)
+            self._rope_cache[key] = (inv_freq.to(positions.device), factor)
+        return self._rope_cache[key]
+
     def _rotate(self, q, k, positions):
         cfg = self.cfg
         work = torch.promote_types(q.dtype, torch.float32)  # a float64 model keeps full precision
-        # dynamic/longrope frequencies depend on the length of the context processed so far
-        inv_freq, factor = rope_frequencies(self.rope, cfg.rotary_dim, cfg.n_ctx, int(positions[-1]) + 1, work)
-        cos, sin = rotary_cos_sin(positions, inv_freq.to(q.device), q.dtype, factor, cfg.rotary_interleaved)
+        inv_freq, factor = self._frequencies(positions, work)
+        cos, sin = rotary_cos_sin(positions, inv_freq, q.dtype, factor, cfg.rotary_interleaved)
         q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rotary_interleaved))
         k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_interleaved))
         return q, k

@@ -384,7 +384,7 @@ class DecoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DecoderConfig":
+    def from_dict(cls, data: dict) -> DecoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -409,7 +409,7 @@ class DecoderConfig:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "DecoderConfig":
+    def load(cls, path: str | Path) -> DecoderConfig:
         from interp.io import read_json
 
         data = read_json(path)

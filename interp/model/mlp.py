@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.model.config import DecoderConfig

@@ -12,8 +12,8 @@ whose gain and bias ``fold_ln`` moved into the weights reading it (TransformerLe
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.model.config import DecoderConfig

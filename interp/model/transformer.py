@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
-from transformer_lens.HookedRootModule import HookedRootModule
+from torch import nn
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
 
 from interp.errors import InterpError
 from interp.model.attention import Attention, KVCache
@@ -421,7 +421,7 @@ class HookedDecoder(HookedRootModule):
                 total = total + block.mlp.b_out
         if mlp_input and layer < self.cfg.n_layers and self.blocks[layer].attn.b_O is not None:
             total = total + self.blocks[layer].attn.b_O
-        return total
+        return total * self.cfg.residual_multiplier  # what the sublayers add is their output times it
 
     # --- text in, text out -----------------------------------------------------------------------
     def _need_tokenizer(self):
