@@ -59,7 +59,7 @@ def _token_id(value, vocab: int) -> int | None:
     return value if isinstance(value, int) and 0 <= value < vocab else None
 
 
-def _rope(c, family: str) -> dict:
+def _rope(c) -> dict:
     """rotary_base, rotary_fraction and (for scaled / per-layer-type RoPE) rope_parameters."""
     params = dict(_get(c, "rope_parameters", "rope_scaling", default={}) or {})
     per_type = bool(params) and set(params) <= {"full_attention", "sliding_attention"}
@@ -80,7 +80,7 @@ def _rope(c, family: str) -> dict:
     return out
 
 
-def _window(c, n_layers: int) -> dict:
+def _window(c) -> dict:
     """sliding_window / layer_types from transformers' config (use_sliding_window, layer_types)."""
     window = _get(c, "sliding_window")
     if not window or not getattr(c, "use_sliding_window", True):
@@ -120,14 +120,13 @@ def _refuse(family: str, **settings) -> None:
 
 def _llama_like(c, family: str, **kw) -> dict:
     """Llama's recipe (RMSNorm, SwiGLU, RoPE, GQA), the base most modern families adjust."""
-    L = c.num_hidden_layers
     head_dim = _get(c, "head_dim", default=c.hidden_size // c.num_attention_heads)
     bias = bool(_get(c, "attention_bias", "qkv_bias", "use_qkv_bias", default=False))
     out = _common(
         c, family, n_kv_heads=_get(c, "num_key_value_heads", default=c.num_attention_heads), d_head=head_dim,
         d_mlp=c.intermediate_size, norm="rmsnorm", norm_eps=_get(c, "rms_norm_eps", "layer_norm_eps", default=1e-6),
         act=_act(c, family), gated=True, attn_bias=bias, attn_out_bias=bool(getattr(c, "attention_bias", False)),
-        mlp_bias=bool(getattr(c, "mlp_bias", False)), **_rope(c, family), **_window(c, L),
+        mlp_bias=bool(getattr(c, "mlp_bias", False)), **_rope(c), **_window(c),
     )
     out.update(kw)
     return out
@@ -169,7 +168,7 @@ def gptj(c) -> dict:
 def neox(c) -> dict:
     return _common(c, "GPT-NeoX", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "GPT-NeoX"),
                    parallel_residual=bool(c.use_parallel_residual), attn_bias=bool(getattr(c, "attention_bias", True)),
-                   **_rope(c, "GPT-NeoX"))
+                   **_rope(c))
 
 
 def opt(c) -> dict:
@@ -191,7 +190,7 @@ def falcon(c) -> dict:
     kv = c.num_kv_heads if new else (1 if c.multi_query else c.num_attention_heads)
     parallel = new or bool(c.parallel_attn)
     shared = parallel and (not new or getattr(c, "num_ln_in_parallel_attn", 2) == 1)
-    kw = {"positional": "none", "alibi": True} if c.alibi else _rope(c, "Falcon")
+    kw = {"positional": "none", "alibi": True} if c.alibi else _rope(c)
     if c.alibi:
         # Falcon-RW adds ALiBi to q·k *before* the 1/sqrt(d_head) scale; our ALiBi (Bloom's) is added after it.
         raise InterpError("Falcon with alibi=True (Falcon-RW): ALiBi added before the 1/sqrt(d_head) scaling is "
@@ -248,7 +247,7 @@ def gemma3(c) -> dict:
 def phi(c) -> dict:
     _refuse("Phi", qk_layernorm=getattr(c, "qk_layernorm", False))
     return _common(c, "Phi", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
-                   parallel_residual=True, shared_norm=True, **_rope(c, "Phi"))
+                   parallel_residual=True, shared_norm=True, **_rope(c))
 
 
 def phi3(c) -> dict:
