@@ -460,8 +460,9 @@ FAMILIES: dict[str, Family] = {
 _IGNORED = re.compile(r"(\.rotary_emb\.inv_freq|(^|\.)(attn|attention)\.(bias|masked_bias)|\.embed_positions)$")
 
 
-def collect_slots(family: Family, hf_sd: dict, cfg: dict) -> dict:
-    """HF state dict -> {"layers.{l}.q.weight": ..., "embed.weight": ...}; every HF tensor consumed."""
+def collect_slots(family: Family, hf_sd: dict, cfg: dict, strict: bool = True) -> dict:
+    """HF state dict -> {"layers.{l}.q.weight": ..., "embed.weight": ...}; every HF tensor consumed (unless
+    ``strict=False``: then tensors outside the family's names are left out)."""
     sd = {k: v for k, v in hf_sd.items() if not _IGNORED.search(k)}
     if family.split is not None:
         family.split(sd, cfg)  # fused tensors become slot entries; it pops what it used
@@ -481,7 +482,7 @@ def collect_slots(family: Family, hf_sd: dict, cfg: dict) -> dict:
                     slots[f"{key}.weight"] = sd.pop(path)
     if cfg.get("tie_embeddings"):
         sd.pop("lm_head.weight", None)  # the same tensor as the embedding
-    if sd:
+    if sd and strict:
         raise InterpError(
             f"{family.name}: the checkpoint has weights interp does not map: {sorted(sd)[:6]}"
             f"{'...' if len(sd) > 6 else ''}; this variant uses a feature interp's model does not implement."

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 
 from interp.errors import InterpError
-from interp.loading.families import check_memory, collect_slots, estimate_bytes, family_of, to_interp_state
+from interp.loading.families import (
+    FAMILIES,
+    check_memory,
+    collect_slots,
+    estimate_bytes,
+    family_of,
+    to_interp_state,
+)
 from interp.model.config import DTYPES, DecoderConfig
 
 
@@ -34,6 +41,19 @@ def config_from_hf(hf_config, arch: str | None = None, dtype: torch.dtype = torc
     return cfg
 
 
+def _shape_fields(cfg: DecoderConfig) -> dict:
+    """What the fused-tensor splitters need to know of the config."""
+    return {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_head": cfg.d_head,
+            "d_model": cfg.d_model, "tie_embeddings": cfg.tie_embeddings}
+
+
+def llama_state(sd: dict, cfg: DecoderConfig) -> dict:
+    """The Llama-named tensors of a `transformers` state dict in our layout; other tensors are left out.
+
+    For tests that build a DecoderConfig by hand and add a block's own weights themselves."""
+    return to_interp_state(collect_slots(FAMILIES["LlamaForCausalLM"], sd, _shape_fields(cfg), strict=False), cfg)
+
+
 def from_hf_model(hf_model: Any, tokenizer: Any = None):
     """Convert a `transformers` causal-LM object into a HookedDecoder with identical outputs."""
     from interp.loading.checkpoint import empty_model, load_state
@@ -45,9 +65,7 @@ def from_hf_model(hf_model: Any, tokenizer: Any = None):
     n_params = sum(p.numel() for p in hf_model.parameters())
     check_memory(estimate_bytes(n_params, first.dtype), "cpu", f"converting {arch} ({n_params / 1e6:.0f}M parameters)")
     sd = {k: v.detach() for k, v in hf_model.state_dict().items()}
-    fields = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_head": cfg.d_head,
-              "d_model": cfg.d_model, "tie_embeddings": cfg.tie_embeddings}
-    state = to_interp_state(collect_slots(family, sd, fields), cfg)
+    state = to_interp_state(collect_slots(family, sd, _shape_fields(cfg)), cfg)
     model = empty_model(cfg, tokenizer)
     load_state(model, {k: v.to("cpu").contiguous() for k, v in state.items()}, arch)
     model.eval()
