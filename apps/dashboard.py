@@ -20,7 +20,7 @@ import streamlit as st
 
 from interp.errors import InterpError
 
-PAGES = ("Overview", "Attention", "Neurons", "Superposition", "Logit lens", "Report")
+PAGES = ("Overview", "Attention", "Neurons", "Superposition", "Logit lens", "Patching", "Report")
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 DEFAULT_MODEL = "default"
 LOCAL = "Local folder…"
@@ -133,6 +133,32 @@ def lens(spec: str, prompt: str, k: int, target: str) -> pd.DataFrame:
     from interp.analysis.logit_lens import logit_lens
 
     return logit_lens(get_model(spec), tokens_for(spec, prompt), k=k, target=target)
+
+
+@st.cache_data(show_spinner="Patching…", max_entries=16)
+def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, wrong: str | None, where: str):
+    """Head and layer x position patching + DLA of the clean prompt. Without ``corrupted``: the prompt
+    followed by its own first half, corrupted at the copied token (an induction task)."""
+    from interp.analysis import causal
+
+    model = get_model(spec)
+    if corrupted is None:
+        pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+        clean, bad, ans, wr = pair.clean, pair.corrupted, pair.answer, pair.wrong
+    else:
+        clean, bad = tokens_for(spec, prompt), tokens_for(spec, corrupted)
+        ans, wr = [int(x) if x.lstrip("-").isdigit() else x for x in (answer or "", wrong or "")]
+        if ans == "" or wr == "":
+            raise InterpError("answer and wrong: give the clean prompt's answer and the corrupted prompt's answer "
+                              "(one token each, text or id).")
+    heads = causal.activation_patching(model, clean, bad, where="z", by_position=False, answer=ans, wrong=wr)
+    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr)
+    dla = causal.direct_logit_attribution(model, clean, ans, wr)
+    from interp.report.inputs import str_tokens
+
+    info = {"tokens": str_tokens(model, clean), "clean": heads.attrs["clean"], "corrupted": heads.attrs["corrupted"],
+            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad)}
+    return heads, grid, dla, info
 
 
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
@@ -396,10 +422,44 @@ def page_lens(spec: str, prompt: str) -> None:
                                  "target_rank"]], key="lens_cells")
 
 
+def page_patching(spec: str, prompt: str) -> None:
+    from interp.report.figures import dla_bar, head_patching_heatmap, patching_heatmap, show_token
+
+    c1, c2 = st.columns(2)
+    mode = c1.radio("pair", ["induction (prompt repeated)", "custom corrupted prompt"], key="patch_mode",
+                    help="induction: the prompt followed by its first half; the corrupted run changes the token "
+                         "the repeat should copy")
+    where = c2.selectbox("layer × position sweep of", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"],
+                         key="patch_where")
+    corrupted = answer = wrong = None
+    if mode.startswith("custom"):
+        corrupted = st.text_input("corrupted prompt (same number of tokens)", key="patch_corrupted")
+        c3, c4 = st.columns(2)
+        answer = c3.text_input("answer (clean)", key="patch_answer")
+        wrong = c4.text_input("wrong answer (corrupted)", key="patch_wrong")
+        if not corrupted:
+            st.info("Enter a corrupted prompt, the clean answer and the corrupted answer.")
+            return
+    heads, grid, dla, info = patching(spec, prompt, corrupted, answer, wrong, where)
+    st.caption(f"Metric: logit difference {show_token(info['answer'])!r} − {show_token(info['wrong'])!r} at the last "
+               f"position: clean {info['clean']:.3f}, corrupted {info['corrupted']:.3f}. normalised: 0 = corrupted, "
+               "1 = clean.")
+    st.code("clean:     " + "".join(info["tokens"]) + "\ncorrupted: " + "".join(info["corrupted_tokens"]),
+            language=None)
+    plot(head_patching_heatmap(heads), key="patch_heads")
+    plot(patching_heatmap(grid, info["tokens"], title=f"Patching {where}: layer × position"), key="patch_grid")
+    plot(dla_bar(dla), key="dla")
+    top = dla.reindex(dla.contribution.abs().sort_values(ascending=False, kind="stable").index).head(15)
+    show(top[["component", "kind", "layer", "head", "neuron", "contribution"]], key="dla_table")
+    with st.expander("Tables"):
+        show(heads, key="patch_heads_table")
+        show(grid, key="patch_grid_table")
+
+
 def page_report(spec: str, prompt: str) -> None:
     st.subheader("HTML report")
     st.write("One self-contained file (opens offline) with every section: model, tokenization, next token, "
-             "logit lens, attention, neurons, superposition.")
+             "logit lens, attention, neurons, superposition, patching.")
     if st.button("Build report", key="build_report"):
         st.session_state["report_for"] = (spec, prompt)
     if st.session_state.get("report_for") == (spec, prompt):
@@ -413,7 +473,8 @@ def page_report(spec: str, prompt: str) -> None:
 
 
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons,
-          "Superposition": page_superposition, "Logit lens": page_lens, "Report": page_report}
+          "Superposition": page_superposition, "Logit lens": page_lens, "Patching": page_patching,
+          "Report": page_report}
 
 
 def main() -> None:

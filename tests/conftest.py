@@ -11,6 +11,7 @@ weight from a correct mapping.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -211,3 +212,21 @@ def triton_interpreter_tests(test_file: str, ready: bool):
         assert res.returncode == 0, res.stdout[-4000:]
 
     return needs_kernel_runtime, test_in_a_fresh_process
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Temporarily run torch on ``n`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny matmuls on a shared CPU are far slower with two (oversubscription)."""
+    with torch_threads(1):
+        yield

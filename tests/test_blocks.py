@@ -543,3 +543,16 @@ def test_smollm3_nope_layers():
     ours = _ours(cfg, llama_state(_sd(hf), cfg))
     _compare(ours, hf, tokens_for(2, 20))
     assert "blocks.1.attn.hook_rot_q" not in dict(ours.run_with_cache(tokens_for(1, 4))[1])  # layer 1: no RoPE
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_left_padding_with_window_softcap_alibi_matches_the_unpadded_rows(backend):
+    model = _attn_model(**ATTN_OPTIONS["all"])
+    a, b = tokens_for(1, 12, seed=3), tokens_for(1, 8, seed=4)
+    batch = torch.cat([a, torch.cat([torch.full((1, 4), 5), b], dim=1)])
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :4] = 0  # row 1: four pads on the left
+    out = model(batch, attention_mask=mask, attn_backend=backend)
+    assert_close_to_scale(out[0], model(a, attn_backend="eager")[0])
+    assert_close_to_scale(out[1, 4:], model(b, attn_backend="eager")[0])

@@ -394,9 +394,9 @@ def test_patterns_are_computed_only_when_hooked(monkeypatch):
     calls = []
     original = Attention._eager
 
-    def counting(self, q, k, v):
+    def counting(self, q, k, v, *rest):
         calls.append(self.layer)
-        return original(self, q, k, v)
+        return original(self, q, k, v, *rest)
 
     monkeypatch.setattr(Attention, "_eager", counting)
     model = make_model(**ARCHS["gpt2_like"], attn_backend="sdpa")

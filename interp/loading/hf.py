@@ -22,6 +22,9 @@ from interp.loading.families import (
 )
 from interp.model.config import DTYPES, DecoderConfig
 
+# TransformerLens prepends BOS by default except for these families (its adapters set default_prepend_bos=False).
+NO_BOS_BY_DEFAULT = ("GPTNeoXForCausalLM", "Qwen2ForCausalLM")
+
 
 def _dtype_name(dtype: torch.dtype) -> str:
     names = {v: k for k, v in DTYPES.items()}
@@ -36,6 +39,8 @@ def config_from_hf(hf_config, arch: str | None = None, dtype: torch.dtype = torc
     _, family = family_of(arch)
     kwargs = family.config(hf_config)
     kwargs["dtype"] = _dtype_name(dtype)
+    # TransformerLens prepends BOS by default, except where its adapter says not to
+    kwargs["default_prepend_bos"] = kwargs.get("bos_token_id") is not None and arch not in NO_BOS_BY_DEFAULT
     cfg = DecoderConfig(**kwargs)
     cfg.source = {"transformers_class": arch, "family": family.name}
     return cfg

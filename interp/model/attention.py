@@ -22,6 +22,7 @@ every backend and the lazy pattern rebuild apply identically.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
@@ -54,6 +55,26 @@ def resolve_backend(requested: str | None, cfg: DecoderConfig, device: torch.dev
                 "(or set TRITON_INTERPRET=1 before triton is imported to run the kernel in Triton's interpreter)."
             )
     return backend
+
+
+def causal_mask(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+    """Boolean [query, key] mask, True where the key is visible. Queries are the last n_query positions."""
+    offset = n_key - n_query
+    q = torch.arange(n_query, device=device)[:, None] + offset
+    k = torch.arange(n_key, device=device)[None, :]
+    return k <= q
+
+
+def visible_keys(n_query: int, n_key: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Causal mask [query, key], or [batch, 1, query, key] with a padding mask ``key_mask`` [batch, key]
+    (True = real token). A padding query sees only itself: its output is finite and never read by a real
+    token (pad keys are hidden from every other query)."""
+    visible = causal_mask(n_query, n_key, device)
+    if key_mask is None:
+        return visible
+    offset = n_key - n_query
+    is_self = torch.arange(n_key, device=device)[None, :] == torch.arange(n_query, device=device)[:, None] + offset
+    return visible & (key_mask.bool()[:, None, None, :] | is_self)
 
 
 class KVCache:
@@ -95,11 +116,12 @@ class Attention(nn.Module):
             self.register_parameter("b_V", None)
         self.b_O = nn.Parameter(torch.zeros(d)) if cfg.attn_out_bias else None
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [batch, pos, head, d_head]
-        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        if cfg.uses_rope(layer):  # registered only where RoPE runs, so every hook point fires
+            self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_attn_scores = HookPoint()  # [batch, head, query, key], masked entries −inf
         self.hook_pattern = HookPoint()  # [batch, head, query, key]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, head, d_model], only when cfg.use_attn_result
+        # hook_result [batch, pos, head, d_model] exists while cfg.use_attn_result (interp.model.gated_hooks)
         # Set by the lazy-pattern cache (interp.model.lazy_pattern) to receive rotated q, k and lse.
         self.pattern_recorder = None
         # score modifications of this layer (interp.kernels.reference)
@@ -124,7 +146,8 @@ class Attention(nn.Module):
         return self.cfg.n_heads // self.cfg.n_kv_heads
 
     def _project(self, x, W, b):
-        out = torch.einsum("bpm,hmd->bphd", x, W)
+        # x is the residual [b, pos, d_model], or one copy per head [b, pos, head, d_model] (split inputs)
+        out = torch.einsum("bphm,hmd->bphd" if x.ndim == 4 else "bpm,hmd->bphd", x, W)
         return out if b is None else out + b
 
     def pattern_hooked(self) -> bool:
@@ -140,7 +163,7 @@ class Attention(nn.Module):
         """(inv_freq on the device, attention factor), computed once per device/dtype (and length, for dynamic
         and longrope, whose frequencies depend on the length of the context processed so far)."""
         by_length = self.rope["rope_type"] in ("dynamic", "longrope")
-        seq_len = int(positions[-1]) + 1 if by_length else 0  # (the only host sync, and only for those two)
+        seq_len = int(positions.max()) + 1 if by_length else 0  # (the only host sync, and only for those two)
         key = (positions.device, work, seq_len)
         if key not in self._rope_cache:
             if len(self._rope_cache) > 8:
@@ -164,11 +187,15 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         kv_cache: KVCache | None = None,
         backend: str | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x``: [batch, pos, d_model], or a (q, k, v) tuple of per-head inputs [batch, pos, head, d_model].
+        ``key_mask`` [batch, n_key] (True = real token) hides padding; positions are then [batch, pos]."""
         cfg = self.cfg
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(x, self.W_K, self.b_K))
-        v = self.hook_v(self._project(x, self.W_V, self.b_V))
+        q_in, k_in, v_in = x if isinstance(x, tuple) else (x, x, x)  # a tuple: per-head inputs (gated hooks)
+        q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(k_in, self.W_K, self.b_K))
+        v = self.hook_v(self._project(v_in, self.W_V, self.b_V))
         if cfg.qk_norm is not None:
             q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
             k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
@@ -177,9 +204,16 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer, k, v)
 
-        backend = resolve_backend(backend, cfg, x.device)
+        backend = resolve_backend(backend, cfg, q.device)
         if self.pattern_hooked() or backend == "eager":
-            z = self._eager(q, k, v)
+            z = self._eager(q, k, v, key_mask)
+        elif key_mask is not None and (self.window or self.softcap or self.cfg.alibi):
+            z = self._eager(q, k, v, key_mask)  # padding and score modifications together: the exact path
+        elif key_mask is not None:  # padding: PyTorch's sdpa with an explicit mask (no kernel lse to record)
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=cfg.attn_scale,
+                attn_mask=visible_keys(q.shape[1], k.shape[1], key_mask, q.device), enable_gqa=self.group > 1,
+            ).transpose(1, 2)
         else:
             z = self._fused(q, k, v, backend)
         z = self.hook_z(z)
@@ -190,14 +224,17 @@ class Attention(nn.Module):
             out = torch.einsum("bphd,hdm->bpm", z, self.W_O)
         return out if self.b_O is None else out + self.b_O
 
-    def _eager(self, q, k, v):
-        """The reference: scores (soft-cap, ALiBi), −inf where masked, softmax, weighted sum of values."""
+    def _eager(self, q, k, v, key_mask=None):
+        """The reference: scores (soft-cap, ALiBi), −inf where masked (causal, window, padding), softmax,
+        weighted sum of values."""
         qh = q.transpose(1, 2)  # [b, head, q, d]
         kh = k.transpose(1, 2).repeat_interleave(self.group, dim=1)
         vh = v.transpose(1, 2).repeat_interleave(self.group, dim=1)
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.cfg.attn_scale
         q_pos, k_pos = query_key_positions(q.shape[1], k.shape[1], q.device)
         scores = modify_scores(scores, q_pos, k_pos, True, self.window, self.softcap, self.alibi)
+        if key_mask is not None:  # padding: pad keys hidden from every other query (interp.model.text)
+            scores = scores.masked_fill(~visible_keys(q.shape[1], k.shape[1], key_mask, q.device), float("-inf"))
         scores = self.hook_attn_scores(scores)
         # softmax in at least fp32: half precision is upcast, float64 (the oracle) is not truncated
         probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))

@@ -90,6 +90,9 @@ class DecoderConfig:
     tie_embeddings: bool = False
     attn_backend: str = "auto"  # auto | eager | sdpa | triton
     use_attn_result: bool = False  # opt-in per-head output hook blocks.{l}.attn.hook_result
+    use_attn_in: bool = False  # opt-in blocks.{l}.hook_attn_in (interp.model.gated_hooks)
+    use_split_qkv_input: bool = False  # opt-in blocks.{l}.hook_q_input / hook_k_input / hook_v_input
+    use_hook_mlp_in: bool = False  # opt-in blocks.{l}.hook_mlp_in
     init_std: float = 0.02
     deepnorm_alpha: float | None = None  # None -> (2 N)^(1/4) for deepnorm (DeepNet, decoder-only)
     deepnorm_beta: float | None = None  # None -> (8 N)^(-1/4)
@@ -138,6 +141,7 @@ class DecoderConfig:
     # ["fold_ln", "center_writing_weights"]. After "fold_ln" ln1/ln2/ln_final have no gain or bias (TL's
     # LNPre / RMSPre): their parameters live in the weights that read them.
     weight_processing: list = field(default_factory=list)
+    default_prepend_bos: bool | None = None  # TransformerLens' name; None -> True when bos_token_id is set
     dtype: str = "float32"
     name: str = "interp-model"
     source: dict = field(default_factory=dict)  # where the weights came from (HF class, path, ...)
@@ -183,6 +187,10 @@ class DecoderConfig:
                 "DecoderConfig.parallel_residual=True needs norm_placement='pre' (GPT-NeoX style); "
                 f"got norm_placement={self.norm_placement!r}."
             )
+        if self.default_prepend_bos is None:
+            self.default_prepend_bos = self.bos_token_id is not None
+        if self.use_attn_in and self.use_split_qkv_input:
+            raise InterpError("DecoderConfig.use_attn_in and use_split_qkv_input exclude each other; set one.")
         if self.attn_out_bias is None:
             self.attn_out_bias = self.attn_bias
         if self.norm_eps <= 0:

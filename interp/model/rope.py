@@ -105,8 +105,9 @@ def rope_frequencies(params: dict, rotary_dim: int, n_ctx: int, seq_len: int,
 
 def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype,
                    attention_factor: float = 1.0, interleaved: bool = False):
-    """cos/sin tables [pos, rotary_dim] laid out for the rotate-half or the interleaved pairing."""
-    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
+    """cos/sin tables [(batch,) pos, rotary_dim] for the rotate-half or the interleaved pairing (positions
+    [batch, pos] when each row counts from its own first real token: left padding)."""
+    freqs = positions.to(inv_freq.dtype)[..., None] * inv_freq
     angles = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat([freqs, freqs], dim=-1)
     return (angles.cos() * attention_factor).to(dtype), (angles.sin() * attention_factor).to(dtype)
 
@@ -125,5 +126,5 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     else:
         half = rotary_dim // 2
         rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [(batch,) pos, 1, rot]: broadcast over the heads
     return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
