@@ -227,6 +227,8 @@ def _norms_are_trivial(model) -> bool:
     norms = [getattr(b, n) for b in model.blocks for n in names if hasattr(b, n)]
     norms += [model.ln_final] if model.cfg.final_norm else []
     for norm in norms:
+        if any(t is not None and t.device.type == "meta" for t in (norm.w, norm.b)):
+            return False  # offloaded (accelerate): cannot be read here, so assume it matters
         if norm.w is not None and not torch.all(norm.gain(norm.w.dtype) == 1):
             return False
         if norm.b is not None and torch.any(norm.b != 0):

@@ -309,12 +309,13 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
             return x
         if cfg.final_norm:
             x = self.ln_final(x)
-        logits = self.unembed(x)
+        # hook_unembed: the unembedding's output, before a family's logit scale or soft-cap (as the bridge's, which
+        # hooks the lm_head module; the same as the logits for every family without them)
+        logits = self.hook_unembed(self.unembed(x))
         if cfg.logit_scale != 1.0:  # Cohere's logit_scale, Granite's 1 / logits_scaling
             logits = logits * cfg.logit_scale
         if cfg.final_softcap is not None:  # Gemma 2: c * tanh(logits / c)
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
-        logits = self.hook_unembed(logits)
         if return_type == "logits":
             return logits
         if return_type is None:
