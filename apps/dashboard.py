@@ -20,7 +20,8 @@ import streamlit as st
 
 from interp.errors import InterpError
 
-PAGES = ("Overview", "Attention", "Neurons", "Superposition", "Logit lens", "Patching", "Report")
+PAGES = ("Overview", "Attention", "Neurons", "Superposition", "SAE features", "Logit lens", "Patching",
+         "Report")
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 DEFAULT_MODEL = "default"
 LOCAL = "Local folder…"
@@ -128,6 +129,48 @@ def toy_model(n_features: int, d_hidden: int, sparsity: float, importance: float
                            steps=steps, seed=seed, batch_size=256)
 
 
+@st.cache_resource(show_spinner="Loading the SAE…", max_entries=4)
+def get_sae(path: str):
+    from interp.analysis.sae import load_sae
+
+    return load_sae(Path(path).expanduser())
+
+
+@st.cache_data(show_spinner="Reading features…", max_entries=32)
+def sae_prompt_features(spec: str, sae_path: str, prompt: str, k: int) -> pd.DataFrame:
+    from interp.analysis.sae import feature_activations
+
+    return feature_activations(get_model(spec), get_sae(sae_path), tokens_for(spec, prompt), k=k)
+
+
+@st.cache_data(show_spinner="Measuring decoder angles…", max_entries=8)
+def sae_angles(sae_path: str, max_pairs: int):
+    from interp.analysis.sae import decoder_angle_samples, decoder_orthogonality
+    from interp.analysis.superposition import random_angle_pdf
+
+    sae = get_sae(sae_path)
+    return (decoder_orthogonality(sae, max_pairs=max_pairs), decoder_angle_samples(sae, min(max_pairs, 5000)),
+            random_angle_pdf(sae.cfg.d_in, n_points=361))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def sae_logit_effects(spec: str, sae_path: str, feature: int, k: int) -> pd.DataFrame:
+    from interp.analysis.sae import feature_logit_effects
+
+    return feature_logit_effects(get_model(spec), get_sae(sae_path), feature, k=k)
+
+
+@st.cache_data(show_spinner="Scanning the corpus…", max_entries=16)
+def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int) -> pd.DataFrame:
+    from interp.analysis.sae import feature_top_contexts
+
+    model = get_model(spec)
+    docs = [model.to_tokens(d)[0].cpu() for d in corpus.split("\n") if d.strip()]  # bytes without a tokenizer
+    if not docs:
+        raise InterpError("corpus: give at least one non-empty line of text to scan.")
+    return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
+
+
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
 def lens(spec: str, prompt: str, k: int, target: str) -> pd.DataFrame:
     from interp.analysis.logit_lens import logit_lens
@@ -184,6 +227,17 @@ def show(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
         if c in _TOKEN_COLUMNS and not pd.api.types.is_numeric_dtype(view[c]):
             view[c] = view[c].map(lambda s: show_token(s) if isinstance(s, str) else s)
     st.dataframe(view, hide_index=True, key=key, **kwargs)
+
+
+def show_answers(ans: pd.DataFrame, key: str, raises: str) -> None:
+    """A ``neuron_answers``-shaped frame side by side: the tokens raised and the tokens lowered."""
+    a1, a2 = st.columns(2)
+    with a1:
+        st.caption(raises)
+        show(ans[ans.direction == "top"][["rank", "token", "token_id", "logit"]], key=f"{key}_top")
+    with a2:
+        st.caption("tokens it lowers")
+        show(ans[ans.direction == "bottom"][["rank", "token", "token_id", "logit"]], key=f"{key}_bottom")
 
 
 def plot(fig, key: str) -> None:
@@ -340,13 +394,7 @@ def page_neurons(spec: str, prompt: str) -> None:
     pick = st.selectbox("neuron", listed, key="neuron_pick")
     layer, neuron = (int(x) for x in pick[1:].split("N"))
     ans = neuron_answers(spec, layer, neuron, 10)
-    a1, a2 = st.columns(2)
-    with a1:
-        st.caption("tokens it raises (logit per unit activation)")
-        show(ans[ans.direction == "top"][["rank", "token", "token_id", "logit"]], key="answers_top")
-    with a2:
-        st.caption("tokens it lowers")
-        show(ans[ans.direction == "bottom"][["rank", "token", "token_id", "logit"]], key="answers_bottom")
+    show_answers(ans, "answers", "tokens it raises (logit per unit activation)")
     with st.expander("Top contexts: where does it fire?"):
         corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="corpus", height=150)
         if st.button("Scan corpus", key="scan"):
@@ -395,6 +443,64 @@ def page_superposition(spec: str, prompt: str) -> None:
     r1.metric("dims needed for the vectors", f"{sp.jl_min_dim(int(n_vec), float(eps)):,}")
     r2.metric("vectors that fit in the dims", f"{sp.jl_max_vectors(int(dim), float(eps)):,}")
     r3.metric("random pairs within 90°±1°", f"{sp.near_orthogonal_fraction(int(dim), 1.0):.4f}")
+
+
+def page_sae(spec: str, prompt: str) -> None:
+    from interp.report.figures import angle_histogram
+
+    model = get_model(spec)
+    path = st.text_input("SAE folder (SAELens layout: cfg.json + sae_weights.safetensors)", "", key="sae_path",
+                         placeholder="runs/sae  (make one with: interp sae train --out runs/sae)").strip()
+    if not path:
+        st.info("Enter the folder of a sparse autoencoder trained on this model (`interp sae train`), or of "
+                "one saved by SAELens.")
+        return
+    if not Path(path).expanduser().is_dir():
+        raise InterpError(f"SAE folder: {path!r} does not exist (or is not a folder) on this machine.")
+    sae = get_sae(path)
+    hook = sae.cfg.hook_name
+    if not hook or hook not in model.hook_dict:
+        raise InterpError(f"SAE folder: the SAE reads hook {hook!r}, which this model does not have.")
+    c = st.columns(4)
+    c[0].metric("architecture", sae.cfg.architecture + (f" (k={sae.cfg.k})" if sae.cfg.k else ""))
+    c[1].metric("latents", f"{sae.cfg.d_sae:,}")
+    c[2].metric("d_in", f"{sae.cfg.d_in:,}")
+    c[3].metric("hook", hook)
+
+    st.subheader("Features on the prompt")
+    feats = sae_prompt_features(spec, path, prompt, 5)
+    from interp.report.inputs import str_tokens
+
+    strs = str_tokens(model, tokens_for(spec, prompt))
+    pos = st.select_slider("position", list(range(len(strs))), len(strs) - 1, key="sae_pos",
+                           format_func=lambda i: f"{i}: {strs[i]!r}")
+    here = feats[feats.position == pos][["feature", "activation", "token"]].reset_index(drop=True)
+    show(here, key="sae_active")
+    if here.empty:
+        st.caption("no feature fires at this position")
+
+    st.subheader("One feature")
+    f1, f2 = st.columns(2)
+    default = int(here.feature.iloc[0]) if len(here) else 0
+    feature = int(f1.number_input("feature", 0, sae.cfg.d_sae - 1, default, key="sae_feature"))
+    k = int(f2.slider("tokens", 3, 30, 10, key="sae_logit_k"))
+    try:
+        show_answers(sae_logit_effects(spec, path, feature, k), "sae_logits",
+                     "tokens it raises (centred logit per unit activation)")
+    except InterpError as e:  # a hook that does not write to the residual stream has no logit effects
+        st.caption(str(e))
+    with st.expander("Top contexts: where does it fire?"):
+        corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="sae_corpus", height=150)
+        if st.button("Scan corpus", key="sae_scan"):
+            ctx = sae_top_contexts(spec, path, corpus, feature, 5)
+            show(ctx[["rank", "activation", "doc", "position", "token", "context"]], key="sae_contexts")
+            if ctx.empty:
+                st.caption("this feature does not fire on the corpus")
+
+    st.subheader("Decoder directions vs random")
+    stats, samples, pdf = sae_angles(path, 20_000)
+    plot(angle_histogram(samples, pdf, "W_dec"), key="sae_angles")
+    show(stats, key="sae_orthogonality")
 
 
 def page_lens(spec: str, prompt: str) -> None:
@@ -473,8 +579,8 @@ def page_report(spec: str, prompt: str) -> None:
 
 
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons,
-          "Superposition": page_superposition, "Logit lens": page_lens, "Patching": page_patching,
-          "Report": page_report}
+          "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
+          "Patching": page_patching, "Report": page_report}
 
 
 def main() -> None:

@@ -230,18 +230,39 @@ def _train(args) -> int:
     return train_main(args.rest)
 
 
+def _add_delegate(sub, name: str, help: str, description: str, examples: tuple, rest: str, func) -> None:
+    """A subcommand whose arguments all go to another module's own parser (``interp NAME COMMAND ...``)."""
+    p = sub.add_parser(name, help=help, formatter_class=_RAW, description=description, epilog=_examples(*examples))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=rest)
+    p.set_defaults(func=func)
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="tokenize a corpus, train a model, export it to the zoo (interp.train)", formatter_class=_RAW,
-        description="Training, delegated to interp.train: `prepare` (tokenizer + token files), `fit` (train or "
-                    "resume), `export` (write a model folder). `interp train COMMAND --help` lists each "
-                    "command's options.",
-        epilog=_examples(
-            "interp train prepare data/corpus/corpus.jsonl --tokenizer data/tokenizer.json --out data/tokens",
-            "interp train fit --data data/tokens --out runs/demo --steps 2000 --d-model 128 --positional rotary",
-            "interp train export runs/demo --to models/my-model"))
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for interp.train (prepare | fit | export ...)")
-    p.set_defaults(func=_train)
+    _add_delegate(
+        sub, "train", "tokenize a corpus, train a model, export it to the zoo (interp.train)",
+        "Training, delegated to interp.train: `prepare` (tokenizer + token files), `fit` (train or resume), "
+        "`export` (write a model folder). `interp train COMMAND --help` lists each command's options.",
+        ("interp train prepare data/corpus/corpus.jsonl --tokenizer data/tokenizer.json --out data/tokens",
+         "interp train fit --data data/tokens --out runs/demo --steps 2000 --d-model 128 --positional rotary",
+         "interp train export runs/demo --to models/my-model"),
+        "arguments for interp.train (prepare | fit | export ...)", _train)
+
+
+def _sae(args) -> int:
+    from interp.report.sae import main as sae_main
+
+    return sae_main(args.rest)
+
+
+def _add_sae(sub) -> None:
+    _add_delegate(
+        sub, "sae", "sparse autoencoders: train, eval, features (interp.analysis.sae)",
+        "Sparse autoencoders on a hook's activations (TopK, ReLU+L1, JumpReLU; SAELens' format): `train` "
+        "(checkpoints resume, --time-budget), `eval` (L0, variance explained, CE loss recovered, dead/dense "
+        "latents), `features` (top contexts, logit effects). `interp sae COMMAND --help` lists each command's options.",
+        ("interp sae train --out runs/sae --time-budget 540", "interp sae eval --sae runs/sae",
+         "interp sae features --sae runs/sae --feature 3 17"),
+        "train | eval | features and their options", _sae)
 
 
 def _benchmarks() -> list[str]:
@@ -488,8 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                          'interp probe attention "When Mary and John went to the store, John gave"',
                          "interp dashboard", "interp models") + "\n\n`interp COMMAND --help` for each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_scan, _add_bench,
-                _add_models):
+    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_sae, _add_scan,
+                _add_bench, _add_models):
         add(sub)
     return parser
 
@@ -499,11 +520,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # `interp probe NAME --help`, `interp train fit --help`, `interp bench NAME --help`: the delegate's own help.
-    if len(argv) >= 2 and argv[0] in ("probe", "train", "bench") and argv[1] not in ("-h", "--help"):
+    if len(argv) >= 2 and argv[0] in ("probe", "train", "sae", "bench") and argv[1] not in ("-h", "--help"):
         ns = argparse.Namespace(command=argv[0], name=argv[1], rest=argv[2:])
-        if argv[0] == "train":
+        if argv[0] in ("train", "sae"):
             ns.rest = argv[1:]
-        func = {"probe": _probe, "train": _train, "bench": _bench}[argv[0]]
+        func = {"probe": _probe, "train": _train, "sae": _sae, "bench": _bench}[argv[0]]
     else:
         ns = build_parser().parse_args(argv)
         func = ns.func

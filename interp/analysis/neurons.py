@@ -48,10 +48,12 @@ from interp.io import atomic_path, atomic_write_text
 
 __all__ = [
     "answer_agreement",
+    "answer_frame",
     "final_norm_map",
     "neuron_answers",
     "neuron_contributions",
     "neuron_direction",
+    "residual_direction",
     "scan_top_contexts",
     "top_neurons",
 ]
@@ -164,6 +166,14 @@ def neuron_direction(model, layer: int, neuron: int | None = None) -> torch.Tens
     w = _W_out(model, layer).detach().double()
     if neuron is not None:
         w = w[check_index("neuron", neuron, w.shape[0])]
+    return residual_direction(model, w)
+
+
+def residual_direction(model, w: torch.Tensor) -> torch.Tensor:
+    """Residual-stream vector(s) ``w [..., d_model]`` as the final norm sees them (float64): centred over
+    ``d_model`` for LayerNorm, times the norm's weight. ``residual_direction(model, w) @ W_U`` is the logit
+    change per unit of ``w`` before the norm's positive ``1/scale``."""
+    w = w.detach().double()
     nm = final_norm_map(model)
     if nm.center:
         w = w - w.mean(-1, keepdim=True)
@@ -194,10 +204,16 @@ def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str =
     >>> df.direction.tolist(), bool(df.logit.iloc[0] >= df.logit.iloc[1])
     (['top', 'top', 'top', 'bottom', 'bottom', 'bottom'], True)
     """
+    logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
+    return answer_frame(model, logits, k, direction)
+
+
+def answer_frame(model, logits: torch.Tensor, k: int = 10, direction: str = "both") -> pd.DataFrame:
+    """The ``k`` largest (``top``) and most negative (``bottom``) entries of a ``[d_vocab]`` logit vector,
+    as ``neuron_answers`` shows them: ``token, logit, token_id, direction, rank``."""
     if direction not in ("top", "bottom", "both"):
         raise InterpError(f"direction: must be 'top', 'bottom' or 'both'; given {direction!r}")
     k = _resolve_k(k)
-    logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
     k = min(k, logits.shape[0])
     rows = []
     if direction in ("top", "both"):

@@ -52,14 +52,18 @@ def hook_shape(cfg, name: str, batch: int, pos: int) -> tuple[int, ...]:
     parent = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
     if last == "hook_scale":
         return (batch, pos, 1)
-    if last in ("hook_q", "hook_rot_q", "hook_z"):
+    if last in ("hook_q", "hook_rot_q", "hook_z", "hook_q_normed"):
         return (batch, pos, h, dh)
-    if last in ("hook_k", "hook_v", "hook_rot_k"):
+    if last in ("hook_k", "hook_v", "hook_rot_k", "hook_k_normed"):
         return (batch, pos, kv, dh)
     if last in ("hook_attn_scores", "hook_pattern"):
         return (batch, h, pos, pos)
-    if last == "hook_result":
+    if last in ("hook_result", "hook_attn_in", "hook_q_input"):  # per-head copies (gated hooks)
         return (batch, pos, h, cfg.d_model)
+    if last in ("hook_k_input", "hook_v_input"):
+        return (batch, pos, kv, cfg.d_model)
+    if name == "hook_unembed":  # the logits
+        return (batch, pos, cfg.d_vocab)
     if parent == "mlp":  # hook_pre, hook_pre_linear, hook_post
         return (batch, pos, cfg.d_mlp)
     return (batch, pos, cfg.d_model)  # embeddings, residual streams, sublayer outputs, hook_normalized
