@@ -93,13 +93,18 @@ def hf_config(variant: str):
     )
 
 
-@torch.no_grad()
 def build_hf_model(variant: str, seed: int = 0, noise: float = NOISE):
     """A randomly initialised, noise-perturbed ``*ForCausalLM`` in eval mode with eager attention."""
+    return build_hf_from_config(hf_config(variant), seed, noise)
+
+
+@torch.no_grad()
+def build_hf_from_config(config, seed: int = 0, noise: float = NOISE):
+    """``build_hf_model`` for any `transformers` config object."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(variant), attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     gen = torch.Generator().manual_seed(seed + 1)
     for p in model.parameters():  # tied tensors are one Parameter, so they stay tied
         p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype))

@@ -39,30 +39,44 @@ def random_tiny_model():
 
 
 def load(source: Any = None, device: str | torch.device | None = None, tokenizer: Any = None, *,
+         fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
+         fold_value_biases: bool = False, refactor_factored_attn_matrices: bool = False,
          device_map=None, max_memory: dict | None = None, offload_folder=None):
-    """Load a model.
+    """Load a model, optionally with TransformerLens' weight processing.
 
     * ``load()`` — the default model of the shipped zoo (``models/``).
     * ``load("name")`` — ``models/<name>``.
     * ``load("path/to/folder")`` — our checkpoint (config.json + model.safetensors) or a `transformers`
-      ``save_pretrained`` folder (GPT-2, Llama/Mistral/Qwen2, GPT-NeoX).
+      ``save_pretrained`` folder of a family in interp.loading.families.FAMILIES.
     * ``load(hf_model)`` — a `transformers` model object.
     * ``load("org/model")`` — a hub id, through `transformers`' own download (needs a reachable hub).
+
+    ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases`` are TransformerLens'
+    processing steps with TL's meaning (interp.model.processing). They are off by default, so the weights and
+    every hook are exactly the source model's; switch them on (as TL's ``from_pretrained`` does) before
+    using TL's ``decompose_resid(apply_ln=True)`` / ``logit_attrs`` — those warn on an unfolded model.
 
     A model larger than one device: ``device_map="auto"`` (with ``max_memory``, e.g. ``{0: "20GiB",
     1: "20GiB", "cpu": "64GiB"}``) or a dict ``{"embed": 0, "blocks.0": 0, ..., "blocks.40": "cpu",
     "ln_final": "disk", "unembed": 1}`` places blocks with `accelerate` (``offload_folder`` holds
     ``"disk"`` weights); hooks and caches work across the devices (see :mod:`interp.loading.placement`).
     """
+    steps = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights, "center_unembed": center_unembed,
+             "fold_value_biases": fold_value_biases, "refactor_factored_attn_matrices": refactor_factored_attn_matrices}
     if device_map is not None:
         if device is not None:
             raise InterpError("device: give either device or device_map, not both")
         from interp.loading.placement import dispatch
 
-        model = load(source, tokenizer=tokenizer)
+        model = load(source, tokenizer=tokenizer, **steps)  # processed before placement, on one device
         return dispatch(model.eval(), device_map, max_memory=max_memory, offload_folder=offload_folder)
     if max_memory is not None or offload_folder is not None:
         raise InterpError("max_memory / offload_folder: only used with device_map (e.g. device_map='auto')")
+    model = _load(source, device, tokenizer)
+    return model.process_weights(**steps) if any(steps.values()) else model
+
+
+def _load(source: Any, device, tokenizer):
     if source is None:
         name = default_model_name()
         if name == DEFAULT_MODEL and DEFAULT_MODEL not in zoo_models():
@@ -94,13 +108,15 @@ def load(source: Any = None, device: str | torch.device | None = None, tokenizer
 
 
 def _load_hf_folder(name_or_path: str, device, tokenizer):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if Path(name_or_path, "config.json").is_file():
         from interp.io import read_json
 
         read_json(Path(name_or_path, "config.json"))  # a broken file: one line, not transformers' tracebacks
-    hf = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype="auto")
+    hf_config = AutoConfig.from_pretrained(name_or_path)
+    _check_folder_fits(hf_config, name_or_path)
+    hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
     if tokenizer is None and Path(name_or_path, "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer  # the folder's own tokenizer class and special tokens
 
@@ -112,6 +128,23 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
     model = from_hf_model(hf, tokenizer=tokenizer)
     check_finite(model.named_parameters(), name_or_path)
     return model.to(device) if device is not None else model
+
+
+def _check_folder_fits(hf_config, name: str) -> None:
+    """Refuse, before allocating, a model whose two copies (transformers' and ours) exceed free memory."""
+    from transformers import AutoModelForCausalLM
+
+    from interp.loading.families import check_memory, estimate_bytes, family_of
+
+    arch = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
+    family_of(arch, hf_config)  # an unsupported architecture is refused before anything is built
+    with torch.device("meta"):  # shapes only: counts the parameters without allocating them
+        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    dtype = getattr(hf_config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    check_memory(2 * estimate_bytes(n_params, dtype), "cpu",
+                 f"{name} ({arch}, {n_params / 1e6:.0f}M parameters in {dtype}, two copies while converting)")
 
 
 __all__ = ["default_model_name", "from_hf_model", "load", "load_checkpoint", "save_checkpoint", "zoo_models"]

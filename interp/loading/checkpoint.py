@@ -27,7 +27,8 @@ def is_interp_checkpoint(folder: Path) -> bool:
         data = json.loads((folder / CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return True
-    return isinstance(data, dict) and ("d_model" in data or "model_type" not in data)
+    # every transformers config names its model_type (some, XGLM's, also have a d_model field); ours never does
+    return isinstance(data, dict) and "model_type" not in data
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -74,6 +75,26 @@ def save_checkpoint(model: HookedDecoder, folder: str | Path, overwrite: bool = 
     return folder
 
 
+def empty_model(cfg: DecoderConfig, tokenizer=None) -> HookedDecoder:
+    """A HookedDecoder whose parameters are allocated but not initialised (they are about to be loaded).
+
+    Built on the meta device, so no time goes into a random initialisation that would be overwritten. The
+    non-persistent buffers (computed, never saved: the sinusoidal table) are recomputed here, since
+    ``to_empty`` leaves them as garbage.
+    """
+    from interp.model.transformer import sinusoidal_table
+
+    with torch.device("meta"):
+        model = HookedDecoder(cfg, tokenizer=tokenizer)
+    model = model.to_empty(device="cpu")
+    if cfg.positional == "sinusoidal":
+        model.pos_embed.W_pos = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(cfg.torch_dtype)
+    unknown = [name for name, _ in model.named_buffers() if name != "pos_embed.W_pos"]
+    if unknown:  # a new computed buffer must be recomputed above, or it would hold garbage
+        raise InterpError(f"empty_model does not know how to recompute the buffers {unknown[:4]}.")
+    return model
+
+
 def load_state(model: HookedDecoder, state: dict[str, torch.Tensor], source: str) -> HookedDecoder:
     """Copy ``state`` into ``model``, naming any missing, unexpected or wrong-shaped tensor."""
     expected = model.state_dict()
@@ -106,13 +127,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device | None = None
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
-    with torch.device("meta"):
-        model = HookedDecoder(cfg, tokenizer=tokenizer)
-    model = model.to_empty(device="cpu")
-    if cfg.positional == "sinusoidal":  # non-persistent buffer: rebuild it
-        from interp.model.transformer import sinusoidal_table
-
-        model.pos_embed.W_pos = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(cfg.torch_dtype)
+    model = empty_model(cfg, tokenizer)
     state = read_weights(folder / WEIGHTS)
     check_finite(state.items(), str(folder / WEIGHTS))
     load_state(model, state, str(folder / WEIGHTS))

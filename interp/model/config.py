@@ -137,6 +137,10 @@ class DecoderConfig:
     shared_expert_gate: bool = True  # the shared expert's output * sigmoid(x . w_gate) (Qwen2-MoE)
     eos_token_id: int | None = None
     bos_token_id: int | None = None
+    # TransformerLens weight processing applied to the weights (interp.model.processing), in order, e.g.
+    # ["fold_ln", "center_writing_weights"]. After "fold_ln" ln1/ln2/ln_final have no gain or bias (TL's
+    # LNPre / RMSPre): their parameters live in the weights that read them.
+    weight_processing: list = field(default_factory=list)
     default_prepend_bos: bool | None = None  # TransformerLens' name; None -> True when bos_token_id is set
     dtype: str = "float32"
     name: str = "interp-model"
@@ -191,6 +195,11 @@ class DecoderConfig:
             self.attn_out_bias = self.attn_bias
         if self.norm_eps <= 0:
             raise InterpError(f"DecoderConfig.norm_eps must be > 0; got {self.norm_eps}.")
+        from interp.model.processing import STEPS
+
+        unknown = [step for step in self.weight_processing if step not in STEPS]
+        if unknown:
+            raise InterpError(f"DecoderConfig.weight_processing entries must be in {list(STEPS)}; got {unknown}.")
         self._check_blocks()
 
     def _check_blocks(self) -> None:
@@ -287,6 +296,11 @@ class DecoderConfig:
         return self.deepnorm_beta if self.deepnorm_beta is not None else (8.0 * self.n_layers) ** -0.25
 
     @property
+    def norm_folded(self) -> bool:
+        """fold_ln has moved the norms' gains and biases into the weights that read them."""
+        return "fold_ln" in self.weight_processing
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
@@ -332,7 +346,8 @@ class DecoderConfig:
         if self.norm_placement not in ("pre", "sandwich"):
             return None  # apply_ln on a post-LN stream has no meaning; TL then skips folding
         kind = "LN" if self.norm == "layernorm" else "RMS"
-        return kind if self.norm_affine else kind + "Pre"
+        # TL's names for a norm without gain or bias: after fold_ln, or parameter-free norms (OLMo)
+        return kind + "Pre" if self.norm_folded or not self.norm_affine else kind
 
     @property
     def final_rms(self) -> bool:

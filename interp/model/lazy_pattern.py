@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, replace
 
 import torch
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.utilities.slice import Slice
 
 from interp.errors import InterpError
+from interp.model.processing import InterpActivationCache
 from interp.kernels.reference import modify_scores, visible_keys
 
 PATTERN_HOOK_NAMES = ("hook_attn_scores", "hook_pattern")
@@ -273,7 +273,7 @@ class LazyCacheDict(MutableMapping):
         return out
 
 
-class LazyActivationCache(ActivationCache):
+class LazyActivationCache(InterpActivationCache):
     """TransformerLens' ``ActivationCache`` whose attention patterns are rebuilt exactly when first read.
 
     Everything TransformerLens offers works as usual (``cache["pattern", 0]``, ``stack_activation``,

@@ -5,7 +5,8 @@ the unit-scale vector before the learned gain and bias; caching the scale is wha
 ``ActivationCache.apply_ln_to_stack`` treat the norm as linear per position.
 
 Options (DecoderConfig): ``norm_weight_offset`` (the gain is offset + w: Gemma stores w and scales by
-1 + w), ``norm_affine=False`` (no gain or bias at all: OLMo 1's LayerNorm).
+1 + w), ``norm_affine=False`` (no gain or bias at all: OLMo 1's LayerNorm). ``learned=False``: a norm
+whose gain and bias ``fold_ln`` moved into the weights reading it (TransformerLens' LNPre / RMSPre).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from interp.model.config import DecoderConfig
 
 
 class Norm(nn.Module):
-    def __init__(self, cfg: DecoderConfig, dim: int | None = None):
+    def __init__(self, cfg: DecoderConfig, dim: int | None = None, learned: bool = True):
         super().__init__()
         dim = cfg.d_model if dim is None else dim
         self.rms = cfg.norm == "rmsnorm"
         self.eps = cfg.norm_eps
         self.offset = cfg.norm_weight_offset
-        if cfg.norm_affine:
+        if cfg.norm_affine and learned:
             self.w = nn.Parameter(torch.ones(dim) - self.offset)  # so the initial gain is 1
             self.b = None if self.rms else nn.Parameter(torch.zeros(dim))
         else:

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
@@ -29,6 +28,7 @@ from interp.model.gated_hooks import (
 )
 from interp.model.mlp import MLP, MoE, gelu_new  # noqa: F401  (gelu_new: kept importable from here)
 from interp.model.norm import Norm
+from interp.model.processing import InterpActivationCache, process_weights
 from interp.model.text import TextMixin, is_text, position_ids
 
 
@@ -56,9 +56,9 @@ class Block(nn.Module):
         self.cfg = cfg
         placement = cfg.norm_placement
         if placement != "sublayer_post":
-            self.ln1 = Norm(cfg)
+            self.ln1 = Norm(cfg, learned=not cfg.norm_folded)
             if not cfg.shared_norm:
-                self.ln2 = Norm(cfg)
+                self.ln2 = Norm(cfg, learned=not cfg.norm_folded)
         if placement in ("sandwich", "sublayer_post"):
             self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
         self.attn = Attention(cfg, layer)
@@ -179,7 +179,7 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
             self.embed_ln = Norm(cfg)  # Bloom's word_embeddings_layernorm (TransformerLens: embed_ln)
         self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
         if cfg.final_norm:
-            self.ln_final = Norm(cfg)
+            self.ln_final = Norm(cfg, learned=not cfg.norm_folded)
         self.unembed = Unembed(cfg, self.embed)
         self.hook_unembed = HookPoint()  # the logits (TransformerLens 4's name for the unembed output)
         self.init_weights()
@@ -296,25 +296,26 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
             x = self.embed(tokens)
             if cfg.embed_multiplier != 1.0:  # Gemma's sqrt(d_model), Granite's multiplier (in the model dtype)
                 x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
+            if cfg.embed_norm:  # Bloom; normalises the token embedding, as TransformerLens' Embed (post_embedding_ln)
+                x = self.embed_ln(x)
             x = self.hook_embed(x)  # what joins the residual stream, so decompose_resid adds up
             if cfg.positional in ("learned", "sinusoidal"):
                 # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
                 pos = self.pos_embed(positions)
                 x = x + self.hook_pos_embed(pos if pos.ndim == 3 else pos[None].repeat(shape[0], 1, 1))
-            if cfg.embed_norm:
-                x = self.embed_ln(x)
         for block in self.blocks[start:stop]:
             x = block(x, positions, kv_cache, attn_backend, key_mask)
         if stop_at_layer is not None:
             return x
         if cfg.final_norm:
             x = self.ln_final(x)
-        logits = self.unembed(x)
+        # hook_unembed: the unembedding's output, before a family's logit scale or soft-cap (as the bridge's, which
+        # hooks the lm_head module; the same as the logits for every family without them)
+        logits = self.hook_unembed(self.unembed(x))
         if cfg.logit_scale != 1.0:  # Cohere's logit_scale, Granite's 1 / logits_scaling
             logits = logits * cfg.logit_scale
         if cfg.final_softcap is not None:  # Gemma 2: c * tanh(logits / c)
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
-        logits = self.hook_unembed(logits)
         if return_type == "logits":
             return logits
         if return_type is None:
@@ -405,7 +406,18 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if not return_cache_object:
             return out, cache_dict
-        return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, InterpActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def process_weights(self, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
+                        fold_value_biases: bool = True, refactor_factored_attn_matrices: bool = False):
+        """TransformerLens' weight processing in place (see interp.model.processing); TL's defaults.
+
+        Log-probabilities stay the same; afterwards TL's ``decompose_resid(apply_ln=True)`` / ``logit_attrs``
+        add up to the logits. Returns the model.
+        """
+        return process_weights(self, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                               center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                               refactor_factored_attn_matrices=refactor_factored_attn_matrices)
 
     def _padded_call(self, args, kwargs) -> bool:
         """Will this forward call run with a padding mask?"""

@@ -1,0 +1,628 @@
+"""The families researchers study: `transformers` configs and weights → DecoderConfig + our weights.
+
+One table, :data:`FAMILIES`, maps each ``*ForCausalLM`` class to a :class:`Family`:
+
+* ``config`` reads the `transformers` config into DecoderConfig keyword arguments (every architectural
+  choice is a config option of our model: the family adds no model code);
+* ``names`` says where each *slot* lives in the HF state dict (module paths; ``{l}`` is the layer);
+* ``split`` (optional) cuts a family's fused tensors (GPT-2's Conv1D ``c_attn``, NeoX/Bloom/Falcon's
+  ``query_key_value``, CodeGen's ``qkv_proj``, Phi-3's ``qkv_proj``/``gate_up_proj``) into those slots.
+
+Slots hold HF ``nn.Linear`` layouts (``weight`` [out, in], ``bias`` [out]); :func:`to_interp_state` then
+rearranges them into TransformerLens' per-head shapes, the same code for every family. Every tensor of
+the HF state dict must be consumed by some slot: a weight we would silently ignore (say a QK-norm of a
+variant we do not map) is an error naming it, never a quietly wrong model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import einops
+import torch
+
+from interp.errors import InterpError
+
+ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new", "gelu": "gelu",
+        "relu": "relu", "silu": "silu", "swish": "silu"}
+
+# Slots per layer (prefix "layers.{l}.") and global slots. Norm slots hold weight (+ bias for LayerNorm).
+LAYER_SLOTS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down", "q_norm", "k_norm", "ln1_post", "ln2_post",
+               "router", "experts_gate_up", "experts_down", "shared_gate", "shared_up", "shared_down",
+               "shared_expert_gate")
+GLOBAL_SLOTS = ("embed", "pos", "embed_ln", "final_norm", "lm_head")
+
+
+# --- reading the HF config ------------------------------------------------------------------------
+def _get(c, *names, default=None):
+    """The first of ``names`` the HF config has (families spell the same thing differently)."""
+    for name in names:
+        value = getattr(c, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _act(c, family: str) -> str:
+    name = _get(c, "hidden_activation", "hidden_act", "activation_function", "activation", default="gelu")
+    if name not in ACTS:
+        raise InterpError(f"{family}: activation {name!r} is not supported; supported: {sorted(ACTS)}.")
+    return ACTS[name]
+
+
+def _token_id(value, vocab: int) -> int | None:
+    """A special-token id from the config (first of a list), kept only if it lies inside the vocabulary."""
+    value = value[0] if isinstance(value, (list, tuple)) and value else value
+    return value if isinstance(value, int) and 0 <= value < vocab else None
+
+
+def _rope(c) -> dict:
+    """rotary_base, rotary_fraction and (for scaled / per-layer-type RoPE) rope_parameters."""
+    params = dict(_get(c, "rope_parameters", "rope_scaling", default={}) or {})
+    per_type = bool(params) and set(params) <= {"full_attention", "sliding_attention"}
+    main = params.get("full_attention", {}) if per_type else params
+    base = main.get("rope_theta", _get(c, "rope_theta", "rotary_emb_base", default=10000.0))
+    fraction = main.get("partial_rotary_factor", _get(c, "partial_rotary_factor", "rotary_pct", default=1.0))
+    out = {"positional": "rotary", "rotary_base": float(base), "rotary_fraction": float(fraction)}
+    if per_type:  # Gemma 3: a RoPE (base, scaling) per layer type
+        out["rope_parameters"] = {t: {k: v for k, v in p.items() if k != "partial_rotary_factor"}
+                                  for t, p in params.items()}
+    elif main.get("rope_type", main.get("type", "default")) != "default":
+        out["rope_parameters"] = {k: v for k, v in main.items() if k != "partial_rotary_factor"}
+        if "original_max_position_embeddings" not in out["rope_parameters"] and out["rope_parameters"].get(
+                "rope_type") in ("yarn", "longrope", "dynamic"):
+            original = _get(c, "original_max_position_embeddings")
+            if original is not None:
+                out["rope_parameters"]["original_max_position_embeddings"] = original
+    return out
+
+
+def _window(c) -> dict:
+    """sliding_window / layer_types from transformers' config (use_sliding_window, layer_types)."""
+    window = _get(c, "sliding_window")
+    if not window or not getattr(c, "use_sliding_window", True):
+        return {}
+    types = getattr(c, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return {}
+    out = {"sliding_window": int(window)}
+    if types is not None:
+        out["layer_types"] = list(types)
+    return out
+
+
+def _common(c, family: str, **kw) -> dict:
+    vocab = c.vocab_size
+    out = {
+        "d_vocab": vocab,
+        "d_model": c.hidden_size,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": c.num_attention_heads,
+        "n_ctx": _get(c, "max_position_embeddings", "n_positions"),
+        "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
+        "bos_token_id": _token_id(getattr(c, "bos_token_id", None), vocab),
+        "eos_token_id": _token_id(getattr(c, "eos_token_id", None), vocab),
+        "name": getattr(c, "name_or_path", "") or family,
+    }
+    out.update(kw)
+    return out
+
+
+def _refuse(family: str, **settings) -> None:
+    """Raise for the first HF setting that is on and that we cannot reproduce (name = what it is)."""
+    for what, on in settings.items():
+        if on:
+            raise InterpError(f"{family}: the config setting {what} is not supported by interp's model.")
+
+
+def _llama_like(c, family: str, **kw) -> dict:
+    """Llama's recipe (RMSNorm, SwiGLU, RoPE, GQA), the base most modern families adjust."""
+    head_dim = _get(c, "head_dim", default=c.hidden_size // c.num_attention_heads)
+    bias = bool(_get(c, "attention_bias", "qkv_bias", "use_qkv_bias", default=False))
+    out = _common(
+        c, family, n_kv_heads=_get(c, "num_key_value_heads", default=c.num_attention_heads), d_head=head_dim,
+        d_mlp=c.intermediate_size, norm="rmsnorm", norm_eps=_get(c, "rms_norm_eps", "layer_norm_eps", default=1e-6),
+        act=_act(c, family), gated=True, attn_bias=bias, attn_out_bias=bool(getattr(c, "attention_bias", False)),
+        mlp_bias=bool(getattr(c, "mlp_bias", False)), **_rope(c), **_window(c),
+    )
+    out.update(kw)
+    return out
+
+
+# --- one config reader per family ---------------------------------------------------------------------
+def gpt2(c) -> dict:
+    _refuse("GPT-2", scale_attn_by_inverse_layer_idx=getattr(c, "scale_attn_by_inverse_layer_idx", False),
+            reorder_and_upcast_attn=getattr(c, "reorder_and_upcast_attn", False),
+            scale_attn_weights_False=not getattr(c, "scale_attn_weights", True))
+    return _common(c, "GPT-2", d_mlp=c.n_inner or 4 * c.n_embd, positional="learned", norm_eps=c.layer_norm_epsilon,
+                   act=_act(c, "GPT-2"), tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
+def gpt_neo(c) -> dict:
+    layers = list(c.attention_layers)
+    local = [t == "local" for t in layers]
+    kw = {}
+    if any(local):
+        kw = {"sliding_window": c.window_size,
+              "layer_types": ["sliding_attention" if x else "full_attention" for x in local]}
+    return _common(c, "GPT-Neo", d_mlp=c.intermediate_size or 4 * c.hidden_size, positional="learned",
+                   norm_eps=c.layer_norm_epsilon, act=_act(c, "GPT-Neo"), attn_bias=False, attn_out_bias=True,
+                   attn_multiplier=1.0,  # GPT-Neo does not divide scores by sqrt(d_head)
+                   tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)), **kw)
+
+
+def gptj(c) -> dict:
+    """GPT-J and CodeGen: one block (parallel, a shared LayerNorm, interleaved partial rotary); only CodeGen's
+    fused qkv layout differs (:func:`_split_codegen`)."""
+    family = type(c).__name__.removesuffix("Config")
+    d_head = c.n_embd // c.n_head
+    rotary = c.rotary_dim or d_head
+    return _common(c, family, d_mlp=c.n_inner or 4 * c.n_embd, positional="rotary", rotary_fraction=rotary / d_head,
+                   rotary_interleaved=True, norm_eps=c.layer_norm_epsilon, act=_act(c, family),
+                   parallel_residual=True, shared_norm=True, attn_bias=False, mlp_bias=True)
+
+
+def neox(c) -> dict:
+    return _common(c, "GPT-NeoX", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "GPT-NeoX"),
+                   parallel_residual=bool(c.use_parallel_residual), attn_bias=bool(getattr(c, "attention_bias", True)),
+                   **_rope(c))
+
+
+def opt(c) -> dict:
+    _refuse("OPT", word_embed_proj_dim_different_from_hidden_size=c.word_embed_proj_dim != c.hidden_size,
+            layer_norm_without_elementwise_affine=not c.layer_norm_elementwise_affine)
+    pre = c.do_layer_norm_before
+    return _common(c, "OPT", d_mlp=c.ffn_dim, positional="learned", pos_offset=2, act=_act(c, "OPT"),
+                   norm_placement="pre" if pre else "post", final_norm=pre and not c._remove_final_layer_norm,
+                   attn_bias=c.enable_bias, mlp_bias=c.enable_bias)
+
+
+def bloom(c) -> dict:
+    return _common(c, "Bloom", n_ctx=getattr(c, "seq_length", None) or 2048, positional="none", alibi=True,
+                   embed_norm=True, norm_eps=c.layer_norm_epsilon, act="gelu_new")
+
+
+def falcon(c) -> dict:
+    new = bool(c.new_decoder_architecture)
+    kv = c.num_kv_heads if new else (1 if c.multi_query else c.num_attention_heads)
+    parallel = new or bool(c.parallel_attn)
+    shared = parallel and (not new or getattr(c, "num_ln_in_parallel_attn", 2) == 1)
+    kw = {"positional": "none", "alibi": True} if c.alibi else _rope(c)
+    if c.alibi:
+        # Falcon-RW adds ALiBi to q·k *before* the 1/sqrt(d_head) scale; our ALiBi (Bloom's) is added after it.
+        raise InterpError("Falcon with alibi=True (Falcon-RW): ALiBi added before the 1/sqrt(d_head) scaling is "
+                          "not supported by interp's model (Bloom-style ALiBi is).")
+    return _common(c, "Falcon", n_kv_heads=kv, d_mlp=getattr(c, "ffn_hidden_size", None) or 4 * c.hidden_size,
+                   norm_eps=c.layer_norm_epsilon, act=_act(c, "Falcon"), parallel_residual=parallel,
+                   shared_norm=shared, attn_bias=bool(c.bias), mlp_bias=bool(c.bias),
+                   n_ctx=getattr(c, "max_position_embeddings", None) or 2048, **kw)
+
+
+def llama(c) -> dict:
+    return _llama_like(c, type(c).__name__.removesuffix("Config"))
+
+
+def qwen2(c) -> dict:
+    return _llama_like(c, "Qwen2", attn_bias=True, attn_out_bias=False)
+
+
+def qwen3(c) -> dict:
+    return _llama_like(c, "Qwen3", qk_norm="per_head")
+
+
+def mixtral(c) -> dict:
+    return _llama_like(c, "Mixtral", n_experts=c.num_local_experts, n_experts_per_token=c.num_experts_per_tok,
+                       router_norm_topk=True)
+
+
+def qwen2_moe(c) -> dict:
+    L = c.num_hidden_layers
+    step, dense = c.decoder_sparse_step, set(c.mlp_only_layers or [])
+    moe_layers = [i for i in range(L) if i not in dense and c.num_experts > 0 and (i + 1) % step == 0]
+    return _llama_like(c, "Qwen2-MoE", attn_bias=bool(getattr(c, "qkv_bias", True)), attn_out_bias=False,
+                       n_experts=c.num_experts, n_experts_per_token=c.num_experts_per_tok,
+                       d_expert=c.moe_intermediate_size, moe_layers=moe_layers, router_norm_topk=bool(c.norm_topk_prob),
+                       d_shared_expert=c.shared_expert_intermediate_size or None, shared_expert_gate=True)
+
+
+def gemma(c) -> dict:
+    return _llama_like(c, "Gemma", norm_weight_offset=1.0, embed_multiplier=c.hidden_size ** 0.5)
+
+
+def gemma2(c) -> dict:
+    return _llama_like(c, "Gemma 2", norm_weight_offset=1.0, embed_multiplier=c.hidden_size ** 0.5,
+                       norm_placement="sandwich", attn_softcap=c.attn_logit_softcapping,
+                       final_softcap=c.final_logit_softcapping, attn_multiplier=c.query_pre_attn_scalar ** -0.5)
+
+
+def gemma3(c) -> dict:
+    return _llama_like(c, "Gemma 3", norm_weight_offset=1.0, embed_multiplier=c.hidden_size ** 0.5,
+                       norm_placement="sandwich", attn_softcap=c.attn_logit_softcapping, qk_norm="per_head",
+                       final_softcap=c.final_logit_softcapping, attn_multiplier=c.query_pre_attn_scalar ** -0.5)
+
+
+def phi(c) -> dict:
+    _refuse("Phi", qk_layernorm=getattr(c, "qk_layernorm", False))
+    return _common(c, "Phi", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
+                   parallel_residual=True, shared_norm=True, **_rope(c))
+
+
+def phi3(c) -> dict:
+    return _llama_like(c, "Phi-3", attn_bias=False, attn_out_bias=False)
+
+
+def stablelm(c) -> dict:
+    _refuse("StableLM", qk_layernorm=getattr(c, "qk_layernorm", False))
+    parallel = bool(getattr(c, "use_parallel_residual", False))
+    return _llama_like(c, "StableLM", norm="layernorm", norm_eps=c.layer_norm_eps, parallel_residual=parallel,
+                       shared_norm=parallel, attn_out_bias=False)
+
+
+def olmo(c) -> dict:
+    _refuse("OLMo", clip_qkv=getattr(c, "clip_qkv", None) is not None)
+    return _llama_like(c, "OLMo", norm="layernorm", norm_eps=1e-5, norm_affine=False)
+
+
+def olmo2(c) -> dict:
+    return _llama_like(c, "OLMo 2", norm_placement="sublayer_post", qk_norm="across_heads")
+
+
+def cohere(c) -> dict:
+    _refuse("Cohere", use_qk_norm=getattr(c, "use_qk_norm", False))
+    return _llama_like(c, "Cohere", norm="layernorm", norm_eps=c.layer_norm_eps, parallel_residual=True,
+                       shared_norm=True, rotary_interleaved=True, logit_scale=c.logit_scale)
+
+
+def granite(c) -> dict:
+    return _llama_like(c, "Granite", embed_multiplier=c.embedding_multiplier, residual_multiplier=c.residual_multiplier,
+                       attn_multiplier=c.attention_multiplier, logit_scale=1.0 / c.logits_scaling)
+
+
+def smollm3(c) -> dict:
+    rope_layers = [bool(x) for x in c.no_rope_layers]  # transformers: 1 = this layer uses RoPE
+    return _llama_like(c, "SmolLM3", **({} if all(rope_layers) else {"rope_layers": rope_layers}))
+
+
+# --- fused tensors -> slots -------------------------------------------------------------------------------
+def _split_gpt2(sd: dict, cfg: dict) -> None:
+    """GPT-2's Conv1D stores [in, out]; c_attn is [q | k | v] along out."""
+    for l in range(cfg["n_layers"]):
+        p = f"transformer.h.{l}."
+        W, b = sd.pop(p + "attn.c_attn.weight").T, sd.pop(p + "attn.c_attn.bias")
+        for i, slot in enumerate("qkv"):
+            sd[f"layers.{l}.{slot}.weight"], sd[f"layers.{l}.{slot}.bias"] = W.chunk(3)[i], b.chunk(3)[i]
+        for slot, name in (("o", "attn.c_proj"), ("up", "mlp.c_fc"), ("down", "mlp.c_proj")):
+            sd[f"layers.{l}.{slot}.weight"] = sd.pop(p + name + ".weight").T
+            sd[f"layers.{l}.{slot}.bias"] = sd.pop(p + name + ".bias")
+
+
+def _per_head_qkv(prefix: str):
+    """NeoX / Bloom / Falcon (multi_query=False): output features grouped per head as [q | k | v]."""
+    def split(sd: dict, cfg: dict) -> None:
+        for l in range(cfg["n_layers"]):
+            for kind in ("weight", "bias"):
+                key = prefix.format(l=l) + "." + kind
+                if key in sd:
+                    t = einops.rearrange(sd.pop(key), "(h three d) ... -> three (h d) ...", h=cfg["n_heads"], three=3)
+                    for i, slot in enumerate("qkv"):
+                        sd[f"layers.{l}.{slot}.{kind}"] = t[i]
+    return split
+
+
+def _split_falcon(sd: dict, cfg: dict) -> None:
+    H, K = cfg["n_heads"], cfg["n_kv_heads"]
+    for l in range(cfg["n_layers"]):
+        for kind in ("weight", "bias"):
+            key = f"transformer.h.{l}.self_attention.query_key_value.{kind}"
+            if key not in sd:
+                continue
+            t = sd.pop(key)
+            if K == H:  # per head [q | k | v]
+                t = einops.rearrange(t, "(h three d) ... -> three (h d) ...", h=H, three=3)
+                q, k, v = t[0], t[1], t[2]
+            else:  # per kv group [q_1 .. q_{H/K} | k | v] (new_decoder_architecture; MQA is one group)
+                t = einops.rearrange(t, "(g s d) ... -> g s d ...", g=K, s=H // K + 2)
+                q = einops.rearrange(t[:, :-2], "g s d ... -> (g s d) ...")
+                k = einops.rearrange(t[:, -2], "g d ... -> (g d) ...")
+                v = einops.rearrange(t[:, -1], "g d ... -> (g d) ...")
+            for slot, x in zip("qkv", (q, k, v)):
+                sd[f"layers.{l}.{slot}.{kind}"] = x
+
+
+def _split_codegen(sd: dict, cfg: dict) -> None:
+    """CodeGen's qkv_proj: 4 model-parallel shards, each [q | v | k] of d_model/4 features."""
+    for l in range(cfg["n_layers"]):
+        W = einops.rearrange(sd.pop(f"transformer.h.{l}.attn.qkv_proj.weight"), "(mp three d) m -> three (mp d) m",
+                             mp=4, three=3)
+        sd[f"layers.{l}.q.weight"], sd[f"layers.{l}.v.weight"], sd[f"layers.{l}.k.weight"] = W[0], W[1], W[2]
+
+
+def _split_phi3(sd: dict, cfg: dict) -> None:
+    """Phi-3's qkv_proj is [q (H·d) ; k (K·d) ; v (K·d)], gate_up_proj is [gate ; up]."""
+    H, K = cfg["n_heads"], cfg["n_kv_heads"]
+    d = cfg.get("d_head") or cfg["d_model"] // H
+    for l in range(cfg["n_layers"]):
+        p = f"model.layers.{l}."
+        q, k, v = sd.pop(p + "self_attn.qkv_proj.weight").split([H * d, K * d, K * d])
+        sd[f"layers.{l}.q.weight"], sd[f"layers.{l}.k.weight"], sd[f"layers.{l}.v.weight"] = q, k, v
+        gate, up = sd.pop(p + "mlp.gate_up_proj.weight").chunk(2)
+        sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
+
+
+def _split_cohere(sd: dict, cfg: dict) -> None:
+    """Cohere's LayerNorm has a gain and no bias: ours with a zero bias is the same function."""
+    for l in range(cfg["n_layers"]):
+        w = sd[f"model.layers.{l}.input_layernorm.weight"]
+        sd[f"model.layers.{l}.input_layernorm.bias"] = torch.zeros_like(w)
+    sd["model.norm.bias"] = torch.zeros_like(sd["model.norm.weight"])
+
+
+# --- the table ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config: Callable[[Any], dict]
+    names: dict = field(default_factory=dict)  # slot -> HF module path ({l} = layer index)
+    split: Callable[[dict, dict], None] | None = None
+
+
+LLAMA_NAMES = {
+    "embed": "model.embed_tokens", "final_norm": "model.norm", "lm_head": "lm_head",
+    "ln1": "model.layers.{l}.input_layernorm", "ln2": "model.layers.{l}.post_attention_layernorm",
+    "q": "model.layers.{l}.self_attn.q_proj", "k": "model.layers.{l}.self_attn.k_proj",
+    "v": "model.layers.{l}.self_attn.v_proj", "o": "model.layers.{l}.self_attn.o_proj",
+    "gate": "model.layers.{l}.mlp.gate_proj", "up": "model.layers.{l}.mlp.up_proj",
+    "down": "model.layers.{l}.mlp.down_proj",
+    "q_norm": "model.layers.{l}.self_attn.q_norm", "k_norm": "model.layers.{l}.self_attn.k_norm",
+}
+SANDWICH_NAMES = {**LLAMA_NAMES, "ln1_post": "model.layers.{l}.post_attention_layernorm",
+                  "ln2": "model.layers.{l}.pre_feedforward_layernorm",
+                  "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}
+MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.mlp.gate",
+             "experts_gate_up": "model.layers.{l}.mlp.experts.gate_up_proj",
+             "experts_down": "model.layers.{l}.mlp.experts.down_proj",
+             "shared_gate": "model.layers.{l}.mlp.shared_expert.gate_proj",
+             "shared_up": "model.layers.{l}.mlp.shared_expert.up_proj",
+             "shared_down": "model.layers.{l}.mlp.shared_expert.down_proj",
+             "shared_expert_gate": "model.layers.{l}.mlp.shared_expert_gate",
+             # a Qwen2-MoE layer listed in mlp_only_layers keeps a dense MLP
+             "gate": "model.layers.{l}.mlp.gate_proj", "up": "model.layers.{l}.mlp.up_proj",
+             "down": "model.layers.{l}.mlp.down_proj"}
+GPT2_NAMES = {"embed": "transformer.wte", "pos": "transformer.wpe", "final_norm": "transformer.ln_f",
+              "lm_head": "lm_head", "ln1": "transformer.h.{l}.ln_1", "ln2": "transformer.h.{l}.ln_2"}
+GPTJ_NAMES = {"embed": "transformer.wte", "final_norm": "transformer.ln_f", "lm_head": "lm_head",
+              "ln1": "transformer.h.{l}.ln_1", "q": "transformer.h.{l}.attn.q_proj",
+              "k": "transformer.h.{l}.attn.k_proj", "v": "transformer.h.{l}.attn.v_proj",
+              "o": "transformer.h.{l}.attn.out_proj", "up": "transformer.h.{l}.mlp.fc_in",
+              "down": "transformer.h.{l}.mlp.fc_out"}
+NEOX_NAMES = {"embed": "gpt_neox.embed_in", "final_norm": "gpt_neox.final_layer_norm", "lm_head": "lm_head",
+              "ln1": "gpt_neox.layers.{l}.input_layernorm", "ln2": "gpt_neox.layers.{l}.post_attention_layernorm",
+              "o": "gpt_neox.layers.{l}.attention.dense", "up": "gpt_neox.layers.{l}.mlp.dense_h_to_4h",
+              "down": "gpt_neox.layers.{l}.mlp.dense_4h_to_h"}
+BLOOM_NAMES = {"embed": "transformer.word_embeddings", "embed_ln": "transformer.word_embeddings_layernorm",
+               "final_norm": "transformer.ln_f", "lm_head": "lm_head",
+               "ln1": "transformer.h.{l}.input_layernorm", "ln2": "transformer.h.{l}.post_attention_layernorm",
+               "o": "transformer.h.{l}.self_attention.dense", "up": "transformer.h.{l}.mlp.dense_h_to_4h",
+               "down": "transformer.h.{l}.mlp.dense_4h_to_h"}
+FALCON_NAMES = {**BLOOM_NAMES, "embed_ln": "", "ln1": "transformer.h.{l}.input_layernorm|transformer.h.{l}.ln_attn",
+                "ln2": "transformer.h.{l}.post_attention_layernorm|transformer.h.{l}.ln_mlp"}
+OPT_NAMES = {"embed": "model.decoder.embed_tokens", "pos": "model.decoder.embed_positions",
+             "final_norm": "model.decoder.final_layer_norm", "lm_head": "lm_head",
+             "ln1": "model.decoder.layers.{l}.self_attn_layer_norm", "ln2": "model.decoder.layers.{l}.final_layer_norm",
+             "q": "model.decoder.layers.{l}.self_attn.q_proj", "k": "model.decoder.layers.{l}.self_attn.k_proj",
+             "v": "model.decoder.layers.{l}.self_attn.v_proj", "o": "model.decoder.layers.{l}.self_attn.out_proj",
+             "up": "model.decoder.layers.{l}.fc1", "down": "model.decoder.layers.{l}.fc2"}
+GPT_NEO_NAMES = {**GPT2_NAMES, "q": "transformer.h.{l}.attn.attention.q_proj",
+                 "k": "transformer.h.{l}.attn.attention.k_proj", "v": "transformer.h.{l}.attn.attention.v_proj",
+                 "o": "transformer.h.{l}.attn.attention.out_proj", "up": "transformer.h.{l}.mlp.c_fc",
+                 "down": "transformer.h.{l}.mlp.c_proj"}
+PHI_NAMES = {**LLAMA_NAMES, "final_norm": "model.final_layernorm", "o": "model.layers.{l}.self_attn.dense",
+             "up": "model.layers.{l}.mlp.fc1", "down": "model.layers.{l}.mlp.fc2", "ln2": ""}
+
+FAMILIES: dict[str, Family] = {
+    "GPT2LMHeadModel": Family("GPT-2", gpt2, GPT2_NAMES, _split_gpt2),
+    "GPTNeoForCausalLM": Family("GPT-Neo", gpt_neo, GPT_NEO_NAMES),
+    "GPTJForCausalLM": Family("GPT-J", gptj, GPTJ_NAMES),
+    "GPTNeoXForCausalLM": Family("GPT-NeoX", neox, NEOX_NAMES,
+                                 _per_head_qkv("gpt_neox.layers.{l}.attention.query_key_value")),
+    "OPTForCausalLM": Family("OPT", opt, OPT_NAMES),
+    "BloomForCausalLM": Family("Bloom", bloom, BLOOM_NAMES,
+                               _per_head_qkv("transformer.h.{l}.self_attention.query_key_value")),
+    "LlamaForCausalLM": Family("Llama", llama, LLAMA_NAMES),
+    "MistralForCausalLM": Family("Mistral", llama, LLAMA_NAMES),
+    "MixtralForCausalLM": Family("Mixtral", mixtral, MOE_NAMES),
+    "Qwen2ForCausalLM": Family("Qwen2", qwen2, LLAMA_NAMES),
+    "Qwen2MoeForCausalLM": Family("Qwen2-MoE", qwen2_moe, MOE_NAMES),
+    "Qwen3ForCausalLM": Family("Qwen3", qwen3, LLAMA_NAMES),
+    "GemmaForCausalLM": Family("Gemma", gemma, LLAMA_NAMES),
+    "Gemma2ForCausalLM": Family("Gemma 2", gemma2, SANDWICH_NAMES),
+    "Gemma3ForCausalLM": Family("Gemma 3", gemma3, SANDWICH_NAMES),
+    "PhiForCausalLM": Family("Phi", phi, PHI_NAMES),
+    "Phi3ForCausalLM": Family("Phi-3", phi3, LLAMA_NAMES, _split_phi3),
+    "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES),
+    "OlmoForCausalLM": Family("OLMo", olmo, LLAMA_NAMES),
+    "Olmo2ForCausalLM": Family("OLMo 2", olmo2, {**LLAMA_NAMES, "ln1": "", "ln2": "",
+                                                  "ln1_post": "model.layers.{l}.post_attention_layernorm",
+                                                  "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
+    "FalconForCausalLM": Family("Falcon", falcon, FALCON_NAMES, _split_falcon),
+    "CodeGenForCausalLM": Family("CodeGen", gptj, GPTJ_NAMES, _split_codegen),
+    "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
+    "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
+    "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
+}
+
+
+# --- slots -> our parameters ---------------------------------------------------------------------------
+# HF tensors that are not weights (recomputed buffers some checkpoints still carry).
+_IGNORED = re.compile(r"(\.rotary_emb\.inv_freq|(^|\.)(attn|attention)\.(bias|masked_bias)|\.embed_positions)$")
+
+
+def collect_slots(family: Family, hf_sd: dict, cfg: dict, strict: bool = True) -> dict:
+    """HF state dict -> {"layers.{l}.q.weight": ..., "embed.weight": ...}; every HF tensor consumed (unless
+    ``strict=False``: then tensors outside the family's names are left out)."""
+    sd = {k: v for k, v in hf_sd.items() if not _IGNORED.search(k)}
+    if family.split is not None:
+        family.split(sd, cfg)  # fused tensors become slot entries; it pops what it used
+    slots = {k: sd.pop(k) for k in list(sd) if k.startswith("layers.")}
+    for slot, paths in family.names.items():
+        if not paths:
+            continue
+        layers = range(cfg["n_layers"]) if "{l}" in paths else [None]
+        for l in layers:
+            for path in paths.split("|"):  # alternatives (Falcon: input_layernorm or ln_attn)
+                path = path.format(l=l)
+                key = slot if l is None else f"layers.{l}.{slot}"
+                for kind in ("weight", "bias"):
+                    if f"{path}.{kind}" in sd:
+                        slots[f"{key}.{kind}"] = sd.pop(f"{path}.{kind}")
+                if path in sd:  # a bare parameter (Mixtral's fused expert tensors)
+                    slots[f"{key}.weight"] = sd.pop(path)
+    if cfg.get("tie_embeddings"):
+        sd.pop("lm_head.weight", None)  # the same tensor as the embedding
+    if sd and strict:
+        raise InterpError(
+            f"{family.name}: the checkpoint has weights interp does not map: {sorted(sd)[:6]}"
+            f"{'...' if len(sd) > 6 else ''}; this variant uses a feature interp's model does not implement."
+        )
+    return slots
+
+
+def _heads_in(W: torch.Tensor, heads: int) -> torch.Tensor:
+    return einops.rearrange(W, "(h d) m -> h m d", h=heads)
+
+
+def to_interp_state(slots: dict, cfg) -> dict:
+    """Slots (HF Linear layouts) -> our parameter names and TransformerLens shapes."""
+    H, K = cfg.n_heads, cfg.n_kv_heads
+    out: dict[str, torch.Tensor] = {"embed.W_E": slots.pop("embed.weight")}
+    if "pos.weight" in slots:
+        out["pos_embed.W_pos"] = slots.pop("pos.weight")
+    for slot, ours in (("embed_ln", "embed_ln"), ("final_norm", "ln_final")):
+        for kind, name in (("weight", "w"), ("bias", "b")):
+            if f"{slot}.{kind}" in slots:
+                out[f"{ours}.{name}"] = slots.pop(f"{slot}.{kind}")
+    lm_head = slots.pop("lm_head.weight", None)
+    if not cfg.tie_embeddings:
+        out["unembed.W_U_param"] = lm_head.T
+    b_U = slots.pop("lm_head.bias", None)
+    out["unembed.b_U"] = b_U if b_U is not None else torch.zeros(cfg.d_vocab, dtype=out["embed.W_E"].dtype)
+    for l in range(cfg.n_layers):
+        s = {k.split(".", 2)[2]: slots.pop(k) for k in [k for k in slots if k.startswith(f"layers.{l}.")]}
+        p = f"blocks.{l}."
+        for slot, heads in (("q", H), ("k", K), ("v", K)):
+            out[p + f"attn.W_{slot.upper()}"] = _heads_in(s.pop(f"{slot}.weight"), heads)
+            if f"{slot}.bias" in s:
+                out[p + f"attn.b_{slot.upper()}"] = einops.rearrange(s.pop(f"{slot}.bias"), "(h d) -> h d", h=heads)
+        out[p + "attn.W_O"] = einops.rearrange(s.pop("o.weight"), "m (h d) -> h d m", h=H)
+        if "o.bias" in s:
+            out[p + "attn.b_O"] = s.pop("o.bias")
+        for slot, ours in (("ln1", "ln1"), ("ln2", "ln2"), ("ln1_post", "ln1_post"), ("ln2_post", "ln2_post"),
+                           ("q_norm", "attn.q_norm"), ("k_norm", "attn.k_norm")):
+            for kind, name in (("weight", "w"), ("bias", "b")):
+                if f"{slot}.{kind}" in s:
+                    out[p + f"{ours}.{name}"] = s.pop(f"{slot}.{kind}")
+        if "gate.weight" in s:
+            out[p + "mlp.W_gate"] = s.pop("gate.weight").T
+            if "gate.bias" in s:
+                out[p + "mlp.b_gate"] = s.pop("gate.bias")
+        if "up.weight" in s:
+            out[p + "mlp.W_in"] = s.pop("up.weight").T
+            if "up.bias" in s:
+                out[p + "mlp.b_in"] = s.pop("up.bias")
+            out[p + "mlp.W_out"] = s.pop("down.weight").T
+            if "down.bias" in s:
+                out[p + "mlp.b_out"] = s.pop("down.bias")
+        out.update(_moe_state(s, p, cfg))
+        if s:
+            raise InterpError(f"layer {l}: slots left unmapped: {sorted(s)} (a mapping bug; please report).")
+    if slots:
+        raise InterpError(f"slots left unmapped: {sorted(slots)} (a mapping bug; please report).")
+    return out
+
+
+def _moe_state(s: dict, p: str, cfg) -> dict:
+    """Mixtral / Qwen2-MoE experts: fused [E, 2m, d] gate_up and [E, d, m] down -> per-expert matrices."""
+    if "router.weight" not in s:
+        return {}
+    out = {p + "mlp.W_router": s.pop("router.weight").T}
+    gate_up, down = s.pop("experts_gate_up.weight"), s.pop("experts_down.weight")
+    for e in range(gate_up.shape[0]):
+        gate, up = gate_up[e].chunk(2)
+        out[p + f"mlp.experts.{e}.W_gate"] = gate.T
+        out[p + f"mlp.experts.{e}.W_in"] = up.T
+        out[p + f"mlp.experts.{e}.W_out"] = down[e].T
+    if "shared_gate.weight" in s:
+        out[p + "mlp.shared_expert.W_gate"] = s.pop("shared_gate.weight").T
+        out[p + "mlp.shared_expert.W_in"] = s.pop("shared_up.weight").T
+        out[p + "mlp.shared_expert.W_out"] = s.pop("shared_down.weight").T
+    if "shared_expert_gate.weight" in s:
+        out[p + "mlp.W_shared_gate"] = s.pop("shared_expert_gate.weight").T  # [1, d] -> [d, 1]
+    return out
+
+
+# What an architecture outside the table would need (model_type -> the missing feature), for the error.
+MISSING_FEATURE = {
+    "mpt": "MPT's ALiBi together with clip_qkv and bias-free LayerNorm, not mapped yet",
+    "gpt_bigcode": "GPTBigCode's fused multi-query c_attn layout, not mapped yet",
+    "xglm": "XGLM's offset sinusoidal positions with a scaled embedding, not mapped yet",
+    "qwen3_moe": "Qwen3-MoE (QK-norm + MoE) is not mapped yet",
+    "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
+    "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
+    "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",
+}
+
+
+def _why_unsupported(arch: str, config) -> str:
+    model_type = getattr(config, "model_type", None)
+    if config is not None and getattr(config, "is_encoder_decoder", False):
+        return "it is an encoder-decoder model and interp's model is decoder-only"
+    if not arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return ("it is not a causal language model with its LM head (load the family's *ForCausalLM class: a base "
+                "model or a classifier has no next-token logits)")
+    if model_type in MISSING_FEATURE:
+        return f"it needs {MISSING_FEATURE[model_type]}"
+    return "its family is not in interp's table (interp.loading.families.FAMILIES)"
+
+
+def family_of(hf_model_or_arch, config=None) -> tuple[str, Family]:
+    """(architecture class name, Family) of a transformers model object or its class name."""
+    if isinstance(hf_model_or_arch, str):
+        arch = hf_model_or_arch
+    else:
+        arch, config = type(hf_model_or_arch).__name__, getattr(hf_model_or_arch, "config", None)
+    if arch not in FAMILIES:
+        raise InterpError(f"architecture {arch} is not supported: {_why_unsupported(arch, config)}. "
+                          f"Supported: {sorted(FAMILIES)}.")
+    return arch, FAMILIES[arch]
+
+
+def estimate_bytes(n_params: int, dtype: torch.dtype) -> int:
+    return n_params * (torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 8)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB"
+
+
+def check_memory(n_bytes: int, device: str | torch.device, what: str) -> None:
+    """Refuse before allocating when ``n_bytes`` more will not fit in the device's free memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    elif device.type == "cpu":
+        import psutil
+
+        free = psutil.virtual_memory().available
+    else:
+        return
+    if n_bytes > free:
+        raise InterpError(
+            f"{what} needs about {_gib(n_bytes)} of {device.type} memory but only {_gib(free)} is free; "
+            f"load it in a smaller dtype (e.g. torch_dtype=torch.bfloat16), on a larger device, or free memory."
+        )
+
+
+__all__ = ["FAMILIES", "Family", "check_memory", "collect_slots", "estimate_bytes", "family_of", "to_interp_state"]

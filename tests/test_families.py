@@ -1,0 +1,302 @@
+"""The family matrix: every family of the issue, as `transformers` builds it, loads into interp exactly.
+
+For each case: a tiny random model from the family's own `transformers` config, every parameter perturbed
+with N(0, 0.1) noise (norm gains and biases included, so a dropped bias or a swapped gain shows), a batch of
+2 sequences of 24 tokens (every sliding window, 8 wide, binds). Checked against `transformers`' eager
+implementation (the reference) and against ourselves across paths:
+
+* logits equal `transformers`' to ≤ 1e-5 of their magnitude (fp32);
+* the lazy pattern rebuilt from the fused path equals the eager pattern;
+* a KV-cached generation step equals the full forward;
+* for a handful of families, every hook TransformerLens' bridge also exposes holds the bridge's value.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import build_hf_from_config
+
+import interp
+from interp.errors import InterpError
+from interp.loading.families import FAMILIES
+from interp.model.attention import KVCache
+
+VOCAB, N_CTX, POS, WINDOW = 96, 64, 24, 8
+SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "max_position_embeddings": N_CTX, "bos_token_id": 1, "eos_token_id": 2}
+LLAMA = {**SMALL, "intermediate_size": 48, "num_key_value_heads": 2}
+ROPE = {"rope_theta": 10000.0}
+
+# case -> (transformers config class, kwargs). One per family, plus the variants the issue names.
+CASES: dict[str, tuple[str, dict]] = {
+    "gpt2": ("GPT2Config", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": N_CTX}),
+    "gpt_neo": ("GPTNeoConfig", {"vocab_size": VOCAB, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+                                 "attention_types": [[["global", "local"], 1]], "window_size": WINDOW,
+                                 "max_position_embeddings": N_CTX}),
+    "gptj": ("GPTJConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4,
+                            "n_positions": N_CTX}),
+    "neox": ("GPTNeoXConfig", {**SMALL, "intermediate_size": 64, "rotary_pct": 0.25}),
+    "opt": ("OPTConfig", {**SMALL, "ffn_dim": 64, "word_embed_proj_dim": 32}),
+    "bloom": ("BloomConfig", {"vocab_size": VOCAB, "hidden_size": 32, "n_layer": 2, "n_head": 4}),
+    "llama": ("LlamaConfig", LLAMA),
+    "llama_linear": ("LlamaConfig", {**LLAMA, "rope_parameters": {**ROPE, "rope_type": "linear", "factor": 2.0}}),
+    "llama_dynamic": ("LlamaConfig", {**LLAMA, "rope_parameters": {**ROPE, "rope_type": "dynamic", "factor": 2.0}}),
+    "llama3": ("LlamaConfig", {**LLAMA, "rope_parameters": {
+        **ROPE, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}}),
+    "llama_yarn": ("LlamaConfig", {**LLAMA, "rope_parameters": {
+        **ROPE, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}}),
+    "mistral": ("MistralConfig", {**LLAMA, "sliding_window": WINDOW}),
+    "mixtral": ("MixtralConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                  "sliding_window": WINDOW}),
+    "qwen2": ("Qwen2Config", LLAMA),
+    "qwen2_window": ("Qwen2Config", {**LLAMA, "use_sliding_window": True, "sliding_window": WINDOW,
+                                     "max_window_layers": 1}),
+    "qwen2_moe": ("Qwen2MoeConfig", {**LLAMA, "moe_intermediate_size": 24, "shared_expert_intermediate_size": 40,
+                                     "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [1]}),
+    "qwen3": ("Qwen3Config", {**LLAMA, "head_dim": 16}),
+    "gemma": ("GemmaConfig", {**LLAMA, "head_dim": 16}),
+    "gemma2": ("Gemma2Config", {**LLAMA, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24,
+                                "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
+    "gemma3": ("Gemma3TextConfig", {**LLAMA, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24,
+                                    "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi": ("PhiConfig", {**SMALL, "intermediate_size": 48}),
+    "phi3": ("Phi3Config", {**LLAMA, "pad_token_id": 0}),
+    "phi3_longrope": ("Phi3Config", {**LLAMA, "pad_token_id": 0, "original_max_position_embeddings": 16,
+                                     "rope_parameters": {**ROPE, "rope_type": "longrope",
+                                                         "long_factor": [1.0, 1.5, 2.0, 3.0],
+                                                         "short_factor": [1.0, 1.1, 1.2, 1.3]}}),
+    "stablelm": ("StableLmConfig", LLAMA),
+    "olmo": ("OlmoConfig", {**LLAMA, "pad_token_id": 0}),
+    "olmo2": ("Olmo2Config", {**LLAMA, "pad_token_id": 0}),
+    "falcon_7b": ("FalconConfig", {**SMALL}),  # multi-query, parallel attention, one shared LayerNorm
+    "falcon_40b": ("FalconConfig", {**SMALL, "new_decoder_architecture": True, "num_kv_heads": 2}),
+    # the variant TransformerLens' bridge gets wrong by 2.4 in the logits
+    "falcon_new_mha": ("FalconConfig", {**SMALL, "new_decoder_architecture": True, "multi_query": False,
+                                        "num_kv_heads": 4}),
+    "falcon_sequential_mha": ("FalconConfig", {**SMALL, "multi_query": False, "parallel_attn": False, "bias": True}),
+    "codegen": ("CodeGenConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4,
+                                  "n_positions": N_CTX, "n_ctx": N_CTX}),
+    "cohere": ("CohereConfig", {**LLAMA, "pad_token_id": 0, "logit_scale": 0.5}),
+    "granite": ("GraniteConfig", {**LLAMA, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
+                                  "attention_multiplier": 0.3, "logits_scaling": 2.0}),
+    "smollm3": ("SmolLM3Config", {**LLAMA, "pad_token_id": 0, "no_rope_layers": [1, 0]}),
+}
+
+# The 25 families of the issue, by their transformers class.
+ISSUE_FAMILIES = {
+    "GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTJForCausalLM", "GPTNeoXForCausalLM", "OPTForCausalLM",
+    "BloomForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM",
+    "Qwen2MoeForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+    "PhiForCausalLM", "Phi3ForCausalLM", "StableLmForCausalLM", "OlmoForCausalLM", "Olmo2ForCausalLM",
+    "FalconForCausalLM", "CodeGenForCausalLM", "CohereForCausalLM", "GraniteForCausalLM", "SmolLM3ForCausalLM",
+}
+
+_BUILT: dict = {}
+
+
+def _pair(case: str):
+    """(transformers model, interp model) of a case, built once per session."""
+    if case not in _BUILT:
+        import transformers
+
+        cls, kwargs = CASES[case]
+        hf = build_hf_from_config(getattr(transformers, cls)(**kwargs), seed=3)
+        _BUILT[case] = (hf, interp.load(hf))
+    return _BUILT[case]
+
+
+def _tokens(seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (2, POS), generator=torch.Generator().manual_seed(seed))
+
+
+def test_every_family_of_the_issue_is_in_the_table():
+    assert ISSUE_FAMILIES <= set(FAMILIES)
+    built = {type(_pair(case)[0]).__name__ for case in CASES}
+    assert ISSUE_FAMILIES <= built  # and each one is exercised below
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_family_matches_transformers(case):
+    hf, model = _pair(case)
+    tokens = _tokens()
+    with torch.no_grad():
+        ref = hf(tokens).logits
+        ours = model(tokens, attn_backend="eager")
+        fused = model(tokens)  # the default (fused) path
+    scale = ref.abs().max()
+    assert scale > 0.1
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(fused, ref, rtol=0, atol=1e-5 * scale)
+    cfg, c = model.cfg, hf.config
+    assert cfg.n_ctx == getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048
+    if cfg.sliding_window is not None:
+        assert cfg.sliding_window < POS  # the window binds
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lazy_pattern_and_kv_cache_step(case):
+    _, model = _pair(case)
+    tokens = _tokens(1)
+    with torch.no_grad():
+        _, lazy = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+        _, eager = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"),
+                                        lazy_patterns=False, attn_backend="eager")
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_pattern"
+            torch.testing.assert_close(lazy[name], eager[name], rtol=0, atol=1e-6)
+        full = model(tokens)
+        cache = KVCache(model.cfg.n_layers)
+        model(tokens[:, :-1], kv_cache=cache)
+        step = model(tokens[:, -1:], kv_cache=cache)
+    torch.testing.assert_close(step[:, 0], full[:, -1], rtol=0, atol=1e-5 * full.abs().max())
+
+
+# A handful of families through TransformerLens' bridge (it reads the same HF weights): every shared hook.
+# (The bridge crashes on CodeGen and on Falcon-40B style models, and gets Falcon new_decoder_architecture
+# with multi_query=False wrong by ~1 in the logits: those are checked against transformers above.)
+BRIDGE_CASES = ["bloom", "cohere", "gemma2", "gptj", "granite", "phi", "qwen3"]
+
+
+PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+
+
+def _processed(case: str):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # steps that cannot be exact here (RMSNorm centring, soft-cap) are skipped
+        return interp.load(_pair(case)[0], **PROCESSING)
+
+
+@pytest.mark.parametrize("compat", [False, True], ids=["raw", "processed"])
+@pytest.mark.parametrize("case", BRIDGE_CASES)
+def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
+    """Raw: our plain load vs the bridge. Processed: ours with TL's four processing steps vs the bridge after
+    enable_compatibility_mode() (TL's defaults: the same four, skipped where TL skips them)."""
+    from transformer_lens.benchmarks.utils import compare_activation_dicts
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoTokenizer
+
+    hf, model = _pair(case)
+    if compat:
+        model = _processed(case)
+    hf.config.architectures = [type(hf).__name__]  # the bridge picks its adapter by architecture
+    hf.config.save_pretrained(tmp_path)  # the bridge needs a local folder, never a hub id
+    bridge = TransformerBridge.boot_transformers(
+        str(tmp_path), hf_model=copy.deepcopy(hf), tokenizer=AutoTokenizer.from_pretrained(hf_tokenizer_dir), device="cpu"
+    )
+    if compat:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    tokens = _tokens(2)
+    with torch.no_grad():
+        ref_logits, ref_cache = bridge.run_with_cache(tokens)
+        logits, cache = model.run_with_cache(tokens, attn_backend="eager")
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5 * ref_logits.abs().max())
+    ours, theirs = dict(cache.items()), dict(ref_cache.items())
+    shared = {k for k in set(ours) & set(theirs) if not k.endswith("hook_attn_scores")}  # −inf vs finfo.min
+    if compat and case == "granite":
+        # our fold_ln moves Granite's 1/logits_scaling into W_U (so logit attributions add up to the logits);
+        # the bridge keeps it outside its lm_head, whose output is hook_unembed. The logits agree (above).
+        shared.discard("hook_unembed")
+    must = {"hook_embed", "blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "blocks.1.mlp.hook_post",
+            "blocks.0.attn.hook_pattern", "blocks.0.hook_attn_out"}
+    assert must <= shared, sorted(must - shared)
+    # QK-norm hooks: ours are [batch, pos, head, ...] like every per-head hook of TransformerLens; the bridge
+    # reports HF's [batch, head, pos, ...] there. Same numbers, other axis order.
+    for k in [k for k in shared if ".q_norm." in k or ".k_norm." in k or k.endswith(("_q_normed", "_k_normed"))]:
+        if theirs[k].shape != ours[k].shape and theirs[k].transpose(1, 2).shape == ours[k].shape:
+            theirs[k] = theirs[k].transpose(1, 2)
+    bad = compare_activation_dicts({k: ours[k] for k in shared}, {k: theirs[k] for k in shared}, atol=1e-5)
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_processing_keeps_log_probs_and_dla_adds_up(case):
+    """TransformerLens' weight processing on every family: log-probabilities unchanged, and TL's
+    decompose_resid + logit_attrs of a logit difference sums to it (before Gemma 2's final soft-cap)."""
+    hf, _ = _pair(case)
+    if case == "olmo2":  # norms only on sublayer outputs: nothing reads a normalised residual stream
+        with pytest.raises(InterpError, match="norm_placement"):
+            interp.load(hf, **PROCESSING)
+        return
+    model = _processed(case)
+    tokens = _tokens(4)
+    with torch.no_grad():
+        ref = hf(tokens).logits
+        logits, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(logits.log_softmax(-1), ref.log_softmax(-1), rtol=0, atol=1e-5 * ref.abs().max())
+    a, b = 5, 7
+    stack = cache.decompose_resid(apply_ln=False, pos_slice=-1)
+    attrs = cache.logit_attrs(stack, tokens=torch.tensor([a, a]), incorrect_tokens=torch.tensor([b, b]), pos_slice=-1)
+    if model.cfg.final_softcap is None:
+        diff = logits[:, -1, a] - logits[:, -1, b]
+    else:  # the attribution is of the logits before the soft-cap
+        pre_cap = cache["ln_final.hook_normalized"][:, -1] @ model.W_U + model.b_U
+        diff = pre_cap[:, a] - pre_cap[:, b]
+    want = diff - (model.b_U[a] - model.b_U[b])  # the unembedding bias is no component of the residual stream
+    assert want.abs().max() > 0.05
+    torch.testing.assert_close(attrs.sum(0), want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe"])
+def test_interp_checkpoint_of_a_family_round_trips(case, tmp_path):
+    """Saved as our own checkpoint (config.json + safetensors) and loaded back: the same model."""
+    _, model = _pair(case)
+    model.save(tmp_path / case)
+    again = interp.load(tmp_path / case)
+    tokens = _tokens(5)
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens), model(tokens), rtol=0, atol=0)
+    assert again.cfg.to_dict() | {"source": {}} == model.cfg.to_dict() | {"source": {}}
+
+
+def test_folder_load_takes_n_ctx_dtype_and_special_tokens_from_the_config(tmp_path):
+    hf, _ = _pair("llama3")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path)
+    hf.to(torch.float32)
+    model = interp.load(tmp_path)
+    cfg = model.cfg
+    assert cfg.dtype == "bfloat16" and model.W_E.dtype == torch.bfloat16  # bf16 stays bf16
+    assert cfg.n_ctx == N_CTX and cfg.bos_token_id == 1 and cfg.eos_token_id == 2
+    assert cfg.rope_parameters["rope_type"] == "llama3"
+    tokens = _tokens(3)
+    with torch.no_grad():
+        ref = hf.to(torch.bfloat16)(tokens).logits.float()
+        ours = model(tokens).float()
+    hf.to(torch.float32)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0.05 * ref.abs().max())  # bf16: a few ulps of rounding
+
+
+def test_a_model_larger_than_memory_is_refused_before_allocating(tmp_path, monkeypatch):
+    import psutil
+    import transformers
+
+    hf, _ = _pair("gpt2")
+    hf.save_pretrained(tmp_path)
+
+    class Tiny:
+        available = 1000  # bytes
+
+    def never(*args, **kwargs):
+        raise AssertionError("from_pretrained must not run: the model does not fit")
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(InterpError, match=r"needs about .* GiB of cpu memory but only"):
+        interp.load(tmp_path)
+    with pytest.raises(InterpError, match="memory"):
+        interp.load(hf)  # an object already in memory: our copy would not fit either
+
+
+def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
+    import transformers
+
+    bigcode = transformers.GPTBigCodeConfig(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=N_CTX)
+    with pytest.raises(InterpError, match=r"GPTBigCodeForCausalLM is not supported: it needs .*multi-query c_attn"):
+        interp.load(transformers.GPTBigCodeForCausalLM(bigcode))
+    with pytest.raises(InterpError, match=r"GPT2ForSequenceClassification .* not a causal language model"):
+        interp.load(transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**CASES["gpt2"][1])))
