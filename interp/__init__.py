@@ -6,9 +6,9 @@ pay for torch, transformers and TransformerLens until a model is actually needed
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from interp._lazy import lazy_getattr
 from interp.errors import InterpError
 
 __version__ = "0.1.0"
@@ -30,12 +30,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from interp.model.transformer import HookedDecoder
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'interp' has no attribute {name!r}")
+__getattr__ = lazy_getattr("interp", _LAZY, globals())
 
 
 def __dir__() -> list[str]:

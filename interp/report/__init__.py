@@ -10,7 +10,7 @@ do not import torch through this package.
 
 from __future__ import annotations
 
-import importlib
+from interp._lazy import lazy_getattr
 
 _LAZY = {
     "ReportData": "interp.report.data",
@@ -24,9 +24,4 @@ _LAZY = {
 __all__ = ["ReportData", "ReportOptions", "collect_report", "render_html", "render_markdown", "write_report"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'interp.report' has no attribute {name!r}")
+__getattr__ = lazy_getattr("interp.report", _LAZY, globals())
