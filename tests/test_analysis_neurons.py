@@ -365,7 +365,7 @@ def test_neuron_analyzers_on_architectures(arch):
     ctx = scan_top_contexts(m, corpus, k=2, batch_size=3, progress=False)
     assert len(ctx) == 2 * 32 * 2
     _, cache = m.run_with_cache(corpus)
-    top = ctx[ctx["rank"] == 0]
+    top = ctx[ctx["rank"] == 1]
     for layer in (0, 1):
         best = (
             cache[f"blocks.{layer}.mlp.hook_post"].reshape(-1, 32).max(0).values
