@@ -468,6 +468,25 @@ def render_markdown(data: ReportData) -> str:
         "Question neurons (by activation):", md_table(data.neurons[data.neurons.ranked_by == "activation"], ncols),
         "What the top contributors say:",
         md_table(data.neuron_answers, ["layer", "neuron", "direction", "rank", "token", "token_id", "logit"]))
+    pages = []
+    prof = data.neuron_profiles
+    for layer, neuron in dict.fromkeys((int(r.layer), int(r.neuron)) for r in data.neurons.itertuples()):
+        ans = data.neuron_answers[(data.neuron_answers.layer == layer) & (data.neuron_answers.neuron == neuron)]
+        lines = [f"### Neuron L{layer}N{neuron}", "",
+                 "Raises: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in
+                                        zip(ans[ans.direction == "top"].token, ans[ans.direction == "top"].logit)),
+                 "", "Lowers: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in
+                                             zip(ans[ans.direction == "bottom"].token,
+                                                 ans[ans.direction == "bottom"].logit))]
+        if prof is not None:
+            ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
+            for rank, g in ex.groupby("rank", sort=True):
+                text = "".join(f"«{show_token(t)}»" if trig else show_token(t) for t, trig in zip(g.token, g.is_trigger))
+                act = float(g[g.is_trigger].activation.iloc[0])
+                lines += ["", f"{rank}. {act:.3f}: `` {text.replace('`', chr(39))} ``"]
+        pages.append("\n".join(lines))
+    corpus = f"Top-activating examples over {data.corpus_name}." if prof is not None else "No corpus scanned."
+    sec("neuron-pages", corpus, *pages)
     sec("superposition", md_table(data.superposition, ["set", "layer", "count", "dim", "mean_angle_deg",
                                                         "std_angle_deg", "baseline_std_angle_deg", "max_abs_cos",
                                                         "baseline_max_abs_cos", "frac_within_tol",

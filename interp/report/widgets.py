@@ -114,6 +114,13 @@ def decode_attention_data(data: dict) -> np.ndarray:
     return out
 
 
+def _as_text(token: str) -> str:
+    """A token as running text: spaces kept (the prompt reads as prose), line breaks and tabs made visible."""
+    shown = "".join("↵" if ch == "\n" else "→" if ch == "\t" else ch if ch.isprintable() or ch == " "
+                    else f"\\x{ord(ch):02x}" for ch in token)
+    return html.escape(shown or "∅")
+
+
 def attention_view(tokens: list[str], patterns: pd.DataFrame, heads: list[tuple[int, int]],
                    checked: list[tuple[int, int]] | None = None, title: str = "") -> str:
     """An interactive attention view (HTML + inline script) over ``tokens`` for ``heads`` (layer, head)."""
@@ -126,8 +133,8 @@ def attention_view(tokens: list[str], patterns: pd.DataFrame, heads: list[tuple[
     boxes = "".join(
         f'<label><input type="checkbox" data-index="{i}"{" checked" if h in checked else ""}> {lab}</label>'
         for i, (h, lab) in enumerate(zip(heads, labels)))
-    toks = "".join(f'<span class="attn-tok" data-pos="{i}" title="{i}">{html.escape(show_token(t))}</span>'
-                   for i, t in enumerate(tokens))
+    toks = "".join(f'<span class="attn-tok" data-pos="{i}" title="{i}">{_as_text(t)}</span>'
+                   + ("<br>" if "\n" in t else "") for i, t in enumerate(tokens))
     payload = json.dumps(data).replace("</", "<\\/")  # a token "</script>" must not end the script
     head = f"<b>{html.escape(title)}</b> " if title else ""
     return (f'<div class="attn-view" id="{vid}">{head}<div class="attn-heads">heads: {boxes}</div>'
