@@ -225,7 +225,9 @@ def sidebar() -> tuple[str, str, str]:
         path = st.sidebar.text_input("Model folder", value=preset if preset and preset not in options else "",
                                      key="model_path", placeholder="/path/to/model (config.json + weights)")
         spec = path.strip()
-    prompt = st.sidebar.text_area("Prompt", value=defaults.prompt or DEFAULT_PROMPT, key="prompt", height=110)
+    # ?prompt=... (a shared link) sets the first prompt of a session, like --prompt on the command line
+    first = st.query_params.get("prompt") or defaults.prompt or DEFAULT_PROMPT
+    prompt = st.sidebar.text_area("Prompt", value=first, key="prompt", height=110)
     wanted = st.query_params.get("page", PAGES[0])
     page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0, key="page")
     if st.query_params.get("page") != page:
