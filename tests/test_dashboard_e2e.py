@@ -71,7 +71,7 @@ def _ensure_chromium() -> str:
 def _ensure_cjk_font() -> None:
     """Screenshots of the Chinese prompt need a CJK font (the DOM checks do not): install one when we can."""
     try:
-        if subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, timeout=30).stdout.strip():
+        if subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, timeout=30, check=False).stdout.strip():
             return
     except (OSError, subprocess.TimeoutExpired):
         return
