@@ -33,8 +33,8 @@ WIDGET_CSS = """
 .attn-heads{display:flex;flex-wrap:wrap;gap:.2em .9em;margin-bottom:.5em;font-size:13px}
 .attn-heads label{white-space:nowrap;cursor:pointer}
 .attn-text{line-height:1.9;max-height:32em;overflow-y:auto}
-.attn-tok,.act-tok{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre;padding:1px 1px;
-border-radius:3px;cursor:pointer;border:1px solid transparent}
+.attn-tok,.act-tok{display:inline-block;font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre;
+padding:0 1px;line-height:1.5;border-radius:3px;cursor:pointer;border:1px solid transparent}
 .attn-tok.attn-q{border-color:#111;font-weight:bold}
 .attn-info{margin-top:.5em;color:#333;font-size:13px;min-height:1.4em}
 .act-line{line-height:1.9;margin:.15em 0}
