@@ -25,6 +25,8 @@ DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 # The second prompt of the Compare page: the clean/corrupted pair of activation patching (IOI)
 DEFAULT_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 WINDOW = 40  # positions drawn in a token-axis figure at once (the window slider moves them)
+GRID_WINDOW = 20  # positions per panel of the all-heads grid
+LENS_WINDOW = 18  # positions of the logit-lens grid (a cell holds a token's text)
 DEFAULT_MODEL = "default"
 LOCAL = "Local folder…"
 SAMPLE_CORPUS = (
@@ -301,7 +303,7 @@ def page_overview(spec: str, prompt: str) -> None:
 
 def page_attention(spec: str, prompt: str) -> None:
     from interp.report.data import notable_heads, pattern_matrix
-    from interp.report.figures import head_role_grid, pattern_grid, pattern_heatmap
+    from interp.report.figures import head_role_grid, pattern_grid, pattern_heatmap, token_window
     from interp.report.inputs import str_tokens
 
     model = get_model(spec)
@@ -334,7 +336,9 @@ def page_attention(spec: str, prompt: str) -> None:
          key="pattern")
     if st.checkbox("All heads of this layer", key="all_heads"):
         mats = [pattern_matrix(pats, layer, h, n) for h in range(cfg.n_heads)]
-        plot(pattern_grid(mats, [f"L{layer}H{h}" for h in range(cfg.n_heads)], strs, window=window,
+        # two panels side by side fit the page at GRID_WINDOW positions each (TOKEN_PX per token label)
+        grid_window = token_window(n, GRID_WINDOW, end=window[1])
+        plot(pattern_grid(mats, [f"L{layer}H{h}" for h in range(cfg.n_heads)], strs, window=grid_window,
                           cols=2 if cfg.n_heads > 1 else 1), key="pattern_grid")
 
 
@@ -577,7 +581,7 @@ def page_lens(spec: str, prompt: str) -> None:
     df = lens(spec, prompt, int(k), target)
     grid = summarize_lens(df)
     strs = str_tokens(model, tokens_for(spec, prompt))
-    window = position_window(len(strs), "lens_window", size=20)
+    window = position_window(len(strs), "lens_window", size=LENS_WINDOW)
     plot(lens_grid_heatmap(grid, strs, value=value, window=window), key="lens_grid")
     pos = st.select_slider("position", list(range(len(strs))), len(strs) - 1, key="lens_pos",
                            format_func=lambda i: f"{i}: {strs[i]!r}")
