@@ -20,7 +20,6 @@ import streamlit as st
 
 from interp.errors import InterpError
 
-PAGES = ("Overview", "Attention", "Neurons", "Compare", "Superposition", "Logit lens", "Report")
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 # The second prompt of the Compare page: the clean/corrupted pair of activation patching (IOI)
 DEFAULT_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -609,8 +608,10 @@ def page_report(spec: str, prompt: str) -> None:
                            key="download_report_md")
 
 
+# The page registry, in sidebar order: a new page is one function and one entry here.
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
           "Superposition": page_superposition, "Logit lens": page_lens, "Report": page_report}
+PAGES = tuple(RENDER)
 
 
 def main() -> None:
