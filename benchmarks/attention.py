@@ -19,16 +19,15 @@ Prints a table and writes JSON (device, dtype, shapes, TFLOP/s, ratios to the de
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-from interp.io import atomic_write_text
 import torch.nn.functional as F
+
+from interp.io import write_benchmark_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -213,27 +212,24 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a few shapes only")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--reps", type=int, default=10, help="CPU repetitions (CUDA uses do_bench)")
-    kind = "cuda" if torch.cuda.is_available() else "cpu"
-    default_out = Path(__file__).parent / "results" / f"attention-{kind}.json"
-    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default: a new benchmarks/results/attention-<device>-<time>.json)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     if any(m not in ("fwd", "fwd+bwd") for m in modes):
         parser.error(f"--modes must be a comma list of fwd, fwd+bwd; got {args.modes!r}")
     result = run(args.device, args.quick, modes, args.reps)
-    write_json_atomic(args.out, result)
+    kind = str(args.device).split(':')[0]
+    out = write_benchmark_json(result, args.out, f"attention-{kind}", args.force)
     print(table(result))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from interp.io import atomic_write_text
+from interp.io import write_benchmark_json
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -209,10 +209,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1))
-
-
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -227,8 +223,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=8192 if cuda else 4096, help="largest size for interp")
     p.add_argument("--repeats", type=int, default=2, help="calls per measurement (fastest time is kept)")
     p.add_argument("--timeout", type=int, default=900)
-    kind = "cuda" if cuda else "cpu"
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / f"cache-{kind}.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path (default: a new benchmarks/results/cache-<device>-<time>.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "TOKENS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -256,9 +253,9 @@ def main(argv=None) -> int:
               f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
               "torch": torch.__version__, "layers": args.layers, "vocab": args.vocab,
               "pattern_check_max_abs_diff": diff, "rows": rows}
-    write_json_atomic(args.out, result)
+    out = write_benchmark_json(result, args.out, f"cache-{str(args.device).split(':')[0]}", args.force)
     print(table(result))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -37,7 +37,6 @@ import copy
 import ctypes
 import datetime as dt
 import gc
-import json
 import os
 import platform
 import statistics
@@ -401,7 +400,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--only", choices=["forward", "cache"], help="run one workload only")
     p.add_argument("--no-bridge", action="store_true", help="skip TransformerLens' bridge")
-    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/forward-<device>.json)")
+    p.add_argument("--out", type=Path, help="JSON path (default: a new benchmarks/results/forward-<device>-<time>.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = p.parse_args(argv)
     for name in ("batch", "repeats", "threads"):
@@ -410,11 +410,9 @@ def main(argv=None) -> int:
     if args.seqs and min(args.seqs) < 1:
         p.error(f"--seqs must be positive; got {args.seqs}")
     result = run(args)
-    out = args.out or ROOT / "benchmarks" / "results" / f"forward-{result['device'].split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)  # atomic: a reader never sees half a file
+    from interp.io import write_benchmark_json
+
+    out = write_benchmark_json(result, args.out, f"forward-{result['device'].split(':')[0]}", args.force)
     print_table(result)
     if args.markdown:
         print(markdown_table(result))

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from interp.argtypes import OneLineParser, nonnegative_float, positive_int
+
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (apps/, benchmarks/, models/ live here)
 DASHBOARD = ROOT / "apps" / "dashboard.py"
 BENCHMARKS = ROOT / "benchmarks"
@@ -33,7 +35,7 @@ def _report(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from interp.report.data import STAGES, ReportOptions, collect_report
-    from interp.report.inputs import load_model
+    from interp.report.inputs import cap_count, check_device, load_model
     from interp.report.output import check_writable
     from interp.report.render import format_for, write_report
 
@@ -42,10 +44,7 @@ def _report(args) -> int:
     if out is None:
         out = "report.md" if fmt == "md" else "report.html"
     check_writable(out, args.force)  # before the analysis, not after it
-    corpus = None if args.corpus == "none" else args.corpus
-    options = ReportOptions(k_next=args.k, k_neurons=args.neurons, n_pattern_heads=args.heads,
-                            max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
-                            corpus=corpus)
+    check_device(args.device)
     err = Console(stderr=True)
     steps = ["loading model", *STAGES, "writing"]
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -56,14 +55,26 @@ def _report(args) -> int:
             bar.update(task, description=name, completed=steps.index(name))
 
         model = load_model(args.model, device=args.device)
+        cfg = model.cfg
+        options = ReportOptions(
+            k_next=cap_count(args.k, int(cfg.d_vocab), "--k", "tokens in the vocabulary"),
+            k_neurons=cap_count(args.neurons, int(cfg.n_layers * cfg.d_mlp), "--neurons", "MLP neurons"),
+            n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
+            max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
+            corpus=None if args.corpus == "none" else args.corpus)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
         bar.update(task, completed=len(steps))
     s = data.summary()
     if not args.quiet:
-        print(f"wrote {path} ({fmt}, {path.stat().st_size / 1e6:.1f} MB): {s['n_tokens']} tokens, "
-              f"next token {s['predicted']!r} p={s['probability']:.3f}")
+        from interp.io import is_stream
+
+        # the report itself may be on stdout (--out -): the summary line then goes to stderr
+        where = sys.stderr if is_stream(out) else sys.stdout
+        size = "" if is_stream(out) else f", {path.stat().st_size / 1e6:.1f} MB"
+        print(f"wrote {out} ({fmt}{size}): {s['n_tokens']} tokens, "
+              f"next token {s['predicted']!r} p={s['probability']:.3f}", file=where)
     return 0
 
 
@@ -76,15 +87,15 @@ def _add_report(sub) -> None:
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
                          'interp report "Once upon a time" --format md --out report.md --model models/NAME'))
     p.add_argument("prompt", help="the text to analyse")
-    p.add_argument("--out", default=None, help="output file (default report.html, or report.md with --format md)")
+    p.add_argument("--out", default=None, help="output file, or - for stdout (default report.html, or report.md with --format md); a symbolic link is written through")
     p.add_argument("--format", choices=("html", "md"), default=None, help="default: from --out's suffix, else html")
     p.add_argument("--model", default=None, help="zoo name or model folder (default: the shipped model)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p.add_argument("--k", type=int, default=10, help="next-token candidates and logit-lens depth (default 10)")
-    p.add_argument("--neurons", type=int, default=10, help="neurons per ranking (default 10)")
-    p.add_argument("--heads", type=int, default=4, help="notable heads whose patterns are drawn (default 4)")
-    p.add_argument("--max-pairs", type=int, default=20_000, help="direction pairs per superposition set")
+    p.add_argument("--k", type=positive_int, default=10, help="next-token candidates and logit-lens depth (default 10)")
+    p.add_argument("--neurons", type=positive_int, default=10, help="neurons per ranking (default 10)")
+    p.add_argument("--heads", type=positive_int, default=4, help="notable heads whose patterns are drawn (default 4)")
+    p.add_argument("--max-pairs", type=positive_int, default=20_000, help="direction pairs per superposition set")
     p.add_argument("--sets", nargs="+", default=["W_E", "W_U", "W_in", "W_out"], metavar="SET",
                    help="superposition direction sets (default W_E W_U W_in W_out)")
     p.add_argument("--seed", type=int, default=0)
@@ -96,6 +107,56 @@ def _add_report(sub) -> None:
                         "reports in --out's folder, each report a few hundred kB")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=_report)
+
+
+# ----------------------------------------------------------------------------------------------------
+# child processes (the dashboard's Streamlit server, benchmarks)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel send the child SIGTERM when we die, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_child(cmd: list[str], cwd: str | Path | None = None) -> int:
+    """Run ``cmd`` and return its exit code; it never outlives us.
+
+    ``kill`` (SIGTERM) or a closed terminal (SIGHUP) of `interp` is passed on to the child and waited for:
+    a Streamlit server left behind would keep serving the port. Ctrl-C reaches the child through the terminal's
+    process group; we wait for it to finish and return 130."""
+    import signal
+
+    # the CLI has no threads of its own at this point, which is what preexec_fn needs to be safe
+    death_signal = _die_with_parent if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(cmd, cwd=cwd, preexec_fn=death_signal)  # noqa: PLW1509
+
+    def forward(signum, frame):
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # a child ended by a signal we forwarded: report it as the shell would (128 + signal)
+    return 128 - code if code < 0 else code
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,10 +179,7 @@ def _dashboard(args) -> int:
     if extra:
         cmd += ["--", *extra]
     print(f"interp dashboard: http://{args.host}:{args.port}  (Ctrl-C stops it)", file=sys.stderr)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 130
+    return run_child(cmd)
 
 
 def _add_dashboard(sub) -> None:
@@ -208,10 +266,7 @@ def _bench(args) -> int:
         return 0
     if args.name not in names:
         raise InterpError(f"bench: no benchmark {args.name!r} in {BENCHMARKS}; choose from {names or '(none)'}.")
-    try:
-        return subprocess.call([sys.executable, str(BENCHMARKS / f"{args.name}.py"), *args.rest], cwd=ROOT)
-    except KeyboardInterrupt:
-        return 130
+    return run_child([sys.executable, str(BENCHMARKS / f"{args.name}.py"), *args.rest], cwd=ROOT)
 
 
 def _add_bench(sub) -> None:
@@ -255,12 +310,12 @@ def _add_generate(sub) -> None:
     g.add_argument("prompt")
     g.add_argument("--model", default=None, help="zoo name or folder (default: the shipped model)")
     g.add_argument("--device", default=None, help="torch device, e.g. cuda")
-    g.add_argument("--max-new-tokens", type=int, default=30)
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
-    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--max-new-tokens", type=positive_int, default=30)
+    g.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0 = greedy (default 1)")
+    g.add_argument("--top-k", type=positive_int, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--min-p", type=float, default=None)
-    g.add_argument("--samples", type=int, default=1, help="continuations, seeds seed..seed+n-1 (default 1)")
+    g.add_argument("--samples", type=positive_int, default=1, help="continuations, seeds seed..seed+n-1 (default 1)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=_generate)
 
@@ -303,7 +358,7 @@ def _add_models(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="interp", formatter_class=_RAW,
         description="Ask a decoder-only transformer why it predicts what it predicts.",
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',

@@ -16,8 +16,8 @@ from interp.model.attention import KVCache
 
 
 def _check_sampling(temperature, top_k, top_p, min_p) -> None:
-    if not temperature >= 0:  # also refuses NaN, which would otherwise reach torch.multinomial
-        raise InterpError(f"temperature must be >= 0 (0 means greedy); got {temperature}.")
+    if not 0 <= temperature < float("inf"):  # also refuses NaN and inf, which would reach torch.multinomial
+        raise InterpError(f"temperature must be finite and >= 0 (0 means greedy); got {temperature}.")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise InterpError(f"top_k must be a positive integer or None; got {top_k!r}.")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -55,6 +55,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of ``logits`` [batch, vocab]."""
     _check_sampling(temperature, top_k, top_p, min_p)
+    if not bool(torch.isfinite(logits).all()):  # argmax of NaN is 0 (often EOS): a silent, empty continuation
+        raise InterpError("the model's next-token logits hold NaN or inf, so nothing can be sampled; check the "
+                          "weights or run in float32.")
     if temperature == 0:
         return logits.argmax(dim=-1)
     filtered = filter_logits(logits / temperature, top_k, top_p, min_p)

@@ -159,3 +159,21 @@ def _seed():
     """Every test starts from the same global RNG state, so failures reproduce."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs with its own empty working directory: a default output name (report.html, ...) or a
+    relative path can never read or overwrite a file of the user's, whatever directory pytest started in."""
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def assert_close_to_scale(actual, expected, rtol: float = 1e-5, msg=None) -> None:
+    """float32 results of two computations that differ only in BLAS blocking (batch shape, CPU vendor): every
+    element within ``rtol`` of the compared tensor's largest magnitude. An element-wise relative test would fail
+    on entries near zero, whose absolute error is set by the large entries they are summed from."""
+    expected = torch.as_tensor(expected)
+    actual = torch.as_tensor(actual)
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30), msg=msg)

@@ -275,7 +275,7 @@ def test_bench_runs_a_script_by_name(tmp_path, monkeypatch, capsys):
 
 def test_dashboard_starts_streamlit_on_the_app(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli, "run_child", lambda cmd, cwd=None: calls.append(cmd) or 0)
     assert cli.main(["dashboard", "--port", "8999", "--model", "m", "--prompt", "p"]) == 0
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(ROOT / "apps" / "dashboard.py")

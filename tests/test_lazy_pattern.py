@@ -135,7 +135,7 @@ def test_transformer_lens_methods_do_not_build_patterns():
     cache.to("cpu")
     assert n_by_n_tensors(cache, SEQ) == [] and n_by_n_tensors(sliced, SEQ) == []
     full = cache["pattern", 1]  # TransformerLens' shorthand
-    assert max_diff(sliced["blocks.1.attn.hook_pattern"], full[1]) == 0
+    assert max_diff(sliced["blocks.1.attn.hook_pattern"], full[1]) <= 1e-6  # probabilities: absolute = relative
     assert sliced["blocks.1.attn.hook_pattern"].shape == (N_HEADS, SEQ, SEQ)
 
 
@@ -146,11 +146,12 @@ def test_chosen_heads_and_query_rows():
     scores = cache.attention_scores(1, heads=2, queries=slice(3, 9), batch=1)
     assert n_by_n_tensors(cache, SEQ) == []  # the partial reads built nothing in the cache
     full = cache["blocks.1.attn.hook_pattern"]
-    assert max_diff(rows, full[:, [0, 3]][:, :, [0, 5, SEQ - 1]]) == 0
+    # a row subset is a different matmul shape: BLAS may round differently in the last bit
+    assert max_diff(rows, full[:, [0, 3]][:, :, [0, 5, SEQ - 1]]) <= 1e-6
     full_scores = cache["blocks.1.attn.hook_attn_scores"]
-    assert torch.equal(scores, full_scores[[1]][:, [2], 3:9])
+    torch.testing.assert_close(scores, full_scores[[1]][:, [2], 3:9], rtol=1e-5, atol=1e-6)
     # the same API on an already built entry
-    assert max_diff(cache.pattern(1, heads=[0, 3], queries=[0, 5, -1]), rows) == 0
+    assert max_diff(cache.pattern(1, heads=[0, 3], queries=[0, 5, -1]), rows) <= 1e-6
     with pytest.raises(InterpError, match="heads must lie in"):
         cache.pattern(0, heads=[4])
     with pytest.raises(InterpError, match="layer must be an int"):

@@ -190,3 +190,16 @@ def text_lengths(model, tokens, toks: torch.Tensor) -> list[int]:
     if isinstance(tokens, (list, tuple)) and len(tokens) > 1 and all(isinstance(t, str) for t in tokens):
         return [int(model.to_tokens(t).shape[-1]) for t in tokens]
     return full
+
+
+def check_finite_output(model, logits: torch.Tensor) -> torch.Tensor:
+    """Refuse to analyse a forward pass whose logits hold NaN or inf (an overflowing fp16 model, corrupt
+    weights): every probability, rank and score computed from them would be silently meaningless."""
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise InterpError(
+            f"the model's output holds {bad} non-finite values (NaN or inf) for these tokens, so there is nothing "
+            f"meaningful to analyse; check the weights (interp.load checks them at load) or run in float32 "
+            f"(dtype={model.cfg.dtype!r})."
+        )
+    return logits

@@ -46,7 +46,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.analysis._inputs import as_tokens, check_index, model_device, str_tokens, text_lengths
+from interp.analysis._inputs import (
+    as_tokens,
+    check_finite_output,
+    check_index,
+    model_device,
+    str_tokens,
+    text_lengths,
+)
 from interp.errors import InterpError
 
 __all__ = [
@@ -94,7 +101,7 @@ def _run_patterns(model, toks: torch.Tensor, layers: list[int]):
     wanted = {_pattern_name(layer) for layer in layers}
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in wanted)
-    return logits, cache
+    return check_finite_output(model, logits), cache
 
 
 def _pattern(cache, layer: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.analysis._inputs import as_tokens, check_index, str_tokens, token_str
+from interp.analysis._inputs import as_tokens, check_finite_output, check_index, str_tokens, token_str
 from interp.errors import InterpError
 
 __all__ = [
@@ -100,6 +100,7 @@ def residual_stack(model, tokens) -> tuple[torch.Tensor, torch.Tensor]:
     n_layers = int(model.cfg.n_layers)
     names = [_resid_hook(n_layers, l) for l in range(n_layers + 1)]
     logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    check_finite_output(model, logits)
     stack = torch.stack([cache[name] for name in names], dim=0)
     return stack, logits
 

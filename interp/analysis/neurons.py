@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import torch
 from interp.analysis._inputs import (
     _is_int_like,
     as_tokens,
+    check_finite_output,
     check_index,
     model_device,
     str_tokens,
@@ -46,6 +45,7 @@ from interp.analysis._inputs import (
     token_str,
 )
 from interp.errors import InterpError
+from interp.io import atomic_path
 
 __all__ = [
     "NeuronProfiles",
@@ -309,6 +309,7 @@ def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -
     names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
+    check_finite_output(model, logits)
     bi = torch.arange(batch, device=toks.device)
     pi = torch.tensor(pos, device=toks.device)
     tgt = _target_ids(model, target, logits[bi, pi])
@@ -458,17 +459,9 @@ def _corpus_fingerprint(docs: list[torch.Tensor]) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` into a temp file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write via ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _save_frame(df: pd.DataFrame, folder: Path) -> str:

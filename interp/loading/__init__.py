@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from interp.errors import InterpError
-from interp.loading.checkpoint import is_interp_checkpoint, load_checkpoint, save_checkpoint
+from interp.loading.checkpoint import check_finite, is_interp_checkpoint, load_checkpoint, save_checkpoint
 from interp.loading.hf import from_hf_model
 
 # The zoo lives beside the package in a source checkout (models/ is a data folder, not a package).
@@ -55,7 +55,9 @@ def load(source: Any = None, device: str | torch.device | None = None, tokenizer
             return model.to(device) if device is not None else model
         source = name
     if isinstance(source, torch.nn.Module):
-        return from_hf_model(source, tokenizer=tokenizer).to(device or next(source.parameters()).device)
+        model = from_hf_model(source, tokenizer=tokenizer)
+        check_finite(model.named_parameters(), type(source).__name__)
+        return model.to(device or next(source.parameters()).device)
     if not isinstance(source, (str, Path)):
         raise InterpError(f"load() takes a zoo name, a folder path or a transformers model; got {type(source).__name__}.")
     path = Path(source)
@@ -79,12 +81,17 @@ def load(source: Any = None, device: str | torch.device | None = None, tokenizer
 def _load_hf_folder(name_or_path: str, device, tokenizer):
     from transformers import AutoModelForCausalLM
 
+    if Path(name_or_path, "config.json").is_file():
+        from interp.io import read_json
+
+        read_json(Path(name_or_path, "config.json"))  # a broken file: one line, not transformers' tracebacks
     hf = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype="auto")
     if tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(Path(name_or_path, "tokenizer.json")))
     model = from_hf_model(hf, tokenizer=tokenizer)
+    check_finite(model.named_parameters(), name_or_path)
     return model.to(device) if device is not None else model
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from interp.errors import InterpError
@@ -17,12 +18,36 @@ CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json
 
 
 def is_interp_checkpoint(folder: Path) -> bool:
+    """Our checkpoint rather than a transformers folder: model.safetensors beside a config.json of ours
+    (an unreadable config.json also counts, so that loading it reports what is wrong with the file)."""
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         return False
     try:
-        return "d_model" in json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError:
-        return False
+        data = json.loads((folder / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return True
+    return isinstance(data, dict) and ("d_model" in data or "model_type" not in data)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or one clear error if it is empty, truncated or not safetensors."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # they name neither the file nor the fix
+        size = path.stat().st_size if path.exists() else 0
+        raise InterpError(f"{path}: cannot read the weights ({size} bytes; {str(e).strip() or type(e).__name__}); "
+                          "the file is empty, truncated or not safetensors — copy or save it again.") from None
+
+
+def check_finite(named_tensors, source: str) -> None:
+    """Refuse weights holding NaN or inf, naming the tensors: every analysis downstream would be silently nan."""
+    bad = []
+    for name, t in named_tensors:
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            bad.append(f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)")
+    if bad:
+        raise InterpError(f"{source}: non-finite weights (NaN or inf) in {', '.join(bad[:6])}"
+                          f"{' ...' if len(bad) > 6 else ''}; the checkpoint is corrupt — retrain or restore it.")
 
 
 def save_checkpoint(model: HookedDecoder, folder: str | Path, overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
@@ -87,6 +112,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device | None = None
         from interp.model.transformer import sinusoidal_table
 
         model.pos_embed.W_pos = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(cfg.torch_dtype)
-    load_state(model, load_file(str(folder / WEIGHTS)), str(folder / WEIGHTS))
+    state = read_weights(folder / WEIGHTS)
+    check_finite(state.items(), str(folder / WEIGHTS))
+    load_state(model, state, str(folder / WEIGHTS))
     model.eval()
     return model.to(device) if device is not None else model

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,17 @@ class DecoderConfig:
             raise InterpError(
                 f"config.json has fields DecoderConfig does not know: {unknown}. Known fields: {sorted(known)}."
             )
-        return cls(**data)
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise InterpError(f"config.json lacks the required fields {missing}; a complete config has "
+                              f"{required} (write one with model.save(folder)).")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:  # a field of the wrong type deep inside __post_init__
+            if isinstance(e, InterpError):
+                raise
+            raise InterpError(f"config.json has a field of the wrong type or value: {e}.") from None
 
     def save(self, path: str | Path) -> None:
         from interp.io import atomic_write_text
@@ -210,4 +220,10 @@ class DecoderConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "DecoderConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from interp.io import read_json
+
+        data = read_json(path)
+        try:
+            return cls.from_dict(data)
+        except InterpError as e:
+            raise InterpError(f"{path}: {e}") from None

@@ -437,9 +437,11 @@ class HookedDecoder(HookedRootModule):
     # --- text in, text out -----------------------------------------------------------------------
     def _need_tokenizer(self):
         if self.tokenizer is None:
+            where = (self.cfg.source or {}).get("path")
             raise InterpError(
-                "this model has no tokenizer attached, so it takes token ids only; pass a LongTensor [batch, pos], "
-                "or load a model folder with a tokenizer.json (interp.load(path))."
+                f"text given, but this model{f' ({where})' if where else ''} has no tokenizer (no tokenizer.json), so "
+                "it takes token ids only: pass a LongTensor [batch, pos], or put the tokenizer.json it was trained "
+                "with beside its weights."
             )
         return self.tokenizer
 

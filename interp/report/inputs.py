@@ -11,6 +11,7 @@ attach a byte tokenizer (token id = UTF-8 byte) so prompts still work and tokens
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -20,12 +21,15 @@ from interp.errors import InterpError
 __all__ = [
     "MAX_PROMPT_CHARS",
     "attach_byte_tokenizer",
+    "cap_count",
+    "check_device",
     "encode_prompt",
     "load_model",
     "model_label",
     "model_summary",
     "read_corpus",
     "read_prompts",
+    "resolve_index",
     "str_tokens",
 ]
 
@@ -47,11 +51,55 @@ def byte_tokenizer():
 
 
 def attach_byte_tokenizer(model):
-    """Give a tokenizer-less model with ``d_vocab >= 256`` a byte tokenizer (in place); returns the model."""
-    if getattr(model, "tokenizer", None) is None and int(model.cfg.d_vocab) >= 256:
+    """Give the random byte-level stand-in (``random-tiny``) its byte tokenizer (in place); returns the model.
+
+    Only that model: a trained checkpoint saved without its tokenizer.json would turn text into garbage ids
+    under a byte tokenizer, so it stays tokenizer-less and text input fails with a message saying so."""
+    if (getattr(model, "tokenizer", None) is None and int(model.cfg.d_vocab) >= 256
+            and str(model.cfg.name).startswith("random-tiny")):
         model.tokenizer = byte_tokenizer()
         model._interp_byte_tokenizer = True
     return model
+
+
+def check_device(device: str | None, flag: str = "--device") -> str | None:
+    """``device`` if this machine has it; otherwise one clear error (before any model is loaded)."""
+    if device is None or str(device).strip() == "":
+        return None
+    try:
+        dev = torch.device(str(device).strip())
+    except (RuntimeError, ValueError):
+        raise InterpError(f"{flag}: {device!r} is not a torch device; use cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InterpError(f"{flag} {device}: CUDA is not available here (torch {torch.__version__}, "
+                              f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InterpError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"numbered 0..{torch.cuda.device_count() - 1}.")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InterpError(f"{flag} {device}: Apple's MPS is not available on this machine; use --device cpu.")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise InterpError(f"{flag} {device}: interp runs on cpu, cuda or mps; given {dev.type!r}.")
+    return str(dev)
+
+
+def resolve_index(value: int | None, size: int, flag: str, what: str) -> int | None:
+    """A layer/head index as Python reads it (−1 = the last), returned non-negative so labels show the real
+    index; out of range is an error naming the range."""
+    if value is None:
+        return None
+    if not -size <= value < size:
+        raise InterpError(f"{flag}: must be in [{-size}, {size - 1}] (the model has {size} {what}); given {value}.")
+    return value % size
+
+
+def cap_count(value: int, limit: int, flag: str, what: str) -> int:
+    """``min(value, limit)``, saying so on stderr when it caps: a silently shorter table reads as a bug."""
+    if value > limit:
+        print(f"interp: note: {flag} {value} is more than the {limit} {what}; showing all {limit}.", file=sys.stderr)
+        return limit
+    return value
 
 
 def load_model(spec: str | Path | None = None, device: str | None = None):
@@ -60,6 +108,8 @@ def load_model(spec: str | Path | None = None, device: str | None = None):
     Unknown names and paths raise :class:`InterpError` (from ``interp.load``) naming what was given.
     """
     import interp
+
+    device = check_device(device)
 
     if isinstance(spec, str) and spec.strip().lower() in ("", "default"):
         spec = None
@@ -145,12 +195,7 @@ def encode_prompt(model, prompt: str, *, name: str = "prompt") -> torch.Tensor:
         raise InterpError(f"{name}: expected non-empty text; given {prompt!r}.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InterpError(f"{name}: at most {MAX_PROMPT_CHARS} characters; given {len(prompt)}.")
-    if getattr(model, "tokenizer", None) is None:
-        raise InterpError(
-            f"{name}: this model has no tokenizer and its vocabulary ({model.cfg.d_vocab}) is too small to read "
-            "text as bytes; load a model folder with a tokenizer.json."
-        )
-    tokens = model.to_tokens(prompt)
+    tokens = model.to_tokens(prompt)  # a model without a tokenizer says so (it takes token ids only)
     n_ctx = int(model.cfg.n_ctx)
     if tokens.shape[1] > n_ctx:
         raise InterpError(

@@ -14,11 +14,14 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
-
+from interp.argtypes import OneLineParser, finite_float, nonnegative_float, positive_int
 from interp.errors import InterpError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
 __all__ = [
     "PROBES",
@@ -59,16 +62,6 @@ class Probe:
 # argument helpers
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; given {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; given {v}")
-    return v
-
-
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -96,7 +89,7 @@ def _token_or_id(model, value: str | None, name: str):
 def _attention_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, default=None, help="show the pattern of this layer's --head")
     p.add_argument("--head", type=int, default=None, help="head to show (with --layer)")
-    p.add_argument("--top", type=_positive_int, default=3, help="most attended keys per query (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="most attended keys per query (default 3)")
     p.add_argument("--window", type=int, default=4, help="local-window role width (default 4)")
     p.add_argument("--repeats", choices=("random", "tokens"), default="random",
                    help="measure duplicate/induction roles on a repeated random sequence (default) or the prompt")
@@ -114,7 +107,10 @@ def _attention_run(model, tokens, prompt, args) -> ProbeOutput:
     if (args.layer is None) != (args.head is None):
         raise InterpError("--layer and --head go together: give both to see one head's pattern, or neither.")
     if args.layer is not None:
-        heads = [(args.layer, args.head)]
+        from interp.report.inputs import resolve_index
+
+        heads = [(resolve_index(args.layer, int(model.cfg.n_layers), "--layer", "layers"),
+                  resolve_index(args.head, int(model.cfg.n_heads), "--head", "heads per layer"))]
     else:
         notable = notable_heads(scores, 4)
         tables["notable_heads"] = notable
@@ -126,18 +122,22 @@ def _attention_run(model, tokens, prompt, args) -> ProbeOutput:
 
 
 def _neurons_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=_positive_int, default=10, help="neurons per ranking (default 10)")
+    p.add_argument("--k", type=positive_int, default=10, help="neurons per ranking (default 10)")
     p.add_argument("--position", type=int, default=-1, help="prompt position to explain (default -1, the last)")
     p.add_argument("--target", default=None, help="token (text or id) whose logit to explain (default: the prediction)")
     p.add_argument("--answers", type=int, default=3, help="top contributors whose answer tokens are listed (default 3)")
-    p.add_argument("--answer-k", type=_positive_int, default=8, help="answer tokens per neuron and sign (default 8)")
+    p.add_argument("--answer-k", type=positive_int, default=8, help="answer tokens per neuron and sign (default 8)")
 
 
 def _neurons_run(model, tokens, prompt, args) -> ProbeOutput:
-    from interp.analysis.neurons import neuron_answers, top_neurons
+    import pandas as pd
 
+    from interp.analysis.neurons import neuron_answers, top_neurons
+    from interp.report.inputs import cap_count
+
+    k = cap_count(args.k, int(model.cfg.n_layers * model.cfg.d_mlp), "--k", "MLP neurons")
     top = top_neurons(model, tokens, position=args.position, target=_token_or_id(model, args.target, "--target"),
-                      k=args.k)
+                      k=k)
     cols = ["rank", "layer", "neuron", "activation", "contribution", "target_token"]
     tables = {"by_contribution": top[top.ranked_by == "contribution"][cols].reset_index(drop=True),
               "by_activation": top[top.ranked_by == "activation"][cols].reset_index(drop=True)}
@@ -157,20 +157,22 @@ def _neurons_run(model, tokens, prompt, args) -> ProbeOutput:
 def _superposition_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sets", type=_str_list, default=["W_E", "W_U", "W_in", "W_out"],
                    help="direction sets, comma-separated (W_E,W_U,W_pos,W_in,W_gate,W_out,W_Q,W_K,W_V,W_O,OV,QK)")
-    p.add_argument("--max-pairs", type=_positive_int, default=20_000, help="pairs per set (exact below; default 20000)")
-    p.add_argument("--tolerance", type=float, default=1.0, help="'near-orthogonal' = within 90°±this (default 1)")
+    p.add_argument("--max-pairs", type=positive_int, default=20_000, help="pairs per set (exact below; default 20000)")
+    p.add_argument("--tolerance", type=nonnegative_float, default=1.0, help="'near-orthogonal' = within 90°±this (default 1)")
     p.add_argument("--center", action="store_true", help="subtract each set's mean vector first")
     p.add_argument("--toy", action="store_true", help="also train a toy model of superposition")
-    p.add_argument("--features", type=_positive_int, default=20, help="toy model: features (default 20)")
-    p.add_argument("--hidden", type=_positive_int, default=5, help="toy model: hidden dimensions (default 5)")
-    p.add_argument("--sparsity", type=float, default=0.9, help="toy model: P(feature is zero) in [0, 1) (default 0.9)")
-    p.add_argument("--steps", type=_positive_int, default=2000, help="toy model: Adam steps (default 2000)")
-    p.add_argument("--jl", type=float, nargs=2, metavar=("N_VECTORS", "EPS"), default=None,
+    p.add_argument("--features", type=positive_int, default=20, help="toy model: features (default 20)")
+    p.add_argument("--hidden", type=positive_int, default=5, help="toy model: hidden dimensions (default 5)")
+    p.add_argument("--sparsity", type=finite_float, default=0.9, help="toy model: P(feature is zero) in [0, 1) (default 0.9)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="toy model: Adam steps (default 2000)")
+    p.add_argument("--jl", type=finite_float, nargs=2, metavar=("N_VECTORS", "EPS"), default=None,
                    help="also print the Johnson-Lindenstrauss dimension for N vectors at distortion EPS")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
+    import pandas as pd
+
     from interp.analysis import superposition as sp
 
     stats = sp.direction_set_stats(model, sets=args.sets, max_pairs=args.max_pairs, seed=args.seed,
@@ -204,7 +206,7 @@ def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
 
 
 def _lens_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=_positive_int, default=3, help="top tokens per layer and position (default 3)")
+    p.add_argument("--k", type=positive_int, default=3, help="top tokens per layer and position (default 3)")
     p.add_argument("--target", default="final",
                    help="token to track: 'final' (the model's prediction), 'next' (the true next token) or an id")
     p.add_argument("--positions", type=int, nargs="+", default=None, metavar="POS",
@@ -215,7 +217,9 @@ def _lens_args(p: argparse.ArgumentParser) -> None:
 def _lens_run(model, tokens, prompt, args) -> ProbeOutput:
     from interp.analysis.logit_lens import logit_lens, summarize_lens
     from interp.report.figures import show_token
+    from interp.report.inputs import cap_count
 
+    args.k = cap_count(args.k, int(model.cfg.d_vocab), "--k", "tokens in the vocabulary")
     target = args.target
     if target not in ("final", "next"):
         if not target.lstrip("-").isdigit():
@@ -242,14 +246,14 @@ def _lens_run(model, tokens, prompt, args) -> ProbeOutput:
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=30, help="tokens to sample (default 30)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; >1 flattens (default 1)")
-    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--max-new-tokens", type=positive_int, default=30, help="tokens to sample (default 30)")
+    p.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0 = greedy; >1 flattens (default 1)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="keep the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="keep the smallest set with probability >= p")
     p.add_argument("--min-p", type=float, default=None, help="keep tokens with prob >= min_p × the best")
-    p.add_argument("--samples", type=_positive_int, default=3, help="continuations, seeds seed..seed+n-1 (default 3)")
+    p.add_argument("--samples", type=positive_int, default=3, help="continuations, seeds seed..seed+n-1 (default 3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=_positive_int, default=10, help="next-token candidates listed (default 10)")
+    p.add_argument("--k", type=positive_int, default=10, help="next-token candidates listed (default 10)")
 
 
 def next_token_table(model, tokens: torch.Tensor, k: int, temperature: float = 1.0, top_k=None, top_p=None,
@@ -259,6 +263,9 @@ def next_token_table(model, tokens: torch.Tensor, k: int, temperature: float = 1
     ``prob`` is the plain softmax; ``sampled_prob`` the distribution ``interp.generate.sample_next`` draws
     from (temperature, then ``filter_logits``); 0 for filtered-out tokens. Greedy (T=0) puts 1 on the best.
     """
+    import pandas as pd
+    import torch
+
     from interp.analysis._inputs import token_str
     from interp.generate import _check_sampling, filter_logits
 
@@ -279,6 +286,8 @@ def next_token_table(model, tokens: torch.Tensor, k: int, temperature: float = 1
 
 
 def _generate_run(model, tokens, prompt, args) -> ProbeOutput:
+    import pandas as pd
+
     from interp.generate import generate
 
     if args.max_new_tokens < 0:
@@ -287,7 +296,10 @@ def _generate_run(model, tokens, prompt, args) -> ProbeOutput:
     if args.max_new_tokens > room:
         raise InterpError(f"--max-new-tokens: the prompt leaves room for {room} tokens in n_ctx={model.cfg.n_ctx}; "
                           f"given {args.max_new_tokens}")
-    table = next_token_table(model, tokens, args.k, args.temperature, args.top_k, args.top_p, args.min_p)
+    from interp.report.inputs import cap_count
+
+    k = cap_count(args.k, int(model.cfg.d_vocab), "--k", "tokens in the vocabulary")
+    table = next_token_table(model, tokens, k, args.temperature, args.top_k, args.top_p, args.min_p)
     rows = []
     for i in range(args.samples):
         out = generate(model, tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -405,7 +417,7 @@ PROBES: dict[str, Probe] = {
 
 def build_parser(name: str, prog: str | None = None) -> argparse.ArgumentParser:
     probe = PROBES[name]
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog or f"probes/{name}.py",
         description=f"{probe.summary}.",
         epilog=f"Example:\n  {probe.example}\n  interp probe {name} ... (same options)\n\n"
@@ -423,7 +435,7 @@ def build_parser(name: str, prog: str | None = None) -> argparse.ArgumentParser:
     io.add_argument("--csv", metavar="PATH", default=None, help="also write all tables as one CSV (prompt, table columns)")
     io.add_argument("--html", metavar="PATH", default=None, help="also write an offline HTML page of the tables")
     io.add_argument("--force", action="store_true", help="overwrite existing output files")
-    io.add_argument("--rows", type=_positive_int, default=25, help="rows per terminal table (default 25)")
+    io.add_argument("--rows", type=positive_int, default=25, help="rows per terminal table (default 25)")
     io.add_argument("--quiet", action="store_true", help="no terminal tables (files only)")
     opts = parser.add_argument_group(f"{name} options")
     probe.add_arguments(opts)
@@ -501,6 +513,7 @@ def print_tables(outputs: list[ProbeOutput], console=None, max_rows: int = 25) -
     Numbers never wrap: a table wider than the terminal is printed in parts (its key columns, such as
     ``layer`` or ``neuron``, repeated in each), and headers wrap between words.
     """
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
@@ -552,6 +565,8 @@ def outputs_json(name: str, model_desc: dict, outputs: list[ProbeOutput], option
 
 
 def outputs_csv(outputs: list[ProbeOutput]) -> str:
+    import pandas as pd
+
     frames = []
     for o in outputs:
         for tname, df in o.tables.items():
@@ -591,14 +606,14 @@ def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> i
     Errors in the input (:class:`InterpError`) print one line and return 2; Ctrl-C returns 130 and
     leaves no partial output file (files are written at the end, atomically).
     """
-    from interp.report.inputs import load_model, model_summary
-    from interp.report.output import check_writable, write_text
-
     if name not in PROBES:
         print(f"interp probe: error: unknown probe {name!r}; choose from {sorted(PROBES)}", file=sys.stderr)
         return 2
     parser = build_parser(name, prog)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and bad flags answer here, before torch is imported
+    from interp.report.inputs import load_model, model_summary
+    from interp.report.output import check_writable, write_text
+
     try:
         probe = PROBES[name]
         for flag in ("json", "csv", "html"):

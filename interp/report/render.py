@@ -494,12 +494,19 @@ def render_markdown(data: ReportData) -> str:
     return "\n".join(out)
 
 
+_SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
+
+
 def format_for(path: str | Path, fmt: str | None) -> str:
     """The output format: ``fmt`` if given, else from the file suffix (``.md`` -> md, otherwise html)."""
+    named = _SUFFIX_FORMATS.get(Path(str(path)).suffix.lower()) if path is not None else None
     if fmt is None:
-        fmt = "md" if path is not None and Path(path).suffix.lower() in (".md", ".markdown") else "html"
+        fmt = named or "html"
     if fmt not in FORMATS:
         raise InterpError(f"--format: must be one of {list(FORMATS)}; given {fmt!r}.")
+    if named is not None and named != fmt:
+        raise InterpError(f"--format {fmt} does not match --out {str(path)!r} (a {named} name): "
+                          f"use --format {named}, or an output name ending in .{'md' if fmt == 'md' else 'html'}.")
     return fmt
 
 

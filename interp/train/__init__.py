@@ -16,6 +16,7 @@ import json
 import sys
 import typing
 
+from interp.argtypes import OneLineParser
 from interp.train.data import BatchSchedule, TokenData, Windows, prepare, write_token_files
 from interp.train.trainer import TrainConfig, export_model, latest_checkpoint, lr_at, train
 
@@ -42,7 +43,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="interp train", description="Tokenize a corpus, train a model, export it.")
+    ap = OneLineParser(prog="interp train", description="Tokenize a corpus, train a model, export it.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="train/load a BPE tokenizer and write train.bin/val.bin/meta.json")
