@@ -538,7 +538,7 @@ def print_tables(outputs: list[ProbeOutput], console=None, max_rows: int = 25) -
             keys = [j for j, c in enumerate(names) if c in _KEY_COLUMNS][:3]
             groups = _column_groups(names, widths, keys, console.width)
             for part, group in enumerate(groups, 1):
-                title = name.replace("_", " ") + (f" ({part}/{len(groups)})" if len(groups) > 1 else "")
+                title = name + (f" ({part}/{len(groups)})" if len(groups) > 1 else "")  # the --json key
                 table = Table(title=title, title_justify="left", header_style="bold")
                 for j in group:  # exactly as wide as the widest value or header word: numbers never wrap
                     table.add_column(column_title(names[j]), justify="right" if numeric[j] else "left",
