@@ -8,6 +8,7 @@ The report is built for the default model (``interp.load()``), parsed back with 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -330,3 +331,19 @@ def test_shared_plotly_report_folder(data, tmp_path):
     assert a.stat().st_size < lib.stat().st_size / 2
     with pytest.raises(InterpError, match="--plotly"):
         write_report(data, tmp_path / "c.html", plotly="cdn")
+
+
+def test_report_cli_corpus_and_shared_plotly(tmp_path, monkeypatch):
+    from interp import cli
+    from interp.report.render import plotly_file_name
+
+    monkeypatch.chdir(tmp_path)
+    corpus = Path(__file__).parent / "fixtures" / "tiny_corpus.txt"
+    args = ["report", PROMPT, "--out", "r.html", "--plotly", "shared", "--corpus", str(corpus), "--max-pairs", "300",
+            "--neurons", "2", "--heads", "1", "--sets", "W_E", "--quiet"]
+    assert cli.main(args) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert (tmp_path / plotly_file_name()).is_file() and f'src="{plotly_file_name()}"' in page
+    assert "tiny_corpus.txt" in page and 'class="neuron-page"' in page
+    assert cli.main(["report", PROMPT, "--out", "x.html", "--corpus", "no-such.txt", "--quiet"]) == 2
+    assert cli.main(["report", PROMPT, "--out", "-", "--plotly", "shared", "--quiet"]) == 2

@@ -527,9 +527,11 @@ def write_report(data: ReportData, path: str | Path, fmt: str | None = None, for
         return write_text(path, render_markdown(data), force=force)
     if plotly == "inline":
         return write_text(path, render_html(data), force=force)
-    from interp.io import atomic_write_text
+    from interp.io import STDOUT, atomic_write_text, is_stream
     from interp.report.output import check_writable
 
+    if str(path) == STDOUT or is_stream(path):
+        raise InterpError("--plotly: 'shared' writes plotly.js beside the report; give --out a file, or use 'inline'.")
     target = check_writable(path, force)
     text = render_html(data, plotly_src=plotly_file_name())
     lib = target.parent / plotly_file_name()
