@@ -72,7 +72,7 @@ def models(lengths: list[int]):
 
             torch.manual_seed(0)
             big = HookedDecoder(DecoderConfig(d_vocab=256, n_ctx=max(512, n), d_model=128, n_layers=2, n_heads=4,
-                                              name="random-2l-bytes")).eval()
+                                              name="random-tiny-bytes-2l")).eval()
             out[n] = attach_byte_tokenizer(big)
     return out
 

@@ -31,7 +31,7 @@ def tiny_dir(tmp_path_factory):
     from interp.model.transformer import HookedDecoder
 
     torch.manual_seed(1)
-    cfg = DecoderConfig(d_vocab=256, n_ctx=48, d_model=32, n_layers=2, n_heads=2, name="dashboard-test")
+    cfg = DecoderConfig(d_vocab=256, n_ctx=48, d_model=32, n_layers=2, n_heads=2, name="random-tiny-dashboard")
     folder = tmp_path_factory.mktemp("dash") / "tiny"
     HookedDecoder(cfg).save(folder)
     return str(folder)
