@@ -64,7 +64,7 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 nav a{margin-right:1em} .prompt{background:#f6f8fa;padding:.6em 1em;border-left:4px solid #4c78a8;white-space:pre-wrap}
 table.data{border-collapse:collapse;margin:.8em 0;font-size:.9em} table.data th,table.data td{border:1px solid #ddd;
 padding:.25em .6em;text-align:left} table.data th{background:#f3f3f3} td.num{text-align:right;
-font-variant-numeric:tabular-nums} code{background:#f3f3f3;padding:0 .2em;white-space:pre}
+font-variant-numeric:tabular-nums;white-space:nowrap} code{background:#f3f3f3;padding:0 .2em;white-space:pre}
 .note{color:#555;font-size:.92em} .figure{margin:1em 0} footer{margin-top:3em;color:#777;font-size:.85em}
 .scroll{overflow-x:auto} .figure{overflow-x:auto}
 .neuron-page{border-top:1px solid #eee;margin-top:1.5em} .neuron-page h3{margin-bottom:.3em}
