@@ -302,3 +302,25 @@ def test_bad_model_path_shows_an_error(tiny_dir, path, needle):
     at.sidebar.text_input(key="model_path").set_value(path).run()
     assert not at.exception
     assert any(needle in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_long_prompt_position_windows(app, tiny):
+    """Past WINDOW tokens the token-axis figures show a window of positions that a slider moves."""
+    import json
+
+    long_prompt = "the cat sat on the mat and the dog sat on a log"  # 47 byte tokens (n_ctx 48)
+    app.sidebar.text_area(key="prompt").set_value(long_prompt).run()
+    _goto(app, "Attention")
+    app.slider(key="attn_window").set_value(44).run()
+    _ok(app)
+    spec = json.loads(next(c for c in app.get("plotly_chart") if c.key == "pattern").proto.spec)
+    assert spec["data"][0]["x"] == list(range(4, 44))  # 40 positions ending before 44
+    ticks = spec["layout"]["xaxis"]["ticktext"]
+    assert len(ticks) == 40 and ticks[0].endswith("<sub>4</sub>")
+    _goto(app, "Logit lens")
+    app.slider(key="lens_window").set_value(30).run()
+    _ok(app)
+    spec = json.loads(next(c for c in app.get("plotly_chart") if c.key == "lens_grid").proto.spec)
+    assert spec["data"][0]["x"] == list(range(12, 30))
+    app.sidebar.text_area(key="prompt").set_value(PROMPT).run()
+    _ok(app)
