@@ -26,14 +26,15 @@ LOCAL = "Local folder…"
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """A small checkpoint without a tokenizer (d_vocab 256: the dashboard reads text as bytes)."""
+    """A small checkpoint whose tokenizer.json is the byte tokenizer (d_vocab 256: text is read as bytes)."""
     from interp.model.config import DecoderConfig
     from interp.model.transformer import HookedDecoder
+    from interp.report.inputs import byte_tokenizer
 
     torch.manual_seed(1)
-    cfg = DecoderConfig(d_vocab=256, n_ctx=48, d_model=32, n_layers=2, n_heads=2, name="random-tiny-dashboard")
+    cfg = DecoderConfig(d_vocab=256, n_ctx=48, d_model=32, n_layers=2, n_heads=2, name="dashboard-test")
     folder = tmp_path_factory.mktemp("dash") / "tiny"
-    HookedDecoder(cfg).save(folder)
+    HookedDecoder(cfg, tokenizer=byte_tokenizer()).save(folder)
     return str(folder)
 
 

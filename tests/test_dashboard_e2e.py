@@ -88,8 +88,10 @@ def model_dir(tmp_path_factory):
 
     torch.manual_seed(2)
     folder = tmp_path_factory.mktemp("e2e") / "tiny"
-    HookedDecoder(DecoderConfig(d_vocab=256, n_ctx=512, d_model=32, n_layers=2, n_heads=2, name="random-tiny-e2e")
-                  ).save(folder)
+    from interp.report.inputs import byte_tokenizer
+
+    HookedDecoder(DecoderConfig(d_vocab=256, n_ctx=512, d_model=32, n_layers=2, n_heads=2, name="e2e-tiny"),
+                  tokenizer=byte_tokenizer()).save(folder)
     return folder
 
 

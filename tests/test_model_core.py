@@ -651,8 +651,9 @@ def test_unknown_hook_name_in_names_filter(small):
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        ({"temperature": -0.5}, r"temperature must be >= 0.*-0.5"),
-        ({"temperature": float("nan")}, r"temperature must be >= 0.*nan"),
+        ({"temperature": -0.5}, r"temperature must be finite and >= 0.*-0.5"),
+        ({"temperature": float("nan")}, r"temperature must be finite and >= 0.*nan"),
+        ({"temperature": float("inf")}, r"temperature must be finite and >= 0.*inf"),
         ({"top_k": 0}, r"top_k must be a positive integer.*0"),
         ({"top_k": 2.5}, r"top_k must be a positive integer.*2.5"),
         ({"top_p": 0.0}, r"top_p must be in \(0, 1\].*0.0"),
