@@ -413,7 +413,7 @@ def _parse_neuron(model, text: str):
 def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, top: pd.DataFrame) -> None:
     """Neuronpedia-style: the prompt shaded by the activation, top examples over a corpus, histogram, answers."""
     from interp.report.inputs import read_corpus
-    from interp.report.widgets import token_shading
+    from interp.report.widgets import neuron_examples, token_shading
 
     model = get_model(spec)
     acts = prompt_activations(spec, prompt, layer, neuron)
@@ -463,16 +463,9 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     prof = layer_profiles(spec, name, text, layer, int(max_tokens))
     ex = prof.examples[prof.examples.neuron == neuron]
     stats = prof.stats[prof.stats.neuron == neuron].iloc[0]
-    scale = float(max(abs(stats["max"]), abs(stats["min"]), 1e-12))
-    lines = []
-    for rank, g in ex.groupby("rank", sort=True):
-        trig = g[g.is_trigger].iloc[0]
-        lines.append(f'<div class="note">#{rank} · activation {trig.activation:.3f}</div>'
-                     + token_shading(g.token.tolist(), g.activation.tolist(), scale=scale,
-                                     trigger=int(g.is_trigger.to_numpy().argmax())))
     left, right = st.columns([3, 2])
     with left:
-        html_block("".join(lines))
+        html_block(neuron_examples(ex, stats))
         st.session_state["examples"] = ex  # what the page shows (tests read it back)
     with right:
         import plotly.graph_objects as go

@@ -277,7 +277,7 @@ def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None =
 
 def _neuron_pages(data: ReportData) -> str:
     """One page per neuron the tables name: examples over the corpus, histogram, answers, the prompt."""
-    from interp.report.widgets import svg_histogram, token_shading
+    from interp.report.widgets import neuron_examples, svg_histogram, token_shading
 
     esc = html.escape
     prof = data.neuron_profiles
@@ -305,17 +305,9 @@ def _neuron_pages(data: ReportData) -> str:
         if prof is not None:
             ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
             st = prof.stats[(prof.stats.layer == layer) & (prof.stats.neuron == neuron)].iloc[0]
-            scale = float(max(abs(st["max"]), abs(st["min"]), 1e-12))
-            lines = []
-            for rank, g in ex.groupby("rank", sort=True):
-                trig = g[g.is_trigger].iloc[0]
-                lines.append(f'<div class="note">#{rank} · activation {trig.activation:.3f} · doc {trig.doc}, '
-                             f"position {trig.position}</div>"
-                             + token_shading(g.token.tolist(), g.activation.tolist(), scale=scale,
-                                             trigger=int(g.is_trigger.to_numpy().argmax())))
             h = prof.histogram[(prof.histogram.layer == layer) & (prof.histogram.neuron == neuron)]
             edges = [*h.bin_left.tolist(), float(h.bin_right.iloc[-1])]
-            body.append('<div class="cols"><div>' + "".join(lines) + "</div>"
+            body.append('<div class="cols"><div>' + neuron_examples(ex, st) + "</div>"
                         + svg_histogram(h["count"].tolist(), edges,
                                         title=f"activation over {int(st.n_tokens):,} tokens: mean {st['mean']:.3f}, "
                                               f"{st.frac_positive:.1%} positive")

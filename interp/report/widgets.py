@@ -23,8 +23,8 @@ import pandas as pd
 
 from interp.report.figures import show_token
 
-__all__ = ["WIDGET_CSS", "attention_view", "decode_attention_data", "encode_patterns", "svg_histogram",
-           "token_shading"]
+__all__ = ["WIDGET_CSS", "attention_view", "decode_attention_data", "encode_patterns", "neuron_examples",
+           "svg_histogram", "token_shading"]
 
 _ids = count()
 
@@ -159,6 +159,22 @@ def token_shading(tokens: list[str], values, scale: float | None = None, trigger
         spans.append(f'<span class="{cls}" data-value="{v!r}" title="{v:.3f}" style="background:{_shade(v, scale)}">'
                      f"{html.escape(show_token(t))}</span>")
     return f'<div class="act-line">{"".join(spans)}</div>'
+
+
+def neuron_examples(examples: pd.DataFrame, stats) -> str:
+    """A neuron's top examples (``NeuronProfiles.examples`` rows of one neuron), one shaded line per rank.
+
+    ``stats`` is the neuron's ``NeuronProfiles.stats`` row: its largest |activation| is full colour.
+    """
+    scale = float(max(abs(stats["max"]), abs(stats["min"]), 1e-12))
+    lines = []
+    for rank, g in examples.groupby("rank", sort=True):
+        trig = g[g.is_trigger].iloc[0]
+        lines.append(f'<div class="note">#{rank} · activation {trig.activation:.3f} · doc {trig.doc}, '
+                     f"position {trig.position}</div>"
+                     + token_shading(g.token.tolist(), g.activation.tolist(), scale=scale,
+                                     trigger=int(g.is_trigger.to_numpy().argmax())))
+    return "".join(lines)
 
 
 def svg_histogram(counts, edges, width: int = 320, height: int = 90, title: str = "") -> str:
