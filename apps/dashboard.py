@@ -146,11 +146,79 @@ def toy_model(n_features: int, d_hidden: int, sparsity: float, importance: float
                            steps=steps, seed=seed, batch_size=256)
 
 
+@st.cache_resource(show_spinner="Loading the SAE…", max_entries=4)
+def get_sae(path: str):
+    from interp.analysis.sae import load_sae
+
+    return load_sae(Path(path).expanduser())
+
+
+@st.cache_data(show_spinner="Reading features…", max_entries=32)
+def sae_prompt_features(spec: str, sae_path: str, prompt: str, k: int) -> pd.DataFrame:
+    from interp.analysis.sae import feature_activations
+
+    return feature_activations(get_model(spec), get_sae(sae_path), tokens_for(spec, prompt), k=k)
+
+
+@st.cache_data(show_spinner="Measuring decoder angles…", max_entries=8)
+def sae_angles(sae_path: str, max_pairs: int):
+    from interp.analysis.sae import decoder_angle_samples, decoder_orthogonality
+    from interp.analysis.superposition import random_angle_pdf
+
+    sae = get_sae(sae_path)
+    return (decoder_orthogonality(sae, max_pairs=max_pairs), decoder_angle_samples(sae, min(max_pairs, 5000)),
+            random_angle_pdf(sae.cfg.d_in, n_points=361))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def sae_logit_effects(spec: str, sae_path: str, feature: int, k: int) -> pd.DataFrame:
+    from interp.analysis.sae import feature_logit_effects
+
+    return feature_logit_effects(get_model(spec), get_sae(sae_path), feature, k=k)
+
+
+@st.cache_data(show_spinner="Scanning the corpus…", max_entries=16)
+def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int) -> pd.DataFrame:
+    from interp.analysis.sae import feature_top_contexts
+
+    model = get_model(spec)
+    docs = [model.to_tokens(d)[0].cpu() for d in corpus.split("\n") if d.strip()]  # bytes without a tokenizer
+    if not docs:
+        raise InterpError("corpus: give at least one non-empty line of text to scan.")
+    return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
+
+
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
 def lens(spec: str, prompt: str, k: int, target: str) -> pd.DataFrame:
     from interp.analysis.logit_lens import logit_lens
 
     return logit_lens(get_model(spec), tokens_for(spec, prompt), k=k, target=target)
+
+
+@st.cache_data(show_spinner="Patching…", max_entries=16)
+def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, wrong: str | None, where: str):
+    """Head and layer x position patching + DLA of the clean prompt. Without ``corrupted``: the prompt
+    followed by its own first half, corrupted at the copied token (an induction task)."""
+    from interp.analysis import causal
+
+    model = get_model(spec)
+    if corrupted is None:
+        pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+        clean, bad, ans, wr = pair.clean, pair.corrupted, pair.answer, pair.wrong
+    else:
+        clean, bad = tokens_for(spec, prompt), tokens_for(spec, corrupted)
+        ans, wr = [int(x) if x.lstrip("-").isdigit() else x for x in (answer or "", wrong or "")]
+        if ans == "" or wr == "":
+            raise InterpError("answer and wrong: give the clean prompt's answer and the corrupted prompt's answer "
+                              "(one token each, text or id).")
+    heads = causal.activation_patching(model, clean, bad, where="z", by_position=False, answer=ans, wrong=wr)
+    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr)
+    dla = causal.direct_logit_attribution(model, clean, ans, wr)
+    from interp.report.inputs import str_tokens
+
+    info = {"tokens": str_tokens(model, clean), "clean": heads.attrs["clean"], "corrupted": heads.attrs["corrupted"],
+            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad)}
+    return heads, grid, dla, info
 
 
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
@@ -176,6 +244,17 @@ def show(df: pd.DataFrame, key: str | None = None, **kwargs) -> None:
         if c in _TOKEN_COLUMNS and not pd.api.types.is_numeric_dtype(view[c]):
             view[c] = view[c].map(lambda s: show_token(s) if isinstance(s, str) else s)
     st.dataframe(view, hide_index=True, key=key, **kwargs)
+
+
+def show_answers(ans: pd.DataFrame, key: str, raises: str) -> None:
+    """A ``neuron_answers``-shaped frame side by side: the tokens raised and the tokens lowered."""
+    a1, a2 = st.columns(2)
+    with a1:
+        st.caption(raises)
+        show(ans[ans.direction == "top"][["rank", "token", "token_id", "logit"]], key=f"{key}_top")
+    with a2:
+        st.caption("tokens it lowers")
+        show(ans[ans.direction == "bottom"][["rank", "token", "token_id", "logit"]], key=f"{key}_bottom")
 
 
 def plot(fig, key: str) -> None:
@@ -427,13 +506,7 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), trigger=pos))
 
     ans = neuron_answers(spec, layer, neuron, 10)
-    a1, a2 = st.columns(2)
-    with a1:
-        st.caption("tokens it raises (centred logit per unit activation)")
-        show(ans[ans.direction == "top"][["rank", "token", "token_id", "logit"]], key="answers_top")
-    with a2:
-        st.caption("tokens it lowers")
-        show(ans[ans.direction == "bottom"][["rank", "token", "token_id", "logit"]], key="answers_bottom")
+    show_answers(ans, "answers", "tokens it raises (centred logit per unit activation)")
 
     st.markdown("**Top-activating examples**")
     heldout = read_corpus(model, "default")
@@ -559,6 +632,64 @@ def page_superposition(spec: str, prompt: str) -> None:
                "dims keeps within 1±ε.")
 
 
+def page_sae(spec: str, prompt: str) -> None:
+    from interp.report.figures import angle_histogram
+
+    model = get_model(spec)
+    path = st.text_input("SAE folder (SAELens layout: cfg.json + sae_weights.safetensors)", "", key="sae_path",
+                         placeholder="runs/sae  (make one with: interp sae train --out runs/sae)").strip()
+    if not path:
+        st.info("Enter the folder of a sparse autoencoder trained on this model (`interp sae train`), or of "
+                "one saved by SAELens.")
+        return
+    if not Path(path).expanduser().is_dir():
+        raise InterpError(f"SAE folder: {path!r} does not exist (or is not a folder) on this machine.")
+    sae = get_sae(path)
+    hook = sae.cfg.hook_name
+    if not hook or hook not in model.hook_dict:
+        raise InterpError(f"SAE folder: the SAE reads hook {hook!r}, which this model does not have.")
+    c = st.columns(4)
+    c[0].metric("architecture", sae.cfg.architecture + (f" (k={sae.cfg.k})" if sae.cfg.k else ""))
+    c[1].metric("latents", f"{sae.cfg.d_sae:,}")
+    c[2].metric("d_in", f"{sae.cfg.d_in:,}")
+    c[3].metric("hook", hook)
+
+    st.subheader("Features on the prompt")
+    feats = sae_prompt_features(spec, path, prompt, 5)
+    from interp.report.inputs import str_tokens
+
+    strs = str_tokens(model, tokens_for(spec, prompt))
+    pos = st.select_slider("position", list(range(len(strs))), len(strs) - 1, key="sae_pos",
+                           format_func=lambda i: f"{i}: {strs[i]!r}")
+    here = feats[feats.position == pos][["feature", "activation", "token"]].reset_index(drop=True)
+    show(here, key="sae_active")
+    if here.empty:
+        st.caption("no feature fires at this position")
+
+    st.subheader("One feature")
+    f1, f2 = st.columns(2)
+    default = int(here.feature.iloc[0]) if len(here) else 0
+    feature = int(f1.number_input("feature", 0, sae.cfg.d_sae - 1, default, key="sae_feature"))
+    k = int(f2.slider("tokens", 3, 30, 10, key="sae_logit_k"))
+    try:
+        show_answers(sae_logit_effects(spec, path, feature, k), "sae_logits",
+                     "tokens it raises (centred logit per unit activation)")
+    except InterpError as e:  # a hook that does not write to the residual stream has no logit effects
+        st.caption(str(e))
+    with st.expander("Top contexts: where does it fire?"):
+        corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="sae_corpus", height=150)
+        if st.button("Scan corpus", key="sae_scan"):
+            ctx = sae_top_contexts(spec, path, corpus, feature, 5)
+            show(ctx[["rank", "activation", "doc", "position", "token", "context"]], key="sae_contexts")
+            if ctx.empty:
+                st.caption("this feature does not fire on the corpus")
+
+    st.subheader("Decoder directions vs random")
+    stats, samples, pdf = sae_angles(path, 20_000)
+    plot(angle_histogram(samples, pdf, "W_dec"), key="sae_angles")
+    show(stats, key="sae_orthogonality")
+
+
 def page_lens(spec: str, prompt: str) -> None:
     from interp.analysis.logit_lens import summarize_lens
     from interp.report.figures import final_prob_by_layer, lens_grid_heatmap
@@ -585,10 +716,44 @@ def page_lens(spec: str, prompt: str) -> None:
                                  "target_rank"]], key="lens_cells")
 
 
+def page_patching(spec: str, prompt: str) -> None:
+    from interp.report.figures import dla_bar, head_patching_heatmap, patching_heatmap, show_token
+
+    c1, c2 = st.columns(2)
+    mode = c1.radio("pair", ["induction (prompt repeated)", "custom corrupted prompt"], key="patch_mode",
+                    help="induction: the prompt followed by its first half; the corrupted run changes the token "
+                         "the repeat should copy")
+    where = c2.selectbox("layer × position sweep of", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"],
+                         key="patch_where")
+    corrupted = answer = wrong = None
+    if mode.startswith("custom"):
+        corrupted = st.text_input("corrupted prompt (same number of tokens)", key="patch_corrupted")
+        c3, c4 = st.columns(2)
+        answer = c3.text_input("answer (clean)", key="patch_answer")
+        wrong = c4.text_input("wrong answer (corrupted)", key="patch_wrong")
+        if not corrupted:
+            st.info("Enter a corrupted prompt, the clean answer and the corrupted answer.")
+            return
+    heads, grid, dla, info = patching(spec, prompt, corrupted, answer, wrong, where)
+    st.caption(f"Metric: logit difference {show_token(info['answer'])!r} − {show_token(info['wrong'])!r} at the last "
+               f"position: clean {info['clean']:.3f}, corrupted {info['corrupted']:.3f}. normalised: 0 = corrupted, "
+               "1 = clean.")
+    st.code("clean:     " + "".join(info["tokens"]) + "\ncorrupted: " + "".join(info["corrupted_tokens"]),
+            language=None)
+    plot(head_patching_heatmap(heads), key="patch_heads")
+    plot(patching_heatmap(grid, info["tokens"], title=f"Patching {where}: layer × position"), key="patch_grid")
+    plot(dla_bar(dla), key="dla")
+    top = dla.reindex(dla.contribution.abs().sort_values(ascending=False, kind="stable").index).head(15)
+    show(top[["component", "kind", "layer", "head", "neuron", "contribution"]], key="dla_table")
+    with st.expander("Tables"):
+        show(heads, key="patch_heads_table")
+        show(grid, key="patch_grid_table")
+
+
 def page_report(spec: str, prompt: str) -> None:
     st.subheader("HTML report")
     st.write("One self-contained file (opens offline) with every section: model, tokenization, next token, "
-             "logit lens, attention, neurons, superposition.")
+             "logit lens, attention, neurons, superposition, patching.")
     if st.button("Build report", key="build_report"):
         st.session_state["report_for"] = (spec, prompt)
     if st.session_state.get("report_for") == (spec, prompt):
@@ -603,7 +768,8 @@ def page_report(spec: str, prompt: str) -> None:
 
 # The page registry, in sidebar order: a new page is one function and one entry here.
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
-          "Superposition": page_superposition, "Logit lens": page_lens, "Report": page_report}
+          "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
+          "Patching": page_patching, "Report": page_report}
 PAGES = tuple(RENDER)
 
 

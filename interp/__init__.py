@@ -18,13 +18,15 @@ _LAZY = {
     "zoo_models": "interp.loading",
     "DecoderConfig": "interp.model.config",
     "HookedDecoder": "interp.model.transformer",
+    "estimate_memory": "interp.model.memory",
 }
 
-__all__ = ["DecoderConfig", "HookedDecoder", "InterpError", "load", "zoo_models"]
+__all__ = ["DecoderConfig", "HookedDecoder", "InterpError", "estimate_memory", "load", "zoo_models"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from interp.loading import load, zoo_models
     from interp.model.config import DecoderConfig
+    from interp.model.memory import estimate_memory
     from interp.model.transformer import HookedDecoder
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from interp.argtypes import OneLineParser, nonnegative_float, positive_int
+from interp.argtypes import OneLineParser, nonnegative_float, nonnegative_int, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (apps/, benchmarks/, models/ live here)
 DASHBOARD = ROOT / "apps" / "dashboard.py"
@@ -237,18 +237,39 @@ def _train(args) -> int:
     return train_main(args.rest)
 
 
+def _add_delegate(sub, name: str, help: str, description: str, examples: tuple, rest: str, func) -> None:
+    """A subcommand whose arguments all go to another module's own parser (``interp NAME COMMAND ...``)."""
+    p = sub.add_parser(name, help=help, formatter_class=_RAW, description=description, epilog=_examples(*examples))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=rest)
+    p.set_defaults(func=func)
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="tokenize a corpus, train a model, export it to the zoo (interp.train)", formatter_class=_RAW,
-        description="Training, delegated to interp.train: `prepare` (tokenizer + token files), `fit` (train or "
-                    "resume), `export` (write a model folder). `interp train COMMAND --help` lists each "
-                    "command's options.",
-        epilog=_examples(
-            "interp train prepare data/corpus/corpus.jsonl --tokenizer data/tokenizer.json --out data/tokens",
-            "interp train fit --data data/tokens --out runs/demo --steps 2000 --d-model 128 --positional rotary",
-            "interp train export runs/demo --to models/my-model"))
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for interp.train (prepare | fit | export ...)")
-    p.set_defaults(func=_train)
+    _add_delegate(
+        sub, "train", "tokenize a corpus, train a model, export it to the zoo (interp.train)",
+        "Training, delegated to interp.train: `prepare` (tokenizer + token files), `fit` (train or resume), "
+        "`export` (write a model folder). `interp train COMMAND --help` lists each command's options.",
+        ("interp train prepare data/corpus/corpus.jsonl --tokenizer data/tokenizer.json --out data/tokens",
+         "interp train fit --data data/tokens --out runs/demo --steps 2000 --d-model 128 --positional rotary",
+         "interp train export runs/demo --to models/my-model"),
+        "arguments for interp.train (prepare | fit | export ...)", _train)
+
+
+def _sae(args) -> int:
+    from interp.report.sae import main as sae_main
+
+    return sae_main(args.rest)
+
+
+def _add_sae(sub) -> None:
+    _add_delegate(
+        sub, "sae", "sparse autoencoders: train, eval, features (interp.analysis.sae)",
+        "Sparse autoencoders on a hook's activations (TopK, ReLU+L1, JumpReLU; SAELens' format): `train` "
+        "(checkpoints resume, --time-budget), `eval` (L0, variance explained, CE loss recovered, dead/dense "
+        "latents), `features` (top contexts, logit effects). `interp sae COMMAND --help` lists each command's options.",
+        ("interp sae train --out runs/sae --time-budget 540", "interp sae eval --sae runs/sae",
+         "interp sae features --sae runs/sae --feature 3 17"),
+        "train | eval | features and their options", _sae)
 
 
 def _benchmarks() -> list[str]:
@@ -355,6 +376,136 @@ def _add_models(sub) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# scan: corpus-scale scans, one process or many (torchrun)
+
+
+def _scan_model(args):
+    from interp.data.distributed import init_from_env
+    from interp.report.inputs import attach_byte_tokenizer, check_device, load_model
+
+    check_device(args.device)
+    init_from_env()  # under torchrun: one rank per process (gloo on CPU, NCCL on GPU)
+    device = args.device
+    if device is None and os.environ.get("LOCAL_RANK") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+    if args.device_map is not None:
+        import interp
+
+        model = interp.load(args.model, device_map=args.device_map, offload_folder=args.offload_folder).eval()
+        return attach_byte_tokenizer(model)
+    return load_model(args.model, device=device)
+
+
+def _scan_corpus(args):
+    from interp.data import Corpus
+    from interp.errors import InterpError
+
+    if not Path(args.corpus).exists():
+        raise InterpError(f"corpus: no such file or folder {args.corpus!r}")
+    return Corpus.from_path(args.corpus, text_field=args.text_field, doc_sep=args.doc_sep)
+
+
+def _scan(args) -> int:
+    from interp.data.distributed import is_main
+    from interp.errors import InterpError
+
+    out = Path(args.out)
+    if args.kind == "neurons" and (out / "meta.json").exists() and not args.force:
+        raise InterpError(f"--out: {str(out)!r} holds a finished scan; pass --force to replace it (an identical "
+                          "scan is then loaded from there)")
+    if args.kind == "stats":
+        from interp.report.output import check_writable
+
+        check_writable(out, args.force)
+        if out.suffix not in (".csv", ".json", ".parquet"):
+            raise InterpError(f"--out: the statistics table is written as .csv, .json or .parquet; given {str(out)!r}")
+    if args.kind == "activations" and (out / "manifest.json").exists() and not args.force:
+        raise InterpError(f"--out: {str(out)!r} holds an activation dataset; pass --force to replace it")
+    model, corpus = _scan_model(args), _scan_corpus(args)
+    overlap = args.overlap if args.overlap is not None else (args.seq_len or int(model.cfg.n_ctx)) // 4
+    common = {"seq_len": args.seq_len, "overlap": overlap, "batch_size": args.batch_size,
+              "shard_docs": args.shard_docs, "progress": not args.quiet}
+    if args.kind == "neurons":
+        from interp.analysis.neurons import scan_top_contexts
+
+        df = scan_top_contexts(model, corpus, layers=args.layers, k=args.k, window=args.window, after=args.after,
+                               cache_path=out, **common)
+        if is_main() and not args.quiet:
+            best = df[df["rank"] == 0].sort_values("activation", ascending=False).head(args.show)
+            print(best[["layer", "neuron", "activation", "doc", "position", "context"]].to_string(index=False))
+            print(f"wrote {out} ({len(df)} rows: top {args.k} contexts of {df.groupby(['layer', 'neuron']).ngroups} "
+                  "neurons)")
+    elif args.kind == "activations":
+        from interp.data import write_activation_dataset
+
+        ds = write_activation_dataset(model, corpus, args.hooks, out, dtype=args.dtype, overwrite=args.force, **common)
+        if is_main() and not args.quiet:
+            print(f"wrote {out}: {len(ds)} rows x hooks {ds.hooks} in {ds.n_shards} shards")
+    else:
+        from interp.data import activation_stats
+        from interp.io import atomic_path
+
+        table = activation_stats(model, corpus, args.hooks, checkpoint_dir=out.parent / f".{out.name}.partial",
+                                 **common)
+        if is_main():
+            with atomic_path(out) as tmp:
+                {".csv": lambda: table.to_csv(tmp, index=False), ".json": lambda: table.to_json(tmp, orient="records"),
+                 ".parquet": lambda: table.to_parquet(tmp, index=False)}[out.suffix]()
+            import shutil
+
+            shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
+            if not args.quiet:
+                print(f"wrote {out}: {len(table)} features, {int(table['count'].iloc[0])} tokens")
+    return 0
+
+
+def _add_scan(sub) -> None:
+    p = sub.add_parser(
+        "scan", help="corpus-scale scans: neuron top contexts, activation datasets, statistics (torchrun-ready)",
+        formatter_class=_RAW,
+        description="Stream a corpus (a text/JSONL/Parquet file, a folder of them, or a saved datasets folder) "
+                    "through the model in windows that never cross a document boundary. `neurons` finds every "
+                    "MLP neuron's top-k contexts; `activations` writes an activation dataset (sharded "
+                    "safetensors + manifest.json, read with interp.data.ActivationDataset); `stats` writes "
+                    "per-feature mean/std/min/max. An interrupted scan resumes when rerun with the same --out. "
+                    "Under `torchrun --nproc-per-node N -m interp scan ...` each process scans every N-th shard "
+                    "and rank 0 writes the merged result (the same as one process).",
+        epilog=_examples("interp scan neurons models/docs-bible-austen-2l/heldout.txt --out scans/neurons",
+                         "torchrun --nproc-per-node 2 -m interp scan neurons corpus/ --out scans/neurons",
+                         "interp scan activations corpus.jsonl --hooks resid_post --dtype float16 --out acts/",
+                         "interp scan stats corpus/ --hooks mlp.hook_post --out stats.csv"))
+    p.add_argument("kind", choices=("neurons", "activations", "stats"), help="what to compute")
+    p.add_argument("corpus", help="text / JSONL / Parquet file, a folder of them, or a saved datasets folder")
+    p.add_argument("--out", required=True, help="output folder (neurons, activations) or table file (stats)")
+    p.add_argument("--model", default=None, help="zoo name or model folder (default: the shipped model)")
+    p.add_argument("--device", default=None, help="torch device (default: CPU, or cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--device-map", default=None, help="place a model too large for one device: 'auto'")
+    p.add_argument("--offload-folder", default=None, help="where --device-map puts 'disk' weights")
+    p.add_argument("--text-field", default="text", help="JSONL/Parquet/datasets column with the text (default text)")
+    p.add_argument("--doc-sep", default=None, help="split text files into documents at this string (e.g. '\n\n')")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="window length (default: the model's n_ctx)")
+    p.add_argument("--overlap", type=nonnegative_int, default=None,
+                   help="context tokens each later window of a long document repeats (default seq_len/4)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--shard-docs", type=positive_int, default=64, help="documents per shard: the unit of work and resume (default 64)")
+    p.add_argument("--layers", type=positive_int, nargs="+", default=None, help="neurons: layers to scan (default all)")
+    p.add_argument("--k", type=positive_int, default=10, help="neurons: contexts per neuron (default 10)")
+    p.add_argument("--window", type=nonnegative_int, default=10, help="neurons: tokens shown before the trigger")
+    p.add_argument("--after", type=nonnegative_int, default=3, help="neurons: tokens shown after the trigger")
+    p.add_argument("--show", type=positive_int, default=10, help="neurons: strongest neurons printed (default 10)")
+    p.add_argument("--hooks", nargs="+", default=["resid_post"],
+                   help="activations/stats: hook names or per-block suffixes (default resid_post)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="activations: stored dtype (default float32)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_scan)
+
+
+# ----------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                          'interp probe attention "When Mary and John went to the store, John gave"',
                          "interp dashboard", "interp models") + "\n\n`interp COMMAND --help` for each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_bench, _add_models):
+    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_sae, _add_scan,
+                _add_bench, _add_models):
         add(sub)
     return parser
 
@@ -375,11 +527,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # `interp probe NAME --help`, `interp train fit --help`, `interp bench NAME --help`: the delegate's own help.
-    if len(argv) >= 2 and argv[0] in ("probe", "train", "bench") and argv[1] not in ("-h", "--help"):
+    if len(argv) >= 2 and argv[0] in ("probe", "train", "sae", "bench") and argv[1] not in ("-h", "--help"):
         ns = argparse.Namespace(command=argv[0], name=argv[1], rest=argv[2:])
-        if argv[0] == "train":
+        if argv[0] in ("train", "sae"):
             ns.rest = argv[1:]
-        func = {"probe": _probe, "train": _train, "bench": _bench}[argv[0]]
+        func = {"probe": _probe, "train": _train, "sae": _sae, "bench": _bench}[argv[0]]
     else:
         ns = build_parser().parse_args(argv)
         func = ns.func

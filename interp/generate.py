@@ -65,13 +65,29 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+def penalize_frequency(logits: torch.Tensor, tokens: torch.Tensor, freq_penalty: float,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Subtract ``freq_penalty`` × (times each token already occurs in the row) from ``logits`` [batch, vocab]
+    (TransformerLens' frequency penalty); padding (mask 0) is not counted."""
+    weights = None if mask is None else mask.to(logits.dtype)
+    counts = torch.zeros_like(logits).scatter_add_(
+        -1, tokens, torch.ones_like(tokens, dtype=logits.dtype) if weights is None else weights)
+    return logits - freq_penalty * counts
+
+
 @torch.no_grad()
 def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, min_p: float | None = None, seed: int | None = 0,
-             stop_at_eos: bool = True, eos_token_id: int | None = None, use_kv_cache: bool = True) -> torch.Tensor:
+             stop_at_eos: bool = True, eos_token_id: int | None = None, use_kv_cache: bool = True,
+             freq_penalty: float = 0.0, attention_mask: torch.Tensor | None = None,
+             verbose: bool = False) -> torch.Tensor:
     """Continue ``tokens`` (text or LongTensor [batch, pos]) by up to ``max_new_tokens`` sampled tokens.
 
     Returns the prompt plus the continuation, [batch, pos + new]; rows that hit EOS are padded with EOS.
+    ``attention_mask`` [batch, pos] (1 = real token) marks left padding of a batch of prompts of different
+    lengths; every row then continues from its own last token. ``freq_penalty`` (sampling only, as in
+    TransformerLens) lowers the logit of each token by ``freq_penalty`` per earlier occurrence in the row.
+    ``model.generate`` is the TransformerLens-style method built on this function.
 
     >>> import interp
     >>> model = interp.load()
@@ -82,6 +98,8 @@ def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, 
     _check_sampling(temperature, top_k, top_p, min_p)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise InterpError(f"max_new_tokens must be a non-negative integer; got {max_new_tokens!r}.")
+    if not freq_penalty >= 0:
+        raise InterpError(f"freq_penalty must be >= 0; got {freq_penalty}.")
     tokens = model._as_tokens(tokens)
     room = model.cfg.n_ctx - tokens.shape[1]
     if room < 0:
@@ -91,18 +109,28 @@ def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, 
             f"max_new_tokens={max_new_tokens} would run past the context: the prompt has {tokens.shape[1]} tokens "
             f"and n_ctx={model.cfg.n_ctx}, so at most {room} new tokens fit."
         )
+    mask = model._check_mask(attention_mask, tokens, 0)
     eos = eos_token_id if eos_token_id is not None else model.cfg.eos_token_id
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     step_input = tokens
-    for _ in range(max_new_tokens):
-        logits = model(step_input if use_kv_cache else tokens, kv_cache=cache)[:, -1]
+    steps = range(max_new_tokens)
+    if verbose:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="generate", leave=False)
+    for _ in steps:
+        logits = model(step_input if use_kv_cache else tokens, kv_cache=cache, attention_mask=mask)[:, -1]
+        if freq_penalty and temperature > 0:
+            logits = penalize_frequency(logits.float(), tokens, freq_penalty, mask)
         nxt = sample_next(logits, temperature, top_k, top_p, min_p, generator)
         if eos is not None and stop_at_eos:
             nxt = torch.where(finished, torch.full_like(nxt, eos), nxt)
             finished |= nxt == eos
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_input = nxt[:, None]
         if eos is not None and stop_at_eos and bool(finished.all()):
             break

@@ -89,7 +89,34 @@ def train_tokenizer(
     return tok
 
 
+def backend_tokenizer(tokenizer) -> Tokenizer:
+    """The `tokenizers.Tokenizer` doing the work: ``tokenizer`` itself, or the one a `transformers` fast
+    tokenizer wraps (``model.tokenizer`` is such a wrapper; see :func:`as_transformers_tokenizer`)."""
+    return getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+
+def as_transformers_tokenizer(tokenizer, bos_token_id: int | None = None, eos_token_id: int | None = None):
+    """Wrap a `tokenizers.Tokenizer` in `transformers`' ``PreTrainedTokenizerFast`` (what TransformerLens users
+    and its utilities call: ``tok(text)``, ``tok.decode(tensor, skip_special_tokens=True)``, ``bos_token_id``).
+
+    The special tokens are the ids the model's config names; as in TransformerLens, BOS falls back to EOS and
+    padding uses EOS. A `transformers` tokenizer (or None) is returned unchanged.
+    """
+    if tokenizer is None or not isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    def piece(i):
+        return tokenizer.id_to_token(int(i)) if i is not None else None
+
+    eos = piece(eos_token_id)
+    bos = piece(bos_token_id) or eos
+    special = {k: v for k, v in (("eos_token", eos), ("bos_token", bos), ("pad_token", eos)) if v is not None}
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, clean_up_tokenization_spaces=False, **special)
+
+
 def eos_id(tokenizer: Tokenizer) -> int:
+    tokenizer = backend_tokenizer(tokenizer)
     i = tokenizer.token_to_id(EOS_TOKEN)
     if i is None:
         raise InterpError(f"tokenizer has no {EOS_TOKEN!r} special token; train it with train_tokenizer().")
@@ -97,11 +124,11 @@ def eos_id(tokenizer: Tokenizer) -> int:
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
-    """Write tokenizer.json atomically."""
+    """Write tokenizer.json atomically (a `transformers` wrapper writes the tokenizer it wraps)."""
     from interp.io import atomic_write_text
 
     path = Path(path)
-    atomic_write_text(path, tokenizer.to_str(pretty=True))
+    atomic_write_text(path, backend_tokenizer(tokenizer).to_str(pretty=True))
     return path
 
 
@@ -116,16 +143,17 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 def encode(tokenizer: Tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` (no special tokens added)."""
-    return tokenizer.encode(text, add_special_tokens=False).ids
+    return backend_tokenizer(tokenizer).encode(text, add_special_tokens=False).ids
 
 
 def decode(tokenizer: Tokenizer, ids: Iterable[int]) -> str:
     """Exact inverse of :func:`encode` (special tokens are kept, so ``<|endoftext|>`` survives)."""
-    return tokenizer.decode(list(ids), skip_special_tokens=False)
+    return backend_tokenizer(tokenizer).decode(list(ids), skip_special_tokens=False)
 
 
 def encode_documents(tokenizer: Tokenizer, docs: Iterable[str], batch_size: int = 256) -> Iterator[list[int]]:
     """Token ids per document, encoded in batches (tokenizers parallelises a batch in Rust)."""
+    tokenizer = backend_tokenizer(tokenizer)
     batch: list[str] = []
     for doc in docs:
         batch.append(doc)
@@ -138,6 +166,7 @@ def encode_documents(tokenizer: Tokenizer, docs: Iterable[str], batch_size: int 
 
 def token_bytes(tokenizer: Tokenizer, token_id: int) -> bytes:
     """The raw bytes a token stands for (special tokens: their UTF-8 spelling)."""
+    tokenizer = backend_tokenizer(tokenizer)
     piece = tokenizer.id_to_token(int(token_id))
     if piece is None:
         raise InterpError(f"token_id must be in [0, {tokenizer.get_vocab_size() - 1}]; got {token_id}.")
@@ -254,6 +283,7 @@ def explain_tokenization(tokenizer: Tokenizer, text: str) -> pd.DataFrame:
     """
     if not isinstance(text, str):
         raise InterpError(f"text must be a str; got {type(text).__name__}.")
+    tokenizer = backend_tokenizer(tokenizer)
     enc = tokenizer.encode(text, add_special_tokens=False)
     # `tokenizers` reports offsets into the string; byte-level pieces of one character share it.
     raws = [token_bytes(tokenizer, tid) for tid in enc.ids]

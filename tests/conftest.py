@@ -11,6 +11,7 @@ weight from a correct mapping.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -177,3 +178,50 @@ def assert_close_to_scale(actual, expected, rtol: float = 1e-5, msg=None) -> Non
     actual = torch.as_tensor(actual)
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30), msg=msg)
+
+
+def triton_interpreter_tests(test_file: str, ready: bool):
+    """(autouse fixture, test_in_a_fresh_process) for a module that runs Triton kernels on the CPU.
+
+    TRITON_INTERPRET must be set before triton is first imported. When something in this process imported it
+    earlier (``ready`` False), the module's tests skip here and ``test_in_a_fresh_process`` runs the module
+    again in a new process with the variable set, asserting that it passes there."""
+
+    @pytest.fixture(autouse=True)
+    def needs_kernel_runtime(request):
+        if not ready and request.node.name != "test_in_a_fresh_process":
+            pytest.skip("triton was imported before TRITON_INTERPRET was set; test_in_a_fresh_process runs this")
+
+    def test_in_a_fresh_process():
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        if ready:
+            pytest.skip("the kernels run in this process")
+        root = Path(test_file).resolve().parents[1]
+        env = dict(os.environ, TRITON_INTERPRET="1",
+                   PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+                             capture_output=True, text=True, env=env, cwd=root, timeout=900, check=False)
+        assert res.returncode == 0, res.stdout[-4000:]
+
+    return needs_kernel_runtime, test_in_a_fresh_process
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Temporarily run torch on ``n`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny matmuls on a shared CPU are far slower with two (oversubscription)."""
+    with torch_threads(1):
+        yield

@@ -106,6 +106,7 @@ def test_report_default_model_writes_a_parsable_file_and_refuses_to_overwrite(tm
         (["probe", "attention", "hi", "--layer", "99", "--head", "0"], "layers"),
         (["probe", "neurons", "hi", "--target", "not one token"], "target"),
         (["probe", "logit_lens"], "give a prompt"),
+        (["probe", "patching", "--clean", "a b"], "--corrupted"),
         (["probe", "logit_lens", "hi", "--prompts", "/no/such/file.txt"], "--prompts"),
         (["bench", "no_such_benchmark"], "no benchmark"),
     ],
@@ -211,6 +212,28 @@ def test_attention_and_neurons_probes_match_the_analyzers(model, tmp_path):
     got = pd.DataFrame(res["by_contribution"])
     np.testing.assert_allclose(got.contribution.to_numpy(), ref[ref.ranked_by == "contribution"].contribution, rtol=1e-12)
     assert len(res["answers"]) == 4  # 2 raising + 2 lowering tokens of the top contributor
+
+
+def test_patching_probe_matches_the_analyzers(model, tmp_path):
+    """The README's induction example: L1H3 is the head that restores the copied name."""
+    from interp.analysis.causal import activation_patching, direct_logit_attribution
+
+    clean = "The letter from Jane was read aloud, and then the letter from"
+    corrupted = clean.replace("Jane", "Moses")
+    if len(model.to_tokens(clean)[0]) != len(model.to_tokens(corrupted)[0]):
+        pytest.skip("the default model's tokenizer splits the names differently")
+    res = _run_json(tmp_path, "patching", "--clean", clean, "--corrupted", corrupted, "--answer", " Jane",
+                    "--wrong", " Moses", "--top", "5")[0]["tables"]
+    kw = {"answer": " Jane", "wrong": " Moses"}
+    ref = activation_patching(model, clean, corrupted, where="z", by_position=False, **kw)
+    heads = pd.DataFrame(res["heads"])
+    np.testing.assert_allclose(heads.effect.to_numpy(), ref.effect.to_numpy(), rtol=1e-9)
+    if not getattr(model, "_interp_byte_tokenizer", False):
+        assert tuple(heads.loc[heads.normalised.idxmax(), ["layer", "head"]]) == (1, 3)
+    dla = pd.DataFrame(res["dla"])
+    want = direct_logit_attribution(model, clean, " Jane", " Moses").set_index("component").contribution
+    np.testing.assert_allclose(dla.contribution.to_numpy(), want[dla.component].to_numpy(), rtol=1e-9)
+    assert "layer_by_position" not in res and len(res["resid_pre"]) == 2 * len(model.to_tokens(clean)[0])
 
 
 def test_superposition_probe_weights_only(model, tmp_path):

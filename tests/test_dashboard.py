@@ -325,3 +325,35 @@ def test_long_prompt_position_windows(app, tiny):
     assert spec["data"][0]["x"] == list(range(12, 30))
     app.sidebar.text_area(key="prompt").set_value(PROMPT).run()
     _ok(app)
+
+
+def test_patching_page(app, tiny):
+    """The induction pair's head and layer x position sweeps and DLA equal the analyzers; a custom pair too."""
+    from interp.analysis.causal import activation_patching, direct_logit_attribution, repeated_text_pair
+
+    _goto(app, "Patching")
+    assert {"patch_heads", "patch_grid", "dla"} <= _charts(app)
+    pair = repeated_text_pair(tiny, encode_prompt(tiny, PROMPT))
+    kw = {"answer": pair.answer, "wrong": pair.wrong}
+    ref = activation_patching(tiny, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
+    shown = _frame(app, "head", "normalised")
+    np.testing.assert_allclose(shown.effect.to_numpy(), ref.effect.to_numpy(), rtol=1e-9)
+    grid = _frame(app, "position", "token", "normalised")
+    ref_grid = activation_patching(tiny, pair.clean, pair.corrupted, where="resid_pre", **kw)
+    np.testing.assert_allclose(grid.effect.to_numpy(), ref_grid.effect.to_numpy(), rtol=1e-9)
+    dla = _frame(app, "component", "contribution")
+    ref_dla = direct_logit_attribution(tiny, pair.clean, pair.answer, pair.wrong).set_index("component")
+    np.testing.assert_allclose(dla.contribution.to_numpy(), ref_dla.contribution[dla.component].to_numpy(), rtol=1e-9)
+
+    app.radio(key="patch_mode").set_value("custom corrupted prompt").run()
+    app.text_input(key="patch_corrupted").set_value(PROMPT.replace("mat", "hat")).run()
+    app.text_input(key="patch_answer").set_value("m").run()
+    app.text_input(key="patch_wrong").set_value("h").run()
+    _ok(app)
+    shown = _frame(app, "head", "normalised")
+    ref = activation_patching(tiny, encode_prompt(tiny, PROMPT), encode_prompt(tiny, PROMPT.replace("mat", "hat")),
+                              where="z", by_position=False, answer="m", wrong="h")
+    np.testing.assert_allclose(shown.effect.to_numpy(), ref.effect.to_numpy(), rtol=1e-9)
+    app.text_input(key="patch_corrupted").set_value("too short").run()
+    assert app.error and "corrupted" in app.error[0].value
+    app.radio(key="patch_mode").set_value("induction (prompt repeated)").run()

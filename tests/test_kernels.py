@@ -23,6 +23,7 @@ if not CUDA:
 
 triton = pytest.importorskip("triton")
 
+from conftest import triton_interpreter_tests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from triton.runtime.interpreter import InterpretedFunction
@@ -35,6 +36,7 @@ from interp.kernels import (
     fused_attention,
     reference_attention,
 )
+from interp.kernels.reference import alibi_slopes
 
 DEVICE = "cuda" if CUDA else "cpu"
 # If something imported triton before this module (without the variable), this process cannot interpret
@@ -42,21 +44,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 INTERPRETER_READY = CUDA or isinstance(triton.language.zeros, InterpretedFunction)
 
 
-@pytest.fixture(autouse=True)
-def needs_kernel_runtime(request):
-    if not INTERPRETER_READY and request.node.name != "test_in_a_fresh_process":
-        pytest.skip("triton was imported before TRITON_INTERPRET was set; test_in_a_fresh_process runs this")
-
-
-def test_in_a_fresh_process():
-    if INTERPRETER_READY:
-        pytest.skip("the kernels run in this process")
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         capture_output=True, text=True, env=env, cwd=root, timeout=900, check=False)
-    assert res.returncode == 0, res.stdout[-4000:]
+needs_kernel_runtime, test_in_a_fresh_process = triton_interpreter_tests(__file__, INTERPRETER_READY)
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -96,9 +84,11 @@ def make_qkv(b, h, hk, sq, sk, d, dtype, seed):
     return q, k, v
 
 
-def check_against_reference(b, h, hk, sq, sk, d, causal, dtype, seed=0, lse_grad=False, scale=None):
+def check_against_reference(b, h, hk, sq, sk, d, causal, dtype, seed=0, lse_grad=False, scale=None, window=None,
+                            softcap=None, alibi=False):
     q, k, v = make_qkv(b, h, hk, sq, sk, d, dtype, seed)
-    out, lse = flash_attention(q, k, v, causal=causal, scale=scale)
+    mods = {"window": window, "softcap": softcap, "alibi": alibi_slopes(h).to(DEVICE) if alibi else None}
+    out, lse = flash_attention(q, k, v, causal=causal, scale=scale, **mods)
     assert out.shape == q.shape and out.dtype == dtype
     assert lse.shape == (b, h, sq) and lse.dtype == torch.float32
 
@@ -113,7 +103,7 @@ def check_against_reference(b, h, hk, sq, sk, d, causal, dtype, seed=0, lse_grad
         return obj
 
     grads = torch.autograd.grad(objective(out, lse), (q, k, v))
-    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, scale=scale)
+    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, scale=scale, **mods)
     ref_grads = torch.autograd.grad(objective(ref_out, ref_lse), (q, k, v))
 
     assert_close(out, ref_out, dtype, "out")
@@ -151,6 +141,36 @@ def _case_id(c):
 @pytest.mark.parametrize("case", INTERPRETER_CASES, ids=_case_id)
 def test_matches_float64_reference(case):
     check_against_reference(*case, seed=zlib.crc32(_case_id(case).encode()) % 1000)
+
+
+# Score modifications (window, soft-cap, ALiBi), alone and together, GQA, seq_q != seq_k, where the window
+# binds across several key blocks (interpreter tiles are 32x16), forward and backward (incl. an lse gradient).
+MOD_CASES = [
+    {"case": (1, 2, 1, 50, 50, 32, True, torch.float32), "window": 7},
+    {"case": (2, 4, 2, 37, 53, 16, True, torch.float32), "window": 9, "softcap": 1.5, "alibi": True, "lse_grad": True},
+    {"case": (1, 2, 2, 40, 40, 32, False, torch.float32), "softcap": 2.0, "alibi": True},
+    {"case": (1, 4, 2, 45, 45, 64, True, torch.bfloat16), "window": 20, "softcap": 5.0},
+    {"case": (1, 2, 1, 5, 50, 32, True, torch.float16), "window": 3, "alibi": True},  # decode-like: cached keys
+]
+
+
+@pytest.mark.parametrize("spec", MOD_CASES, ids=lambda s: _case_id(s["case"]) + "-" + "-".join(
+    k for k in ("window", "softcap", "alibi") if s.get(k)))
+def test_score_modifications_match_float64_reference(spec):
+    spec = dict(spec)
+    check_against_reference(*spec.pop("case"), seed=3, **spec)
+
+
+def test_window_skips_key_blocks_it_cannot_see():
+    # NaN in keys/values no query of the second half can reach through its window: had the kernel loaded
+    # those key blocks (even masked), 0 * NaN would poison the output. Rows 32.. (query block 1) must be exact.
+    q, k, v = make_qkv(1, 2, 1, 64, 64, 32, torch.float32, seed=5)
+    k, v = k.detach().clone(), v.detach().clone()
+    ref_out, _ = reference_attention(q, k, v, window=8)
+    k[:, :, :16], v[:, :, :16] = float("nan"), float("nan")  # rows >= 32 see keys >= 25 only
+    out, lse = flash_attention(q, k, v, window=8)
+    assert rel_err(out[:, :, 32:], ref_out[:, :, 32:]) <= 1e-5
+    assert torch.isfinite(lse[:, :, 32:]).all()
 
 
 def test_lse_gradient_and_custom_scale():
@@ -322,7 +342,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         pytest.skip("this triton install has no ptxas")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith(("fwd", "dkdv", "dq"))]
-    assert len(rows) == 3 and all("wgmma" in row for row in rows), res.stdout
+    assert len(rows) == 6 and all("wgmma" in row for row in rows), res.stdout  # plain and with every mod
 
 
 # --- GPU only: the full matrix and long sequences -------------------------------------------------
@@ -342,6 +362,25 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
 def test_gpu_full_matrix(case):
     check_against_reference(*case)
+
+
+GPU_MOD_CASES = [
+    (dict(case=(2, 4, hk, s, s, d, True, dtype), **mods))
+    for s in (17, 300, 1000)
+    for d in (64, 128)
+    for hk in (4, 1)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16)
+    for mods in ({"window": 64}, {"softcap": 20.0}, {"alibi": True}, {"window": 100, "softcap": 30.0, "alibi": True})
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("spec", GPU_MOD_CASES, ids=lambda s: _case_id(s["case"]) + "-" + "-".join(
+    k for k in ("window", "softcap", "alibi") if s.get(k)))
+def test_gpu_score_modifications(spec):
+    spec = dict(spec)
+    check_against_reference(*spec.pop("case"), **spec)
 
 
 @pytest.mark.gpu

@@ -97,7 +97,8 @@ def test_load_save_pretrained_folder_with_tokenizer_json(tmp_path):
     model = interp.load(tmp_path)
     assert model.tokenizer is not None
     tokens = model.to_tokens("t5 t6 t7")
-    assert tokens.tolist() == [[5, 6, 7]]
+    assert tokens.tolist() == [[1, 5, 6, 7]]  # GPT-2 prepends its BOS (id 1 here) by default, as TransformerLens
+    assert model.to_tokens("t5 t6 t7", prepend_bos=False).tolist() == [[5, 6, 7]]
     torch.testing.assert_close(model("t5 t6 t7"), _hf_logits(hf, tokens), atol=ATOL, rtol=0)
 
 

@@ -90,7 +90,7 @@ def test_tokenization_matches_an_independent_encoding(model, tables, data):
     if getattr(model, "_interp_byte_tokenizer", False):
         reference = list(PROMPT.encode("utf-8"))  # the stand-in reads bytes
     else:
-        reference = model.tokenizer.encode(PROMPT).ids
+        reference = model.tokenizer.encode(PROMPT, add_special_tokens=False)
         if model.cfg.bos_token_id is not None:
             reference = [model.cfg.bos_token_id] + reference
     assert ids == reference == data.token_ids
@@ -172,6 +172,27 @@ def test_superposition_table_equals_the_analyzer_and_random_baseline(model, tabl
     # the baseline column is the closed form for random unit vectors in d_model dimensions
     exact = random_angle_moments(int(model.cfg.d_model), 1.0)
     np.testing.assert_allclose(_floats(t.baseline_frac_within_tol), exact["frac_within_tol"], rtol=1e-12)
+
+
+def test_patching_section_equals_the_analyzers(model, tables, data):
+    """Induction on the prompt repeated: the shipped model's induction head L1H3 restores the answer."""
+    from interp.analysis.causal import activation_patching, direct_logit_attribution, repeated_text_pair
+
+    pair = repeated_text_pair(model, encode_prompt(model, PROMPT))
+    kw = {"answer": pair.answer, "wrong": pair.wrong}
+    ref = activation_patching(model, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
+    t = tables["patching_heads"]
+    np.testing.assert_allclose(_floats(t.effect), ref.effect.to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(_floats(t.normalised), ref.normalised.to_numpy(), rtol=1e-9, atol=1e-12)
+    best = t.iloc[int(np.argmax(_floats(t.normalised)))]
+    assert (int(best.layer), int(best["head"])) == (1, 3)  # the shipped model's induction head
+    grid = activation_patching(model, pair.clean, pair.corrupted, where="resid_pre", **kw)
+    np.testing.assert_allclose(_floats(tables["patching_grid"].effect), grid.effect.to_numpy(), rtol=1e-9)
+    dla = direct_logit_attribution(model, pair.clean, pair.answer, pair.wrong, k_neurons=OPTIONS.k_neurons)
+    shown = tables["dla"]
+    want = dla.set_index("component").contribution[list(shown.component)]
+    np.testing.assert_allclose(_floats(shown.contribution), want.to_numpy(), rtol=1e-9)
+    assert data.patching["pair"]["position"] == pair.position
 
 
 def test_markdown_report_has_every_section_and_the_numbers(data):

@@ -47,7 +47,7 @@ def test_folder_is_complete_and_small():
 def test_loads_by_name_and_as_default(model):
     assert default_model_name() == NAME
     assert interp.load().cfg.name == model.cfg.name == NAME
-    assert model.tokenizer is not None and model.cfg.eos_token_id == model.tokenizer.token_to_id("<|endoftext|>")
+    assert model.tokenizer is not None and model.cfg.eos_token_id == model.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
 
 def test_heldout_loss_matches_the_card(model, recipe):

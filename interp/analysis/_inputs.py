@@ -26,7 +26,11 @@ __all__ = ["as_tokens", "check_index", "model_device", "str_tokens", "text_lengt
 
 
 def model_device(model) -> torch.device:
-    """The device the model's parameters live on (CPU for a parameterless stub)."""
+    """The device the model's parameters live on (CPU for a parameterless stub); for a model placed with a
+    device map, where its inputs go."""
+    placed = getattr(model, "input_device", None)
+    if isinstance(placed, torch.device):
+        return placed
     for p in model.parameters():
         return p.device
     return torch.device("cpu")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,30 +46,44 @@ from interp.analysis._inputs import (
     token_str,
 )
 from interp.errors import InterpError
-from interp.io import atomic_path
+from interp.io import atomic_path, atomic_write_text
 
 __all__ = [
     "NeuronProfiles",
     "answer_agreement",
+    "answer_frame",
     "final_norm_map",
     "neuron_activations",
     "neuron_answers",
     "neuron_contributions",
     "neuron_direction",
     "neuron_profiles",
+    "residual_direction",
     "scan_top_contexts",
     "top_neurons",
 ]
 
-_SCAN_VERSION = 1
+_SCAN_VERSION = 2  # 2: streaming corpus (raw-content fingerprint), document-respecting windows
 
 
 # ----------------------------------------------------------------------------------------------------
 # weights and the final norm
 
 
+def _refuse_moe(model, layers) -> None:
+    """Neurons here are the units of one dense MLP; an MoE layer has E experts' worth, routed per token."""
+    cfg = model.cfg
+    moe = [layer for layer in layers if getattr(cfg, "is_moe", lambda _: False)(layer)]
+    if moe:
+        raise InterpError(
+            f"layers {moe} are mixture-of-experts layers: neuron analyzers read one dense MLP per layer "
+            f"(blocks.{{l}}.mlp.hook_post). Pass dense layers only, or study an expert through its own hooks "
+            f"(blocks.{moe[0]}.mlp.experts.{{e}}.hook_post, rows = interp.model.mlp.routed_tokens).")
+
+
 def _W_out(model, layer: int) -> torch.Tensor:
     """``[d_mlp, d_model]`` output (value) weights of one layer."""
+    _refuse_moe(model, [layer])
     mlp = model.blocks[layer].mlp
     w = getattr(mlp, "W_out", None)
     if w is None:
@@ -156,6 +171,14 @@ def neuron_direction(model, layer: int, neuron: int | None = None) -> torch.Tens
     w = _W_out(model, layer).detach().double()
     if neuron is not None:
         w = w[check_index("neuron", neuron, w.shape[0])]
+    return residual_direction(model, w)
+
+
+def residual_direction(model, w: torch.Tensor) -> torch.Tensor:
+    """Residual-stream vector(s) ``w [..., d_model]`` as the final norm sees them (float64): centred over
+    ``d_model`` for LayerNorm, times the norm's weight. ``residual_direction(model, w) @ W_U`` is the logit
+    change per unit of ``w`` before the norm's positive ``1/scale``."""
+    w = w.detach().double()
     nm = final_norm_map(model)
     if nm.center:
         w = w - w.mean(-1, keepdim=True)
@@ -192,12 +215,18 @@ def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str =
     >>> df.direction.tolist(), bool(df.logit.iloc[0] >= df.logit.iloc[1])
     (['top', 'top', 'top', 'bottom', 'bottom', 'bottom'], True)
     """
-    if direction not in ("top", "bottom", "both"):
-        raise InterpError(f"direction: must be 'top', 'bottom' or 'both'; given {direction!r}")
-    k = _resolve_k(k)
     logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
     if center:
         logits = logits - logits.mean()
+    return answer_frame(model, logits, k, direction)
+
+
+def answer_frame(model, logits: torch.Tensor, k: int = 10, direction: str = "both") -> pd.DataFrame:
+    """The ``k`` largest (``top``) and most negative (``bottom``) entries of a ``[d_vocab]`` logit vector,
+    as ``neuron_answers`` shows them: ``token, logit, token_id, direction, rank``."""
+    if direction not in ("top", "bottom", "both"):
+        raise InterpError(f"direction: must be 'top', 'bottom' or 'both'; given {direction!r}")
+    k = _resolve_k(k)
     k = min(k, logits.shape[0])
     rows = []
     if direction in ("top", "both"):
@@ -306,6 +335,7 @@ def neuron_contributions(model, tokens, position=-1, target=None, layers=None) -
     ]
 
     layer_list = _layers("layers", layers, cfg.n_layers)
+    _refuse_moe(model, layer_list)
     names = {f"blocks.{layer}.mlp.hook_post" for layer in layer_list} | {"ln_final.hook_scale"}
     with torch.no_grad():
         logits, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
@@ -387,56 +417,33 @@ def top_neurons(model, tokens, position=-1, target=None, k: int = 20, layers=Non
 # per neuron: the question (top-activating contexts over a corpus)
 
 
-def _documents(model, corpus) -> list[torch.Tensor]:
-    """Normalise a corpus into a list of 1-D LongTensors (one per document), on the CPU."""
-    if isinstance(corpus, str):
-        corpus = [corpus]
-    if isinstance(corpus, torch.Tensor):
-        corpus = [corpus]
-    docs: list[torch.Tensor] = []
-    if not isinstance(corpus, Iterable):
-        raise InterpError(
-            "texts_or_token_batches: expected a string, a list of strings, a LongTensor [n, pos] or an "
-            f"iterable of token batches; given {type(corpus).__name__}"
-        )
-    for i, item in enumerate(corpus):
-        if isinstance(item, str):
-            if getattr(model, "tokenizer", None) is None:
-                raise InterpError(
-                    "texts_or_token_batches: text needs a model with a tokenizer (model.tokenizer is None); "
-                    "pass token ids instead"
-                )
-            if not item:
-                continue
-            t = model.to_tokens(item).reshape(-1)
-        else:
-            t = item if isinstance(item, torch.Tensor) else torch.as_tensor(item)
-            if t.dtype.is_floating_point or t.dtype == torch.bool or t.ndim not in (1, 2):
-                raise InterpError(
-                    f"texts_or_token_batches[{i}]: expected a string or integer token ids of shape [pos] or "
-                    f"[batch, pos]; given dtype={t.dtype}, shape={tuple(t.shape)}"
-                )
-        t = t.detach().to("cpu", torch.long)
-        rows = [t] if t.ndim == 1 else list(t)
-        for r in rows:
-            if r.numel() and (int(r.min()) < 0 or int(r.max()) >= model.cfg.d_vocab):
-                raise InterpError(
-                    f"texts_or_token_batches[{i}]: token ids must be in [0, d_vocab={model.cfg.d_vocab}); "
-                    f"given range [{int(r.min())}, {int(r.max())}]"
-                )
-            if r.numel():
-                docs.append(r)
-    if not docs:
-        raise InterpError("texts_or_token_batches: the corpus is empty (no tokens)")
-    return docs
-
-
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def _named_state(model):
+    """(name, tensor) for every parameter and persistent buffer, module by module. A model placed with a
+    device map (weights offloaded to CPU or disk) has each module's weights brought in only while it is
+    read, so they never need to be in memory together."""
+    from contextlib import nullcontext
+
+    placed = getattr(model, "hf_device_map", None) is not None
+    if placed:
+        from accelerate.utils.modeling import align_module_device
+    for prefix, module in model.named_modules():
+        own = {**module._parameters, **{k: v for k, v in module._buffers.items()
+                                         if k not in module._non_persistent_buffers_set}}
+        own = {k: v for k, v in own.items() if v is not None}
+        if not own:
+            continue
+        with align_module_device(module, "cpu") if placed else nullcontext():
+            for name in own:
+                t = getattr(module, name)  # re-read: the hook swaps in the onloaded tensor
+                yield (f"{prefix}.{name}" if prefix else name), t
+
+
 def model_fingerprint(model) -> str:
-    """sha256 over the config and every parameter/buffer (names, dtypes, shapes and bytes)."""
+    """sha256 over the config, every parameter/buffer (names, dtypes, shapes and bytes) and the tokenizer."""
     h = hashlib.sha256()
     cfg = model.cfg
     try:
@@ -444,24 +451,17 @@ def model_fingerprint(model) -> str:
     except TypeError:
         cfg_repr = repr(cfg)
     h.update(cfg_repr.encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(_tensor_bytes(t))
+    digests = {}
+    for name, t in _named_state(model):
+        d = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        d.update(_tensor_bytes(t))
+        digests[name] = d.hexdigest()
+    for name in sorted(digests):  # the same weights give the same fingerprint however they are placed
+        h.update(f"{name}:{digests[name]}".encode())
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and hasattr(tok, "to_str"):  # text corpora are hashed raw: the tokenizer decides the ids
+        h.update(tok.to_str().encode())
     return h.hexdigest()
-
-
-def _corpus_fingerprint(docs: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(len(d).to_bytes(8, "little"))
-        h.update(_tensor_bytes(d))
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` into a temporary file beside ``path``, then rename it into place."""
-    with atomic_path(path) as tmp:
-        write(tmp)
 
 
 def _save_frame(df: pd.DataFrame, folder: Path) -> str:
@@ -469,10 +469,11 @@ def _save_frame(df: pd.DataFrame, folder: Path) -> str:
         import pyarrow  # noqa: F401
 
         name = "top_contexts.parquet"
-        _atomic_write(folder / name, lambda p: df.to_parquet(p, index=False))
+        with atomic_path(folder / name) as tmp:
+            df.to_parquet(tmp, index=False)
     except ImportError:  # pandas' JSON writer needs nothing extra
         name = "top_contexts.jsonl"
-        _atomic_write(folder / name, lambda p: df.to_json(p, orient="records", lines=True, force_ascii=False))
+        atomic_write_text(folder / name, df.to_json(orient="records", lines=True, force_ascii=False))
     return name
 
 
@@ -480,6 +481,12 @@ def _load_frame(folder: Path, name: str) -> pd.DataFrame:
     if name.endswith(".parquet"):
         return pd.read_parquet(folder / name)
     return pd.read_json(folder / name, orient="records", lines=True)
+
+
+def _check_nonneg(name: str, v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise InterpError(f"{name}: must be an int >= 0 ({what}); given {v!r}")
+    return v
 
 
 @torch.no_grad()
@@ -494,27 +501,40 @@ def scan_top_contexts(
     *,
     seq_len: int | None = None,
     after: int = 3,
+    overlap: int = 0,
+    shard_docs: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The *question* each neuron asks: its ``k`` top-activating contexts over a corpus.
 
-    The corpus (a string, a list of strings, a LongTensor ``[n, pos]``, or an iterable of token
-    batches / id lists) is split into documents, each cut into chunks of at most ``seq_len``
-    (default ``n_ctx``) tokens, and streamed through the model ``batch_size`` chunks at a time
-    (right-padded; padded positions never count) with a tqdm bar. Per layer, a running top-``k`` per
-    neuron is merged with each batch's top-``k`` (``torch.topk`` over the old and new candidates), so
-    memory stays ``O(k * d_mlp)`` whatever the corpus size. The activation is ``mlp.hook_post``
-    (``act(gate) * up`` for gated MLPs).
+    The corpus is anything :func:`interp.data.as_corpus` takes: a string, a list of strings, a
+    LongTensor ``[n, pos]`` (one document per row), an iterable of token batches / id lists, a
+    ``pathlib.Path`` to a text / JSONL / Parquet file or a folder of them, a `datasets` dataset, or an
+    :class:`interp.data.Corpus`. It is tokenized in a background thread and each document cut into
+    windows of at most ``seq_len`` (default ``n_ctx``) tokens that never cross into another document;
+    with ``overlap > 0`` a long document's later windows start ``overlap`` tokens early, so no trigger
+    is scored with less than ``overlap`` tokens of its own document before it (the overlap itself is
+    scored by the previous window; ``overlap=0``, the default, tiles documents like before). Windows
+    stream through the model ``batch_size`` at a time (right-padded; padded positions never count)
+    with a tqdm bar in tokens/s. Per layer, a running top-``k`` per neuron is merged with each batch's
+    (ties broken by document then position), so memory stays ``O(k * d_mlp)`` whatever the corpus size.
+    The activation is ``mlp.hook_post`` (``act(gate) * up`` for gated MLPs).
+
+    Under ``torchrun`` (a ``torch.distributed`` group initialised) each rank scans every
+    ``world_size``-th shard of ``shard_docs`` documents, the top-k lists are merged with collectives and
+    every rank returns the same frame (identical to a one-process scan); rank 0 writes ``cache_path``.
 
     Returns one row per (layer, neuron, rank): ``layer, neuron, rank, activation, doc, position,
-    token_id, token, next_token_id, next_token, context``. ``position`` indexes the document;
-    ``next_token_id`` is -1 at a document's end. ``context`` shows up to ``window`` tokens before the
-    trigger (those the model saw in that chunk), the trigger marked «like this», and ``after``
-    tokens after it.
+    token_id, token, next_token_id, next_token, context``. ``doc`` numbers the corpus's non-empty
+    documents; ``position`` indexes the document; ``next_token_id`` is -1 at a document's end.
+    ``context`` shows up to ``window`` tokens before the trigger (those the model saw in that window),
+    the trigger marked «like this», and up to ``after`` tokens of the document after it.
 
-    ``cache_path`` (a folder): when it holds a scan with the same model fingerprint (config and
-    weights), corpus fingerprint (token ids) and options, that scan is loaded instead of recomputed;
-    otherwise the result is written atomically there (``top_contexts.parquet`` + ``meta.json``).
+    ``cache_path`` (a folder): when it holds a scan with the same model fingerprint (config, weights and
+    tokenizer), corpus fingerprint and options, that scan is loaded instead of recomputed; otherwise the
+    result is written atomically there (``top_contexts.parquet`` + ``meta.json``). While a scan runs, each
+    rank checkpoints its top-k after every shard under ``cache_path/partial``: rerunning an interrupted
+    scan resumes after its last completed shard.
 
     >>> import torch
     >>> from interp.model.config import DecoderConfig
@@ -524,25 +544,32 @@ def scan_top_contexts(
     >>> len(df) == 1 * 32 * 3, bool(df.context.str.contains("«").all())
     (True, True)
     """
+    from interp.data.corpus import as_corpus
+    from interp.data.distributed import barrier, rank_world
+    from interp.data.scan import TopK, run_scan
+
     cfg = model.cfg
     k = _resolve_k(k)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise InterpError(f"window: must be an int >= 0 (tokens shown before the trigger); given {window!r}")
-    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-        raise InterpError(f"after: must be an int >= 0 (tokens shown after the trigger); given {after!r}")
+    window = _check_nonneg("window", window, "tokens shown before the trigger")
+    after = _check_nonneg("after", after, "tokens shown after the trigger")
     batch_size = _resolve_k(batch_size, "batch_size")
     if seq_len is None:
         seq_len = int(cfg.n_ctx)
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
         raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
     layer_list = _layers("layers", layers, cfg.n_layers)
-    docs = _documents(model, texts_or_token_batches)
+    _refuse_moe(model, layer_list)
+    try:
+        corpus = as_corpus(texts_or_token_batches)
+    except InterpError as e:
+        raise InterpError(f"texts_or_token_batches: {e}") from None
 
     meta = {
         "version": _SCAN_VERSION,
         "model": model_fingerprint(model),
-        "corpus": _corpus_fingerprint(docs),
-        "options": {"layers": layer_list, "k": k, "window": window, "after": after, "seq_len": seq_len},
+        "corpus": corpus.fingerprint(),
+        "options": {"layers": layer_list, "k": k, "window": window, "after": after, "seq_len": seq_len,
+                    "overlap": overlap},
     }
     folder = Path(cache_path) if cache_path is not None else None
     if folder is not None and (folder / "meta.json").is_file():
@@ -559,46 +586,26 @@ def scan_top_contexts(
             df.attrs["meta"] = old
             return df
 
-    # chunks: (doc index, offset in doc, tokens)
-    chunks = [
-        (di, off, d[off : off + seq_len]) for di, d in enumerate(docs) for off in range(0, len(d), seq_len)
-    ]
-    dev = model_device(model)
     names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layer_list}
-    best_val: dict[int, torch.Tensor] = {}
-    best_id: dict[int, torch.Tensor] = {}
-    from tqdm.auto import tqdm
+    top = TopK(names, k, before=window, after=after)
+    try:
+        run_scan(model, corpus, [top], seq_len=seq_len, overlap=overlap, batch_size=batch_size,
+                 shard_docs=shard_docs, checkpoint_dir=None if folder is None else folder / "partial",
+                 meta=meta, progress=progress, desc="scanning neurons")
+    except InterpError as e:
+        raise InterpError(f"texts_or_token_batches: {e}") from None
+    df = _top_frame(model, top, names, window, after)
+    if folder is not None and rank_world()[0] == 0:
+        meta["data"] = _save_frame(df, folder)
+        atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
+        shutil.rmtree(folder / "partial", ignore_errors=True)
+    barrier()
+    df.attrs["meta"] = meta
+    return df
 
-    starts = range(0, len(chunks), batch_size)
-    for s in tqdm(starts, desc="scanning neurons", unit="batch", disable=not progress):
-        group = chunks[s : s + batch_size]
-        L = max(len(c[2]) for c in group)
-        toks = torch.zeros(len(group), L, dtype=torch.long)
-        valid = torch.zeros(len(group), L, dtype=torch.bool)
-        for i, (_, _, c) in enumerate(group):
-            toks[i, : len(c)] = c
-            valid[i, : len(c)] = True
-        toks, valid = toks.to(dev), valid.to(dev)
-        # global id of (chunk, position): chunk index * seq_len + position
-        gid = (
-            torch.arange(s, s + len(group), device=dev)[:, None] * seq_len + torch.arange(L, device=dev)
-        ).reshape(-1)
-        with torch.no_grad():
-            _, cache = model.run_with_cache(toks, names_filter=lambda nm: nm in names)
-        for name, layer in names.items():
-            act = cache[name].float().masked_fill(~valid[..., None], float("-inf"))
-            act = act.reshape(-1, act.shape[-1])  # [rows, d_mlp]
-            # this batch's top-k first, then merge with the running top-k: O(k * d_mlp) extra memory
-            v, idx = act.topk(min(k, act.shape[0]), dim=0)
-            ids = gid[idx]
-            if layer in best_val:
-                v, ids = torch.cat([best_val[layer], v]), torch.cat([best_id[layer], ids])
-                v, idx = v.topk(min(k, v.shape[0]), dim=0)
-                ids = ids.gather(0, idx)
-            best_val[layer], best_id[layer] = v, ids
-        del cache
 
-    strs_cache: dict[int, list[str]] = {}
+def _top_frame(model, top, names: dict[str, int], window: int, after: int) -> pd.DataFrame:
+    """The merged top-k state as scan_top_contexts' frame (neuron-major, rank order)."""
     id_strs: dict[int, str] = {}
 
     def id_str(t: int) -> str:
@@ -607,38 +614,24 @@ def scan_top_contexts(
         return id_strs[t]
 
     sep = "" if getattr(model, "tokenizer", None) is not None else " "
-
-    def chunk_strs(ci: int) -> list[str]:
-        if ci not in strs_cache:
-            strs_cache[ci] = str_tokens(model, chunks[ci][2])
-        return strs_cache[ci]
-
     frames = []
-    for layer in layer_list:
-        v, gi = best_val[layer].cpu(), best_id[layer].cpu()  # [kk, d_mlp]
+    for name, layer in names.items():
+        v, gi, ctx = top.values[name], top.gid[name], top.context[name]  # [kk, d], [kk, d], [kk, d, width]
         kk, d_mlp = v.shape
         neuron = torch.arange(d_mlp).expand(kk, d_mlp)
         rank = torch.arange(kk)[:, None].expand(kk, d_mlp)
-        keep = torch.isfinite(v)  # fewer than k valid positions in the corpus leaves -inf slots
+        keep = torch.isfinite(v)  # fewer than k scored positions in the corpus leaves empty slots
         v, gi, neuron, rank = v.T[keep.T], gi.T[keep.T], neuron.T[keep.T], rank.T[keep.T]  # neuron-major
-        ci_all, pos_all = (gi // seq_len).tolist(), (gi % seq_len).tolist()
-        docs_col, dpos, tok_id, tok_s, nxt_id, nxt_s, ctx = [], [], [], [], [], [], []
-        for ci, p in zip(ci_all, pos_all):
-            di, off, c = chunks[ci]
-            strs = chunk_strs(ci)
-            dp = off + p
-            docs_col.append(di)
-            dpos.append(dp)
-            tok_id.append(int(c[p]))
-            tok_s.append(strs[p])
-            nid = int(docs[di][dp + 1]) if dp + 1 < len(docs[di]) else -1
-            nxt_id.append(nid)
-            nxt_s.append(id_str(nid) if nid >= 0 else "")
-            pre = sep.join(strs[max(0, p - window) : p])
-            post = sep.join(strs[p + 1 : p + 1 + after])
-            ctx.append(
-                sep.join(x for x in (pre, f"«{strs[p]}»", post) if x) if sep else f"{pre}«{strs[p]}»{post}"
-            )
+        ctx = ctx.transpose(0, 1)[keep.T].tolist()  # [rows, width]
+        tok_id = [c[window] for c in ctx]
+        nxt_id = [c[window + 1] for c in ctx]
+        text = []
+        for c in ctx:
+            pre = [id_str(t) for t in c[:window] if t >= 0]
+            post = [id_str(t) for t in c[window + 1:window + 1 + after] if t >= 0]
+            trig = f"«{id_str(c[window])}»"
+            text.append(sep.join(x for x in (sep.join(pre), trig, sep.join(post)) if x) if sep
+                        else "".join(pre) + trig + "".join(post))
         frames.append(
             pd.DataFrame(
                 {
@@ -646,22 +639,17 @@ def scan_top_contexts(
                     "neuron": neuron.numpy(),
                     "rank": rank.numpy() + 1,
                     "activation": v.double().numpy(),
-                    "doc": docs_col,
-                    "position": dpos,
+                    "doc": (gi >> 32).numpy(),
+                    "position": (gi & 0xFFFFFFFF).numpy(),
                     "token_id": tok_id,
-                    "token": tok_s,
+                    "token": [id_str(t) for t in tok_id],
                     "next_token_id": nxt_id,
-                    "next_token": nxt_s,
-                    "context": ctx,
+                    "next_token": [id_str(t) if t >= 0 else "" for t in nxt_id],
+                    "context": text,
                 }
             )
         )
-    df = pd.concat(frames, ignore_index=True)
-    if folder is not None:
-        meta["data"] = _save_frame(df, folder)
-        _atomic_write(folder / "meta.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
-    df.attrs["meta"] = meta
-    return df
+    return pd.concat(frames, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -820,8 +808,12 @@ def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after:
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InterpError(f"max_tokens: must be an int >= 1 or None; given {max_tokens!r}")
     pairs = _neuron_list(model, neurons)
-    docs = _documents(model, corpus)
-    chunks = [(di, off, d[off: off + seq_len]) for di, d in enumerate(docs) for off in range(0, len(d), seq_len)]
+    from interp.data.corpus import as_corpus, tokenized
+
+    docs = [(int(i), t.detach().to("cpu", torch.long)) for i, t in tokenized(model, as_corpus(corpus))]
+    if not docs:
+        raise InterpError("corpus: the corpus is empty (no tokens)")
+    chunks = [(di, off, d[off: off + seq_len]) for di, d in docs for off in range(0, len(d), seq_len)]
     total = sum(len(c) for _, _, c in chunks)
     if max_tokens is not None and total > max_tokens:
         # chunks spread evenly over the corpus (not just its beginning), about max_tokens tokens in all

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from interp.analysis._inputs import as_tokens, check_index, token_str
+from interp.data.distributed import all_gather_object, rank_world
 from interp.errors import InterpError
 
 __all__ = [
@@ -198,7 +199,9 @@ def collect_activations(
         positions: ``-1`` (default: each prompt's last token) or any int (negative from each prompt's
             end); ``"all"`` (every token: one example per token, in prompt-then-position order); or
             one int per prompt (e.g. where the subject is).
-        batch_size: sequences per forward pass (equal-length sequences are batched together).
+        batch_size: sequences per forward pass (equal-length sequences are batched together). Under
+            ``torchrun`` (a ``torch.distributed`` group initialised) rank ``r`` runs batches ``r, r + world,
+            ...`` and the rows are gathered, so every rank returns exactly the one-process result.
 
     Returns:
         :class:`Activations`; its ``index`` maps example rows to (prompt, position, token).
@@ -220,32 +223,41 @@ def collect_activations(
     lengths = [s.shape[1] for s in seqs]
     keep = _example_positions(positions, lengths)
 
-    # Group equal-length sequences so each forward pass is one rectangular batch.
+    # Group equal-length sequences so each forward pass is one rectangular batch. Under torchrun rank r
+    # runs batches r, r + world, ...: the same batches as one process, so the same numbers.
     by_len: dict[int, list[int]] = {}
     for i, length in enumerate(lengths):
         by_len.setdefault(length, []).append(i)
+    batches = [
+        (length, members[start : start + batch_size])
+        for length, members in by_len.items()
+        for start in range(0, len(members), batch_size)
+    ]
+    rank, world = rank_world()
     per_seq: list[dict[str, torch.Tensor] | None] = [None] * len(seqs)
-    for length, members in by_len.items():
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            tokens = torch.cat([seqs[i] for i in chunk], 0)
-            store: dict[str, torch.Tensor] = {}
+    for length, chunk in batches[rank::world]:
+        tokens = torch.cat([seqs[i] for i in chunk], 0)
+        store: dict[str, torch.Tensor] = {}
 
-            def save(act, hook, store=store):
-                store[hook.name] = act.detach()
+        def save(act, hook, store=store):
+            store[hook.name] = act.detach()
 
-            model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(n, save) for n in names])
-            for j, i in enumerate(chunk):
-                pos = torch.tensor(keep[i], device=tokens.device)
-                out = {}
-                for n in names:
-                    act = store[n]
-                    if act.ndim < 2 or act.shape[1] != length:
-                        raise InterpError(
-                            f"hooks: {n!r} gives shape {list(act.shape)}, not [batch, pos={length}, ...]; "
-                            f"choose a per-position hook"
-                        )
-                    out[n] = act[j, pos].reshape(len(keep[i]), -1).float().cpu()
+        model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(n, save) for n in names])
+        for j, i in enumerate(chunk):
+            pos = torch.tensor(keep[i], device=tokens.device)
+            out = {}
+            for n in names:
+                act = store[n]
+                if act.ndim < 2 or act.shape[1] != length:
+                    raise InterpError(
+                        f"hooks: {n!r} gives shape {list(act.shape)}, not [batch, pos={length}, ...]; "
+                        f"choose a per-position hook"
+                    )
+                out[n] = act[j, pos].reshape(len(keep[i]), -1).float().cpu()
+            per_seq[i] = out
+    if world > 1:  # every rank gets every row
+        for part in all_gather_object({i: out for i, out in enumerate(per_seq) if out is not None}):
+            for i, out in part.items():
                 per_seq[i] = out
 
     acts = {n: torch.cat([s[n] for s in per_seq], 0) for n in names}

@@ -45,7 +45,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interp.analysis._inputs import as_tokens, model_device
-from interp.analysis.logit_lens import _lens_frame, layer_names, lens_logits, residual_stack
+from interp.analysis.logit_lens import _lens_frame, _resid_hook, layer_names, lens_logits, residual_stack
+from interp.data.distributed import all_reduce, broadcast_, rank_world
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
 
@@ -204,6 +205,44 @@ class TunedLens(nn.Module):
         return lens
 
 
+class _DatasetBatches:
+    """An activation dataset as training batches: rows ``[i*n, (i+1)*n)`` of every residual the lens reads."""
+
+    def __init__(self, model, ds, batch_rows: int):
+        n_layers = int(model.cfg.n_layers)
+        self.names = [_resid_hook(n_layers, layer) for layer in range(n_layers + 1)]
+        missing = [n for n in self.names if n not in ds.hooks]
+        if missing:
+            raise InterpError(
+                f"token_batches: the activation dataset lacks {missing[:3]}; a tuned lens reads "
+                "blocks.{l}.hook_resid_pre of every layer and the last hook_resid_post (write it with "
+                "hooks=['resid_pre', 'blocks.%d.hook_resid_post'])" % (n_layers - 1))
+        if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+            raise InterpError(f"batch_rows: must be an int >= 1; given {batch_rows!r}")
+        self.model, self.ds, self.n = model, ds, batch_rows
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.ds) / self.n)
+
+    def stack(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dev, dtype = model_device(self.model), self.model.W_U.dtype
+        rows = slice(i * self.n, min(len(self.ds), (i + 1) * self.n))
+        stack = torch.stack([self.ds.rows(name, rows).to(dev, dtype) for name in self.names])
+        with torch.no_grad():
+            return stack, lens_logits(self.model, stack[-1])  # the model's own head on its last residual
+
+
+def _stacks(model, token_batches, batch_rows: int):
+    """``(n, get)``: how many batches, and ``get(i) -> (stack [n_layers+1, ..., d_model], final logits)``."""
+    from interp.data.activations import ActivationDataset
+
+    if isinstance(token_batches, ActivationDataset):
+        src = _DatasetBatches(model, token_batches, batch_rows)
+        return len(src), src.stack, int(len(token_batches) / len(src))
+    batches = _batches(model, token_batches)
+    return len(batches), lambda i: residual_stack(model, batches[i]), int(sum(b.numel() for b in batches) / len(batches))
+
+
 def _batches(model, token_batches) -> list[torch.Tensor]:
     """Normalise a corpus: one LongTensor [n, pos] or an iterable of token batches (any as_tokens form)."""
     if isinstance(token_batches, (torch.Tensor, str)):
@@ -248,15 +287,20 @@ def train_tuned_lens(
     lens: TunedLens | None = None,
     seed: int = 0,
     progress: bool = True,
+    batch_rows: int = 512,
 ) -> TunedLens:
     """Train per-layer translators to minimise ``KL(final ‖ translated layer)``; the model stays frozen.
 
     Args:
         model: a ``HookedDecoder``.
         token_batches: the corpus: an iterable of token batches (each a LongTensor ``[batch, pos]``,
-            text or list of texts) or a single LongTensor (used as one batch).
+            text or list of texts) or a single LongTensor (used as one batch); or an
+            :class:`~interp.data.ActivationDataset` holding ``resid_pre`` of every layer and the last
+            ``hook_resid_post`` (``interp scan activations ... --hooks resid_pre blocks.{L-1}.hook_resid_post``):
+            then the model is not run, only its final norm and unembedding, on ``batch_rows`` rows a step.
         steps: optimisation steps (one per batch, cycling through the corpus); default
-            ``epochs * len(batches)``.
+            ``epochs * len(batches)``. Under ``torchrun`` each step takes one batch per rank and
+            averages the gradients (data parallel; pass every rank the same ``token_batches``).
         epochs: passes over the corpus when ``steps`` is not given.
         lr, weight_decay: AdamW settings. Weight decay pulls ``W`` towards zero, not the identity, so
             it defaults to off.
@@ -277,13 +321,13 @@ def train_tuned_lens(
     >>> lens.info["steps"]
     2
     """
-    batches = _batches(model, token_batches)
+    n_batches, get_stack, tokens_per_batch = _stacks(model, token_batches, batch_rows)
     for name, v in (("epochs", epochs),) + ((("steps", steps),) if steps is not None else ()):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InterpError(f"{name}: must be a positive integer; given {v!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InterpError(f"lr: must be a positive finite number; given {lr!r}")
-    n_steps = steps if steps is not None else epochs * len(batches)
+    n_steps = steps if steps is not None else epochs * n_batches
 
     if lens is None:
         lens = TunedLens.for_model(model)
@@ -299,13 +343,21 @@ def train_tuned_lens(
     recent: list[float] = []
     was_training = lens.training
     lens.train()
-    bar = tqdm(range(n_steps), desc="tuned lens", disable=not progress, leave=False)
+    # Under torchrun this is data parallel: every step draws world_size batches from the same seeded
+    # order, rank r trains on the r-th, and the gradients are averaged (all_reduce) before the step, so
+    # a step sees world_size batches and every rank keeps the same lens.
+    rank, world = rank_world()
+    for p in params:
+        broadcast_(p)
+    bar = tqdm(range(n_steps), desc="tuned lens", disable=not progress or rank != 0, leave=False)
     with _frozen(model):
         for _ in bar:
-            if not order:  # a fresh shuffled pass over the corpus
-                order = torch.randperm(len(batches), generator=gen).tolist()
-            tokens = batches[order.pop()]
-            stack, final_logits = residual_stack(model, tokens)
+            drawn = []
+            for _ in range(world):
+                if not order:  # a fresh shuffled pass over the corpus
+                    order = torch.randperm(n_batches, generator=gen).tolist()
+                drawn.append(order.pop())
+            stack, final_logits = get_stack(drawn[rank])
             final_logp = torch.log_softmax(
                 final_logits.to(torch.promote_types(final_logits.dtype, torch.float32)), dim=-1
             )
@@ -317,6 +369,11 @@ def train_tuned_lens(
                 loss = _kl_per_token(final_logp, logp).mean()
                 loss.backward()
                 total += float(loss.detach())
+            if world > 1:
+                flat = all_reduce(torch.cat([p.grad.reshape(-1) for p in params])) / world
+                for p, g in zip(params, flat.split([p.numel() for p in params])):
+                    p.grad.copy_(g.view_as(p))
+                total = float(all_reduce(torch.tensor(total, dtype=torch.float64))) / world
             opt.step()
             recent = (recent + [total / n_layers])[-10:]
             bar.set_postfix(kl=f"{recent[-1]:.4f}")
@@ -326,8 +383,8 @@ def train_tuned_lens(
         "lr": lr,
         "weight_decay": weight_decay,
         "seed": seed,
-        "n_batches": len(batches),
-        "tokens_per_step": int(sum(b.numel() for b in batches) / len(batches)),
+        "n_batches": n_batches,
+        "tokens_per_step": world * tokens_per_batch,
         "final_mean_kl": sum(recent) / len(recent),
     }
     return lens

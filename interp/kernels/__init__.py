@@ -1,10 +1,12 @@
 """Fused attention kernels.
 
-``flash_attention(q, k, v, causal=True, scale=None) -> (out, lse)``: our Triton FlashAttention-2 kernel
-(forward + backward; CUDA, or Triton's CPU interpreter under ``TRITON_INTERPRET=1``).
-``fused_attention(q, k, v, causal=True, scale=None, backend="auto") -> (out, lse)``: what the model calls;
-triton on CUDA, PyTorch's fused attention (with its log-sum-exp) elsewhere.
-``reference_attention``: the float64 eager oracle with the same conventions.
+``flash_attention(q, k, v, causal=True, scale=None, window=None, softcap=None, alibi=None) -> (out, lse)``:
+our Triton FlashAttention-2 kernel (forward + backward; CUDA, or Triton's CPU interpreter under
+``TRITON_INTERPRET=1``), with a sliding window (skipping the key blocks it cannot see), a soft-cap and ALiBi.
+``fused_attention(q, k, v, causal=True, scale=None, backend="auto", window=, softcap=, alibi=) -> (out, lse)``:
+what the model calls; triton on CUDA, PyTorch's fused attention (with its log-sum-exp) elsewhere.
+``reference_attention``: the float64 eager oracle with the same conventions; ``interp.kernels.reference``
+also holds ``modify_scores``, the one definition of the score modifications every path shares.
 ``attention_lse``: the log-sum-exp alone, in query tiles.
 ``flash_attention_available()``: True when CUDA and triton are both present.
 """

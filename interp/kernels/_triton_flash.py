@@ -13,16 +13,30 @@ Causal masking is bottom-right aligned: query ``i`` sees key ``j`` iff ``j <= i 
 
 The softmax runs in base 2 (``exp2``) with ``scale * log2(e)`` folded into the scores: one multiply per score
 instead of one per exponent, and ``exp2`` is the hardware instruction. ``lse`` is stored in natural log.
+
+Score modifications (interp.kernels.reference, same order): soft-cap ``c * tanh(s / c)`` (SOFTCAP), ALiBi
+``- slope_h * (i - j)`` (HAS_ALIBI, slopes [n_heads] float32) and a sliding window of WINDOW keys (HAS_WINDOW).
+As in FlashAttention-2, key blocks a query block cannot see through its window are never visited (that is where
+windows pay), and blocks entirely inside the window need no mask. The backward multiplies dS by the soft-cap's
+derivative 1 - tanh² before it reaches dQ and dK.
 Each loop over blocks is split into a part that needs no masks (blocks strictly inside the visible region)
 and a part that does (the causal diagonal and the ragged tails), so the common case pays for no ``tl.where``.
 """
 
+import os
+
 import triton
 import triton.language as tl
-from triton import knobs
+
+try:
+    from triton import knobs
+
+    _INTERPRET_NOW = bool(knobs.runtime.interpret)
+except ImportError:  # triton < 3.4 has no knobs: the variable itself is what it reads
+    _INTERPRET_NOW = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 # Which mode the @triton.jit decorators below were created in (flash.py re-imports this module if it changed).
-INTERPRETED = bool(knobs.runtime.interpret)
+INTERPRETED = _INTERPRET_NOW
 
 LOG2E = 1.4426950408889634  # log2(e)
 LN2 = 0.6931471805599453  # ln(2)
@@ -45,6 +59,71 @@ def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
         return tl.dot(a, b, acc)
 
 
+@triton.jit
+def _modify(qk, offs_m, offs_n, kv_offset, sm_scale, softcap, slope,
+            SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Soft-cap and ALiBi on raw dot products; returns (scores in log2 units, tanh(s/c) for the backward).
+
+    TRANSPOSED: the tile is [keys, queries] (the dK/dV pass) instead of [queries, keys].
+    """
+    s = qk * sm_scale
+    th = s
+    if SOFTCAP:
+        th = 2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0  # tanh(s / c), from a primitive every backend has
+        s = softcap * th
+    if HAS_ALIBI:
+        if TRANSPOSED:
+            rel = (offs_m[None, :] + kv_offset) - offs_n[:, None]
+        else:
+            rel = (offs_m[:, None] + kv_offset) - offs_n[None, :]
+        s = s - slope * rel.to(tl.float32)
+    return s * 1.4426950408889634, th
+
+
+@triton.jit
+def _visible(offs_m, offs_n, seq_q, seq_k, kv_offset, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             TRANSPOSED: tl.constexpr):
+    """Which (query, key) pairs of a tile exist and may attend ([keys, queries] when TRANSPOSED)."""
+    if TRANSPOSED:
+        i = offs_m[None, :] + kv_offset
+        j = offs_n[:, None]
+        ok = (offs_m[None, :] < seq_q) & (j < seq_k)
+    else:
+        i = offs_m[:, None] + kv_offset
+        j = offs_n[None, :]
+        ok = j < seq_k
+    if CAUSAL:
+        ok = ok & (j <= i)
+    if HAS_WINDOW:
+        ok = ok & (j > i - window)
+    return ok
+
+
+@triton.jit
+def _key_range(start_m, seq_k, kv_offset, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Key blocks of one query block as [lo, a) masked, [a, b) unmasked, [b, hi) masked."""
+    full_k = (seq_k // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        # keys < b are visible to every query of this block (j <= start_m + kv_offset); keys >= hi to none.
+        hi = tl.minimum(seq_k, tl.maximum(start_m + BLOCK_M + kv_offset, 0))
+        b = tl.maximum(start_m + kv_offset + 1, 0) // BLOCK_N * BLOCK_N
+        b = tl.minimum(b, full_k)
+    else:
+        hi = seq_k
+        b = full_k
+    lo = 0
+    a = 0
+    if HAS_WINDOW:
+        # keys <= i - window are hidden: the block's first query sees from start_m + kv_offset - window + 1,
+        # its last one from start_m + BLOCK_M + kv_offset - window; blocks before lo are never loaded.
+        lo = tl.maximum(start_m + kv_offset - window + 1, 0) // BLOCK_N * BLOCK_N
+        a = tl.cdiv(tl.maximum(start_m + BLOCK_M + kv_offset - window, 0), BLOCK_N) * BLOCK_N
+        a = tl.minimum(tl.maximum(a, lo), b)
+        lo = tl.minimum(lo, b)
+    return lo, a, b, hi
+
+
 # ----------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------
@@ -52,8 +131,10 @@ def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi, seq_k,
-               kv_offset, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+               kv_offset, qk_scale, sm_scale, softcap, slope, window,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+               SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr):
     d_mask = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -63,11 +144,12 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, o
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
         qk = _mma(q, tl.trans(k), None, IEEE, UPCAST)
-        qk = qk * qk_scale
+        if SOFTCAP or HAS_ALIBI:
+            qk, _th = _modify(qk, offs_m, offs_n, kv_offset, sm_scale, softcap, slope, SOFTCAP, HAS_ALIBI, False)
+        else:
+            qk = qk * qk_scale
         if MASKED:
-            visible = offs_n[None, :] < seq_k
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None] + kv_offset)
+            visible = _visible(offs_m, offs_n, 0, seq_k, kv_offset, window, CAUSAL, HAS_WINDOW, False)
             qk = tl.where(visible, qk, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
             # A row that has seen no key yet keeps m = -inf; subtracting it would give NaN (inf - inf).
@@ -85,12 +167,14 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, o
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, LSE,
+def _attn_fwd(Q, K, V, O, LSE, ALIBI,
               stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
               stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-              n_heads, group, seq_q, seq_k, kv_offset, qk_scale, seq_q_bucket, seq_k_bucket,
+              n_heads, group, seq_q, seq_k, kv_offset, qk_scale, sm_scale, softcap, window,
+              seq_q_bucket, seq_k_bucket,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-              UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              UPCAST: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     if CAUSAL:
         # The last query blocks see the most keys: launch them first so long programs don't form the tail.
@@ -116,23 +200,20 @@ def _attn_fwd(Q, K, V, O, LSE,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(ALIBI + off_h)
 
-    full_k = (seq_k // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        # keys < unmasked_end are visible to every query of this block (j <= start_m + kv_offset);
-        # keys >= hi are visible to none of them.
-        hi = tl.minimum(seq_k, tl.maximum(start_m + BLOCK_M + kv_offset, 0))
-        unmasked_end = tl.maximum(start_m + kv_offset + 1, 0) // BLOCK_N * BLOCK_N
-        unmasked_end = tl.minimum(unmasked_end, full_k)
-    else:
-        hi = seq_k
-        unmasked_end = full_k
+    lo, a, b, hi = _key_range(start_m, seq_k, kv_offset, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                               0, unmasked_end, seq_k, kv_offset, qk_scale,
-                               HEAD_DIM, BLOCK_N, BLOCK_D, False, CAUSAL, IEEE, UPCAST)
+                               lo, a, seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window,
+                               HEAD_DIM, BLOCK_N, BLOCK_D, True, CAUSAL, IEEE, UPCAST, SOFTCAP, HAS_ALIBI, HAS_WINDOW)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                               unmasked_end, hi, seq_k, kv_offset, qk_scale,
-                               HEAD_DIM, BLOCK_N, BLOCK_D, True, CAUSAL, IEEE, UPCAST)
+                               a, b, seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window,
+                               HEAD_DIM, BLOCK_N, BLOCK_D, False, CAUSAL, IEEE, UPCAST, SOFTCAP, HAS_ALIBI, HAS_WINDOW)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                               b, hi, seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window,
+                               HEAD_DIM, BLOCK_N, BLOCK_D, True, CAUSAL, IEEE, UPCAST, SOFTCAP, HAS_ALIBI, HAS_WINDOW)
 
     # A query row that sees no key at all (only when causal and seq_q > seq_k) gets output 0 and lse -inf.
     empty = l_i == 0.0
@@ -150,9 +231,10 @@ def _attn_fwd(Q, K, V, O, LSE,
 
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
-                    offs_n, offs_d, lo, hi, seq_q, seq_k, kv_offset, qk_scale,
+                    offs_n, offs_d, lo, hi, seq_q, seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window,
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                    SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr):
     d_mask = offs_d < HEAD_DIM
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -169,28 +251,34 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_
             delta = tl.load(delta_base + offs_m)
         # Work on the transposed tile [keys, queries] so that dk and dv come out of the dots unpermuted.
         qkT = _mma(k, tl.trans(q), None, IEEE, UPCAST)
-        pT = tl.math.exp2(qkT * qk_scale - lse[None, :] * 1.4426950408889634)
+        if SOFTCAP or HAS_ALIBI:
+            sT, thT = _modify(qkT, offs_m, offs_n, kv_offset, sm_scale, softcap, slope, SOFTCAP, HAS_ALIBI, True)
+        else:
+            sT = qkT * qk_scale
+            thT = sT
+        pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)
         if MASKED:
-            visible = (offs_m[None, :] < seq_q) & (offs_n[:, None] < seq_k)
-            if CAUSAL:
-                visible = visible & (offs_n[:, None] <= offs_m[None, :] + kv_offset)
+            visible = _visible(offs_m, offs_n, seq_q, seq_k, kv_offset, window, CAUSAL, HAS_WINDOW, True)
             pT = tl.where(visible, pT, 0.0)
         dv = _mma(pT.to(do.dtype), do, dv, IEEE, UPCAST)
         dpT = _mma(v, tl.trans(do), None, IEEE, UPCAST)
         dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:
+            dsT = dsT * (1.0 - thT * thT)  # d(c tanh(s/c))/ds
         dk = _mma(dsT.to(q.dtype), q, dk, IEEE, UPCAST)
     return dk, dv
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, ALIBI,
                    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-                   n_heads, n_kv_heads, group, seq_q, seq_k, kv_offset, qk_scale, sm_scale,
+                   n_heads, n_kv_heads, group, seq_q, seq_k, kv_offset, qk_scale, sm_scale, softcap, window,
                    seq_q_bucket, seq_k_bucket,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                   UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   UPCAST: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     off_b = pid_bkv // n_kv_heads
@@ -227,23 +315,36 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     ragged = start_n + BLOCK_N > seq_k
     a = tl.where(ragged, lo, a)
     b = tl.where(ragged, lo, b)
+    if HAS_WINDOW:
+        # query i sees key j only while i - j < window: rows from start_n - kv_offset + window on need a
+        # mask, rows from start_n + BLOCK_N - 1 - kv_offset + window on see nothing of this block.
+        b = tl.maximum(a, tl.minimum(b, tl.maximum(start_n + window - kv_offset, 0) // BLOCK_M * BLOCK_M))
+        end_q = tl.minimum(end_q, tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - kv_offset + window, 0), BLOCK_M)
+                           * BLOCK_M)
+        end_q = tl.maximum(end_q, b)
 
     for g in range(group):
         off_h = off_kvh * group + g
         bh = off_b * n_heads + off_h
+        slope = 0.0
+        if HAS_ALIBI:
+            slope = tl.load(ALIBI + off_h)
         q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
         do_base = DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
         lse_base = LSE + bh.to(tl.int64) * seq_q
         delta_base = DELTA + bh.to(tl.int64) * seq_q
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
-                                 offs_n, offs_d, lo, a, seq_q, seq_k, kv_offset, qk_scale,
-                                 HEAD_DIM, BLOCK_M, BLOCK_D, True, CAUSAL, IEEE, UPCAST)
+                                 offs_n, offs_d, lo, a, seq_q, seq_k, kv_offset, qk_scale, sm_scale, softcap,
+                                 slope, window, HEAD_DIM, BLOCK_M, BLOCK_D, True, CAUSAL, IEEE, UPCAST,
+                                 SOFTCAP, HAS_ALIBI, HAS_WINDOW)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
-                                 offs_n, offs_d, a, b, seq_q, seq_k, kv_offset, qk_scale,
-                                 HEAD_DIM, BLOCK_M, BLOCK_D, False, CAUSAL, IEEE, UPCAST)
+                                 offs_n, offs_d, a, b, seq_q, seq_k, kv_offset, qk_scale, sm_scale, softcap,
+                                 slope, window, HEAD_DIM, BLOCK_M, BLOCK_D, False, CAUSAL, IEEE, UPCAST,
+                                 SOFTCAP, HAS_ALIBI, HAS_WINDOW)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
-                                 offs_n, offs_d, b, end_q, seq_q, seq_k, kv_offset, qk_scale,
-                                 HEAD_DIM, BLOCK_M, BLOCK_D, True, CAUSAL, IEEE, UPCAST)
+                                 offs_n, offs_d, b, end_q, seq_q, seq_k, kv_offset, qk_scale, sm_scale, softcap,
+                                 slope, window, HEAD_DIM, BLOCK_M, BLOCK_D, True, CAUSAL, IEEE, UPCAST,
+                                 SOFTCAP, HAS_ALIBI, HAS_WINDOW)
 
     dk = dk * sm_scale  # the scores were scale * q.k, so d(scores)/dk carries the scale once
     tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_kvh.to(tl.int64) * stride_dkh
@@ -259,9 +360,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
-                  seq_k, kv_offset, qk_scale,
+                  seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                  SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr):
     d_mask = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -271,26 +373,33 @@ def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, o
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
         qk = _mma(q, tl.trans(k), None, IEEE, UPCAST)
-        p = tl.math.exp2(qk * qk_scale - lse[:, None] * 1.4426950408889634)
+        if SOFTCAP or HAS_ALIBI:
+            s, th = _modify(qk, offs_m, offs_n, kv_offset, sm_scale, softcap, slope, SOFTCAP, HAS_ALIBI, False)
+        else:
+            s = qk * qk_scale
+            th = s
+        p = tl.math.exp2(s - lse[:, None] * 1.4426950408889634)
         if MASKED:
-            visible = offs_n[None, :] < seq_k
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None] + kv_offset)
+            visible = _visible(offs_m, offs_n, 0, seq_k, kv_offset, window, CAUSAL, HAS_WINDOW, False)
             p = tl.where(visible, p, 0.0)
         dp = _mma(do, tl.trans(v), None, IEEE, UPCAST)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - th * th)
         dq = _mma(ds.to(k.dtype), k, dq, IEEE, UPCAST)
     return dq
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ALIBI,
                  stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                  stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                  stride_dqb, stride_dqh, stride_dqm,
-                 n_heads, group, seq_q, seq_k, kv_offset, qk_scale, sm_scale, seq_q_bucket, seq_k_bucket,
+                 n_heads, group, seq_q, seq_k, kv_offset, qk_scale, sm_scale, softcap, window,
+                 seq_q_bucket, seq_k_bucket,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                 UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 UPCAST: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -313,21 +422,20 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     k_base = K + off_b.to(tl.int64) * stride_kb + off_kvh.to(tl.int64) * stride_kh
     v_base = V + off_b.to(tl.int64) * stride_vb + off_kvh.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(ALIBI + off_h)
 
-    full_k = (seq_k // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        hi = tl.minimum(seq_k, tl.maximum(start_m + BLOCK_M + kv_offset, 0))
-        unmasked_end = tl.maximum(start_m + kv_offset + 1, 0) // BLOCK_N * BLOCK_N
-        unmasked_end = tl.minimum(unmasked_end, full_k)
-    else:
-        hi = seq_k
-        unmasked_end = full_k
+    lo, a, b, hi = _key_range(start_m, seq_k, kv_offset, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                       0, unmasked_end, seq_k, kv_offset, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, CAUSAL,
-                       IEEE, UPCAST)
+                       lo, a, seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window, HEAD_DIM, BLOCK_N,
+                       BLOCK_D, True, CAUSAL, IEEE, UPCAST, SOFTCAP, HAS_ALIBI, HAS_WINDOW)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                       unmasked_end, hi, seq_k, kv_offset, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, True, CAUSAL,
-                       IEEE, UPCAST)
+                       a, b, seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window, HEAD_DIM, BLOCK_N,
+                       BLOCK_D, False, CAUSAL, IEEE, UPCAST, SOFTCAP, HAS_ALIBI, HAS_WINDOW)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                       b, hi, seq_k, kv_offset, qk_scale, sm_scale, softcap, slope, window, HEAD_DIM, BLOCK_N,
+                       BLOCK_D, True, CAUSAL, IEEE, UPCAST, SOFTCAP, HAS_ALIBI, HAS_WINDOW)
     dq = dq * sm_scale
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh
              + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_mask)
@@ -372,7 +480,13 @@ DQ_CONFIGS = [
     _cfg(128, 64, 8, 3), _cfg(128, 32, 8, 3), _cfg(64, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 3),
     _cfg(64, 16, 4, 2), _cfg(16, 16, 4, 2),
 ]
-_KEY = ["seq_q_bucket", "seq_k_bucket", "HEAD_DIM", "CAUSAL", "IEEE", "UPCAST", "group"]
+# INTERP_FLASH_CONFIGS=N keeps the first N candidates of each list: a bounded-time run (benchmarks/gpu_check)
+# trades the last few percent of autotuning for minutes of compilation. Unset: every candidate.
+_LIMIT = int(os.environ.get("INTERP_FLASH_CONFIGS", "0") or 0)
+if _LIMIT > 0:
+    FWD_CONFIGS, DKDV_CONFIGS, DQ_CONFIGS = FWD_CONFIGS[:_LIMIT], DKDV_CONFIGS[:_LIMIT], DQ_CONFIGS[:_LIMIT]
+_KEY = ["seq_q_bucket", "seq_k_bucket", "HEAD_DIM", "CAUSAL", "IEEE", "UPCAST", "group", "SOFTCAP", "HAS_ALIBI",
+        "HAS_WINDOW"]
 
 _PRUNE = {"early_config_prune": _prune}
 attn_fwd_tuned = triton.autotune(FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_attn_fwd)

@@ -1,7 +1,7 @@
 """Compile the flash-attention kernels for a GPU target without a GPU, and report what the compiler made.
 
     python -m interp.kernels.compile_check            # every dtype x head dim x causal x kernel, sm_90
-    python -m interp.kernels.compile_check --quick    # one of each kernel
+    python -m interp.kernels.compile_check --quick    # one of each kernel, plain and with every score mod
 
 Triton can lower a kernel all the way to a cubin on a machine with no GPU (it ships ptxas). That catches what
 the CPU interpreter cannot: type errors of the compiled language (a runtime ``if`` whose branches give a
@@ -30,6 +30,7 @@ class Compiled:
     dtype: str
     head_dim: int
     causal: bool
+    mods: bool
     block_m: int
     block_n: int
     num_warps: int
@@ -67,7 +68,7 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
 
 
 def compile_one(kernel: str, dtype: str, head_dim: int, causal: bool, block_m: int, block_n: int,
-                num_warps: int, num_stages: int, capability: int = 90) -> Compiled:
+                num_warps: int, num_stages: int, capability: int = 90, mods: bool = False) -> Compiled:
     """Lower one kernel variant to a cubin for compute capability ``capability`` (no GPU needed)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -77,23 +78,25 @@ def compile_one(kernel: str, dtype: str, head_dim: int, causal: bool, block_m: i
 
     fn = {"fwd": K._attn_fwd, "dkdv": K._attn_bwd_dkdv, "dq": K._attn_bwd_dq}[kernel]
     block_d = max(16, 1 << (head_dim - 1).bit_length())
+    # mods: soft-cap, ALiBi and a sliding window all on (the window only with causal, as the API requires)
     consts = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "CAUSAL": causal, "IEEE": dtype == "fp32",
-              "UPCAST": False, "BLOCK_M": block_m, "BLOCK_N": block_n}
+              "UPCAST": False, "SOFTCAP": mods, "HAS_ALIBI": mods, "HAS_WINDOW": mods and causal,
+              "BLOCK_M": block_m, "BLOCK_N": block_n}
     pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
-    pointers.update({"LSE": "*fp32", "DELTA": "*fp32"})
+    pointers.update({"LSE": "*fp32", "DELTA": "*fp32", "ALIBI": "*fp32"})
     signature = {}
     for name in fn.arg_names:
         if name in consts:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = pointers[name]
-        elif name in ("qk_scale", "sm_scale"):
+        elif name in ("qk_scale", "sm_scale", "softcap"):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
     src = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
     t = time.time()
-    row = {"kernel": kernel, "dtype": dtype, "head_dim": head_dim, "causal": causal, "block_m": block_m,
+    row = {"kernel": kernel, "dtype": dtype, "head_dim": head_dim, "causal": causal, "mods": mods, "block_m": block_m,
            "block_n": block_n, "num_warps": num_warps, "num_stages": num_stages}
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32),
@@ -123,29 +126,31 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     lists = {"fwd": _tiles(K.FWD_CONFIGS), "dkdv": _tiles(K.DKDV_CONFIGS), "dq": _tiles(K.DQ_CONFIGS)}
     if args.all_configs:
-        dtypes, dims, causals = ["bf16"], [64, 128], [True]
+        dtypes, dims, causals, modss = ["bf16"], [64, 128], [True], [False]
     elif args.quick:
-        dtypes, dims, causals = ["bf16"], [128], [True]
+        dtypes, dims, causals, modss = ["bf16"], [128], [True], [False, True]
     else:
-        dtypes, dims, causals = ["bf16", "fp16", "fp32"], [64, 128, 80], [True, False]
+        dtypes, dims, causals, modss = ["bf16", "fp16", "fp32"], [64, 128, 80], [True, False], [False, True]
     failed = 0
-    header = f"{'kernel':<7}{'dtype':<6}{'d':>4} {'causal':<7}{'tile':>14}{'smem KB':>9}{'regs':>6}{'local B':>8}"
-    print(header + f"  {'mma':<9}{'s':>5}")
+    header = f"{'kernel':<7}{'dtype':<6}{'d':>4} {'causal':<7}{'mods':<6}{'tile':>14}{'smem KB':>9}{'regs':>6}"
+    print(header + f"{'local B':>8}  {'mma':<9}{'s':>5}")
     for dtype in dtypes:
         for d in dims:
             for causal in causals:
-                for kernel, tiles in lists.items():
-                    for bm, bn, w, st in tiles if args.all_configs else tiles[:1]:
-                        r = compile_one(kernel, dtype, d, causal, bm, bn, w, st, args.capability)
-                        tile = f"{bm}x{bn}/w{w}s{st}"
-                        if r.error:
-                            failed += 1
-                            print(f"{kernel:<7}{dtype:<6}{d:>4} {causal!s:<7}{tile:>14}  FAILED {r.error}")
-                            continue
-                        regs = "?" if r.registers is None else r.registers
-                        local = "?" if r.spill_bytes is None else r.spill_bytes
-                        print(f"{kernel:<7}{dtype:<6}{d:>4} {causal!s:<7}{tile:>14}{r.shared_bytes / 1024:>9.1f}"
-                              f"{regs:>6}{local:>8}  {r.mma:<9}{r.seconds:>5.1f}", flush=True)
+                for mods in modss:
+                    for kernel, tiles in lists.items():
+                        for bm, bn, w, st in tiles if args.all_configs else tiles[:1]:
+                            r = compile_one(kernel, dtype, d, causal, bm, bn, w, st, args.capability, mods)
+                            tile = f"{bm}x{bn}/w{w}s{st}"
+                            what = f"{kernel:<7}{dtype:<6}{d:>4} {causal!s:<7}{mods!s:<6}{tile:>14}"
+                            if r.error:
+                                failed += 1
+                                print(f"{what}  FAILED {r.error}")
+                                continue
+                            regs = "?" if r.registers is None else r.registers
+                            local = "?" if r.spill_bytes is None else r.spill_bytes
+                            print(f"{what}{r.shared_bytes / 1024:>9.1f}{regs:>6}{local:>8}  {r.mma:<9}"
+                                  f"{r.seconds:>5.1f}", flush=True)
     return 1 if failed else 0
 
 

@@ -1,11 +1,12 @@
 """FlashAttention-2-style fused attention: public API, input checks, launchers and autograd.
 
-``flash_attention(q, k, v, causal=True, scale=None) -> (out, lse)``
+``flash_attention(q, k, v, causal=True, scale=None, window=None, softcap=None, alibi=None) -> (out, lse)``
 
   q      [batch, n_heads,    seq_q, d_head]
   k, v   [batch, n_kv_heads, seq_k, d_head]    n_heads % n_kv_heads == 0 (MHA, GQA, MQA)
   out    [batch, n_heads, seq_q, d_head], q's dtype
-  lse    [batch, n_heads, seq_q] float32: natural log of sum_j exp(scale * q_i . k_j) over the visible keys
+  lse    [batch, n_heads, seq_q] float32: natural log of sum_j exp(s_ij) over the visible keys
+  window, softcap, alibi (slopes [n_heads]): the score modifications of interp.kernels.reference
 
 Causal masking is aligned to the bottom-right corner: query ``i`` sees key ``j`` iff
 ``j <= i + seq_k - seq_q`` (the usual convention when the queries are the last ``seq_q`` positions of a
@@ -148,23 +149,35 @@ def _block_d(d: int) -> int:
     return max(MIN_HEAD_DIM, 1 << (d - 1).bit_length())
 
 
-def _meta(q: torch.Tensor, d: int, causal: bool) -> dict:
+def _meta(q: torch.Tensor, d: int, causal: bool, mods: _Mods) -> dict:
     # UPCAST works around the interpreter's bf16 dot (see _triton_flash._mma); never set on the GPU.
     return {"HEAD_DIM": d, "BLOCK_D": _block_d(d), "CAUSAL": bool(causal), "IEEE": q.dtype == torch.float32,
-            "UPCAST": _interpreting() and q.dtype == torch.bfloat16}
+            "UPCAST": _interpreting() and q.dtype == torch.bfloat16, "SOFTCAP": mods.softcap is not None,
+            "HAS_ALIBI": mods.alibi is not None, "HAS_WINDOW": mods.window is not None}
 
 
-def _forward(q, k, v, causal: bool, scale: float):
+class _Mods:
+    """The score modifications as kernel arguments (placeholders where an option is off)."""
+
+    def __init__(self, q, window, softcap, alibi):
+        self.window, self.softcap, self.alibi = window, softcap, alibi
+        self.window_arg = int(window) if window is not None else 0
+        self.softcap_arg = float(softcap) if softcap is not None else 1.0
+        self.alibi_arg = alibi if alibi is not None else q  # any pointer; never read when HAS_ALIBI is off
+
+
+def _forward(q, k, v, causal: bool, scale: float, mods: _Mods):
     kern = _kernels()
     b, h, sq, d = q.shape
     hk, sk = k.shape[1], k.shape[2]
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, h, sq), device=q.device, dtype=torch.float32)
-    args = (q, k, v, out, lse,
+    args = (q, k, v, out, lse, mods.alibi_arg,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            h, h // hk, sq, sk, sk - sq, scale * kern.LOG2E, _bucket(sq), _bucket(sk))
-    meta = _meta(q, d, causal)
+            h, h // hk, sq, sk, sk - sq, scale * kern.LOG2E, scale, mods.softcap_arg, mods.window_arg,
+            _bucket(sq), _bucket(sk))
+    meta = _meta(q, d, causal, mods)
     if _fixed_tiles():
         bm, bn = _INTERPRET_FWD
         kern.attn_fwd[(triton_cdiv(sq, bm), b * h)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn)
@@ -174,7 +187,7 @@ def _forward(q, k, v, causal: bool, scale: float):
     return out, lse
 
 
-def _backward(q, k, v, out, lse, dout, dlse, causal: bool, scale: float):
+def _backward(q, k, v, out, lse, dout, dlse, causal: bool, scale: float, mods: _Mods):
     kern = _kernels()
     b, h, sq, d = q.shape
     hk, sk = k.shape[1], k.shape[2]
@@ -188,18 +201,20 @@ def _backward(q, k, v, out, lse, dout, dlse, causal: bool, scale: float):
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    common = _meta(q, d, causal)
+    common = _meta(q, d, causal, mods)
     qk_scale = scale * kern.LOG2E
-    kv_args = (q, k, v, dout, lse, delta, dk, dv,
+    kv_args = (q, k, v, dout, lse, delta, dk, dv, mods.alibi_arg,
                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
                dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-               h, hk, h // hk, sq, sk, sk - sq, qk_scale, scale, _bucket(sq), _bucket(sk))
-    q_args = (q, k, v, dout, lse, delta, dq,
+               h, hk, h // hk, sq, sk, sk - sq, qk_scale, scale, mods.softcap_arg, mods.window_arg,
+               _bucket(sq), _bucket(sk))
+    q_args = (q, k, v, dout, lse, delta, dq, mods.alibi_arg,
               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
               dq.stride(0), dq.stride(1), dq.stride(2),
-              h, h // hk, sq, sk, sk - sq, qk_scale, scale, _bucket(sq), _bucket(sk))
+              h, h // hk, sq, sk, sk - sq, qk_scale, scale, mods.softcap_arg, mods.window_arg,
+              _bucket(sq), _bucket(sk))
     if _fixed_tiles():
         bm, bn = _INTERPRET_DKDV
         kern.attn_bwd_dkdv[(triton_cdiv(sk, bn), b * hk)](*kv_args, **common, BLOCK_M=bm, BLOCK_N=bn)
@@ -217,10 +232,10 @@ def triton_cdiv(a: int, b: int) -> int:
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale):
-        out, lse = _forward(q, k, v, causal, scale)
+    def forward(ctx, q, k, v, causal, scale, mods):
+        out, lse = _forward(q, k, v, causal, scale, mods)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.causal, ctx.scale, ctx.mods = causal, scale, mods
         return out, lse
 
     @staticmethod
@@ -228,17 +243,36 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        dq, dk, dv = _backward(q, k, v, out, lse, dout, dlse, ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = _backward(q, k, v, out, lse, dout, dlse, ctx.causal, ctx.scale, ctx.mods)
+        return dq, dk, dv, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                    scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float | None = None, window: int | None = None, softcap: float | None = None,
+                    alibi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused attention; returns ``(out, lse)``. See the module docstring for shapes and conventions.
 
     ``scale`` defaults to ``1/sqrt(d_head)``. Inputs in fp16/bf16/fp32; accumulation is always fp32 (and fp32
     inputs use IEEE fp32 products, not tf32, so fp32 results match a float64 reference to ~1e-6).
     """
     scale = _check_inputs(q, k, v, scale)
+    mods = _Mods(q, window, softcap, _check_mods(q, causal, window, softcap, alibi))
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
-    return _FlashAttention.apply(q, k, v, bool(causal), scale)
+    return _FlashAttention.apply(q, k, v, bool(causal), scale, mods)
+
+
+def _check_mods(q, causal, window, softcap, alibi):
+    """Validate window / softcap / alibi; returns the slopes as a contiguous float32 tensor on q's device."""
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise InterpError(f"flash_attention: window must be a positive int or None, got {window!r}")
+        if not causal:
+            raise InterpError("flash_attention: window needs causal=True (a sliding window looks back only)")
+    if softcap is not None and not (math.isfinite(float(softcap)) and float(softcap) > 0):
+        raise InterpError(f"flash_attention: softcap must be a finite float > 0 or None, got {softcap!r}")
+    if alibi is None:
+        return None
+    if not isinstance(alibi, torch.Tensor) or alibi.shape != (q.shape[1],):
+        raise InterpError(f"flash_attention: alibi must be a tensor of n_heads={q.shape[1]} slopes, got "
+                          f"{getattr(alibi, 'shape', alibi)!r}")
+    return alibi.to(device=q.device, dtype=torch.float32).contiguous()

@@ -38,7 +38,8 @@ def random_tiny_model():
     return HookedDecoder(cfg).eval()
 
 
-def load(source: Any = None, device: str | torch.device | None = None, tokenizer: Any = None):
+def load(source: Any = None, device: str | torch.device | None = None, tokenizer: Any = None, *,
+         device_map=None, max_memory: dict | None = None, offload_folder=None):
     """Load a model.
 
     * ``load()`` — the default model of the shipped zoo (``models/``).
@@ -47,7 +48,21 @@ def load(source: Any = None, device: str | torch.device | None = None, tokenizer
       ``save_pretrained`` folder (GPT-2, Llama/Mistral/Qwen2, GPT-NeoX).
     * ``load(hf_model)`` — a `transformers` model object.
     * ``load("org/model")`` — a hub id, through `transformers`' own download (needs a reachable hub).
+
+    A model larger than one device: ``device_map="auto"`` (with ``max_memory``, e.g. ``{0: "20GiB",
+    1: "20GiB", "cpu": "64GiB"}``) or a dict ``{"embed": 0, "blocks.0": 0, ..., "blocks.40": "cpu",
+    "ln_final": "disk", "unembed": 1}`` places blocks with `accelerate` (``offload_folder`` holds
+    ``"disk"`` weights); hooks and caches work across the devices (see :mod:`interp.loading.placement`).
     """
+    if device_map is not None:
+        if device is not None:
+            raise InterpError("device: give either device or device_map, not both")
+        from interp.loading.placement import dispatch
+
+        model = load(source, tokenizer=tokenizer)
+        return dispatch(model.eval(), device_map, max_memory=max_memory, offload_folder=offload_folder)
+    if max_memory is not None or offload_folder is not None:
+        raise InterpError("max_memory / offload_folder: only used with device_map (e.g. device_map='auto')")
     if source is None:
         name = default_model_name()
         if name == DEFAULT_MODEL and DEFAULT_MODEL not in zoo_models():
@@ -86,7 +101,11 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
 
         read_json(Path(name_or_path, "config.json"))  # a broken file: one line, not transformers' tracebacks
     hf = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype="auto")
-    if tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
+    if tokenizer is None and Path(name_or_path, "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer  # the folder's own tokenizer class and special tokens
+
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    elif tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(Path(name_or_path, "tokenizer.json")))
@@ -95,4 +114,4 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
     return model.to(device) if device is not None else model
 
 
-__all__ = ["load", "save_checkpoint", "load_checkpoint", "from_hf_model", "zoo_models", "default_model_name"]
+__all__ = ["default_model_name", "from_hf_model", "load", "load_checkpoint", "save_checkpoint", "zoo_models"]

@@ -13,6 +13,7 @@ from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
 from interp.model.config import DTYPES, DecoderConfig
 from interp.model.transformer import HookedDecoder
+from interp.tokenize import backend_tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
@@ -67,8 +68,8 @@ def save_checkpoint(model: HookedDecoder, folder: str | Path, overwrite: bool = 
     if dtype is not None:
         cfg["dtype"] = {v: k for k, v in DTYPES.items()}[dtype]
     atomic_write_text(folder / CONFIG, json.dumps(cfg, indent=2) + "\n")
-    tok = model.tokenizer
-    if tok is not None and hasattr(tok, "to_str"):  # a `tokenizers.Tokenizer`
+    tok = backend_tokenizer(model.tokenizer)  # the `tokenizers.Tokenizer` inside model.tokenizer
+    if tok is not None and hasattr(tok, "to_str"):
         atomic_write_text(folder / TOKENIZER, tok.to_str(pretty=True))
     return folder
 

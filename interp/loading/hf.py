@@ -7,7 +7,8 @@ scaling scheme, sliding-window attention, …) is refused with an error naming t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import einops
 import torch
@@ -179,6 +180,16 @@ def neox_state(sd: dict, cfg: DecoderConfig) -> dict:
     return out
 
 
+# TransformerLens prepends BOS by default except for these families (its adapters set default_prepend_bos=False).
+NO_BOS_BY_DEFAULT = ("GPTNeoXForCausalLM", "Qwen2ForCausalLM")
+
+
+def set_bos(cfg: DecoderConfig, hf_cfg, arch: str) -> None:
+    """Keep the HF config's BOS id, and prepend it by default where TransformerLens does."""
+    cfg.bos_token_id = _first(getattr(hf_cfg, "bos_token_id", None))
+    cfg.default_prepend_bos = cfg.bos_token_id is not None and arch not in NO_BOS_BY_DEFAULT
+
+
 FAMILIES: dict[str, tuple[Callable, Callable]] = {
     "GPT2LMHeadModel": (gpt2_config, gpt2_state),
     "LlamaForCausalLM": (llama_config, llama_state),
@@ -202,6 +213,7 @@ def from_hf_model(hf_model: Any, tokenizer: Any = None):
     make_config, map_state = FAMILIES[arch]
     cfg = make_config(hf_model.config, _dtype_name(hf_model))
     cfg.source = {"transformers_class": arch}
+    set_bos(cfg, hf_model.config, arch)
     sd = {k: v.detach() for k, v in hf_model.state_dict().items()}
     try:
         state = map_state(sd, cfg)

@@ -12,41 +12,25 @@ every visible key with q·k/√d; mask the future with −inf (causal); softmax;
 
 GQA/MQA: ``n_kv_heads`` key/value heads each serve ``n_heads // n_kv_heads`` consecutive query heads
 (query head h reads kv head h // group), as in Llama/Mistral.
+
+Blocks of modern LLMs, each off by default (DecoderConfig): QK-norm on q and k before RoPE (Qwen3, OLMo 2,
+Gemma 3; hooked as ``attn.q_norm.*``/``attn.hook_q_normed``), per-layer RoPE (scalings, base, or none),
+and the score modifications of :mod:`interp.kernels.reference` (soft-cap, ALiBi, sliding window), which
+every backend and the lazy pattern rebuild apply identically.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
+from interp.kernels.reference import alibi_slopes, modify_scores, query_key_positions
 from interp.model.config import BACKENDS, DecoderConfig
-
-
-# --- rotary position embedding ------------------------------------------------------------------
-def rotary_cos_sin(positions: torch.Tensor, rotary_dim: int, base: float, dtype: torch.dtype):
-    """cos/sin tables [pos, rotary_dim] for the rotate-half convention (Llama, GPT-NeoX)."""
-    work = torch.promote_types(dtype, torch.float32)  # at least fp32; a float64 model keeps full precision
-    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=positions.device, dtype=work) / rotary_dim))
-    freqs = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]
-    angles = torch.cat([freqs, freqs], dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``rotary_dim`` features of each head of x [batch, pos, head, d_head].
-
-    Pairs (i, i + rotary_dim/2) rotate by angle pos·θ_i, so q·k depends only on the relative offset.
-    Dims past ``rotary_dim`` (partial rotary, GPT-NeoX) pass through unchanged.
-    """
-    rotary_dim = cos.shape[-1]
-    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated_half = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat([x_rot * cos + rotated_half * sin, x_pass], dim=-1)
+from interp.model.norm import Norm
+from interp.model.rope import apply_rotary, rope_frequencies, rotary_cos_sin
 
 
 # --- backends -----------------------------------------------------------------------------------
@@ -62,10 +46,14 @@ def resolve_backend(requested: str | None, cfg: DecoderConfig, device: torch.dev
         kernel_fits = MIN_HEAD_DIM <= cfg.d_head <= MAX_HEAD_DIM and cfg.dtype in ("float16", "bfloat16", "float32")
         return "triton" if kernel_fits and flash_attention_available() else "sdpa"
     if backend == "triton" and device.type != "cuda":
-        raise InterpError(
-            "attn_backend='triton' needs a CUDA device (the kernel is compiled for the GPU); the model is on "
-            f"{device}. Use attn_backend='sdpa' or 'eager' on the CPU, or 'auto' to choose for you."
-        )
+        from interp.kernels.flash import _interpreting
+
+        if not _interpreting():  # on the CPU the kernel runs only in Triton's interpreter (slow: tests, CI)
+            raise InterpError(
+                "attn_backend='triton' needs a CUDA device (the kernel is compiled for the GPU); the model is on "
+                f"{device}. Use attn_backend='sdpa' or 'eager' on the CPU, or 'auto' to choose for you "
+                "(or set TRITON_INTERPRET=1 before triton is imported to run the kernel in Triton's interpreter)."
+            )
     return backend
 
 
@@ -75,6 +63,18 @@ def causal_mask(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
     q = torch.arange(n_query, device=device)[:, None] + offset
     k = torch.arange(n_key, device=device)[None, :]
     return k <= q
+
+
+def visible_keys(n_query: int, n_key: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Causal mask [query, key], or [batch, 1, query, key] with a padding mask ``key_mask`` [batch, key]
+    (True = real token). A padding query sees only itself: its output is finite and never read by a real
+    token (pad keys are hidden from every other query)."""
+    visible = causal_mask(n_query, n_key, device)
+    if key_mask is None:
+        return visible
+    offset = n_key - n_query
+    is_self = torch.arange(n_key, device=device)[None, :] == torch.arange(n_query, device=device)[:, None] + offset
+    return visible & (key_mask.bool()[:, None, None, :] | is_self)
 
 
 class KVCache:
@@ -116,25 +116,70 @@ class Attention(nn.Module):
             self.register_parameter("b_V", None)
         self.b_O = nn.Parameter(torch.zeros(d)) if cfg.attn_out_bias else None
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [batch, pos, head, d_head]
-        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        if cfg.uses_rope(layer):  # registered only where RoPE runs, so every hook point fires
+            self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_attn_scores = HookPoint()  # [batch, head, query, key], masked entries −inf
         self.hook_pattern = HookPoint()  # [batch, head, query, key]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, head, d_model], only when cfg.use_attn_result
+        # hook_result [batch, pos, head, d_model] exists while cfg.use_attn_result (interp.model.gated_hooks)
         # Set by the lazy-pattern cache (interp.model.lazy_pattern) to receive rotated q, k and lse.
         self.pattern_recorder = None
+        # score modifications of this layer (interp.kernels.reference)
+        self.window = cfg.window(layer)
+        self.softcap = cfg.attn_softcap
+        self.rope = cfg.rope_for_layer(layer) if cfg.uses_rope(layer) else None
+        self._rope_cache: dict = {}  # (device, dtype, length) -> (inv_freq, attention factor); not state
+        if cfg.qk_norm is not None:
+            per_head = cfg.qk_norm == "per_head"
+            self.q_norm = Norm(cfg, dh if per_head else H * dh)
+            self.k_norm = Norm(cfg, dh if per_head else K * dh)
+            self.hook_q_normed, self.hook_k_normed = HookPoint(), HookPoint()  # [batch, pos, head, d_head]
+
+    @property
+    def alibi(self) -> torch.Tensor | None:
+        """ALiBi slopes [n_heads] (float64, on the weights' device), or None. Computed, not stored: a model
+        built on the meta device and loaded from a state dict has them right without a buffer to fill."""
+        return alibi_slopes(self.cfg.n_heads).to(self.W_Q.device) if self.cfg.alibi else None
 
     @property
     def group(self) -> int:
         return self.cfg.n_heads // self.cfg.n_kv_heads
 
     def _project(self, x, W, b):
-        out = torch.einsum("bpm,hmd->bphd", x, W)
+        # x is the residual [b, pos, d_model], or one copy per head [b, pos, head, d_model] (split inputs)
+        out = torch.einsum("bphm,hmd->bphd" if x.ndim == 4 else "bpm,hmd->bphd", x, W)
         return out if b is None else out + b
 
     def pattern_hooked(self) -> bool:
         """True when something hooks the scores or the pattern, so they must be materialised."""
         return self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
+
+    def _qk_norm(self, t: torch.Tensor, norm: Norm, hook: HookPoint) -> torch.Tensor:
+        if self.cfg.qk_norm == "per_head":
+            return hook(norm(t))
+        return hook(norm(t.flatten(-2)).unflatten(-1, t.shape[-2:]))  # across heads: one norm over h*d
+
+    def _frequencies(self, positions, work):
+        """(inv_freq on the device, attention factor), computed once per device/dtype (and length, for dynamic
+        and longrope, whose frequencies depend on the length of the context processed so far)."""
+        by_length = self.rope["rope_type"] in ("dynamic", "longrope")
+        seq_len = int(positions.max()) + 1 if by_length else 0  # (the only host sync, and only for those two)
+        key = (positions.device, work, seq_len)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) > 8:
+                self._rope_cache.clear()
+            inv_freq, factor = rope_frequencies(self.rope, self.cfg.rotary_dim, self.cfg.n_ctx, seq_len, work)
+            self._rope_cache[key] = (inv_freq.to(positions.device), factor)
+        return self._rope_cache[key]
+
+    def _rotate(self, q, k, positions):
+        cfg = self.cfg
+        work = torch.promote_types(q.dtype, torch.float32)  # a float64 model keeps full precision
+        inv_freq, factor = self._frequencies(positions, work)
+        cos, sin = rotary_cos_sin(positions, inv_freq, q.dtype, factor, cfg.rotary_interleaved)
+        q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rotary_interleaved))
+        k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_interleaved))
+        return q, k
 
     def forward(
         self,
@@ -142,21 +187,33 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         kv_cache: KVCache | None = None,
         backend: str | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x``: [batch, pos, d_model], or a (q, k, v) tuple of per-head inputs [batch, pos, head, d_model].
+        ``key_mask`` [batch, n_key] (True = real token) hides padding; positions are then [batch, pos]."""
         cfg = self.cfg
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(x, self.W_K, self.b_K))
-        v = self.hook_v(self._project(x, self.W_V, self.b_V))
-        if cfg.positional == "rotary":
-            cos, sin = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base, q.dtype)
-            q = self.hook_rot_q(apply_rotary(q, cos, sin))
-            k = self.hook_rot_k(apply_rotary(k, cos, sin))
+        q_in, k_in, v_in = x if isinstance(x, tuple) else (x, x, x)  # a tuple: per-head inputs (gated hooks)
+        q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(k_in, self.W_K, self.b_K))
+        v = self.hook_v(self._project(v_in, self.W_V, self.b_V))
+        if cfg.qk_norm is not None:
+            q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
+            k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
+        if self.rope is not None:
+            q, k = self._rotate(q, k, positions)
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer, k, v)
 
-        backend = resolve_backend(backend, cfg, x.device)
+        backend = resolve_backend(backend, cfg, q.device)
         if self.pattern_hooked() or backend == "eager":
-            z = self._eager(q, k, v)
+            z = self._eager(q, k, v, key_mask)
+        elif key_mask is not None and (self.window or self.softcap or self.cfg.alibi):
+            z = self._eager(q, k, v, key_mask)  # padding and score modifications together: the exact path
+        elif key_mask is not None:  # padding: PyTorch's sdpa with an explicit mask (no kernel lse to record)
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=cfg.attn_scale,
+                attn_mask=visible_keys(q.shape[1], k.shape[1], key_mask, q.device), enable_gqa=self.group > 1,
+            ).transpose(1, 2)
         else:
             z = self._fused(q, k, v, backend)
         z = self.hook_z(z)
@@ -167,14 +224,18 @@ class Attention(nn.Module):
             out = torch.einsum("bphd,hdm->bpm", z, self.W_O)
         return out if self.b_O is None else out + self.b_O
 
-    def _eager(self, q, k, v):
-        """The reference: scores, −inf above the diagonal, softmax, weighted sum of values."""
+    def _eager(self, q, k, v, key_mask=None):
+        """The reference: scores (soft-cap, ALiBi), −inf where masked (causal, window, padding), softmax,
+        weighted sum of values."""
         qh = q.transpose(1, 2)  # [b, head, q, d]
         kh = k.transpose(1, 2).repeat_interleave(self.group, dim=1)
         vh = v.transpose(1, 2).repeat_interleave(self.group, dim=1)
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.cfg.attn_scale
-        visible = causal_mask(q.shape[1], k.shape[1], q.device)
-        scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
+        q_pos, k_pos = query_key_positions(q.shape[1], k.shape[1], q.device)
+        scores = modify_scores(scores, q_pos, k_pos, True, self.window, self.softcap, self.alibi)
+        if key_mask is not None:  # padding: pad keys hidden from every other query (interp.model.text)
+            scores = scores.masked_fill(~visible_keys(q.shape[1], k.shape[1], key_mask, q.device), float("-inf"))
+        scores = self.hook_attn_scores(scores)
         # softmax in at least fp32: half precision is upcast, float64 (the oracle) is not truncated
         probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
         pattern = self.hook_pattern(probs.to(v.dtype))
@@ -187,7 +248,8 @@ class Attention(nn.Module):
         # With cached keys (generation) queries are the last n_q positions; fused_attention aligns the causal
         # mask bottom-right. The log-sum-exp is only asked for when a lazy cache will rebuild the pattern.
         z, lse = fused_attention(qh, kh, vh, causal=True, scale=self.cfg.attn_scale, backend=backend,
-                                 need_lse=self.pattern_recorder is not None)
+                                 need_lse=self.pattern_recorder is not None, window=self.window,
+                                 softcap=self.softcap, alibi=self.alibi)
         if self.pattern_recorder is not None:
             self.pattern_recorder(self.layer, qh, kh, lse)
         return z.transpose(1, 2)

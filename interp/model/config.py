@@ -20,7 +20,12 @@ from interp.errors import InterpError
 
 POSITIONAL = ("learned", "sinusoidal", "rotary", "none")
 NORMS = ("layernorm", "rmsnorm")
-NORM_PLACEMENTS = ("pre", "post", "deepnorm")
+# pre: x + f(LN x) | post: LN(x + f x) | deepnorm: LN(αx + f x) | sandwich: x + LN_post(f(LN x)) (Gemma 2/3)
+# | sublayer_post: x + LN(f x) (OLMo 2: the norm on the sublayer's output only)
+NORM_PLACEMENTS = ("pre", "post", "deepnorm", "sandwich", "sublayer_post")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' own spelling of config.layer_types
+QK_NORMS = (None, "per_head", "across_heads")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
 BACKENDS = ("auto", "eager", "sdpa", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -34,6 +39,29 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InterpError(f"DecoderConfig.{name} must be a positive integer; got {value!r}.")
+
+
+def _positive_float(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise InterpError(f"DecoderConfig.{name} must be a finite number > 0{' or None' if allow_none else ''}; "
+                          f"got {value!r}.")
+
+
+def _layer_list(name: str, value: Any, n_layers: int) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) != n_layers:
+        raise InterpError(f"DecoderConfig.{name} must be a list with one entry per layer (n_layers={n_layers}); "
+                          f"got {value!r}.")
+    return list(value)
+
+
+# keys each RoPE scaling type needs in its rope_parameters dict (transformers' names)
+_ROPE_REQUIRED = {"linear": ("factor",), "dynamic": ("factor",),
+                  "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                  "yarn": ("factor", "original_max_position_embeddings"),
+                  "longrope": ("long_factor", "short_factor", "original_max_position_embeddings")}
 
 
 @dataclass
@@ -62,11 +90,54 @@ class DecoderConfig:
     tie_embeddings: bool = False
     attn_backend: str = "auto"  # auto | eager | sdpa | triton
     use_attn_result: bool = False  # opt-in per-head output hook blocks.{l}.attn.hook_result
+    use_attn_in: bool = False  # opt-in blocks.{l}.hook_attn_in (interp.model.gated_hooks)
+    use_split_qkv_input: bool = False  # opt-in blocks.{l}.hook_q_input / hook_k_input / hook_v_input
+    use_hook_mlp_in: bool = False  # opt-in blocks.{l}.hook_mlp_in
     init_std: float = 0.02
     deepnorm_alpha: float | None = None  # None -> (2 N)^(1/4) for deepnorm (DeepNet, decoder-only)
     deepnorm_beta: float | None = None  # None -> (8 N)^(-1/4)
+    # --- blocks of modern LLMs (issue #10). Every one is off by default; names follow transformers' configs
+    # so a family mapping is renaming. Attention masks and scores:
+    sliding_window: int | None = None  # local attention: query i sees keys i-w < j <= i (Mistral, Gemma 2/3)
+    layer_types: list | None = None  # per layer "full_attention" | "sliding_attention"; None: all sliding
+    #                                  when sliding_window is set, else all full (HF config.layer_types)
+    alibi: bool = False  # ALiBi: score -= slope_h * (i - j), Bloom/MPT slopes (geometric, any head count)
+    attn_softcap: float | None = None  # scores -> c * tanh(scores / c) before the mask (Gemma 2)
+    attn_multiplier: float | None = None  # score scale; None -> 1/sqrt(d_head). Gemma: query_pre_attn_scalar**-0.5,
+    #                                       Granite: attention_multiplier
+    # Positions:
+    rope_parameters: dict | None = None  # transformers' rope_parameters: {"rope_type": linear|dynamic|llama3|yarn|
+    #    longrope, "rope_theta"?, "factor", ...}, or one such dict per layer type {"full_attention": {...},
+    #    "sliding_attention": {...}} (Gemma 3's local/global bases). "rope_theta" overrides rotary_base there.
+    rotary_interleaved: bool = False  # GPT-J: rotate pairs (2i, 2i+1) instead of halves (i, i + r/2)
+    rope_layers: list | None = None  # per layer True/False: whether RoPE applies (SmolLM3's no_rope_layers)
+    pos_offset: int = 0  # learned positions: position p reads row p + pos_offset of W_pos (OPT: 2)
+    embed_norm: bool = False  # a norm on the embeddings before block 0, hooked as embed_ln.* (Bloom)
+    # Norms:
+    qk_norm: str | None = None  # None | "per_head" (Qwen3, Gemma 3: over d_head) | "across_heads" (OLMo 2:
+    #                             over all heads' q / k at once). Hooked: attn.q_norm.*, attn.hook_q_normed
+    norm_weight_offset: float = 0.0  # norms scale by (offset + w): Gemma's RMSNorm stores w and uses (1 + w)
+    norm_affine: bool = True  # False: no learned gain/bias in any norm (OLMo 1's LayerNorm)
+    shared_norm: bool = False  # parallel block reads one norm (ln1) for attention and MLP (GPT-J, Phi, Falcon)
+    # Scalars:
+    embed_multiplier: float = 1.0  # embeddings * m (Gemma: sqrt(d_model); Granite: embedding_multiplier)
+    residual_multiplier: float = 1.0  # each sublayer's output * m before it joins the residual (Granite);
+    #                                   hook_attn_out / hook_mlp_out see the scaled value (resid sums stay exact)
+    logit_scale: float = 1.0  # logits * s (Cohere's logit_scale; Granite: 1 / logits_scaling)
+    final_softcap: float | None = None  # logits -> c * tanh(logits / c) (Gemma 2's final_logit_softcapping)
+    # Mixture of experts (Mixtral, Qwen2-MoE). n_experts = 0: dense MLP everywhere.
+    n_experts: int = 0  # routed experts per MoE layer
+    n_experts_per_token: int = 2  # top-k
+    d_expert: int | None = None  # each expert's hidden size; None -> d_mlp (Qwen2-MoE: moe_intermediate_size)
+    moe_layers: list | None = None  # indices of the layers whose MLP is an MoE; None -> every layer
+    router_softmax_after_topk: bool = False  # False: softmax over all experts, then top-k (Mixtral, Qwen2-MoE)
+    #                                          True: top-k of the logits, softmax over the k chosen
+    router_norm_topk: bool = True  # renormalise the k weights to sum 1 (Mixtral; Qwen2-MoE's norm_topk_prob)
+    d_shared_expert: int | None = None  # hidden size of an always-on shared expert (Qwen2-MoE); None: none
+    shared_expert_gate: bool = True  # the shared expert's output * sigmoid(x . w_gate) (Qwen2-MoE)
     eos_token_id: int | None = None
     bos_token_id: int | None = None
+    default_prepend_bos: bool | None = None  # TransformerLens' name; None -> True when bos_token_id is set
     dtype: str = "float32"
     name: str = "interp-model"
     source: dict = field(default_factory=dict)  # where the weights came from (HF class, path, ...)
@@ -112,10 +183,89 @@ class DecoderConfig:
                 "DecoderConfig.parallel_residual=True needs norm_placement='pre' (GPT-NeoX style); "
                 f"got norm_placement={self.norm_placement!r}."
             )
+        if self.default_prepend_bos is None:
+            self.default_prepend_bos = self.bos_token_id is not None
+        if self.use_attn_in and self.use_split_qkv_input:
+            raise InterpError("DecoderConfig.use_attn_in and use_split_qkv_input exclude each other; set one.")
         if self.attn_out_bias is None:
             self.attn_out_bias = self.attn_bias
         if self.norm_eps <= 0:
             raise InterpError(f"DecoderConfig.norm_eps must be > 0; got {self.norm_eps}.")
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        """Validate the issue-#10 block options (each off by default)."""
+        L = self.n_layers
+        if self.sliding_window is not None:
+            _positive("sliding_window", self.sliding_window)
+        if self.layer_types is not None:
+            self.layer_types = _layer_list("layer_types", self.layer_types, L)
+            for t in self.layer_types:
+                _choice("layer_types[...]", t, LAYER_TYPES)
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise InterpError("DecoderConfig.layer_types has 'sliding_attention' layers but sliding_window is "
+                                  "None; set sliding_window to the window width.")
+        for name in ("attn_softcap", "attn_multiplier", "final_softcap"):
+            _positive_float(name, getattr(self, name), allow_none=True)
+        for name in ("embed_multiplier", "residual_multiplier", "logit_scale"):
+            _positive_float(name, getattr(self, name))
+        if self.rope_parameters is not None:
+            if self.positional != "rotary":
+                raise InterpError(f"DecoderConfig.rope_parameters needs positional='rotary'; got "
+                                  f"positional={self.positional!r}.")
+            if not isinstance(self.rope_parameters, dict):
+                raise InterpError(f"DecoderConfig.rope_parameters must be a dict; got {self.rope_parameters!r}.")
+            per_type = set(self.rope_parameters) <= set(LAYER_TYPES) and self.rope_parameters
+            for key, params in (self.rope_parameters.items() if per_type else [("", self.rope_parameters)]):
+                where = f"rope_parameters[{key!r}]" if key else "rope_parameters"
+                if not isinstance(params, dict):
+                    raise InterpError(f"DecoderConfig.{where} must be a dict; got {params!r}.")
+                rope_type = params.get("rope_type", params.get("type", "default"))
+                _choice(f"{where}['rope_type']", rope_type, ROPE_TYPES)
+                missing = [k for k in _ROPE_REQUIRED.get(rope_type, ()) if params.get(k) is None]
+                if missing:
+                    raise InterpError(f"DecoderConfig.{where}: RoPE type {rope_type!r} needs {missing}; got {params!r}.")
+                if rope_type == "longrope":
+                    for k in ("long_factor", "short_factor"):
+                        if len(params[k]) != self.rotary_dim // 2:
+                            raise InterpError(
+                                f"DecoderConfig.{where}['{k}'] must have rotary_dim/2 = {self.rotary_dim // 2} "
+                                f"entries; got {len(params[k])}.")
+        if self.rotary_interleaved and self.positional != "rotary":
+            raise InterpError("DecoderConfig.rotary_interleaved=True needs positional='rotary'.")
+        if self.rope_layers is not None:
+            if self.positional != "rotary":
+                raise InterpError("DecoderConfig.rope_layers needs positional='rotary'.")
+            self.rope_layers = [bool(x) for x in _layer_list("rope_layers", self.rope_layers, L)]
+        if not isinstance(self.pos_offset, int) or self.pos_offset < 0:
+            raise InterpError(f"DecoderConfig.pos_offset must be an integer >= 0; got {self.pos_offset!r}.")
+        if self.pos_offset and self.positional != "learned":
+            raise InterpError(f"DecoderConfig.pos_offset needs positional='learned'; got {self.positional!r}.")
+        _choice("qk_norm", self.qk_norm, QK_NORMS)
+        if self.shared_norm and not self.parallel_residual:
+            raise InterpError("DecoderConfig.shared_norm=True needs parallel_residual=True (one norm feeds both "
+                              "the attention and the MLP of a parallel block).")
+        if self.norm_placement in ("sandwich", "sublayer_post") and self.parallel_residual:
+            raise InterpError(f"DecoderConfig.norm_placement={self.norm_placement!r} cannot be combined with "
+                              "parallel_residual=True.")
+        if not isinstance(self.n_experts, int) or isinstance(self.n_experts, bool) or self.n_experts < 0:
+            raise InterpError(f"DecoderConfig.n_experts must be an integer >= 0 (0: dense); got {self.n_experts!r}.")
+        if self.n_experts:
+            _positive("n_experts_per_token", self.n_experts_per_token)
+            if self.n_experts_per_token > self.n_experts:
+                raise InterpError(f"DecoderConfig.n_experts_per_token must be in [1, n_experts={self.n_experts}]; "
+                                  f"got {self.n_experts_per_token}.")
+            if self.d_expert is not None:
+                _positive("d_expert", self.d_expert)
+            if self.d_shared_expert is not None:
+                _positive("d_shared_expert", self.d_shared_expert)
+            if self.moe_layers is not None:
+                bad = [i for i in self.moe_layers if not isinstance(i, int) or not 0 <= i < L]
+                if bad:
+                    raise InterpError(f"DecoderConfig.moe_layers must hold layer indices in [0, {L - 1}]; got {bad}.")
+                self.moe_layers = sorted(set(self.moe_layers))
+        elif self.moe_layers:
+            raise InterpError("DecoderConfig.moe_layers is set but n_experts=0; set n_experts (> 0).")
 
     # --- derived quantities -------------------------------------------------------------------
     @property
@@ -142,14 +292,47 @@ class DecoderConfig:
 
     @property
     def attn_scale(self) -> float:
-        return 1.0 / math.sqrt(self.d_head)
+        """The multiplier of q·k: attn_multiplier if given, else 1/sqrt(d_head)."""
+        return self.attn_multiplier if self.attn_multiplier is not None else 1.0 / math.sqrt(self.d_head)
+
+    # --- per-layer views of the block options ----------------------------------------------------
+    def layer_type(self, layer: int) -> str:
+        """'full_attention' or 'sliding_attention' for ``layer``."""
+        if self.layer_types is not None:
+            return self.layer_types[layer]
+        return "sliding_attention" if self.sliding_window is not None else "full_attention"
+
+    def window(self, layer: int) -> int | None:
+        """The sliding-window width of ``layer`` (None: full causal attention)."""
+        return self.sliding_window if self.layer_type(layer) == "sliding_attention" else None
+
+    def uses_rope(self, layer: int) -> bool:
+        return self.positional == "rotary" and (self.rope_layers is None or self.rope_layers[layer])
+
+    def rope_for_layer(self, layer: int) -> dict:
+        """This layer's RoPE parameters with 'rope_type' and 'rope_theta' always present."""
+        params = self.rope_parameters or {}
+        if params and set(params) <= set(LAYER_TYPES):
+            params = params.get(self.layer_type(layer), {})
+        out = dict(params)
+        out["rope_type"] = out.get("rope_type", out.pop("type", "default"))
+        out.setdefault("rope_theta", self.rotary_base)
+        return out
+
+    def is_moe(self, layer: int) -> bool:
+        return self.n_experts > 0 and (self.moe_layers is None or layer in self.moe_layers)
+
+    @property
+    def has_moe(self) -> bool:
+        return any(self.is_moe(i) for i in range(self.n_layers))
 
     # --- TransformerLens-compatible names (ActivationCache reads these) -------------------------
     @property
     def normalization_type(self) -> str | None:
-        if self.norm_placement != "pre":
+        if self.norm_placement not in ("pre", "sandwich"):
             return None  # apply_ln on a post-LN stream has no meaning; TL then skips folding
-        return "LN" if self.norm == "layernorm" else "RMS"
+        kind = "LN" if self.norm == "layernorm" else "RMS"
+        return kind if self.norm_affine else kind + "Pre"
 
     @property
     def final_rms(self) -> bool:
@@ -194,7 +377,7 @@ class DecoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DecoderConfig":
+    def from_dict(cls, data: dict) -> DecoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -219,7 +402,7 @@ class DecoderConfig:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "DecoderConfig":
+    def load(cls, path: str | Path) -> DecoderConfig:
         from interp.io import read_json
 
         data = read_json(path)

@@ -33,6 +33,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.utilities.slice import Slice
 
 from interp.errors import InterpError
+from interp.kernels.reference import modify_scores, visible_keys
 
 PATTERN_HOOK_NAMES = ("hook_attn_scores", "hook_pattern")
 _TILE_ELEMS = 1 << 22  # scores per query tile (16 MB of fp32): bounds the temporaries of a rebuild
@@ -49,10 +50,14 @@ class RecordedAttention:
     k: torch.Tensor  # [batch, n_kv_heads, n_key, d_head]
     lse: torch.Tensor | None  # [batch, n_heads, n_query] float32, the kernel's log-sum-exp (None: not given)
     scale: float
+    window: int | None = None  # the layer's score modifications (interp.kernels.reference)
+    softcap: float | None = None
+    alibi: torch.Tensor | None = None  # slopes [n_heads]
 
     def to(self, device) -> RecordedAttention:
         lse = None if self.lse is None else self.lse.to(device)
-        return replace(self, q=self.q.to(device), k=self.k.to(device), lse=lse)
+        alibi = None if self.alibi is None else self.alibi.to(device)
+        return replace(self, q=self.q.to(device), k=self.k.to(device), lse=lse, alibi=alibi)
 
     def batch_slice(self, index) -> RecordedAttention:
         lse = None if self.lse is None else self.lse[index]
@@ -80,6 +85,9 @@ def _indices(arg, size: int, what: str) -> torch.Tensor:
 def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: str = "pattern",
                       tile_elems: int = _TILE_ELEMS) -> torch.Tensor:
     """Rebuild the causal attention pattern (or masked scores) of chosen heads and query rows.
+
+    The layer's window, soft-cap and ALiBi (recorded with q and k) are applied exactly as the eager path
+    applies them (interp.kernels.reference.modify_scores, in the model's dtype).
 
     Returns [batch, len(heads), len(queries), n_key] in the queries' dtype, equal to what the eager path
     hands to ``hook_pattern`` (``kind="pattern"``) or ``hook_attn_scores`` (``kind="scores"``: masked
@@ -113,6 +121,7 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
         lse = rec.lse if all_heads else rec.lse.index_select(1, head_idx)
     offset = sk - sq  # bottom-right causal alignment: query i sees keys j <= i + offset
     key_pos = torch.arange(sk, device=q.device)
+    slopes = None if rec.alibi is None else rec.alibi.to(q.device).index_select(0, head_idx)
     tile = max(1, min(n_q, tile_elems // max(1, b * n_h * sk)))
     # The consistency check on the normaliser catches mismatched q/k/lse, not rounding: scores recomputed in
     # half precision (as the eager path rounds them) can differ from the kernel's fp32 ones by an epsilon
@@ -135,14 +144,15 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
         else:
             s = torch.matmul(qt, kT[..., :hi])
         s.mul_(rec.scale)  # as the eager path: matmul in the model dtype, then the scale
-        hidden = key_pos[None, :hi] > rows[:, None] + offset
+        s = modify_scores(s, rows + offset, key_pos[:hi], True, rec.window, rec.softcap, slopes)
         if kind == "scores":
-            out[:, :, start:stop, :hi] = s.masked_fill_(hidden, float("-inf"))
+            out[:, :, start:stop, :hi] = s
             continue
         check_tol = 1e-3
         if half and lse is not None:
+            hidden = ~visible_keys(rows + offset, key_pos[:hi], True, rec.window)
             check_tol += 2 * eps * s.float().abs().masked_fill_(hidden, 0).amax().item()
-        s = s.float().masked_fill_(hidden, float("-inf"))
+        s = s.float()
         if lse is not None:
             # exp(s - lse) must sum to one over each row; it does unless q/k/lse do not belong together.
             stored = lse.index_select(2, rows)
@@ -422,9 +432,11 @@ class _Recorders:
 
     def _make(self, layer: int):
         scale = float(self.model.cfg.attn_scale)
+        attn = self.model.blocks[layer].attn
 
         def record(_layer_index, q, k, lse):
-            rec = RecordedAttention(q.detach(), k.detach(), None if lse is None else lse.detach(), scale)
+            rec = RecordedAttention(q.detach(), k.detach(), None if lse is None else lse.detach(), scale,
+                                    attn.window, attn.softcap, attn.alibi)
             rec = rec if self.device is None else rec.to(self.device)
             self.recorded[layer] = rec
             if self.on_record is not None:

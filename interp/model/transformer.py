@@ -7,143 +7,104 @@ intermediate a researcher may want passes through a ``HookPoint`` named exactly 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
 
 from interp.errors import InterpError
 from interp.model.attention import Attention, KVCache
 from interp.model.config import DecoderConfig
-
-
-# --- norms --------------------------------------------------------------------------------------
-class Norm(nn.Module):
-    """LayerNorm or RMSNorm with TransformerLens' hooks.
-
-    ``hook_scale`` is the divisor sqrt(mean(x²) + eps) (after centering for LayerNorm) and
-    ``hook_normalized`` the unit-scale vector before the learned gain ``w`` and bias ``b``; caching the
-    scale is what lets ``ActivationCache.apply_ln_to_stack`` treat the norm as linear per position.
-    """
-
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        self.rms = cfg.norm == "rmsnorm"
-        self.eps = cfg.norm_eps
-        self.w = nn.Parameter(torch.ones(cfg.d_model))
-        self.b = None if self.rms else nn.Parameter(torch.zeros(cfg.d_model))
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float() if dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32, as HF does
-        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
-            # nothing observes the intermediates: one fused call (what HF itself runs for LayerNorm)
-            if self.rms:
-                return F.rms_norm(x, x.shape[-1:], self.w.to(x.dtype), self.eps).to(dtype)
-            return F.layer_norm(x, x.shape[-1:], self.w.to(x.dtype), self.b.to(x.dtype), self.eps).to(dtype)
-        if not self.rms:
-            x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        x = self.hook_normalized(x / scale)
-        x = x * self.w if self.b is None else x * self.w + self.b
-        return x.to(dtype)
-
-
-# --- MLP ----------------------------------------------------------------------------------------
-def gelu_new(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's tanh approximation of GELU."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
-
-
-ACTIVATION_FNS = {"gelu": F.gelu, "gelu_new": gelu_new, "relu": F.relu, "silu": F.silu}
-
-
-class MLP(nn.Module):
-    """Key/value memory: W_in's columns ask questions of the residual stream, W_out's rows write answers.
-
-    Gated (SwiGLU) variant: the neuron's activation is act(x·W_gate) · (x·W_in), recorded at hook_post.
-    """
-
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        d, m = cfg.d_model, cfg.d_mlp
-        self.gated = cfg.gated
-        self.act = ACTIVATION_FNS[cfg.act]
-        self.W_in = nn.Parameter(torch.empty(d, m))
-        self.b_in = nn.Parameter(torch.zeros(m)) if cfg.mlp_bias else None
-        if cfg.gated:
-            self.W_gate = nn.Parameter(torch.empty(d, m))
-            self.b_gate = nn.Parameter(torch.zeros(m)) if cfg.mlp_bias else None
-            self.hook_pre_linear = HookPoint()
-        else:
-            self.W_gate = None
-        self.W_out = nn.Parameter(torch.empty(m, d))
-        self.b_out = nn.Parameter(torch.zeros(d)) if cfg.mlp_bias else None
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
-
-    @staticmethod
-    def _linear(x, W, b):
-        return x @ W if b is None else x @ W + b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            pre = self.hook_pre(self._linear(x, self.W_gate, self.b_gate))
-            pre_linear = self.hook_pre_linear(self._linear(x, self.W_in, self.b_in))
-            post = self.hook_post(self.act(pre) * pre_linear)
-        else:
-            pre = self.hook_pre(self._linear(x, self.W_in, self.b_in))
-            post = self.hook_post(self.act(pre))
-        return self._linear(post, self.W_out, self.b_out)
+from interp.model.gated_hooks import (
+    SETTER,
+    GatedHooksMixin,
+    attention_input,
+    gated_flag,
+    mlp_input,
+    register_gated_block_hooks,
+)
+from interp.model.mlp import MLP, MoE, gelu_new  # noqa: F401  (gelu_new: kept importable from here)
+from interp.model.norm import Norm
+from interp.model.text import TextMixin, is_text, position_ids
 
 
 # --- block --------------------------------------------------------------------------------------
 class Block(nn.Module):
-    """One layer. Norm placement follows the seeds:
+    """One layer. Norm placement follows the seeds and the families:
 
     * pre-LN:   x + f(LN(x))                     (GPT-2, Llama; stable, the modern default)
     * post-LN:  LN(x + f(x))                     (the original Transformer)
     * deepnorm: LN(α·x + f(x)), β-scaled init    (DeepNet: post-LN made trainable at depth)
-    * parallel: x + attn(LN1 x) + mlp(LN2 x)     (GPT-NeoX / Pythia)
+    * sandwich: x + LN_post(f(LN(x)))            (Gemma 2/3: ln1/ln1_post, ln2/ln2_post)
+    * sublayer_post: x + LN_post(f(x))           (OLMo 2: only ln1_post/ln2_post)
+    * parallel: x + attn(LN1 x) + mlp(LN2 x)     (GPT-NeoX / Pythia; with shared_norm one LN: GPT-J, Phi)
+
+    ``residual_multiplier`` scales each sublayer's output before it joins the residual (Granite); the
+    hooks hook_attn_out / hook_mlp_out see the scaled value, so resid_mid = resid_pre + attn_out holds.
+
+    Only hook points the computation passes through are registered (a parallel block has no resid_mid).
+    The gated ones (``hook_attn_in``, ``hook_q/k/v_input``, ``hook_mlp_in``) exist while their
+    ``cfg.use_*`` flag is on: see :mod:`interp.model.gated_hooks`.
     """
 
     def __init__(self, cfg: DecoderConfig, layer: int):
         super().__init__()
         self.cfg = cfg
-        self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+        placement = cfg.norm_placement
+        if placement != "sublayer_post":
+            self.ln1 = Norm(cfg)
+            if not cfg.shared_norm:
+                self.ln2 = Norm(cfg)
+        if placement in ("sandwich", "sublayer_post"):
+            self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
         self.attn = Attention(cfg, layer)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if cfg.is_moe(layer) else MLP(cfg)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
+        if not cfg.parallel_residual:
+            self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        register_gated_block_hooks(self)
 
-    def forward(self, x, positions, kv_cache=None, backend=None):
+    def _scaled(self, out, post: str | None):
+        """A sublayer's output as it joins the residual: post-normed (sandwich, sublayer_post), then scaled."""
+        if post is not None:
+            out = getattr(self, post)(out)
+        m = self.cfg.residual_multiplier
+        return out if m == 1.0 else out * m
+
+    def forward(self, x, positions, kv_cache=None, backend=None, key_mask=None):
         cfg = self.cfg
         x = self.hook_resid_pre(x)
-        if cfg.norm_placement == "pre":
-            attn_out = self.hook_attn_out(self.attn(self.ln1(x), positions, kv_cache, backend))
-            if cfg.parallel_residual:
-                mlp_out = self.hook_mlp_out(self.mlp(self.ln2(x)))
-                return self.hook_resid_post(x + attn_out + mlp_out)
-            mid = self.hook_resid_mid(x + attn_out)
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mid)))
-            return self.hook_resid_post(mid + mlp_out)
-        # post-LN and DeepNorm: normalise after adding the sublayer to the (α-scaled) residual
-        alpha = cfg.alpha
-        attn_out = self.hook_attn_out(self.attn(x, positions, kv_cache, backend))
-        mid = self.hook_resid_mid(self.ln1(alpha * x + attn_out))
-        mlp_out = self.hook_mlp_out(self.mlp(mid))
-        return self.hook_resid_post(self.ln2(alpha * mid + mlp_out))
+        placement = cfg.norm_placement
+        pre_norm = placement in ("pre", "sandwich")
+        post1, post2 = ("ln1_post", "ln2_post") if placement in ("sandwich", "sublayer_post") else (None, None)
+        # the attention reads ln1(x) (pre, sandwich) or x itself (post, deepnorm, sublayer_post), through the
+        # gated per-head inputs when they are on
+        h = attention_input(self, x, self.ln1 if pre_norm else None)
+        attn_out = self.hook_attn_out(self._scaled(self.attn(h, positions, kv_cache, backend, key_mask), post1))
+        if placement in ("post", "deepnorm"):  # normalise after adding the sublayer to the (α-scaled) residual
+            alpha = cfg.alpha
+            mid = self.hook_resid_mid(self.ln1(alpha * x + attn_out))
+            mlp_out = self.hook_mlp_out(self._scaled(self.mlp(mlp_input(self, mid)), None))
+            return self.hook_resid_post(self.ln2(alpha * mid + mlp_out))
+        if cfg.parallel_residual:
+            if cfg.shared_norm:  # one norm feeds both sublayers (GPT-J, Phi, Falcon-7B, Cohere): reuse ln1(x)
+                shared = isinstance(h, torch.Tensor) and not cfg.use_hook_mlp_in
+                mlp_h = h if shared else self.ln1(mlp_input(self, x))
+            else:
+                mlp_h = self.ln2(mlp_input(self, x))
+            mlp_out = self.hook_mlp_out(self._scaled(self.mlp(mlp_h), None))
+            return self.hook_resid_post(x + attn_out + mlp_out)
+        mid = self.hook_resid_mid(x + attn_out)
+        m_in = mlp_input(self, mid)
+        mlp_out = self.hook_mlp_out(self._scaled(self.mlp(self.ln2(m_in) if pre_norm else m_in), post2))
+        return self.hook_resid_post(mid + mlp_out)
 
 
 def sinusoidal_table(n_ctx: int, d_model: int) -> torch.Tensor:
@@ -168,13 +129,15 @@ class Embed(nn.Module):
 class PosEmbed(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        if cfg.positional == "learned":
-            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        if cfg.positional == "learned":  # OPT's table has pos_offset extra rows in front
+            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx + cfg.pos_offset, cfg.d_model))
         else:  # sinusoidal: a fixed table, saved with the weights so a checkpoint is self-contained
             self.register_buffer("W_pos", sinusoidal_table(cfg.n_ctx, cfg.d_model), persistent=False)
 
+        self.offset = cfg.pos_offset
+
     def forward(self, positions):
-        return self.W_pos[positions]
+        return self.W_pos[positions + self.offset]
 
 
 class Unembed(nn.Module):
@@ -192,15 +155,8 @@ class Unembed(nn.Module):
         return (x @ self.W_U).add_(self.b_U)  # in-place bias: one logits-sized tensor, not two
 
 
-def encode_text(tokenizer, text: str) -> list[int]:
-    """Ids of ``text`` from a `tokenizers.Tokenizer` or a `transformers` tokenizer (no special tokens added)."""
-    if hasattr(tokenizer, "convert_tokens_to_ids"):  # transformers
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(text).ids)
-
-
 # --- the model ----------------------------------------------------------------------------------
-class HookedDecoder(HookedRootModule):
+class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
     """A configurable decoder-only transformer whose every intermediate is hookable.
 
     >>> cfg = DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4)
@@ -219,10 +175,13 @@ class HookedDecoder(HookedRootModule):
         if cfg.positional in ("learned", "sinusoidal"):
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()
+        if cfg.embed_norm:
+            self.embed_ln = Norm(cfg)  # Bloom's word_embeddings_layernorm (TransformerLens: embed_ln)
         self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
         if cfg.final_norm:
             self.ln_final = Norm(cfg)
         self.unembed = Unembed(cfg, self.embed)
+        self.hook_unembed = HookPoint()  # the logits (TransformerLens 4's name for the unembed output)
         self.init_weights()
         self.to(cfg.torch_dtype)
         self.setup()
@@ -240,10 +199,17 @@ class HookedDecoder(HookedRootModule):
         for block in self.blocks:
             nn.init.normal_(block.attn.W_Q, std=std)
             nn.init.normal_(block.attn.W_K, std=std)
-            for W in (block.attn.W_V, block.attn.W_O, block.mlp.W_in, block.mlp.W_out):
+            for W in (block.attn.W_V, block.attn.W_O):
                 nn.init.normal_(W, std=std * beta)
-            if block.mlp.W_gate is not None:
-                nn.init.normal_(block.mlp.W_gate, std=std * beta)
+            mlps = [block.mlp]
+            if isinstance(block.mlp, MoE):
+                nn.init.normal_(block.mlp.W_router, std=std)
+                mlps = list(block.mlp.experts) + ([block.mlp.shared_expert] if block.mlp.shared_expert else [])
+                if block.mlp.shared_expert is not None and block.mlp.W_shared_gate is not None:
+                    nn.init.normal_(block.mlp.W_shared_gate, std=std)
+            for mlp in mlps:
+                for W in (mlp.W_in, mlp.W_out) + ((mlp.W_gate,) if mlp.W_gate is not None else ()):
+                    nn.init.normal_(W, std=std * beta)
 
     # --- input checks -------------------------------------------------------------------------
     def _as_tokens(self, tokens) -> torch.Tensor:
@@ -267,7 +233,7 @@ class HookedDecoder(HookedRootModule):
         if lo < 0 or hi >= self.cfg.d_vocab:
             bad = lo if lo < 0 else hi
             raise InterpError(f"token id {bad} is out of range: ids must be in [0, {self.cfg.d_vocab - 1}] (d_vocab={self.cfg.d_vocab}).")
-        return tokens.long().to(self.W_E.device)
+        return tokens.long().to(self.device)
 
     def _check_length(self, n_positions: int) -> None:
         if n_positions > self.cfg.n_ctx:
@@ -279,46 +245,143 @@ class HookedDecoder(HookedRootModule):
     # --- forward ------------------------------------------------------------------------------
     def forward(
         self,
-        tokens,
+        input,
         return_type: str | None = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
         attn_backend: str | None = None,
         kv_cache: KVCache | None = None,
     ):
-        """Run the model. ``return_type``: "logits" | "loss" | "both" | None.
+        """Run the model on tokens [batch, pos] (or text). ``return_type``: "logits" | "loss" | "both" | None.
 
-        The loss is the mean next-token cross-entropy (teacher forcing: position t predicts token t+1).
-        ``attn_backend`` overrides ``cfg.attn_backend`` for this call.
+        The keywords are HookedTransformer's: the loss is the mean next-token cross-entropy (teacher forcing:
+        position t predicts token t+1), per position with ``loss_per_token`` ([batch, pos - 1]). Text is
+        tokenized with ``prepend_bos`` / ``padding_side`` (see :mod:`interp.model.text`); a left-padded batch
+        of texts gets its padding mask, and ``attention_mask`` [batch, past + pos] (1 = real token) can be
+        given for token input. Masked positions are left out of the loss. ``labels`` [batch, pos] are explicit
+        targets for the loss (default: the tokens; -100 = ignore), as in TransformerBridge. ``stop_at_layer=k``
+        returns the residual stream entering block k (negative k counts from the end); ``start_at_layer=k`` takes
+        that residual [batch, pos, d_model] as ``input`` and runs blocks k.. (a loss then needs ``labels``).
+        ``attn_backend`` overrides ``cfg.attn_backend`` for this call; ``kv_cache`` continues a cached prefix.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise InterpError(f"return_type must be 'logits', 'loss', 'both' or None; got {return_type!r}.")
-        tokens = self._as_tokens(tokens)
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        if start_at_layer is not None:
+            tokens = None
+            x = self._as_residual(input)
+        elif is_text(input):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
+            if attention_mask is None and tokens.shape[0] > 1 and self._padding_side(padding_side) == "left":
+                attention_mask = self.padding_mask(tokens, prepend_bos, "left")
+        else:
+            tokens = self._as_tokens(input)
+        shape = tuple((x if tokens is None else tokens).shape[:2])
+        device = self.device
         past = 0 if kv_cache is None else kv_cache.length
-        self._check_length(past + tokens.shape[1])
-        positions = torch.arange(past, past + tokens.shape[1], device=tokens.device)
-        x = self.hook_embed(self.embed(tokens))
-        if self.cfg.positional in ("learned", "sinusoidal"):
-            # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
-            x = x + self.hook_pos_embed(self.pos_embed(positions)[None].repeat(tokens.shape[0], 1, 1))
-        for block in self.blocks:
-            x = block(x, positions, kv_cache, attn_backend)
-        if self.cfg.final_norm:
+        self._check_length(past + shape[1])
+        attention_mask = self._check_mask(attention_mask, shape, past)
+        if attention_mask is None:
+            positions = torch.arange(past, past + shape[1], device=device)
+            key_mask = None
+        else:  # padding: each row counts positions from its first real token, and pads are hidden
+            positions, key_mask = position_ids(attention_mask, shape[1]), attention_mask.bool()
+        cfg = self.cfg
+        if tokens is not None:
+            x = self.embed(tokens)
+            if cfg.embed_multiplier != 1.0:  # Gemma's sqrt(d_model), Granite's multiplier (in the model dtype)
+                x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
+            x = self.hook_embed(x)  # what joins the residual stream, so decompose_resid adds up
+            if cfg.positional in ("learned", "sinusoidal"):
+                # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
+                pos = self.pos_embed(positions)
+                x = x + self.hook_pos_embed(pos if pos.ndim == 3 else pos[None].repeat(shape[0], 1, 1))
+            if cfg.embed_norm:
+                x = self.embed_ln(x)
+        for block in self.blocks[start:stop]:
+            x = block(x, positions, kv_cache, attn_backend, key_mask)
+        if stop_at_layer is not None:
+            return x
+        if cfg.final_norm:
             x = self.ln_final(x)
         logits = self.unembed(x)
+        if cfg.logit_scale != 1.0:  # Cohere's logit_scale, Granite's 1 / logits_scaling
+            logits = logits * cfg.logit_scale
+        if cfg.final_softcap is not None:  # Gemma 2: c * tanh(logits / c)
+            logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+        logits = self.hook_unembed(logits)
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
-        loss = self.loss(logits, tokens)
+        mask = None if attention_mask is None else attention_mask[:, past:]
+        if labels is None and tokens is None:
+            raise InterpError("a loss from start_at_layer needs labels=<token ids [batch, pos]> (there are no tokens).")
+        if labels is not None and (not isinstance(labels, torch.Tensor) or tuple(labels.shape) != shape):
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise InterpError(f"labels must be a LongTensor shaped like the tokens {list(shape)}; got {got}.")
+        targets = tokens if labels is None else labels.to(device).long()
+        loss = self.loss(logits, targets, per_token=loss_per_token, attention_mask=mask)
         return loss if return_type == "loss" else (logits, loss)
 
+    def _layer_range(self, start_at_layer, stop_at_layer) -> tuple[int, int]:
+        """Blocks [start, stop) to run; negative layers count from the end, as in TransformerLens."""
+        n = self.cfg.n_layers
+        bounds = []
+        for name, value, default in (("start_at_layer", start_at_layer, 0), ("stop_at_layer", stop_at_layer, n)):
+            if value is None:
+                bounds.append(default)
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not -n <= value <= n:
+                raise InterpError(f"{name} must be an int in [{-n}, {n}] (n_layers={n}); got {value!r}.")
+            bounds.append(value % n if value < 0 else value)
+        return bounds[0], bounds[1]
+
+    def _as_residual(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 3 or x.shape[-1] != self.cfg.d_model:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InterpError(f"with start_at_layer, input must be the residual stream [batch, pos, "
+                              f"d_model={self.cfg.d_model}] (floating point); got {got}.")
+        return x.to(self.device, self.W_E.dtype)
+
+    def _check_mask(self, attention_mask, tokens, past: int) -> torch.Tensor | None:
+        """A 0/1 mask [batch, past + pos] on the model's device, or None when every token is real.
+        ``tokens``: the token tensor, or just its (batch, pos) shape."""
+        if attention_mask is None:
+            return None
+        shape = tokens.shape if isinstance(tokens, torch.Tensor) else tokens
+        expected = (shape[0], past + shape[1])
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != expected:
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+            raise InterpError(f"attention_mask must be a 0/1 tensor of shape [batch, past + pos] = {list(expected)}; "
+                              f"got {got}.")
+        mask = attention_mask.to(self.device)
+        if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise InterpError("attention_mask must hold only 0 (padding) and 1 (real token).")
+        return None if bool(mask.all()) else mask.long()
+
     @staticmethod
-    def loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
-        """Next-token cross-entropy of logits [b, p, V] against tokens [b, p]."""
+    def loss(logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False,
+             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token cross-entropy of logits [b, p, V] against tokens [b, p], in fp32 (TransformerLens' formula).
+
+        A prediction from or of a masked (padding) position, or of a target -100, counts 0 and is left out of
+        the mean; ``per_token`` gives [b, p - 1].
+        """
         if tokens.shape[1] < 2:
             raise InterpError("a loss needs at least 2 tokens per sequence (each position predicts the next).")
+        targets = tokens[:, 1:]
+        valid = targets != -100
+        if attention_mask is not None:
+            valid = valid & attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-        return nll if per_token else nll.mean()
+        nll = -log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1).masked_fill(~valid, 0.0)
+        return nll if per_token else nll.sum() / valid.sum()
 
     # --- caching -------------------------------------------------------------------------------
     def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False,
@@ -333,6 +396,8 @@ class HookedDecoder(HookedRootModule):
         names = kwargs.get("names_filter")
         for name in [names] if isinstance(names, str) else (names if isinstance(names, (list, tuple)) else []):
             self.check_hook_name(name)  # a typo would otherwise give a silently empty cache
+        if self._padded_call(model_args, kwargs):
+            lazy_patterns = False  # the lazy rebuild knows the causal mask only, not padding
         if return_cache_object and lazy_patterns:
             from interp.model.lazy_pattern import run_with_lazy_cache
 
@@ -342,6 +407,14 @@ class HookedDecoder(HookedRootModule):
             return out, cache_dict
         return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
+    def _padded_call(self, args, kwargs) -> bool:
+        """Will this forward call run with a padding mask?"""
+        if kwargs.get("attention_mask") is not None:
+            return True
+        text = args[0] if args else kwargs.get("input")
+        side = args[4] if len(args) > 4 else kwargs.get("padding_side")
+        return isinstance(text, list) and len(text) > 1 and is_text(text) and self._padding_side(side) == "left"
+
     # --- hooks: unknown names get a clear error ----------------------------------------------
     def check_hooks_to_add(self, hook_point, hook_point_name, hook, dir="fwd", is_permanent=False, prepend=False):
         pass
@@ -349,6 +422,9 @@ class HookedDecoder(HookedRootModule):
     def check_hook_name(self, name) -> None:
         """Raise a clear error for a hook name this model does not have (TransformerLens would KeyError)."""
         if isinstance(name, str) and name not in self.hook_dict:
+            flag = gated_flag(name)
+            if flag is not None and not getattr(self.cfg, flag):
+                raise InterpError(f"hook {name!r} is off: call model.{SETTER[flag]}(True) first (as in TransformerLens).")
             close = [n for n in self.hook_dict if n.split(".")[-1] == name.split(".")[-1]][:4]
             raise InterpError(
                 f"unknown hook name {name!r}. Names follow TransformerLens, e.g. 'blocks.0.attn.hook_pattern'; "
@@ -395,15 +471,24 @@ class HookedDecoder(HookedRootModule):
     b_K = property(lambda self: self._stack(lambda b: b.attn.b_K))
     b_V = property(lambda self: self._stack(lambda b: b.attn.b_V))
     b_O = property(lambda self: self._stack(lambda b: b.attn.b_O))
-    W_in = property(lambda self: self._stack(lambda b: b.mlp.W_in))
-    W_gate = property(lambda self: self._stack(lambda b: b.mlp.W_gate))
-    W_out = property(lambda self: self._stack(lambda b: b.mlp.W_out))
-    b_in = property(lambda self: self._stack(lambda b: b.mlp.b_in))
-    b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out))
+    def _dense_mlp(self, get):
+        if self.cfg.has_moe:
+            raise InterpError(
+                "this model's MLPs are mixtures of experts: there is no stacked W_in/W_gate/W_out/b_in/b_out. "
+                "Read one expert's weights as model.blocks[l].mlp.experts[e].W_in (and .W_gate, .W_out).")
+        return self._stack(get)
+
+    W_in = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_in))
+    W_gate = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_gate))
+    W_out = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_out))
+    b_in = property(lambda self: self._dense_mlp(lambda b: b.mlp.b_in))
+    b_out = property(lambda self: self._dense_mlp(lambda b: b.mlp.b_out))
 
     @property
     def device(self) -> torch.device:
-        return self.embed.W_E.device
+        """Where inputs go: the embedding's device, or its execution device when placed by a device map."""
+        placed = getattr(self, "input_device", None)  # set by interp.loading.placement.dispatch
+        return placed if placed is not None else self.embed.W_E.device
 
     # --- what TransformerLens' ActivationCache asks of a model ---------------------------------
     def tokens_to_residual_directions(self, tokens) -> torch.Tensor:
@@ -415,12 +500,6 @@ class HookedDecoder(HookedRootModule):
         tokens = torch.as_tensor(tokens, device=self.device)
         return self.W_U[:, tokens].movedim(0, -1)
 
-    def to_single_token(self, text: str) -> int:
-        ids = self.to_tokens(text, prepend_bos=False)[0]
-        if len(ids) != 1:
-            raise InterpError(f"{text!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}.")
-        return int(ids[0])
-
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> torch.Tensor:
         """Sum of the attention-output and MLP-output biases written before ``layer`` (TransformerLens)."""
         total = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.W_E.dtype)
@@ -428,68 +507,11 @@ class HookedDecoder(HookedRootModule):
             block = self.blocks[i]
             if block.attn.b_O is not None:
                 total = total + block.attn.b_O
-            if include_mlp_biases and block.mlp.b_out is not None:
+            if include_mlp_biases and getattr(block.mlp, "b_out", None) is not None:
                 total = total + block.mlp.b_out
         if mlp_input and layer < self.cfg.n_layers and self.blocks[layer].attn.b_O is not None:
             total = total + self.blocks[layer].attn.b_O
-        return total
-
-    # --- text in, text out -----------------------------------------------------------------------
-    def _need_tokenizer(self):
-        if self.tokenizer is None:
-            where = (self.cfg.source or {}).get("path")
-            raise InterpError(
-                f"text given, but this model{f' ({where})' if where else ''} has no tokenizer (no tokenizer.json), so "
-                "it takes token ids only: pass a LongTensor [batch, pos], or put the tokenizer.json it was trained "
-                "with beside its weights."
-            )
-        return self.tokenizer
-
-    def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None) -> torch.Tensor:
-        """Text → LongTensor [batch, pos]. Lists are right-padded with the EOS id (pad never precedes text,
-        so causal attention from real tokens never sees it)."""
-        tok = self._need_tokenizer()
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise InterpError(f"text must be a string or a non-empty list of strings; got {text!r:.80}.")
-        if prepend_bos is None:
-            prepend_bos = self.cfg.bos_token_id is not None
-        rows = []
-        for t in texts:
-            ids = encode_text(tok, t)
-            if prepend_bos:
-                ids = [self.cfg.bos_token_id] + list(ids)
-            if not ids:
-                raise InterpError("the prompt is empty: it encodes to zero tokens. Give some text.")
-            rows.append(list(ids))
-        width = max(len(r) for r in rows)
-        pad = self.cfg.eos_token_id if self.cfg.eos_token_id is not None else 0
-        out = torch.full((len(rows), width), pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r)
-        return out.to(self.device)
-
-    def to_string(self, tokens) -> str | list[str]:
-        tok = self._need_tokenizer()
-        if isinstance(tokens, torch.Tensor):
-            tokens = tokens.tolist()
-        if tokens and isinstance(tokens[0], list):
-            return [tok.decode(row) for row in tokens]
-        return tok.decode(tokens)
-
-    def to_str_tokens(self, tokens) -> list[str]:
-        """Each token as the text it decodes to (text is tokenized first)."""
-        if isinstance(tokens, str):
-            tokens = self.to_tokens(tokens)[0]
-        if isinstance(tokens, torch.Tensor):
-            if tokens.ndim == 2:
-                if tokens.shape[0] != 1:
-                    raise InterpError(f"to_str_tokens takes one sequence; got a batch of {tokens.shape[0]}.")
-                tokens = tokens[0]
-            tokens = tokens.tolist()
-        if self.tokenizer is None:
-            return [f"<{t}>" for t in tokens]
-        return [self.tokenizer.decode([t]) for t in tokens]
+        return total * self.cfg.residual_multiplier  # what the sublayers add is their output times it
 
     # --- saving --------------------------------------------------------------------------------
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:

@@ -34,7 +34,7 @@ __all__ = [
 NOTABLE_ROLES = ("previous_token", "induction", "duplicate_token", "attention_sink", "local_window")
 
 # Report stages, in order, for progress bars.
-STAGES = ("tokenization", "logit lens", "attention", "neurons", "neuron pages", "superposition")
+STAGES = ("tokenization", "logit lens", "attention", "neurons", "neuron pages", "superposition", "patching")
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ReportOptions:
     max_corpus_tokens: int = 16_384  # corpus tokens scanned for neuron pages (chunks spread over the corpus)
     pattern_window: int = 40  # positions drawn in a pattern heatmap (the last ones; the attention view shows all)
     view_bytes: int = 4_000_000  # attention view budget: one byte per head and causal entry
+    patching: bool = True  # causal section: patching on the prompt followed by its own beginning (induction)
 
     def __post_init__(self) -> None:
         for name in ("k_next", "k_neurons", "n_answer_neurons", "k_answers", "n_pattern_heads", "max_pairs", "hist_pairs",
@@ -92,6 +93,11 @@ class ReportData:
     angle_samples: pd.DataFrame  # superposition.direction_angle_samples (model and random pairs)
     random_pdf: pd.DataFrame  # superposition.random_angle_pdf(d_model)
     extras: dict = field(default_factory=dict)
+    # causal section (empty when options.patching is off or the prompt is too short / too long to repeat):
+    # "pair" (dict: clean and corrupted text, answer, wrong, position), "heads" and "grid"
+    # (causal.activation_patching of hook_z per head and resid_pre per layer x position), "dla"
+    # (causal.direct_logit_attribution of the clean prompt), "attribution_r" (float)
+    patching: dict = field(default_factory=dict)
 
     @property
     def predicted_token(self) -> str:
@@ -116,9 +122,9 @@ def tokenization_table(model, prompt: str, tokens: torch.Tensor) -> pd.DataFrame
     try:
         from tokenizers import Tokenizer
 
-        from interp.tokenize import explain_tokenization
+        from interp.tokenize import backend_tokenizer, explain_tokenization
 
-        if isinstance(tok, Tokenizer):
+        if isinstance(backend_tokenizer(tok), Tokenizer):
             df = explain_tokenization(tok, prompt)
             extra = len(ids) - len(df)
             if extra >= 0 and df.token_id.tolist() == ids[extra:]:
@@ -225,6 +231,9 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
     samples = superposition.direction_angle_samples(model, sets=sets, max_pairs=opts.hist_pairs, seed=opts.seed)
     pdf = superposition.random_angle_pdf(int(model.cfg.d_model), n_points=361)
 
+    step("patching")
+    patching = _patching_section(model, tokens, k=opts.k_neurons) if opts.patching else {}
+
     opts_dict = asdict(opts)
     opts_dict["superposition_sets"] = list(sets)
     return ReportData(
@@ -233,7 +242,34 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
         final_by_layer=final_by_layer, head_scores=scores, notable_heads=notable, patterns=patterns,
         view_heads=heads, neurons=top, neuron_answers=answers_df, neuron_profiles=profiles, neuron_prompt=prompt_df,
         corpus_name=corpus[0] if corpus else None, superposition=stats, angle_samples=samples, random_pdf=pdf,
+        patching=patching,
     )
+
+
+def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
+    """Patching, attribution and DLA on the prompt followed by its own first half (an induction task)."""
+    from interp.analysis import causal
+
+    try:
+        pair = causal.repeated_text_pair(model, tokens)
+    except InterpError:  # one token, or no room in n_ctx for the repeat: no section
+        return {}
+    kw = {"answer": pair.answer, "wrong": pair.wrong}
+    heads = causal.activation_patching(model, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
+    grid = causal.activation_patching(model, pair.clean, pair.corrupted, where="resid_pre", **kw)
+    attr = causal.attribution_patching(model, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
+    heads["attribution"] = attr.attribution.to_numpy()
+    dla = causal.direct_logit_attribution(model, pair.clean, pair.answer, pair.wrong, k_neurons=k)
+    strs = str_tokens(model, pair.clean)
+    def text(t):
+        return model.to_string(t[0]) if getattr(model, "tokenizer", None) is not None else " ".join(str_tokens(model, t))
+
+    info = {"clean": text(pair.clean), "corrupted": text(pair.corrupted),
+            "answer": str_tokens(model, torch.tensor([[pair.answer]]))[0],
+            "wrong": str_tokens(model, torch.tensor([[pair.wrong]]))[0], "position": pair.position,
+            "clean_logit_diff": heads.attrs["clean"], "corrupted_logit_diff": heads.attrs["corrupted"]}
+    r = float(heads.attribution.corr(heads.effect - heads.attrs["corrupted"]))
+    return {"pair": info, "tokens": strs, "heads": heads, "grid": grid, "dla": dla, "attribution_r": r}
 
 
 def pattern_matrix(patterns: pd.DataFrame, layer: int, head: int, n: int) -> np.ndarray:

@@ -16,11 +16,14 @@ from plotly.subplots import make_subplots
 
 __all__ = [
     "angle_histogram",
+    "dla_bar",
     "final_prob_by_layer",
+    "head_patching_heatmap",
     "head_role_grid",
     "lens_grid_heatmap",
     "neuron_bar",
     "next_token_bar",
+    "patching_heatmap",
     "pattern_grid",
     "pattern_heatmap",
     "show_token",
@@ -208,6 +211,46 @@ def neuron_bar(top: pd.DataFrame, ranked_by: str = "contribution") -> go.Figure:
     target = _esc(df.target_token.iloc[0]) if len(df) else ""
     what = f"direct logit contribution to “{target}”" if ranked_by == "contribution" else "activation"
     fig.update_layout(title=f"Top neurons by {what}", yaxis_title=ranked_by, height=320, **_LAYOUT)
+    return fig
+
+
+def patching_heatmap(grid: pd.DataFrame, tokens: list[str], value: str = "normalised",
+                     title: str = "Activation patching: layer × position") -> go.Figure:
+    """Layer × position grid from ``activation_patching`` (colour: ``value``, 0 = corrupted, 1 = clean)."""
+    layers = sorted(grid.layer.unique())
+    z = np.full((len(layers), len(tokens)), np.nan)
+    row = {layer: i for i, layer in enumerate(layers)}
+    z[[row[v] for v in grid.layer], grid.position.to_numpy()] = grid[value].to_numpy()
+    fig = go.Figure(go.Heatmap(z=z, zmid=0, colorscale="RdBu", colorbar={"title": value},
+                               hovertemplate="layer %{y}<br>position %{x}<br>" + value + " %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=max(260, 40 * len(layers) + 140), **_LAYOUT)
+    fig.update_xaxes(title="patched position (token)", **_token_ticks(tokens))
+    fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(len(layers))), ticktext=layers,
+                     autorange="reversed")
+    return fig
+
+
+def head_patching_heatmap(heads: pd.DataFrame, value: str = "normalised",
+                          title: str = "Activation patching: each head's output (all positions)") -> go.Figure:
+    """Layer × head grid from ``activation_patching(where="z", by_position=False)``."""
+    n_layers, n_heads = int(heads.layer.max()) + 1, int(heads["head"].max()) + 1
+    z = np.full((n_layers, n_heads), np.nan)
+    z[heads.layer.to_numpy(), heads["head"].to_numpy()] = heads[value].to_numpy()
+    fig = go.Figure(go.Heatmap(z=z, zmid=0, colorscale="RdBu", colorbar={"title": value}, texttemplate="%{z:.2f}",
+                               hovertemplate="layer %{y} head %{x}<br>" + value + " %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=max(240, 40 * n_layers + 140), **_LAYOUT)
+    fig.update_xaxes(title="head", dtick=1)
+    fig.update_yaxes(title="layer", dtick=1, autorange="reversed")
+    return fig
+
+
+def dla_bar(dla: pd.DataFrame, k: int = 12, title: str = "Direct logit attribution: top components") -> go.Figure:
+    """Bars of the ``k`` components with the largest ``|contribution|`` (``direct_logit_attribution`` rows)."""
+    df = dla.reindex(dla.contribution.abs().sort_values(ascending=False, kind="stable").index).head(k)
+    colors = ["#54a24b" if v >= 0 else "#e45756" for v in df.contribution]
+    fig = go.Figure(go.Bar(x=df.component, y=df.contribution, marker_color=colors, text=df.kind,
+                           hovertemplate="%{x} (%{text})<br>contribution %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=title, yaxis_title="logit (difference) contribution", height=340, **_LAYOUT)
     return fig
 
 

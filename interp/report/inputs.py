@@ -239,6 +239,9 @@ def model_summary(model) -> dict:
     elif tok is None:
         tok_desc = "none (token ids only)"
     else:
+        from interp.tokenize import backend_tokenizer
+
+        tok = backend_tokenizer(tok)  # describe the `tokenizers` model, not the transformers wrapper
         size = tok.get_vocab_size() if hasattr(tok, "get_vocab_size") else len(tok)
         tok_desc = f"{type(tok).__name__}, {size} tokens"
     arch = [cfg.norm, f"{cfg.norm_placement}-norm", cfg.act + (" (gated)" if cfg.gated else ""),

@@ -387,6 +387,72 @@ def _linear_run(model, prompts: list[str], args) -> ProbeOutput:
     return ProbeOutput(tables, notes=notes)
 
 
+def _patching_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clean", default=None, help="the prompt the model gets right (default: the positional prompt)")
+    p.add_argument("--corrupted", default=None, help="the same prompt with the deciding detail changed (same token count)")
+    p.add_argument("--answer", default=None, help="the clean prompt's answer: one token (text or id)")
+    p.add_argument("--wrong", default=None, help="the corrupted prompt's answer: one token (text or id)")
+    p.add_argument("--pairs", default=None, metavar="FILE",
+                   help="several pairs, one 'clean<TAB>corrupted<TAB>answer<TAB>wrong' per line (bootstrap intervals)")
+    p.add_argument("--where", default="resid_pre", choices=("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"),
+                   help="activation of the layer x position sweep (default resid_pre)")
+    p.add_argument("--top", type=positive_int, default=10, help="components listed by direct logit attribution (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="patched copies per forward pass (default: by memory)")
+
+
+def read_pairs(path: str) -> list[list[str]]:
+    """``clean<TAB>corrupted<TAB>answer<TAB>wrong`` lines (``#`` comments and blank lines skipped)."""
+    from interp.report.inputs import read_prompts
+
+    out = []
+    for n, line in enumerate(read_prompts(path), 1):
+        parts = line.split("\t")
+        if len(parts) != 4:
+            raise InterpError(f"--pairs: line {n} of {path!r} needs 4 TAB-separated fields "
+                              f"(clean, corrupted, answer, wrong); given {len(parts)}")
+        out.append(parts)
+    return out
+
+
+def _patching_run(model, prompts: list[str], args) -> ProbeOutput:
+    from interp.analysis.causal import activation_patching, attribution_patching, direct_logit_attribution
+
+    if args.pairs:
+        pairs = read_pairs(args.pairs)
+    else:
+        clean = args.clean or (prompts[0] if prompts else None)
+        missing = [f for f, v in (("--clean", clean), ("--corrupted", args.corrupted), ("--answer", args.answer),
+                                  ("--wrong", args.wrong)) if v is None]
+        if missing:
+            raise InterpError(f"patching: give {', '.join(missing)} (or --pairs FILE); e.g. --clean \"...\" "
+                              "--corrupted \"...\" --answer \" X\" --wrong \" Y\"")
+        pairs = [[clean, args.corrupted, args.answer, args.wrong]]
+    clean, corrupted = [p[0] for p in pairs], [p[1] for p in pairs]
+    answer = [_token_or_id(model, p[2], "--answer") for p in pairs]
+    wrong = [_token_or_id(model, p[3], "--wrong") for p in pairs]
+    lengths = {len(model.to_tokens(t)[0]) for t in clean + corrupted}
+    if len(lengths) != 1:
+        raise InterpError(f"--corrupted: every clean and corrupted prompt must have the same number of tokens, so "
+                          f"positions line up; given lengths {sorted(lengths)}")
+    kw = {"answer": answer, "wrong": wrong, "batch_size": args.batch_size}
+    heads = activation_patching(model, clean, corrupted, where="z", by_position=False, **kw)
+    grid = activation_patching(model, clean, corrupted, where=args.where, **kw)
+    attr = attribution_patching(model, clean, corrupted, answer=answer, wrong=wrong, where="z", by_position=False)
+    dla = direct_logit_attribution(model, clean, answer, wrong, k_neurons=args.top)
+    top = dla.reindex(dla.contribution.abs().sort_values(ascending=False, kind="stable").index).head(args.top)
+    wide = grid.pivot(index="layer", columns="position", values="normalised").round(2)
+    wide.columns = [str(c) for c in wide.columns]
+    heads = heads.assign(attribution=attr.attribution.to_numpy())
+    r = heads.attribution.corr(heads.effect - heads.attrs["corrupted"])
+    notes = [(f"logit difference: clean {heads.attrs['clean']:.3f}, corrupted {heads.attrs['corrupted']:.3f} "
+              f"(normalised: 0 = corrupted, 1 = clean; {len(pairs)} pair(s))"),
+             f"attribution patching vs exact head patching: Pearson r = {r:.3f}",
+             (f"DLA of the clean prompt: components sum to {dla.attrs['total']:.3f} (logit difference "
+              f"{dla.attrs['logit']:.3f}); neuron rows split their MLP rows")]
+    return ProbeOutput({"heads": heads, args.where: grid, "layer_by_position": wide.reset_index(),
+                        "dla": top.reset_index(drop=True)}, notes=notes, terminal_only=("layer_by_position",))
+
+
 PROBES: dict[str, Probe] = {
     p.name: p
     for p in [
@@ -407,6 +473,10 @@ PROBES: dict[str, Probe] = {
         Probe("linear_probe", "fit linear probes per layer (scikit-learn) and match the probe direction to weights",
               'python probes/linear_probe.py --prompts prompts.txt --task space --hooks resid_post',
               _linear_args, _linear_run, per_prompt=False),
+        Probe("patching", "activation patching, attribution patching and direct logit attribution by component",
+              'python probes/patching.py --clean "The letter from Jane was read aloud, and then the letter from" '
+              '--corrupted "The letter from Moses was read aloud, and then the letter from" --answer " Jane" '
+              '--wrong " Moses"', _patching_args, _patching_run, needs_prompt=False, per_prompt=False),
     ]
 }
 

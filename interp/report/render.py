@@ -19,11 +19,14 @@ from interp.errors import InterpError
 from interp.report.data import ReportData, pattern_matrix
 from interp.report.figures import (
     angle_histogram,
+    dla_bar,
     final_prob_by_layer,
+    head_patching_heatmap,
     head_role_grid,
     lens_grid_heatmap,
     neuron_bar,
     next_token_bar,
+    patching_heatmap,
     pattern_heatmap,
     show_token,
 )
@@ -51,6 +54,7 @@ SECTIONS = {
     "neurons": "Neurons",
     "neuron-pages": "Neuron pages",
     "superposition": "Superposition",
+    "patching": "Causal: patching and direct logit attribution",
 }
 FORMATS = ("html", "md")
 # How the HTML report carries plotly.js: inline (one self-contained file, ~4.6 MB) or shared (one copy of
@@ -324,6 +328,45 @@ def _neuron_pages(data: ReportData) -> str:
     return "".join(pages)
 
 
+_HEAD_COLS = ["layer", "head", "effect", "normalised", "attribution"]
+_GRID_COLS = ["layer", "position", "token", "effect", "normalised"]
+_DLA_COLS = ["component", "kind", "layer", "head", "neuron", "contribution"]
+
+
+def _patching_intro(p: dict) -> str:
+    pair = p["pair"]
+    return (f"An induction task built from the prompt: the prompt followed by its first {pair['position']}"
+            f" tokens again should continue with {show_token(pair['answer'])!r} (what followed the last token the first "
+            f"time); the corrupted run replaces that token at position {pair['position']} of the first copy by "
+            f"{show_token(pair['wrong'])!r}. Metric: logit difference {show_token(pair['answer'])!r} − "
+            f"{show_token(pair['wrong'])!r} at the last position, clean {pair['clean_logit_diff']:.3f}, corrupted "
+            f"{pair['corrupted_logit_diff']:.3f}; normalised 0 = corrupted, 1 = clean. Attribution patching "
+            f"(one forward + backward) vs exact head patching: Pearson r = {p['attribution_r']:.3f}. DLA splits "
+            "the clean logit difference into what each component wrote (neuron rows split their MLP row).")
+
+
+def _top_dla(dla: pd.DataFrame, k: int = 12) -> pd.DataFrame:
+    return dla.reindex(dla.contribution.abs().sort_values(ascending=False, kind="stable").index).head(k)
+
+
+def _patching_html(data: ReportData) -> str:
+    p = data.patching
+    if not p:
+        return '<p class="note">Not computed (option <code>patching</code> off, or the prompt is too short or too ' \
+               "long to repeat within n_ctx).</p>"
+    esc = html.escape
+    return (f'<p class="note">{esc(_patching_intro(p))}</p>'
+            f'<div class="prompt">clean:     {esc(p["pair"]["clean"])}\ncorrupted: {esc(p["pair"]["corrupted"])}</div>'
+            + _figure(head_patching_heatmap(p["heads"]), "fig-patching-heads")
+            + html_table(p["heads"], "patching_heads", _HEAD_COLS)
+            + _figure(patching_heatmap(p["grid"], p["tokens"], title="Patching resid_pre: layer × position"),
+                      "fig-patching-grid")
+            + _figure(dla_bar(p["dla"]), "fig-dla")
+            + "<h3>Top components by direct logit attribution</h3>" + html_table(_top_dla(p["dla"]), "dla", _DLA_COLS)
+            + "<details><summary>resid_pre patching, every layer and position</summary>"
+            + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>")
+
+
 def render_html(data: ReportData, plotly_src: str | None = None) -> str:
     """The report as one HTML document that opens offline.
 
@@ -424,6 +467,7 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
         f"neuron read/write vectors) beside random unit vectors in the same {m['d_model']} dimensions. "
         "<code>frac_within_tol</code> is the fraction of pairs within 90°±1°.</p>"
         + html_table(data.superposition, "superposition", scols) + "".join(hists)))
+    parts.append(_section("patching", _patching_html(data)))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     import interp
 
@@ -483,6 +527,14 @@ def render_markdown(data: ReportData) -> str:
                                                         "std_angle_deg", "baseline_std_angle_deg", "max_abs_cos",
                                                         "baseline_max_abs_cos", "frac_within_tol",
                                                         "baseline_frac_within_tol"]))
+    p = data.patching
+    if p:
+        sec("patching", _patching_intro(p),
+            f"```text\nclean:     {p['pair']['clean']}\ncorrupted: {p['pair']['corrupted']}\n```", "Each head's output patched (all positions):",
+            md_table(p["heads"], _HEAD_COLS), "Top components by direct logit attribution:",
+            md_table(_top_dla(p["dla"]), _DLA_COLS))
+    else:
+        sec("patching", "Not computed.")
     return "\n".join(out)
 
 

@@ -42,6 +42,7 @@ from interp.errors import InterpError
 from interp.io import atomic_write_text
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
+from interp.tokenize import backend_tokenizer
 from interp.train.data import BatchSchedule, TokenData, Windows, eval_batches
 
 
@@ -192,7 +193,7 @@ def save_training_checkpoint(out: Path, model: HookedDecoder, opt: torch.optim.O
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "producer": "interp.train"})
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
         if model.tokenizer is not None:
-            (tmp / "tokenizer.json").write_text(model.tokenizer.to_str(pretty=True))
+            (tmp / "tokenizer.json").write_text(backend_tokenizer(model.tokenizer).to_str(pretty=True))
         opt_tensors, opt_meta = _optimizer_tensors(opt)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         rng = {"torch_cpu": torch.get_rng_state()}
@@ -516,5 +517,5 @@ def export_model(checkpoint: str | Path, dest: str | Path, name: str | None = No
         cfg["name"] = name
     atomic_write_text(dest / "config.json", json.dumps(cfg, indent=2) + "\n")
     if model.tokenizer is not None:
-        atomic_write_text(dest / "tokenizer.json", model.tokenizer.to_str(pretty=True))
+        atomic_write_text(dest / "tokenizer.json", backend_tokenizer(model.tokenizer).to_str(pretty=True))
     return dest

@@ -1,0 +1,63 @@
+"""Sparse autoencoders: from superposition statistics to features.
+
+``interp.analysis.superposition`` measures how many almost-perpendicular directions a layer could hold; an
+SAE takes a layer's activations apart into such directions. The modules:
+
+* ``model``: the :class:`SAE` (SAELens' parameter and hook names; ReLU, TopK and JumpReLU) and SAELens'
+  on-disk format (``save_sae`` / ``load_sae``);
+* ``source``: activations from a tensor, shards on disk, ``(model, hook_name, corpus)`` or an activation
+  dataset object;
+* ``train``: ``train_sae`` with checkpoints that resume and a time budget;
+* ``evaluate``: splicing an SAE into a model (``splice_sae``), L0, variance explained, CE loss recovered,
+  dead and dense latents;
+* ``features``: a feature's top-activating contexts, its logit effects and the near-orthogonality of the
+  decoder directions.
+
+>>> import torch
+>>> from interp.analysis.sae import SAE, SAEConfig
+>>> SAE(SAEConfig(d_in=16, d_sae=64, architecture="relu")).W_enc.shape
+torch.Size([16, 64])
+"""
+
+from interp.analysis.sae.evaluate import (
+    SAEEval,
+    ce_loss_recovered,
+    evaluate_sae,
+    sae_hook,
+    sae_metrics,
+    splice_sae,
+)
+from interp.analysis.sae.features import (
+    decoder_angle_samples,
+    decoder_orthogonality,
+    feature_activations,
+    feature_logit_effects,
+    feature_top_contexts,
+)
+from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
+from interp.analysis.sae.source import ActivationSource, as_source, model_activations
+from interp.analysis.sae.train import geometric_median, train_sae
+
+__all__ = [
+    "ARCHITECTURES",
+    "SAE",
+    "ActivationSource",
+    "SAEConfig",
+    "SAEEval",
+    "as_source",
+    "ce_loss_recovered",
+    "decoder_angle_samples",
+    "decoder_orthogonality",
+    "evaluate_sae",
+    "feature_activations",
+    "feature_logit_effects",
+    "feature_top_contexts",
+    "geometric_median",
+    "load_sae",
+    "model_activations",
+    "sae_hook",
+    "sae_metrics",
+    "save_sae",
+    "splice_sae",
+    "train_sae",
+]

@@ -1,0 +1,252 @@
+"""Splicing an SAE into a model, and how good it is.
+
+* ``splice_sae(model, sae)``: a context manager; inside it the model's forward passes (``model(...)``,
+  ``run_with_cache``, ``run_with_hooks``, and any causal tool built on ``model.hooks``) see the SAE's
+  reconstruction at ``sae.cfg.hook_name`` — or, with ``use_error_term=True``, the reconstruction plus the
+  SAE's error, which leaves the output unchanged until a hook on the SAE (``sae.hooks(fwd_hooks=[
+  ("hook_sae_acts_post", fn)])``) edits features: then exactly the edit's effect goes downstream.
+* ``sae_metrics(sae, activations)``: L0, fraction of variance explained, MSE, cosine, dead and dense latents.
+* ``ce_loss_recovered(model, sae, tokens)``: SAELens' ``ce_loss_score`` —
+  (CE with the hook zero-ablated − CE with the SAE spliced) / (CE zero-ablated − CE clean): 1 is perfect,
+  0 is no better than deleting the activation.
+* ``evaluate_sae(model, sae, corpus)``: all of it in one pass over a corpus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pandas as pd
+import torch
+
+from interp.analysis.sae.model import SAE
+from interp.analysis.sae.source import as_source, check_hook_name, token_batches
+from interp.errors import InterpError
+
+__all__ = ["SAEEval", "ce_loss_recovered", "evaluate_sae", "sae_hook", "sae_metrics", "splice_sae"]
+
+
+def _hook_of(sae: SAE, hook_name: str | None) -> str:
+    name = hook_name or sae.cfg.hook_name
+    if not name:
+        raise InterpError("hook_name: the SAE's cfg names no hook (metadata.hook_name); pass hook_name=...")
+    return name
+
+
+def sae_hook(sae: SAE, use_error_term: bool = False):
+    """A TransformerLens forward hook ``fn(activation, hook)`` that returns the SAE's output in its place.
+
+    Dimensions after ``[batch, pos]`` are flattened to ``d_in`` and restored (so ``hook_z`` works).
+    """
+
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+        shape = act.shape
+        x = act.reshape(*shape[:2], -1) if act.ndim > 3 else act
+        if x.shape[-1] != sae.cfg.d_in:
+            raise InterpError(f"sae: reads d_in={sae.cfg.d_in} but the hook gives {tuple(shape)}")
+        was, sae.use_error_term = sae.use_error_term, use_error_term
+        try:
+            out = sae(x)
+        finally:
+            sae.use_error_term = was
+        return out.to(act.dtype).reshape(shape)
+
+    return hook
+
+
+@contextlib.contextmanager
+def splice_sae(model, sae: SAE, hook_name: str | None = None, use_error_term: bool = False):
+    """Run ``model`` with ``sae`` in place at ``hook_name`` (default the SAE's own) inside the ``with``.
+
+    >>> import torch
+    >>> from interp.model.config import DecoderConfig
+    >>> from interp.model.transformer import HookedDecoder
+    >>> from interp.analysis.sae.model import SAE, SAEConfig
+    >>> m = HookedDecoder(DecoderConfig(d_vocab=20, n_ctx=8, d_model=16, n_layers=1, n_heads=2))
+    >>> sae = SAE(SAEConfig(d_in=16, d_sae=32, architecture="relu", metadata={"hook_name": "blocks.0.hook_resid_post"}))
+    >>> t = torch.tensor([[1, 2, 3]])
+    >>> clean = m(t)
+    >>> with splice_sae(m, sae, use_error_term=True):
+    ...     torch.equal(m(t), clean)
+    True
+    """
+    name = check_hook_name(model, _hook_of(sae, hook_name))
+    with model.hooks(fwd_hooks=[(name, sae_hook(sae, use_error_term))]):
+        yield model
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+class _Stats:
+    """Running sums over activations for L0, variance explained and per-latent firing."""
+
+    def __init__(self, d_sae: int):
+        self.n = 0
+        self.sum_x = None
+        self.sum_sq = 0.0
+        self.sum_resid = 0.0
+        self.sum_l0 = 0.0
+        self.sum_cos = 0.0
+        self.fires = torch.zeros(d_sae, dtype=torch.float64)
+        self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.act_max = torch.zeros(d_sae, dtype=torch.float64)
+
+    @torch.no_grad()
+    def add(self, sae: SAE, x: torch.Tensor) -> None:
+        x = x.reshape(-1, sae.cfg.d_in).to(sae.W_enc.device)
+        f = sae.encode(x)
+        recon = sae.decode(f).double()
+        x, f = x.double(), f.double().cpu()
+        self.n += x.shape[0]
+        self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
+        self.sum_sq += float(x.pow(2).sum())
+        self.sum_resid += float((x - recon).pow(2).sum())
+        self.sum_cos += float(torch.nn.functional.cosine_similarity(x, recon, dim=-1).sum())
+        active = f > 0
+        self.sum_l0 += float(active.sum())
+        self.fires += active.sum(0)
+        self.act_sum += f.sum(0)
+        self.act_max = torch.maximum(self.act_max, f.max(0).values)
+
+    def metrics(self, dense_threshold: float) -> dict:
+        total = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n  # Σ‖x - mean‖²
+        freq = self.fires / self.n
+        return {"n_tokens": self.n, "l0": self.sum_l0 / self.n, "fve": 1.0 - self.sum_resid / total,
+                "mse": self.sum_resid / self.n, "cosine": self.sum_cos / self.n,
+                "dead_frac": float((freq == 0).double().mean()),
+                "dense_frac": float((freq > dense_threshold).double().mean())}
+
+    def latents(self, dense_threshold: float) -> pd.DataFrame:
+        freq = self.fires / self.n
+        return pd.DataFrame({"latent": range(len(freq)), "frequency": freq.numpy(),
+                             "mean_activation": (self.act_sum / self.fires.clamp_min(1)).numpy(),
+                             "max_activation": self.act_max.numpy(), "dead": (freq == 0).numpy(),
+                             "dense": (freq > dense_threshold).numpy()})
+
+
+def _check_threshold(dense_threshold) -> float:
+    if not isinstance(dense_threshold, (int, float)) or not 0 < dense_threshold <= 1:
+        raise InterpError(f"dense_threshold: must be a fraction of tokens in (0, 1]; given {dense_threshold!r}")
+    return float(dense_threshold)
+
+
+@torch.no_grad()
+def sae_metrics(sae: SAE, activations, dense_threshold: float = 0.1, batch_size: int = 4096) -> dict:
+    """Reconstruction and sparsity of ``sae`` on ``activations`` (any ``train_sae`` source form).
+
+    Keys: ``n_tokens``; ``l0`` (mean active latents per token); ``fve`` (fraction of variance explained,
+    1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²); ``mse`` (mean ‖x − x̂‖²); ``cosine`` (mean cos(x, x̂)); ``dead_frac`` (latents
+    that never fire here); ``dense_frac`` (latents firing on more than ``dense_threshold`` of tokens).
+
+    >>> from interp.analysis.sae.model import SAEConfig
+    >>> sae = SAE(SAEConfig(d_in=4, d_sae=8, architecture="topk", k=2))
+    >>> sae_metrics(sae, torch.randn(100, 4))["l0"] <= 2
+    True
+    """
+    dense_threshold = _check_threshold(dense_threshold)
+    src = as_source(activations)
+    if src.d_in != sae.cfg.d_in:
+        raise InterpError(f"activations: must have d_in={sae.cfg.d_in} columns; given {src.d_in}")
+    stats = _Stats(sae.cfg.d_sae)
+    for i in range(len(src.sizes)):
+        x = src.shard(i)
+        for s in range(0, x.shape[0], batch_size):
+            stats.add(sae, x[s : s + batch_size].float())
+    return stats.metrics(dense_threshold)
+
+
+def _token_ce(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy of ``tokens`` under the model's current hooks (and the count)."""
+    logits = model(tokens)
+    logp = torch.log_softmax(logits[:, :-1].double(), -1)
+    return -logp.gather(-1, tokens[:, 1:, None]).sum()
+
+
+def _zero_hook(act, hook=None):
+    return torch.zeros_like(act)
+
+
+@torch.no_grad()
+def _ce_pass(model, sae, name, toks) -> tuple[float, float, float]:
+    clean = float(_token_ce(model, toks))
+    with model.hooks(fwd_hooks=[(name, sae_hook(sae))]):
+        spliced = float(_token_ce(model, toks))
+    with model.hooks(fwd_hooks=[(name, _zero_hook)]):
+        zero = float(_token_ce(model, toks))
+    return clean, spliced, zero
+
+
+def _ce_metrics(sums, n_pred) -> dict:
+    clean, spliced, zero = (s / n_pred for s in sums)
+    denom = zero - clean
+    return {"ce_clean": clean, "ce_sae": spliced, "ce_zero_ablation": zero,
+            "ce_loss_recovered": (zero - spliced) / denom if denom != 0 else float("nan")}
+
+
+@torch.no_grad()
+def ce_loss_recovered(model, sae: SAE, tokens, hook_name: str | None = None, batch_size: int = 8) -> dict:
+    """Cross-entropy with the SAE spliced in, against the clean model and against zero-ablating the hook.
+
+    ``tokens``: ``[batch, pos]`` ids (or anything ``as_tokens`` takes). Returns ``ce_clean``, ``ce_sae``,
+    ``ce_zero_ablation`` (mean next-token CE in nats over all predicted tokens) and ``ce_loss_recovered`` =
+    (ce_zero_ablation − ce_sae) / (ce_zero_ablation − ce_clean).
+    """
+    from interp.analysis._inputs import as_tokens
+
+    name = check_hook_name(model, _hook_of(sae, hook_name))
+    toks = as_tokens(model, tokens)
+    if toks.shape[1] < 2:
+        raise InterpError(f"tokens: need at least 2 positions per row to score next tokens; given {toks.shape[1]}")
+    sums = [0.0, 0.0, 0.0]
+    for s in range(0, toks.shape[0], batch_size):
+        for i, v in enumerate(_ce_pass(model, sae, name, toks[s : s + batch_size])):
+            sums[i] += v
+    return _ce_metrics(sums, toks.shape[0] * (toks.shape[1] - 1))
+
+
+@dataclasses.dataclass
+class SAEEval:
+    """``metrics``: one dict (``sae_metrics``' keys plus the CE keys of ``ce_loss_recovered``);
+    ``latents``: per latent ``latent, frequency, mean_activation`` (when active), ``max_activation, dead, dense``."""
+
+    metrics: dict
+    latents: pd.DataFrame
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"metric": list(self.metrics), "value": list(self.metrics.values())})
+
+
+@torch.no_grad()
+def evaluate_sae(model, sae: SAE, corpus, hook_name: str | None = None, *, seq_len: int | None = None,
+                 batch_size: int = 8, max_tokens: int | None = None, dense_threshold: float = 0.1,
+                 progress: bool = False) -> SAEEval:
+    """Everything at once over ``corpus`` (text, texts or token ids): sparsity, reconstruction, CE recovered.
+
+    The corpus is cut into ``seq_len`` chunks (default ``n_ctx``); each batch runs clean (recording the
+    activation), with the SAE spliced in, and with the hook zero-ablated. ``max_tokens`` stops early.
+    """
+    from tqdm.auto import tqdm
+
+    from interp.analysis._inputs import model_device
+
+    dense_threshold = _check_threshold(dense_threshold)
+    name = check_hook_name(model, _hook_of(sae, hook_name))
+    stats = _Stats(sae.cfg.d_sae)
+    sums, n_pred = [0.0, 0.0, 0.0], 0
+    dev = model_device(model)
+    for toks in tqdm(token_batches(model, corpus, seq_len, batch_size), desc="evaluating SAE", unit="batch",
+                     disable=not progress):
+        toks = toks.to(dev)
+        _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
+        stats.add(sae, cache[name].reshape(toks.shape[0] * toks.shape[1], -1).float())
+        if toks.shape[1] >= 2:
+            for i, v in enumerate(_ce_pass(model, sae, name, toks)):
+                sums[i] += v
+            n_pred += toks.shape[0] * (toks.shape[1] - 1)
+        if max_tokens is not None and stats.n >= max_tokens:
+            break
+    metrics = stats.metrics(dense_threshold)
+    metrics.update(_ce_metrics(sums, n_pred) if n_pred else {})
+    return SAEEval(metrics=metrics, latents=stats.latents(dense_threshold))

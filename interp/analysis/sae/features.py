@@ -1,0 +1,170 @@
+"""What a learned feature is, through the analyzers the project already has.
+
+* ``feature_top_contexts``: where it fires most over a corpus — the neuron scan of
+  ``interp.analysis.neurons.scan_top_contexts``, reading ``sae.encode(activation)`` instead of a neuron.
+* ``feature_logit_effects``: what it writes — its decoder row through the final norm's linear part and the
+  unembedding (``interp.analysis.neurons.residual_direction``), centred over the vocabulary (a constant
+  added to every logit changes no probability). A feature of ``mlp.hook_post`` writes through ``W_out``.
+* ``decoder_orthogonality`` / ``decoder_angle_samples``: the pairwise angles of the decoder directions
+  beside random unit vectors of the same dimension and count (``interp.analysis.superposition``) — the
+  "many almost perpendicular directions" picture, measured on learned features.
+* ``feature_activations``: which features fire where in a prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pandas as pd
+import torch
+
+from interp.analysis.sae.evaluate import _hook_of
+from interp.analysis.sae.model import SAE
+from interp.analysis.sae.source import check_hook_name
+from interp.errors import InterpError
+
+__all__ = ["decoder_angle_samples", "decoder_orthogonality", "feature_activations", "feature_logit_effects",
+           "feature_top_contexts"]
+
+
+def _encoder(sae: SAE):
+    def read(act: torch.Tensor) -> torch.Tensor:
+        return sae.encode(act.reshape(*act.shape[:2], -1).float())
+
+    return read
+
+
+def _features(features, d_sae: int) -> list[int] | None:
+    from interp.analysis._inputs import check_index
+
+    if features is None:
+        return None
+    if isinstance(features, int):
+        features = [features]
+    out = [check_index("features", f, d_sae) for f in features]
+    if not out:
+        raise InterpError(f"features: expected None, an int or a non-empty list of ints in [0, {d_sae}); given []")
+    return out
+
+
+@torch.no_grad()
+def feature_top_contexts(model, sae: SAE, corpus, features=None, k: int = 10, *, hook_name: str | None = None,
+                         window: int = 10, after: int = 3, batch_size: int = 8, seq_len: int | None = None,
+                         overlap: int = 0, progress: bool = False) -> pd.DataFrame:
+    """Each feature's ``k`` top-activating contexts over ``corpus`` (as ``scan_top_contexts`` does for neurons:
+    the same corpus forms, windows, running top-k and context rows, and ``torchrun`` sharding).
+
+    Columns: ``feature, rank, activation, doc, position, token_id, token, next_token_id, next_token,
+    context`` (the trigger marked «like this»). ``features`` (an int or a list) keeps just those.
+    """
+    from interp.analysis import neurons as nr
+    from interp.data.scan import TopK, run_scan
+
+    name = check_hook_name(model, _hook_of(sae, hook_name))
+    k = nr._resolve_k(k)
+    for arg, v in (("window", window), ("after", after)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InterpError(f"{arg}: must be an int >= 0; given {v!r}")
+    keep = _features(features, sae.cfg.d_sae)
+    encode = _encoder(sae)
+
+    class FeatureTopK(TopK):  # the neuron scan's running top-k, fed the SAE's features instead of the hook
+        def update(self, acts, batch):
+            super().update({name: encode(acts[name])}, batch)
+
+    top = FeatureTopK([name], k, before=window, after=after)
+    try:
+        run_scan(model, corpus, [top], seq_len=seq_len, overlap=overlap, batch_size=batch_size, progress=progress,
+                 desc="scanning features")
+    except InterpError as e:
+        raise InterpError(f"corpus: {e}") from None
+    df = nr._top_frame(model, top, {name: 0}, window, after).drop(columns="layer").rename(columns={"neuron": "feature"})
+    df = df[df.activation > 0]  # a feature that is 0 everywhere has no top contexts
+    if keep is not None:
+        df = df[df.feature.isin(keep)]
+    return df.reset_index(drop=True)
+
+
+def _write_directions(model, sae: SAE, hook_name: str) -> torch.Tensor:
+    """``[d_sae, d_model]``: what each feature adds to the residual stream per unit activation."""
+    w = sae.W_dec.detach().double()
+    d_model = int(model.cfg.d_model)
+    m = re.fullmatch(r"blocks\.(\d+)\.mlp\.hook_post", hook_name)
+    if m:
+        from interp.analysis.neurons import _W_out
+
+        return w @ _W_out(model, int(m.group(1))).detach().double()
+    if sae.cfg.d_in == d_model and re.search(r"resid|hook_(attn|mlp)_out|hook_embed|hook_pos_embed", hook_name):
+        return w
+    raise InterpError(f"hook_name: logit effects need a feature that writes to the residual stream (a resid, "
+                      f"attn_out / mlp_out or mlp.hook_post hook with d_in={d_model}); given {hook_name!r} "
+                      f"(d_in={sae.cfg.d_in})")
+
+
+@torch.no_grad()
+def feature_logit_effects(model, sae: SAE, feature: int, k: int = 10, direction: str = "both",
+                          hook_name: str | None = None) -> pd.DataFrame:
+    """Tokens the feature's decoder direction raises (``top``) and lowers (``bottom``), per unit activation.
+
+    ``logit`` is ``N(W_dec[feature]) · W_U[:, t]`` minus its mean over the vocabulary (``N`` the final norm's
+    linear part; before its positive ``1/scale``). Columns as ``neuron_answers``: ``token, logit, token_id,
+    direction, rank``.
+    """
+    from interp.analysis._inputs import check_index
+    from interp.analysis.neurons import answer_frame, residual_direction
+
+    name = _hook_of(sae, hook_name)
+    feature = check_index("feature", feature, sae.cfg.d_sae)
+    w = _write_directions(model, sae, name)[feature]
+    logits = residual_direction(model, w) @ model.W_U.detach().double()
+    return answer_frame(model, logits - logits.mean(), k, direction)
+
+
+def _decoder_set(sae: SAE) -> SimpleNamespace:
+    # superposition's direction-set machinery reads named weights; the decoder rows play "W_E" (rows = vectors)
+    return SimpleNamespace(W_E=sae.W_dec.detach())
+
+
+def decoder_orthogonality(sae: SAE, max_pairs: int = 100_000, seed: int = 0,
+                          tolerance_deg: float = 1.0) -> pd.DataFrame:
+    """Pairwise-angle statistics of the decoder directions beside the random baseline (one row, ``set="W_dec"``).
+
+    Columns of ``superposition.direction_set_stats``: ``count, dim, n_pairs, mean_abs_cos, max_abs_cos,
+    frac_within_tol, std_angle_deg, ...`` and ``baseline_*`` for random unit vectors of the same dimension.
+    """
+    from interp.analysis.superposition import direction_set_stats
+
+    df = direction_set_stats(_decoder_set(sae), sets=("W_E",), max_pairs=max_pairs, seed=seed,
+                             tolerance_deg=tolerance_deg)
+    df["set"] = "W_dec"
+    return df
+
+
+def decoder_angle_samples(sae: SAE, max_pairs: int = 20_000, seed: int = 0) -> pd.DataFrame:
+    """Raw pairwise cosines and angles of the decoder directions and of a random set (``source`` column)."""
+    from interp.analysis.superposition import direction_angle_samples
+
+    df = direction_angle_samples(_decoder_set(sae), "W_E", max_pairs=max_pairs, seed=seed)
+    df["set"] = "W_dec"
+    return df
+
+
+@torch.no_grad()
+def feature_activations(model, sae: SAE, tokens, hook_name: str | None = None, k: int | None = None) -> pd.DataFrame:
+    """The active features at every position of a prompt: ``batch, position, token, feature, activation``
+    (sorted by position, strongest first; ``k`` keeps each position's ``k`` strongest)."""
+    from interp.analysis._inputs import as_tokens, str_tokens
+
+    name = check_hook_name(model, _hook_of(sae, hook_name))
+    toks = as_tokens(model, tokens)
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
+    f = _encoder(sae)(cache[name]).cpu()  # [batch, pos, d_sae]
+    rows = []
+    for b in range(f.shape[0]):
+        strs = str_tokens(model, toks[b])
+        for p in range(f.shape[1]):
+            v, i = f[b, p].sort(descending=True)
+            n = int((v > 0).sum()) if k is None else min(int(k), int((v > 0).sum()))
+            rows += [(b, p, strs[p], int(j), float(x)) for x, j in zip(v[:n].tolist(), i[:n].tolist())]
+    return pd.DataFrame(rows, columns=["batch", "position", "token", "feature", "activation"])

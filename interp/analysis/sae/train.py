@@ -1,0 +1,380 @@
+"""Training an SAE: ``train_sae(source, d_sae, architecture=...)``.
+
+The recipe, per architecture (x is the activation after the constant rescaling below, x̂ the reconstruction,
+f the feature activations, MSE = ‖x - x̂‖² summed over d_in and averaged over the batch):
+
+* ``relu``: MSE + λ₁ Σᵢ fᵢ ‖W_dec[i]‖ (Anthropic's April 2024 update; λ₁ warms up linearly over the first
+  5 % of steps).
+* ``topk``: MSE + α · AuxK, with AuxK (Gao et al. 2024, appendix A.2) the MSE of the ``k_aux = d_in / 2`` most
+  active *dead* latents reconstructing the residual x - x̂, scaled down while few latents are dead, α = 1/32.
+* ``jumprelu``: MSE + λ₀ Σᵢ 1[zᵢ > θᵢ] (an L0 penalty), trained through the straight-through pseudo-derivatives
+  of Rajamanoharan et al. 2024 (``model._JumpReLU`` / ``model._Step``); λ₀ warms up like λ₁.
+
+Shared: decoder rows are kept at unit norm (the gradient's component along each row is removed before the
+step, the row renormalised after it); ``b_dec`` starts at the geometric median (Weiszfeld) or mean of a
+sample; the input is multiplied by one constant so that E‖x‖² = d_in, which makes coefficients transfer
+across models, and the constant is folded into the weights at the end (features come out in the
+activation's own units; the decoder stays unit-norm). Adam, learning rate warmed up over 1 % and decayed
+linearly to 0 over the last 20 % of the run. A latent is *dead* when it has not fired for ``dead_tokens``
+tokens.
+
+``checkpoint_dir`` makes the run resumable: every ``checkpoint_every`` steps (and at the end, and when the
+``time_budget`` in seconds runs out) it holds a loadable SAE (SAELens' ``cfg.json`` + ``sae_weights
+.safetensors``, folded) and the trainer's state (``trainer_state.safetensors`` + ``trainer_state.json``:
+raw weights, Adam moments, dead-latent counters, step, history). Calling ``train_sae`` again with the same
+options continues from there (with more ``steps`` it trains on); different options raise unless
+``overwrite=True``. Batches are a pure function of the step (see ``source.ActivationSource``), so a resumed
+run sees the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from interp.analysis.sae.model import SAE, SAEConfig, _arch, _Step, load_sae, save_sae
+from interp.analysis.sae.source import ActivationSource, as_source
+from interp.errors import InterpError
+from interp.io import atomic_path, atomic_write_text
+
+__all__ = ["DEFAULTS", "geometric_median", "train_sae"]
+
+STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
+
+# Per-architecture defaults, chosen on the shipped model's residual stream (benchmarks/sae.py).
+DEFAULTS = {
+    "relu": {"lr": 3e-3, "l1_coefficient": 2.0},
+    "topk": {"lr": 3e-3},
+    "jumprelu": {"lr": 3e-3, "l0_coefficient": 0.2, "bandwidth": 0.05, "init_threshold": 1.0},
+}
+
+
+def _int(name, v, lo=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise InterpError(f"{name}: must be an int >= {lo}; given {v!r}")
+    return v
+
+
+def _pos(name, v, allow_zero=False):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+        v >= 0 if allow_zero else v > 0)
+    if not ok:
+        raise InterpError(f"{name}: must be a number {'>= 0' if allow_zero else '> 0'}; given {v!r}")
+    return float(v)
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """The point minimising the summed Euclidean distance to the rows of ``x`` (Weiszfeld's iteration).
+
+    Robust to outliers, unlike the mean: SAELens and Anthropic start ``b_dec`` here.
+
+    >>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+    >>> bool(geometric_median(x).norm() < 1.0), bool(x.mean(0).norm() > 30)
+    (True, True)
+    """
+    x = x.double()
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=-1).clamp_min(1e-12)
+        nxt = (w[:, None] * x).sum(0) / w.sum()
+        if (nxt - y).norm() <= tol * max(1.0, float(y.norm())):
+            y = nxt
+            break
+        y = nxt
+    return y
+
+
+def _schedule(frac: float, warmup: float = 0.01, decay: float = 0.2) -> float:
+    if frac < warmup:
+        return (frac + 1e-9) / warmup
+    if frac > 1 - decay:
+        return max(0.0, (1 - frac) / decay)
+    return 1.0
+
+
+class _Trainer:
+    def __init__(self, sae: SAE, opts: dict, scale: float):
+        self.sae, self.opts, self.scale = sae, opts, scale
+        self.opt = torch.optim.Adam(sae.parameters(), lr=opts["lr"], betas=(0.9, 0.999))
+        dev = sae.W_dec.device
+        self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)  # tokens since each latent fired
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+
+    def loss(self, x: torch.Tensor, frac: float):
+        sae, arch, o = self.sae, self.sae.cfg.architecture, self.opts
+        pre = sae.pre_activations(x)
+        f = sae.activate(pre)
+        recon = sae.decode(f)
+        err = x - recon
+        mse = err.pow(2).sum(-1).mean()
+        warm = min(1.0, frac / 0.05)
+        if arch == "relu":
+            aux = o["l1_coefficient"] * warm * (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+        elif arch == "jumprelu":
+            l0 = _Step.apply(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+            aux = o["l0_coefficient"] * warm * l0
+        else:
+            aux = self._auxk(pre, err.detach())
+        return mse + aux, mse, f, err
+
+    def _auxk(self, pre: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        dead = self.since_fired > self.opts["dead_tokens"]
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self.opts["aux_coefficient"] == 0:
+            return pre.new_zeros(())
+        k_aux = min(self.sae.d_in // 2 or 1, n_dead)
+        masked = torch.where(dead[None], pre, torch.full_like(pre, -math.inf))
+        vals, idx = masked.topk(k_aux, dim=-1)
+        acts = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        aux_recon = acts @ self.sae.W_dec  # no b_dec: it models the residual
+        scale = min(n_dead / (self.sae.d_in // 2 or 1), 1.0)
+        return self.opts["aux_coefficient"] * scale * (aux_recon - residual).pow(2).sum(-1).mean()
+
+    def train_step(self, x: torch.Tensor, frac: float, want_stats: bool = True) -> dict | None:
+        sae = self.sae
+        for g in self.opt.param_groups:
+            g["lr"] = self.opts["lr"] * _schedule(frac)
+        loss, mse, f, err = self.loss(x, frac)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            w, g = sae.W_dec, sae.W_dec.grad
+            if g is not None:  # only move decoder rows along the sphere
+                g -= (g * w).sum(-1, keepdim=True) * w
+        self.opt.step()
+        with torch.no_grad():
+            sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            fired = (f > 0).any(0)
+            self.since_fired += x.shape[0]
+            self.since_fired[fired] = 0
+            if not want_stats:
+                return None
+            total = (x - x.mean(0)).pow(2).sum()
+            return {"loss": float(loss), "mse": float(mse), "fve": float(1 - err.pow(2).sum() / total),
+                    "l0": float((f > 0).float().sum(-1).mean()),
+                    "dead_frac": float((self.since_fired > self.opts["dead_tokens"]).float().mean()),
+                    "lr": self.opt.param_groups[0]["lr"]}
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"param.{k}": v.detach().cpu().contiguous() for k, v in self.sae.named_parameters()}
+        names = dict(enumerate(n for n, _ in self.sae.named_parameters()))
+        for i, st in self.opt.state_dict()["state"].items():
+            for key, v in st.items():
+                out[f"adam.{names[i]}.{key}"] = torch.as_tensor(v).detach().cpu().contiguous().reshape(
+                    v.shape if isinstance(v, torch.Tensor) else ())
+        out["since_fired"] = self.since_fired.cpu()
+        return out
+
+    def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in self.sae.named_parameters():
+                p.copy_(t[f"param.{k}"])
+        sd = self.opt.state_dict()
+        for i, name in enumerate(n for n, _ in self.sae.named_parameters()):
+            keys = [k.split(".")[-1] for k in t if k.startswith(f"adam.{name}.")]
+            if keys:
+                dev = self.sae.W_dec.device
+                sd["state"][i] = {k: (t[f"adam.{name}.{k}"] if k == "step" else t[f"adam.{name}.{k}"].to(dev))
+                                  for k in keys}
+        self.opt.load_state_dict(sd)
+        self.since_fired = t["since_fired"].to(self.sae.W_dec.device)
+
+
+def _folded(trainer: _Trainer) -> SAE:
+    """A copy of the trained SAE in the activation's own units (the input scale folded into the weights)."""
+    sae, s = trainer.sae, trainer.scale
+    out = SAE(dataclasses.replace(sae.cfg, metadata=dict(sae.cfg.metadata))).to(sae.W_dec.device)
+    with torch.no_grad():
+        # encode(s·x) / s = encode'(x) with b_dec' = b_dec/s, b_enc' = b_enc/s, θ' = θ/s; W_enc, W_dec unchanged
+        out.W_enc.copy_(sae.W_enc)
+        out.W_dec.copy_(sae.W_dec)
+        out.b_enc.copy_(sae.b_enc / s)
+        out.b_dec.copy_(sae.b_dec / s)
+        if sae.cfg.architecture == "jumprelu":
+            out.log_threshold.copy_(sae.log_threshold - math.log(s))
+    return out
+
+
+def _options_key(opts: dict) -> str:
+    keep = {k: v for k, v in opts.items() if k not in ("steps", "time_budget", "checkpoint_every")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(folder: Path, trainer: _Trainer, opts: dict, done: bool) -> None:
+    save_sae(_folded(trainer), folder, overwrite=True)
+    with atomic_path(folder / STATE_TENSORS) as tmp:
+        save_file(trainer.state_tensors(), str(tmp))
+    state = {"step": trainer.step, "elapsed_s": trainer.elapsed, "scale": trainer.scale, "done": done,
+             "options": opts, "options_key": _options_key(opts), "history": trainer.history}
+    atomic_write_text(folder / STATE_JSON, json.dumps(state, indent=1, default=str) + "\n")
+
+
+def train_sae(
+    source,
+    d_sae: int,
+    architecture: str = "topk",
+    *,
+    k: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 1024,
+    lr: float | None = None,
+    l1_coefficient: float | None = None,
+    l0_coefficient: float | None = None,
+    aux_coefficient: float = 1 / 32,
+    jumprelu_bandwidth: float | None = None,
+    jumprelu_init_threshold: float | None = None,
+    b_dec_init: str = "geometric_median",
+    dead_tokens: int = 100_000,
+    time_budget: float | None = None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 500,
+    overwrite: bool = False,
+    seed: int = 0,
+    device=None,
+    seq_len: int | None = None,
+    max_tokens: int | None = None,
+    metadata: dict | None = None,
+    log_every: int = 50,
+    progress: bool = True,
+) -> SAE:
+    """Train a sparse autoencoder on activations and return it (an :class:`SAE`, features in the input's units).
+
+    ``source``: activations ``[n, d_in]``; a ``.safetensors``/``.npy`` file or folder of shards; ``(model,
+    hook_name, corpus)``; or an activation-dataset object (``interp.analysis.sae.source``). ``d_sae``: number
+    of latents. ``architecture``: ``"topk"`` (default; ``k`` active latents, default ``d_in // 8``), ``"relu"``
+    (L1 penalty ``l1_coefficient``) or ``"jumprelu"`` (L0 penalty ``l0_coefficient``). ``steps`` defaults to
+    10 passes over the data (at least 1000 steps). ``time_budget`` (seconds) stops early, still saving a
+    final checkpoint. The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
+    fve, l0, dead_frac, lr``). See the module docstring for the recipe and checkpoint/resume rules.
+
+    >>> x = torch.randn(512, 8)
+    >>> sae = train_sae(x, 16, "topk", k=2, steps=20, batch_size=64, progress=False)
+    >>> tuple(sae.W_enc.shape), tuple(sae.W_dec.shape), list(sae.history.columns[:3])
+    ((8, 16), (16, 8), ['step', 'tokens', 'elapsed_s'])
+    """
+    arch = _arch(architecture)
+    d_sae = _int("d_sae", d_sae)
+    batch_size = _int("batch_size", batch_size)
+    checkpoint_every = _int("checkpoint_every", checkpoint_every)
+    log_every = _int("log_every", log_every)
+    dead_tokens = _int("dead_tokens", dead_tokens)
+    if b_dec_init not in ("geometric_median", "mean", "zeros"):
+        raise InterpError(f"b_dec_init: must be 'geometric_median', 'mean' or 'zeros'; given {b_dec_init!r}")
+    if time_budget is not None:
+        time_budget = _pos("time_budget", time_budget)
+    src: ActivationSource = as_source(source, seq_len=seq_len, max_tokens=max_tokens, progress=progress)
+    d_in = src.d_in
+    if arch == "topk":
+        k = _int("k", k if k is not None else max(1, d_in // 8))
+        if k > d_sae:
+            raise InterpError(f"k: must be in [1, d_sae={d_sae}]; given {k}")
+    d = DEFAULTS[arch]
+    opts = {
+        "architecture": arch, "d_in": d_in, "d_sae": d_sae, "k": k if arch == "topk" else None,
+        "batch_size": batch_size, "lr": _pos("lr", lr if lr is not None else d["lr"]),
+        "l1_coefficient": _pos("l1_coefficient", l1_coefficient if l1_coefficient is not None
+                               else d.get("l1_coefficient", 0.0), allow_zero=True),
+        "l0_coefficient": _pos("l0_coefficient", l0_coefficient if l0_coefficient is not None
+                               else d.get("l0_coefficient", 0.0), allow_zero=True),
+        "aux_coefficient": _pos("aux_coefficient", aux_coefficient, allow_zero=True),
+        "bandwidth": _pos("jumprelu_bandwidth", jumprelu_bandwidth or DEFAULTS["jumprelu"]["bandwidth"]),
+        "init_threshold": _pos("jumprelu_init_threshold",
+                               jumprelu_init_threshold or DEFAULTS["jumprelu"]["init_threshold"]),
+        "b_dec_init": b_dec_init, "dead_tokens": dead_tokens, "seed": int(seed), "n": src.n,
+    }
+    steps = _int("steps", steps) if steps is not None else max(1000, math.ceil(10 * src.n / batch_size))
+    opts.update(steps=steps, time_budget=time_budget, checkpoint_every=checkpoint_every)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+
+    meta = {**src.metadata, **(metadata or {})}
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=opts["k"],
+                    jumprelu_bandwidth=opts["bandwidth"], metadata=meta)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        sae = SAE(cfg).to(device)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = None
+    if folder is not None and (folder / STATE_JSON).is_file():
+        state = json.loads((folder / STATE_JSON).read_text())
+        if state.get("options_key") != _options_key(opts):
+            if not overwrite:
+                old = state.get("options", {})
+                diff = sorted(k_ for k_ in set(old) | set(opts) if k_ not in ("steps", "time_budget",
+                              "checkpoint_every") and old.get(k_) != opts.get(k_))
+                raise InterpError(f"checkpoint_dir: {folder} holds a run with other options ({', '.join(diff)}); "
+                                  "pass overwrite=True (CLI: --force) to start over there")
+            state = None
+    elif folder is not None and (folder / "sae_weights.safetensors").exists() and not overwrite:
+        raise InterpError(f"checkpoint_dir: {folder} already holds an SAE that is not a resumable run; "
+                          "pass overwrite=True (CLI: --force) to replace it")
+
+    if state is not None:
+        trainer = _Trainer(sae, opts, float(state["scale"]))
+        trainer.load_state_tensors(load_file(str(folder / STATE_TENSORS)))
+        trainer.step, trainer.elapsed, trainer.history = int(state["step"]), float(state["elapsed_s"]), \
+            list(state["history"])
+    else:
+        sample = src.sample(min(src.n, 16_384), seed=seed).to(device)
+        scale = math.sqrt(d_in / float(sample.pow(2).sum(-1).mean().clamp_min(1e-30)))
+        trainer = _Trainer(sae, opts, scale)
+        with torch.no_grad():
+            if b_dec_init != "zeros":
+                x0 = sample[:4096] * scale
+                b = geometric_median(x0) if b_dec_init == "geometric_median" else x0.double().mean(0)
+                sae.b_dec.copy_(b.to(sae.b_dec.dtype))
+            if arch == "jumprelu":
+                sae.log_threshold.fill_(math.log(opts["init_threshold"]))
+
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter() - trainer.elapsed
+    batches = src.batches(batch_size, seed=seed, start_step=trainer.step)
+    bar = tqdm(total=steps, initial=min(trainer.step, steps), desc=f"training {arch} SAE", unit="step",
+               disable=not progress)
+    out_of_time = False
+    sae.train()
+    try:
+        while trainer.step < steps:
+            x = next(batches).to(device) * trainer.scale
+            frac = trainer.step / steps
+            if time_budget is not None:  # the schedule follows whichever runs out first, steps or time
+                frac = max(frac, (time.perf_counter() - start) / time_budget)
+            log = (trainer.step + 1) % log_every == 0 or trainer.step + 1 == steps
+            stats = trainer.train_step(x, min(frac, 1.0), want_stats=log)
+            trainer.step += 1
+            trainer.elapsed = time.perf_counter() - start
+            if log:
+                trainer.history.append({"step": trainer.step, "tokens": trainer.step * batch_size,
+                                        "elapsed_s": trainer.elapsed, **stats})
+                bar.set_postfix(loss=f"{stats['loss']:.3g}", fve=f"{stats['fve']:.3f}", l0=f"{stats['l0']:.1f}",
+                                dead=f"{stats['dead_frac']:.2f}")
+            bar.update(1)
+            if time_budget is not None and trainer.elapsed >= time_budget:
+                out_of_time = True
+                break
+            if folder is not None and trainer.step % checkpoint_every == 0 and trainer.step < steps:
+                _save_checkpoint(folder, trainer, opts, done=False)
+    finally:
+        bar.close()
+        sae.eval()
+    if folder is not None:
+        _save_checkpoint(folder, trainer, opts, done=not out_of_time)
+        result = load_sae(folder, device=device)
+    else:
+        result = _folded(trainer)
+    result.history = pd.DataFrame(trainer.history, columns=["step", "tokens", "elapsed_s", "loss", "mse", "fve",
+                                                             "l0", "dead_frac", "lr"])
+    result.stopped_early = out_of_time
+    return result.eval()

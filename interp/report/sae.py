@@ -1,0 +1,226 @@
+"""``interp sae train | eval | features``: sparse autoencoders from the command line.
+
+Presentation only: each command parses its options, calls ``interp.analysis.sae`` and prints tables (rich,
+through ``interp.report.probes.print_tables``) or writes ``--json``. The default corpus is the model
+folder's ``heldout.txt`` (the shipped model has one): ``train`` uses its first 90 % (``--eval-fraction``)
+and evaluates on the rest; ``eval`` and ``features`` read the same held-out tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from interp.argtypes import OneLineParser, nonnegative_float, positive_int
+from interp.errors import InterpError
+
+__all__ = ["build_parser", "documents", "main", "read_corpus"]
+
+_RAW = argparse.RawDescriptionHelpFormatter
+DEFAULT_HOOK = "blocks.0.hook_resid_post"
+
+
+def read_corpus(model, path: str | None, part: str, eval_fraction: float) -> str:
+    """The text of ``path`` (default: the model folder's ``heldout.txt``): its ``train`` head or ``eval`` tail
+    (split at the line break nearest ``1 - eval_fraction`` of the characters), or ``all`` of it."""
+    if path is None:
+        folder = (getattr(model.cfg, "source", None) or {}).get("path")
+        cand = Path(folder) / "heldout.txt" if folder else None
+        if cand is None or not cand.is_file():
+            raise InterpError("--corpus: this model folder has no heldout.txt; give a text file with --corpus FILE")
+        path = str(cand)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InterpError(f"--corpus: {path!r} is not a file")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise InterpError(f"--eval-fraction: must be in [0, 1); given {eval_fraction}")
+    if part == "all" or eval_fraction == 0.0:
+        return text
+    cut = int(len(text) * (1.0 - eval_fraction))
+    nl = text.rfind("\n", 0, cut)
+    cut = nl + 1 if nl > 0 else cut
+    out = text[:cut] if part == "train" else text[cut:]
+    if not out.strip():
+        raise InterpError(f"--corpus: the {part} part of {path!r} is empty; use a longer file or another "
+                          "--eval-fraction")
+    return out
+
+
+def documents(model, text: str) -> list:
+    """Paragraphs (the shipped corpus separates documents by blank lines) as token ids: ``model.to_tokens``
+    also reads text for a model without a tokenizer (as bytes)."""
+    return [model.to_tokens(d)[0].cpu() for d in text.split("\n\n") if d.strip()]
+
+
+def _model_for(args, sae=None):
+    from interp.report.inputs import load_model
+
+    spec = args.model
+    if spec is None and sae is not None:
+        from interp.loading import zoo_models
+
+        name = sae.cfg.metadata.get("model_name")
+        spec = name if name in zoo_models() else None
+    return load_model(spec, device=args.device)
+
+
+def _out(tables: dict[str, pd.DataFrame], args, notes=()) -> None:
+    from interp.report.output import write_text
+    from interp.report.probes import ProbeOutput, print_tables
+
+    if not args.quiet:
+        print_tables([ProbeOutput(tables=tables, notes=list(notes))], max_rows=args.rows)
+    if args.json:
+        data = {name: json.loads(df.to_json(orient="records")) for name, df in tables.items()}
+        write_text(args.json, json.dumps(data, indent=1) + "\n", args.force, "--json")
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+def _train(args) -> int:
+    from interp.analysis.sae import evaluate_sae, train_sae
+    from interp.report.output import write_text
+
+    out = Path(args.out).expanduser()
+    model = _model_for(args)
+    text = read_corpus(model, args.corpus, "train", args.eval_fraction)
+    d_in = int(model.cfg.d_model) if "resid" in args.hook or args.hook.endswith("_out") else None
+    d_sae = args.d_sae or (args.expansion * d_in if d_in else None)
+    if d_sae is None:
+        raise InterpError(f"--d-sae: give the number of latents for hook {args.hook!r}")
+    sae = train_sae((model, args.hook, documents(model, text)), d_sae, args.architecture, k=args.k, steps=args.steps,
+                    batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
+                    time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,
+                    device=args.device, progress=not args.quiet)
+    hist = sae.history
+    tables = {"training": hist.tail(5)}
+    notes = [f"SAE written to {out} (SAELens layout: cfg.json + sae_weights.safetensors)"
+             + (" — stopped at the time budget" if getattr(sae, "stopped_early", False) else "")]
+    if args.eval_fraction > 0:
+        held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
+        ev = evaluate_sae(model, sae, documents(model, held), progress=not args.quiet)
+        tables["held-out evaluation"] = ev.table()
+        write_text(out / "eval.json", json.dumps(ev.metrics, indent=1) + "\n", True)
+    _out(tables, args, notes)
+    return 0
+
+
+def _load(args):
+    from interp.analysis.sae import load_sae
+
+    sae = load_sae(args.sae, device=args.device)
+    if args.hook:
+        sae.cfg.metadata["hook_name"] = args.hook
+    return sae, _model_for(args, sae)
+
+
+def _eval(args) -> int:
+    from interp.analysis.sae import decoder_orthogonality, evaluate_sae
+
+    sae, model = _load(args)
+    text = read_corpus(model, args.corpus, "eval" if args.corpus is None else "all", args.eval_fraction)
+    ev = evaluate_sae(model, sae, documents(model, text), max_tokens=args.max_tokens, progress=not args.quiet)
+    orth = decoder_orthogonality(sae)
+    cols = ["count", "dim", "mean_abs_cos", "baseline_mean_abs_cos", "max_abs_cos", "baseline_max_abs_cos",
+            "frac_within_tol", "baseline_frac_within_tol"]
+    lat = ev.latents.sort_values("frequency", ascending=False)
+    _out({"evaluation": ev.table(), "decoder directions vs random": orth[cols],
+          "most frequent latents": lat.head(args.rows)}, args)
+    return 0
+
+
+def _features(args) -> int:
+    from interp.analysis.sae import evaluate_sae, feature_logit_effects, feature_top_contexts
+
+    sae, model = _load(args)
+    text = read_corpus(model, args.corpus, "eval" if args.corpus is None else "all", args.eval_fraction)
+    docs = documents(model, text)
+    feats = args.feature
+    if not feats:  # the most frequently firing live latents
+        lat = evaluate_sae(model, sae, docs, max_tokens=20_000).latents
+        feats = lat[~lat.dead].sort_values("frequency", ascending=False).latent.head(args.top).tolist()
+    ctx = feature_top_contexts(model, sae, docs, features=feats, k=args.k, progress=not args.quiet)
+    tables = {"top contexts": ctx[["feature", "rank", "activation", "token", "context"]]}
+    frames = []
+    for f in feats:
+        try:
+            eff = feature_logit_effects(model, sae, f, k=args.logits)
+        except InterpError as e:
+            tables.pop("logit effects", None)
+            print(f"note: {e}", file=sys.stderr)
+            break
+        eff.insert(0, "feature", f)
+        frames.append(eff)
+    if frames:
+        tables["logit effects"] = pd.concat(frames, ignore_index=True)
+    _out(tables, args)
+    return 0
+
+
+def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog=prog, formatter_class=_RAW,
+        description="Sparse autoencoders: train one on a hook's activations, evaluate it, look at its features.",
+        epilog="examples:\n  interp sae train --out runs/sae-resid0 --time-budget 540\n"
+               "  interp sae eval --sae runs/sae-resid0\n  interp sae features --sae runs/sae-resid0 --feature 3 17")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def common(q, sae: bool):
+        if sae:
+            q.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors; SAELens' layout)")
+        q.add_argument("--model", default=None, help="zoo name or model folder (default: the SAE's model, else "
+                                                     "the shipped model)")
+        q.add_argument("--hook", default=None if sae else DEFAULT_HOOK,
+                       help=f"hook name (default: the SAE's own{'' if sae else '; train: ' + DEFAULT_HOOK})")
+        q.add_argument("--corpus", default=None, help="text file (default: the model folder's heldout.txt)")
+        q.add_argument("--eval-fraction", type=nonnegative_float, default=0.1,
+                       help="tail of the default corpus held out for evaluation (default 0.1)")
+        q.add_argument("--device", default=None, help="torch device, e.g. cuda")
+        q.add_argument("--json", default=None, help="also write the tables to this JSON file")
+        q.add_argument("--force", action="store_true", help="overwrite existing output")
+        q.add_argument("--rows", type=positive_int, default=20, help="rows shown per table (default 20)")
+        q.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+
+    t = sub.add_parser("train", help="train an SAE (checkpoints resume; stops at --time-budget)", formatter_class=_RAW)
+    common(t, False)
+    t.add_argument("--out", required=True, help="output folder: the SAE and its resumable checkpoints")
+    t.add_argument("--architecture", choices=("topk", "relu", "jumprelu"), default="topk")
+    t.add_argument("--d-sae", type=positive_int, default=None, help="latents (default: --expansion x d_model)")
+    t.add_argument("--expansion", type=positive_int, default=8, help="latents per input dimension (default 8)")
+    t.add_argument("--k", type=positive_int, default=None, help="TopK: active latents per token (default d_in/8)")
+    t.add_argument("--l1", type=nonnegative_float, default=None, help="ReLU: L1 coefficient")
+    t.add_argument("--l0", type=nonnegative_float, default=None, help="JumpReLU: L0 coefficient")
+    t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 10 passes, >= 1000)")
+    t.add_argument("--batch-size", type=positive_int, default=1024)
+    t.add_argument("--lr", type=nonnegative_float, default=None)
+    t.add_argument("--time-budget", type=nonnegative_float, default=None, help="stop after this many seconds (checkpointed)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="L0, variance explained, CE loss recovered, dead/dense latents", formatter_class=_RAW)
+    common(e, True)
+    e.add_argument("--max-tokens", type=positive_int, default=None, help="stop after this many tokens")
+    e.set_defaults(func=_eval)
+
+    f = sub.add_parser("features", help="features' top contexts and logit effects", formatter_class=_RAW)
+    common(f, True)
+    f.add_argument("--feature", type=int, nargs="+", default=None, help="feature indices (default: --top most frequent)")
+    f.add_argument("--top", type=positive_int, default=5, help="how many features when --feature is not given (default 5)")
+    f.add_argument("--k", type=positive_int, default=5, help="contexts per feature (default 5)")
+    f.add_argument("--logits", type=positive_int, default=5, help="tokens raised and lowered per feature (default 5)")
+    f.set_defaults(func=_features)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "interp sae") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.json:
+        from interp.report.output import check_writable
+
+        check_writable(args.json, args.force, "--json")
+    return int(args.func(args) or 0)
