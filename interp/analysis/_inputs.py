@@ -165,7 +165,7 @@ def str_tokens(model, ids) -> list[str]:
         ids = ids.reshape(-1).tolist()
     ids = [int(i) for i in ids]
     tok = getattr(model, "tokenizer", None)
-    if tok is not None and hasattr(tok, "id_to_token"):
+    if tok is not None:  # any tokenizer: sequence_labels answers None when it is not byte-level BPE
         # byte-level BPE: characters cut across tokens read as "今₀", "今₁", never "\ufffd" (interp.tokenize)
         from interp.tokenize import sequence_labels
 
