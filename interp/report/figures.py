@@ -223,8 +223,10 @@ def patching_heatmap(grid: pd.DataFrame, tokens: list[str], value: str = "normal
     z[[row[v] for v in grid.layer], grid.position.to_numpy()] = grid[value].to_numpy()
     fig = go.Figure(go.Heatmap(z=z, zmid=0, colorscale="RdBu", colorbar={"title": value},
                                hovertemplate="layer %{y}<br>position %{x}<br>" + value + " %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=max(260, 40 * len(layers) + 140), **_LAYOUT)
-    fig.update_xaxes(title="patched position (token)", **_token_ticks(tokens))
+    # TOKEN_PX per position and rotated labels, as every token axis: labels never overlap (the report scrolls)
+    fig.update_layout(title=title, height=max(300, 40 * len(layers) + 240),
+                      width=max(500, _AXIS_ROOM + TOKEN_PX * len(tokens)), **_LAYOUT)
+    fig.update_xaxes(title="patched position (token)", **_token_ticks(tokens, rotate=True))
     fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(len(layers))), ticktext=layers,
                      autorange="reversed")
     return fig
