@@ -20,9 +20,12 @@ import streamlit as st
 
 from interp.errors import InterpError
 
-PAGES = ("Overview", "Attention", "Neurons", "Superposition", "SAE features", "Logit lens", "Patching",
-         "Report")
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
+# The second prompt of the Compare page: the clean/corrupted pair of activation patching (IOI)
+DEFAULT_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+WINDOW = 40  # positions drawn in a token-axis figure at once (the window slider moves them)
+GRID_WINDOW = 20  # positions per panel of the all-heads grid
+LENS_WINDOW = 18  # positions of the logit-lens grid (a cell holds a token's text)
 DEFAULT_MODEL = "default"
 LOCAL = "Local folder…"
 SAMPLE_CORPUS = (
@@ -97,17 +100,31 @@ def top_neurons(spec: str, prompt: str, k: int, position: int, target) -> pd.Dat
 def neuron_answers(spec: str, layer: int, neuron: int, k: int) -> pd.DataFrame:
     from interp.analysis.neurons import neuron_answers as _neuron_answers
 
-    return _neuron_answers(get_model(spec), layer, neuron, k=k)
+    return _neuron_answers(get_model(spec), layer, neuron, k=k, center=True)
 
 
-@st.cache_data(show_spinner="Scanning the corpus…", max_entries=16)
-def top_contexts(spec: str, corpus: str, layer: int, k: int) -> pd.DataFrame:
-    from interp.analysis.neurons import scan_top_contexts
+@st.cache_data(show_spinner="Reading every head's pattern…", max_entries=16)
+def all_patterns(spec: str, prompt: str) -> pd.DataFrame:
+    from interp.analysis.attention import attention_patterns
 
-    docs = [d for d in corpus.split("\n") if d.strip()]
-    if not docs:
-        raise InterpError("corpus: give at least one non-empty line of text to scan.")
-    return scan_top_contexts(get_model(spec), docs, layers=[layer], k=k, window=8, progress=False)
+    return attention_patterns(get_model(spec), tokens_for(spec, prompt))
+
+
+@st.cache_data(show_spinner="Scanning the corpus…", max_entries=8)
+def layer_profiles(spec: str, corpus_name: str, corpus_text: str, layer: int, max_tokens: int):
+    """Every neuron of one layer over the corpus (one pass; any neuron of the layer is then instant)."""
+    from interp.analysis.neurons import neuron_profiles
+
+    model = get_model(spec)
+    return neuron_profiles(model, corpus_text, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
+                           max_tokens=max_tokens)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def prompt_activations(spec: str, prompt: str, layer: int, neuron: int) -> pd.DataFrame:
+    from interp.analysis.neurons import neuron_activations
+
+    return neuron_activations(get_model(spec), tokens_for(spec, prompt), layer, neuron)
 
 
 @st.cache_data(show_spinner="Measuring angles…", max_entries=32)
@@ -241,7 +258,33 @@ def show_answers(ans: pd.DataFrame, key: str, raises: str) -> None:
 
 
 def plot(fig, key: str) -> None:
-    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+    # A figure with a fixed width (token axes: TOKEN_PX per token) keeps it, so its labels never overlap.
+    st.plotly_chart(fig, key=key, config={"displaylogo": False}, width="stretch" if fig.layout.width is None else "content")
+
+
+def html_block(body: str) -> None:
+    """Token shading and other small widgets (interp.report.widgets) inline in the page."""
+    from interp.report.widgets import WIDGET_CSS
+
+    st.markdown(f"<style>{WIDGET_CSS}</style>{body}", unsafe_allow_html=True)
+
+
+def position_window(n: int, key: str, size: int = WINDOW) -> tuple[int, int]:
+    """A window of at most ``size`` positions for token-axis figures; a slider moves it when the prompt is longer."""
+    from interp.report.figures import token_window
+
+    if n <= size:
+        return 0, n
+    end = st.slider("positions shown (last of the window)", size, n, n, key=key,
+                    help=f"figures draw {size} positions at a time so every token label stays legible")
+    return token_window(n, size, end)
+
+
+def neuron_link(layer: int, neuron: int) -> str:
+    return f"?page=Neurons&neuron=L{layer}N{neuron}"
+
+
+LINK = {"page": st.column_config.LinkColumn("page", display_text="open", help="the neuron's page")}
 
 
 def sidebar() -> tuple[str, str, str]:
@@ -262,7 +305,9 @@ def sidebar() -> tuple[str, str, str]:
         path = st.sidebar.text_input("Model folder", value=preset if preset and preset not in options else "",
                                      key="model_path", placeholder="/path/to/model (config.json + weights)")
         spec = path.strip()
-    prompt = st.sidebar.text_area("Prompt", value=defaults.prompt or DEFAULT_PROMPT, key="prompt", height=110)
+    # ?prompt=... (a shared link) sets the first prompt of a session, like --prompt on the command line
+    first = st.query_params.get("prompt") or defaults.prompt or DEFAULT_PROMPT
+    prompt = st.sidebar.text_area("Prompt", value=first, key="prompt", height=110)
     wanted = st.query_params.get("page", PAGES[0])
     page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0, key="page")
     if st.query_params.get("page") != page:
@@ -304,10 +349,12 @@ def page_overview(spec: str, prompt: str) -> None:
     st.subheader("Next token")
     c1, c2, c3, c4 = st.columns(4)
     temperature = c1.slider("temperature", 0.0, 2.0, 1.0, 0.05, key="temperature", help="0 = greedy")
-    top_k = c2.number_input("top-k (0 = off)", 0, int(model.cfg.d_vocab), 0, key="top_k")
+    top_k = c2.number_input("top-k (empty = off)", min_value=1, max_value=int(model.cfg.d_vocab), value=None,
+                            key="top_k", help="as --top-k: keep the k most likely tokens; leave empty for no filter")
     top_p = c3.slider("top-p (1 = off)", 0.05, 1.0, 1.0, 0.05, key="top_p")
     k = c4.number_input("rows", 1, 100, 10, key="next_k")
-    table = next_tokens(spec, prompt, int(k), float(temperature), int(top_k) or None,
+    top_k = None if top_k is None else int(top_k)
+    table = next_tokens(spec, prompt, int(k), float(temperature), top_k,
                         None if top_p >= 1.0 else float(top_p), None)
     left, right = st.columns([3, 2])
     with left:
@@ -328,13 +375,13 @@ def page_overview(spec: str, prompt: str) -> None:
         if room < 1:
             raise InterpError(f"the prompt fills the model's context (n_ctx={model.cfg.n_ctx}); shorten it to sample.")
         out = generate(model, tokens, max_new_tokens=min(int(n_new), room), temperature=float(temperature),
-                       top_k=int(top_k) or None, top_p=None if top_p >= 1.0 else float(top_p), seed=int(seed))
+                       top_k=top_k, top_p=None if top_p >= 1.0 else float(top_p), seed=int(seed))
         st.code(prompt + model.to_string(out[0, tokens.shape[1]:]), language=None)
 
 
 def page_attention(spec: str, prompt: str) -> None:
     from interp.report.data import notable_heads, pattern_matrix
-    from interp.report.figures import head_role_grid, pattern_heatmap
+    from interp.report.figures import head_role_grid, pattern_grid, pattern_heatmap, token_window
     from interp.report.inputs import str_tokens
 
     model = get_model(spec)
@@ -348,28 +395,56 @@ def page_attention(spec: str, prompt: str) -> None:
         wide = scores.pivot_table(index=["layer", "head"], columns="role", values="score", dropna=False)
         show(wide[[r for r in dict.fromkeys(scores.role) if r in wide.columns]].reset_index(), key="head_scores")
 
-    st.subheader("Pattern of one head")
     cfg = model.cfg
-    c1, c2 = st.columns(2)
-    layer = c1.selectbox("layer", list(range(cfg.n_layers)), key="attn_layer")
-    head = c2.selectbox("head", list(range(cfg.n_heads)), key="attn_head")
-    pats = patterns(spec, prompt, int(layer))
     strs = str_tokens(model, tokens_for(spec, prompt))
     n = len(strs)
-    plot(pattern_heatmap(pattern_matrix(pats, int(layer), int(head), n), strs, f"L{layer}H{head}"), key="pattern")
+    c1, c2 = st.columns(2)
+    layer = int(c1.selectbox("layer", list(range(cfg.n_layers)), key="attn_layer"))
+    head = int(c2.selectbox("head", list(range(cfg.n_heads)), key="attn_head"))
+
+    st.subheader("Where each token attends")
+    st.caption("Hover a token: every earlier token is shaded by the chosen heads' attention from it (click pins it). "
+               "Tick heads to average them.")
+    attention_component(spec, prompt, strs, [(layer, head)], key="view")
+
+    st.subheader("Pattern of one head")
+    pats = patterns(spec, prompt, layer)
+    window = position_window(n, "attn_window")
+    plot(pattern_heatmap(pattern_matrix(pats, layer, head, n), strs, f"L{layer}H{head}", window=window),
+         key="pattern")
     if st.checkbox("All heads of this layer", key="all_heads"):
-        cols = st.columns(min(4, cfg.n_heads))
-        for h in range(cfg.n_heads):
-            with cols[h % len(cols)]:
-                plot(pattern_heatmap(pattern_matrix(pats, int(layer), h, n), strs, f"L{layer}H{h}"),
-                     key=f"pattern_{h}")
+        mats = [pattern_matrix(pats, layer, h, n) for h in range(cfg.n_heads)]
+        # two panels side by side fit the page at GRID_WINDOW positions each (TOKEN_PX per token label)
+        grid_window = token_window(n, GRID_WINDOW, end=window[1])
+        plot(pattern_grid(mats, [f"L{layer}H{h}" for h in range(cfg.n_heads)], strs, window=grid_window,
+                          cols=2 if cfg.n_heads > 1 else 1), key="pattern_grid")
+
+
+def attention_component(spec: str, prompt: str, strs: list[str], checked: list[tuple[int, int]], key: str) -> None:
+    """The report's interactive attention view, in an iframe (st.components): every head when it fits."""
+    import streamlit.components.v1 as components
+
+    from interp.report.data import view_heads
+    from interp.report.widgets import WIDGET_CSS, attention_view
+
+    model = get_model(spec)
+    heads = view_heads(model, pd.DataFrame({"layer": [c[0] for c in checked], "head": [c[1] for c in checked]}),
+                       len(strs), 4_000_000)
+    pats = all_patterns(spec, prompt) if len(heads) > len(checked) else patterns(spec, prompt, checked[0][0])
+    body = attention_view(strs, pats, heads, checked=checked)
+    lines = 2 + sum(len(s) + 1 for s in strs) // 90
+    height = min(560, 150 + 30 * lines + 24 * (len(heads) // 12))
+    components.html(f"<style>body{{font-family:sans-serif;margin:0}}{WIDGET_CSS}</style>{body}", height=height,
+                    scrolling=True)
+    st.session_state[f"{key}_html"] = body  # what the component shows (tests read it back)
 
 
 def page_neurons(spec: str, prompt: str) -> None:
+    model = get_model(spec)
+    n_tok = len(tokens_for(spec, prompt)[0])
     c1, c2, c3 = st.columns(3)
     k = c1.slider("neurons per ranking", 3, 50, 10, key="neuron_k")
-    position = c2.number_input("position (-1 = last)", -len(tokens_for(spec, prompt)[0]),
-                               len(tokens_for(spec, prompt)[0]) - 1, -1, key="neuron_position")
+    position = c2.number_input("position (-1 = last)", -n_tok, n_tok - 1, -1, key="neuron_position")
     target = c3.text_input("target token (empty = prediction)", "", key="neuron_target").strip("\n") or None
     if target is not None and target.lstrip("-").isdigit():
         target = int(target)
@@ -379,28 +454,133 @@ def page_neurons(spec: str, prompt: str) -> None:
     by_act = top[top.ranked_by == "activation"][cols].reset_index(drop=True)
     tgt = by_con.target_token.iloc[0] if len(by_con) else ""
     left, right = st.columns(2)
-    with left:
-        st.subheader("Answer neurons")
-        st.caption(f"direct logit contribution to {tgt!r}")
-        show(by_con, key="by_contribution")
-    with right:
-        st.subheader("Question neurons")
-        st.caption("largest activation at this position")
-        show(by_act, key="by_activation")
+    for col, title, caption, df, key in (
+            (left, "Answer neurons", f"direct logit contribution to {tgt!r}", by_con, "by_contribution"),
+            (right, "Question neurons", "largest activation at this position", by_act, "by_activation")):
+        with col:
+            st.subheader(title)
+            st.caption(caption + " · open a neuron's page from its row")
+            show(df.assign(page=[neuron_link(r.layer, r.neuron) for r in df.itertuples()]), key=key,
+                 column_config=LINK)
 
-    st.subheader("One neuron")
+    st.subheader("Neuron page")
     listed = [f"L{r.layer}N{r.neuron}" for r in pd.concat([by_con, by_act]).drop_duplicates(["layer", "neuron"])
               .itertuples()]
+    wanted = st.query_params.get("neuron")
+    if wanted and wanted not in listed and _parse_neuron(model, wanted) is not None:
+        listed.insert(0, wanted)
+    if wanted in listed and st.session_state.get("neuron_link") != wanted:  # a link was followed: open that page
+        st.session_state["neuron_link"] = st.session_state["neuron_pick"] = wanted
+    if st.session_state.get("neuron_pick") not in listed:
+        st.session_state.pop("neuron_pick", None)
     pick = st.selectbox("neuron", listed, key="neuron_pick")
-    layer, neuron = (int(x) for x in pick[1:].split("N"))
+    layer, neuron = _parse_neuron(model, pick)
+    neuron_page(spec, prompt, layer, neuron, int(position), top)
+
+
+def _parse_neuron(model, text: str):
+    """ "L1N23" -> (1, 23) when the model has that neuron, else None."""
+    import re
+
+    m = re.fullmatch(r"L(\d+)N(\d+)", str(text).strip())
+    if not m:
+        return None
+    layer, neuron = int(m.group(1)), int(m.group(2))
+    return (layer, neuron) if layer < model.cfg.n_layers and neuron < model.cfg.d_mlp else None
+
+
+def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, top: pd.DataFrame) -> None:
+    """Neuronpedia-style: the prompt shaded by the activation, top examples over a corpus, histogram, answers."""
+    from interp.report.inputs import read_corpus
+    from interp.report.widgets import neuron_examples, token_shading
+
+    model = get_model(spec)
+    acts = prompt_activations(spec, prompt, layer, neuron)
+    pos = position % len(acts)
+    m1, m2 = st.columns(2)
+    m1.metric(f"activation at position {pos}", f"{acts.activation.iloc[pos]:.4f}")
+    row = top[(top.layer == layer) & (top.neuron == neuron)]
+    if len(row) and pd.notna(row.contribution.iloc[0]):
+        m2.metric(f"direct effect on the logit of {row.target_token.iloc[0]!r}", f"{row.contribution.iloc[0]:+.4f}")
+    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative):")
+    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), trigger=pos))
+
     ans = neuron_answers(spec, layer, neuron, 10)
-    show_answers(ans, "answers", "tokens it raises (logit per unit activation)")
-    with st.expander("Top contexts: where does it fire?"):
-        corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="corpus", height=150)
-        if st.button("Scan corpus", key="scan"):
-            ctx = top_contexts(spec, corpus, layer, 5)
-            show(ctx[ctx.neuron == neuron][["rank", "activation", "doc", "position", "token", "context"]],
-                 key="contexts")
+    show_answers(ans, "answers", "tokens it raises (centred logit per unit activation)")
+
+    st.markdown("**Top-activating examples**")
+    heldout = read_corpus(model, "default")
+    sources = (["held-out text of the model"] if heldout else []) + ["pasted text", "text file"]
+    c1, c2 = st.columns([2, 1])
+    source = c1.radio("corpus", sources, horizontal=True, key="corpus_source")
+    max_tokens = c2.select_slider("tokens scanned", [2048, 8192, 16384, 65536], 16384, key="corpus_tokens")
+    if source == "held-out text of the model":
+        name, text = heldout
+    elif source == "text file":
+        path = st.text_input("text file", "", key="corpus_path", placeholder="/path/to/text.txt")
+        if not path.strip():
+            st.info("Enter the path of a UTF-8 text file to scan.")
+            return
+        name, text = read_corpus(model, path.strip())
+    else:
+        text = st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120)
+        name = "pasted text"
+        if not text.strip():
+            raise InterpError("corpus: paste some text to scan.")
+    want = (spec, name, hash(text), layer, int(max_tokens))
+    if st.button("Scan corpus", key="scan"):
+        st.session_state["scanned"] = want
+    if st.session_state.get("scanned") != want:
+        st.caption(f"Scans {name} for this layer's neurons (once; then every neuron of layer {layer} is instant).")
+        return
+    prof = layer_profiles(spec, name, text, layer, int(max_tokens))
+    ex = prof.examples[prof.examples.neuron == neuron]
+    stats = prof.stats[prof.stats.neuron == neuron].iloc[0]
+    left, right = st.columns([3, 2])
+    with left:
+        html_block(neuron_examples(ex, stats))
+        st.session_state["examples"] = ex  # what the page shows (tests read it back)
+    with right:
+        import plotly.graph_objects as go
+
+        h = prof.histogram[prof.histogram.neuron == neuron]
+        fig = go.Figure(go.Bar(x=(h.bin_left + h.bin_right) / 2, y=h["count"], width=h.bin_right - h.bin_left,
+                               marker_color="#4c78a8"))
+        fig.update_layout(title=f"activation over {int(stats.n_tokens):,} tokens", height=300,
+                          xaxis_title="activation", yaxis_title="tokens", template="plotly_white",
+                          margin={"l": 50, "r": 10, "t": 60, "b": 40}, bargap=0)
+        plot(fig, key="neuron_hist")
+        st.caption(f"mean {stats['mean']:.3f} · {stats.frac_positive:.1%} of tokens positive · max {stats['max']:.3f}")
+
+
+def page_compare(spec: str, prompt: str) -> None:
+    """Two prompts side by side: next-token distributions, where tokens attend, and what changed."""
+    from interp.report.figures import next_token_bar
+    from interp.report.inputs import encode_prompt, str_tokens
+
+    model = get_model(spec)
+    other = st.text_area("second prompt (e.g. the corrupted one)", DEFAULT_CORRUPTED, key="compare_prompt", height=80)
+    encode_prompt(model, other, name="second prompt")  # the sidebar prompt's checks (InterpError -> message)
+    c1, c2 = st.columns(2)
+    layer = int(c1.selectbox("layer", list(range(model.cfg.n_layers)), key="cmp_layer"))
+    head = int(c2.selectbox("head", list(range(model.cfg.n_heads)), key="cmp_head"))
+    tables = []
+    for col, name, text in zip(st.columns(2), ("A", "B"), (prompt, other)):
+        with col:
+            st.subheader(f"Prompt {name}" + (" (sidebar)" if name == "A" else " (second)"))
+            table = next_tokens(spec, text, 10, 1.0, None, None, None)
+            tables.append(table)
+            plot(next_token_bar(table), key=f"cmp_bar_{name}")
+            attention_component(spec, text, str_tokens(model, tokens_for(spec, text)), [(layer, head)],
+                                key=f"cmp_view_{name}")
+    st.subheader("What changed")
+    a, b = tables
+    both = a[["token_id", "token", "prob"]].merge(b[["token_id", "token", "prob"]], on=["token_id", "token"],
+                                                   how="outer", suffixes=("_a", "_b"))
+    both = both.fillna({"prob_a": 0.0, "prob_b": 0.0})
+    both["change"] = both.prob_b - both.prob_a
+    show(both.sort_values("change", key=abs, ascending=False).reset_index(drop=True), key="compare_change")
+    st.caption("prob a / prob b: next-token probability after each prompt (0 when outside that prompt's top 10).")
 
 
 def page_superposition(spec: str, prompt: str) -> None:
@@ -441,8 +621,15 @@ def page_superposition(spec: str, prompt: str) -> None:
     dim = j3.number_input("dimensions", 2, 10**6, int(model.cfg.d_model), key="jl_dim")
     r1, r2, r3 = st.columns(3)
     r1.metric("dims needed for the vectors", f"{sp.jl_min_dim(int(n_vec), float(eps)):,}")
-    r2.metric("vectors that fit in the dims", f"{sp.jl_max_vectors(int(dim), float(eps)):,}")
+    # jl_max_vectors inverts JL's loose bound (exp(d·(ε²/2 − ε³/3)/4): 1 for d=128, ε=0.1) and forgets that
+    # d orthogonal directions always fit; the random-vector count answers the |cos| <= ε question itself.
+    fit = max(int(dim), sp.jl_max_vectors(int(dim), float(eps), method="random"))
+    r2.metric("directions with |cos| ≤ ε that fit in the dims", f"{fit:,}")
     r3.metric("random pairs within 90°±1°", f"{sp.near_orthogonal_fraction(int(dim), 1.0):.4f}")
+    st.caption(f"At least {int(dim):,} (an orthonormal basis); more when random unit vectors leave fewer than one pair "
+               f"with |cos| > ε. JL's own bound, with its loose constants, guarantees "
+               f"{sp.jl_max_vectors(int(dim), float(eps)):,} points whose distances a projection to {int(dim):,} "
+               "dims keeps within 1±ε.")
 
 
 def page_sae(spec: str, prompt: str) -> None:
@@ -517,7 +704,8 @@ def page_lens(spec: str, prompt: str) -> None:
     df = lens(spec, prompt, int(k), target)
     grid = summarize_lens(df)
     strs = str_tokens(model, tokens_for(spec, prompt))
-    plot(lens_grid_heatmap(grid, strs, value=value), key="lens_grid")
+    window = position_window(len(strs), "lens_window", size=LENS_WINDOW)
+    plot(lens_grid_heatmap(grid, strs, value=value, window=window), key="lens_grid")
     pos = st.select_slider("position", list(range(len(strs))), len(strs) - 1, key="lens_pos",
                            format_func=lambda i: f"{i}: {strs[i]!r}")
     cell = grid[grid.position == pos]
@@ -578,9 +766,11 @@ def page_report(spec: str, prompt: str) -> None:
                            key="download_report_md")
 
 
-RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons,
+# The page registry, in sidebar order: a new page is one function and one entry here.
+RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
           "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
           "Patching": page_patching, "Report": page_report}
+PAGES = tuple(RENDER)
 
 
 def main() -> None:

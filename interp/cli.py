@@ -60,10 +60,11 @@ def _report(args) -> int:
             k_next=cap_count(args.k, int(cfg.d_vocab), "--k", "tokens in the vocabulary"),
             k_neurons=cap_count(args.neurons, int(cfg.n_layers * cfg.d_mlp), "--neurons", "MLP neurons"),
             n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
-            max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed)
+            max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
+            corpus=None if args.corpus == "none" else args.corpus)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
-        path = write_report(data, out, fmt=fmt, force=args.force)
+        path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
         bar.update(task, completed=len(steps))
     s = data.summary()
     if not args.quiet:
@@ -98,6 +99,12 @@ def _add_report(sub) -> None:
     p.add_argument("--sets", nargs="+", default=["W_E", "W_U", "W_in", "W_out"], metavar="SET",
                    help="superposition direction sets (default W_E W_U W_in W_out)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", default="default", metavar="FILE",
+                   help="text scanned for the neuron pages' top examples (default: the model folder's heldout.txt; "
+                        "'none' skips the scan)")
+    p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
+                   help="inline: one self-contained file (default); shared: one plotly-<version>.min.js beside the "
+                        "reports in --out's folder, each report a few hundred kB")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=_report)
 

@@ -198,11 +198,86 @@ def readable_token(raw: bytes) -> str:
     return "".join(out)
 
 
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def _utf8_length(lead: int) -> int:
+    """Bytes in the UTF-8 character that starts with byte ``lead`` (0 if it cannot start one)."""
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead <= 0xDF:
+        return 2
+    if 0xE0 <= lead <= 0xEF:
+        return 3
+    if 0xF0 <= lead <= 0xF4:
+        return 4
+    return 0
+
+
+def token_labels(pieces: list[bytes]) -> list[str]:
+    r"""Display labels for consecutive tokens given their raw bytes: the one helper every table and figure uses.
+
+    A byte-level tokenizer may cut a multi-byte character (one Chinese character is three bytes)
+    across tokens; decoded one by one, each piece is "\ufffd". Read together, the pieces still spell
+    the character, so each piece is labelled with the character it belongs to and its piece number:
+    "今" cut in three is "今₀", "今₁", "今₂", and a token holding the end of "今" and all of "天" is
+    "今₂天". Bytes that are not UTF-8 at all show as ``<0xAB>``; a lone token with part of a character
+    (no neighbours to complete it) shows its bytes the same way.
+
+    >>> token_labels([b"\xe4\xbb", b"\x8a\xe5\xa4\xa9", b"!"])
+    ['今₀', '今₁天', '!']
+    >>> token_labels([b"\xe4"])
+    ['<0xE4>']
+    """
+    data = b"".join(pieces)
+    bounds, start = [], 0
+    for p in pieces:
+        bounds.append((start, start + len(p)))
+        start += len(p)
+    chars = []  # (start, end, text or None for a byte that is no character)
+    i = 0
+    while i < len(data):
+        n = _utf8_length(data[i])
+        try:
+            text = data[i:i + n].decode("utf-8") if n and i + n <= len(data) else None
+        except UnicodeDecodeError:
+            text = None
+        n = n if text is not None else 1
+        chars.append((i, i + n, text))
+        i += n
+    labels, c = [], 0
+    for a, b in bounds:
+        while c < len(chars) and chars[c][1] <= a:
+            c += 1
+        out, j = [], c
+        while j < len(chars) and chars[j][0] < b:
+            cs, ce, text = chars[j]
+            if text is None:
+                out.append(f"<0x{data[cs]:02X}>")
+            elif cs >= a and ce <= b:
+                out.append(text)
+            else:  # this token holds a piece of the character: which piece (0-based, in token order)?
+                piece = sum(1 for x, y in bounds if x < ce and y > cs and x < a)
+                out.append(text + str(piece).translate(_SUBSCRIPT))
+            j += 1
+        labels.append("".join(out))
+    return labels
+
+
+def sequence_labels(tokenizer, ids: Iterable[int]) -> list[str] | None:
+    """:func:`token_labels` of a sequence of ids, or None when ``tokenizer`` is not byte-level BPE."""
+    ids = [int(i) for i in ids]
+    try:
+        return token_labels([token_bytes(tokenizer, i) for i in ids])
+    except (KeyError, AttributeError, TypeError, InterpError):
+        return None
+
+
 def explain_tokenization(tokenizer: Tokenizer, text: str) -> pd.DataFrame:
     """How ``text`` is cut into tokens (seed 003's walk-through), one row per token.
 
-    Columns: ``position``, ``token_id``, ``token`` (readable text; ``<0x..>`` for bytes of a
-    character split across tokens), ``bytes`` (hex, space-separated), ``start``/``end`` (character
+    Columns: ``position``, ``token_id``, ``token`` (readable text from :func:`token_labels`: a
+    character split across tokens shows in each piece with its piece number, "今₀", "今₁"), ``bytes`` (hex, space-separated), ``start``/``end`` (character
     offsets into ``text``) and ``text_span`` (``text[start:end]``; a character cut across tokens
     appears in the span of each piece).
     """
@@ -211,13 +286,15 @@ def explain_tokenization(tokenizer: Tokenizer, text: str) -> pd.DataFrame:
     tokenizer = backend_tokenizer(tokenizer)
     enc = tokenizer.encode(text, add_special_tokens=False)
     # `tokenizers` reports offsets into the string; byte-level pieces of one character share it.
+    raws = [token_bytes(tokenizer, tid) for tid in enc.ids]
+    labels = token_labels(raws)
     rows = []
     for pos, (tid, (start, end)) in enumerate(zip(enc.ids, enc.offsets)):
-        raw = token_bytes(tokenizer, tid)
+        raw = raws[pos]
         rows.append({
             "position": pos,
             "token_id": tid,
-            "token": readable_token(raw),
+            "token": labels[pos],
             "bytes": raw.hex(" "),
             "start": start,
             "end": end,

@@ -261,7 +261,7 @@ def test_top_attended_finds_previous_token():
     m = planted_model(induction=False)
     toks = torch.randint(V, (2, 8), generator=torch.Generator().manual_seed(4))
     df = top_attended(m, toks, layers=0, heads=0, batch=1, k=2)
-    top = df[df["rank"] == 0]
+    top = df[df["rank"] == 1]
     assert (top[top.query_pos >= 1].key_pos == top[top.query_pos >= 1].query_pos - 1).all()
     assert len(df) == 1 + 2 * 7  # query 0 sees one key
     assert (df.groupby("query_pos").weight.apply(lambda w: w.is_monotonic_decreasing)).all()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import doctest
+import math
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAMILY_CONFIGS
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import interp.analysis.neurons as neurons_mod
-from conftest import FAMILY_CONFIGS
-
 from interp.analysis.neurons import (
     answer_agreement,
     neuron_answers,
@@ -365,7 +365,7 @@ def test_neuron_analyzers_on_architectures(arch):
     ctx = scan_top_contexts(m, corpus, k=2, batch_size=3, progress=False)
     assert len(ctx) == 2 * 32 * 2
     _, cache = m.run_with_cache(corpus)
-    top = ctx[ctx["rank"] == 0]
+    top = ctx[ctx["rank"] == 1]
     for layer in (0, 1):
         best = (
             cache[f"blocks.{layer}.mlp.hook_post"].reshape(-1, 32).max(0).values
@@ -374,3 +374,68 @@ def test_neuron_analyzers_on_architectures(arch):
     assert len(answer_agreement(m, ctx)) == 2
     assert len(neuron_answers(m, 1, 7, k=4)) == 8
     assert len(top_neurons(m, corpus[:2], k=4)) == 2 * 2 * 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# neuron pages: profiles over a corpus, activations on a prompt, centred answers
+
+
+def test_neuron_profiles_match_a_brute_force_scan():
+    from interp.analysis.neurons import neuron_activations, neuron_profiles
+
+    m = planted_model()
+    g = torch.Generator().manual_seed(3)
+    docs = [torch.randint(V, (int(n),), generator=g) for n in torch.randint(4, 20, (10,), generator=g)]
+    docs[4][2] = A
+    prof = neuron_profiles(m, docs, [(0, NEURON), (0, 1)], k=3, window=2, after=1, bins=10)
+    # brute force: every chunk of n_ctx = 8 tokens through the model on its own
+    acts, where = [], []
+    for di, d in enumerate(docs):
+        for off in range(0, len(d), 8):
+            _, cache = m.run_with_cache(d[off: off + 8][None])
+            acts.append(cache["blocks.0.mlp.hook_post"][0])
+            where += [(di, off + p) for p in range(len(d[off: off + 8]))]
+    acts = torch.cat(acts).detach()
+    for neuron in (NEURON, 1):
+        ex = prof.examples[prof.examples.neuron == neuron]
+        trig = ex[ex.is_trigger].sort_values("rank")
+        assert trig["rank"].tolist() == [1, 2, 3]
+        torch.testing.assert_close(torch.tensor(trig.activation.to_numpy()), acts[:, neuron].topk(3).values,
+                                   rtol=1e-5, atol=1e-6)
+        at = {w: acts[i, neuron].item() for i, w in enumerate(where)}
+        for r in ex.itertuples():  # every shaded token's activation is the brute-force value at that place
+            assert math.isclose(r.activation, at[(r.doc, r.position + r.offset)], rel_tol=1e-5, abs_tol=1e-6)
+            assert r.token_id == int(docs[r.doc][r.position + r.offset])
+        h = prof.histogram[prof.histogram.neuron == neuron]
+        assert h["count"].sum() == len(where)
+        assert math.isclose(h.bin_left.min(), acts[:, neuron].min().item(), abs_tol=1e-6)
+        st = prof.stats[prof.stats.neuron == neuron].iloc[0]
+        assert math.isclose(st["mean"], acts[:, neuron].mean().item(), rel_tol=1e-6, abs_tol=1e-9)
+    top = prof.examples[(prof.examples.neuron == NEURON) & prof.examples.is_trigger & (prof.examples["rank"] == 1)]
+    assert int(top.token_id.iloc[0]) == A  # the planted neuron's best example is its trigger token
+    # at most max_tokens tokens are read, spread over the corpus
+    small = neuron_profiles(m, docs, [(0, NEURON)], k=1, max_tokens=24)
+    assert small.stats.n_tokens.iloc[0] <= 24 + 8
+    with pytest.raises(InterpError, match="neuron"):
+        neuron_profiles(m, docs, [(0, 99)])
+    on = neuron_activations(m, docs[4][None, :8], 0, NEURON)
+    torch.testing.assert_close(torch.tensor(on.activation.to_numpy()), at_positions(m, docs[4][:8], NEURON))
+
+
+def at_positions(m, doc, neuron):
+    _, cache = m.run_with_cache(doc[None])
+    return cache["blocks.0.mlp.hook_post"][0, :, neuron].detach()
+
+
+def test_centred_answers_raise_and_lower_and_ranks_start_at_1():
+    m = planted_model()
+    raw = neuron_answers(m, 0, NEURON, k=3)
+    cen = neuron_answers(m, 0, NEURON, k=3, center=True)
+    assert raw.token_id.tolist() == cen.token_id.tolist()  # a shared shift keeps the order
+    v = m.blocks[0].mlp.W_out[NEURON].detach()
+    ref = ((v - v.mean()) * m.ln_final.w.detach()) @ m.W_U.detach()
+    ref = ref - ref.mean()
+    top = cen[cen.direction == "top"]
+    torch.testing.assert_close(torch.tensor(top.logit.to_numpy()), ref.sort(descending=True).values[:3])
+    assert (top.logit > 0).all() and (cen[cen.direction == "bottom"].logit < 0).all()
+    assert top["rank"].tolist() == [1, 2, 3]

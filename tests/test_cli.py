@@ -320,3 +320,27 @@ def test_models_lists_the_zoo_with_card_lines(tmp_path, monkeypatch, capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "* tiny-a  tiny-a: a test model" in out
+
+
+def test_terminal_tables_fit_80_columns_without_wrapping_numbers():
+    import io
+
+    from rich.console import Console
+
+    from interp.analysis.superposition import direction_set_stats
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+    from interp.report.probes import ProbeOutput, _display, print_tables
+
+    torch.manual_seed(0)
+    m = HookedDecoder(DecoderConfig(d_vocab=64, n_ctx=8, d_model=16, n_layers=2, n_heads=2))
+    stats = direction_set_stats(m, sets=("W_E", "W_in", "W_out"), max_pairs=200)
+    stats.loc[0, "mean_abs_cos"] = 1.537e-4  # a number in scientific notation ("1.537e-0 / 4" when wrapped)
+    buf = io.StringIO()
+    print_tables([ProbeOutput({"direction_sets": stats})], console=Console(file=buf, width=80), max_rows=50)
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    cells = {_display(v) for c in stats.columns for v in stats[c] if not isinstance(v, str)}
+    for cell in cells:  # every number printed whole on one line
+        assert cell in text, cell
+    assert "1.537e-04" in text

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from interp.report.inputs import encode_prompt, load_model
+from interp.report.widgets import decode_attention_data
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -77,6 +78,13 @@ def _charts(at) -> set[str]:
     return {c.key for c in at.get("plotly_chart")}
 
 
+def _view_data(page: str) -> dict:
+    import json
+    import re
+
+    return json.loads(re.search(r'<script type="application/json" class="attn-data">(.*?)</script>', page, re.DOTALL).group(1))
+
+
 def _next_probs(model, prompt: str, k: int) -> torch.return_types.topk:
     with torch.no_grad():
         return torch.softmax(model(encode_prompt(model, prompt))[0, -1].double(), -1).topk(k)
@@ -119,7 +127,7 @@ def test_overview_sampling_controls_and_generate(app, tiny):
 
     greedy = generate(tiny, encode_prompt(tiny, PROMPT), max_new_tokens=4, temperature=0)
     assert app.code[0].value == PROMPT + tiny.to_string(greedy[0, len(PROMPT.encode()):])
-    app.number_input(key="top_k").set_value(0).run()
+    app.number_input(key="top_k").set_value(None).run()  # empty = no filter, as the CLI without --top-k
     app.slider(key="temperature").set_value(1.0).run()
 
 
@@ -136,9 +144,22 @@ def test_attention_page(app, tiny):
     app.selectbox(key="attn_head").set_value(1).run()
     app.checkbox(key="all_heads").check().run()
     _ok(app)
-    assert {"pattern_0", "pattern_1"} <= _charts(app)
+    assert "pattern_grid" in _charts(app)
+    grid = next(c for c in app.get("plotly_chart") if c.key == "pattern_grid")
+    import json
+
+    spec = json.loads(grid.proto.spec)
+    assert len(spec["data"]) == tiny.cfg.n_heads  # one panel per head, one shared colour bar
+    assert sum(bool(t.get("showscale")) for t in spec["data"]) == 1
     pat = attention_patterns(tiny, encode_prompt(tiny, PROMPT), layers=1, heads=1)
     assert np.allclose(pat.groupby("query_pos").weight.sum(), 1.0, atol=1e-5)
+    # the interactive view carries every head's pattern (one byte per weight), layer 1 head 1 ticked
+    view = _view_data(app.session_state["view_html"])
+    assert "L1H1" in view["heads"] and 'data-index="3" checked' in app.session_state["view_html"]
+    got = decode_attention_data(view)[view["heads"].index("L1H1")]
+    want = np.zeros_like(got)
+    want[pat.query_pos, pat.key_pos] = pat.weight
+    np.testing.assert_allclose(got, want, atol=0.5 / 255 + 1e-9)
 
 
 def test_neurons_page(app, tiny):
@@ -154,16 +175,55 @@ def test_neurons_page(app, tiny):
     pick = app.selectbox(key="neuron_pick").value
     layer, neuron = (int(x) for x in pick[1:].split("N"))
     ans = _frame(app, "logit", "token_id")
-    ref_ans = neuron_answers(tiny, layer, neuron, k=10)
+    ref_ans = neuron_answers(tiny, layer, neuron, k=10, center=True)
     np.testing.assert_allclose(ans.logit.to_numpy(), ref_ans[ref_ans.direction == "top"].logit.to_numpy(), rtol=1e-12)
+    assert (ans.logit > 0).all()  # centred: what it raises is positive
+    assert ans["rank"].tolist() == list(range(1, 11))
+    assert shown["rank"].tolist() == list(range(1, len(shown) + 1))
+    assert shown.page.str.startswith("?page=Neurons&neuron=L").all()  # each row opens the neuron's page
     app.button(key="scan").click().run()
     _ok(app)
-    ctx = _frame(app, "context", "activation")
-    assert len(ctx) >= 1 and ctx.activation.is_monotonic_decreasing
+    from interp.analysis.neurons import neuron_activations, neuron_profiles
+
+    corpus = app.text_area(key="corpus").value
+    ref = neuron_profiles(tiny, corpus, [(layer, n) for n in range(tiny.cfg.d_mlp)], k=5, max_tokens=16384)
+    got = app.session_state["examples"]
+    want = ref.examples[ref.examples.neuron == neuron]
+    np.testing.assert_allclose(got.activation.to_numpy(), want.activation.to_numpy(), rtol=1e-6, atol=1e-7)
+    assert "neuron_hist" in _charts(app)
+    # a neuron named in a link (?neuron=L1N7) opens its page, with its activation on the prompt
+    app.query_params["neuron"] = "L1N7"
+    app.run()
+    _ok(app)
+    assert app.selectbox(key="neuron_pick").value == "L1N7"
+    acts = neuron_activations(tiny, tokens, 1, 7)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics[f"activation at position {len(acts) - 1}"] == f"{acts.activation.iloc[-1]:.4f}"
+    del app.query_params["neuron"]
+
+
+def test_compare_page(app, tiny):
+    app.sidebar.radio(key="page").set_value("Compare").run()  # its default second prompt is too long for n_ctx=48
+    assert any("second prompt" in e.value and "n_ctx=48" in e.value for e in app.error)
+    other = "the dog sat on the mat, the dog"
+    app.text_area(key="compare_prompt").set_value(other).run()
+    _ok(app)
+    assert {"cmp_bar_A", "cmp_bar_B"} <= _charts(app)
+    change = _frame(app, "prob_a", "prob_b", "change")
+    pa, pb = _next_probs(tiny, PROMPT, 10), _next_probs(tiny, other, 10)
+    a = dict(zip(pa.indices.tolist(), pa.values.tolist()))
+    b = dict(zip(pb.indices.tolist(), pb.values.tolist()))
+    for r in change.itertuples():
+        np.testing.assert_allclose([r.prob_a, r.prob_b], [a.get(r.token_id, 0.0), b.get(r.token_id, 0.0)], rtol=1e-6)
+    assert set(change.token_id) == set(a) | set(b)
+    for key, text in (("cmp_view_A_html", PROMPT), ("cmp_view_B_html", other)):
+        assert _view_data(app.session_state[key])["n"] == len(encode_prompt(tiny, text)[0])
+    app.text_area(key="compare_prompt").set_value("   ").run()
+    assert not app.exception and any("non-empty" in e.value for e in app.error)
 
 
 def test_superposition_page(app, tiny):
-    from interp.analysis.superposition import direction_set_stats, jl_min_dim, train_toy_model
+    from interp.analysis.superposition import direction_set_stats, jl_max_vectors, jl_min_dim, train_toy_model
 
     _goto(app, "Superposition")
     assert {"angles", "toy"} <= _charts(app)
@@ -180,6 +240,9 @@ def test_superposition_page(app, tiny):
     assert metrics["represented features"] == f"{toy.n_represented} / 8"
     assert metrics["dimensions per feature"] == f"{toy.dimensions_per_feature:.3f}"
     assert metrics["dims needed for the vectors"] == f"{jl_min_dim(10_000, 0.1):,}"
+    # an orthonormal basis of d_model = 32 dims always fits: never "1" (JL's loose bound alone)
+    fit = int(metrics["directions with |cos| ≤ ε that fit in the dims"].replace(",", ""))
+    assert fit == max(32, jl_max_vectors(32, 0.1, method="random")) >= 32
     app.selectbox(key="sp_set").set_value("W_out").run()
     _ok(app)
     assert app.selectbox(key="sp_layer").options == ["0", "1"]
@@ -240,6 +303,28 @@ def test_bad_model_path_shows_an_error(tiny_dir, path, needle):
     at.sidebar.text_input(key="model_path").set_value(path).run()
     assert not at.exception
     assert any(needle in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_long_prompt_position_windows(app, tiny):
+    """Past WINDOW tokens the token-axis figures show a window of positions that a slider moves."""
+    import json
+
+    long_prompt = "the cat sat on the mat and the dog sat on a log"  # 47 byte tokens (n_ctx 48)
+    app.sidebar.text_area(key="prompt").set_value(long_prompt).run()
+    _goto(app, "Attention")
+    app.slider(key="attn_window").set_value(44).run()
+    _ok(app)
+    spec = json.loads(next(c for c in app.get("plotly_chart") if c.key == "pattern").proto.spec)
+    assert spec["data"][0]["x"] == list(range(4, 44))  # 40 positions ending before 44
+    ticks = spec["layout"]["xaxis"]["ticktext"]
+    assert len(ticks) == 40 and ticks[0].endswith("<sub>4</sub>")
+    _goto(app, "Logit lens")
+    app.slider(key="lens_window").set_value(30).run()
+    _ok(app)
+    spec = json.loads(next(c for c in app.get("plotly_chart") if c.key == "lens_grid").proto.spec)
+    assert spec["data"][0]["x"] == list(range(12, 30))
+    app.sidebar.text_area(key="prompt").set_value(PROMPT).run()
+    _ok(app)
 
 
 def test_patching_page(app, tiny):

@@ -8,6 +8,7 @@ The report is built for the default model (``interp.load()``), parsed back with 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,8 @@ from interp.report.render import SECTIONS, format_for
 PROMPT = "The cat sat on the mat. The cat"
 # Small enough for 2 shared CPU cores; the structure is the same as the defaults'.
 OPTIONS = ReportOptions(k_next=5, k_neurons=5, n_answer_neurons=2, k_answers=3, n_pattern_heads=2,
-                        superposition_sets=("W_E", "W_out"), max_pairs=1500, hist_pairs=500)
+                        superposition_sets=("W_E", "W_out"), max_pairs=1500, hist_pairs=500, k_examples=2,
+                        max_corpus_tokens=1024)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,15 @@ def tables(page):
     return read_tables(page)
 
 
+def figure_specs(page: str) -> dict:
+    """Each figure's plotly spec (data, layout, config) by div id, from the page's JSON script blocks."""
+    import json
+    import re
+
+    return {m.group(1): json.loads(m.group(2)) for m in
+            re.finditer(r'<script type="application/json" id="(fig-[^"]+)-spec">(.*?)</script>', page, re.DOTALL)}
+
+
 def _floats(col) -> np.ndarray:
     return np.array([float(v) for v in col], dtype=np.float64)
 
@@ -56,9 +67,14 @@ def test_html_is_well_formed_offline_and_has_every_section(page):
     assert external_references(page) == []
     from plotly.offline import get_plotlyjs
 
-    # plotly's library is embedded exactly once; figures reuse it
+    # plotly's library is embedded exactly once; figures reuse it (drawn by one loader when they scroll in)
     assert page.count(get_plotlyjs()[:500]) == 1
-    assert page.count("Plotly.newPlot") >= 6
+    specs = figure_specs(page)
+    assert len(specs) >= 6 and all(spec["data"] for spec in specs.values())
+    # every histogram: one per direction set, and per layer for the per-layer sets
+    n_layers = int(load_model().cfg.n_layers)
+    assert {k for k in specs if k.startswith("fig-angles-")} == {
+        "fig-angles-W_E", *(f"fig-angles-W_out-{i}" for i in range(n_layers))}
 
 
 def test_model_section_matches_config(model, tables):
@@ -139,7 +155,8 @@ def test_neuron_tables_equal_the_analyzer(model, tables):
         np.testing.assert_allclose(_floats(t.activation), r.activation.to_numpy(), rtol=1e-12)
     ans = tables["neuron_answers"]
     first = ans[(ans.layer == ans.layer.iloc[0]) & (ans.neuron == ans.neuron.iloc[0])]
-    ref_ans = neuron_answers(model, int(first.layer.iloc[0]), int(first.neuron.iloc[0]), k=OPTIONS.k_answers)
+    ref_ans = neuron_answers(model, int(first.layer.iloc[0]), int(first.neuron.iloc[0]), k=OPTIONS.k_answers,
+                             center=True)
     np.testing.assert_allclose(_floats(first.logit), ref_ans.logit.to_numpy(), rtol=1e-12)
     # the predicted token is the target every contribution refers to
     assert set(tables["neurons_contribution"].target_token) == {tables["next_tokens"].token.iloc[0]}
@@ -246,3 +263,109 @@ def test_report_on_a_tokenizer_model_with_bos(tmp_path):
     assert list(d.tokens.token_id) == d.token_ids
     assert check_well_formed(render_html(d)) == []
     assert isinstance(d.tokens, pd.DataFrame) and d.model["tokenizer"].startswith("Tokenizer")
+
+
+def test_attention_view_carries_the_analyzers_patterns(model, page, data):
+    import json
+    import re
+
+    from interp.analysis.attention import attention_patterns
+    from interp.report.widgets import decode_attention_data
+
+    blob = re.search(r'<script type="application/json" class="attn-data">(.*?)</script>', page, re.DOTALL).group(1)
+    view = json.loads(blob)
+    n = len(data.token_ids)
+    heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+    assert view["heads"] == [f"L{a}H{b}" for a, b in heads] and view["n"] == n  # every head fits the budget
+    got = decode_attention_data(view)
+    ref = attention_patterns(model, encode_prompt(model, PROMPT))
+    for i, (layer, head) in enumerate(heads):
+        r = ref[(ref.layer == layer) & (ref["head"] == head)]
+        want = np.zeros((n, n))
+        want[r.query_pos, r.key_pos] = r.weight
+        np.testing.assert_allclose(got[i], want, atol=0.5 / 255 + 1e-9)  # one byte per weight
+    from interp.report.figures import show_token
+
+    assert view["tokens"] == [show_token(t) for t in data.str_tokens]
+
+
+def test_neuron_pages_are_linked_from_every_table_and_match_the_analyzers(model, page, tables, data):
+    import re
+
+    from interp.analysis.neurons import neuron_activations, neuron_answers, neuron_profiles
+    from interp.report.inputs import read_corpus
+
+    named = {(int(a), int(b)) for t in ("neurons_contribution", "neurons_activation", "neuron_answers")
+             for a, b in zip(tables[t].layer, tables[t].neuron)}
+    anchors = set(re.findall(r'<div class="neuron-page" id="neuron-L(\d+)N(\d+)"', page))
+    assert {(int(a), int(b)) for a, b in anchors} == named
+    links = {(int(a), int(b)) for a, b in re.findall(r'href="#neuron-L(\d+)N(\d+)"', page)}
+    assert links == named
+    layer, neuron = int(tables["neurons_contribution"].layer.iloc[0]), int(tables["neurons_contribution"].neuron.iloc[0])
+    raises = tables[f"neuron_raises_L{layer}N{neuron}"]
+    ref = neuron_answers(model, layer, neuron, k=OPTIONS.k_answers, center=True)
+    np.testing.assert_allclose(_floats(raises.logit), ref[ref.direction == "top"].logit, rtol=1e-12)
+    assert [int(r) for r in raises["rank"]] == list(range(1, OPTIONS.k_answers + 1))
+    assert (_floats(raises.logit) > 0).all()  # centred: what it raises is positive
+    # examples over the shipped held-out text: the report's numbers are the analyzer's
+    name, text = read_corpus(model)
+    assert data.corpus_name == name and "heldout.txt" in name
+    prof = neuron_profiles(model, text, [(layer, neuron)], k=OPTIONS.k_examples, max_tokens=OPTIONS.max_corpus_tokens)
+    section = page[page.index(f'id="neuron-L{layer}N{neuron}"'):]
+    section = section[:section.index('<div class="neuron-page"', 10) if '<div class="neuron-page"' in section[10:]
+                      else len(section)]
+    shaded = [float(v) for v in re.findall(r'<span class="act-tok[^"]*" data-value="([^"]+)"', section)]
+    on = neuron_activations(model, encode_prompt(model, PROMPT), layer, neuron)
+    want = [*on.activation.tolist(), *prof.examples.activation.tolist()]
+    np.testing.assert_allclose(shaded, want, rtol=1e-5, atol=1e-6)
+
+
+def test_chinese_prompt_labels_name_characters_not_replacement_chars(model):
+    prompt = "今天天气真好啊"
+    d = collect_report(model, prompt, ReportOptions(k_next=3, k_neurons=2, n_answer_neurons=1, k_answers=2,
+                                                    n_pattern_heads=1, superposition_sets=("W_E",),
+                                                    max_pairs=200, hist_pairs=100, corpus=None,
+                                                    patching=False))  # its corrupted text decodes to U+FFFD
+    page = render_html(d, plotly_src="plotly.js")  # plotly.js itself has a U+FFFD in a regular expression
+    assert "\ufffd" not in page
+    # each character of the prompt names the token(s) holding its bytes, on the figures' axes too
+    ticks = " ".join(" ".join(map(str, spec["layout"].get("xaxis", {}).get("ticktext", [])))
+                     for spec in figure_specs(page).values())
+    for ch in set(prompt):
+        assert ch in ticks
+    assert "".join(d.tokens.text_span) .replace(" ", "") != ""
+
+
+def test_shared_plotly_report_folder(data, tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    from interp.report.render import plotly_file_name
+
+    a = write_report(data, tmp_path / "a.html", plotly="shared")
+    lib = tmp_path / plotly_file_name()
+    assert lib.read_text(encoding="utf-8") == get_plotlyjs()
+    stamp = lib.stat().st_mtime_ns
+    write_report(data, tmp_path / "b.html", plotly="shared")
+    assert lib.stat().st_mtime_ns == stamp  # one copy, reused by the second report
+    page = a.read_text(encoding="utf-8")
+    assert f'src="{plotly_file_name()}"' in page and get_plotlyjs()[:500] not in page
+    assert external_references(page) == [] and check_well_formed(page) == []
+    assert a.stat().st_size < lib.stat().st_size / 2
+    with pytest.raises(InterpError, match="--plotly"):
+        write_report(data, tmp_path / "c.html", plotly="cdn")
+
+
+def test_report_cli_corpus_and_shared_plotly(tmp_path, monkeypatch):
+    from interp import cli
+    from interp.report.render import plotly_file_name
+
+    monkeypatch.chdir(tmp_path)
+    corpus = Path(__file__).parent / "fixtures" / "tiny_corpus.txt"
+    args = ["report", PROMPT, "--out", "r.html", "--plotly", "shared", "--corpus", str(corpus), "--max-pairs", "300",
+            "--neurons", "2", "--heads", "1", "--sets", "W_E", "--quiet"]
+    assert cli.main(args) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert (tmp_path / plotly_file_name()).is_file() and f'src="{plotly_file_name()}"' in page
+    assert "tiny_corpus.txt" in page and 'class="neuron-page"' in page
+    assert cli.main(["report", PROMPT, "--out", "x.html", "--corpus", "no-such.txt", "--quiet"]) == 2
+    assert cli.main(["report", PROMPT, "--out", "-", "--plotly", "shared", "--quiet"]) == 2

@@ -103,3 +103,19 @@ def test_bad_arguments_name_themselves(tok):
         token_bytes(tok, 10**6)
     with pytest.raises(InterpError, match="text"):
         explain_tokenization(tok, b"bytes")
+
+
+def test_token_labels_name_the_character_each_byte_piece_belongs_to(tok):
+    from interp.tokenize import token_labels
+
+    jin, tian = "今".encode(), "天".encode()
+    # independent reference: the pieces are the UTF-8 bytes of the characters, cut by hand
+    assert token_labels([jin[:1], jin[1:], tian]) == ["今₀", "今₁", "天"]
+    assert token_labels([jin[:2], jin[2:] + tian, b" a"]) == ["今₀", "今₁天", " a"]
+    assert token_labels([b"\xff", jin[:1]]) == ["<0xFF>", "<0xE4>"]  # not UTF-8 / never completed
+    df = explain_tokenization(tok, "今天天气真好啊")
+    assert "\ufffd" not in "".join(df.token)
+    # every character of the text appears in the label of each token that holds a byte of it
+    for row in df.itertuples():
+        for ch in row.text_span:
+            assert ch in row.token

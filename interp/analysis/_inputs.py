@@ -164,6 +164,14 @@ def str_tokens(model, ids) -> list[str]:
     if isinstance(ids, torch.Tensor):
         ids = ids.reshape(-1).tolist()
     ids = [int(i) for i in ids]
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:  # any tokenizer: sequence_labels answers None when it is not byte-level BPE
+        # byte-level BPE: characters cut across tokens read as "今₀", "今₁", never "\ufffd" (interp.tokenize)
+        from interp.tokenize import sequence_labels
+
+        labels = sequence_labels(tok, ids)
+        if labels is not None:
+            return labels
     if hasattr(model, "to_str_tokens"):
         return [str(s) for s in model.to_str_tokens(torch.tensor(ids, dtype=torch.long))]
     if getattr(model, "tokenizer", None) is None:

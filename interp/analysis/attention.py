@@ -182,7 +182,7 @@ def top_attended(
 ) -> pd.DataFrame:
     """The ``k`` most attended keys for every query position of the chosen heads.
 
-    Columns: ``batch, layer, head, query_pos, query_token, rank, key_pos, key_token, weight`` (rank 0
+    Columns: ``batch, layer, head, query_pos, query_token, rank, key_pos, key_token, weight`` (rank 1
     is the most attended key; queries with fewer than ``k`` visible keys list them all).
 
     >>> import torch
@@ -221,7 +221,7 @@ def top_attended(
                         "head": hh,
                         "query_pos": qq,
                         "query_token": strs[qq],
-                        "rank": rr,
+                        "rank": rr + 1,
                         "key_pos": idx,
                         "key_token": strs[idx],
                         "weight": vals,

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.analysis._inputs import as_tokens, check_finite_output, check_index
+from interp.analysis._inputs import as_tokens, check_finite_output, check_index, str_tokens, token_str
 from interp.errors import InterpError
 
 __all__ = [
@@ -143,11 +143,8 @@ def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
 
 
 def _token_strings(model, ids: Sequence[int]) -> dict[int, str]:
-    """Map token ids to display strings (``model.to_str_tokens`` decodes each id on its own)."""
-    ids = sorted({int(i) for i in ids if int(i) >= 0})
-    if not ids:
-        return {}
-    return dict(zip(ids, model.to_str_tokens(torch.tensor(ids, dtype=torch.long))))
+    """Map token ids to display strings, each id on its own (a byte piece of a character reads ``<0xE4>``)."""
+    return {i: token_str(model, i) for i in sorted({int(i) for i in ids if int(i) >= 0})}
 
 
 def _positions(positions, n_pos: int) -> list[int]:
@@ -252,7 +249,8 @@ def _lens_frame(model, tokens, k: int, target, positions, translate: Translate |
         model, list(top_ids.reshape(-1)) + list(targets_np.reshape(-1)) + tokens.reshape(-1).tolist()
     )
     names = np.array(layer_names(n_layers), dtype=object)
-    input_tok = tokens[:, pos_t].cpu().numpy()
+    # input tokens read in their sequence: byte pieces of one character are labelled with it ("今₀")
+    seq_labels = np.array([str_tokens(model, tokens[b]) for b in range(tokens.shape[0])], dtype=object)
     t_ids = per_cell(np.broadcast_to(targets_np[None], (L, B, P)))
     valid = per_cell(has_t)
     top_ids_flat = top_ids.reshape(-1)
@@ -263,7 +261,7 @@ def _lens_frame(model, tokens, k: int, target, positions, translate: Translate |
             "layer": layer_idx,
             "layer_name": names[layer_idx],
             "position": np.asarray(pos)[p_idx],
-            "input_token": [strs[int(t)] for t in input_tok[b_idx, p_idx]],
+            "input_token": seq_labels[b_idx, np.asarray(pos)[p_idx]],
             "rank": r_idx + 1,
             "token_id": top_ids_flat.astype(np.int64),
             "token": [strs[int(t)] for t in top_ids_flat],

@@ -40,6 +40,8 @@ from interp.analysis._inputs import (
     as_tokens,
     check_finite_output,
     check_index,
+    model_device,
+    str_tokens,
     text_lengths,
     token_str,
 )
@@ -47,12 +49,15 @@ from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
 
 __all__ = [
+    "NeuronProfiles",
     "answer_agreement",
     "answer_frame",
     "final_norm_map",
+    "neuron_activations",
     "neuron_answers",
     "neuron_contributions",
     "neuron_direction",
+    "neuron_profiles",
     "residual_direction",
     "scan_top_contexts",
     "top_neurons",
@@ -189,13 +194,19 @@ def _resolve_k(k, name="k") -> int:
 
 
 @torch.no_grad()
-def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str = "both") -> pd.DataFrame:
+def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str = "both",
+                   center: bool = False) -> pd.DataFrame:
     """The neuron's *answer*: tokens whose logits its value vector raises (``top``) and lowers (``bottom``).
 
     Columns: ``token, logit, token_id, direction, rank``. ``logit`` is the logit change per unit
     activation before the final norm's positive ``1/scale`` (see module docstring). Rows: the top
     ``k`` in descending order, then the bottom ``k`` (most negative first). ``direction`` picks
-    ``"top"``, ``"bottom"`` or ``"both"``.
+    ``"top"``, ``"bottom"`` or ``"both"``. Ranks start at 1.
+
+    ``center=True`` subtracts the mean over the vocabulary first. The softmax ignores a shift shared
+    by every logit, so only the centred effect says what the neuron *raises* (positive) and *lowers*
+    (negative): an uncentred value vector can lower every logit and still raise some tokens'
+    probabilities.
 
     >>> from interp.model.config import DecoderConfig
     >>> from interp.model.transformer import HookedDecoder
@@ -205,6 +216,8 @@ def neuron_answers(model, layer: int, neuron: int, k: int = 10, direction: str =
     (['top', 'top', 'top', 'bottom', 'bottom', 'bottom'], True)
     """
     logits = neuron_direction(model, layer, neuron) @ _W_U(model).detach().double()  # [d_vocab]
+    if center:
+        logits = logits - logits.mean()
     return answer_frame(model, logits, k, direction)
 
 
@@ -218,10 +231,10 @@ def answer_frame(model, logits: torch.Tensor, k: int = 10, direction: str = "bot
     rows = []
     if direction in ("top", "both"):
         v, i = logits.topk(k)
-        rows += [("top", r, int(t), float(x)) for r, (x, t) in enumerate(zip(v.tolist(), i.tolist()))]
+        rows += [("top", r, int(t), float(x)) for r, (x, t) in enumerate(zip(v.tolist(), i.tolist()), 1)]
     if direction in ("bottom", "both"):
         v, i = (-logits).topk(k)
-        rows += [("bottom", r, int(t), -float(x)) for r, (x, t) in enumerate(zip(v.tolist(), i.tolist()))]
+        rows += [("bottom", r, int(t), -float(x)) for r, (x, t) in enumerate(zip(v.tolist(), i.tolist()), 1)]
     return pd.DataFrame(
         {
             "token": [token_str(model, t) for _, _, t, _ in rows],
@@ -395,7 +408,7 @@ def top_neurons(model, tokens, position=-1, target=None, k: int = 20, layers=Non
         for name, sel in (("activation", by_act), ("contribution", by_con)):
             sel = sel[cols].copy()
             sel["ranked_by"] = name
-            sel["rank"] = range(len(sel))
+            sel["rank"] = range(1, len(sel) + 1)  # 1-based, as in every table
             out.append(sel)
     return pd.concat(out, ignore_index=True)
 
@@ -624,7 +637,7 @@ def _top_frame(model, top, names: dict[str, int], window: int, after: int) -> pd
                 {
                     "layer": layer,
                     "neuron": neuron.numpy(),
-                    "rank": rank.numpy(),
+                    "rank": rank.numpy() + 1,
                     "activation": v.double().numpy(),
                     "doc": (gi >> 32).numpy(),
                     "position": (gi & 0xFFFFFFFF).numpy(),
@@ -648,7 +661,7 @@ def answer_agreement(model, contexts: pd.DataFrame, by: str = "layer", chunk: in
     """Geva et al.'s agreement: is a neuron's top answer the token that follows its top trigger?
 
     ``contexts`` is the frame from ``scan_top_contexts``. A neuron's top answer is
-    ``argmax_t N(W_out[l][n]) . W_U[:, t]`` (as in ``neuron_answers``); its top trigger is its rank-0
+    ``argmax_t N(W_out[l][n]) . W_U[:, t]`` (as in ``neuron_answers``); its top trigger is its rank-1
     context, and neurons whose top trigger ends a document (no next token) are left out.
 
     ``by="layer"`` (default) — columns ``layer, n_neurons, agreement, agreement_any,
@@ -735,3 +748,140 @@ def answer_agreement(model, contexts: pd.DataFrame, by: str = "layer", chunk: in
     )
     out["chance"] = 1.0 / d_vocab
     return out[["layer", "n_neurons", "agreement", "agreement_any", "mean_next_rank", "chance"]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# one neuron, Neuronpedia-style: where it fires over a corpus, how its activations are spread, and its
+# activation over every token of a prompt
+
+
+@dataclasses.dataclass
+class NeuronProfiles:
+    """What :func:`neuron_profiles` found for a few neurons over one corpus.
+
+    ``examples``: one row per token of each top-activating example (``layer, neuron, rank, doc,
+    position, offset, token_id, token, activation, is_trigger``): ``rank`` 1 is the largest
+    activation, ``position`` the trigger's index in its document, ``offset`` the token's place
+    relative to the trigger (``-window .. after``), ``activation`` the neuron's value at that token (in
+    the chunk the model saw). ``histogram``: ``layer, neuron, bin_left, bin_right, count`` over every
+    scanned token. ``stats``: ``layer, neuron, n_tokens, mean, std, min, max, frac_positive``.
+    """
+
+    examples: pd.DataFrame
+    histogram: pd.DataFrame
+    stats: pd.DataFrame
+
+
+def _neuron_list(model, neurons) -> list[tuple[int, int]]:
+    cfg = model.cfg
+    out = []
+    for item in neurons:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise InterpError(f"neurons: expected (layer, neuron) pairs; given {item!r}")
+        layer = check_index("layer", item[0], int(cfg.n_layers), allow_negative=False)
+        out.append((layer, check_index("neuron", item[1], int(cfg.d_mlp), allow_negative=False)))
+    if not out:
+        raise InterpError("neurons: give at least one (layer, neuron) pair")
+    return list(dict.fromkeys(out))
+
+
+@torch.no_grad()
+def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after: int = 4, bins: int = 40,
+                    seq_len: int | None = None, max_tokens: int | None = 200_000,
+                    batch_size: int = 8) -> NeuronProfiles:
+    """Top-activating examples, with the activation at every token around the trigger, and histograms.
+
+    ``corpus`` is what :func:`scan_top_contexts` takes (text, list of texts, token ids). Documents are
+    cut into chunks of ``seq_len`` (default ``n_ctx``) tokens; when the corpus is longer than
+    ``max_tokens`` (``None``: no limit), about that many tokens are read, in chunks spread evenly over it. Every chunk runs through the model once, keeping ``mlp.hook_post`` of the chosen
+    ``neurons`` ((layer, neuron) pairs) only, so memory is ``O(tokens * len(neurons))``.
+    """
+    k = _resolve_k(k)
+    bins = _resolve_k(bins, "bins")
+    for name, v in (("window", window), ("after", after)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InterpError(f"{name}: must be an int >= 0; given {v!r}")
+    cfg = model.cfg
+    seq_len = int(cfg.n_ctx) if seq_len is None else seq_len
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
+        raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise InterpError(f"max_tokens: must be an int >= 1 or None; given {max_tokens!r}")
+    pairs = _neuron_list(model, neurons)
+    from interp.data.corpus import as_corpus, tokenized
+
+    docs = [(int(i), t.detach().to("cpu", torch.long)) for i, t in tokenized(model, as_corpus(corpus))]
+    if not docs:
+        raise InterpError("corpus: the corpus is empty (no tokens)")
+    chunks = [(di, off, d[off: off + seq_len]) for di, d in docs for off in range(0, len(d), seq_len)]
+    total = sum(len(c) for _, _, c in chunks)
+    if max_tokens is not None and total > max_tokens:
+        # chunks spread evenly over the corpus (not just its beginning), about max_tokens tokens in all
+        keep = max(1, round(len(chunks) * max_tokens / total))
+        picks = sorted({round(i * (len(chunks) - 1) / max(1, keep - 1)) for i in range(keep)})
+        chunks = [chunks[i] for i in picks]
+    layers = sorted({layer for layer, _ in pairs})
+    cols = {layer: torch.tensor([n for lay, n in pairs if lay == layer]) for layer in layers}
+    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layers}
+    dev = model_device(model)
+    acts: list[torch.Tensor] = []  # per chunk: [len, len(pairs)] in ``pairs`` order
+    for s in range(0, len(chunks), batch_size):
+        group = chunks[s: s + batch_size]
+        L = max(len(c) for _, _, c in group)
+        toks = torch.zeros(len(group), L, dtype=torch.long)
+        for i, (_, _, c) in enumerate(group):
+            toks[i, : len(c)] = c  # right padding: causal attention never lets it reach real tokens
+        _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda nm: nm in names)
+        per_layer = {layer: cache[nm][:, :, cols[layer].to(dev)].float().cpu() for nm, layer in names.items()}
+        for i, (_, _, c) in enumerate(group):
+            parts = {layer: per_layer[layer][i, : len(c)] for layer in layers}
+            idx = {layer: 0 for layer in layers}
+            row = []
+            for layer, _ in pairs:
+                row.append(parts[layer][:, idx[layer]])
+                idx[layer] += 1
+            acts.append(torch.stack(row, dim=1))
+        del cache
+    flat = torch.cat(acts)  # [tokens, len(pairs)]
+    where = [(ci, p) for ci, (_, _, c) in enumerate(chunks) for p in range(len(c))]
+    strs: dict[int, list[str]] = {}
+    ex_rows, hist_rows, stat_rows = [], [], []
+    for j, (layer, neuron) in enumerate(pairs):
+        v = flat[:, j].double()
+        top = v.topk(min(k, len(v)))
+        for rank, gi in enumerate(top.indices.tolist(), 1):
+            ci, p = where[gi]
+            di, off, c = chunks[ci]
+            if ci not in strs:
+                strs[ci] = str_tokens(model, c)
+            for q in range(max(0, p - window), min(len(c), p + after + 1)):
+                ex_rows.append((layer, neuron, rank, di, off + p, q - p, int(c[q]), strs[ci][q],
+                                float(acts[ci][q, j]), q == p))
+        counts, edges = torch.histogram(v, bins=bins)
+        for b in range(bins):
+            hist_rows.append((layer, neuron, float(edges[b]), float(edges[b + 1]), int(counts[b])))
+        stat_rows.append((layer, neuron, len(v), float(v.mean()), float(v.std()) if len(v) > 1 else 0.0,
+                          float(v.min()), float(v.max()), float((v > 0).double().mean())))
+    examples = pd.DataFrame(ex_rows, columns=["layer", "neuron", "rank", "doc", "position", "offset", "token_id",
+                                              "token", "activation", "is_trigger"])
+    histogram = pd.DataFrame(hist_rows, columns=["layer", "neuron", "bin_left", "bin_right", "count"])
+    stats = pd.DataFrame(stat_rows, columns=["layer", "neuron", "n_tokens", "mean", "std", "min", "max",
+                                             "frac_positive"])
+    return NeuronProfiles(examples, histogram, stats)
+
+
+@torch.no_grad()
+def neuron_activations(model, tokens, layer: int, neuron: int) -> pd.DataFrame:
+    """One neuron's activation (``mlp.hook_post``) at every position of one sequence.
+
+    Columns: ``position, token_id, token, activation``.
+    """
+    toks = as_tokens(model, tokens)[:1]
+    layer = check_index("layer", layer, int(model.cfg.n_layers))
+    neuron = check_index("neuron", neuron, int(model.cfg.d_mlp))
+    name = f"blocks.{layer}.mlp.hook_post"
+    _, cache = model.run_with_cache(toks, names_filter=lambda nm: nm == name)
+    act = cache[name][0, :, neuron].double().cpu()
+    ids = toks[0].tolist()
+    return pd.DataFrame({"position": range(len(ids)), "token_id": ids, "token": str_tokens(model, ids),
+                         "activation": act.numpy()})

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.analysis._inputs import as_tokens, check_index
+from interp.analysis._inputs import as_tokens, check_index, token_str
 from interp.data.distributed import all_gather_object, rank_world
 from interp.errors import InterpError
 
@@ -265,7 +265,7 @@ def collect_activations(
     rows_pos = [p for k in keep for p in k]
     token_ids = [int(seqs[i][0, p]) for i, p in zip(rows_prompt, rows_pos)]
     uniq = sorted(set(token_ids))
-    strs = dict(zip(uniq, model.to_str_tokens(torch.tensor(uniq, dtype=torch.long))))
+    strs = {i: token_str(model, i) for i in uniq}
     index = pd.DataFrame(
         {
             "example": np.arange(len(rows_pos)),
@@ -530,7 +530,7 @@ def direction_matches(
         top = torch.topk(cos.abs(), min(k, cos.numel())).indices.numpy()
         is_token = kind in ("W_E", "W_U")
         tokens = (
-            model.to_str_tokens(torch.tensor(index_of[top], dtype=torch.long))
+            [token_str(model, int(i)) for i in index_of[top]]
             if is_token
             else [""] * len(top)
         )

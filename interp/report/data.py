@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from interp.errors import InterpError
-from interp.report.inputs import encode_prompt, model_summary, str_tokens
+from interp.report.inputs import encode_prompt, model_summary, read_corpus, str_tokens
 
 __all__ = [
     "NOTABLE_ROLES",
@@ -24,15 +24,17 @@ __all__ = [
     "ReportOptions",
     "collect_report",
     "notable_heads",
+    "page_neurons",
     "pattern_matrix",
     "tokenization_table",
+    "view_heads",
 ]
 
 # The head roles whose best head gets its pattern drawn (entropy is a property, not a role).
 NOTABLE_ROLES = ("previous_token", "induction", "duplicate_token", "attention_sink", "local_window")
 
 # Report stages, in order, for progress bars.
-STAGES = ("tokenization", "logit lens", "attention", "neurons", "superposition", "patching")
+STAGES = ("tokenization", "logit lens", "attention", "neurons", "neuron pages", "superposition", "patching")
 
 
 @dataclass
@@ -48,10 +50,16 @@ class ReportOptions:
     max_pairs: int = 20_000  # direction pairs per set (exact below this)
     hist_pairs: int = 5_000  # pairs sampled for the angle histograms
     seed: int = 0
+    corpus: str | None = "default"  # neuron pages: the model's heldout.txt ("default"), a text file, or None
+    k_examples: int = 5  # top-activating examples per neuron page
+    max_corpus_tokens: int = 16_384  # corpus tokens scanned for neuron pages (chunks spread over the corpus)
+    pattern_window: int = 40  # positions drawn in a pattern heatmap (the last ones; the attention view shows all)
+    view_bytes: int = 4_000_000  # attention view budget: one byte per head and causal entry
     patching: bool = True  # causal section: patching on the prompt followed by its own beginning (induction)
 
     def __post_init__(self) -> None:
-        for name in ("k_next", "k_neurons", "n_answer_neurons", "k_answers", "n_pattern_heads", "max_pairs", "hist_pairs"):
+        for name in ("k_next", "k_neurons", "n_answer_neurons", "k_answers", "n_pattern_heads", "max_pairs", "hist_pairs",
+                     "k_examples", "max_corpus_tokens", "pattern_window", "view_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InterpError(f"{name}: must be an integer >= 1; given {v!r}.")
@@ -74,9 +82,13 @@ class ReportData:
     final_by_layer: pd.DataFrame  # lens_grid at the last position: the final prediction's prob by layer
     head_scores: pd.DataFrame  # attention.head_scores
     notable_heads: pd.DataFrame  # the best head per notable role
-    patterns: pd.DataFrame  # attention.attention_patterns of the notable heads on the prompt
+    patterns: pd.DataFrame  # attention.attention_patterns of view_heads on the prompt
+    view_heads: list  # (layer, head) pairs in the interactive attention view: every head when it fits
     neurons: pd.DataFrame  # neurons.top_neurons at the last position, target = predicted token
-    neuron_answers: pd.DataFrame  # neurons.neuron_answers of the top contributors (+ layer, neuron columns)
+    neuron_answers: pd.DataFrame  # neurons.neuron_answers(center=True) of every paged neuron (+ layer, neuron)
+    neuron_profiles: object  # neurons.NeuronProfiles over the corpus (None without a corpus)
+    neuron_prompt: pd.DataFrame  # neurons.neuron_activations on the prompt of every paged neuron (+ layer, neuron)
+    corpus_name: str | None  # what the neuron pages scanned
     superposition: pd.DataFrame  # superposition.direction_set_stats
     angle_samples: pd.DataFrame  # superposition.direction_angle_samples (model and random pairs)
     random_pdf: pd.DataFrame  # superposition.random_angle_pdf(d_model)
@@ -126,6 +138,21 @@ def tokenization_table(model, prompt: str, tokens: torch.Tensor) -> pd.DataFrame
     return pd.DataFrame({"position": range(len(ids)), "token_id": ids, "token": strs})
 
 
+def page_neurons(top: pd.DataFrame) -> list[tuple[int, int]]:
+    """The neurons that get a page: every neuron the neuron tables name (contribution first)."""
+    order = pd.concat([top[top.ranked_by == "contribution"], top[top.ranked_by == "activation"]])
+    return list(dict.fromkeys((int(r.layer), int(r.neuron)) for r in order.itertuples()))
+
+
+def view_heads(model, notable: pd.DataFrame, n: int, budget: int) -> list[tuple[int, int]]:
+    """Heads for the attention view: all of them when one byte per causal entry fits ``budget``, else the notable ones."""
+    cfg = model.cfg
+    every = [(layer, head) for layer in range(int(cfg.n_layers)) for head in range(int(cfg.n_heads))]
+    if len(every) * n * (n + 1) // 2 <= budget:
+        return every
+    return [(int(r.layer), int(r.head)) for r in notable.itertuples()] or every[:1]
+
+
 def notable_heads(scores: pd.DataFrame, n: int) -> pd.DataFrame:
     """The highest-scoring head of each notable role, best first, at most ``n`` distinct heads."""
     rows = []
@@ -171,20 +198,32 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
     step("attention")
     scores = attention.head_scores(model, tokens, seed=opts.seed)
     notable = notable_heads(scores, opts.n_pattern_heads)
-    frames = [attention.attention_patterns(model, tokens, layers=int(r.layer), heads=int(r.head))
-              for r in notable.itertuples()]
-    patterns = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    heads = view_heads(model, notable, len(ids), opts.view_bytes)
+    if len(heads) == int(model.cfg.n_layers) * int(model.cfg.n_heads):
+        patterns = attention.attention_patterns(model, tokens)  # one forward pass for every head
+    else:
+        patterns = pd.concat([attention.attention_patterns(model, tokens, layers=h[0], heads=h[1]) for h in heads],
+                             ignore_index=True)
 
     step("neurons")
     top = neurons.top_neurons(model, tokens, position=-1, k=opts.k_neurons)
-    contrib = top[top.ranked_by == "contribution"].head(opts.n_answer_neurons)
-    answers = []
-    for r in contrib.itertuples():
-        a = neurons.neuron_answers(model, int(r.layer), int(r.neuron), k=opts.k_answers)
-        a.insert(0, "neuron", int(r.neuron))
-        a.insert(0, "layer", int(r.layer))
-        answers.append(a)
+    paged = page_neurons(top)
+    answers, on_prompt = [], []
+    for layer, neuron in paged:
+        for frame, df in ((answers, neurons.neuron_answers(model, layer, neuron, k=opts.k_answers, center=True)),
+                          (on_prompt, neurons.neuron_activations(model, tokens, layer, neuron))):
+            df.insert(0, "neuron", neuron)
+            df.insert(0, "layer", layer)
+            frame.append(df)
     answers_df = pd.concat(answers, ignore_index=True) if answers else pd.DataFrame()
+    prompt_df = pd.concat(on_prompt, ignore_index=True) if on_prompt else pd.DataFrame()
+
+    step("neuron pages")
+    corpus = read_corpus(model, opts.corpus)
+    profiles = None
+    if corpus is not None and paged:
+        profiles = neurons.neuron_profiles(model, corpus[1], paged, k=opts.k_examples,
+                                           max_tokens=opts.max_corpus_tokens)
 
     step("superposition")
     sets = opts.superposition_sets
@@ -201,7 +240,8 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
         prompt=prompt, options=opts_dict, model=model_summary(model), token_ids=[int(i) for i in ids],
         str_tokens=strs, tokens=tok_table, lens=lens, lens_grid=grid, next_tokens=next_tokens,
         final_by_layer=final_by_layer, head_scores=scores, notable_heads=notable, patterns=patterns,
-        neurons=top, neuron_answers=answers_df, superposition=stats, angle_samples=samples, random_pdf=pdf,
+        view_heads=heads, neurons=top, neuron_answers=answers_df, neuron_profiles=profiles, neuron_prompt=prompt_df,
+        corpus_name=corpus[0] if corpus else None, superposition=stats, angle_samples=samples, random_pdf=pdf,
         patching=patching,
     )
 

@@ -24,8 +24,10 @@ __all__ = [
     "neuron_bar",
     "next_token_bar",
     "patching_heatmap",
+    "pattern_grid",
     "pattern_heatmap",
     "show_token",
+    "token_window",
     "toy_model_figure",
 ]
 
@@ -47,9 +49,34 @@ def _esc(token: str) -> str:
     return html.escape(show_token(token), quote=False)
 
 
-def _token_ticks(tokens: list[str]) -> dict:
-    return {"tickmode": "array", "tickvals": list(range(len(tokens))),
-                "ticktext": [f"{_esc(t)}<sub>{i}</sub>" for i, t in enumerate(tokens)]}
+# A token axis gives every token TOKEN_PX pixels: one line of TICK_FONT-px text fits, so tick labels never
+# overlap, whatever the prompt's length. Long prompts make wide figures (the report scrolls them sideways)
+# or are shown through a window of positions (token_window).
+TOKEN_PX = 18
+TICK_FONT = 11
+LENS_CELL_PX = 44  # a logit-lens cell holds a short token written in it
+_AXIS_ROOM = 200  # margins, axis titles and colour bar around a token axis, in pixels
+
+
+def token_window(n: int, size: int = 40, end: int | None = None) -> tuple[int, int]:
+    """Positions ``[start, stop)``: at most ``size`` of ``n``, ending at ``end`` (default: the last token)."""
+    stop = n if end is None else max(1, min(n, int(end)))
+    return max(0, stop - max(1, int(size))), stop
+
+
+def _token_ticks(tokens: list[str], start: int = 0, rotate: bool = False) -> dict:
+    """Tick labels "token<sub>position</sub>" for positions ``start .. start + len(tokens) - 1``."""
+    ticks = {"tickmode": "array", "tickvals": list(range(start, start + len(tokens))),
+             "ticktext": [f"{_esc(t)}<sub>{start + i}</sub>" for i, t in enumerate(tokens)],
+             "tickfont": {"size": TICK_FONT}, "automargin": True}
+    if rotate:
+        ticks["tickangle"] = -90
+    return ticks
+
+
+def _short(token: str, n: int = 6) -> str:
+    s = show_token(token)
+    return html.escape(s if len(s) <= n else s[: n - 1] + "…", quote=False)
 
 
 def next_token_bar(next_tokens: pd.DataFrame, title: str = "Next-token probabilities") -> go.Figure:
@@ -63,22 +90,33 @@ def next_token_bar(next_tokens: pd.DataFrame, title: str = "Next-token probabili
 
 
 def lens_grid_heatmap(grid: pd.DataFrame, tokens: list[str], value: str = "top_prob",
-                      title: str = "Logit lens: top prediction at every layer and position") -> go.Figure:
-    """Layer × position grid from ``summarize_lens``: colour = ``value``, text = the top token."""
+                      title: str = "Logit lens: top prediction at every layer and position",
+                      window: tuple[int, int] | None = None) -> go.Figure:
+    """Layer × position grid from ``summarize_lens``: colour = ``value``, text = the top token.
+
+    Every position gets ``LENS_CELL_PX`` pixels (the figure is as wide as the prompt needs); ``window``
+    ``(start, stop)`` draws only those positions.
+    """
+    start, stop = window or (0, len(tokens))
     layers = sorted(grid.layer.unique())
     names = grid.drop_duplicates("layer").set_index("layer").layer_name.reindex(layers).tolist()
-    n = len(tokens)
+    n = stop - start
     z = np.full((len(layers), n), np.nan)
     text = np.full((len(layers), n), "", dtype=object)
+    full = np.full((len(layers), n), "", dtype=object)
     row = {layer: i for i, layer in enumerate(layers)}
-    for r in grid.itertuples():
-        z[row[r.layer], r.position] = getattr(r, value)
-        text[row[r.layer], r.position] = _esc(r.top_token)
-    hover = "layer %{y}<br>position %{x}<br>top token %{text}<br>" + value + " %{z:.3f}<extra></extra>"
-    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", hovertemplate=hover, colorscale="Blues",
-                               zmin=0, zmax=1 if value.endswith("prob") else None, colorbar={"title": value}))
-    fig.update_layout(title=title, height=max(260, 40 * len(layers) + 140), **_LAYOUT)
-    fig.update_xaxes(title="input position (token)", **_token_ticks(tokens))
+    for r in grid[(grid.position >= start) & (grid.position < stop)].itertuples():
+        z[row[r.layer], r.position - start] = getattr(r, value)
+        text[row[r.layer], r.position - start] = _short(r.top_token)
+        full[row[r.layer], r.position - start] = _esc(r.top_token)
+    hover = "layer %{y}<br>position %{x}<br>top token %{customdata}<br>" + value + " %{z:.3f}<extra></extra>"
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(start, stop)), text=text, customdata=full,
+                               texttemplate="%{text}", textfont={"size": 10}, hovertemplate=hover,
+                               colorscale="Blues", zmin=0, zmax=1 if value.endswith("prob") else None,
+                               colorbar={"title": value}))
+    fig.update_layout(title=title, height=max(300, 40 * len(layers) + 240), width=_AXIS_ROOM + LENS_CELL_PX * n,
+                      **_LAYOUT)
+    fig.update_xaxes(title="input position (token)", **_token_ticks(tokens[start:stop], start, rotate=True))
     fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(len(layers))), ticktext=names)
     return fig
 
@@ -115,14 +153,52 @@ def head_role_grid(scores: pd.DataFrame, roles: list[str] | None = None) -> go.F
     return fig
 
 
-def pattern_heatmap(matrix: np.ndarray, tokens: list[str], title: str) -> go.Figure:
-    """A ``[query, key]`` attention pattern with token labels on both axes."""
-    fig = go.Figure(go.Heatmap(z=matrix, zmin=0, zmax=1, colorscale="Reds",
+def pattern_heatmap(matrix: np.ndarray, tokens: list[str], title: str,
+                    window: tuple[int, int] | None = None) -> go.Figure:
+    """A ``[query, key]`` attention pattern with token labels on both axes (``window``: those positions only)."""
+    start, stop = window or (0, len(tokens))
+    n = stop - start
+    sub = matrix[start:stop, start:stop]
+    fig = go.Figure(go.Heatmap(z=sub, x=list(range(start, stop)), y=list(range(start, stop)), zmin=0, zmax=1,
+                               colorscale="Reds",
                                hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"))
-    size = max(300, min(700, 22 * len(tokens) + 160))
-    fig.update_layout(title=title, height=size, **_LAYOUT)
-    fig.update_xaxes(title="key", **_token_ticks(tokens))
-    fig.update_yaxes(title="query", autorange="reversed", **_token_ticks(tokens))
+    side = TOKEN_PX * n
+    if window is not None and n < len(tokens):
+        title = f"{title} (positions {start}–{stop - 1} of {len(tokens)})"
+    fig.update_layout(title=title, width=max(420, side + _AXIS_ROOM + 60), height=max(380, side + _AXIS_ROOM),
+                      **_LAYOUT)
+    fig.update_xaxes(title="key", **_token_ticks(tokens[start:stop], start, rotate=True))
+    fig.update_yaxes(title="query", autorange="reversed", **_token_ticks(tokens[start:stop], start))
+    return fig
+
+
+def pattern_grid(matrices: list[np.ndarray], titles: list[str], tokens: list[str],
+                 window: tuple[int, int] | None = None, cols: int = 2) -> go.Figure:
+    """Several heads' patterns as one figure: square panels, one shared colour bar, titles clear of the toolbar.
+
+    Tick labels sit on the outer panels only (left column and bottom row), ``TOKEN_PX`` per token.
+    """
+    start, stop = window or (0, len(tokens))
+    n, k = stop - start, len(matrices)
+    cols = max(1, min(cols, k))
+    rows = -(-k // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                        vertical_spacing=min(0.12, 0.6 / rows))
+    pos = list(range(start, stop))
+    for i, m in enumerate(matrices):
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Heatmap(z=m[start:stop, start:stop], x=pos, y=pos, zmin=0, zmax=1, colorscale="Reds",
+                                 showscale=i == 0, colorbar={"title": "weight", "len": 0.5},
+                                 hovertemplate=f"{titles[i]}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}"
+                                               "<extra></extra>"), row=r, col=c)
+        bottom = i + cols >= k
+        fig.update_xaxes(row=r, col=c, **(_token_ticks(tokens[start:stop], start, rotate=True) if bottom
+                                          else {"showticklabels": False}))
+        fig.update_yaxes(row=r, col=c, autorange="reversed",
+                         **(_token_ticks(tokens[start:stop], start) if c == 1 else {"showticklabels": False}))
+    side = TOKEN_PX * n
+    fig.update_layout(width=cols * (side + 60) + _AXIS_ROOM, height=rows * (side + 70) + _AXIS_ROOM,
+                      **{**_LAYOUT, "margin": {"l": 60, "r": 20, "t": 90, "b": 60}})
     return fig
 
 
@@ -147,8 +223,10 @@ def patching_heatmap(grid: pd.DataFrame, tokens: list[str], value: str = "normal
     z[[row[v] for v in grid.layer], grid.position.to_numpy()] = grid[value].to_numpy()
     fig = go.Figure(go.Heatmap(z=z, zmid=0, colorscale="RdBu", colorbar={"title": value},
                                hovertemplate="layer %{y}<br>position %{x}<br>" + value + " %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=max(260, 40 * len(layers) + 140), **_LAYOUT)
-    fig.update_xaxes(title="patched position (token)", **_token_ticks(tokens))
+    # TOKEN_PX per position and rotated labels, as every token axis: labels never overlap (the report scrolls)
+    fig.update_layout(title=title, height=max(300, 40 * len(layers) + 240),
+                      width=max(500, _AXIS_ROOM + TOKEN_PX * len(tokens)), **_LAYOUT)
+    fig.update_xaxes(title="patched position (token)", **_token_ticks(tokens, rotate=True))
     fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(len(layers))), ticktext=layers,
                      autorange="reversed")
     return fig

@@ -27,6 +27,7 @@ __all__ = [
     "load_model",
     "model_label",
     "model_summary",
+    "read_corpus",
     "read_prompts",
     "resolve_index",
     "str_tokens",
@@ -125,7 +126,52 @@ def load_model(spec: str | Path | None = None, device: str | None = None):
             spec = str(p)
     model = interp.load(spec, device=device)
     model.eval()
+    model._interp_folder = _model_folder(spec)  # where its held-out text (the default neuron corpus) lives
     return attach_byte_tokenizer(model)
+
+
+def _model_folder(spec) -> Path | None:
+    from interp.loading import ZOO, default_model_name
+
+    if spec is None:
+        return ZOO / default_model_name()
+    if isinstance(spec, (str, Path)):
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            return p
+        if (ZOO / str(spec)).is_dir():
+            return ZOO / str(spec)
+    return None
+
+
+HELDOUT = "heldout.txt"
+
+
+def read_corpus(model, corpus: str | Path | None = "default") -> tuple[str, str] | None:
+    """The text neuron pages scan, as ``(name, text)``; None when there is none.
+
+    ``"default"``: the model folder's held-out text (``heldout.txt``, text the model was not trained
+    on), or None when the folder has none. Otherwise a UTF-8 text file; a missing or unreadable file is
+    an :class:`InterpError` naming it.
+    """
+    if corpus is None:
+        return None
+    if isinstance(corpus, str) and corpus == "default":
+        folder = getattr(model, "_interp_folder", None)
+        path = Path(folder) / HELDOUT if folder is not None else None
+        if path is None or not path.is_file():
+            return None
+        return f"{path.parent.name}/{HELDOUT} (held-out text)", path.read_text(encoding="utf-8")
+    path = Path(corpus).expanduser()
+    if not path.is_file():
+        raise InterpError(f"--corpus: no such text file {str(corpus)!r} (give a UTF-8 .txt file, or 'default').")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InterpError(f"--corpus: {str(corpus)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    if not text.strip():
+        raise InterpError(f"--corpus: {str(corpus)!r} is empty; give a file with text to scan.")
+    return path.name, text
 
 
 def model_label(spec: str | None) -> str:

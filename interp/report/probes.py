@@ -143,7 +143,7 @@ def _neurons_run(model, tokens, prompt, args) -> ProbeOutput:
               "by_activation": top[top.ranked_by == "activation"][cols].reset_index(drop=True)}
     answers = []
     for r in tables["by_contribution"].head(max(0, args.answers)).itertuples():
-        a = neuron_answers(model, int(r.layer), int(r.neuron), k=args.answer_k)
+        a = neuron_answers(model, int(r.layer), int(r.neuron), k=args.answer_k, center=True)
         a.insert(0, "neuron", int(r.neuron))
         a.insert(0, "layer", int(r.layer))
         answers.append(a)
@@ -189,8 +189,11 @@ def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
         if n != int(n):
             raise InterpError(f"--jl: N_VECTORS must be a whole number; given {n}")
         dim = sp.jl_min_dim(int(n), eps)
+        # directions with |cos| <= eps in d_model dims: at least d_model (a basis), more by the random-vector count;
+        # the JL bound alone (its loose constants) says 1 for d=128, eps=0.1
         tables["jl"] = pd.DataFrame({"n_vectors": [int(n)], "eps": [eps], "min_dim": [dim],
-                                     "max_vectors_in_d_model": [sp.jl_max_vectors(d, eps)]})
+                                     "directions_in_d_model": [max(d, sp.jl_max_vectors(d, eps, method="random"))],
+                                     "jl_points_in_d_model": [sp.jl_max_vectors(d, eps)]})
     if args.toy:
         if not 0.0 <= args.sparsity < 1.0:
             raise InterpError(f"--sparsity: must be in [0, 1); given {args.sparsity}")
@@ -553,28 +556,66 @@ def _display(v) -> str:
                    else f"\\u{ord(ch):04x}" for ch in str(v))
 
 
+# Columns that say what a row is about: repeated in every part of a table split to fit the terminal.
+_KEY_COLUMNS = ("prompt", "set", "layer", "layer_name", "head", "neuron", "position", "query_pos", "rank")
+
+
+def _column_groups(names: list[str], widths: list[int], keys: list[int], room: int) -> list[list[int]]:
+    """Split column indices into groups whose widths (plus rich's 3 per column) fit ``room``; keys lead each group."""
+    key_w = sum(widths[i] + 3 for i in keys)
+    groups, cur, used = [], [], key_w + 1
+    for i in range(len(names)):
+        if i in keys:
+            continue
+        if cur and used + widths[i] + 3 > room:
+            groups.append(cur)
+            cur, used = [], key_w + 1
+        cur.append(i)
+        used += widths[i] + 3
+    if cur or not groups:
+        groups.append(cur)
+    return [sorted(keys) + g for g in groups]
+
+
 def print_tables(outputs: list[ProbeOutput], console=None, max_rows: int = 25) -> None:
-    """Readable terminal tables (rich); token columns show spaces and newlines visibly."""
+    """Readable terminal tables (rich); token columns show spaces and newlines visibly.
+
+    Numbers never wrap: a table wider than the terminal is printed in parts (its key columns, such as
+    ``layer`` or ``neuron``, repeated in each), and headers wrap between words.
+    """
     import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
     from interp.report.figures import show_token
-    from interp.report.render import _TOKEN_COLUMNS
+    from interp.report.render import _TOKEN_COLUMNS, column_title
 
     console = console or Console()
     for out in outputs:
         if out.prompt is not None:
             console.rule(f"[bold]{out.prompt[:100]}")
         for name, df in out.tables.items():
-            table = Table(title=name, title_justify="left", header_style="bold")
-            for c in df.columns:
-                numeric = pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-                table.add_column(str(c), justify="right" if numeric else "left", overflow="fold")
-            for rec in df.head(max_rows).itertuples(index=False):
-                table.add_row(*[show_token(v) if c in _TOKEN_COLUMNS and isinstance(v, str) else _display(v)
-                                for c, v in zip(df.columns, rec)])
-            console.print(table)
+            names = [str(c) for c in df.columns]
+            numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+                       for c in df.columns]
+            cells = [[show_token(v) if c in _TOKEN_COLUMNS and isinstance(v, str) else _display(v)
+                      for c, v in zip(df.columns, rec)] for rec in df.head(max_rows).itertuples(index=False)]
+            widths = []
+            for j, c in enumerate(names):
+                longest_word = max((len(w) for w in column_title(c).split()), default=1)
+                values = [len(r[j]) for r in cells] or [0]
+                widths.append(max(longest_word, max(values) if numeric[j] else min(max(values), 24)))
+            keys = [j for j, c in enumerate(names) if c in _KEY_COLUMNS][:3]
+            groups = _column_groups(names, widths, keys, console.width)
+            for part, group in enumerate(groups, 1):
+                title = name + (f" ({part}/{len(groups)})" if len(groups) > 1 else "")  # the --json key
+                table = Table(title=title, title_justify="left", header_style="bold")
+                for j in group:  # exactly as wide as the widest value or header word: numbers never wrap
+                    table.add_column(column_title(names[j]), justify="right" if numeric[j] else "left",
+                                     overflow="fold", min_width=widths[j], max_width=widths[j])
+                for r in cells:
+                    table.add_row(*[r[j] for j in group])
+                console.print(table)
             if len(df) > max_rows:
                 console.print(f"[dim]... {len(df) - max_rows} more rows (all rows go to --json/--csv/--html)[/dim]")
         for note in out.notes:
@@ -622,7 +663,8 @@ def outputs_html(name: str, model_desc: dict, outputs: list[ProbeOutput]) -> str
         for tname, df in o.tables.items():
             df = df.copy()
             df.columns = [str(c) for c in df.columns]
-            parts.append(f"<h3>{html.escape(tname)}</h3>" + html_table(df, tname))
+            title = tname.replace("_", " ")
+            parts.append(f"<h3>{html.escape(title[:1].upper() + title[1:])}</h3>" + html_table(df, tname))
         parts.extend(f'<p class="note">{html.escape(n)}</p>' for n in o.notes)
         parts.append("</section>")
     return html_page(f"interp probe {name}", "".join(parts), with_plotly=False)

@@ -100,9 +100,9 @@ class _Tables(HTMLParser):
             self.current = {"columns": [], "rows": []}
             self.tables[a["data-name"]] = self.current
         elif self.current is not None:
-            if tag == "th":
-                self.in_th = True
-                self.current["columns"].append("")
+            if tag == "th":  # the column's name is in data-col (the header text reads as words)
+                self.in_th = "data-col" not in a
+                self.current["columns"].append(a.get("data-col", ""))
             elif tag == "tr":
                 self.row = []
             elif tag == "td" and self.row is not None:

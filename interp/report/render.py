@@ -37,6 +37,8 @@ __all__ = [
     "html_page",
     "html_table",
     "md_table",
+    "neuron_anchor",
+    "plotly_file_name",
     "render_html",
     "render_markdown",
     "write_report",
@@ -50,10 +52,14 @@ SECTIONS = {
     "logit-lens": "Logit lens",
     "attention": "Attention",
     "neurons": "Neurons",
+    "neuron-pages": "Neuron pages",
     "superposition": "Superposition",
     "patching": "Causal: patching and direct logit attribution",
 }
 FORMATS = ("html", "md")
+# How the HTML report carries plotly.js: inline (one self-contained file, ~4.6 MB) or shared (one copy of
+# plotly-<version>.min.js beside the reports in their folder; each report is then a few hundred kB).
+PLOTLY_MODES = ("inline", "shared")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
@@ -62,9 +68,11 @@ h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margi
 nav a{margin-right:1em} .prompt{background:#f6f8fa;padding:.6em 1em;border-left:4px solid #4c78a8;white-space:pre-wrap}
 table.data{border-collapse:collapse;margin:.8em 0;font-size:.9em} table.data th,table.data td{border:1px solid #ddd;
 padding:.25em .6em;text-align:left} table.data th{background:#f3f3f3} td.num{text-align:right;
-font-variant-numeric:tabular-nums} code{background:#f3f3f3;padding:0 .2em;white-space:pre}
+font-variant-numeric:tabular-nums;white-space:nowrap} code{background:#f3f3f3;padding:0 .2em;white-space:pre}
 .note{color:#555;font-size:.92em} .figure{margin:1em 0} footer{margin-top:3em;color:#777;font-size:.85em}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto} .figure{overflow-x:auto}
+.neuron-page{border-top:1px solid #eee;margin-top:1.5em} .neuron-page h3{margin-bottom:.3em}
+.cols{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 """
 
 
@@ -126,14 +134,38 @@ def _cell_html(col: str, v) -> str:
     return f'<td data-value="{html.escape(s)}">{html.escape(s)}</td>'
 
 
-def html_table(df: pd.DataFrame, name: str, columns: list[str] | None = None, max_rows: int | None = None) -> str:
-    """An HTML table with ``data-name``; every cell has its exact value in ``data-value``."""
+def column_title(col) -> str:
+    """A column name as a heading: words, not snake_case ("frac_within_tol" -> "frac within tol")."""
+    return str(col).replace("_", " ")
+
+
+def neuron_anchor(layer, neuron) -> str:
+    """The id of a neuron's page in the report: every table that names the neuron links here."""
+    return f"neuron-L{int(layer)}N{int(neuron)}"
+
+
+def html_table(df: pd.DataFrame, name: str, columns: list[str] | None = None, max_rows: int | None = None,
+               neuron_links: bool = False) -> str:
+    """An HTML table with ``data-name``; every cell has its exact value in ``data-value``.
+
+    Headers read as words and keep the column's name in ``data-col``. ``neuron_links``: the ``neuron``
+    cells (with a ``layer`` column) link to the neuron's page.
+    """
     cols = [c for c in (columns or list(df.columns)) if c in df.columns]
     rows = df[cols] if max_rows is None else df[cols].head(max_rows)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    head = "".join(f'<th data-col="{html.escape(str(c))}">{html.escape(column_title(c))}</th>' for c in cols)
+    link = neuron_links and "neuron" in cols and "layer" in df.columns
+    layers = (df["layer"] if max_rows is None else df["layer"].head(max_rows)).tolist() if link else None
     body = []
-    for rec in rows.itertuples(index=False):
-        body.append("<tr>" + "".join(_cell_html(c, v) for c, v in zip(cols, rec)) + "</tr>")
+    for i, rec in enumerate(rows.itertuples(index=False)):
+        cells = []
+        for c, v in zip(cols, rec):
+            cell = _cell_html(c, v)
+            if link and c == "neuron":
+                href = "#" + neuron_anchor(layers[i], v)
+                cell = cell.replace(f">{_fmt_number(v)}</td>", f'><a href="{href}">{_fmt_number(v)}</a></td>')
+            cells.append(cell)
+        body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="scroll"><table class="data" data-name="{html.escape(name)}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
@@ -158,10 +190,40 @@ def md_table(df: pd.DataFrame, columns: list[str] | None = None, max_rows: int |
     return "\n".join(lines)
 
 
+# Figures are drawn when they come near the viewport (IntersectionObserver), so a long report opens at
+# once and draws the rest as the reader scrolls; window.interpDrawAll() draws every figure now.
+_LAZY_JS = """
+(function(){
+  function draw(el){
+    if (el.dataset.drawn) return; el.dataset.drawn = '1';
+    const spec = JSON.parse(document.getElementById(el.id + '-spec').textContent);
+    Plotly.newPlot(el, spec.data, spec.layout, spec.config);
+  }
+  const els = [...document.querySelectorAll('.plotly-lazy')];
+  window.interpDrawAll = () => els.forEach(draw);
+  if (!('IntersectionObserver' in window)) { els.forEach(draw); return; }
+  const io = new IntersectionObserver(es => es.forEach(e => {
+    if (e.isIntersecting) { io.unobserve(e.target); draw(e.target); } }), {rootMargin: '400px'});
+  els.forEach(el => io.observe(el));
+})();
+"""
+
+
 def _figure(fig, div_id: str) -> str:
-    # The plotly library is in the page head once; each figure only carries its data and layout.
-    return '<div class="figure">' + fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                                                 config={"displaylogo": False, "responsive": True}) + "</div>"
+    """A figure placeholder of the figure's size and its spec as JSON; the page's loader draws it when seen.
+
+    The plotly library is in the page head once; each figure carries only its data and layout. A
+    figure with a fixed width (token axes: TOKEN_PX per token) scrolls sideways inside its div.
+    """
+    from plotly.io import to_json
+
+    config = {"displaylogo": False, "responsive": fig.layout.width is None}
+    plain = fig.to_plotly_json()
+    spec = to_json({"data": plain["data"], "layout": plain["layout"], "config": config}, validate=False).replace("</", "<\\/")
+    width = f"width:{int(fig.layout.width)}px;" if fig.layout.width else "width:100%;"
+    height = f"height:{int(fig.layout.height or 450)}px"
+    return (f'<div class="figure"><div id="{div_id}" class="plotly-lazy" style="{width}{height}"></div>'
+            f'<script type="application/json" id="{div_id}-spec">{spec}</script></div>')
 
 
 def _kv_frame(d: dict) -> pd.DataFrame:
@@ -193,16 +255,77 @@ def _section(sid: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{SECTIONS[sid]}</h2>{body}</section>'
 
 
-def html_page(title: str, body: str, with_plotly: bool) -> str:
-    """A complete offline HTML page; with ``with_plotly`` the plotly library is inlined once in the head."""
-    script = ""
-    if with_plotly:
+def plotly_file_name() -> str:
+    """The shared plotly.js file beside reports written with ``plotly="shared"`` (versioned: never stale)."""
+    import plotly
+
+    return f"plotly-{plotly.__version__}.min.js"
+
+
+def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None = None) -> str:
+    """A complete offline HTML page; with ``with_plotly`` the plotly library is inlined once in the head,
+    or, given ``plotly_src``, loaded from that relative path (a file beside the page, never the network)."""
+    from interp.report.widgets import WIDGET_CSS
+
+    script, loader = "", f"<script>{_LAZY_JS}</script>" if with_plotly else ""
+    if with_plotly and plotly_src:
+        script = f'<script type="text/javascript" src="{html.escape(plotly_src)}"></script>'
+    elif with_plotly:
         from plotly.offline import get_plotlyjs
 
         script = f'<script type="text/javascript">{get_plotlyjs()}</script>'
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style>{script}</head><body>{body}</body></html>\n")
+            f"<style>{_CSS}{WIDGET_CSS}</style>{script}</head><body>{body}{loader}</body></html>\n")
+
+
+def _neuron_pages(data: ReportData) -> str:
+    """One page per neuron the tables name: examples over the corpus, histogram, answers, the prompt."""
+    from interp.report.widgets import neuron_examples, svg_histogram, token_shading
+
+    esc = html.escape
+    prof = data.neuron_profiles
+    if prof is None:
+        intro = ('<p class="note">No corpus to scan (the model folder has no heldout.txt): pass '
+                 "<code>--corpus FILE</code> for top-activating examples.</p>")
+    else:
+        n_tok = int(prof.stats.n_tokens.iloc[0]) if len(prof.stats) else 0
+        intro = (f'<p class="note">Top-activating examples over <b>{esc(data.corpus_name or "")}</b> '
+                 f"({n_tok:,} tokens scanned); each token is shaded by the neuron's activation there (orange "
+                 "positive, blue negative; the boxed token is the maximum). <i>Raises / lowers</i>: the centred "
+                 "direct effect on each token's logit per unit activation (the mean over the vocabulary "
+                 "subtracted: the softmax ignores a shared shift).</p>")
+    pages = [intro]
+    for layer, neuron in dict.fromkeys((int(r.layer), int(r.neuron)) for r in data.neurons.itertuples()):
+        body = []
+        mine = data.neurons[(data.neurons.layer == layer) & (data.neurons.neuron == neuron)].iloc[0]
+        contrib = "" if _is_missing(mine.contribution) else (
+            f", direct contribution <b>{mine.contribution:+.4f}</b> to the logit of "
+            f"<code>{esc(show_token(mine.target_token))}</code>")
+        on = data.neuron_prompt[(data.neuron_prompt.layer == layer) & (data.neuron_prompt.neuron == neuron)]
+        body.append(f"<p>On this prompt: activation <b>{mine.activation:.4f}</b> at the last position{contrib}"
+                    + ".</p>"
+                    + token_shading(on.token.tolist(), on.activation.tolist(), trigger=len(on) - 1))
+        if prof is not None:
+            ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
+            st = prof.stats[(prof.stats.layer == layer) & (prof.stats.neuron == neuron)].iloc[0]
+            h = prof.histogram[(prof.histogram.layer == layer) & (prof.histogram.neuron == neuron)]
+            edges = [*h.bin_left.tolist(), float(h.bin_right.iloc[-1])]
+            body.append('<div class="cols"><div>' + neuron_examples(ex, st) + "</div>"
+                        + svg_histogram(h["count"].tolist(), edges,
+                                        title=f"activation over {int(st.n_tokens):,} tokens: mean {st['mean']:.3f}, "
+                                              f"{st.frac_positive:.1%} positive")
+                        + "</div>")
+        ans = data.neuron_answers[(data.neuron_answers.layer == layer) & (data.neuron_answers.neuron == neuron)]
+        acols = ["rank", "token", "token_id", "logit"]
+        body.append('<div class="cols"><div><b>Raises</b>'
+                    + html_table(ans[ans.direction == "top"], f"neuron_raises_L{layer}N{neuron}", acols)
+                    + "</div><div><b>Lowers</b>"
+                    + html_table(ans[ans.direction == "bottom"], f"neuron_lowers_L{layer}N{neuron}", acols)
+                    + "</div></div>")
+        pages.append(f'<div class="neuron-page" id="{neuron_anchor(layer, neuron)}"><h3>Neuron L{layer}N{neuron}</h3>'
+                     + "".join(body) + "</div>")
+    return "".join(pages)
 
 
 _HEAD_COLS = ["layer", "head", "effect", "normalised", "attribution"]
@@ -244,8 +367,11 @@ def _patching_html(data: ReportData) -> str:
             + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>")
 
 
-def render_html(data: ReportData) -> str:
-    """The report as one self-contained HTML document (plotly inlined once; no network needed)."""
+def render_html(data: ReportData, plotly_src: str | None = None) -> str:
+    """The report as one HTML document that opens offline.
+
+    plotly.js is inlined once in the head, or with ``plotly_src`` loaded from that file beside the page.
+    """
     m = data.model
     n_layers = m["n_layers"]
     esc = html.escape
@@ -261,7 +387,8 @@ def render_html(data: ReportData) -> str:
     parts.append(_section(
         "tokenization",
         f'<p class="note">{len(data.token_ids)} tokens. <code>bytes</code> are the raw bytes each token stands for; '
-        "a character split across tokens shows as &lt;0x..&gt; pieces.</p>" + html_table(data.tokens, "tokens")))
+        "a character cut across tokens shows in each piece with its piece number (今₀ 今₁ 今₂).</p>"
+        + html_table(data.tokens, "tokens")))
     top = data.next_tokens.iloc[0]
     parts.append(_section(
         "next-token",
@@ -280,39 +407,57 @@ def render_html(data: ReportData) -> str:
         + _figure(final_prob_by_layer(data.final_by_layer), "fig-lens-final")
         + "<h3>Final prediction by layer (last position)</h3>" + html_table(data.final_by_layer, "final_by_layer")
         + "<details><summary>Full layer × position grid</summary>" + html_table(grid, "lens_grid") + "</details>"))
+    from interp.report.figures import token_window
+    from interp.report.widgets import attention_view
+
+    n_tok = len(data.str_tokens)
+    window = token_window(n_tok, data.options["pattern_window"])
     pats = []
     for r in data.notable_heads.itertuples():
-        mat = pattern_matrix(data.patterns, int(r.layer), int(r.head), len(data.str_tokens))
+        mat = pattern_matrix(data.patterns, int(r.layer), int(r.head), n_tok)
         title = f"L{r.layer}H{r.head}: {r.role.replace('_', ' ')} (score {r.score:.3f})"
-        pats.append(_figure(pattern_heatmap(mat, data.str_tokens, title), f"fig-pattern-{r.layer}-{r.head}"))
+        pats.append(_figure(pattern_heatmap(mat, data.str_tokens, title, window=window),
+                            f"fig-pattern-{r.layer}-{r.head}"))
+    first = [(int(r.layer), int(r.head)) for r in data.notable_heads.head(1).itertuples()]
+    view = attention_view(data.str_tokens, data.patterns, data.view_heads, checked=first,
+                          title="Where each token attends")
     parts.append(_section(
         "attention",
         '<p class="note">Role scores lie in [0, 1]. <code>duplicate_token</code> and <code>induction</code> are '
         "measured on a repeated random sequence, the others on the prompt (column <code>source</code>).</p>"
-        + _figure(head_role_grid(data.head_scores), "fig-head-roles")
-        + "<h3>Most notable heads</h3>" + html_table(data.notable_heads, "notable_heads") + "".join(pats)
+        + view + _figure(head_role_grid(data.head_scores), "fig-head-roles")
+        + "<h3>Most notable heads</h3>" + html_table(data.notable_heads, "notable_heads")
+        + (f'<p class="note">Patterns of the last {window[1] - window[0]} positions; the view above shows every '
+           "token.</p>" if window[1] - window[0] < n_tok else "") + "".join(pats)
         + "<details><summary>All head scores</summary>" + html_table(_role_pivot(data.head_scores), "head_roles")
         + "</details>"))
     by_con = data.neurons[data.neurons.ranked_by == "contribution"]
     by_act = data.neurons[data.neurons.ranked_by == "activation"]
     ncols = ["rank", "layer", "neuron", "activation", "contribution", "target_token"]
+    top_con = by_con.head(data.options["n_answer_neurons"])[["layer", "neuron"]]
+    answers = data.neuron_answers.merge(top_con, on=["layer", "neuron"]) if len(data.neuron_answers) else \
+        data.neuron_answers
     parts.append(_section(
         "neurons",
         f'<p class="note">MLP neurons at the last position. <b>Answer</b> neurons push the predicted token '
         f'<code>{esc(show_token(data.predicted_token))}</code> (direct logit contribution); <b>question</b> '
-        "neurons fire most on this context (activation). For the top contributors, the tokens their output "
-        "vector raises and lowers (logit per unit activation).</p>"
+        "neurons fire most on this context (activation). Click a neuron for its page. For the top "
+        "contributors, the tokens their output vector raises and lowers (centred logit per unit activation).</p>"
         + _figure(neuron_bar(data.neurons), "fig-neurons")
-        + "<h3>Answer neurons (by contribution)</h3>" + html_table(by_con, "neurons_contribution", ncols)
-        + "<h3>Question neurons (by activation)</h3>" + html_table(by_act, "neurons_activation", ncols)
+        + "<h3>Answer neurons (by contribution)</h3>" + html_table(by_con, "neurons_contribution", ncols, neuron_links=True)
+        + "<h3>Question neurons (by activation)</h3>" + html_table(by_act, "neurons_activation", ncols, neuron_links=True)
         + "<h3>What the top contributors say</h3>"
-        + html_table(data.neuron_answers, "neuron_answers",
-                     ["layer", "neuron", "direction", "rank", "token", "token_id", "logit"])))
+        + html_table(answers, "neuron_answers", ["layer", "neuron", "direction", "rank", "token", "token_id", "logit"],
+                     neuron_links=True)))
+    parts.append(_section("neuron-pages", _neuron_pages(data)))
     hists = []
     for s in data.options["superposition_sets"]:
-        layer = 0 if s in ("W_in", "W_out", "W_gate") else None
-        if (data.angle_samples.set == s).any():
-            hists.append(_figure(angle_histogram(data.angle_samples, data.random_pdf, s, layer=layer), f"fig-angles-{s}"))
+        sel = data.angle_samples[data.angle_samples.set == s]
+        layers = sorted(int(x) for x in sel.layer.dropna().unique()) if "layer" in sel else []
+        for layer in layers or [None]:  # per-layer sets (W_in, W_out, ...) get one histogram per layer
+            if len(sel):
+                fid = f"fig-angles-{s}" + ("" if layer is None else f"-{layer}")
+                hists.append(_figure(angle_histogram(data.angle_samples, data.random_pdf, s, layer=layer), fid))
     scols = ["set", "layer", "count", "dim", "n_pairs", "exact", "mean_angle_deg", "std_angle_deg",
              "baseline_std_angle_deg", "mean_abs_cos", "baseline_mean_abs_cos", "max_abs_cos", "baseline_max_abs_cos",
              "frac_within_tol", "baseline_frac_within_tol"]
@@ -327,7 +472,7 @@ def render_html(data: ReportData) -> str:
     import interp
 
     parts.append(f"<footer>Generated by interp {interp.__version__} on {stamp}.</footer>")
-    return html_page(f"interp report: {data.prompt[:60]}", "".join(parts), with_plotly=True)
+    return html_page(f"interp report: {data.prompt[:60]}", "".join(parts), with_plotly=True, plotly_src=plotly_src)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,6 +504,25 @@ def render_markdown(data: ReportData) -> str:
         "Question neurons (by activation):", md_table(data.neurons[data.neurons.ranked_by == "activation"], ncols),
         "What the top contributors say:",
         md_table(data.neuron_answers, ["layer", "neuron", "direction", "rank", "token", "token_id", "logit"]))
+    pages = []
+    prof = data.neuron_profiles
+    for layer, neuron in dict.fromkeys((int(r.layer), int(r.neuron)) for r in data.neurons.itertuples()):
+        ans = data.neuron_answers[(data.neuron_answers.layer == layer) & (data.neuron_answers.neuron == neuron)]
+        lines = [f"### Neuron L{layer}N{neuron}", "",
+                 "Raises: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in
+                                        zip(ans[ans.direction == "top"].token, ans[ans.direction == "top"].logit)),
+                 "", "Lowers: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in
+                                             zip(ans[ans.direction == "bottom"].token,
+                                                 ans[ans.direction == "bottom"].logit))]
+        if prof is not None:
+            ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
+            for rank, g in ex.groupby("rank", sort=True):
+                text = "".join(f"«{show_token(t)}»" if trig else show_token(t) for t, trig in zip(g.token, g.is_trigger))
+                act = float(g[g.is_trigger].activation.iloc[0])
+                lines += ["", f"{rank}. {act:.3f}: `` {text.replace('`', chr(39))} ``"]
+        pages.append("\n".join(lines))
+    corpus = f"Top-activating examples over {data.corpus_name}." if prof is not None else "No corpus scanned."
+    sec("neuron-pages", corpus, *pages)
     sec("superposition", md_table(data.superposition, ["set", "layer", "count", "dim", "mean_angle_deg",
                                                         "std_angle_deg", "baseline_std_angle_deg", "max_abs_cos",
                                                         "baseline_max_abs_cos", "frac_within_tol",
@@ -390,10 +554,33 @@ def format_for(path: str | Path, fmt: str | None) -> str:
     return fmt
 
 
-def write_report(data: ReportData, path: str | Path, fmt: str | None = None, force: bool = False) -> Path:
-    """Render and write atomically; refuses to replace an existing file unless ``force``."""
+def write_report(data: ReportData, path: str | Path, fmt: str | None = None, force: bool = False,
+                 plotly: str = "inline") -> Path:
+    """Render and write atomically; refuses to replace an existing file unless ``force``.
+
+    ``plotly="inline"`` (default) writes one self-contained file that opens anywhere, alone.
+    ``plotly="shared"`` writes ``plotly-<version>.min.js`` once into the report's folder (kept if it is
+    already there) and a page that loads it: a folder of reports then holds one copy of the library.
+    """
     from interp.report.output import write_text
 
+    if plotly not in PLOTLY_MODES:
+        raise InterpError(f"--plotly: must be one of {list(PLOTLY_MODES)}; given {plotly!r}.")
     fmt = format_for(path, fmt)
-    text = render_html(data) if fmt == "html" else render_markdown(data)
+    if fmt == "md":
+        return write_text(path, render_markdown(data), force=force)
+    if plotly == "inline":
+        return write_text(path, render_html(data), force=force)
+    from interp.io import STDOUT, atomic_write_text, is_stream
+    from interp.report.output import check_writable
+
+    if str(path) == STDOUT or is_stream(path):
+        raise InterpError("--plotly: 'shared' writes plotly.js beside the report; give --out a file, or use 'inline'.")
+    target = check_writable(path, force)
+    text = render_html(data, plotly_src=plotly_file_name())
+    lib = target.parent / plotly_file_name()
+    if not lib.is_file():  # same name = same version = same bytes: an existing copy is reused
+        from plotly.offline import get_plotlyjs
+
+        atomic_write_text(lib, get_plotlyjs())
     return write_text(path, text, force=force)

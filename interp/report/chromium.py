@@ -1,0 +1,153 @@
+"""Headless Chromium through the DevTools protocol: what the browser tests and the report-load benchmark share.
+
+Debian's ``chromium`` is started with ``--remote-debugging-port`` and driven over the ``websockets``
+client (a Streamlit dependency); nothing else is needed. The JavaScript snippets read what a person
+would see: whether every plotly figure has drawn, and whether any two tick labels of one axis overlap
+or any label shows U+FFFD.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["FLAGS", "LABELS_JS", "PLOTS_JS", "DevTools", "find_chromium", "free_port", "launch"]
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# plotly figures on the page (top document and same-origin iframes) and how many have drawn their axes
+PLOTS_JS = """(() => {
+  const docs = [document, ...[...document.querySelectorAll('iframe')].map(f => {
+    try { return f.contentDocument; } catch (e) { return null; } }).filter(Boolean)];
+  let plots = 0, drawn = 0;
+  for (const d of docs) for (const p of d.querySelectorAll('.js-plotly-plot')) {
+    plots++; if (p.querySelector('.main-svg')) drawn++; }
+  return {plots, drawn, ready: document.readyState};
+})()"""
+
+# Tick labels per axis: pairs whose boxes overlap (more than 1 px each way) and labels showing U+FFFD.
+LABELS_JS = """(() => {
+  const docs = [document, ...[...document.querySelectorAll('iframe')].map(f => {
+    try { return f.contentDocument; } catch (e) { return null; } }).filter(Boolean)];
+  const overlaps = [], bad = [];
+  let axes = 0, labels = 0;
+  for (const d of docs) for (const plot of d.querySelectorAll('.js-plotly-plot')) {
+    const title = (plot.querySelector('.gtitle') || {}).textContent || plot.id || '';
+    for (const ax of plot.querySelectorAll('g.xaxislayer-above, g.yaxislayer-above')) {
+      axes++;
+      const boxes = [...ax.querySelectorAll('g.xtick text, g.ytick text, text.xtick, text.ytick')]
+        .filter(t => t.textContent.length && getComputedStyle(t).display !== 'none')
+        .map(t => [t.textContent, t.getBoundingClientRect()]);
+      labels += boxes.length;
+      for (const [s] of boxes) if (s.includes('\\ufffd')) bad.push(title + ': ' + s);
+      for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i][1], b = boxes[j][1];
+        const ox = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+        const oy = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+        if (ox > 1 && oy > 1) overlaps.push(title + ': ' + boxes[i][0] + ' / ' + boxes[j][0]);
+      }
+    }
+  }
+  const text = docs.map(d => d.body ? d.body.innerText : '').join('\\n');
+  return {axes, labels, overlaps: overlaps.slice(0, 10), n_overlaps: overlaps.length, bad: bad.slice(0, 10),
+          replacement_chars: (text.match(/\\ufffd/g) || []).length};
+})()"""
+
+
+def find_chromium() -> str | None:
+    for c in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DevTools:
+    """A minimal DevTools-protocol client: one page target, synchronous calls."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self._conn = connect(ws_url, max_size=256 * 1024 * 1024, open_timeout=30)
+        self.ws = self._conn.__enter__()  # the client wants context-manager use; closed in close()
+        self.n = 0
+
+    def call(self, method: str, timeout: float = 120, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        deadline = time.time() + timeout
+        while True:
+            msg = json.loads(self.ws.recv(timeout=max(1.0, deadline - time.time())))
+            if msg.get("id") == self.n:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def wait_for_plots(self, expected: int | None = None, timeout: float = 60, poll: float = 0.02) -> dict:
+        """Poll until the document is complete and every plotly figure (at least ``expected``) has drawn."""
+        deadline, state = time.time() + timeout, {}
+        while time.time() < deadline:
+            state = self.evaluate(PLOTS_JS) or {}
+            if state.get("ready") == "complete" and state["drawn"] == state["plots"] and \
+                    state["plots"] >= (expected or 0):
+                return state
+            time.sleep(poll)
+        raise TimeoutError(f"plots not drawn within {timeout} s: {state}")
+
+    def open_and_time(self, url: str, expected: int | None = None, timeout: float = 60) -> float:
+        """Seconds from navigating to ``url`` until every figure has drawn (the page is usable)."""
+        self.call("Page.navigate", url="about:blank")
+        start = time.perf_counter()
+        self.call("Page.navigate", url=url)
+        self.wait_for_plots(expected, timeout)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self._conn.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def launch(chromium: str, profile: str | Path, width: int = 1400, height: int = 2000):
+    """Start headless Chromium and yield a :class:`DevTools` on its first page; stop it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                             f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tools = None
+    try:
+        targets, deadline = [], time.time() + 60
+        while time.time() < deadline and not targets:
+            try:
+                listing = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2).read())
+                targets = [t for t in listing if t.get("type") == "page"]
+            except OSError:
+                time.sleep(0.3)
+        if not targets:
+            raise RuntimeError("chromium's DevTools endpoint did not come up within 60 s")
+        tools = DevTools(targets[0]["webSocketDebuggerUrl"])
+        tools.call("Page.enable")
+        yield tools
+    finally:
+        if tools is not None:
+            tools.close()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
