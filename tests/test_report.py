@@ -324,8 +324,7 @@ def test_chinese_prompt_labels_name_characters_not_replacement_chars(model):
     prompt = "今天天气真好啊"
     d = collect_report(model, prompt, ReportOptions(k_next=3, k_neurons=2, n_answer_neurons=1, k_answers=2,
                                                     n_pattern_heads=1, superposition_sets=("W_E",),
-                                                    max_pairs=200, hist_pairs=100, corpus=None,
-                                                    patching=False))  # its corrupted text decodes to U+FFFD
+                                                    max_pairs=200, hist_pairs=100, corpus=None))
     page = render_html(d, plotly_src="plotly.js")  # plotly.js itself has a U+FFFD in a regular expression
     assert "\ufffd" not in page
     # each character of the prompt names the token(s) holding its bytes, on the figures' axes too

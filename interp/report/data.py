@@ -261,8 +261,13 @@ def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
     heads["attribution"] = attr.attribution.to_numpy()
     dla = causal.direct_logit_attribution(model, pair.clean, pair.answer, pair.wrong, k_neurons=k)
     strs = str_tokens(model, pair.clean)
+
     def text(t):
-        return model.to_string(t[0]) if getattr(model, "tokenizer", None) is not None else " ".join(str_tokens(model, t))
+        if getattr(model, "tokenizer", None) is None:
+            return " ".join(str_tokens(model, t))
+        decoded = model.to_string(t[0])
+        # a corrupted token may cut a multi-byte character: then show the shared token labels ("今₀今₁"), never "�"
+        return "".join(str_tokens(model, t)) if "\ufffd" in decoded else decoded
 
     info = {"clean": text(pair.clean), "corrupted": text(pair.corrupted),
             "answer": str_tokens(model, torch.tensor([[pair.answer]]))[0],
