@@ -412,7 +412,7 @@ def test_top_contexts_match_brute_force(tiny, tiny_sae):
         top = f[..., feat].reshape(-1).topk(3).values
         torch.testing.assert_close(torch.tensor(g.sort_values("rank").activation.to_numpy()),
                                    top.double()[: len(g)], rtol=1e-5, atol=1e-6)
-        row = g[g["rank"] == 0].iloc[0]
+        row = g[g["rank"] == 1].iloc[0]
         assert toks[row.doc, row.position] == row.token_id
         torch.testing.assert_close(float(f[row.doc, row.position, feat]), row.activation, rtol=1e-5, atol=1e-6)
     assert set(feature_top_contexts(tiny, tiny_sae, toks, features=[1, 2], k=2).feature) <= {1, 2}
