@@ -132,16 +132,30 @@ def fresh_path(folder: str | Path, stem: str, suffix: str = ".json") -> Path:
     return candidate
 
 
-def write_new_text(path: str | Path, text: str, force: bool = False, flag: str = "--out") -> Path:
-    """Write ``text`` atomically, refusing to replace an existing file unless ``force``."""
+def check_writable(path: str | Path, force: bool = False, flag: str = "--out") -> Path:
+    """Fail early (before minutes of analysis) if ``path`` cannot be written: it exists and ``force`` is off,
+    it is a folder, or its folder does not exist or refuses new files."""
+    if str(path) == STDOUT or is_stream(path):
+        return Path(path)
     p = Path(path).expanduser()
-    if str(path) != STDOUT and not is_stream(p):
-        if p.is_dir():
-            raise InterpError(f"{flag}: {str(path)!r} is a folder; give a file name.")
-        if p.exists() and not force:
-            raise InterpError(f"{flag}: {str(path)!r} already exists; pass --force to overwrite it.")
-        p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p if str(path) != STDOUT else STDOUT, text, flag)
+    if p.is_dir():
+        raise InterpError(f"{flag}: {str(path)!r} is a folder; give a file name.")
+    if (p.exists() or p.is_symlink()) and not force:
+        raise InterpError(f"{flag}: {str(path)!r} already exists; pass --force to overwrite it.")
+    check_folder_writable(p, flag)
+    return p
+
+
+def write_text(path: str | Path, text: str, force: bool = False, flag: str = "--out") -> Path:
+    """Write ``text`` atomically (temporary file, then one rename: Ctrl-C never leaves half a file)."""
+    p = check_writable(path, force, flag)
+    atomic_write_text(str(path) if str(path) == STDOUT else p, text, flag)
+    return p
+
+
+def write_bytes(path: str | Path, data: bytes, force: bool = False, flag: str = "--out") -> Path:
+    p = check_writable(path, force, flag)
+    atomic_write_bytes(str(path) if str(path) == STDOUT else p, data, flag)
     return p
 
 
@@ -152,7 +166,9 @@ def write_benchmark_json(data: dict, out: str | Path | None, stem: str, force: b
 
     if out is None:
         out = fresh_path(Path(__file__).resolve().parents[1] / "benchmarks" / "results", stem)
-    return write_new_text(out, json.dumps(data, indent=1) + "\n", force=force)
+    if not is_stream(out):
+        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return write_text(out, json.dumps(data, indent=1) + "\n", force=force)
 
 
 def read_json(path: str | Path) -> dict:

@@ -93,8 +93,8 @@ ERROR_CASES = [
     (["generate", "hi", "--temperature", "inf"], ["--temperature", "finite"]),
     (["generate", "hi", "--samples", "0"], ["--samples", "positive"]),
     (["probe", "generate", "hi", "--temperature", "nan"], ["--temperature"]),
-    (["probe", "attention", "hi", "--layer", "-3", "--head", "0"], ["--layer", "[-2, 1]", "-3"]),
-    (["probe", "attention", "hi", "--layer", "0", "--head", "4"], ["--head", "[-4, 3]"]),
+    (["probe", "attention", "hi", "--layer", "-3", "--head", "0"], ["--layer", "[-2, 2)", "-3"]),
+    (["probe", "attention", "hi", "--layer", "0", "--head", "4"], ["--head", "[-4, 4)"]),
     (["report", "hi", "--k", "0"], ["--k", "positive"]),
     (["report", "hi", "--out", "existing.html"], ["--force"]),
 ]

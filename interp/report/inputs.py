@@ -86,12 +86,12 @@ def check_device(device: str | None, flag: str = "--device") -> str | None:
 
 def resolve_index(value: int | None, size: int, flag: str, what: str) -> int | None:
     """A layer/head index as Python reads it (−1 = the last), returned non-negative so labels show the real
-    index; out of range is an error naming the range."""
+    index; out of range is an error naming the range and the model's size (``check_index`` does the check)."""
     if value is None:
         return None
-    if not -size <= value < size:
-        raise InterpError(f"{flag}: must be in [{-size}, {size - 1}] (the model has {size} {what}); given {value}.")
-    return value % size
+    from interp.analysis._inputs import check_index
+
+    return check_index(f"{flag} (the model has {size} {what})", value, size)
 
 
 def cap_count(value: int, limit: int, flag: str, what: str) -> int:
