@@ -375,6 +375,56 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
         train_sae(x, 64, "topk", k=4, checkpoint_dir=tmp_path / "cut", **opts)
 
 
+def test_resampling_revives_dead_latents_and_recovers_more():
+    """Anthropic's resampling: a ReLU SAE whose encoder biases start at -10 for 96 of its 128 latents never
+    fires them (ReLU passes no gradient), so only 32 latents learn 64 planted directions. Resampling at step
+    100 (same seed, same data) re-initialises exactly those 96 and the dictionary is recovered."""
+    x, dirs = planted()
+    bad = torch.zeros(128)
+    bad[:96] = -10.0
+    opts = {"steps": 800, "batch_size": 256, "seed": 0, "progress": False, "l1_coefficient": 2.0, "lr": 3e-3,
+            "b_enc_init": bad}
+    off = train_sae(x, 128, "relu", **opts)
+    on = train_sae(x, 128, "relu", resample_dead_every=100, **opts)
+    m_off, m_on = sae_metrics(off, x), sae_metrics(on, x)
+    assert m_off["dead_frac"] >= 0.7 and recovery(off, dirs) < 0.85  # the bad start stays dead
+    assert on.resamples.resampled.iloc[0] == 96 and on.resamples.resampled.iloc[1:].sum() < 10
+    assert m_on["dead_frac"] <= 0.02 and recovery(on, dirs) >= 0.9
+    assert m_on["fve"] > m_off["fve"] + 0.1
+    assert off.resamples.empty
+    with pytest.raises(InterpError, match="resample_dead_every: resampling is for ReLU"):
+        train_sae(x, 16, "topk", k=2, steps=2, resample_dead_every=1, progress=False)
+    with pytest.raises(InterpError, match="b_enc_init: must be None, a finite number or 16"):
+        train_sae(x, 16, "relu", steps=2, b_enc_init=[0.0, 1.0], progress=False)
+
+
+def test_resampling_run_resumes_exactly(tmp_path, monkeypatch):
+    from interp.analysis.sae import train as train_mod
+
+    x, _ = planted(n=3000, seed=4)
+    bad = torch.zeros(64)
+    bad[:32] = -10.0
+    opts = {"steps": 40, "batch_size": 128, "checkpoint_every": 20, "progress": False, "log_every": 10,
+            "resample_dead_every": 10, "b_enc_init": bad}
+    full = train_sae(x, 64, "relu", checkpoint_dir=tmp_path / "full", **opts)
+    real = train_mod._Trainer.train_step
+
+    def crash_at_30(self, *a, **kw):
+        if self.step == 30:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(train_mod._Trainer, "train_step", crash_at_30)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(x, 64, "relu", checkpoint_dir=tmp_path / "cut", **opts)
+    monkeypatch.setattr(train_mod._Trainer, "train_step", real)
+    resumed = train_sae(x, 64, "relu", checkpoint_dir=tmp_path / "cut", **opts)
+    assert full.resamples.resampled.iloc[0] == 32
+    assert resumed.resamples.values.tolist() == full.resamples.values.tolist()
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(full, name), rtol=1e-5, atol=1e-6)
+
+
 def test_time_budget_stops_and_saves(tmp_path):
     x, _ = planted(n=2000)
     sae = train_sae(x, 64, "relu", steps=10**6, batch_size=64, time_budget=1.0, checkpoint_dir=tmp_path / "t",

@@ -94,7 +94,7 @@ def _train(args) -> int:
         raise InterpError(f"--d-sae: give the number of latents for hook {args.hook!r}")
     sae = train_sae((model, args.hook, documents(model, text)), d_sae, args.architecture, k=args.k, steps=args.steps,
                     batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
-                    time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,
+                    resample_dead_every=args.resample_every, time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,
                     device=args.device, progress=not args.quiet)
     hist = sae.history
     tables = {"training": hist.tail(5)}
@@ -194,6 +194,8 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--k", type=positive_int, default=None, help="TopK: active latents per token (default d_in/8)")
     t.add_argument("--l1", type=nonnegative_float, default=None, help="ReLU: L1 coefficient")
     t.add_argument("--l0", type=nonnegative_float, default=None, help="JumpReLU: L0 coefficient")
+    t.add_argument("--resample-every", type=positive_int, default=None, metavar="N",
+                   help="ReLU: every N steps, resample latents silent for N steps (Anthropic's recipe; default off)")
     t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 10 passes, >= 1000)")
     t.add_argument("--batch-size", type=positive_int, default=1024)
     t.add_argument("--lr", type=nonnegative_float, default=None)

@@ -18,6 +18,14 @@ activation's own units; the decoder stays unit-norm). Adam, learning rate warmed
 linearly to 0 over the last 20 % of the run. A latent is *dead* when it has not fired for ``dead_tokens``
 tokens.
 
+Dead-latent resampling (``relu`` only, off by default: ``resample_dead_every=N``), as in Anthropic's "Towards
+Monosemanticity" (2023): every N steps before the learning-rate decay, each latent that has not fired in the
+last N steps is re-initialised towards an input the SAE reconstructs badly — inputs drawn from
+``resample_inputs`` rows with probability ∝ (squared reconstruction error)², the decoder row set to the unit
+vector of ``x - b_dec``, the encoder column to the same vector times ``resample_scale`` (0.2) × the mean norm
+of the live latents' encoder columns, ``b_enc`` to 0, and Adam's moments of those rows and columns to 0.
+TopK does not need it (AuxK keeps its latents alive).
+
 ``checkpoint_dir`` makes the run resumable: every ``checkpoint_every`` steps (and at the end, and when the
 ``time_budget`` in seconds runs out) it holds a loadable SAE (SAELens' ``cfg.json`` + ``sae_weights
 .safetensors``, folded) and the trainer's state (``trainer_state.safetensors`` + ``trainer_state.json``:
@@ -93,6 +101,20 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
     return y
 
 
+def _b_enc_init(value, d_sae: int) -> torch.Tensor | None:
+    """``b_enc_init``: None (zeros), a number, or ``d_sae`` numbers, in the activation's own units."""
+    if value is None:
+        return None
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or (t.numel() != 1 and t.numel() != d_sae) or not bool(torch.isfinite(t).all()):
+        raise InterpError(f"b_enc_init: must be None, a finite number or {d_sae} (d_sae) finite numbers; given "
+                          f"{value if t is None else f'{t.numel()} values'}")
+    return t.expand(d_sae).clone()
+
+
 def _schedule(frac: float, warmup: float = 0.01, decay: float = 0.2) -> float:
     if frac < warmup:
         return (frac + 1e-9) / warmup
@@ -110,6 +132,7 @@ class _Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
+        self.resamples: list[dict] = []  # {"step", "resampled"} per resampling event
 
     def loss(self, x: torch.Tensor, frac: float):
         sae, arch, o = self.sae, self.sae.cfg.architecture, self.opts
@@ -166,6 +189,38 @@ class _Trainer:
                     "dead_frac": float((self.since_fired > self.opts["dead_tokens"]).float().mean()),
                     "lr": self.opt.param_groups[0]["lr"]}
 
+    @torch.no_grad()
+    def resample_dead(self, src: ActivationSource) -> int:
+        """Anthropic's resampling of latents silent for the last ``resample_dead_every`` steps (module
+        docstring); returns how many were resampled. Deterministic in (seed, step), so resumed runs agree."""
+        sae, o = self.sae, self.opts
+        dead = (self.since_fired >= o["resample_dead_every"] * o["batch_size"]).nonzero().flatten()
+        if len(dead) == 0:
+            return 0
+        x = src.sample(min(src.n, o["resample_inputs"]), seed=o["seed"] * 1_000_003 + self.step)
+        x = x.to(sae.W_dec.device) * self.scale
+        loss = (x - sae.decode(sae.encode(x))).pow(2).sum(-1).double().cpu()
+        weight = loss.pow(2)
+        if not float(weight.sum()) > 0:
+            weight = torch.ones_like(weight)
+        gen = torch.Generator().manual_seed(o["seed"] * 1_000_003 + self.step)
+        pick = torch.multinomial(weight, len(dead), replacement=len(dead) > int((weight > 0).sum()), generator=gen)
+        v = x[pick.to(x.device)] - (sae.b_dec if sae.cfg.apply_b_dec_to_input else 0)
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        alive = torch.ones(sae.d_sae, dtype=torch.bool, device=dead.device)
+        alive[dead] = False
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else sae.W_enc.new_tensor(1.0)
+        sae.W_dec[dead] = v.to(sae.W_dec.dtype)
+        sae.W_enc[:, dead] = (v * o["resample_scale"] * enc_norm).T.to(sae.W_enc.dtype)
+        sae.b_enc[dead] = 0.0
+        for param, where in ((sae.W_dec, (dead,)), (sae.W_enc, (slice(None), dead)), (sae.b_enc, (dead,))):
+            state = self.opt.state.get(param, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][where] = 0.0
+        self.since_fired[dead] = 0
+        return len(dead)
+
     # --- checkpoints ------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"param.{k}": v.detach().cpu().contiguous() for k, v in self.sae.named_parameters()}
@@ -217,7 +272,8 @@ def _save_checkpoint(folder: Path, trainer: _Trainer, opts: dict, done: bool) ->
     with atomic_path(folder / STATE_TENSORS) as tmp:
         save_file(trainer.state_tensors(), str(tmp))
     state = {"step": trainer.step, "elapsed_s": trainer.elapsed, "scale": trainer.scale, "done": done,
-             "options": opts, "options_key": _options_key(opts), "history": trainer.history}
+             "options": opts, "options_key": _options_key(opts), "history": trainer.history,
+             "resamples": trainer.resamples}
     atomic_write_text(folder / STATE_JSON, json.dumps(state, indent=1, default=str) + "\n")
 
 
@@ -236,7 +292,11 @@ def train_sae(
     jumprelu_bandwidth: float | None = None,
     jumprelu_init_threshold: float | None = None,
     b_dec_init: str = "geometric_median",
+    b_enc_init=None,
     dead_tokens: int = 100_000,
+    resample_dead_every: int | None = None,
+    resample_scale: float = 0.2,
+    resample_inputs: int = 16_384,
     time_budget: float | None = None,
     checkpoint_dir=None,
     checkpoint_every: int = 500,
@@ -256,7 +316,9 @@ def train_sae(
     of latents. ``architecture``: ``"topk"`` (default; ``k`` active latents, default ``d_in // 8``), ``"relu"``
     (L1 penalty ``l1_coefficient``) or ``"jumprelu"`` (L0 penalty ``l0_coefficient``). ``steps`` defaults to
     10 passes over the data (at least 1000 steps). ``time_budget`` (seconds) stops early, still saving a
-    final checkpoint. The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
+    final checkpoint. ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
+    that many steps (Anthropic's recipe, module docstring); ``sae.resamples`` lists each event (``step,
+    resampled``). The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
     fve, l0, dead_frac, lr``). See the module docstring for the recipe and checkpoint/resume rules.
 
     >>> x = torch.randn(512, 8)
@@ -274,6 +336,7 @@ def train_sae(
         raise InterpError(f"b_dec_init: must be 'geometric_median', 'mean' or 'zeros'; given {b_dec_init!r}")
     if time_budget is not None:
         time_budget = _pos("time_budget", time_budget)
+    b_enc0 = _b_enc_init(b_enc_init, d_sae)
     src: ActivationSource = as_source(source, seq_len=seq_len, max_tokens=max_tokens, progress=progress)
     d_in = src.d_in
     if arch == "topk":
@@ -294,6 +357,15 @@ def train_sae(
                                jumprelu_init_threshold or DEFAULTS["jumprelu"]["init_threshold"]),
         "b_dec_init": b_dec_init, "dead_tokens": dead_tokens, "seed": int(seed), "n": src.n,
     }
+    if b_enc0 is not None:  # only then in opts: older checkpoints keep their options key
+        opts["b_enc_init"] = b_enc0.tolist()
+    if resample_dead_every is not None:  # only then in opts: older checkpoints keep their options key
+        if arch != "relu":
+            raise InterpError(f"resample_dead_every: resampling is for ReLU SAEs (TopK has AuxK); given "
+                              f"architecture {arch!r}")
+        opts.update(resample_dead_every=_int("resample_dead_every", resample_dead_every),
+                    resample_scale=_pos("resample_scale", resample_scale),
+                    resample_inputs=_int("resample_inputs", resample_inputs))
     steps = _int("steps", steps) if steps is not None else max(1000, math.ceil(10 * src.n / batch_size))
     opts.update(steps=steps, time_budget=time_budget, checkpoint_every=checkpoint_every)
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -325,6 +397,7 @@ def train_sae(
         trainer.load_state_tensors(load_file(str(folder / STATE_TENSORS)))
         trainer.step, trainer.elapsed, trainer.history = int(state["step"]), float(state["elapsed_s"]), \
             list(state["history"])
+        trainer.resamples = list(state.get("resamples", []))
     else:
         sample = src.sample(min(src.n, 16_384), seed=seed).to(device)
         scale = math.sqrt(d_in / float(sample.pow(2).sum(-1).mean().clamp_min(1e-30)))
@@ -336,6 +409,8 @@ def train_sae(
                 sae.b_dec.copy_(b.to(sae.b_dec.dtype))
             if arch == "jumprelu":
                 sae.log_threshold.fill_(math.log(opts["init_threshold"]))
+            if b_enc0 is not None:  # given in the activation's units; the trainer works in scaled ones
+                sae.b_enc.copy_((b_enc0 * scale).to(sae.b_enc.dtype))
 
     from tqdm.auto import tqdm
 
@@ -361,6 +436,9 @@ def train_sae(
                 bar.set_postfix(loss=f"{stats['loss']:.3g}", fve=f"{stats['fve']:.3f}", l0=f"{stats['l0']:.1f}",
                                 dead=f"{stats['dead_frac']:.2f}")
             bar.update(1)
+            every = opts.get("resample_dead_every")
+            if every and trainer.step % every == 0 and frac < 0.8:  # not while the learning rate decays
+                trainer.resamples.append({"step": trainer.step, "resampled": trainer.resample_dead(src)})
             if time_budget is not None and trainer.elapsed >= time_budget:
                 out_of_time = True
                 break
@@ -376,5 +454,6 @@ def train_sae(
         result = _folded(trainer)
     result.history = pd.DataFrame(trainer.history, columns=["step", "tokens", "elapsed_s", "loss", "mse", "fve",
                                                              "l0", "dead_frac", "lr"])
+    result.resamples = pd.DataFrame(trainer.resamples, columns=["step", "resampled"])
     result.stopped_early = out_of_time
     return result.eval()
