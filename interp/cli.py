@@ -61,7 +61,7 @@ def _report(args) -> int:
             k_neurons=cap_count(args.neurons, int(cfg.n_layers * cfg.d_mlp), "--neurons", "MLP neurons"),
             n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
             max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
-            corpus=None if args.corpus == "none" else args.corpus)
+            corpus=None if args.corpus == "none" else args.corpus, sae=args.sae, n_sae_cards=args.sae_cards)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
@@ -85,7 +85,8 @@ def _add_report(sub) -> None:
                     "distribution, logit lens, attention heads, neurons and superposition. The HTML opens "
                     "offline (plotly is embedded).",
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
-                         'interp report "Once upon a time" --format md --out report.md --model models/NAME'))
+                         'interp report "Once upon a time" --format md --out report.md --model models/NAME',
+                         'interp report "And God said" --sae default --out report.html'))
     p.add_argument("prompt", help="the text to analyse")
     p.add_argument("--out", default=None, help="output file, or - for stdout (default report.html, or report.md with --format md); a symbolic link is written through")
     p.add_argument("--format", choices=("html", "md"), default=None, help="default: from --out's suffix, else html")
@@ -102,6 +103,11 @@ def _add_report(sub) -> None:
     p.add_argument("--corpus", default="default", metavar="FILE",
                    help="text scanned for the neuron pages' top examples (default: the model folder's heldout.txt; "
                         "'none' skips the scan)")
+    p.add_argument("--sae", default=None, metavar="FOLDER",
+                   help="add a sparse-autoencoder section: an SAE folder (interp sae train --out, or SAELens' layout), "
+                        "or 'default' (the one shipped in the model folder's sae/)")
+    p.add_argument("--sae-cards", type=positive_int, default=5, metavar="N",
+                   help="feature cards in the SAE section: the N features most active on the prompt (default 5)")
     p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
                    help="inline: one self-contained file (default); shared: one plotly-<version>.min.js beside the "
                         "reports in --out's folder, each report a few hundred kB")

@@ -796,6 +796,31 @@ def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after:
     ``max_tokens`` (``None``: no limit), about that many tokens are read, in chunks spread evenly over it. Every chunk runs through the model once, keeping ``mlp.hook_post`` of the chosen
     ``neurons`` ((layer, neuron) pairs) only, so memory is ``O(tokens * len(neurons))``.
     """
+    pairs = _neuron_list(model, neurons)
+    layers = sorted({layer for layer, _ in pairs})
+    cols = {layer: torch.tensor([n for lay, n in pairs if lay == layer]) for layer in layers}
+    stacked = {p: i for i, p in enumerate((layer, n) for layer in layers for n in cols[layer].tolist())}
+    order = torch.tensor([stacked[p] for p in pairs])  # from layer-major stacking back to ``pairs`` order
+
+    def read(cache) -> torch.Tensor:  # [batch, pos, len(pairs)]: only the chosen columns leave the device
+        parts = []
+        for layer in layers:
+            post = cache[f"blocks.{layer}.mlp.hook_post"]
+            parts.append(post[..., cols[layer].to(post.device)].cpu())
+        return torch.cat(parts, dim=-1)[..., order]
+
+    return column_profiles(model, corpus, {f"blocks.{layer}.mlp.hook_post" for layer in layers}, read, pairs,
+                           ("layer", "neuron"), k=k, window=window, after=after, bins=bins, seq_len=seq_len,
+                           max_tokens=max_tokens, batch_size=batch_size)
+
+
+@torch.no_grad()
+def column_profiles(model, corpus, names, read, labels: Sequence[tuple], key_columns: Sequence[str], *, k: int = 5,
+                    window: int = 12, after: int = 4, bins: int = 40, seq_len: int | None = None,
+                    max_tokens: int | None = 200_000, batch_size: int = 8) -> NeuronProfiles:
+    """The engine of :func:`neuron_profiles` for any per-token quantity: ``read(cache)`` turns a cache of the
+    hooks ``names`` into ``[batch, pos, len(labels)]`` values (an MLP neuron, an SAE feature, ...); each
+    column is profiled and its rows start with ``key_columns`` holding that column's ``labels`` tuple."""
     k = _resolve_k(k)
     bins = _resolve_k(bins, "bins")
     for name, v in (("window", window), ("after", after)):
@@ -807,7 +832,6 @@ def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after:
         raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InterpError(f"max_tokens: must be an int >= 1 or None; given {max_tokens!r}")
-    pairs = _neuron_list(model, neurons)
     from interp.data.corpus import as_corpus, tokenized
 
     docs = [(int(i), t.detach().to("cpu", torch.long)) for i, t in tokenized(model, as_corpus(corpus))]
@@ -820,11 +844,9 @@ def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after:
         keep = max(1, round(len(chunks) * max_tokens / total))
         picks = sorted({round(i * (len(chunks) - 1) / max(1, keep - 1)) for i in range(keep)})
         chunks = [chunks[i] for i in picks]
-    layers = sorted({layer for layer, _ in pairs})
-    cols = {layer: torch.tensor([n for lay, n in pairs if lay == layer]) for layer in layers}
-    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layers}
+    names = set(names)
     dev = model_device(model)
-    acts: list[torch.Tensor] = []  # per chunk: [len, len(pairs)] in ``pairs`` order
+    acts: list[torch.Tensor] = []  # per chunk: [len, len(labels)]
     for s in range(0, len(chunks), batch_size):
         group = chunks[s: s + batch_size]
         L = max(len(c) for _, _, c in group)
@@ -832,21 +854,15 @@ def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after:
         for i, (_, _, c) in enumerate(group):
             toks[i, : len(c)] = c  # right padding: causal attention never lets it reach real tokens
         _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda nm: nm in names)
-        per_layer = {layer: cache[nm][:, :, cols[layer].to(dev)].float().cpu() for nm, layer in names.items()}
-        for i, (_, _, c) in enumerate(group):
-            parts = {layer: per_layer[layer][i, : len(c)] for layer in layers}
-            idx = {layer: 0 for layer in layers}
-            row = []
-            for layer, _ in pairs:
-                row.append(parts[layer][:, idx[layer]])
-                idx[layer] += 1
-            acts.append(torch.stack(row, dim=1))
+        values = read(cache).float().cpu()
+        acts += [values[i, : len(c)] for i, (_, _, c) in enumerate(group)]
         del cache
-    flat = torch.cat(acts)  # [tokens, len(pairs)]
+    flat = torch.cat(acts)  # [tokens, len(labels)]
     where = [(ci, p) for ci, (_, _, c) in enumerate(chunks) for p in range(len(c))]
     strs: dict[int, list[str]] = {}
     ex_rows, hist_rows, stat_rows = [], [], []
-    for j, (layer, neuron) in enumerate(pairs):
+    for j, key in enumerate(labels):
+        key = tuple(key)
         v = flat[:, j].double()
         top = v.topk(min(k, len(v)))
         for rank, gi in enumerate(top.indices.tolist(), 1):
@@ -855,18 +871,17 @@ def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after:
             if ci not in strs:
                 strs[ci] = str_tokens(model, c)
             for q in range(max(0, p - window), min(len(c), p + after + 1)):
-                ex_rows.append((layer, neuron, rank, di, off + p, q - p, int(c[q]), strs[ci][q],
-                                float(acts[ci][q, j]), q == p))
+                ex_rows.append((*key, rank, di, off + p, q - p, int(c[q]), strs[ci][q], float(acts[ci][q, j]), q == p))
         counts, edges = torch.histogram(v, bins=bins)
         for b in range(bins):
-            hist_rows.append((layer, neuron, float(edges[b]), float(edges[b + 1]), int(counts[b])))
-        stat_rows.append((layer, neuron, len(v), float(v.mean()), float(v.std()) if len(v) > 1 else 0.0,
+            hist_rows.append((*key, float(edges[b]), float(edges[b + 1]), int(counts[b])))
+        stat_rows.append((*key, len(v), float(v.mean()), float(v.std()) if len(v) > 1 else 0.0,
                           float(v.min()), float(v.max()), float((v > 0).double().mean())))
-    examples = pd.DataFrame(ex_rows, columns=["layer", "neuron", "rank", "doc", "position", "offset", "token_id",
-                                              "token", "activation", "is_trigger"])
-    histogram = pd.DataFrame(hist_rows, columns=["layer", "neuron", "bin_left", "bin_right", "count"])
-    stats = pd.DataFrame(stat_rows, columns=["layer", "neuron", "n_tokens", "mean", "std", "min", "max",
-                                             "frac_positive"])
+    keys = list(key_columns)
+    examples = pd.DataFrame(ex_rows, columns=[*keys, "rank", "doc", "position", "offset", "token_id", "token",
+                                              "activation", "is_trigger"])
+    histogram = pd.DataFrame(hist_rows, columns=[*keys, "bin_left", "bin_right", "count"])
+    stats = pd.DataFrame(stat_rows, columns=[*keys, "n_tokens", "mean", "std", "min", "max", "frac_positive"])
     return NeuronProfiles(examples, histogram, stats)
 
 

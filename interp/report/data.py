@@ -34,7 +34,8 @@ __all__ = [
 NOTABLE_ROLES = ("previous_token", "induction", "duplicate_token", "attention_sink", "local_window")
 
 # Report stages, in order, for progress bars.
-STAGES = ("tokenization", "logit lens", "attention", "neurons", "neuron pages", "superposition", "patching")
+STAGES = ("tokenization", "logit lens", "attention", "neurons", "neuron pages", "superposition", "patching",
+          "sae features")
 
 
 @dataclass
@@ -56,10 +57,13 @@ class ReportOptions:
     pattern_window: int = 40  # positions drawn in a pattern heatmap (the last ones; the attention view shows all)
     view_bytes: int = 4_000_000  # attention view budget: one byte per head and causal entry
     patching: bool = True  # causal section: patching on the prompt followed by its own beginning (induction)
+    sae: str | None = None  # SAE section: an SAE folder (SAELens layout) or "default" (the model folder's sae/)
+    k_sae_features: int = 5  # SAE section: top features listed per token
+    n_sae_cards: int = 5  # SAE section: feature cards (the features most active on the prompt)
 
     def __post_init__(self) -> None:
         for name in ("k_next", "k_neurons", "n_answer_neurons", "k_answers", "n_pattern_heads", "max_pairs", "hist_pairs",
-                     "k_examples", "max_corpus_tokens", "pattern_window", "view_bytes"):
+                     "k_examples", "max_corpus_tokens", "pattern_window", "view_bytes", "k_sae_features", "n_sae_cards"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InterpError(f"{name}: must be an integer >= 1; given {v!r}.")
@@ -98,6 +102,8 @@ class ReportData:
     # (causal.activation_patching of hook_z per head and resid_pre per layer x position), "dla"
     # (causal.direct_logit_attribution of the clean prompt), "attribution_r" (float)
     patching: dict = field(default_factory=dict)
+    # SAE section (empty without options.sae): interp.report.sae_section.collect_sae_section's dict
+    sae: dict = field(default_factory=dict)
 
     @property
     def predicted_token(self) -> str:
@@ -177,6 +183,11 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
 
     opts = options or ReportOptions()
     step = progress or (lambda stage: None)
+    sae = None
+    if opts.sae is not None:  # checked before any analysis runs: a bad --sae fails at once
+        from interp.report.sae_section import load_report_sae
+
+        sae = load_report_sae(model, opts.sae)
 
     step("tokenization")
     tokens = encode_prompt(model, prompt)
@@ -234,15 +245,29 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
     step("patching")
     patching = _patching_section(model, tokens, k=opts.k_neurons) if opts.patching else {}
 
+    step("sae features")
+    sae_section = {}
+    if sae is not None:
+        from interp.report.sae_section import collect_sae_section
+
+        sae_section = collect_sae_section(model, tokens, *sae, corpus, k_features=opts.k_sae_features,
+                                          n_cards=opts.n_sae_cards, k_answers=opts.k_answers,
+                                          k_examples=opts.k_examples, max_tokens=opts.max_corpus_tokens)
+
     opts_dict = asdict(opts)
     opts_dict["superposition_sets"] = list(sets)
+    if opts.sae is None:  # a report without an SAE lists the options it always had
+        for key in ("sae", "k_sae_features", "n_sae_cards"):
+            opts_dict.pop(key)
+    else:
+        opts_dict["sae"] = str(opts.sae)
     return ReportData(
         prompt=prompt, options=opts_dict, model=model_summary(model), token_ids=[int(i) for i in ids],
         str_tokens=strs, tokens=tok_table, lens=lens, lens_grid=grid, next_tokens=next_tokens,
         final_by_layer=final_by_layer, head_scores=scores, notable_heads=notable, patterns=patterns,
         view_heads=heads, neurons=top, neuron_answers=answers_df, neuron_profiles=profiles, neuron_prompt=prompt_df,
         corpus_name=corpus[0] if corpus else None, superposition=stats, angle_samples=samples, random_pdf=pdf,
-        patching=patching,
+        patching=patching, sae=sae_section,
     )
 
 

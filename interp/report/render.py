@@ -38,6 +38,7 @@ __all__ = [
     "html_table",
     "md_table",
     "neuron_anchor",
+    "page_sections",
     "plotly_file_name",
     "render_html",
     "render_markdown",
@@ -56,6 +57,9 @@ SECTIONS = {
     "superposition": "Superposition",
     "patching": "Causal: patching and direct logit attribution",
 }
+# The SAE section (``--sae``) comes after the neuron pages, only in a report made with an SAE.
+SAE_SECTION = ("sae", "Sparse autoencoder features")
+_TITLES = {**SECTIONS, SAE_SECTION[0]: SAE_SECTION[1]}
 FORMATS = ("html", "md")
 # How the HTML report carries plotly.js: inline (one self-contained file, ~4.6 MB) or shared (one copy of
 # plotly-<version>.min.js beside the reports in their folder; each report is then a few hundred kB).
@@ -251,8 +255,18 @@ def _role_pivot(scores: pd.DataFrame) -> pd.DataFrame:
 # HTML
 
 
+def page_sections(data: ReportData) -> dict:
+    """This report's section ids and headings in page order: :data:`SECTIONS`, plus the SAE section if any."""
+    out = {}
+    for sid, title in SECTIONS.items():
+        out[sid] = title
+        if sid == "neuron-pages" and data.sae:
+            out[SAE_SECTION[0]] = SAE_SECTION[1]
+    return out
+
+
 def _section(sid: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{SECTIONS[sid]}</h2>{body}</section>'
+    return f'<section id="{sid}"><h2>{_TITLES[sid]}</h2>{body}</section>'
 
 
 def plotly_file_name() -> str:
@@ -378,7 +392,7 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
     parts = [
         f"<header><h1>interp report</h1><p>Model <b>{esc(m['name'])}</b>, prompt:</p>"
         f'<div class="prompt" id="prompt">{esc(data.prompt)}</div><nav>'
-        + "".join(f'<a href="#{sid}">{title}</a>' for sid, title in SECTIONS.items())
+        + "".join(f'<a href="#{sid}">{title}</a>' for sid, title in page_sections(data).items())
         + "</nav></header>"
     ]
     parts.append(_section("model", html_table(_kv_frame(m), "model")
@@ -450,6 +464,10 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
         + html_table(answers, "neuron_answers", ["layer", "neuron", "direction", "rank", "token", "token_id", "logit"],
                      neuron_links=True)))
     parts.append(_section("neuron-pages", _neuron_pages(data)))
+    if data.sae:
+        from interp.report.sae_section import sae_html
+
+        parts.append(_section("sae", sae_html(data.sae)))
     hists = []
     for s in data.options["superposition_sets"]:
         sel = data.angle_samples[data.angle_samples.set == s]
@@ -486,7 +504,7 @@ def render_markdown(data: ReportData) -> str:
     out = ["# interp report", "", f"Model **{m['name']}**, prompt:", "", "```text", data.prompt, "```", ""]
 
     def sec(sid: str, *blocks: str) -> None:
-        out.extend([f"## {SECTIONS[sid]}", ""])
+        out.extend([f"## {_TITLES[sid]}", ""])
         for b in blocks:
             out.extend([b, ""])
 
@@ -523,6 +541,10 @@ def render_markdown(data: ReportData) -> str:
         pages.append("\n".join(lines))
     corpus = f"Top-activating examples over {data.corpus_name}." if prof is not None else "No corpus scanned."
     sec("neuron-pages", corpus, *pages)
+    if data.sae:
+        from interp.report.sae_section import sae_markdown
+
+        sec("sae", *sae_markdown(data.sae))
     sec("superposition", md_table(data.superposition, ["set", "layer", "count", "dim", "mean_angle_deg",
                                                         "std_angle_deg", "baseline_std_angle_deg", "max_abs_cos",
                                                         "baseline_max_abs_cos", "frac_within_tol",

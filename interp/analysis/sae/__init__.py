@@ -9,9 +9,9 @@ SAE takes a layer's activations apart into such directions. The modules:
   dataset object;
 * ``train``: ``train_sae`` with checkpoints that resume and a time budget;
 * ``evaluate``: splicing an SAE into a model (``splice_sae``), L0, variance explained, CE loss recovered,
-  dead and dense latents;
-* ``features``: a feature's top-activating contexts, its logit effects and the near-orthogonality of the
-  decoder directions.
+  dead and dense latents, over a corpus or token by token on a prompt (``token_reconstruction``);
+* ``features``: a feature's top-activating contexts (``feature_top_contexts``; with the activation at every
+  nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions.
 
 >>> import torch
 >>> from interp.analysis.sae import SAE, SAEConfig
@@ -26,12 +26,14 @@ from interp.analysis.sae.evaluate import (
     sae_hook,
     sae_metrics,
     splice_sae,
+    token_reconstruction,
 )
 from interp.analysis.sae.features import (
     decoder_angle_samples,
     decoder_orthogonality,
     feature_activations,
     feature_logit_effects,
+    feature_profiles,
     feature_top_contexts,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
@@ -51,6 +53,7 @@ __all__ = [
     "evaluate_sae",
     "feature_activations",
     "feature_logit_effects",
+    "feature_profiles",
     "feature_top_contexts",
     "geometric_median",
     "load_sae",
@@ -59,5 +62,6 @@ __all__ = [
     "sae_metrics",
     "save_sae",
     "splice_sae",
+    "token_reconstruction",
     "train_sae",
 ]

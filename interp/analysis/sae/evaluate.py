@@ -10,6 +10,7 @@
   (CE with the hook zero-ablated − CE with the SAE spliced) / (CE zero-ablated − CE clean): 1 is perfect,
   0 is no better than deleting the activation.
 * ``evaluate_sae(model, sae, corpus)``: all of it in one pass over a corpus.
+* ``token_reconstruction(model, sae, tokens)``: the same, token by token, on one prompt.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from interp.analysis.sae.model import SAE
 from interp.analysis.sae.source import as_source, check_hook_name, token_batches
 from interp.errors import InterpError
 
-__all__ = ["SAEEval", "ce_loss_recovered", "evaluate_sae", "sae_hook", "sae_metrics", "splice_sae"]
+__all__ = ["SAEEval", "ce_loss_recovered", "evaluate_sae", "sae_hook", "sae_metrics", "splice_sae",
+           "token_reconstruction"]
 
 
 def _hook_of(sae: SAE, hook_name: str | None) -> str:
@@ -250,3 +252,40 @@ def evaluate_sae(model, sae: SAE, corpus, hook_name: str | None = None, *, seq_l
     metrics = stats.metrics(dense_threshold)
     metrics.update(_ce_metrics(sums, n_pred) if n_pred else {})
     return SAEEval(metrics=metrics, latents=stats.latents(dense_threshold))
+
+
+@torch.no_grad()
+def token_reconstruction(model, sae: SAE, tokens, hook_name: str | None = None) -> pd.DataFrame:
+    """Token by token on one sequence: how well the SAE rebuilds the activation, and what splicing it in costs.
+
+    Columns: ``position, token_id, token``; ``l0`` (active latents); ``rel_error`` (‖x − x̂‖² / ‖x‖²);
+    ``cosine`` (cos(x, x̂)); ``next_token``; ``ce_clean`` and ``ce_sae``: the next-token loss (nats) at this
+    position, clean and with the SAE spliced in (NaN at the last position, which has no next token).
+    Their means are ``evaluate_sae``'s ``ce_clean`` / ``ce_sae`` on the same tokens.
+    """
+    from interp.analysis._inputs import as_tokens, str_tokens
+
+    name = check_hook_name(model, _hook_of(sae, hook_name))
+    toks = as_tokens(model, tokens)[:1]
+    logits, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
+    x = cache[name].reshape(toks.shape[1], -1).to(sae.W_enc.device)
+    if x.shape[-1] != sae.cfg.d_in:
+        raise InterpError(f"sae: reads d_in={sae.cfg.d_in} but hook {name!r} gives {x.shape[-1]} values per token")
+    f = sae.encode(x.float())
+    recon = sae.decode(f).double()
+    x = x.double()
+    with model.hooks(fwd_hooks=[(name, sae_hook(sae))]):
+        spliced = model(toks)
+
+    def next_loss(lg: torch.Tensor) -> list[float]:
+        logp = torch.log_softmax(lg[0, :-1].double(), -1)
+        return [*(-logp.gather(-1, toks[0, 1:, None])[:, 0]).cpu().tolist(), float("nan")]
+
+    ids = toks[0].tolist()
+    strs = str_tokens(model, toks[0])
+    return pd.DataFrame({
+        "position": range(len(ids)), "token_id": ids, "token": strs,
+        "l0": (f > 0).sum(-1).cpu().numpy(),
+        "rel_error": ((x - recon).pow(2).sum(-1) / x.pow(2).sum(-1).clamp_min(1e-30)).cpu().numpy(),
+        "cosine": torch.nn.functional.cosine_similarity(x, recon, dim=-1).cpu().numpy(),
+        "next_token": [*strs[1:], ""], "ce_clean": next_loss(logits), "ce_sae": next_loss(spliced)})

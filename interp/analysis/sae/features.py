@@ -9,6 +9,9 @@
   beside random unit vectors of the same dimension and count (``interp.analysis.superposition``) — the
   "many almost perpendicular directions" picture, measured on learned features.
 * ``feature_activations``: which features fire where in a prompt.
+* ``feature_profiles``: a feature's top examples with its activation at every token around each, a histogram
+  and firing statistics over a corpus — ``interp.analysis.neurons.neuron_profiles`` (the neuron pages'
+  engine) reading features instead of neurons.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from interp.analysis.sae.source import check_hook_name
 from interp.errors import InterpError
 
 __all__ = ["decoder_angle_samples", "decoder_orthogonality", "feature_activations", "feature_logit_effects",
-           "feature_top_contexts"]
+           "feature_profiles", "feature_top_contexts"]
 
 
 def _encoder(sae: SAE):
@@ -168,3 +171,32 @@ def feature_activations(model, sae: SAE, tokens, hook_name: str | None = None, k
             n = int((v > 0).sum()) if k is None else min(int(k), int((v > 0).sum()))
             rows += [(b, p, strs[p], int(j), float(x)) for x, j in zip(v[:n].tolist(), i[:n].tolist())]
     return pd.DataFrame(rows, columns=["batch", "position", "token", "feature", "activation"])
+
+
+@torch.no_grad()
+def feature_profiles(model, sae: SAE, corpus, features, k: int = 5, *, hook_name: str | None = None,
+                     window: int = 12, after: int = 4, bins: int = 40, seq_len: int | None = None,
+                     max_tokens: int | None = 200_000, batch_size: int = 8):
+    """What the neuron pages show for a neuron, for SAE ``features`` (an int or a list) over ``corpus``.
+
+    ``interp.analysis.neurons.neuron_profiles``' scan (same chunks, the same ``max_tokens`` spread over the
+    corpus) reading ``sae.encode`` of the hook: a ``NeuronProfiles`` whose frames start with ``feature``
+    instead of ``layer, neuron``. ``examples``: each top example's tokens around the trigger with the
+    feature's activation at each; ``histogram``; ``stats`` (``frac_positive`` is the firing frequency).
+    """
+    from interp.analysis.neurons import column_profiles
+
+    name = check_hook_name(model, _hook_of(sae, hook_name))
+    feats = _features(features, sae.cfg.d_sae)
+    if feats is None:
+        raise InterpError("features: give a feature index or a list of them; given None")
+    feats = list(dict.fromkeys(feats))
+    idx = torch.tensor(feats)
+    encode = _encoder(sae)
+
+    def read(cache) -> torch.Tensor:  # [batch, pos, len(feats)]
+        f = encode(cache[name])
+        return f[..., idx.to(f.device)]
+
+    return column_profiles(model, corpus, {name}, read, [(f,) for f in feats], ("feature",), k=k, window=window,
+                           after=after, bins=bins, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size)

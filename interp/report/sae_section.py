@@ -1,0 +1,255 @@
+"""The report's sparse-autoencoder section (``interp report "..." --sae PATH``): gathered and rendered.
+
+``collect_sae_section`` only calls the SAE analyzers (``interp.analysis.sae``: ``feature_activations``,
+``evaluate_sae``, ``token_reconstruction``, ``feature_logit_effects``, ``feature_profiles``) and selects rows;
+``sae_html`` / ``sae_markdown`` only format what it gathered. ``load_report_sae`` turns the ``--sae`` option
+into an SAE that fits the model, or one :class:`InterpError` line naming ``--sae``.
+
+Which features get a card: the ``n_sae_cards`` features with the largest activation anywhere on the prompt.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from interp.errors import InterpError
+
+__all__ = ["DEFAULT_SAE", "card_anchor", "collect_sae_section", "load_report_sae", "sae_html", "sae_markdown"]
+
+DEFAULT_SAE = "default"  # --sae default: the SAE shipped in the model folder's sae/<hook>/
+SAE_FOLDER = "sae"
+
+
+def card_anchor(feature) -> str:
+    """The id of a feature's card: every table that names the feature links here."""
+    return f"sae-feature-{int(feature)}"
+
+
+def _default_folder(model) -> Path:
+    root = getattr(model, "_interp_folder", None)
+    found = sorted(p for p in (Path(root) / SAE_FOLDER).glob("*") if (p / "cfg.json").is_file()) if root else []
+    if not found:
+        raise InterpError(f"--sae default: the model folder {str(root)!r} ships no SAE (no {SAE_FOLDER}/<hook>/cfg.json);"
+                          " give an SAE folder (interp sae train --out FOLDER)")
+    return found[0]
+
+
+def load_report_sae(model, spec: str | Path):
+    """``(sae, folder)`` for ``--sae``: a folder in SAELens' layout (``interp sae train`` writes one; a training
+    checkpoint folder works too) or ``"default"``. It must read a hook this model has, with that hook's width."""
+    from interp.analysis._inputs import model_device
+    from interp.analysis.sae import load_sae
+    from interp.analysis.sae.source import check_hook_name
+
+    folder = _default_folder(model) if str(spec) == DEFAULT_SAE else Path(spec).expanduser()
+    if not folder.is_dir():
+        raise InterpError(f"--sae: no SAE folder {str(spec)!r}; give a folder with cfg.json + sae_weights.safetensors "
+                          f"(interp sae train --out FOLDER, or SAELens) or '{DEFAULT_SAE}'")
+    try:
+        sae = load_sae(folder, device=model_device(model))
+    except InterpError as e:
+        raise InterpError(f"--sae: {e}") from None
+    hook = sae.cfg.hook_name
+    if not hook:
+        raise InterpError(f"--sae: {folder / 'cfg.json'} names no hook (metadata.hook_name); the report needs one")
+    try:
+        check_hook_name(model, hook)
+    except InterpError as e:
+        raise InterpError(f"--sae: the SAE reads hook {hook!r}, which model {model.cfg.name!r} does not have "
+                          f"({str(e).split('; ', 1)[1] if '; ' in str(e) else 'no such hook'})") from None
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.zeros(1, 1, dtype=torch.long, device=model_device(model)),
+                                        names_filter=lambda n: n == hook)
+    width = int(cache[hook][0, 0].numel())
+    if width != sae.cfg.d_in:
+        raise InterpError(f"--sae: the SAE reads d_in={sae.cfg.d_in} values per token, but hook {hook!r} of model "
+                          f"{model.cfg.name!r} gives {width}")
+    return sae.eval(), folder
+
+
+def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[str, str] | None, *,
+                        k_features: int, n_cards: int, k_answers: int, k_examples: int, max_tokens: int) -> dict:
+    """Everything the section shows, from the analyzers (see the module docstring); ``corpus`` is what the
+    neuron pages scan (``interp.report.inputs.read_corpus``), or None."""
+    from interp.analysis.sae import (
+        evaluate_sae,
+        feature_activations,
+        feature_logit_effects,
+        feature_profiles,
+        token_reconstruction,
+    )
+    from interp.report.inputs import str_tokens
+
+    cfg = sae.cfg
+    acts = feature_activations(model, sae, tokens)  # every active feature at every position, strongest first
+    per_token = acts.groupby("position", sort=True).head(k_features).reset_index(drop=True)
+    metrics = evaluate_sae(model, sae, tokens).metrics
+    peak = acts.groupby("feature").activation.max().reset_index()
+    cards = peak.sort_values(["activation", "feature"], ascending=[False, True]).feature.head(n_cards).tolist()
+    strs = str_tokens(model, tokens)
+    shading = []
+    for f in cards:  # the feature at every position of the prompt (0 where it is silent)
+        on = acts[acts.feature == f].set_index("position").activation
+        shading.append(pd.DataFrame({"feature": f, "position": range(len(strs)), "token": strs,
+                                     "activation": [float(on.get(p, 0.0)) for p in range(len(strs))]}))
+    effects, note = [], None
+    for f in cards:
+        try:
+            eff = feature_logit_effects(model, sae, f, k=k_answers)
+        except InterpError as e:  # a hook that does not write to the residual stream
+            note = str(e)
+            break
+        eff.insert(0, "feature", f)
+        effects.append(eff)
+    profiles = None
+    if corpus is not None and cards:
+        profiles = feature_profiles(model, sae, corpus[1], cards, k=k_examples, max_tokens=max_tokens)
+    info = {"folder": str(folder), "hook": cfg.hook_name, "architecture": cfg.architecture, "d_in": cfg.d_in,
+            "d_sae": cfg.d_sae}
+    if cfg.k is not None:
+        info["k"] = cfg.k
+    if cfg.metadata.get("model_name"):
+        info["trained on model"] = cfg.metadata["model_name"]
+    return {"info": info, "metrics": metrics, "per_token": per_token, "reconstruction": token_reconstruction(
+        model, sae, tokens), "cards": [int(f) for f in cards],
+        "shading": pd.concat(shading, ignore_index=True) if shading else pd.DataFrame(),
+        "logit_effects": pd.concat(effects, ignore_index=True) if effects else pd.DataFrame(), "logit_note": note,
+        "profiles": profiles, "corpus_name": corpus[0] if corpus else None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# rendering
+
+PROMPT_METRICS = ("n_tokens", "l0", "fve", "cosine", "ce_clean", "ce_sae", "ce_zero_ablation", "ce_loss_recovered")
+_TOKEN_COLS = ["position", "token", "l0", "rel_error", "cosine", "next_token", "ce_clean", "ce_sae"]
+_EXAMPLE_COLS = ["rank", "activation", "doc", "position", "token"]
+_INTRO = ("The SAE reads <code>{hook}</code> and writes it as a sparse sum of {d_sae:,} learned directions "
+          "(features). <b>Reconstruction on this prompt</b>: L0 is the number of active features per token, FVE the "
+          "fraction of the activation's variance over the prompt's tokens that the reconstruction explains, CE the "
+          "next-token loss (nats) of the clean model, with the SAE's reconstruction spliced in, and with the hook "
+          "zero-ablated; <i>CE loss recovered</i> = (zero − SAE) / (zero − clean).")
+
+
+def _kv(d: dict, key: str = "field") -> pd.DataFrame:
+    return pd.DataFrame({key: list(d), "value": pd.Series(list(d.values()), dtype=object)})  # ints stay ints
+
+
+def _prompt_metrics(metrics: dict) -> pd.DataFrame:
+    return _kv({k: metrics[k] for k in PROMPT_METRICS if k in metrics}, "metric")
+
+
+def _examples(prof, f: int) -> tuple[pd.DataFrame, pd.Series]:
+    ex = prof.examples[prof.examples.feature == f]
+    return ex, prof.stats[prof.stats.feature == f].iloc[0]
+
+
+def _chips(s: dict, fmt) -> str:
+    """One line per token: its top features as small shaded labels (feature id, activation)."""
+    from interp.report.figures import show_token
+    from interp.report.widgets import _shade
+
+    esc = html.escape
+    per, cards = s["per_token"], set(s["cards"])
+    scale = float(per.activation.max()) if len(per) else 1.0
+    rows = []
+    for p, tok in zip(s["reconstruction"].position, s["reconstruction"].token):
+        chips = []
+        for f, a in zip(per[per.position == p].feature, per[per.position == p].activation):
+            fid = f'<a href="#{card_anchor(f)}">{fmt(int(f))}</a>' if int(f) in cards else fmt(int(f))
+            chips.append(f'<span class="act-tok" title="feature {int(f)}: {a:.4f}" style="background:{_shade(a, scale)}">'
+                         f"{fid} <small>{a:.3f}</small></span>")
+        rows.append(f'<tr><td class="num">{p}</td><td class="tok"><code>{esc(show_token(tok))}</code></td>'
+                    f"<td>{' '.join(chips)}</td></tr>")
+    return ('<div class="scroll"><table class="data"><thead><tr><th>position</th><th>token</th><th>top features '
+            f"(activation)</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def sae_html(s: dict) -> str:
+    """The section's HTML body (tables through the report's ``html_table``: exact values in ``data-value``)."""
+    from interp.report.figures import show_token
+    from interp.report.render import _fmt_number, html_table
+    from interp.report.widgets import neuron_examples, token_shading
+
+    esc = html.escape
+    info = s["info"]
+    cards = set(s["cards"])
+    parts = [f'<p class="note">{_INTRO.format(hook=esc(str(info["hook"])), d_sae=int(info["d_sae"]))}</p>',
+             '<div class="cols"><div>' + html_table(_kv(info), "sae_config") + "</div><div>"
+             + html_table(_prompt_metrics(s["metrics"]), "sae_metrics") + "</div></div>"]
+    per = s["per_token"]
+    feat_table = html_table(per, "sae_features", ["position", "token", "feature", "activation"])
+    for f in cards:  # link the features that have a card
+        feat_table = feat_table.replace(f'data-value="{f}">{_fmt_number(f)}</td>',
+                                        f'data-value="{f}"><a href="#{card_anchor(f)}">{_fmt_number(f)}</a></td>')
+    parts.append(f"<h3>Top features at each token</h3><p class=\"note\">The {int(per.groupby('position').size().max()) if len(per) else 0} "
+                 "strongest active features per position: feature id and activation (in the hook's units), shaded "
+                 "by activation; a linked id has a card below.</p>" + _chips(s, _fmt_number)
+                 + "<details><summary>as a table</summary>" + feat_table + "</details>")
+    parts.append("<details><summary>Reconstruction token by token (relative error ‖x − x̂‖²/‖x‖², next-token "
+                 "loss clean vs spliced)</summary>" + html_table(s["reconstruction"], "sae_tokens", _TOKEN_COLS)
+                 + "</details>")
+    prof = s["profiles"]
+    where = (f"over <b>{esc(s['corpus_name'])}</b>" if prof is not None else
+             "(no corpus: the model folder has no heldout.txt; pass <code>--corpus FILE</code>)")
+    parts.append(f'<h3>Feature cards</h3><p class="note">The {len(s["cards"])} features with the largest activation '
+                 f"on the prompt. Each: its activation over the prompt (orange; the boxed token is its maximum), its "
+                 f"top-activating examples {where}, and the centred logit effect of its decoder direction per unit "
+                 "activation (<i>raises / lowers</i>).</p>")
+    if s["logit_note"]:
+        parts.append(f'<p class="note">No logit effects: {esc(s["logit_note"])}</p>')
+    eff = s["logit_effects"]
+    for f in s["cards"]:
+        sh = s["shading"][s["shading"].feature == f]
+        vals = sh.activation.tolist()
+        body = [f"<p>Max on the prompt <b>{max(vals):.4f}</b> at position {vals.index(max(vals))} "
+                f"(<code>{esc(show_token(sh.token.iloc[vals.index(max(vals))]))}</code>).</p>"
+                + token_shading(sh.token.tolist(), vals, trigger=vals.index(max(vals)))]
+        if prof is not None:
+            ex, st = _examples(prof, f)
+            body.append(f'<p class="note">Fires on {st.frac_positive:.2%} of {int(st.n_tokens):,} tokens scanned; '
+                        f"max {st['max']:.4f}.</p>" + neuron_examples(ex, st)
+                        + "<details><summary>examples as a table</summary>"
+                        + html_table(ex[ex.is_trigger], f"sae_examples_F{f}", _EXAMPLE_COLS) + "</details>")
+        if len(eff):
+            mine = eff[eff.feature == f]
+            acols = ["rank", "token", "token_id", "logit"]
+            body.append('<div class="cols"><div><b>Raises</b>'
+                        + html_table(mine[mine.direction == "top"], f"sae_raises_F{f}", acols)
+                        + "</div><div><b>Lowers</b>"
+                        + html_table(mine[mine.direction == "bottom"], f"sae_lowers_F{f}", acols) + "</div></div>")
+        parts.append(f'<div class="neuron-page" id="{card_anchor(f)}"><h3>Feature {f}</h3>' + "".join(body) + "</div>")
+    return "".join(parts)
+
+
+def sae_markdown(s: dict) -> list[str]:
+    """The section as Markdown blocks (the report's ``md_table``)."""
+    from interp.report.figures import show_token
+    from interp.report.render import md_table
+
+    rec = s["reconstruction"]
+    wide = pd.DataFrame({"position": rec.position, "token": rec.token, "features (activation)": [
+        ", ".join(f"{int(f)} ({a:.3f})" for f, a in zip(g.feature, g.activation)) for g in
+        (s["per_token"][s["per_token"].position == p] for p in rec.position)]})
+    blocks = [f"SAE on `{s['info']['hook']}`:", md_table(_kv(s["info"])),
+              "Reconstruction on this prompt (CE in nats; recovered = (zero − SAE) / (zero − clean)):",
+              md_table(_prompt_metrics(s["metrics"])), "Top features at each token:", md_table(wide)]
+    prof, eff = s["profiles"], s["logit_effects"]
+    for f in s["cards"]:
+        card = [f"### Feature {f}", ""]
+        if len(eff):
+            mine = eff[eff.feature == f]
+            for label, d in (("Raises", "top"), ("Lowers", "bottom")):
+                sel = mine[mine.direction == d]
+                card += [f"{label}: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in zip(sel.token, sel.logit)), ""]
+        if prof is not None:
+            ex, _ = _examples(prof, f)
+            for rank, g in ex.groupby("rank", sort=True):
+                text = "".join(f"«{show_token(t)}»" if trig else show_token(t) for t, trig in zip(g.token, g.is_trigger))
+                act = float(g[g.is_trigger].activation.iloc[0])
+                card.append(f"{rank}. {act:.3f}: `` {text.replace('`', chr(39))} ``")
+        blocks.append("\n".join(card))
+    return blocks
