@@ -337,6 +337,9 @@ def train_sae(
     if time_budget is not None:
         time_budget = _pos("time_budget", time_budget)
     b_enc0 = _b_enc_init(b_enc_init, d_sae)
+    if resample_dead_every is not None and arch != "relu":
+        raise InterpError(f"resample_dead_every: resampling is for ReLU SAEs (TopK has AuxK); given "
+                          f"architecture {arch!r}")
     src: ActivationSource = as_source(source, seq_len=seq_len, max_tokens=max_tokens, progress=progress)
     d_in = src.d_in
     if arch == "topk":
@@ -360,9 +363,6 @@ def train_sae(
     if b_enc0 is not None:  # only then in opts: older checkpoints keep their options key
         opts["b_enc_init"] = b_enc0.tolist()
     if resample_dead_every is not None:  # only then in opts: older checkpoints keep their options key
-        if arch != "relu":
-            raise InterpError(f"resample_dead_every: resampling is for ReLU SAEs (TopK has AuxK); given "
-                              f"architecture {arch!r}")
         opts.update(resample_dead_every=_int("resample_dead_every", resample_dead_every),
                     resample_scale=_pos("resample_scale", resample_scale),
                     resample_inputs=_int("resample_inputs", resample_inputs))
