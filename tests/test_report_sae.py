@@ -66,13 +66,20 @@ def data(model, corpus):
 
 
 @pytest.fixture(scope="module")
-def page(data):
-    return render_html(data)
+def rendered(data):
+    """The HTML page and its tables read back (exact values)."""
+    html = render_html(data)
+    return html, read_tables(html)
 
 
-@pytest.fixture(scope="module")
-def tables(page):
-    return read_tables(page)
+@pytest.fixture
+def page(rendered):
+    return rendered[0]
+
+
+@pytest.fixture
+def tables(rendered):
+    return rendered[1]
 
 
 @pytest.fixture(scope="module")

@@ -348,12 +348,16 @@ def test_train_from_model_and_disk_sources(tmp_path, tiny):
     torch.testing.assert_close(from_disk.W_dec.norm(dim=-1), torch.ones(32), rtol=1e-5, atol=1e-5)
 
 
-def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch, extra", [
+    ("topk", {"k": 3}),
+    ("relu", {"resample_dead_every": 10, "b_enc_init": [-10.0] * 32 + [0.0] * 32}),  # resamples at 10, 20, 30
+])
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch, arch, extra):
     from interp.analysis.sae import train as train_mod
 
     x, _ = planted(n=3000, seed=4)
-    opts = {"steps": 40, "batch_size": 128, "checkpoint_every": 20, "progress": False, "log_every": 10}
-    full = train_sae(x, 64, "topk", k=3, checkpoint_dir=tmp_path / "full", **opts)
+    opts = {"steps": 40, "batch_size": 128, "checkpoint_every": 20, "progress": False, "log_every": 10, **extra}
+    full = train_sae(x, 64, arch, checkpoint_dir=tmp_path / "full", **opts)
 
     real = train_mod._Trainer.train_step
 
@@ -364,15 +368,18 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod._Trainer, "train_step", crash_at_30)
     with pytest.raises(KeyboardInterrupt):
-        train_sae(x, 64, "topk", k=3, checkpoint_dir=tmp_path / "cut", **opts)
+        train_sae(x, 64, arch, checkpoint_dir=tmp_path / "cut", **opts)
     assert json.loads((tmp_path / "cut" / "trainer_state.json").read_text())["step"] == 20
     monkeypatch.setattr(train_mod._Trainer, "train_step", real)
-    resumed = train_sae(x, 64, "topk", k=3, checkpoint_dir=tmp_path / "cut", **opts)
+    resumed = train_sae(x, 64, arch, checkpoint_dir=tmp_path / "cut", **opts)
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         torch.testing.assert_close(getattr(resumed, name), getattr(full, name), rtol=1e-5, atol=1e-6)
     assert resumed.history.step.tolist() == full.history.step.tolist()
+    assert resumed.resamples.values.tolist() == full.resamples.values.tolist()
+    if "resample_dead_every" in extra:
+        assert full.resamples.resampled.iloc[0] == 32
     with pytest.raises(InterpError, match="other options"):
-        train_sae(x, 64, "topk", k=4, checkpoint_dir=tmp_path / "cut", **opts)
+        train_sae(x, 64, arch, checkpoint_dir=tmp_path / "cut", **{**opts, "seed": 1})
 
 
 def test_resampling_revives_dead_latents_and_recovers_more():
@@ -396,33 +403,6 @@ def test_resampling_revives_dead_latents_and_recovers_more():
         train_sae(x, 16, "topk", k=2, steps=2, resample_dead_every=1, progress=False)
     with pytest.raises(InterpError, match="b_enc_init: must be None, a finite number or 16"):
         train_sae(x, 16, "relu", steps=2, b_enc_init=[0.0, 1.0], progress=False)
-
-
-def test_resampling_run_resumes_exactly(tmp_path, monkeypatch):
-    from interp.analysis.sae import train as train_mod
-
-    x, _ = planted(n=3000, seed=4)
-    bad = torch.zeros(64)
-    bad[:32] = -10.0
-    opts = {"steps": 40, "batch_size": 128, "checkpoint_every": 20, "progress": False, "log_every": 10,
-            "resample_dead_every": 10, "b_enc_init": bad}
-    full = train_sae(x, 64, "relu", checkpoint_dir=tmp_path / "full", **opts)
-    real = train_mod._Trainer.train_step
-
-    def crash_at_30(self, *a, **kw):
-        if self.step == 30:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(train_mod._Trainer, "train_step", crash_at_30)
-    with pytest.raises(KeyboardInterrupt):
-        train_sae(x, 64, "relu", checkpoint_dir=tmp_path / "cut", **opts)
-    monkeypatch.setattr(train_mod._Trainer, "train_step", real)
-    resumed = train_sae(x, 64, "relu", checkpoint_dir=tmp_path / "cut", **opts)
-    assert full.resamples.resampled.iloc[0] == 32
-    assert resumed.resamples.values.tolist() == full.resamples.values.tolist()
-    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-        torch.testing.assert_close(getattr(resumed, name), getattr(full, name), rtol=1e-5, atol=1e-6)
 
 
 def test_time_budget_stops_and_saves(tmp_path):
