@@ -2,12 +2,14 @@
 
     python benchmarks/sae.py                               # topk, relu, jumprelu; 540 s each; writes a NEW file
     python benchmarks/sae.py --archs topk --budget 120 --out benchmarks/results/sae-quick.json
+    python benchmarks/sae.py --archs relu,relu+resample --budget 150 --steps 1000   # resampling on and off
 
 For each architecture, ``train_sae`` runs with its defaults (d_sae = 8 x d_model, batch 1024) on the
 activations of ``--hook`` over the first 90 % of the model folder's ``heldout.txt`` for ``--steps`` steps or
 ``--budget`` seconds of training, whichever comes first (activation gathering not included; the learning-rate
 schedule follows whichever runs out first), and is evaluated on the last 10 %: L0, fraction of
-variance explained, CE loss recovered (zero-ablation baseline), dead and dense latents.
+variance explained, CE loss recovered (zero-ablation baseline), dead and dense latents. ``relu+resample`` is
+ReLU with Anthropic's dead-latent resampling every ``--resample-every`` steps (same seed and data as ``relu``).
 
 The peer, measured in the same run on the same held-out activations: the dense rank-L reconstruction by
 the top-L principal components of the training activations (L = the SAE's mean L0, rounded up), which
@@ -68,7 +70,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="zoo name or folder (default: the shipped model)")
     p.add_argument("--hook", default="blocks.0.hook_resid_post")
-    p.add_argument("--archs", default="topk,relu,jumprelu")
+    p.add_argument("--archs", default="topk,relu,jumprelu", help="comma-separated; relu+resample: ReLU with "
+                                                                   "dead-latent resampling")
+    p.add_argument("--resample-every", type=int, default=250, help="relu+resample: steps between resamplings")
     p.add_argument("--budget", type=float, default=540.0, help="training seconds per architecture (default 540)")
     p.add_argument("--steps", type=int, default=3000, help="planned steps per architecture (default 3000; the "
                                                            "schedule ends at --budget if that comes first)")
@@ -94,15 +98,18 @@ def main(argv=None) -> int:
     d_sae = args.expansion * acts.shape[-1]
     rows = []
     for arch in args.archs.split(","):
+        base, _, variant = arch.partition("+")
+        extra = {"resample_dead_every": args.resample_every} if variant == "resample" else {}
         t0 = time.perf_counter()
-        sae = train_sae(acts.to(args.device), d_sae, arch, steps=args.steps, time_budget=args.budget, device=args.device,
-                        metadata={"hook_name": args.hook}, progress=False)
+        sae = train_sae(acts.to(args.device), d_sae, base, steps=args.steps, time_budget=args.budget, device=args.device,
+                        metadata={"hook_name": args.hook}, progress=False, **extra)
         train_s = time.perf_counter() - t0
         ev = evaluate_sae(model, sae, held_docs)
         peer = pca_peer(model, args.hook, acts.cpu(), held_docs, max(1, math.ceil(ev.metrics["l0"])))
         m = ev.metrics
         rows.append({"architecture": arch, "train_s": train_s, "steps": int(sae.history.step.iloc[-1]),
                      "tokens_seen": int(sae.history.tokens.iloc[-1]), "stopped_at_budget": bool(sae.stopped_early),
+                     "resampled": int(sae.resamples.resampled.sum()),
                      **{k: m[k] for k in ("l0", "fve", "cosine", "ce_clean", "ce_sae", "ce_zero_ablation",
                                           "ce_loss_recovered", "dead_frac", "dense_frac")},
                      "pca_rank": peer["rank"], "pca_fve": peer["fve"], "pca_ce_loss_recovered": peer["ce_loss_recovered"],

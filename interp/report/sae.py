@@ -111,11 +111,17 @@ def _train(args) -> int:
 
 def _load(args):
     from interp.analysis.sae import load_sae
+    from interp.report.sae_section import DEFAULT_SAE, default_sae_folder
 
-    sae = load_sae(args.sae, device=args.device)
+    if args.sae == DEFAULT_SAE:  # the SAE shipped in the model folder's sae/
+        model = _model_for(args)
+        sae = load_sae(default_sae_folder(model), device=args.device)
+    else:
+        sae = load_sae(args.sae, device=args.device)
+        model = _model_for(args, sae)
     if args.hook:
         sae.cfg.metadata["hook_name"] = args.hook
-    return sae, _model_for(args, sae)
+    return sae, model
 
 
 def _eval(args) -> int:
@@ -166,12 +172,14 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
         prog=prog, formatter_class=_RAW,
         description="Sparse autoencoders: train one on a hook's activations, evaluate it, look at its features.",
         epilog="examples:\n  interp sae train --out runs/sae-resid0 --time-budget 540\n"
-               "  interp sae eval --sae runs/sae-resid0\n  interp sae features --sae runs/sae-resid0 --feature 3 17")
+               "  interp sae eval --sae runs/sae-resid0\n  interp sae features --sae runs/sae-resid0 --feature 3 17\n"
+               "  interp sae features --sae default")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def common(q, sae: bool):
         if sae:
-            q.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors; SAELens' layout)")
+            q.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors; SAELens' "
+                                                        "layout), or 'default': the one shipped in the model folder")
         q.add_argument("--model", default=None, help="zoo name or model folder (default: the SAE's model, else "
                                                      "the shipped model)")
         q.add_argument("--hook", default=None if sae else DEFAULT_HOOK,

@@ -18,7 +18,8 @@ import torch
 
 from interp.errors import InterpError
 
-__all__ = ["DEFAULT_SAE", "card_anchor", "collect_sae_section", "load_report_sae", "sae_html", "sae_markdown"]
+__all__ = ["DEFAULT_SAE", "card_anchor", "collect_sae_section", "default_sae_folder", "load_report_sae", "sae_html",
+           "sae_markdown"]
 
 DEFAULT_SAE = "default"  # --sae default: the SAE shipped in the model folder's sae/<hook>/
 SAE_FOLDER = "sae"
@@ -29,7 +30,8 @@ def card_anchor(feature) -> str:
     return f"sae-feature-{int(feature)}"
 
 
-def _default_folder(model) -> Path:
+def default_sae_folder(model) -> Path:
+    """The SAE shipped with the model: the first ``sae/<hook>/`` of its folder holding a ``cfg.json``."""
     root = getattr(model, "_interp_folder", None)
     found = sorted(p for p in (Path(root) / SAE_FOLDER).glob("*") if (p / "cfg.json").is_file()) if root else []
     if not found:
@@ -45,7 +47,7 @@ def load_report_sae(model, spec: str | Path):
     from interp.analysis.sae import load_sae
     from interp.analysis.sae.source import check_hook_name
 
-    folder = _default_folder(model) if str(spec) == DEFAULT_SAE else Path(spec).expanduser()
+    folder = default_sae_folder(model) if str(spec) == DEFAULT_SAE else Path(spec).expanduser()
     if not folder.is_dir():
         raise InterpError(f"--sae: no SAE folder {str(spec)!r}; give a folder with cfg.json + sae_weights.safetensors "
                           f"(interp sae train --out FOLDER, or SAELens) or '{DEFAULT_SAE}'")
@@ -238,6 +240,10 @@ def sae_markdown(s: dict) -> list[str]:
               "Reconstruction on this prompt (CE in nats; recovered = (zero − SAE) / (zero − clean)):",
               md_table(_prompt_metrics(s["metrics"])), "Top features at each token:", md_table(wide)]
     prof, eff = s["profiles"], s["logit_effects"]
+    if s["logit_note"]:
+        blocks.append(f"No logit effects: {s['logit_note']}")
+    blocks.append(f"Feature cards (the features most active on the prompt); top examples over {s['corpus_name']}."
+                  if prof is not None else "Feature cards (the features most active on the prompt); no corpus scanned.")
     for f in s["cards"]:
         card = [f"### Feature {f}", ""]
         if len(eff):
