@@ -197,9 +197,32 @@ def test_bad_sae_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
         for needle in needles:
             assert needle in err, (needle, err)
     assert not (tmp_path / "r.html").exists()
+    # --sae default with a model folder that ships none
+    from interp.loading.checkpoint import save_checkpoint
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+
+    bare = save_checkpoint(HookedDecoder(DecoderConfig(d_vocab=300, n_ctx=16, d_model=16, n_layers=1, n_heads=2)),
+                           tmp_path / "bare")
+    capsys.readouterr()
+    assert cli.main(["report", "1 2 3", "--model", str(bare), "--sae", "default", "--heads", "1", "--out", "r.html",
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--sae default" in err and "ships no SAE" in err, err
     # the SAE CLI's new option refuses what it cannot do, in one line too
     assert cli.main(["sae", "train", "--out", "s", "--architecture", "topk", "--resample-every", "5", "--quiet"]) == 2
     assert "resample_dead_every" in capsys.readouterr().err
+
+
+def test_sae_cli_reads_the_shipped_sae_by_default(tmp_path, model, sae, corpus):
+    from interp import cli
+
+    out = tmp_path / "features.json"
+    assert cli.main(["sae", "features", "--sae", "default", "--feature", "3", "--k", "1", "--logits", "2",
+                     "--corpus", str(corpus), "--quiet", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())["logit effects"]
+    ref = feature_logit_effects(model, sae, 3, k=2)
+    assert [r["token_id"] for r in got] == ref.token_id.tolist()
 
 
 def test_shipped_sae_card_numbers_are_its_eval(sae):
