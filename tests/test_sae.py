@@ -243,6 +243,8 @@ def test_metrics_match_hand_computation(tiny, tiny_sae):
     torch.testing.assert_close(ev.latents.frequency.to_numpy(), freq.numpy())
     ce = ce_loss_recovered(tiny, tiny_sae, toks)
     torch.testing.assert_close(m["ce_loss_recovered"], ce["ce_loss_recovered"], rtol=1e-6, atol=1e-8)
+    one = sae_metrics(tiny_sae, x[:1].float())  # one token has no variance to explain: NaN, not a crash
+    assert one["n_tokens"] == 1 and one["fve"] != one["fve"]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ class _Stats:
     def metrics(self, dense_threshold: float) -> dict:
         total = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n  # Σ‖x - mean‖²
         freq = self.fires / self.n
-        return {"n_tokens": self.n, "l0": self.sum_l0 / self.n, "fve": 1.0 - self.sum_resid / total,
+        fve = 1.0 - self.sum_resid / total if total > 0 else float("nan")  # one token (or all equal): no variance
+        return {"n_tokens": self.n, "l0": self.sum_l0 / self.n, "fve": fve,
                 "mse": self.sum_resid / self.n, "cosine": self.sum_cos / self.n,
                 "dead_frac": float((freq == 0).double().mean()),
                 "dense_frac": float((freq > dense_threshold).double().mean())}
