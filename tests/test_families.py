@@ -23,6 +23,7 @@ import interp
 from interp.errors import InterpError
 from interp.loading.families import FAMILIES
 from interp.model.attention import KVCache
+from interp.model.processing import _check_refactorable
 
 VOCAB, N_CTX, POS, WINDOW = 96, 64, 24, 8
 SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -78,13 +79,28 @@ CASES: dict[str, tuple[str, dict]] = {
     "falcon_new_mha": ("FalconConfig", {**SMALL, "new_decoder_architecture": True, "multi_query": False,
                                         "num_kv_heads": 4}),
     "falcon_sequential_mha": ("FalconConfig", {**SMALL, "multi_query": False, "parallel_attn": False, "bias": True}),
+    # Falcon's ALiBi variants: Falcon-RW (sequential, MHA, biases) and ALiBi with the 7B block (MQA, parallel)
+    "falcon_rw": ("FalconConfig", {**SMALL, "alibi": True, "multi_query": False, "parallel_attn": False,
+                                   "bias": True}),
+    "falcon_alibi_mqa": ("FalconConfig", {**SMALL, "alibi": True}),
     "codegen": ("CodeGenConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4,
                                   "n_positions": N_CTX, "n_ctx": N_CTX}),
     "cohere": ("CohereConfig", {**LLAMA, "pad_token_id": 0, "logit_scale": 0.5}),
     "granite": ("GraniteConfig", {**LLAMA, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
                                   "attention_multiplier": 0.3, "logits_scaling": 2.0}),
     "smollm3": ("SmolLM3Config", {**LLAMA, "pad_token_id": 0, "no_rope_layers": [1, 0]}),
+    # the QK-norm and clipping variants: Phi's one LayerNorm over d_head, StableLM's LayerNorm per head (with a
+    # parallel block), Cohere's per-head gains, OLMo's clip_qkv (0.3 binds: |q| reaches ~1 in these models)
+    "phi_qk_layernorm": ("PhiConfig", {**SMALL, "intermediate_size": 48, "qk_layernorm": True}),
+    "stablelm_qk_layernorm": ("StableLmConfig", {**LLAMA, "qk_layernorm": True, "use_parallel_residual": True}),
+    "cohere_qk_norm": ("CohereConfig", {**LLAMA, "pad_token_id": 0, "logit_scale": 0.5, "use_qk_norm": True}),
+    "olmo_clip_qkv": ("OlmoConfig", {**LLAMA, "pad_token_id": 0, "clip_qkv": 0.3}),
 }
+
+# Cases whose reference is transformers' sdpa path: for Falcon with ALiBi, transformers' eager path adds the
+# ALiBi bias twice (once to q·k, once more inside the mask it builds), so its eager and sdpa logits differ; the
+# sdpa path computes softmax((q·k + alibi) / sqrt(d)) as Falcon-RW's original modelling code does.
+SDPA_REFERENCE = {"falcon_rw", "falcon_alibi_mqa"}
 
 # The 25 families of the issue, by their transformers class.
 ISSUE_FAMILIES = {
@@ -104,7 +120,8 @@ def _pair(case: str):
         import transformers
 
         cls, kwargs = CASES[case]
-        hf = build_hf_from_config(getattr(transformers, cls)(**kwargs), seed=3)
+        hf = build_hf_from_config(getattr(transformers, cls)(**kwargs), seed=3,
+                                  attn_implementation="sdpa" if case in SDPA_REFERENCE else "eager")
         _BUILT[case] = (hf, interp.load(hf))
     return _BUILT[case]
 
@@ -240,6 +257,13 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
     want = diff - (model.b_U[a] - model.b_U[b])  # the unembedding bias is no component of the residual stream
     assert want.abs().max() > 0.05
     torch.testing.assert_close(attrs.sum(0), want, rtol=0, atol=1e-4)
+    try:  # TL's fifth step where the scores are a bilinear form of one W_Q, W_K per head (no RoPE/QK-norm/GQA)
+        _check_refactorable(model)
+    except InterpError:
+        return
+    with torch.no_grad():
+        refactored = model.process_weights(refactor_factored_attn_matrices=True)(tokens)
+    torch.testing.assert_close(refactored.log_softmax(-1), ref.log_softmax(-1), rtol=0, atol=1e-5 * ref.abs().max())
 
 
 @pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe"])
@@ -300,3 +324,33 @@ def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
         interp.load(transformers.GPTBigCodeForCausalLM(bigcode))
     with pytest.raises(InterpError, match=r"GPT2ForSequenceClassification .* not a causal language model"):
         interp.load(transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**CASES["gpt2"][1])))
+
+
+def test_the_variant_settings_bind_in_their_cases():
+    """The variant cases test something: OLMo's clip actually clamps there, and each QK-norm has distinct
+    per-head parameters loaded (not the identity an unmapped norm would leave)."""
+    _, model = _pair("olmo_clip_qkv")
+    clip = model.cfg.clip_qkv
+    unclipped = copy.deepcopy(model)
+    unclipped.cfg.clip_qkv = None
+    tokens = _tokens()
+    with torch.no_grad():
+        _, cache = unclipped.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_q"))
+        assert cache["blocks.0.attn.hook_q"].abs().max() > 2 * clip
+        assert (unclipped(tokens) - model(tokens)).abs().max() > 1e-2
+    for case, shape in (("stablelm_qk_layernorm", (4, 8)), ("cohere_qk_norm", (4, 8)), ("phi_qk_layernorm", (8,))):
+        norm = _pair(case)[1].blocks[1].attn.q_norm
+        assert tuple(norm.w.shape) == shape and (norm.w - 1).abs().min() > 0
+        assert (norm.b is None) == (case != "phi_qk_layernorm")  # StableLM's and Cohere's have no bias
+
+
+def test_variant_settings_are_validated():
+    from interp.model.config import DecoderConfig
+
+    base = {"d_vocab": 40, "n_ctx": 16, "d_model": 16, "n_layers": 1, "n_heads": 2}
+    with pytest.raises(InterpError, match="alibi_before_scale=True needs alibi=True"):
+        DecoderConfig(**base, alibi_before_scale=True)
+    with pytest.raises(InterpError, match=r"clip_qkv must be a finite number > 0 or None; got -1"):
+        DecoderConfig(**base, clip_qkv=-1.0)
+    with pytest.raises(InterpError, match="qk_norm must be one of"):
+        DecoderConfig(**base, qk_norm="per_layer")

@@ -190,11 +190,10 @@ def falcon(c) -> dict:
     kv = c.num_kv_heads if new else (1 if c.multi_query else c.num_attention_heads)
     parallel = new or bool(c.parallel_attn)
     shared = parallel and (not new or getattr(c, "num_ln_in_parallel_attn", 2) == 1)
-    kw = {"positional": "none", "alibi": True} if c.alibi else _rope(c)
-    if c.alibi:
-        # Falcon-RW adds ALiBi to q·k *before* the 1/sqrt(d_head) scale; our ALiBi (Bloom's) is added after it.
-        raise InterpError("Falcon with alibi=True (Falcon-RW): ALiBi added before the 1/sqrt(d_head) scaling is "
-                          "not supported by interp's model (Bloom-style ALiBi is).")
+    # Falcon-RW (alibi=True) adds Bloom's ALiBi to q·k *before* the 1/sqrt(d_head) scale, as its original
+    # modelling code and transformers' sdpa path do. (transformers' eager path adds it a second time through
+    # the mask: its eager and sdpa logits differ; we follow the original and sdpa.)
+    kw = {"positional": "none", "alibi": True, "alibi_before_scale": True} if c.alibi else _rope(c)
     return _common(c, "Falcon", n_kv_heads=kv, d_mlp=getattr(c, "ffn_hidden_size", None) or 4 * c.hidden_size,
                    norm_eps=c.layer_norm_epsilon, act=_act(c, "Falcon"), parallel_residual=parallel,
                    shared_norm=shared, attn_bias=bool(c.bias), mlp_bias=bool(c.bias),
@@ -245,9 +244,9 @@ def gemma3(c) -> dict:
 
 
 def phi(c) -> dict:
-    _refuse("Phi", qk_layernorm=getattr(c, "qk_layernorm", False))
+    qk = {"qk_norm": "per_head"} if getattr(c, "qk_layernorm", False) else {}  # one LayerNorm over d_head
     return _common(c, "Phi", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
-                   parallel_residual=True, shared_norm=True, **_rope(c))
+                   parallel_residual=True, shared_norm=True, **_rope(c), **qk)
 
 
 def phi3(c) -> dict:
@@ -255,15 +254,15 @@ def phi3(c) -> dict:
 
 
 def stablelm(c) -> dict:
-    _refuse("StableLM", qk_layernorm=getattr(c, "qk_layernorm", False))
     parallel = bool(getattr(c, "use_parallel_residual", False))
+    qk = {"qk_norm": "each_head"} if getattr(c, "qk_layernorm", False) else {}  # a bias-free LayerNorm per head
     return _llama_like(c, "StableLM", norm="layernorm", norm_eps=c.layer_norm_eps, parallel_residual=parallel,
-                       shared_norm=parallel, attn_out_bias=False)
+                       shared_norm=parallel, attn_out_bias=False, **qk)
 
 
 def olmo(c) -> dict:
-    _refuse("OLMo", clip_qkv=getattr(c, "clip_qkv", None) is not None)
-    return _llama_like(c, "OLMo", norm="layernorm", norm_eps=1e-5, norm_affine=False)
+    return _llama_like(c, "OLMo", norm="layernorm", norm_eps=1e-5, norm_affine=False,
+                       clip_qkv=getattr(c, "clip_qkv", None))
 
 
 def olmo2(c) -> dict:
@@ -271,9 +270,9 @@ def olmo2(c) -> dict:
 
 
 def cohere(c) -> dict:
-    _refuse("Cohere", use_qk_norm=getattr(c, "use_qk_norm", False))
+    qk = {"qk_norm": "each_head"} if getattr(c, "use_qk_norm", False) else {}  # gains [heads, d_head], no bias
     return _llama_like(c, "Cohere", norm="layernorm", norm_eps=c.layer_norm_eps, parallel_residual=True,
-                       shared_norm=True, rotary_interleaved=True, logit_scale=c.logit_scale)
+                       shared_norm=True, rotary_interleaved=True, logit_scale=c.logit_scale, **qk)
 
 
 def granite(c) -> dict:
@@ -352,6 +351,15 @@ def _split_phi3(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
 
 
+def _stack_head_norms(sd: dict, cfg: dict) -> None:
+    """StableLM's qk_layernorm is one LayerNorm per head (``q_layernorm.norms.{h}``): stacked to [heads, d_head]."""
+    for l in range(cfg["n_layers"]):
+        for slot, heads in (("q", cfg["n_heads"]), ("k", cfg["n_kv_heads"])):
+            keys = [f"model.layers.{l}.self_attn.{slot}_layernorm.norms.{h}.weight" for h in range(heads)]
+            if keys[0] in sd:
+                sd[f"layers.{l}.{slot}_norm.weight"] = torch.stack([sd.pop(k) for k in keys])
+
+
 def _split_cohere(sd: dict, cfg: dict) -> None:
     """Cohere's LayerNorm has a gain and no bias: ours with a zero bias is the same function."""
     for l in range(cfg["n_layers"]):
@@ -420,7 +428,8 @@ GPT_NEO_NAMES = {**GPT2_NAMES, "q": "transformer.h.{l}.attn.attention.q_proj",
                  "o": "transformer.h.{l}.attn.attention.out_proj", "up": "transformer.h.{l}.mlp.c_fc",
                  "down": "transformer.h.{l}.mlp.c_proj"}
 PHI_NAMES = {**LLAMA_NAMES, "final_norm": "model.final_layernorm", "o": "model.layers.{l}.self_attn.dense",
-             "up": "model.layers.{l}.mlp.fc1", "down": "model.layers.{l}.mlp.fc2", "ln2": ""}
+             "up": "model.layers.{l}.mlp.fc1", "down": "model.layers.{l}.mlp.fc2", "ln2": "",
+             "q_norm": "model.layers.{l}.self_attn.q_layernorm", "k_norm": "model.layers.{l}.self_attn.k_layernorm"}
 
 FAMILIES: dict[str, Family] = {
     "GPT2LMHeadModel": Family("GPT-2", gpt2, GPT2_NAMES, _split_gpt2),
@@ -442,7 +451,7 @@ FAMILIES: dict[str, Family] = {
     "Gemma3ForCausalLM": Family("Gemma 3", gemma3, SANDWICH_NAMES),
     "PhiForCausalLM": Family("Phi", phi, PHI_NAMES),
     "Phi3ForCausalLM": Family("Phi-3", phi3, LLAMA_NAMES, _split_phi3),
-    "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES),
+    "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES, _stack_head_norms),
     "OlmoForCausalLM": Family("OLMo", olmo, LLAMA_NAMES),
     "Olmo2ForCausalLM": Family("OLMo 2", olmo2, {**LLAMA_NAMES, "ln1": "", "ln2": "",
                                                   "ln1_post": "model.layers.{l}.post_attention_layernorm",
