@@ -84,6 +84,13 @@ CASES: dict[str, tuple[str, dict]] = {
     "falcon_rw": ("FalconConfig", {**SMALL, "alibi": True, "multi_query": False, "parallel_attn": False,
                                    "bias": True}),
     "falcon_alibi_mqa": ("FalconConfig", {**SMALL, "alibi": True}),
+    # beyond the issue's 25: StarCoder's GPTBigCode (multi-query and not) and Qwen3-MoE
+    "gpt_bigcode": ("GPTBigCodeConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                                         "n_positions": N_CTX}),
+    "gpt_bigcode_mha": ("GPTBigCodeConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                                             "n_positions": N_CTX, "multi_query": False}),
+    "qwen3_moe": ("Qwen3MoeConfig", {**LLAMA, "head_dim": 16, "moe_intermediate_size": 24, "num_experts": 4,
+                                     "num_experts_per_tok": 2, "mlp_only_layers": [1], "norm_topk_prob": True}),
     "codegen": ("CodeGenConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4,
                                   "n_positions": N_CTX, "n_ctx": N_CTX}),
     "cohere": ("CohereConfig", {**LLAMA, "pad_token_id": 0, "logit_scale": 0.5}),
@@ -182,6 +189,7 @@ BRIDGE_FAILS = {
     "falcon_rw": "the bridge runs transformers' eager Falcon, which adds ALiBi twice (logits off by ~0.2)",
     "falcon_alibi_mqa": "the bridge runs transformers' eager Falcon, which adds ALiBi twice (logits off by ~0.1)",
     "phi_qk_layernorm": "the bridge refuses Phi's q_layernorm (its adapter does not declare it)",
+    "gpt_bigcode_mha": "the bridge's GPTBigCode adapter asserts multi_query=True",
 }
 BRIDGE_CASES = sorted(set(CASES) - set(BRIDGE_FAILS))
 # processed as well (TL's processing on both sides): one case per kind of norm and block
@@ -348,9 +356,9 @@ def test_a_model_larger_than_memory_is_refused_before_allocating(tmp_path, monke
 def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
     import transformers
 
-    bigcode = transformers.GPTBigCodeConfig(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=N_CTX)
-    with pytest.raises(InterpError, match=r"GPTBigCodeForCausalLM is not supported: it needs .*multi-query c_attn"):
-        interp.load(transformers.GPTBigCodeForCausalLM(bigcode))
+    mpt = transformers.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, max_seq_len=N_CTX)
+    with pytest.raises(InterpError, match=r"MptForCausalLM is not supported: it needs MPT's ALiBi"):
+        interp.load(transformers.MptForCausalLM(mpt))
     with pytest.raises(InterpError, match=r"GPT2ForSequenceClassification .* not a causal language model"):
         interp.load(transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**CASES["gpt2"][1])))
 

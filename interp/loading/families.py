@@ -165,6 +165,14 @@ def gptj(c) -> dict:
                    parallel_residual=True, shared_norm=True, attn_bias=False, mlp_bias=True)
 
 
+def gpt_bigcode(c) -> dict:
+    """StarCoder / SantaCoder: GPT-2's block with multi-query attention (one key/value head) by default."""
+    return _common(c, "GPTBigCode", n_kv_heads=1 if c.multi_query else c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+                   positional="learned", norm_eps=c.layer_norm_epsilon, act=_act(c, "GPTBigCode"),
+                   attn_multiplier=None if c.scale_attn_weights else 1.0,
+                   tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
 def neox(c) -> dict:
     return _common(c, "GPT-NeoX", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "GPT-NeoX"),
                    parallel_residual=bool(c.use_parallel_residual), attn_bias=bool(getattr(c, "attention_bias", True)),
@@ -217,14 +225,24 @@ def mixtral(c) -> dict:
                        router_norm_topk=True)
 
 
-def qwen2_moe(c) -> dict:
-    L = c.num_hidden_layers
+def _qwen_moe(c) -> dict:
+    """Qwen's MoE layout: every decoder_sparse_step-th layer routes (softmax over all experts, top-k, optionally
+    renormalised), except the dense layers listed in mlp_only_layers."""
     step, dense = c.decoder_sparse_step, set(c.mlp_only_layers or [])
-    moe_layers = [i for i in range(L) if i not in dense and c.num_experts > 0 and (i + 1) % step == 0]
+    moe_layers = [i for i in range(c.num_hidden_layers) if i not in dense and c.num_experts > 0 and (i + 1) % step == 0]
+    return {"n_experts": c.num_experts, "n_experts_per_token": c.num_experts_per_tok, "d_expert": c.moe_intermediate_size,
+            "moe_layers": moe_layers, "router_norm_topk": bool(c.norm_topk_prob)}
+
+
+def qwen2_moe(c) -> dict:
     return _llama_like(c, "Qwen2-MoE", attn_bias=bool(getattr(c, "qkv_bias", True)), attn_out_bias=False,
-                       n_experts=c.num_experts, n_experts_per_token=c.num_experts_per_tok,
-                       d_expert=c.moe_intermediate_size, moe_layers=moe_layers, router_norm_topk=bool(c.norm_topk_prob),
-                       d_shared_expert=c.shared_expert_intermediate_size or None, shared_expert_gate=True)
+                       d_shared_expert=c.shared_expert_intermediate_size or None, shared_expert_gate=True,
+                       **_qwen_moe(c))
+
+
+def qwen3_moe(c) -> dict:
+    """Qwen3's attention (QK-norm over d_head) with Qwen's routed experts and no shared expert."""
+    return _llama_like(c, "Qwen3-MoE", qk_norm="per_head", **_qwen_moe(c))
 
 
 def gemma(c) -> dict:
@@ -327,6 +345,21 @@ def _split_falcon(sd: dict, cfg: dict) -> None:
                 q = einops.rearrange(t[:, :-2], "g s d ... -> (g s d) ...")
                 k = einops.rearrange(t[:, -2], "g d ... -> (g d) ...")
                 v = einops.rearrange(t[:, -1], "g d ... -> (g d) ...")
+            for slot, x in zip("qkv", (q, k, v)):
+                sd[f"layers.{l}.{slot}.{kind}"] = x
+
+
+def _split_bigcode(sd: dict, cfg: dict) -> None:
+    """GPTBigCode's c_attn (nn.Linear): [q (H·d) | k (d) | v (d)] with multi-query, per head [q | k | v] without."""
+    H, K = cfg["n_heads"], cfg["n_kv_heads"]
+    d = cfg["d_model"] // H
+    for l in range(cfg["n_layers"]):
+        for kind in ("weight", "bias"):
+            t = sd.pop(f"transformer.h.{l}.attn.c_attn.{kind}")
+            if K == 1:
+                q, k, v = t.split([H * d, d, d])
+            else:
+                q, k, v = einops.rearrange(t, "(h three d) ... -> three (h d) ...", h=H, three=3)
             for slot, x in zip("qkv", (q, k, v)):
                 sd[f"layers.{l}.{slot}.{kind}"] = x
 
@@ -458,6 +491,11 @@ FAMILIES: dict[str, Family] = {
                                                   "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
     "FalconForCausalLM": Family("Falcon", falcon, FALCON_NAMES, _split_falcon),
     "CodeGenForCausalLM": Family("CodeGen", gptj, GPTJ_NAMES, _split_codegen),
+    "GPTBigCodeForCausalLM": Family("GPTBigCode", gpt_bigcode, {**GPT2_NAMES, "o": "transformer.h.{l}.attn.c_proj",
+                                                                 "up": "transformer.h.{l}.mlp.c_fc",
+                                                                 "down": "transformer.h.{l}.mlp.c_proj"},
+                                    _split_bigcode),
+    "Qwen3MoeForCausalLM": Family("Qwen3-MoE", qwen3_moe, MOE_NAMES),
     "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
@@ -575,9 +613,7 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
 # What an architecture outside the table would need (model_type -> the missing feature), for the error.
 MISSING_FEATURE = {
     "mpt": "MPT's ALiBi together with clip_qkv and bias-free LayerNorm, not mapped yet",
-    "gpt_bigcode": "GPTBigCode's fused multi-query c_attn layout, not mapped yet",
     "xglm": "XGLM's offset sinusoidal positions with a scaled embedding, not mapped yet",
-    "qwen3_moe": "Qwen3-MoE (QK-norm + MoE) is not mapped yet",
     "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
     "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
     "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",
