@@ -193,6 +193,18 @@ def bloom(c) -> dict:
                    embed_norm=True, norm_eps=c.layer_norm_epsilon, act="gelu_new")
 
 
+def mpt(c) -> dict:
+    """MPT: pre-LN blocks without any bias (LayerNorms included), exact GELU, Bloom's ALiBi slopes (MPT's recipe
+    gives the same slopes for alibi_bias_max=8, the only value transformers' MptModel builds), clip_qkv."""
+    a = c.attn_config
+    _refuse("MPT", attn_config_alibi_False=not a.alibi, attn_config_alibi_bias_max_not_8=a.alibi_bias_max != 8,
+            attn_config_qk_ln=a.qk_ln, attn_config_prefix_lm=a.prefix_lm,
+            attn_config_attn_uses_sequence_id=a.attn_uses_sequence_id)
+    return _common(c, "MPT", n_ctx=c.max_seq_len, d_mlp=4 * c.d_model, positional="none", alibi=True, act="gelu",
+                   norm_eps=c.layer_norm_epsilon, attn_bias=False, mlp_bias=False, clip_qkv=a.clip_qkv or None,
+                   attn_multiplier=a.softmax_scale, tie_embeddings=True)
+
+
 def falcon(c) -> dict:
     new = bool(c.new_decoder_architecture)
     kv = c.num_kv_heads if new else (1 if c.multi_query else c.num_attention_heads)
@@ -393,6 +405,17 @@ def _stack_head_norms(sd: dict, cfg: dict) -> None:
                 sd[f"layers.{l}.{slot}_norm.weight"] = torch.stack([sd.pop(k) for k in keys])
 
 
+def _split_mpt(sd: dict, cfg: dict) -> None:
+    """MPT's Wqkv is [q | k | v] (d_model each); its LayerNorms have no bias: ours with a zero bias is the same."""
+    for l in range(cfg["n_layers"]):
+        p = f"transformer.blocks.{l}."
+        for slot, x in zip("qkv", sd.pop(p + "attn.Wqkv.weight").chunk(3)):
+            sd[f"layers.{l}.{slot}.weight"] = x
+        for norm in ("norm_1", "norm_2"):
+            sd[p + norm + ".bias"] = torch.zeros_like(sd[p + norm + ".weight"])
+    sd["transformer.norm_f.bias"] = torch.zeros_like(sd["transformer.norm_f.weight"])
+
+
 def _split_cohere(sd: dict, cfg: dict) -> None:
     """Cohere's LayerNorm has a gain and no bias: ours with a zero bias is the same function."""
     for l in range(cfg["n_layers"]):
@@ -496,6 +519,11 @@ FAMILIES: dict[str, Family] = {
                                                                  "down": "transformer.h.{l}.mlp.c_proj"},
                                     _split_bigcode),
     "Qwen3MoeForCausalLM": Family("Qwen3-MoE", qwen3_moe, MOE_NAMES),
+    "MptForCausalLM": Family("MPT", mpt, {"embed": "transformer.wte", "final_norm": "transformer.norm_f",
+                                          "lm_head": "lm_head", "ln1": "transformer.blocks.{l}.norm_1",
+                                          "ln2": "transformer.blocks.{l}.norm_2", "o": "transformer.blocks.{l}.attn.out_proj",
+                                          "up": "transformer.blocks.{l}.ffn.up_proj",
+                                          "down": "transformer.blocks.{l}.ffn.down_proj"}, _split_mpt),
     "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
@@ -612,7 +640,6 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
 
 # What an architecture outside the table would need (model_type -> the missing feature), for the error.
 MISSING_FEATURE = {
-    "mpt": "MPT's ALiBi together with clip_qkv and bias-free LayerNorm, not mapped yet",
     "xglm": "XGLM's offset sinusoidal positions with a scaled embedding, not mapped yet",
     "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
     "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
