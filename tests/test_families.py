@@ -247,6 +247,8 @@ def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
         ref_logits, ref_cache = bridge.run_with_cache(tokens)
         logits, cache = model.run_with_cache(tokens, attn_backend="eager")
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5 * ref_logits.abs().max())
+    if model.cfg.bos_token_id is not None:  # BOS prepended by default exactly where TransformerLens does
+        assert model.cfg.default_prepend_bos == bridge.cfg.default_prepend_bos
     ours, theirs = dict(cache.items()), dict(ref_cache.items())
     shared = {k for k in set(ours) & set(theirs)
               if not k.endswith(("hook_attn_scores", *BRIDGE_OTHER_MEANING))}  # scores: −inf vs finfo.min
