@@ -634,9 +634,14 @@ def page_superposition(spec: str, prompt: str) -> None:
 
 def page_sae(spec: str, prompt: str) -> None:
     from interp.report.figures import angle_histogram
+    from interp.report.sae_section import default_sae_folder
 
     model = get_model(spec)
-    path = st.text_input("SAE folder (SAELens layout: cfg.json + sae_weights.safetensors)", "", key="sae_path",
+    try:  # the SAE shipped with the model (models/NAME/sae/<hook>/), when there is one
+        shipped = str(default_sae_folder(model))
+    except InterpError:
+        shipped = ""
+    path = st.text_input("SAE folder (SAELens layout: cfg.json + sae_weights.safetensors)", shipped, key="sae_path",
                          placeholder="runs/sae  (make one with: interp sae train --out runs/sae)").strip()
     if not path:
         st.info("Enter the folder of a sparse autoencoder trained on this model (`interp sae train`), or of "

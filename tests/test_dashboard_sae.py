@@ -91,3 +91,19 @@ def test_sae_page(folders):
     assert ctx.activation.is_monotonic_decreasing
     at.text_input(key="sae_path").set_value("/no/such/sae").run()
     assert not at.exception and any("does not exist" in e.value for e in at.error)
+
+
+def test_sae_page_opens_with_the_shipped_sae():
+    from interp.analysis.sae import feature_activations, load_sae
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.sidebar.radio(key="page").set_value("SAE features").run()
+    _ok(at)
+    path = at.text_input(key="sae_path").value
+    assert Path(path).parts[-2:] == ("sae", "blocks.0.hook_resid_post")
+    model, sae = load_model(), load_sae(path)
+    toks = encode_prompt(model, at.sidebar.text_area(key="prompt").value)
+    ref = feature_activations(model, sae, toks, k=5)
+    shown = _frame(at, "feature", "activation")
+    assert shown.feature.tolist() == ref[ref.position == toks.shape[1] - 1].feature.tolist()
