@@ -82,8 +82,8 @@ def _add_report(sub) -> None:
     p = sub.add_parser(
         "report", help="write one self-contained HTML (or Markdown) report for a prompt", formatter_class=_RAW,
         description="Run every analysis on a prompt and write one file: model, tokenization, next-token "
-                    "distribution, logit lens, attention heads, neurons and superposition. The HTML opens "
-                    "offline (plotly is embedded).",
+                    "distribution, logit lens, attention heads, neurons and superposition (with --sae, "
+                    "sparse-autoencoder features too). The HTML opens offline (plotly is embedded).",
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
                          'interp report "Once upon a time" --format md --out report.md --model models/NAME',
                          'interp report "And God said" --sae default --out report.html'))

@@ -100,7 +100,7 @@ def test_the_section_is_in_the_page_after_the_neuron_pages(page, data):
     order.insert(order.index("neuron-pages") + 1, "sae")
     assert section_ids(page) == order
     assert 'href="#sae"' in page
-    assert data.options["sae"] == "default"
+    assert data.options["sae"] == "default" and data.sae["model_note"] is None
 
 
 def test_top_features_per_token_are_the_encoders(tables, features):
@@ -171,6 +171,17 @@ def test_markdown_has_the_section(data):
     for feat in data.sae["cards"]:
         assert f"### Feature {feat}" in md
     assert md.index("## Neuron pages") < md.index("## Sparse autoencoder features") < md.index("## Superposition")
+
+
+def test_an_sae_made_for_another_model_is_named_on_the_page(model, tmp_path):
+    from interp.report.sae_section import collect_sae_section, load_report_sae, sae_html
+
+    folder = tmp_path / "other"
+    save_sae(SAE(SAEConfig(d_in=128, d_sae=16, architecture="relu",
+                           metadata={"hook_name": HOOK, "model_name": "gpt2-small"})), folder)
+    s = collect_sae_section(model, encode_prompt(model, "In the beginning"), *load_report_sae(model, folder), None,
+                            k_features=2, n_cards=1, k_answers=2, k_examples=1, max_tokens=64)
+    assert "gpt2-small" in s["model_note"] and "gpt2-small" in sae_html(s).split("</p>")[0]
 
 
 def _write_sae(folder: Path, hook: str, d_in: int) -> Path:

@@ -98,12 +98,12 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
         on = acts[acts.feature == f].set_index("position").activation
         shading.append(pd.DataFrame({"feature": f, "position": range(len(strs)), "token": strs,
                                      "activation": [float(on.get(p, 0.0)) for p in range(len(strs))]}))
-    effects, note = [], None
+    effects, note_eff = [], None
     for f in cards:
         try:
             eff = feature_logit_effects(model, sae, f, k=k_answers)
         except InterpError as e:  # a hook that does not write to the residual stream
-            note = str(e)
+            note_eff = str(e)
             break
         eff.insert(0, "feature", f)
         effects.append(eff)
@@ -114,13 +114,17 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
             "d_sae": cfg.d_sae}
     if cfg.k is not None:
         info["k"] = cfg.k
+    note = None
     if cfg.metadata.get("model_name"):
         info["trained on model"] = cfg.metadata["model_name"]
+        if str(cfg.metadata["model_name"]) != str(model.cfg.name):  # allowed (same model, other name), but said
+            note = (f"this SAE's cfg.json names model {cfg.metadata['model_name']!r}; the report's model is "
+                    f"{model.cfg.name!r}. Its features mean something only if that is the same network.")
     return {"info": info, "metrics": metrics, "per_token": per_token, "reconstruction": token_reconstruction(
         model, sae, tokens), "cards": [int(f) for f in cards],
         "shading": pd.concat(shading, ignore_index=True) if shading else pd.DataFrame(),
-        "logit_effects": pd.concat(effects, ignore_index=True) if effects else pd.DataFrame(), "logit_note": note,
-        "profiles": profiles, "corpus_name": corpus[0] if corpus else None}
+        "logit_effects": pd.concat(effects, ignore_index=True) if effects else pd.DataFrame(), "logit_note": note_eff,
+        "profiles": profiles, "corpus_name": corpus[0] if corpus else None, "model_note": note}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,7 +183,8 @@ def sae_html(s: dict) -> str:
     esc = html.escape
     info = s["info"]
     cards = set(s["cards"])
-    parts = [f'<p class="note">{_INTRO.format(hook=esc(str(info["hook"])), d_sae=int(info["d_sae"]))}</p>',
+    parts = [f'<p class="note"><b>Note:</b> {esc(s["model_note"])}</p>' if s.get("model_note") else "",
+             f'<p class="note">{_INTRO.format(hook=esc(str(info["hook"])), d_sae=int(info["d_sae"]))}</p>',
              '<div class="cols"><div>' + html_table(_kv(info), "sae_config") + "</div><div>"
              + html_table(_prompt_metrics(s["metrics"]), "sae_metrics") + "</div></div>"]
     per = s["per_token"]
@@ -236,7 +241,8 @@ def sae_markdown(s: dict) -> list[str]:
     wide = pd.DataFrame({"position": rec.position, "token": rec.token, "features (activation)": [
         ", ".join(f"{int(f)} ({a:.3f})" for f, a in zip(g.feature, g.activation)) for g in
         (s["per_token"][s["per_token"].position == p] for p in rec.position)]})
-    blocks = [f"SAE on `{s['info']['hook']}`:", md_table(_kv(s["info"])),
+    blocks = [f"**Note:** {s['model_note']}"] if s.get("model_note") else []
+    blocks += [f"SAE on `{s['info']['hook']}`:", md_table(_kv(s["info"])),
               "Reconstruction on this prompt (CE in nats; recovered = (zero − SAE) / (zero − clean)):",
               md_table(_prompt_metrics(s["metrics"])), "Top features at each token:", md_table(wide)]
     prof, eff = s["profiles"], s["logit_effects"]
