@@ -61,7 +61,8 @@ def _report(args) -> int:
             k_neurons=cap_count(args.neurons, int(cfg.n_layers * cfg.d_mlp), "--neurons", "MLP neurons"),
             n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
             max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
-            corpus=None if args.corpus == "none" else args.corpus)
+            corpus=None if args.corpus == "none" else args.corpus, corpus_split=args.corpus_split,
+            corpus_field=args.corpus_field)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
@@ -85,7 +86,8 @@ def _add_report(sub) -> None:
                     "distribution, logit lens, attention heads, neurons and superposition. The HTML opens "
                     "offline (plotly is embedded).",
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
-                         'interp report "Once upon a time" --format md --out report.md --model models/NAME'))
+                         'interp report "Once upon a time" --format md --out report.md --model models/NAME',
+                         'interp report "The LORD is my" --corpus data/wiki --corpus-split validation --corpus-field text'))
     p.add_argument("prompt", help="the text to analyse")
     p.add_argument("--out", default=None, help="output file, or - for stdout (default report.html, or report.md with --format md); a symbolic link is written through")
     p.add_argument("--format", choices=("html", "md"), default=None, help="default: from --out's suffix, else html")
@@ -99,9 +101,14 @@ def _add_report(sub) -> None:
     p.add_argument("--sets", nargs="+", default=["W_E", "W_U", "W_in", "W_out"], metavar="SET",
                    help="superposition direction sets (default W_E W_U W_in W_out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--corpus", default="default", metavar="FILE",
-                   help="text scanned for the neuron pages' top examples (default: the model folder's heldout.txt; "
-                        "'none' skips the scan)")
+    p.add_argument("--corpus", default="default", metavar="SOURCE",
+                   help="what the neuron pages' top examples are scanned over: a text, JSONL or Parquet file, a "
+                        "folder of them, a saved datasets folder (save_to_disk), or hf:NAME[:CONFIG]:SPLIT where a "
+                        "hub is reachable (default: the model folder's heldout.txt; 'none' skips the scan)")
+    p.add_argument("--corpus-split", default=None, metavar="SPLIT",
+                   help="the split of a saved DatasetDict (e.g. validation; needed when it has several)")
+    p.add_argument("--corpus-field", default=None, metavar="COLUMN",
+                   help="the text column of a JSONL/Parquet/datasets corpus (default text)")
     p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
                    help="inline: one self-contained file (default); shared: one plotly-<version>.min.js beside the "
                         "reports in --out's folder, each report a few hundred kB")
