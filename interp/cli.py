@@ -35,7 +35,7 @@ def _report(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from interp.report.data import STAGES, ReportOptions, collect_report
-    from interp.report.inputs import cap_count, check_device, load_model
+    from interp.report.inputs import cap_count, check_device, load_model, read_corpus
     from interp.report.output import check_writable
     from interp.report.render import format_for, write_report
 
@@ -45,6 +45,9 @@ def _report(args) -> int:
         out = "report.md" if fmt == "md" else "report.html"
     check_writable(out, args.force)  # before the analysis, not after it
     check_device(args.device)
+    corpus = None if args.corpus == "none" else args.corpus
+    if corpus != "default" and corpus is not None:  # a wrong split or column fails before the model loads
+        corpus = read_corpus(None, corpus, split=args.corpus_split, field=args.corpus_field)
     err = Console(stderr=True)
     steps = ["loading model", *STAGES, "writing"]
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -61,8 +64,8 @@ def _report(args) -> int:
             k_neurons=cap_count(args.neurons, int(cfg.n_layers * cfg.d_mlp), "--neurons", "MLP neurons"),
             n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
             max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
-            corpus=None if args.corpus == "none" else args.corpus, corpus_split=args.corpus_split,
-            corpus_field=args.corpus_field)
+            corpus=corpus, corpus_split=args.corpus_split if corpus == "default" else None,
+            corpus_field=args.corpus_field if corpus == "default" else None)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)

@@ -157,7 +157,8 @@ def read_corpus(model, corpus="default", *, split: str | None = None, field: str
     ``corpus`` is ``"default"`` (the model folder's held-out text ``heldout.txt``, text the model was not
     trained on: None when the folder has none), a path (a text file, a JSONL / Parquet file, a folder of
     them, or a ``save_to_disk`` `datasets` folder), ``hf:NAME[:CONFIG][:SPLIT]`` (a hub dataset, streamed;
-    only where a hub is reachable), a `datasets` ``Dataset`` / ``DatasetDict`` or an :class:`interp.data.Corpus`.
+    only where a hub is reachable), a `datasets` ``Dataset`` / ``DatasetDict``, an :class:`interp.data.Corpus`,
+    or what this function returned (passed through). Only ``"default"`` needs ``model``.
     ``split`` picks a split of a dataset dict (needed when it has more than one) and ``field`` the text
     column of a table (default ``text``). Every source is read by :func:`interp.data.as_corpus`; what does
     not fit (a missing file, split or column, a source with no text) is an :class:`InterpError` naming the
@@ -170,6 +171,8 @@ def read_corpus(model, corpus="default", *, split: str | None = None, field: str
         return None
     if isinstance(corpus, Corpus):
         return corpus.description, corpus
+    if isinstance(corpus, tuple) and len(corpus) == 2 and isinstance(corpus[1], Corpus):
+        return corpus  # already read (a front end checks the corpus before it loads the model)
     if _is_dataset(corpus):
         return _dataset_corpus(corpus, f"datasets {type(corpus).__name__}", split, field, f)
     if isinstance(corpus, str) and corpus == "default":
@@ -242,10 +245,14 @@ def _check_table_field(path: Path, field: str, f: dict) -> None:
     import datasets
 
     kind = "parquet" if path.suffix.lower() == ".parquet" else "json"
+    rows = None
     try:
-        first = next(iter(datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True)), None)
+        rows = iter(datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True))
+        first = next(rows, None)
     except Exception as e:  # noqa: BLE001 - a malformed file: one line naming it
         raise InterpError(f"{f['corpus']}: could not read {str(path)!r} as {kind} ({_first_line(e)})") from None
+    finally:
+        getattr(rows, "close", lambda: None)()  # left open until exit, pyarrow's reader can abort the interpreter
     if first is None:
         raise InterpError(f"{f['corpus']}: {str(path)!r} has no rows; give a table with text to scan.")
     if field not in first:
@@ -305,10 +312,13 @@ def _hub_corpus(spec: str, split, field, f: dict):
 
 def _nonempty(corpus, name: str, f: dict):
     """``corpus`` if it has a non-empty document (read up to the first one), else an error naming it."""
+    docs = iter(corpus)
     try:
-        found = any(len(doc) for doc in corpus)
+        found = any(len(doc) for doc in docs)
     except InterpError as e:  # a row without the field, a bad token column
         raise InterpError(f"{f['field']}: {name}: {str(e).split(': ', 1)[-1]}") from None
+    finally:
+        getattr(docs, "close", lambda: None)()  # stop a streaming reader now, not at exit
     if not found:
         raise InterpError(f"{f['corpus']}: {name} holds no text to scan (every document is empty)")
     return corpus
