@@ -94,7 +94,7 @@ def brute_force(model, docs: list[str], neuron: tuple[int, int], overlap: int) -
 
 @pytest.mark.parametrize("overlap", [0, 5])
 def test_datasets_split_examples_equal_text_files_and_a_float64_brute_force(tiny, sources, overlap):
-    from interp.analysis.neurons import neuron_profiles
+    from interp.analysis.neurons import neuron_profiles, scan_top_contexts
     from interp.report.inputs import read_corpus
 
     dd, base = sources
@@ -109,6 +109,8 @@ def test_datasets_split_examples_equal_text_files_and_a_float64_brute_force(tiny
             pd.testing.assert_frame_equal(a, b)
     docs = [d for d in DOCS if d]
     ids = [list(d.encode("utf-8")) for d in docs]
+    # the scan engine (interp scan neurons) windows the documents the same way: the same triggers
+    engine = scan_top_contexts(tiny, dd["validation"], layers=[0, 1], k=4, overlap=overlap, progress=False)
     for neuron in NEURONS:
         every, seen = brute_force(tiny, DOCS, neuron, overlap)
         values = torch.tensor([v for v, _ in every.values()], dtype=torch.float64)
@@ -119,6 +121,9 @@ def test_datasets_split_examples_equal_text_files_and_a_float64_brute_force(tiny
         assert list(zip(trig.doc, trig.position)) == order
         torch.testing.assert_close(torch.tensor(trig.activation.to_numpy(), dtype=torch.float64),
                                    values.sort(descending=True).values[:4], rtol=1e-5, atol=1e-6)
+        mine = engine[(engine.layer == neuron[0]) & (engine.neuron == neuron[1])].sort_values("rank")
+        assert list(zip(mine.doc, mine.position)) == order
+        np.testing.assert_allclose(mine.activation.to_numpy(), trig.activation.to_numpy(), rtol=1e-6, atol=1e-7)
         for r in ex.itertuples():  # each shaded token: same document, seen in the trigger's window
             start = every[(r.doc, r.position)][1]
             q = r.position + r.offset
