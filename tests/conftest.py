@@ -99,12 +99,12 @@ def build_hf_model(variant: str, seed: int = 0, noise: float = NOISE):
 
 
 @torch.no_grad()
-def build_hf_from_config(config, seed: int = 0, noise: float = NOISE):
+def build_hf_from_config(config, seed: int = 0, noise: float = NOISE, attn_implementation: str = "eager"):
     """``build_hf_model`` for any `transformers` config object."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     for p in model.parameters():  # tied tensors are one Parameter, so they stay tied
         p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype))

@@ -8,7 +8,8 @@ implementation (the reference) and against ourselves across paths:
 * logits equal `transformers`' to ≤ 1e-5 of their magnitude (fp32);
 * the lazy pattern rebuilt from the fused path equals the eager pattern;
 * a KV-cached generation step equals the full forward;
-* for a handful of families, every hook TransformerLens' bridge also exposes holds the bridge's value.
+* for every case where TransformerLens' bridge runs correctly (BRIDGE_FAILS says where it does not), every
+  hook it also exposes holds the bridge's value.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import interp
 from interp.errors import InterpError
 from interp.loading.families import FAMILIES
 from interp.model.attention import KVCache
+from interp.model.processing import _check_refactorable
 
 VOCAB, N_CTX, POS, WINDOW = 96, 64, 24, 8
 SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -78,13 +80,38 @@ CASES: dict[str, tuple[str, dict]] = {
     "falcon_new_mha": ("FalconConfig", {**SMALL, "new_decoder_architecture": True, "multi_query": False,
                                         "num_kv_heads": 4}),
     "falcon_sequential_mha": ("FalconConfig", {**SMALL, "multi_query": False, "parallel_attn": False, "bias": True}),
+    # Falcon's ALiBi variants: Falcon-RW (sequential, MHA, biases) and ALiBi with the 7B block (MQA, parallel)
+    "falcon_rw": ("FalconConfig", {**SMALL, "alibi": True, "multi_query": False, "parallel_attn": False,
+                                   "bias": True}),
+    "falcon_alibi_mqa": ("FalconConfig", {**SMALL, "alibi": True}),
+    # beyond the issue's 25: StarCoder's GPTBigCode (multi-query and not) and Qwen3-MoE
+    "gpt_bigcode": ("GPTBigCodeConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                                         "n_positions": N_CTX}),
+    "gpt_bigcode_mha": ("GPTBigCodeConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                                             "n_positions": N_CTX, "multi_query": False}),
+    "qwen3_moe": ("Qwen3MoeConfig", {**LLAMA, "head_dim": 16, "moe_intermediate_size": 24, "num_experts": 4,
+                                     "num_experts_per_tok": 2, "mlp_only_layers": [1], "norm_topk_prob": True}),
+    # MPT: ALiBi with 6 heads (not a power of two: the interleaved slopes), clip_qkv binding, a softmax scale
+    "mpt": ("MptConfig", {"vocab_size": VOCAB, "d_model": 48, "n_layers": 2, "n_heads": 6, "max_seq_len": N_CTX,
+                          "attn_config": {"clip_qkv": 0.5, "softmax_scale": 0.3}}),
     "codegen": ("CodeGenConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4,
                                   "n_positions": N_CTX, "n_ctx": N_CTX}),
     "cohere": ("CohereConfig", {**LLAMA, "pad_token_id": 0, "logit_scale": 0.5}),
     "granite": ("GraniteConfig", {**LLAMA, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
                                   "attention_multiplier": 0.3, "logits_scaling": 2.0}),
     "smollm3": ("SmolLM3Config", {**LLAMA, "pad_token_id": 0, "no_rope_layers": [1, 0]}),
+    # the QK-norm and clipping variants: Phi's one LayerNorm over d_head, StableLM's LayerNorm per head (with a
+    # parallel block), Cohere's per-head gains, OLMo's clip_qkv (0.3 binds: |q| reaches ~1 in these models)
+    "phi_qk_layernorm": ("PhiConfig", {**SMALL, "intermediate_size": 48, "qk_layernorm": True}),
+    "stablelm_qk_layernorm": ("StableLmConfig", {**LLAMA, "qk_layernorm": True, "use_parallel_residual": True}),
+    "cohere_qk_norm": ("CohereConfig", {**LLAMA, "pad_token_id": 0, "logit_scale": 0.5, "use_qk_norm": True}),
+    "olmo_clip_qkv": ("OlmoConfig", {**LLAMA, "pad_token_id": 0, "clip_qkv": 0.3}),
 }
+
+# Cases whose reference is transformers' sdpa path: for Falcon with ALiBi, transformers' eager path adds the
+# ALiBi bias twice (once to q·k, once more inside the mask it builds), so its eager and sdpa logits differ; the
+# sdpa path computes softmax((q·k + alibi) / sqrt(d)) as Falcon-RW's original modelling code does.
+SDPA_REFERENCE = {"falcon_rw", "falcon_alibi_mqa"}
 
 # The 25 families of the issue, by their transformers class.
 ISSUE_FAMILIES = {
@@ -104,7 +131,8 @@ def _pair(case: str):
         import transformers
 
         cls, kwargs = CASES[case]
-        hf = build_hf_from_config(getattr(transformers, cls)(**kwargs), seed=3)
+        hf = build_hf_from_config(getattr(transformers, cls)(**kwargs), seed=3,
+                                  attn_implementation="sdpa" if case in SDPA_REFERENCE else "eager")
         _BUILT[case] = (hf, interp.load(hf))
     return _BUILT[case]
 
@@ -155,10 +183,22 @@ def test_lazy_pattern_and_kv_cache_step(case):
     torch.testing.assert_close(step[:, 0], full[:, -1], rtol=0, atol=1e-5 * full.abs().max())
 
 
-# A handful of families through TransformerLens' bridge (it reads the same HF weights): every shared hook.
-# (The bridge crashes on CodeGen and on Falcon-40B style models, and gets Falcon new_decoder_architecture
-# with multi_query=False wrong by ~1 in the logits: those are checked against transformers above.)
-BRIDGE_CASES = ["bloom", "cohere", "gemma2", "gptj", "granite", "phi", "qwen3"]
+# Every case through TransformerLens' bridge (it reads the same HF weights): every shared hook, except where the
+# bridge itself fails or is wrong (checked against transformers above instead):
+BRIDGE_FAILS = {
+    "codegen": "the bridge's forward raises AttributeError ('CodeGenAttention' has no 'embed_positions')",
+    "falcon_40b": "the bridge's fused-qkv split raises RuntimeError for new_decoder_architecture with GQA",
+    "falcon_new_mha": "the bridge's logits are off by ~1.2 (new_decoder_architecture with multi_query=False)",
+    "falcon_rw": "the bridge runs transformers' eager Falcon, which adds ALiBi twice (logits off by ~0.2)",
+    "falcon_alibi_mqa": "the bridge runs transformers' eager Falcon, which adds ALiBi twice (logits off by ~0.1)",
+    "phi_qk_layernorm": "the bridge refuses Phi's q_layernorm (its adapter does not declare it)",
+    "gpt_bigcode_mha": "the bridge's GPTBigCode adapter asserts multi_query=True",
+}
+BRIDGE_CASES = sorted(set(CASES) - set(BRIDGE_FAILS))
+# processed as well (TL's processing on both sides): one case per kind of norm and block
+BRIDGE_PROCESSED = ["bloom", "cohere", "gemma2", "gptj", "granite", "phi", "qwen3"]
+# hooks that hold another quantity on the bridge: Mixtral's router weights over all experts (ours: the k chosen)
+BRIDGE_OTHER_MEANING = ("mlp.hook_expert_weights",)
 
 
 PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
@@ -172,8 +212,19 @@ def _processed(case: str):
         return interp.load(_pair(case)[0], **PROCESSING)
 
 
-@pytest.mark.parametrize("compat", [False, True], ids=["raw", "processed"])
-@pytest.mark.parametrize("case", BRIDGE_CASES)
+def _bridge_layout(ours: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+    """The bridge's tensor in our layout: HF's [batch, head, pos, ...] QK-norm outputs (ours are [batch, pos, head,
+    ...] like every per-head hook of TransformerLens), and batch·pos flattened where HF flattens (OPT's MLP, MoE)."""
+    if theirs.shape == ours.shape:
+        return theirs
+    if theirs.ndim == 4 and theirs.transpose(1, 2).shape == ours.shape:
+        return theirs.transpose(1, 2)
+    assert theirs.numel() == ours.numel(), (tuple(theirs.shape), tuple(ours.shape))
+    return theirs.reshape(ours.shape)
+
+
+@pytest.mark.parametrize(("case", "compat"), [(c, False) for c in BRIDGE_CASES] + [(c, True) for c in BRIDGE_PROCESSED],
+                         ids=lambda v: {False: "raw", True: "processed"}.get(v, v) if isinstance(v, bool) else v)
 def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
     """Raw: our plain load vs the bridge. Processed: ours with TL's four processing steps vs the bridge after
     enable_compatibility_mode() (TL's defaults: the same four, skipped where TL skips them)."""
@@ -196,21 +247,29 @@ def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
         ref_logits, ref_cache = bridge.run_with_cache(tokens)
         logits, cache = model.run_with_cache(tokens, attn_backend="eager")
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5 * ref_logits.abs().max())
+    if model.cfg.bos_token_id is not None:  # BOS prepended by default exactly where TransformerLens does
+        assert model.cfg.default_prepend_bos == bridge.cfg.default_prepend_bos
     ours, theirs = dict(cache.items()), dict(ref_cache.items())
-    shared = {k for k in set(ours) & set(theirs) if not k.endswith("hook_attn_scores")}  # −inf vs finfo.min
+    shared = {k for k in set(ours) & set(theirs)
+              if not k.endswith(("hook_attn_scores", *BRIDGE_OTHER_MEANING))}  # scores: −inf vs finfo.min
     if compat and case == "granite":
         # our fold_ln moves Granite's 1/logits_scaling into W_U (so logit attributions add up to the logits);
         # the bridge keeps it outside its lm_head, whose output is hook_unembed. The logits agree (above).
         shared.discard("hook_unembed")
+    if model.cfg.clip_qkv is not None:
+        # OLMo and MPT clamp the projections after the bridge has cached them: the bridge's hook_q is the value
+        # before the clamp, ours the clamped one attention uses.
+        c = model.cfg.clip_qkv
+        for k in [k for k in shared if k.endswith(("attn.hook_q", "attn.hook_k", "attn.hook_v"))]:
+            torch.testing.assert_close(ours[k], theirs[k].clamp(-c, c), rtol=0, atol=1e-5 * c)
+            shared.discard(k)
     must = {"hook_embed", "blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "blocks.1.mlp.hook_post",
             "blocks.0.attn.hook_pattern", "blocks.0.hook_attn_out"}
+    if model.cfg.has_moe:
+        must -= {"blocks.1.mlp.hook_post"}
     assert must <= shared, sorted(must - shared)
-    # QK-norm hooks: ours are [batch, pos, head, ...] like every per-head hook of TransformerLens; the bridge
-    # reports HF's [batch, head, pos, ...] there. Same numbers, other axis order.
-    for k in [k for k in shared if ".q_norm." in k or ".k_norm." in k or k.endswith(("_q_normed", "_k_normed"))]:
-        if theirs[k].shape != ours[k].shape and theirs[k].transpose(1, 2).shape == ours[k].shape:
-            theirs[k] = theirs[k].transpose(1, 2)
-    bad = compare_activation_dicts({k: ours[k] for k in shared}, {k: theirs[k] for k in shared}, atol=1e-5)
+    bad = compare_activation_dicts({k: ours[k] for k in shared},
+                                   {k: _bridge_layout(ours[k], theirs[k]) for k in shared}, atol=1e-5)
     assert not bad, bad
 
 
@@ -240,6 +299,13 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
     want = diff - (model.b_U[a] - model.b_U[b])  # the unembedding bias is no component of the residual stream
     assert want.abs().max() > 0.05
     torch.testing.assert_close(attrs.sum(0), want, rtol=0, atol=1e-4)
+    try:  # TL's fifth step where the scores are a bilinear form of one W_Q, W_K per head (no RoPE/QK-norm/GQA)
+        _check_refactorable(model)
+    except InterpError:
+        return
+    with torch.no_grad():
+        refactored = model.process_weights(refactor_factored_attn_matrices=True)(tokens)
+    torch.testing.assert_close(refactored.log_softmax(-1), ref.log_softmax(-1), rtol=0, atol=1e-5 * ref.abs().max())
 
 
 @pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe"])
@@ -295,8 +361,43 @@ def test_a_model_larger_than_memory_is_refused_before_allocating(tmp_path, monke
 def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
     import transformers
 
-    bigcode = transformers.GPTBigCodeConfig(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=N_CTX)
-    with pytest.raises(InterpError, match=r"GPTBigCodeForCausalLM is not supported: it needs .*multi-query c_attn"):
-        interp.load(transformers.GPTBigCodeForCausalLM(bigcode))
+    xglm = transformers.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64)
+    with pytest.raises(InterpError, match=r"XGLMForCausalLM is not supported: it needs XGLM's offset sinusoidal"):
+        interp.load(transformers.XGLMForCausalLM(xglm))
+    mpt = transformers.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, max_seq_len=N_CTX,
+                                 attn_config={"qk_ln": True})
+    with pytest.raises(InterpError, match=r"MPT: the config setting attn_config_qk_ln"):
+        interp.load(transformers.MptForCausalLM(mpt))
     with pytest.raises(InterpError, match=r"GPT2ForSequenceClassification .* not a causal language model"):
         interp.load(transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**CASES["gpt2"][1])))
+
+
+def test_the_variant_settings_bind_in_their_cases():
+    """The variant cases test something: OLMo's clip actually clamps there, and each QK-norm has distinct
+    per-head parameters loaded (not the identity an unmapped norm would leave)."""
+    for case in ("olmo_clip_qkv", "mpt"):
+        _, model = _pair(case)
+        clip = model.cfg.clip_qkv
+        unclipped = copy.deepcopy(model)
+        unclipped.cfg.clip_qkv = None
+        tokens = _tokens()
+        with torch.no_grad():
+            _, cache = unclipped.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_q"))
+            assert cache["blocks.0.attn.hook_q"].abs().max() > 2 * clip
+            assert (unclipped(tokens) - model(tokens)).abs().max() > 1e-2
+    for case, shape in (("stablelm_qk_layernorm", (4, 8)), ("cohere_qk_norm", (4, 8)), ("phi_qk_layernorm", (8,))):
+        norm = _pair(case)[1].blocks[1].attn.q_norm
+        assert tuple(norm.w.shape) == shape and (norm.w - 1).abs().min() > 0
+        assert (norm.b is None) == (case != "phi_qk_layernorm")  # StableLM's and Cohere's have no bias
+
+
+def test_variant_settings_are_validated():
+    from interp.model.config import DecoderConfig
+
+    base = {"d_vocab": 40, "n_ctx": 16, "d_model": 16, "n_layers": 1, "n_heads": 2}
+    with pytest.raises(InterpError, match="alibi_before_scale=True needs alibi=True"):
+        DecoderConfig(**base, alibi_before_scale=True)
+    with pytest.raises(InterpError, match=r"clip_qkv must be a finite number > 0 or None; got -1"):
+        DecoderConfig(**base, clip_qkv=-1.0)
+    with pytest.raises(InterpError, match="qk_norm must be one of"):
+        DecoderConfig(**base, qk_norm="per_layer")

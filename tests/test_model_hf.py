@@ -143,15 +143,9 @@ def test_unsupported_hf_settings_are_refused():
     import transformers
 
     small = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
-    falcon_rw = transformers.FalconConfig(**small, alibi=True)  # ALiBi before the 1/sqrt(d) scale
-    with pytest.raises(InterpError, match="alibi=True"):
-        interp.load(transformers.FalconForCausalLM(falcon_rw))
-    phi = transformers.PhiConfig(**small, intermediate_size=64, qk_layernorm=True)
-    with pytest.raises(InterpError, match="qk_layernorm"):
-        interp.load(transformers.PhiForCausalLM(phi))
-    olmo = transformers.OlmoConfig(**small, intermediate_size=64, clip_qkv=8.0, pad_token_id=0)
-    with pytest.raises(InterpError, match="clip_qkv"):
-        interp.load(transformers.OlmoForCausalLM(olmo))
+    opt = transformers.OPTConfig(**small, ffn_dim=64, word_embed_proj_dim=16)  # project_in / project_out
+    with pytest.raises(InterpError, match="word_embed_proj_dim"):
+        interp.load(transformers.OPTForCausalLM(opt))
     gpt2 = hf_config("gpt2")
     gpt2.scale_attn_by_inverse_layer_idx = True
     with pytest.raises(InterpError, match="scale_attn_by_inverse_layer_idx"):

@@ -142,7 +142,90 @@ def test_refusals():
     post = HookedDecoder(DecoderConfig(d_vocab=40, n_ctx=16, d_model=16, n_layers=1, n_heads=2, norm_placement="post"))
     with pytest.raises(InterpError, match="norm_placement"):
         post.process_weights()
-    with pytest.raises(InterpError, match="refactor_factored_attn_matrices"):
-        interp.load(build_hf_model("gpt2"), refactor_factored_attn_matrices=True)
+    with pytest.raises(InterpError, match="refactor_factored_attn_matrices=True is not exact .* rotary"):
+        interp.load(build_hf_model("llama"), refactor_factored_attn_matrices=True)
+    gqa = HookedDecoder(DecoderConfig(d_vocab=40, n_ctx=16, d_model=16, n_layers=1, n_heads=4, n_kv_heads=2))
+    before = gqa.W_Q.clone()
+    with pytest.raises(InterpError, match="grouped keys"):
+        gqa.process_weights(refactor_factored_attn_matrices=True)
+    torch.testing.assert_close(gqa.W_Q, before, rtol=0, atol=0)  # refused before any step touched the weights
     with pytest.raises(InterpError, match="weight_processing"):
         DecoderConfig(d_vocab=40, n_ctx=16, d_model=16, n_layers=1, n_heads=2, weight_processing=["fold_everything"])
+
+
+def _attn_state(model) -> dict:
+    """Our attention weights under TransformerLens' state-dict names (zeros where a bias is absent)."""
+    out = {}
+    for l, block in enumerate(model.blocks):
+        a = block.attn
+        for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
+            t = getattr(a, name)
+            if t is None:
+                t = torch.zeros(a.W_O.shape[-1]) if name == "b_O" else torch.zeros(a.W_Q.shape[0], a.W_Q.shape[-1])
+            out[f"blocks.{l}.attn.{name}"] = t.detach().clone()
+    return out
+
+
+def _components(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Rank-one terms A[:, :, i] ⊗ B[:, i, :] of a factored matrix [head, i, m, n]: sign-free, and unique per
+    distinct singular value, so two canonical factorisations can be compared term by term."""
+    return torch.einsum("hmi,hin->himn", A, B)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "gpt2_relu_untied", "bias_free"])
+def test_refactor_factored_attn_matrices_matches_transformer_lens(variant):
+    """After TL's four steps, refactoring keeps every log-probability and every head's W_QK / W_OV, and gives
+    the factors TransformerLens' own ProcessWeights.refactor_factored_attn_matrices computes from the same
+    weights (compared per rank-one term: SVD signs are arbitrary)."""
+    from transformer_lens.weight_processing import ProcessWeights
+
+    if variant == "bias_free":  # no attention biases at all: the refactor must create them
+        cfg = DecoderConfig(d_vocab=48, n_ctx=32, d_model=24, n_layers=2, n_heads=3, attn_bias=False)
+        torch.manual_seed(0)
+        model = HookedDecoder(cfg).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        before = copy.deepcopy(model).process_weights(**ALL)
+        model = copy.deepcopy(before)
+    else:
+        _, before = _processed(variant)
+        model = copy.deepcopy(before)
+    tokens = tokens_for(vocab=model.cfg.d_vocab)
+    reference = ProcessWeights.refactor_factored_attn_matrices(
+        _attn_state(before), type("Cfg", (), {"n_layers": model.cfg.n_layers, "positional_embedding_type": "standard"}))
+    model.process_weights(**ALL, refactor_factored_attn_matrices=True)
+    assert model.cfg.weight_processing[-1] == "refactor_factored_attn_matrices"
+    with torch.no_grad():
+        want, got = before(tokens).log_softmax(-1), model(tokens).log_softmax(-1)
+    torch.testing.assert_close(got, want, rtol=0, atol=ATOL * want.abs().max())
+    ours = _attn_state(model)
+    for l in range(model.cfg.n_layers):
+        p = f"blocks.{l}.attn."
+        def q_eff(sd, p=p):  # [W_Q; b_Q]: the query map of [x, 1]
+            return torch.cat([sd[p + "W_Q"], sd[p + "b_Q"][:, None]], 1)
+
+        def k_eff(sd, p=p):
+            return torch.cat([sd[p + "W_K"], sd[p + "b_K"][:, None]], 1)
+
+        old = _attn_state(before)
+        qk_old = q_eff(old) @ k_eff(old).transpose(-1, -2)
+        scale = qk_old.abs().max()
+        torch.testing.assert_close(q_eff(ours) @ k_eff(ours).transpose(-1, -2), qk_old, rtol=0, atol=1e-5 * scale)
+        torch.testing.assert_close(ours[p + "W_V"] @ ours[p + "W_O"], old[p + "W_V"] @ old[p + "W_O"],
+                                   rtol=0, atol=1e-5 * (old[p + "W_V"] @ old[p + "W_O"]).abs().max())
+        # the canonical form: W_O a rotation (orthonormal rows), Q and K columns orthogonal with equal norms
+        eye = torch.eye(ours[p + "W_O"].shape[1]).expand(ours[p + "W_O"].shape[0], -1, -1)
+        torch.testing.assert_close(ours[p + "W_O"] @ ours[p + "W_O"].transpose(-1, -2), eye, rtol=0, atol=1e-5)
+        gram_q = q_eff(ours).transpose(-1, -2) @ q_eff(ours)
+        torch.testing.assert_close(gram_q, k_eff(ours).transpose(-1, -2) @ k_eff(ours), rtol=0, atol=1e-5 * scale)
+        torch.testing.assert_close(gram_q, torch.diag_embed(gram_q.diagonal(dim1=-2, dim2=-1)), rtol=0,
+                                   atol=1e-5 * scale)
+        assert ours[p + "b_V"].abs().max() == 0
+        # and term by term what TransformerLens computes
+        torch.testing.assert_close(ours[p + "b_O"], reference[p + "b_O"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(_components(q_eff(ours), k_eff(ours).transpose(-1, -2)),
+                                   _components(q_eff(reference), k_eff(reference).transpose(-1, -2)),
+                                   rtol=0, atol=1e-4 * scale)
+        torch.testing.assert_close(_components(ours[p + "W_V"], ours[p + "W_O"]),
+                                   _components(reference[p + "W_V"], reference[p + "W_O"]), rtol=0, atol=1e-5)

@@ -51,8 +51,9 @@ def load(source: Any = None, device: str | torch.device | None = None, tokenizer
     * ``load(hf_model)`` — a `transformers` model object.
     * ``load("org/model")`` — a hub id, through `transformers`' own download (needs a reachable hub).
 
-    ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases`` are TransformerLens'
-    processing steps with TL's meaning (interp.model.processing). They are off by default, so the weights and
+    ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases`` and
+    ``refactor_factored_attn_matrices`` are TransformerLens' processing steps with TL's meaning
+    (interp.model.processing). They are off by default, so the weights and
     every hook are exactly the source model's; switch them on (as TL's ``from_pretrained`` does) before
     using TL's ``decompose_resid(apply_ln=True)`` / ``logit_attrs`` — those warn on an unfolded model.
 

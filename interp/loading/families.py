@@ -165,6 +165,14 @@ def gptj(c) -> dict:
                    parallel_residual=True, shared_norm=True, attn_bias=False, mlp_bias=True)
 
 
+def gpt_bigcode(c) -> dict:
+    """StarCoder / SantaCoder: GPT-2's block with multi-query attention (one key/value head) by default."""
+    return _common(c, "GPTBigCode", n_kv_heads=1 if c.multi_query else c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+                   positional="learned", norm_eps=c.layer_norm_epsilon, act=_act(c, "GPTBigCode"),
+                   attn_multiplier=None if c.scale_attn_weights else 1.0,
+                   tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
 def neox(c) -> dict:
     return _common(c, "GPT-NeoX", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "GPT-NeoX"),
                    parallel_residual=bool(c.use_parallel_residual), attn_bias=bool(getattr(c, "attention_bias", True)),
@@ -185,16 +193,27 @@ def bloom(c) -> dict:
                    embed_norm=True, norm_eps=c.layer_norm_epsilon, act="gelu_new")
 
 
+def mpt(c) -> dict:
+    """MPT: pre-LN blocks without any bias (LayerNorms included), exact GELU, Bloom's ALiBi slopes (MPT's recipe
+    gives the same slopes for alibi_bias_max=8, the only value transformers' MptModel builds), clip_qkv."""
+    a = c.attn_config
+    _refuse("MPT", attn_config_alibi_False=not a.alibi, attn_config_alibi_bias_max_not_8=a.alibi_bias_max != 8,
+            attn_config_qk_ln=a.qk_ln, attn_config_prefix_lm=a.prefix_lm,
+            attn_config_attn_uses_sequence_id=a.attn_uses_sequence_id)
+    return _common(c, "MPT", n_ctx=c.max_seq_len, d_mlp=4 * c.d_model, positional="none", alibi=True, act="gelu",
+                   norm_eps=c.layer_norm_epsilon, attn_bias=False, mlp_bias=False, clip_qkv=a.clip_qkv or None,
+                   attn_multiplier=a.softmax_scale, tie_embeddings=True)
+
+
 def falcon(c) -> dict:
     new = bool(c.new_decoder_architecture)
     kv = c.num_kv_heads if new else (1 if c.multi_query else c.num_attention_heads)
     parallel = new or bool(c.parallel_attn)
     shared = parallel and (not new or getattr(c, "num_ln_in_parallel_attn", 2) == 1)
-    kw = {"positional": "none", "alibi": True} if c.alibi else _rope(c)
-    if c.alibi:
-        # Falcon-RW adds ALiBi to q·k *before* the 1/sqrt(d_head) scale; our ALiBi (Bloom's) is added after it.
-        raise InterpError("Falcon with alibi=True (Falcon-RW): ALiBi added before the 1/sqrt(d_head) scaling is "
-                          "not supported by interp's model (Bloom-style ALiBi is).")
+    # Falcon-RW (alibi=True) adds Bloom's ALiBi to q·k *before* the 1/sqrt(d_head) scale, as its original
+    # modelling code and transformers' sdpa path do. (transformers' eager path adds it a second time through
+    # the mask: its eager and sdpa logits differ; we follow the original and sdpa.)
+    kw = {"positional": "none", "alibi": True, "alibi_before_scale": True} if c.alibi else _rope(c)
     return _common(c, "Falcon", n_kv_heads=kv, d_mlp=getattr(c, "ffn_hidden_size", None) or 4 * c.hidden_size,
                    norm_eps=c.layer_norm_epsilon, act=_act(c, "Falcon"), parallel_residual=parallel,
                    shared_norm=shared, attn_bias=bool(c.bias), mlp_bias=bool(c.bias),
@@ -218,14 +237,24 @@ def mixtral(c) -> dict:
                        router_norm_topk=True)
 
 
-def qwen2_moe(c) -> dict:
-    L = c.num_hidden_layers
+def _qwen_moe(c) -> dict:
+    """Qwen's MoE layout: every decoder_sparse_step-th layer routes (softmax over all experts, top-k, optionally
+    renormalised), except the dense layers listed in mlp_only_layers."""
     step, dense = c.decoder_sparse_step, set(c.mlp_only_layers or [])
-    moe_layers = [i for i in range(L) if i not in dense and c.num_experts > 0 and (i + 1) % step == 0]
+    moe_layers = [i for i in range(c.num_hidden_layers) if i not in dense and c.num_experts > 0 and (i + 1) % step == 0]
+    return {"n_experts": c.num_experts, "n_experts_per_token": c.num_experts_per_tok, "d_expert": c.moe_intermediate_size,
+            "moe_layers": moe_layers, "router_norm_topk": bool(c.norm_topk_prob)}
+
+
+def qwen2_moe(c) -> dict:
     return _llama_like(c, "Qwen2-MoE", attn_bias=bool(getattr(c, "qkv_bias", True)), attn_out_bias=False,
-                       n_experts=c.num_experts, n_experts_per_token=c.num_experts_per_tok,
-                       d_expert=c.moe_intermediate_size, moe_layers=moe_layers, router_norm_topk=bool(c.norm_topk_prob),
-                       d_shared_expert=c.shared_expert_intermediate_size or None, shared_expert_gate=True)
+                       d_shared_expert=c.shared_expert_intermediate_size or None, shared_expert_gate=True,
+                       **_qwen_moe(c))
+
+
+def qwen3_moe(c) -> dict:
+    """Qwen3's attention (QK-norm over d_head) with Qwen's routed experts and no shared expert."""
+    return _llama_like(c, "Qwen3-MoE", qk_norm="per_head", **_qwen_moe(c))
 
 
 def gemma(c) -> dict:
@@ -245,9 +274,9 @@ def gemma3(c) -> dict:
 
 
 def phi(c) -> dict:
-    _refuse("Phi", qk_layernorm=getattr(c, "qk_layernorm", False))
+    qk = {"qk_norm": "per_head"} if getattr(c, "qk_layernorm", False) else {}  # one LayerNorm over d_head
     return _common(c, "Phi", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
-                   parallel_residual=True, shared_norm=True, **_rope(c))
+                   parallel_residual=True, shared_norm=True, **_rope(c), **qk)
 
 
 def phi3(c) -> dict:
@@ -255,15 +284,15 @@ def phi3(c) -> dict:
 
 
 def stablelm(c) -> dict:
-    _refuse("StableLM", qk_layernorm=getattr(c, "qk_layernorm", False))
     parallel = bool(getattr(c, "use_parallel_residual", False))
+    qk = {"qk_norm": "each_head"} if getattr(c, "qk_layernorm", False) else {}  # a bias-free LayerNorm per head
     return _llama_like(c, "StableLM", norm="layernorm", norm_eps=c.layer_norm_eps, parallel_residual=parallel,
-                       shared_norm=parallel, attn_out_bias=False)
+                       shared_norm=parallel, attn_out_bias=False, **qk)
 
 
 def olmo(c) -> dict:
-    _refuse("OLMo", clip_qkv=getattr(c, "clip_qkv", None) is not None)
-    return _llama_like(c, "OLMo", norm="layernorm", norm_eps=1e-5, norm_affine=False)
+    return _llama_like(c, "OLMo", norm="layernorm", norm_eps=1e-5, norm_affine=False,
+                       clip_qkv=getattr(c, "clip_qkv", None))
 
 
 def olmo2(c) -> dict:
@@ -271,9 +300,9 @@ def olmo2(c) -> dict:
 
 
 def cohere(c) -> dict:
-    _refuse("Cohere", use_qk_norm=getattr(c, "use_qk_norm", False))
+    qk = {"qk_norm": "each_head"} if getattr(c, "use_qk_norm", False) else {}  # gains [heads, d_head], no bias
     return _llama_like(c, "Cohere", norm="layernorm", norm_eps=c.layer_norm_eps, parallel_residual=True,
-                       shared_norm=True, rotary_interleaved=True, logit_scale=c.logit_scale)
+                       shared_norm=True, rotary_interleaved=True, logit_scale=c.logit_scale, **qk)
 
 
 def granite(c) -> dict:
@@ -332,6 +361,21 @@ def _split_falcon(sd: dict, cfg: dict) -> None:
                 sd[f"layers.{l}.{slot}.{kind}"] = x
 
 
+def _split_bigcode(sd: dict, cfg: dict) -> None:
+    """GPTBigCode's c_attn (nn.Linear): [q (H·d) | k (d) | v (d)] with multi-query, per head [q | k | v] without."""
+    H, K = cfg["n_heads"], cfg["n_kv_heads"]
+    d = cfg["d_model"] // H
+    for l in range(cfg["n_layers"]):
+        for kind in ("weight", "bias"):
+            t = sd.pop(f"transformer.h.{l}.attn.c_attn.{kind}")
+            if K == 1:
+                q, k, v = t.split([H * d, d, d])
+            else:
+                q, k, v = einops.rearrange(t, "(h three d) ... -> three (h d) ...", h=H, three=3)
+            for slot, x in zip("qkv", (q, k, v)):
+                sd[f"layers.{l}.{slot}.{kind}"] = x
+
+
 def _split_codegen(sd: dict, cfg: dict) -> None:
     """CodeGen's qkv_proj: 4 model-parallel shards, each [q | v | k] of d_model/4 features."""
     for l in range(cfg["n_layers"]):
@@ -350,6 +394,26 @@ def _split_phi3(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.q.weight"], sd[f"layers.{l}.k.weight"], sd[f"layers.{l}.v.weight"] = q, k, v
         gate, up = sd.pop(p + "mlp.gate_up_proj.weight").chunk(2)
         sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
+
+
+def _stack_head_norms(sd: dict, cfg: dict) -> None:
+    """StableLM's qk_layernorm is one LayerNorm per head (``q_layernorm.norms.{h}``): stacked to [heads, d_head]."""
+    for l in range(cfg["n_layers"]):
+        for slot, heads in (("q", cfg["n_heads"]), ("k", cfg["n_kv_heads"])):
+            keys = [f"model.layers.{l}.self_attn.{slot}_layernorm.norms.{h}.weight" for h in range(heads)]
+            if keys[0] in sd:
+                sd[f"layers.{l}.{slot}_norm.weight"] = torch.stack([sd.pop(k) for k in keys])
+
+
+def _split_mpt(sd: dict, cfg: dict) -> None:
+    """MPT's Wqkv is [q | k | v] (d_model each); its LayerNorms have no bias: ours with a zero bias is the same."""
+    for l in range(cfg["n_layers"]):
+        p = f"transformer.blocks.{l}."
+        for slot, x in zip("qkv", sd.pop(p + "attn.Wqkv.weight").chunk(3)):
+            sd[f"layers.{l}.{slot}.weight"] = x
+        for norm in ("norm_1", "norm_2"):
+            sd[p + norm + ".bias"] = torch.zeros_like(sd[p + norm + ".weight"])
+    sd["transformer.norm_f.bias"] = torch.zeros_like(sd["transformer.norm_f.weight"])
 
 
 def _split_cohere(sd: dict, cfg: dict) -> None:
@@ -420,7 +484,8 @@ GPT_NEO_NAMES = {**GPT2_NAMES, "q": "transformer.h.{l}.attn.attention.q_proj",
                  "o": "transformer.h.{l}.attn.attention.out_proj", "up": "transformer.h.{l}.mlp.c_fc",
                  "down": "transformer.h.{l}.mlp.c_proj"}
 PHI_NAMES = {**LLAMA_NAMES, "final_norm": "model.final_layernorm", "o": "model.layers.{l}.self_attn.dense",
-             "up": "model.layers.{l}.mlp.fc1", "down": "model.layers.{l}.mlp.fc2", "ln2": ""}
+             "up": "model.layers.{l}.mlp.fc1", "down": "model.layers.{l}.mlp.fc2", "ln2": "",
+             "q_norm": "model.layers.{l}.self_attn.q_layernorm", "k_norm": "model.layers.{l}.self_attn.k_layernorm"}
 
 FAMILIES: dict[str, Family] = {
     "GPT2LMHeadModel": Family("GPT-2", gpt2, GPT2_NAMES, _split_gpt2),
@@ -442,13 +507,23 @@ FAMILIES: dict[str, Family] = {
     "Gemma3ForCausalLM": Family("Gemma 3", gemma3, SANDWICH_NAMES),
     "PhiForCausalLM": Family("Phi", phi, PHI_NAMES),
     "Phi3ForCausalLM": Family("Phi-3", phi3, LLAMA_NAMES, _split_phi3),
-    "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES),
+    "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES, _stack_head_norms),
     "OlmoForCausalLM": Family("OLMo", olmo, LLAMA_NAMES),
     "Olmo2ForCausalLM": Family("OLMo 2", olmo2, {**LLAMA_NAMES, "ln1": "", "ln2": "",
                                                   "ln1_post": "model.layers.{l}.post_attention_layernorm",
                                                   "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
     "FalconForCausalLM": Family("Falcon", falcon, FALCON_NAMES, _split_falcon),
     "CodeGenForCausalLM": Family("CodeGen", gptj, GPTJ_NAMES, _split_codegen),
+    "GPTBigCodeForCausalLM": Family("GPTBigCode", gpt_bigcode, {**GPT2_NAMES, "o": "transformer.h.{l}.attn.c_proj",
+                                                                 "up": "transformer.h.{l}.mlp.c_fc",
+                                                                 "down": "transformer.h.{l}.mlp.c_proj"},
+                                    _split_bigcode),
+    "Qwen3MoeForCausalLM": Family("Qwen3-MoE", qwen3_moe, MOE_NAMES),
+    "MptForCausalLM": Family("MPT", mpt, {"embed": "transformer.wte", "final_norm": "transformer.norm_f",
+                                          "lm_head": "lm_head", "ln1": "transformer.blocks.{l}.norm_1",
+                                          "ln2": "transformer.blocks.{l}.norm_2", "o": "transformer.blocks.{l}.attn.out_proj",
+                                          "up": "transformer.blocks.{l}.ffn.up_proj",
+                                          "down": "transformer.blocks.{l}.ffn.down_proj"}, _split_mpt),
     "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
@@ -565,10 +640,7 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
 
 # What an architecture outside the table would need (model_type -> the missing feature), for the error.
 MISSING_FEATURE = {
-    "mpt": "MPT's ALiBi together with clip_qkv and bias-free LayerNorm, not mapped yet",
-    "gpt_bigcode": "GPTBigCode's fused multi-query c_attn layout, not mapped yet",
     "xglm": "XGLM's offset sinusoidal positions with a scaled embedding, not mapped yet",
-    "qwen3_moe": "Qwen3-MoE (QK-norm + MoE) is not mapped yet",
     "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
     "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
     "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",

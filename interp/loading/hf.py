@@ -22,8 +22,11 @@ from interp.loading.families import (
 )
 from interp.model.config import DTYPES, DecoderConfig
 
-# TransformerLens prepends BOS by default except for these families (its adapters set default_prepend_bos=False).
-NO_BOS_BY_DEFAULT = ("GPTNeoXForCausalLM", "Qwen2ForCausalLM")
+# TransformerLens prepends BOS by default except for these families (its bridge adapters set
+# default_prepend_bos=False: their tokenizers add no BOS and their models were trained without one).
+NO_BOS_BY_DEFAULT = ("GPTNeoXForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
+                     "Qwen3MoeForCausalLM", "PhiForCausalLM", "BloomForCausalLM", "MptForCausalLM", "GraniteForCausalLM",
+                     "SmolLM3ForCausalLM")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -13,8 +13,9 @@ every visible key with q·k/√d; mask the future with −inf (causal); softmax;
 GQA/MQA: ``n_kv_heads`` key/value heads each serve ``n_heads // n_kv_heads`` consecutive query heads
 (query head h reads kv head h // group), as in Llama/Mistral.
 
-Blocks of modern LLMs, each off by default (DecoderConfig): QK-norm on q and k before RoPE (Qwen3, OLMo 2,
-Gemma 3; hooked as ``attn.q_norm.*``/``attn.hook_q_normed``), per-layer RoPE (scalings, base, or none),
+Blocks of modern LLMs, each off by default (DecoderConfig): q/k/v clamped after projection (OLMo's
+clip_qkv), QK-norm on q and k before RoPE (Qwen3, OLMo 2, Gemma 3, Phi, StableLM, Cohere; hooked as
+``attn.q_norm.*``/``attn.hook_q_normed``), per-layer RoPE (scalings, base, or none),
 and the score modifications of :mod:`interp.kernels.reference` (soft-cap, ALiBi, sliding window), which
 every backend and the lazy pattern rebuild apply identically.
 """
@@ -129,17 +130,24 @@ class Attention(nn.Module):
         self.softcap = cfg.attn_softcap
         self.rope = cfg.rope_for_layer(layer) if cfg.uses_rope(layer) else None
         self._rope_cache: dict = {}  # (device, dtype, length) -> (inv_freq, attention factor); not state
-        if cfg.qk_norm is not None:
+        if cfg.qk_norm == "each_head":  # a gain per head, no bias (StableLM, Cohere)
+            self.q_norm, self.k_norm = Norm(cfg, (H, dh), bias=False), Norm(cfg, (K, dh), bias=False)
+        elif cfg.qk_norm is not None:
             per_head = cfg.qk_norm == "per_head"
             self.q_norm = Norm(cfg, dh if per_head else H * dh)
             self.k_norm = Norm(cfg, dh if per_head else K * dh)
+        if cfg.qk_norm is not None:
             self.hook_q_normed, self.hook_k_normed = HookPoint(), HookPoint()  # [batch, pos, head, d_head]
 
     @property
     def alibi(self) -> torch.Tensor | None:
         """ALiBi slopes [n_heads] (float64, on the weights' device), or None. Computed, not stored: a model
         built on the meta device and loaded from a state dict has them right without a buffer to fill."""
-        return alibi_slopes(self.cfg.n_heads).to(self.W_Q.device) if self.cfg.alibi else None
+        if not self.cfg.alibi:
+            return None
+        slopes = alibi_slopes(self.cfg.n_heads).to(self.W_Q.device)
+        # Falcon-RW: scale * (q·k + bias) = scale * q·k + (scale * slope) * ... — the same block, scaled slopes
+        return slopes * self.cfg.attn_scale if self.cfg.alibi_before_scale else slopes
 
     @property
     def group(self) -> int:
@@ -150,12 +158,17 @@ class Attention(nn.Module):
         out = torch.einsum("bphm,hmd->bphd" if x.ndim == 4 else "bpm,hmd->bphd", x, W)
         return out if b is None else out + b
 
+    def _clip(self, t: torch.Tensor) -> torch.Tensor:
+        """OLMo's clip_qkv: projections clamped to [-c, c] (before the hooks, so hook_q is what attention uses)."""
+        c = self.cfg.clip_qkv
+        return t if c is None else t.clamp(-c, c)
+
     def pattern_hooked(self) -> bool:
         """True when something hooks the scores or the pattern, so they must be materialised."""
         return self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
 
     def _qk_norm(self, t: torch.Tensor, norm: Norm, hook: HookPoint) -> torch.Tensor:
-        if self.cfg.qk_norm == "per_head":
+        if self.cfg.qk_norm in ("per_head", "each_head"):  # statistics over d_head
             return hook(norm(t))
         return hook(norm(t.flatten(-2)).unflatten(-1, t.shape[-2:]))  # across heads: one norm over h*d
 
@@ -193,9 +206,9 @@ class Attention(nn.Module):
         ``key_mask`` [batch, n_key] (True = real token) hides padding; positions are then [batch, pos]."""
         cfg = self.cfg
         q_in, k_in, v_in = x if isinstance(x, tuple) else (x, x, x)  # a tuple: per-head inputs (gated hooks)
-        q = self.hook_q(self._project(q_in, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(k_in, self.W_K, self.b_K))
-        v = self.hook_v(self._project(v_in, self.W_V, self.b_V))
+        q = self.hook_q(self._clip(self._project(q_in, self.W_Q, self.b_Q)))
+        k = self.hook_k(self._clip(self._project(k_in, self.W_K, self.b_K)))
+        v = self.hook_v(self._clip(self._project(v_in, self.W_V, self.b_V)))
         if cfg.qk_norm is not None:
             q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
             k = self._qk_norm(k, self.k_norm, self.hook_k_normed)

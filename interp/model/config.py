@@ -24,7 +24,10 @@ NORMS = ("layernorm", "rmsnorm")
 # | sublayer_post: x + LN(f x) (OLMo 2: the norm on the sublayer's output only)
 NORM_PLACEMENTS = ("pre", "post", "deepnorm", "sandwich", "sublayer_post")
 LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' own spelling of config.layer_types
-QK_NORMS = (None, "per_head", "across_heads")
+# per_head: one norm over d_head shared by all heads (Qwen3, Gemma 3, Phi's qk_layernorm); each_head: the
+# same, but every head has its own gain and no bias (StableLM's qk_layernorm, Cohere's use_qk_norm);
+# across_heads: one norm over all heads' q (or k) at once (OLMo 2)
+QK_NORMS = (None, "per_head", "each_head", "across_heads")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
 BACKENDS = ("auto", "eager", "sdpa", "triton")
@@ -102,6 +105,8 @@ class DecoderConfig:
     layer_types: list | None = None  # per layer "full_attention" | "sliding_attention"; None: all sliding
     #                                  when sliding_window is set, else all full (HF config.layer_types)
     alibi: bool = False  # ALiBi: score -= slope_h * (i - j), Bloom/MPT slopes (geometric, any head count)
+    alibi_before_scale: bool = False  # Falcon-RW adds ALiBi to q·k *before* the score scale, so its slopes act
+    #                                   multiplied by it: score = scale * (q·k - slope_h * (i - j))
     attn_softcap: float | None = None  # scores -> c * tanh(scores / c) before the mask (Gemma 2)
     attn_multiplier: float | None = None  # score scale; None -> 1/sqrt(d_head). Gemma: query_pre_attn_scalar**-0.5,
     #                                       Granite: attention_multiplier
@@ -114,7 +119,9 @@ class DecoderConfig:
     pos_offset: int = 0  # learned positions: position p reads row p + pos_offset of W_pos (OPT: 2)
     embed_norm: bool = False  # a norm on the embeddings before block 0, hooked as embed_ln.* (Bloom)
     # Norms:
-    qk_norm: str | None = None  # None | "per_head" (Qwen3, Gemma 3: over d_head) | "across_heads" (OLMo 2:
+    clip_qkv: float | None = None  # q, k and v clamped to [-c, c] right after their projections (OLMo's clip_qkv)
+    qk_norm: str | None = None  # None | "per_head" (Qwen3, Gemma 3: over d_head) | "each_head" (StableLM,
+    #                             Cohere: a gain per head, no bias) | "across_heads" (OLMo 2:
     #                             over all heads' q / k at once). Hooked: attn.q_norm.*, attn.hook_q_normed
     norm_weight_offset: float = 0.0  # norms scale by (offset + w): Gemma's RMSNorm stores w and uses (1 + w)
     norm_affine: bool = True  # False: no learned gain/bias in any norm (OLMo 1's LayerNorm)
@@ -214,7 +221,9 @@ class DecoderConfig:
             if "sliding_attention" in self.layer_types and self.sliding_window is None:
                 raise InterpError("DecoderConfig.layer_types has 'sliding_attention' layers but sliding_window is "
                                   "None; set sliding_window to the window width.")
-        for name in ("attn_softcap", "attn_multiplier", "final_softcap"):
+        if self.alibi_before_scale and not self.alibi:
+            raise InterpError("DecoderConfig.alibi_before_scale=True needs alibi=True (it says where ALiBi is added).")
+        for name in ("attn_softcap", "attn_multiplier", "final_softcap", "clip_qkv"):
             _positive_float(name, getattr(self, name), allow_none=True)
         for name in ("embed_multiplier", "residual_multiplier", "logit_scale"):
             _positive_float(name, getattr(self, name))

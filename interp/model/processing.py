@@ -16,6 +16,13 @@ The four steps here do what ``HookedTransformer.process_weights`` / the bridge's
   position, log-probabilities do not move.
 * ``fold_value_biases`` — a value bias ``b_V`` reaches the output as ``b_V·W_O`` whatever the pattern is
   (pattern rows sum to 1), so it moves into ``b_O`` and ``b_V`` becomes 0.
+* ``refactor_factored_attn_matrices`` — a head's behaviour is fixed by W_QK = W_Q·W_Kᵀ and W_OV = W_V·W_O
+  alone; any factorisation of them computes the same scores and outputs. This one is canonical (TL's): with
+  [W_Q; b_Q] and [W_K; b_K] (a d_model+1 input whose last coordinate is 1) and W_QK = U S Vᵀ, W_Q = U√S and
+  W_K = V√S (orthogonal columns, equal norms); with W_OV = U S Vᵀ, W_V = U S and W_O = Vᵀ (a rotation, so z
+  has the norm of the head's output), b_V folded into b_O first. Scores, patterns and outputs are unchanged;
+  q, k, v and z are the new factors'. Not defined where the scores are not that bilinear form (rotary
+  positions, QK-norm, clip_qkv) or where one W_K serves several query heads (GQA/MQA): refused there.
 
 Why TL's cache methods need it: ``ActivationCache.apply_ln_to_stack`` (behind ``decompose_resid(apply_ln=
 True)``, ``accumulated_resid(apply_ln=True)`` and ``logit_attrs``) divides each component by the cached
@@ -39,7 +46,7 @@ from transformer_lens.ActivationCache import ActivationCache
 
 from interp.errors import InterpError
 
-STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
 
 
 def _param(module: nn.Module, name: str, value: torch.Tensor, like: torch.Tensor) -> None:
@@ -195,6 +202,53 @@ def _fold_value_biases(model) -> None:
         cfg.attn_out_bias = True
 
 
+def _check_refactorable(model) -> None:
+    cfg = model.cfg
+    reasons = {
+        "rotary positions (q·k then depends on the positions, not on W_Q·W_Kᵀ alone; TransformerLens refuses it "
+        "too)": any(cfg.uses_rope(layer) for layer in range(cfg.n_layers)),
+        f"QK-norm (qk_norm={cfg.qk_norm!r}: a norm between the projections and the scores)": cfg.qk_norm is not None,
+        f"clip_qkv={cfg.clip_qkv} (a clamp between the projections and the scores)": cfg.clip_qkv is not None,
+        f"grouped keys (n_kv_heads={cfg.n_kv_heads} < n_heads={cfg.n_heads}: one W_K serves several query heads, "
+        "each with its own W_QK)": cfg.n_kv_heads != cfg.n_heads,
+    }
+    found = [why for why, on in reasons.items() if on]
+    if found:
+        raise InterpError(f"refactor_factored_attn_matrices=True is not exact for this model: it has {found[0]}; "
+                          "pass refactor_factored_attn_matrices=False.")
+
+
+def _refactor_factored_attn_matrices(model) -> None:
+    from transformer_lens.FactoredMatrix import FactoredMatrix
+
+    _check_refactorable(model)
+    _fold_value_biases(model)  # b_V -> b_O: afterwards the OV circuit is W_V·W_O alone
+    for block in model.blocks:
+        attn = block.attn
+        like = attn.W_Q
+        W_Q, W_K, W_V, W_O = (t.detach().double() for t in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O))
+        zeros = torch.zeros(W_Q.shape[0], W_Q.shape[2], dtype=torch.float64, device=W_Q.device)
+        b_Q = zeros if attn.b_Q is None else attn.b_Q.detach().double()
+        b_K = zeros if attn.b_K is None else attn.b_K.detach().double()
+        # the scores are the bilinear form of [x, 1] and [y, 1] under [W_Q; b_Q]·[W_K; b_K]ᵀ
+        q_eff = torch.cat([W_Q, b_Q[:, None, :]], dim=1)  # [head, d_model + 1, d_head]
+        k_eff = torch.cat([W_K, b_K[:, None, :]], dim=1)
+        even = FactoredMatrix(q_eff, k_eff.transpose(-1, -2)).make_even()
+        q_even, k_even = even.A, even.B.transpose(-1, -2)
+        U, S, V = FactoredMatrix(W_V, W_O).svd()  # W_V·W_O = U diag(S) Vᵀ
+        _param(attn, "W_Q", q_even[:, :-1], like)
+        _param(attn, "b_Q", q_even[:, -1], like)
+        _param(attn, "W_K", k_even[:, :-1], like)
+        _param(attn, "b_K", k_even[:, -1], like)
+        _param(attn, "W_V", U * S[:, None, :], like)
+        _param(attn, "W_O", V.transpose(-1, -2), like)
+        if attn.b_V is None:  # a model without attention biases gains them (b_Q, b_K carry the old biases' role)
+            _param(attn, "b_V", zeros, like)
+        if attn.b_O is None:
+            _param(attn, "b_O", torch.zeros(W_O.shape[-1], dtype=torch.float64, device=W_O.device), like)
+    model.cfg.attn_bias = model.cfg.attn_out_bias = True
+
+
 @torch.no_grad()
 def process_weights(model, fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
                     fold_value_biases: bool = False, refactor_factored_attn_matrices: bool = False):
@@ -204,14 +258,13 @@ def process_weights(model, fold_ln: bool = False, center_writing_weights: bool =
     constant). Steps already applied are no-ops. Returns the model.
     """
     if refactor_factored_attn_matrices:
-        raise InterpError(
-            "refactor_factored_attn_matrices=True is not supported by interp (it is not exact with rotary "
-            "positions, and TransformerLens refuses it there too); pass False."
-        )
+        _check_refactorable(model)  # before any step changes the weights
     chosen = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights,
-              "center_unembed": center_unembed, "fold_value_biases": fold_value_biases}
+              "center_unembed": center_unembed, "fold_value_biases": fold_value_biases,
+              "refactor_factored_attn_matrices": refactor_factored_attn_matrices}
     steps = {"fold_ln": _fold_ln, "center_writing_weights": _center_writing_weights,
-             "center_unembed": _center_unembed, "fold_value_biases": _fold_value_biases}
+             "center_unembed": _center_unembed, "fold_value_biases": _fold_value_biases,
+             "refactor_factored_attn_matrices": _refactor_factored_attn_matrices}
     for name in STEPS:
         # a step returns False when it cannot be exact here and skips (with a warning): then it is not recorded
         if chosen[name] and name not in model.cfg.weight_processing and steps[name](model) is not False:
