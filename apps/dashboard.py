@@ -110,13 +110,35 @@ def all_patterns(spec: str, prompt: str) -> pd.DataFrame:
     return attention_patterns(get_model(spec), tokens_for(spec, prompt))
 
 
+# How the Neurons page names the corpus fields in its messages (interp.report.inputs.read_corpus).
+CORPUS_LABELS = {"corpus": "corpus path", "split": "split", "field": "text field"}
+HELDOUT, PASTED, SOURCE = "held-out text of the model", "pasted text", "file, folder or dataset"
+
+
+def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None):
+    """``(name, Corpus)`` the Neurons page scans: the model's held-out text, pasted text (one document), or a
+    path (text / JSONL / Parquet file, a folder, a saved datasets folder) or ``hf:NAME[:CONFIG]:SPLIT``."""
+    from interp.data import Corpus
+    from interp.report.inputs import read_corpus
+
+    if kind == PASTED:
+        if not value.strip():
+            raise InterpError("corpus: paste some text to scan.")
+        return "pasted text", Corpus.from_memory([value])
+    return read_corpus(get_model(spec), "default" if kind == HELDOUT else value, split=split, field=field,
+                       flags=CORPUS_LABELS)
+
+
 @st.cache_data(show_spinner="Scanning the corpus…", max_entries=8)
-def layer_profiles(spec: str, corpus_name: str, corpus_text: str, layer: int, max_tokens: int):
-    """Every neuron of one layer over the corpus (one pass; any neuron of the layer is then instant)."""
+def layer_profiles(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp, layer: int,
+                   max_tokens: int):
+    """Every neuron of one layer over the corpus (one pass; any neuron of the layer is then instant). ``stamp``
+    (a file's modification time) keys the cache, so an edited file is scanned again."""
     from interp.analysis.neurons import neuron_profiles
 
     model = get_model(spec)
-    return neuron_profiles(model, corpus_text, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
+    _, corpus = neuron_corpus(spec, kind, value, split, field)
+    return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
                            max_tokens=max_tokens)
 
 
@@ -510,30 +532,35 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
 
     st.markdown("**Top-activating examples**")
     heldout = read_corpus(model, "default")
-    sources = (["held-out text of the model"] if heldout else []) + ["pasted text", "text file"]
+    sources = ([HELDOUT] if heldout else []) + [PASTED, SOURCE]
     c1, c2 = st.columns([2, 1])
     source = c1.radio("corpus", sources, horizontal=True, key="corpus_source")
     max_tokens = c2.select_slider("tokens scanned", [2048, 8192, 16384, 65536], 16384, key="corpus_tokens")
-    if source == "held-out text of the model":
-        name, text = heldout
-    elif source == "text file":
-        path = st.text_input("text file", "", key="corpus_path", placeholder="/path/to/text.txt")
-        if not path.strip():
-            st.info("Enter the path of a UTF-8 text file to scan.")
+    value, split, field, stamp = "", None, None, None
+    if source == SOURCE:
+        p1, p2, p3 = st.columns([3, 1, 1])
+        value = p1.text_input("corpus path", "", key="corpus_path", help="a text, JSONL or Parquet file, a folder of "
+                              "them, a saved datasets folder (save_to_disk), or hf:NAME[:CONFIG]:SPLIT where a hub "
+                              "is reachable", placeholder="/path/to/text.txt, data.parquet or a saved dataset").strip()
+        split = p2.text_input("split", "", key="corpus_split", placeholder="validation",
+                              help="the split of a saved DatasetDict (needed when it has several)").strip() or None
+        field = p3.text_input("text field", "", key="corpus_field", placeholder="text",
+                              help="the text column of a table or dataset (default text)").strip() or None
+        if not value:
+            st.info("Enter the path of a text, JSONL or Parquet file, a folder or a saved datasets folder to scan.")
             return
-        name, text = read_corpus(model, path.strip())
-    else:
-        text = st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120)
-        name = "pasted text"
-        if not text.strip():
-            raise InterpError("corpus: paste some text to scan.")
-    want = (spec, name, hash(text), layer, int(max_tokens))
+        path = Path(value).expanduser()
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+    elif source == PASTED:
+        value = st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120)
+    name, _ = neuron_corpus(spec, source, value, split, field)  # a bad path, split or column: the message now
+    want = (spec, source, value, split, field, stamp, layer, int(max_tokens))
     if st.button("Scan corpus", key="scan"):
         st.session_state["scanned"] = want
     if st.session_state.get("scanned") != want:
         st.caption(f"Scans {name} for this layer's neurons (once; then every neuron of layer {layer} is instant).")
         return
-    prof = layer_profiles(spec, name, text, layer, int(max_tokens))
+    prof = layer_profiles(*want)
     ex = prof.examples[prof.examples.neuron == neuron]
     stats = prof.stats[prof.stats.neuron == neuron].iloc[0]
     left, right = st.columns([3, 2])

@@ -35,7 +35,7 @@ def _report(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from interp.report.data import STAGES, ReportOptions, collect_report
-    from interp.report.inputs import cap_count, check_device, load_model
+    from interp.report.inputs import cap_count, check_device, load_model, read_corpus
     from interp.report.output import check_writable
     from interp.report.render import format_for, write_report
 
@@ -45,6 +45,9 @@ def _report(args) -> int:
         out = "report.md" if fmt == "md" else "report.html"
     check_writable(out, args.force)  # before the analysis, not after it
     check_device(args.device)
+    corpus = None if args.corpus == "none" else args.corpus
+    if corpus != "default" and corpus is not None:  # a wrong split or column fails before the model loads
+        corpus = read_corpus(None, corpus, split=args.corpus_split, field=args.corpus_field)
     err = Console(stderr=True)
     steps = ["loading model", *STAGES, "writing"]
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -61,7 +64,8 @@ def _report(args) -> int:
             k_neurons=cap_count(args.neurons, int(cfg.n_layers * cfg.d_mlp), "--neurons", "MLP neurons"),
             n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
             max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
-            corpus=None if args.corpus == "none" else args.corpus, sae=args.sae, n_sae_cards=args.sae_cards)
+            corpus=corpus, corpus_split=args.corpus_split if corpus == "default" else None,
+            corpus_field=args.corpus_field if corpus == "default" else None, sae=args.sae, n_sae_cards=args.sae_cards)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
@@ -86,6 +90,7 @@ def _add_report(sub) -> None:
                     "sparse-autoencoder features too). The HTML opens offline (plotly is embedded).",
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
                          'interp report "Once upon a time" --format md --out report.md --model models/NAME',
+                         'interp report "The LORD is my" --corpus data/wiki --corpus-split validation --corpus-field text',
                          'interp report "And God said" --sae default --out report.html'))
     p.add_argument("prompt", help="the text to analyse")
     p.add_argument("--out", default=None, help="output file, or - for stdout (default report.html, or report.md with --format md); a symbolic link is written through")
@@ -100,9 +105,14 @@ def _add_report(sub) -> None:
     p.add_argument("--sets", nargs="+", default=["W_E", "W_U", "W_in", "W_out"], metavar="SET",
                    help="superposition direction sets (default W_E W_U W_in W_out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--corpus", default="default", metavar="FILE",
-                   help="text scanned for the neuron pages' top examples (default: the model folder's heldout.txt; "
-                        "'none' skips the scan)")
+    p.add_argument("--corpus", default="default", metavar="SOURCE",
+                   help="what the neuron pages' top examples are scanned over: a text, JSONL or Parquet file, a "
+                        "folder of them, a saved datasets folder (save_to_disk), or hf:NAME[:CONFIG]:SPLIT where a "
+                        "hub is reachable (default: the model folder's heldout.txt; 'none' skips the scan)")
+    p.add_argument("--corpus-split", default=None, metavar="SPLIT",
+                   help="the split of a saved DatasetDict (e.g. validation; needed when it has several)")
+    p.add_argument("--corpus-field", default=None, metavar="COLUMN",
+                   help="the text column of a JSONL/Parquet/datasets corpus (default text)")
     p.add_argument("--sae", default=None, metavar="FOLDER",
                    help="add a sparse-autoencoder section: an SAE folder (interp sae train --out, or SAELens' layout), "
                         "or 'default' (the one shipped in the model folder's sae/)")

@@ -126,6 +126,38 @@ def test_the_command_fails_in_one_line_and_touches_nothing(tmp_path):
     assert tree_digest(tmp_path) == before  # nothing changed, no partial file anywhere
 
 
+def test_a_bad_neuron_corpus_fails_in_one_line_naming_what_exists(tmp_path):
+    """`interp report --corpus`: a missing split or column, an empty split, options a source cannot have, an
+    unreachable hub dataset: one line naming the flag, the splits / columns found and what was given."""
+    datasets = pytest.importorskip("datasets")
+    work = tmp_path / "work"
+    work.mkdir()
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"], "label": [0]}),
+                               "validation": datasets.Dataset.from_dict({"text": ["b c"], "label": [1]}),
+                               "empty": datasets.Dataset.from_dict({"text": ["", ""], "label": [2, 3]})})
+    dd.save_to_disk(str(work / "saved"))
+    dd["validation"].to_parquet(str(work / "v.parquet"))
+    before = tree_digest(tmp_path)
+    splits = "['empty', 'train', 'validation']"
+    cases = [
+        (["--corpus", "saved", "--corpus-split", "test"], ["--corpus-split", splits, "'test'"]),
+        (["--corpus", "saved", "--corpus-split", "validation", "--corpus-field", "body"],
+         ["--corpus-field", "['text', 'label']", "'body'"]),
+        (["--corpus", "saved", "--corpus-split", "empty"], ["--corpus", "saved [empty]", "no text"]),
+        (["--corpus", "v.parquet", "--corpus-field", "body"], ["--corpus-field", "['label', 'text']", "'body'"]),
+        (["--corpus", "hf:no-such-dataset:train"], ["--corpus", "hub dataset 'no-such-dataset'"]),  # offline here
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda c: (c, interp_cmd("report", "hi", "--out", "r.html", *c[0], cwd=work)), cases))
+    for (args, needles), proc in results:
+        err = proc.stderr.strip()
+        assert proc.returncode == 2, (args, proc.returncode, err[-2000:])
+        assert "Traceback" not in err and len(err.splitlines()) == 1, (args, err)
+        for needle in needles:
+            assert needle in err, (args, needle, err)
+    assert tree_digest(tmp_path) == before  # no report, no partial file, the corpora untouched
+
+
 def test_report_writes_through_a_link_to_stdout_and_to_a_pipe(tmp_path):
     (tmp_path / "target.md").write_text("old\n")
     (tmp_path / "link.md").symlink_to("target.md")

@@ -202,6 +202,51 @@ def test_neurons_page(app, tiny):
     del app.query_params["neuron"]
 
 
+def test_neurons_page_scans_a_datasets_split(app, tiny, tmp_path):
+    """The corpus choice: a saved DatasetDict folder with a split, a Parquet file with a text field; bad choices
+    show the splits / columns found in the page."""
+    datasets = pytest.importorskip("datasets")
+    from interp.analysis.neurons import neuron_profiles
+
+    docs = ["the cat sat on the mat", "", "a dog ran in the park, the dog ran", "the end"]
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["unrelated"], "body": ["x"]}),
+                               "validation": datasets.Dataset.from_dict({"text": ["x"] * len(docs), "body": docs})})
+    dd.save_to_disk(str(tmp_path / "saved"))
+    dd["validation"].to_parquet(str(tmp_path / "v.parquet"))
+    _goto(app, "Neurons")
+    layer, neuron = (int(x) for x in app.selectbox(key="neuron_pick").value[1:].split("N"))
+    app.radio(key="corpus_source").set_value("file, folder or dataset").run()
+    _ok(app)
+    app.text_input(key="corpus_path").set_value(str(tmp_path / "saved")).run()
+    assert "split: " in app.error[0].value and "['train', 'validation']; given none" in app.error[0].value
+    app.text_input(key="corpus_split").set_value("validation").run()
+    app.text_input(key="corpus_field").set_value("bodies").run()
+    assert "text field: " in app.error[0].value and "['text', 'body']; given 'bodies'" in app.error[0].value
+    app.text_input(key="corpus_field").set_value("body").run()
+    _ok(app)
+    app.button(key="scan").click().run()
+    _ok(app)
+    ref = neuron_profiles(tiny, dd["validation"], [(layer, n) for n in range(tiny.cfg.d_mlp)], k=5, max_tokens=16384,
+                          text_field="body")
+    want = ref.examples[ref.examples.neuron == neuron].reset_index(drop=True)
+    got = app.session_state["examples"].reset_index(drop=True)
+    assert got[["rank", "doc", "position", "token_id"]].equals(want[["rank", "doc", "position", "token_id"]])
+    np.testing.assert_allclose(got.activation.to_numpy(), want.activation.to_numpy(), rtol=1e-6, atol=1e-7)
+    assert set(got.doc) <= {0, 1, 2}  # three non-empty documents, numbered as the scan engine numbers them
+    # the same documents as a Parquet file: the same examples
+    app.text_input(key="corpus_split").set_value("").run()
+    app.text_input(key="corpus_path").set_value(str(tmp_path / "v.parquet")).run()
+    _ok(app)
+    app.button(key="scan").click().run()
+    _ok(app)
+    np.testing.assert_allclose(app.session_state["examples"].activation.to_numpy(), want.activation.to_numpy(),
+                               rtol=1e-6, atol=1e-7)
+    app.text_input(key="corpus_path").set_value(str(tmp_path / "nowhere")).run()
+    assert "corpus path: no such file or folder" in app.error[0].value
+    app.radio(key="corpus_source").set_value("pasted text").run()  # back to the default for the other tests
+    _ok(app)
+
+
 def test_compare_page(app, tiny):
     app.sidebar.radio(key="page").set_value("Compare").run()  # its default second prompt is too long for n_ctx=48
     assert any("second prompt" in e.value and "n_ctx=48" in e.value for e in app.error)

@@ -785,93 +785,127 @@ def _neuron_list(model, neurons) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
+# A corpus longer than this many times ``max_tokens`` is read only that far (its beginning): windows are then spread
+# over what was read. Without it a hub dataset streamed in full (or a huge split) would be tokenized to the end.
+READ_FACTOR = 8
+
+
+def _read_windows(model, corpus, seq_len: int, overlap: int, limit: int | None) -> list:
+    """``(Window, document tokens)`` for the corpus's documents, cut as the scan engine cuts them
+    (:func:`interp.data.corpus.document_windows`: never across a document), reading about ``limit`` tokens at most."""
+    from interp.data.corpus import document_windows, tokenized
+
+    windows, read = [], 0
+    stream = tokenized(model, corpus)
+    try:
+        for di, toks in stream:
+            toks = toks.detach().to("cpu", torch.long)
+            windows += [(w, toks) for w in document_windows(int(di), toks, seq_len, overlap)]
+            read += len(toks)
+            if limit is not None and read >= limit:
+                break
+    finally:
+        stream.close()  # stops the tokenizing thread when we leave early
+    return windows
+
+
 @torch.no_grad()
 def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after: int = 4, bins: int = 40,
-                    seq_len: int | None = None, max_tokens: int | None = 200_000,
-                    batch_size: int = 8) -> NeuronProfiles:
+                    seq_len: int | None = None, max_tokens: int | None = 200_000, batch_size: int = 8, *,
+                    overlap: int = 0, text_field: str = "text", split: str = "train") -> NeuronProfiles:
     """Top-activating examples, with the activation at every token around the trigger, and histograms.
 
-    ``corpus`` is what :func:`scan_top_contexts` takes (text, list of texts, token ids). Documents are
-    cut into chunks of ``seq_len`` (default ``n_ctx``) tokens; when the corpus is longer than
-    ``max_tokens`` (``None``: no limit), about that many tokens are read, in chunks spread evenly over it. Every chunk runs through the model once, keeping ``mlp.hook_post`` of the chosen
-    ``neurons`` ((layer, neuron) pairs) only, so memory is ``O(tokens * len(neurons))``.
+    ``corpus`` is anything :func:`interp.data.as_corpus` takes: a string (one document), a list of texts or
+    token ids, a ``pathlib.Path`` to a text / JSONL / Parquet file, a folder of them or a saved `datasets`
+    folder, a `datasets` ``Dataset`` / ``IterableDataset`` / ``DatasetDict`` (``split`` picks one;
+    ``text_field`` names the text column), or an :class:`interp.data.Corpus`. Documents are cut into
+    windows exactly as :func:`scan_top_contexts` cuts them (:func:`interp.data.document_windows` with
+    ``seq_len``, default ``n_ctx``, and ``overlap``): a window never spans two documents, so neither does an
+    example, and every token is scored once. When the corpus has more than ``max_tokens`` tokens
+    (``None``: no limit), about that many are scored, in windows spread evenly over it (at most
+    ``8 * max_tokens`` tokens of it are read). Each window runs through the model once, keeping
+    ``mlp.hook_post`` of the chosen ``neurons`` ((layer, neuron) pairs) only, so memory is
+    ``O(tokens * len(neurons))``. Ties rank by document, then position (as the scan engine's top-k does).
     """
     pairs = _neuron_list(model, neurons)
     layers = sorted({layer for layer, _ in pairs})
+    _refuse_moe(model, layers)
+    names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layers}
+    # column j of the result is pairs[j]: where it sits in its layer's activations
     cols = {layer: torch.tensor([n for lay, n in pairs if lay == layer]) for layer in layers}
-    stacked = {p: i for i, p in enumerate((layer, n) for layer in layers for n in cols[layer].tolist())}
-    order = torch.tensor([stacked[p] for p in pairs])  # from layer-major stacking back to ``pairs`` order
+    order = _pair_order(pairs, layers)
 
-    def read(cache) -> torch.Tensor:  # [batch, pos, len(pairs)]: only the chosen columns leave the device
-        parts = []
-        for layer in layers:
-            post = cache[f"blocks.{layer}.mlp.hook_post"]
-            parts.append(post[..., cols[layer].to(post.device)].cpu())
-        return torch.cat(parts, dim=-1)[..., order]
+    def read(cache) -> torch.Tensor:  # [B, L, len(pairs)]: only the chosen columns leave the device
+        per_layer = [cache[name][:, :, cols[layer].to(cache[name].device)].float().cpu()
+                     for name, layer in names.items()]
+        return torch.cat(per_layer, dim=-1)[..., order]  # layer-major, then back to ``pairs`` order
 
-    return column_profiles(model, corpus, {f"blocks.{layer}.mlp.hook_post" for layer in layers}, read, pairs,
-                           ("layer", "neuron"), k=k, window=window, after=after, bins=bins, seq_len=seq_len,
-                           max_tokens=max_tokens, batch_size=batch_size)
+    return column_profiles(model, corpus, set(names), read, pairs, ("layer", "neuron"), k=k, window=window,
+                           after=after, bins=bins, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size,
+                           overlap=overlap, text_field=text_field, split=split)
 
 
 @torch.no_grad()
-def column_profiles(model, corpus, names, read, labels: Sequence[tuple], key_columns: Sequence[str], *, k: int = 5,
-                    window: int = 12, after: int = 4, bins: int = 40, seq_len: int | None = None,
-                    max_tokens: int | None = 200_000, batch_size: int = 8) -> NeuronProfiles:
+def column_profiles(model, corpus, names, read, labels, key_columns, *, k: int = 5, window: int = 12, after: int = 4,
+                    bins: int = 40, seq_len: int | None = None, max_tokens: int | None = 200_000, batch_size: int = 8,
+                    overlap: int = 0, text_field: str = "text", split: str = "train") -> NeuronProfiles:
     """The engine of :func:`neuron_profiles` for any per-token quantity: ``read(cache)`` turns a cache of the
-    hooks ``names`` into ``[batch, pos, len(labels)]`` values (an MLP neuron, an SAE feature, ...); each
-    column is profiled and its rows start with ``key_columns`` holding that column's ``labels`` tuple."""
+    hooks ``names`` into ``[batch, pos, len(labels)]`` values (MLP neurons, SAE features, ...); column ``j``
+    is profiled, its rows starting with ``key_columns`` that hold the tuple ``labels[j]``. The corpus, the
+    windows, ``max_tokens`` and the ranking are :func:`neuron_profiles`' (see there)."""
+    from interp.data.corpus import as_corpus
+    from interp.data.scan import forward_cache, window_batches
+
     k = _resolve_k(k)
     bins = _resolve_k(bins, "bins")
-    for name, v in (("window", window), ("after", after)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise InterpError(f"{name}: must be an int >= 0; given {v!r}")
+    batch_size = _resolve_k(batch_size, "batch_size")
+    window = _check_nonneg("window", window, "tokens shown before the trigger")
+    after = _check_nonneg("after", after, "tokens shown after the trigger")
     cfg = model.cfg
     seq_len = int(cfg.n_ctx) if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
         raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < seq_len:
+        raise InterpError(f"overlap: must be an int in [0, seq_len={seq_len}); given {overlap!r}")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InterpError(f"max_tokens: must be an int >= 1 or None; given {max_tokens!r}")
-    from interp.data.corpus import as_corpus, tokenized
 
-    docs = [(int(i), t.detach().to("cpu", torch.long)) for i, t in tokenized(model, as_corpus(corpus))]
-    if not docs:
-        raise InterpError("corpus: the corpus is empty (no tokens)")
-    chunks = [(di, off, d[off: off + seq_len]) for di, d in docs for off in range(0, len(d), seq_len)]
-    total = sum(len(c) for _, _, c in chunks)
-    if max_tokens is not None and total > max_tokens:
-        # chunks spread evenly over the corpus (not just its beginning), about max_tokens tokens in all
-        keep = max(1, round(len(chunks) * max_tokens / total))
-        picks = sorted({round(i * (len(chunks) - 1) / max(1, keep - 1)) for i in range(keep)})
-        chunks = [chunks[i] for i in picks]
-    names = set(names)
+    source = as_corpus(corpus, text_field=text_field, split=split)
+    windows = _read_windows(model, source, seq_len, overlap, None if max_tokens is None else READ_FACTOR * max_tokens)
+    scored = sum(len(w.tokens) - w.scored_from for w, _ in windows)
+    if scored == 0:
+        raise InterpError(f"corpus: no tokens to scan (every document is empty); given {source.description}")
+    if max_tokens is not None and scored > max_tokens:
+        # windows spread evenly over the corpus (not just its beginning), about max_tokens scored tokens in all
+        keep = max(1, round(len(windows) * max_tokens / scored))
+        picks = sorted({round(i * (len(windows) - 1) / max(1, keep - 1)) for i in range(keep)})
+        windows = [windows[i] for i in picks]
+
     dev = model_device(model)
-    acts: list[torch.Tensor] = []  # per chunk: [len, len(labels)]
-    for s in range(0, len(chunks), batch_size):
-        group = chunks[s: s + batch_size]
-        L = max(len(c) for _, _, c in group)
-        toks = torch.zeros(len(group), L, dtype=torch.long)
-        for i, (_, _, c) in enumerate(group):
-            toks[i, : len(c)] = c  # right padding: causal attention never lets it reach real tokens
-        _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda nm: nm in names)
-        values = read(cache).float().cpu()
-        acts += [values[i, : len(c)] for i, (_, _, c) in enumerate(group)]
+    acts: list[torch.Tensor] = []  # per window: [len, len(labels)]
+    for batch in window_batches(windows, batch_size, 0, dev):
+        cache = forward_cache(model, batch.tokens, set(names))
+        values = read(cache).float().cpu()  # [B, L, len(labels)]
         del cache
-    flat = torch.cat(acts)  # [tokens, len(labels)]
-    where = [(ci, p) for ci, (_, _, c) in enumerate(chunks) for p in range(len(c))]
+        for i, w in enumerate(batch.windows):
+            acts.append(values[i, : len(w.tokens)])
+    # scored positions only (an overlap is context its window's predecessor scored), in document order
+    flat = torch.cat([a[w.scored_from:] for a, (w, _) in zip(acts, windows)])  # [tokens, len(labels)]
+    where = [(wi, p) for wi, (w, _) in enumerate(windows) for p in range(w.scored_from, len(w.tokens))]
     strs: dict[int, list[str]] = {}
     ex_rows, hist_rows, stat_rows = [], [], []
     for j, key in enumerate(labels):
         key = tuple(key)
         v = flat[:, j].double()
-        top = v.topk(min(k, len(v)))
-        for rank, gi in enumerate(top.indices.tolist(), 1):
-            ci, p = where[gi]
-            di, off, c = chunks[ci]
-            if ci not in strs:
-                strs[ci] = str_tokens(model, c)
-            for q in range(max(0, p - window), min(len(c), p + after + 1)):
-                ex_rows.append((*key, rank, di, off + p, q - p, int(c[q]), strs[ci][q], float(acts[ci][q, j]), q == p))
+        top = torch.sort(v, descending=True, stable=True).indices[:k]  # stable: ties by document, then position
+        for rank, gi in enumerate(top.tolist(), 1):
+            wi, p = where[gi]
+            w, _ = windows[wi]
+            if wi not in strs:
+                strs[wi] = str_tokens(model, w.tokens)
+            for q in range(max(0, p - window), min(len(w.tokens), p + after + 1)):
+                ex_rows.append((*key, rank, w.doc, w.offset + p, q - p, int(w.tokens[q]), strs[wi][q],
+                                float(acts[wi][q, j]), q == p))
         counts, edges = torch.histogram(v, bins=bins)
         for b in range(bins):
             hist_rows.append((*key, float(edges[b]), float(edges[b + 1]), int(counts[b])))
@@ -883,6 +917,16 @@ def column_profiles(model, corpus, names, read, labels: Sequence[tuple], key_col
     histogram = pd.DataFrame(hist_rows, columns=[*keys, "bin_left", "bin_right", "count"])
     stats = pd.DataFrame(stat_rows, columns=[*keys, "n_tokens", "mean", "std", "min", "max", "frac_positive"])
     return NeuronProfiles(examples, histogram, stats)
+
+
+def _pair_order(pairs, layers) -> list[int]:
+    """Index, in the layer-major concatenation of each layer's chosen neurons, of every pair in ``pairs`` order."""
+    start, pos = 0, {}
+    for layer in layers:
+        mine = [p for p in pairs if p[0] == layer]
+        pos.update({p: start + i for i, p in enumerate(mine)})
+        start += len(mine)
+    return [pos[p] for p in pairs]
 
 
 @torch.no_grad()

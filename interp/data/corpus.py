@@ -144,8 +144,21 @@ class Corpus:
         if cols is not None and text_field not in cols:
             raise InterpError(f"text_field: the dataset's columns are {cols}; given {text_field!r}")
         fp = getattr(ds, "_fingerprint", None)
-        return cls(lambda: (_row_doc(row, text_field) for row in ds), description=f"datasets {type(ds).__name__}",
+        return cls(lambda: _rows(ds, text_field), description=f"datasets {type(ds).__name__}",
                    fingerprint=(lambda: f"datasets:{fp}:{text_field}") if fp else None)
+
+
+def _rows(ds, field: str):
+    """The documents of a `datasets` dataset's rows. A streaming dataset's reader is closed when we stop early:
+    one left open until exit can abort the interpreter at shutdown (pyarrow's threads)."""
+    rows = iter(ds)
+    try:
+        for row in rows:
+            yield _row_doc(row, field)
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
 
 
 def _row_doc(row: dict, field: str):
@@ -166,9 +179,7 @@ def _file_docs(f: Path, text_field: str, doc_sep: str | None):
     import datasets
 
     kind = "parquet" if suffix == ".parquet" else "json"
-    ds = datasets.load_dataset(kind, data_files=str(f), split="train", streaming=True)
-    for row in ds:
-        yield _row_doc(row, text_field)
+    yield from _rows(datasets.load_dataset(kind, data_files=str(f), split="train", streaming=True), text_field)
 
 
 def as_corpus(source, *, text_field: str = "text", doc_sep: str | None = None, split: str = "train") -> Corpus:
@@ -262,6 +273,7 @@ def tokenized(model, corpus: Corpus, *, select: Callable[[int], bool] | None = N
         return False
 
     def work():
+        docs = None
         try:
             pending: list[tuple[int, str]] = []
 
@@ -273,7 +285,8 @@ def tokenized(model, corpus: Corpus, *, select: Callable[[int], bool] | None = N
                 return ok
 
             index = 0
-            for doc in corpus:
+            docs = iter(corpus)
+            for doc in docs:
                 if stop.is_set():
                     return
                 if len(doc) == 0:
@@ -297,6 +310,10 @@ def tokenized(model, corpus: Corpus, *, select: Callable[[int], bool] | None = N
         except BaseException as e:  # noqa: BLE001 - handed to the consumer thread, which re-raises it
             out.put(e)
             return
+        finally:  # a streaming reader left open when we stop early can abort the interpreter at exit
+            close = getattr(docs, "close", None)
+            if close is not None:
+                close()
         out.put(_END)
 
     thread = threading.Thread(target=work, name="interp-tokenize", daemon=True)

@@ -37,8 +37,8 @@ from interp.data.distributed import all_gather, all_gather_object, all_reduce, r
 from interp.errors import InterpError
 from interp.io import atomic_path
 
-__all__ = ["Batch", "Consumer", "RunningStats", "ScanInfo", "TopK", "activation_stats", "meta_digest", "run_scan",
-           "select_top"]
+__all__ = ["Batch", "Consumer", "RunningStats", "ScanInfo", "TopK", "activation_stats", "forward_cache", "meta_digest",
+           "run_scan", "select_top", "window_batches"]
 
 
 @dataclass
@@ -120,7 +120,9 @@ def _save_checkpoint(path: Path, digest: str, consumers: Sequence[Consumer], don
         save_file(tensors, str(tmp), metadata={"digest": digest, "done": json.dumps(done)})
 
 
-def _batches(windows: list[tuple[Window, torch.Tensor]], batch_size: int, shard: int, device):
+def window_batches(windows: list[tuple[Window, torch.Tensor]], batch_size: int, shard: int, device):
+    """``(window, its document's tokens)`` pairs -> :class:`Batch` es of ``batch_size``, right-padded (padding is never
+    scored; causal attention keeps it from reaching real tokens)."""
     for s in range(0, len(windows), batch_size):
         group = windows[s:s + batch_size]
         L = max(len(w.tokens) for w, _ in group)
@@ -134,7 +136,8 @@ def _batches(windows: list[tuple[Window, torch.Tensor]], batch_size: int, shard:
                     {w.doc: d for w, d in group}, shard)
 
 
-def _forward(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+def forward_cache(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+    """The cached activations ``names`` of one forward pass (no logits kept)."""
     # device=: a model spread over several GPUs (device_map) hands every activation back on the input's device
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, return_type=None,
                                     device=tokens.device)
@@ -181,9 +184,9 @@ def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | Non
 
     def run_shard(shard: int, docs: list[tuple[int, torch.Tensor]]) -> None:
         windows = [(w, toks) for di, toks in docs for w in document_windows(di, toks, seq_len, overlap)]
-        for batch in _batches(windows, batch_size, shard, device):
+        for batch in window_batches(windows, batch_size, shard, device):
             with torch.no_grad():
-                acts = _forward(model, batch.tokens, names)
+                acts = forward_cache(model, batch.tokens, names)
             for c in consumers:
                 c.update(acts, batch)
             if bar.total is None and corpus.n_chars and stats.get("chars"):

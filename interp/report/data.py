@@ -8,7 +8,7 @@ compare a rendered report against the same analyzer calls, so every number on th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,11 @@ class ReportOptions:
     max_pairs: int = 20_000  # direction pairs per set (exact below this)
     hist_pairs: int = 5_000  # pairs sampled for the angle histograms
     seed: int = 0
-    corpus: str | None = "default"  # neuron pages: the model's heldout.txt ("default"), a text file, or None
+    # neuron pages: the model's heldout.txt ("default"), a text / JSONL / Parquet file or folder, a saved datasets
+    # folder, "hf:NAME[:CONFIG][:SPLIT]", a datasets object or a Corpus (interp.report.inputs.read_corpus), or None
+    corpus: object = "default"
+    corpus_split: str | None = None  # the split of a dataset dict (needed when it has several)
+    corpus_field: str | None = None  # the text column of a table or dataset (default "text")
     k_examples: int = 5  # top-activating examples per neuron page
     max_corpus_tokens: int = 16_384  # corpus tokens scanned for neuron pages (chunks spread over the corpus)
     pattern_window: int = 40  # positions drawn in a pattern heatmap (the last ones; the attention view shows all)
@@ -191,6 +195,8 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
 
     step("tokenization")
     tokens = encode_prompt(model, prompt)
+    # the corpus is checked now (a missing split or column fails in a second, not after the analyses); read later
+    corpus = read_corpus(model, opts.corpus, split=opts.corpus_split, field=opts.corpus_field)
     ids = tokens[0].tolist()
     strs = str_tokens(model, tokens)
     tok_table = tokenization_table(model, prompt, tokens)
@@ -230,7 +236,6 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
     prompt_df = pd.concat(on_prompt, ignore_index=True) if on_prompt else pd.DataFrame()
 
     step("neuron pages")
-    corpus = read_corpus(model, opts.corpus)
     profiles = None
     if corpus is not None and paged:
         profiles = neurons.neuron_profiles(model, corpus[1], paged, k=opts.k_examples,
@@ -254,7 +259,8 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
                                           n_cards=opts.n_sae_cards, k_answers=opts.k_answers,
                                           k_examples=opts.k_examples, max_tokens=opts.max_corpus_tokens)
 
-    opts_dict = asdict(opts)
+    opts_dict = asdict(replace(opts, corpus=None))  # a datasets object is shown by name, not deep-copied
+    opts_dict["corpus"] = corpus[0] if corpus else None
     opts_dict["superposition_sets"] = list(sets)
     if opts.sae is None:  # a report without an SAE lists the options it always had
         for key in ("sae", "k_sae_features", "n_sae_cards"):

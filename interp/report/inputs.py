@@ -145,33 +145,183 @@ def _model_folder(spec) -> Path | None:
 
 
 HELDOUT = "heldout.txt"
+# How each front end names the corpus arguments in its messages (the dashboard passes its own labels).
+CORPUS_FLAGS = {"corpus": "--corpus", "split": "--corpus-split", "field": "--corpus-field"}
+HUB_PREFIX = "hf:"
 
 
-def read_corpus(model, corpus: str | Path | None = "default") -> tuple[str, str] | None:
-    """The text neuron pages scan, as ``(name, text)``; None when there is none.
+def read_corpus(model, corpus="default", *, split: str | None = None, field: str | None = None,
+                flags: dict | None = None):
+    """The corpus neuron pages scan, as ``(name, interp.data.Corpus)``; None when there is none.
 
-    ``"default"``: the model folder's held-out text (``heldout.txt``, text the model was not trained
-    on), or None when the folder has none. Otherwise a UTF-8 text file; a missing or unreadable file is
-    an :class:`InterpError` naming it.
+    ``corpus`` is ``"default"`` (the model folder's held-out text ``heldout.txt``, text the model was not
+    trained on: None when the folder has none), a path (a text file, a JSONL / Parquet file, a folder of
+    them, or a ``save_to_disk`` `datasets` folder), ``hf:NAME[:CONFIG][:SPLIT]`` (a hub dataset, streamed;
+    only where a hub is reachable), a `datasets` ``Dataset`` / ``DatasetDict``, an :class:`interp.data.Corpus`,
+    or what this function returned (passed through). Only ``"default"`` needs ``model``.
+    ``split`` picks a split of a dataset dict (needed when it has more than one) and ``field`` the text
+    column of a table (default ``text``). Every source is read by :func:`interp.data.as_corpus`; what does
+    not fit (a missing file, split or column, a source with no text) is an :class:`InterpError` naming the
+    argument (``flags``: the names a front end shows), what exists and what was given.
     """
+    from interp.data.corpus import TABLE_SUFFIXES, Corpus
+
+    f = {**CORPUS_FLAGS, **(flags or {})}
     if corpus is None:
         return None
+    if isinstance(corpus, Corpus):
+        return corpus.description, corpus
+    if isinstance(corpus, tuple) and len(corpus) == 2 and isinstance(corpus[1], Corpus):
+        return corpus  # already read (a front end checks the corpus before it loads the model)
+    if _is_dataset(corpus):
+        return _dataset_corpus(corpus, f"datasets {type(corpus).__name__}", split, field, f)
     if isinstance(corpus, str) and corpus == "default":
         folder = getattr(model, "_interp_folder", None)
         path = Path(folder) / HELDOUT if folder is not None else None
         if path is None or not path.is_file():
             return None
-        return f"{path.parent.name}/{HELDOUT} (held-out text)", path.read_text(encoding="utf-8")
+        _no_table_options(f"{path.parent.name}/{HELDOUT}", "a text file", split, field, f)
+        return f"{path.parent.name}/{HELDOUT} (held-out text)", Corpus.from_path(path)
+    if isinstance(corpus, str) and corpus.startswith(HUB_PREFIX):
+        return _hub_corpus(corpus, split, field, f)
     path = Path(corpus).expanduser()
-    if not path.is_file():
-        raise InterpError(f"--corpus: no such text file {str(corpus)!r} (give a UTF-8 .txt file, or 'default').")
+    if not path.exists():
+        raise InterpError(f"{f['corpus']}: no such file or folder {str(corpus)!r} (give a text, JSONL or Parquet "
+                          f"file, a folder of them, a saved datasets folder, {HUB_PREFIX}NAME[:CONFIG]:SPLIT or 'default').")
+    if path.is_dir() and any((path / m).is_file() for m in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001 - a damaged folder: say which, in one line
+            raise InterpError(f"{f['corpus']}: {str(path)!r} is not a readable saved datasets folder "
+                              f"({_first_line(e)})") from None
+        return _dataset_corpus(ds, str(corpus), split, field, f)
+    if path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
+        _no_table_options(path.name, "a text file", split, field, f)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InterpError(f"{f['corpus']}: {str(corpus)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+        if not text.strip():
+            raise InterpError(f"{f['corpus']}: {str(corpus)!r} is empty; give a file with text to scan.")
+        return path.name, Corpus.from_memory([text])  # one document, as the default held-out text
+    kind = "a folder of files" if path.is_dir() else "one table"
+    _no_table_options(str(corpus), kind, split, None, f)
+    if path.is_file():
+        _check_table_field(path, field or "text", f)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InterpError(f"--corpus: {str(corpus)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-    if not text.strip():
-        raise InterpError(f"--corpus: {str(corpus)!r} is empty; give a file with text to scan.")
-    return path.name, text
+        corpus_ = Corpus.from_path(path, text_field=field or "text")
+    except InterpError as e:
+        raise InterpError(f"{f['corpus']}: {str(e).removeprefix('corpus: ')}") from None
+    name = str(corpus) + ("" if field is None else f" (field {field!r})")
+    return name, _nonempty(corpus_, name, f)
+
+
+def _is_dataset(obj) -> bool:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return False
+    return isinstance(obj, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict,
+                            datasets.IterableDatasetDict))
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _no_table_options(name: str, kind: str, split, field, f: dict) -> None:
+    """A split or column asked of a source that has none would be silently ignored: refuse it."""
+    if split is not None:
+        raise InterpError(f"{f['split']}: {name} is {kind}, which has no splits; given {split!r}")
+    if field is not None:
+        raise InterpError(f"{f['field']}: {name} is {kind}, which has no columns; given {field!r}")
+
+
+def _check_table_field(path: Path, field: str, f: dict) -> None:
+    """The column exists in a JSONL / Parquet file (its first row: `datasets` reads it streaming)."""
+    import datasets
+
+    kind = "parquet" if path.suffix.lower() == ".parquet" else "json"
+    rows = None
+    try:
+        rows = iter(datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True))
+        first = next(rows, None)
+    except Exception as e:  # noqa: BLE001 - a malformed file: one line naming it
+        raise InterpError(f"{f['corpus']}: could not read {str(path)!r} as {kind} ({_first_line(e)})") from None
+    finally:
+        getattr(rows, "close", lambda: None)()  # left open until exit, pyarrow's reader can abort the interpreter
+    if first is None:
+        raise InterpError(f"{f['corpus']}: {str(path)!r} has no rows; give a table with text to scan.")
+    if field not in first:
+        raise InterpError(f"{f['field']}: {str(path)!r} has columns {sorted(first)}; given {field!r}")
+
+
+def _dataset_corpus(ds, label: str, split, field, f: dict):
+    """A `datasets` dataset (or dict of splits) as ``(name, Corpus)``, its split and text column checked."""
+    import datasets
+
+    from interp.data.corpus import Corpus
+
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        splits = sorted(ds)
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split not in ds:
+            given = "none" if split is None else repr(split)
+            raise InterpError(f"{f['split']}: {label} has splits {splits}; given {given}")
+        ds, label = ds[split], f"{label} [{split}]"
+    elif split is not None and str(getattr(ds, "split", None) or "") != split:
+        own = getattr(ds, "split", None)
+        raise InterpError(f"{f['split']}: {label} is one dataset{f' (split {str(own)!r})' if own else ''}, not a "
+                          f"dict of splits; given {split!r}")
+    field = field or "text"
+    cols = ds.column_names
+    if cols is not None:
+        if field not in cols:
+            raise InterpError(f"{f['field']}: {label}'s columns are {cols}; given {field!r}")
+        feat = (ds.features or {}).get(field)
+        if isinstance(feat, datasets.Value) and feat.dtype not in ("string", "large_string"):
+            raise InterpError(f"{f['field']}: column {field!r} of {label} holds {feat.dtype}, not text or token ids; "
+                              f"its columns are {cols}")
+    name = f"{label} (field {field!r})"
+    return name, _nonempty(Corpus.from_dataset(ds, text_field=field), name, f)
+
+
+def _hub_corpus(spec: str, split, field, f: dict):
+    """``hf:NAME[:CONFIG][:SPLIT]``: a hub dataset streamed through `datasets` (no download of the whole)."""
+    import datasets
+
+    parts = spec[len(HUB_PREFIX):].split(":")
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise InterpError(f"{f['corpus']}: spell a hub dataset {HUB_PREFIX}NAME[:CONFIG][:SPLIT]; given {spec!r}")
+    name, config, own = parts[0], parts[1] if len(parts) == 3 else None, parts[-1] if len(parts) > 1 else None
+    if own is not None and split is not None and own != split:
+        raise InterpError(f"{f['split']}: {spec!r} names split {own!r} already; given {split!r}")
+    split = own or split
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, bad config or split: one line
+        raise InterpError(f"{f['corpus']}: could not open hub dataset {name!r}"
+                          f"{f' config {config!r}' if config else ''}{f' split {split!r}' if split else ''} "
+                          f"({_first_line(e)})") from None
+    return _dataset_corpus(ds, f"{HUB_PREFIX}{name}" + (f":{config}" if config else ""), split, field, f)
+
+
+def _nonempty(corpus, name: str, f: dict):
+    """``corpus`` if it has a non-empty document (read up to the first one), else an error naming it."""
+    docs = iter(corpus)
+    try:
+        found = any(len(doc) for doc in docs)
+    except InterpError as e:  # a row without the field, a bad token column
+        raise InterpError(f"{f['field']}: {name}: {str(e).split(': ', 1)[-1]}") from None
+    finally:
+        getattr(docs, "close", lambda: None)()  # stop a streaming reader now, not at exit
+    if not found:
+        raise InterpError(f"{f['corpus']}: {name} holds no text to scan (every document is empty)")
+    return corpus
 
 
 def model_label(spec: str | None) -> str:

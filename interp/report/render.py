@@ -301,7 +301,8 @@ def _neuron_pages(data: ReportData) -> str:
     prof = data.neuron_profiles
     if prof is None:
         intro = ('<p class="note">No corpus to scan (the model folder has no heldout.txt): pass '
-                 "<code>--corpus FILE</code> for top-activating examples.</p>")
+                 "<code>--corpus FILE</code> (a text, JSONL or Parquet file, a saved <code>datasets</code> folder "
+                 "with <code>--corpus-split</code>) for top-activating examples.</p>")
     else:
         n_tok = int(prof.stats.n_tokens.iloc[0]) if len(prof.stats) else 0
         intro = (f'<p class="note">Top-activating examples over <b>{esc(data.corpus_name or "")}</b> '

@@ -176,11 +176,12 @@ def feature_activations(model, sae: SAE, tokens, hook_name: str | None = None, k
 @torch.no_grad()
 def feature_profiles(model, sae: SAE, corpus, features, k: int = 5, *, hook_name: str | None = None,
                      window: int = 12, after: int = 4, bins: int = 40, seq_len: int | None = None,
-                     max_tokens: int | None = 200_000, batch_size: int = 8):
+                     max_tokens: int | None = 200_000, batch_size: int = 8, overlap: int = 0,
+                     text_field: str = "text", split: str = "train"):
     """What the neuron pages show for a neuron, for SAE ``features`` (an int or a list) over ``corpus``.
 
-    ``interp.analysis.neurons.neuron_profiles``' scan (same chunks, the same ``max_tokens`` spread over the
-    corpus) reading ``sae.encode`` of the hook: a ``NeuronProfiles`` whose frames start with ``feature``
+    ``interp.analysis.neurons.neuron_profiles``' scan (any corpus ``as_corpus`` reads, the same windows, the
+    same ``max_tokens`` spread over the corpus, the same ranking) reading ``sae.encode`` of the hook: a ``NeuronProfiles`` whose frames start with ``feature``
     instead of ``layer, neuron``. ``examples``: each top example's tokens around the trigger with the
     feature's activation at each; ``histogram``; ``stats`` (``frac_positive`` is the firing frequency).
     """
@@ -199,4 +200,5 @@ def feature_profiles(model, sae: SAE, corpus, features, k: int = 5, *, hook_name
         return f[..., idx.to(f.device)]
 
     return column_profiles(model, corpus, {name}, read, [(f,) for f in feats], ("feature",), k=k, window=window,
-                           after=after, bins=bins, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size)
+                           after=after, bins=bins, seq_len=seq_len, max_tokens=max_tokens, batch_size=batch_size,
+                           overlap=overlap, text_field=text_field, split=split)
