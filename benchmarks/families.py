@@ -64,13 +64,15 @@ def scaled_config(case: str, d_model: int, layers: int, vocab: int, n_ctx: int):
     for key, value in kwargs.items():
         if key in ("hidden_size", "n_embd", "word_embed_proj_dim"):
             out[key] = d_model
+        elif key == "d_model":  # MPT's spelling; its case has 6 heads
+            out[key] = d_model - d_model % kwargs["n_heads"]
         elif key in ("intermediate_size", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size"):
             out[key] = int(value * grow)
-        elif key in ("num_hidden_layers", "n_layer", "num_layers"):
+        elif key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
             out[key] = layers
         elif key == "vocab_size":
             out[key] = vocab
-        elif key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        elif key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
             out[key] = n_ctx
         elif key in ("head_dim", "rotary_dim", "query_pre_attn_scalar"):
             out[key] = int(value * grow)

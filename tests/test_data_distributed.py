@@ -66,7 +66,7 @@ def compute(out: Path, crash_after_first_shard: bool = False) -> dict:
 
     model, docs = make_model(), corpus_docs()
     forwards = []  # batch sizes of every forward pass a scan makes in this process
-    real_forward, real_save = scan_mod._forward, scan_mod._save_checkpoint
+    real_forward, real_save = scan_mod.forward_cache, scan_mod._save_checkpoint
 
     def counting_forward(model, tokens, names):
         forwards.append(tokens.shape[0])
@@ -76,7 +76,7 @@ def compute(out: Path, crash_after_first_shard: bool = False) -> dict:
         real_save(*a, **k)
         raise RuntimeError("simulated crash")
 
-    scan_mod._forward = counting_forward
+    scan_mod.forward_cache = counting_forward
     try:
         res = {"scan": scan_top_contexts(model, docs, **SCAN)}
         res["full_forwards"] = len(forwards)
@@ -91,7 +91,7 @@ def compute(out: Path, crash_after_first_shard: bool = False) -> dict:
         res["resumed"] = scan_top_contexts(model, docs, cache_path=out / "resume", **SCAN)
         res["resumed_forwards"] = (before - res["full_forwards"], len(forwards) - before)
     finally:
-        scan_mod._forward, scan_mod._save_checkpoint = real_forward, real_save
+        scan_mod.forward_cache, scan_mod._save_checkpoint = real_forward, real_save
     res["probe"] = collect_activations(model, prompts(), ["resid_post", "mlp.hook_post"], positions="all",
                                        batch_size=1)
     res["stats"] = activation_stats(model, docs, ["mlp.hook_post", "hook_embed"], seq_len=12, overlap=4,
