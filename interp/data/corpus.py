@@ -156,9 +156,14 @@ def _rows(ds, field: str):
         for row in rows:
             yield _row_doc(row, field)
     finally:
-        close = getattr(rows, "close", None)
-        if close is not None:
-            close()
+        _close(rows)
+
+
+def _close(iterator) -> None:
+    """Close a generator/reader we may leave before its end (a no-op for one that has no ``close``)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def _row_doc(row: dict, field: str):
@@ -311,9 +316,7 @@ def tokenized(model, corpus: Corpus, *, select: Callable[[int], bool] | None = N
             out.put(e)
             return
         finally:  # a streaming reader left open when we stop early can abort the interpreter at exit
-            close = getattr(docs, "close", None)
-            if close is not None:
-                close()
+            _close(docs)
         out.put(_END)
 
     thread = threading.Thread(target=work, name="interp-tokenize", daemon=True)

@@ -328,16 +328,26 @@ def _split_gpt2(sd: dict, cfg: dict) -> None:
             sd[f"layers.{l}.{slot}.bias"] = sd.pop(p + name + ".bias")
 
 
+def _heads_qkv(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """A fused projection whose output features are grouped per head as [q | k | v] -> [3, heads·d, ...]."""
+    return einops.rearrange(t, "(h three d) ... -> three (h d) ...", h=heads, three=3)
+
+
+def _zero_bias(sd: dict, *norms: str) -> None:
+    """A LayerNorm with a gain and no bias (Cohere, MPT): ours with a zero bias is the same function."""
+    for norm in norms:
+        sd[norm + ".bias"] = torch.zeros_like(sd[norm + ".weight"])
+
+
 def _per_head_qkv(prefix: str):
-    """NeoX / Bloom / Falcon (multi_query=False): output features grouped per head as [q | k | v]."""
+    """NeoX / Bloom / GPTBigCode (multi_query=False): output features grouped per head as [q | k | v]."""
     def split(sd: dict, cfg: dict) -> None:
         for l in range(cfg["n_layers"]):
             for kind in ("weight", "bias"):
                 key = prefix.format(l=l) + "." + kind
                 if key in sd:
-                    t = einops.rearrange(sd.pop(key), "(h three d) ... -> three (h d) ...", h=cfg["n_heads"], three=3)
-                    for i, slot in enumerate("qkv"):
-                        sd[f"layers.{l}.{slot}.{kind}"] = t[i]
+                    for slot, x in zip("qkv", _heads_qkv(sd.pop(key), cfg["n_heads"])):
+                        sd[f"layers.{l}.{slot}.{kind}"] = x
     return split
 
 
@@ -350,8 +360,7 @@ def _split_falcon(sd: dict, cfg: dict) -> None:
                 continue
             t = sd.pop(key)
             if K == H:  # per head [q | k | v]
-                t = einops.rearrange(t, "(h three d) ... -> three (h d) ...", h=H, three=3)
-                q, k, v = t[0], t[1], t[2]
+                q, k, v = _heads_qkv(t, H)
             else:  # per kv group [q_1 .. q_{H/K} | k | v] (new_decoder_architecture; MQA is one group)
                 t = einops.rearrange(t, "(g s d) ... -> g s d ...", g=K, s=H // K + 2)
                 q = einops.rearrange(t[:, :-2], "g s d ... -> (g s d) ...")
@@ -363,16 +372,13 @@ def _split_falcon(sd: dict, cfg: dict) -> None:
 
 def _split_bigcode(sd: dict, cfg: dict) -> None:
     """GPTBigCode's c_attn (nn.Linear): [q (H·d) | k (d) | v (d)] with multi-query, per head [q | k | v] without."""
-    H, K = cfg["n_heads"], cfg["n_kv_heads"]
-    d = cfg["d_model"] // H
+    prefix = "transformer.h.{l}.attn.c_attn"
+    if cfg["n_kv_heads"] != 1:
+        return _per_head_qkv(prefix)(sd, cfg)
+    d = cfg["d_model"] // cfg["n_heads"]
     for l in range(cfg["n_layers"]):
         for kind in ("weight", "bias"):
-            t = sd.pop(f"transformer.h.{l}.attn.c_attn.{kind}")
-            if K == 1:
-                q, k, v = t.split([H * d, d, d])
-            else:
-                q, k, v = einops.rearrange(t, "(h three d) ... -> three (h d) ...", h=H, three=3)
-            for slot, x in zip("qkv", (q, k, v)):
+            for slot, x in zip("qkv", sd.pop(f"{prefix.format(l=l)}.{kind}").split([cfg["d_model"], d, d])):
                 sd[f"layers.{l}.{slot}.{kind}"] = x
 
 
@@ -411,17 +417,13 @@ def _split_mpt(sd: dict, cfg: dict) -> None:
         p = f"transformer.blocks.{l}."
         for slot, x in zip("qkv", sd.pop(p + "attn.Wqkv.weight").chunk(3)):
             sd[f"layers.{l}.{slot}.weight"] = x
-        for norm in ("norm_1", "norm_2"):
-            sd[p + norm + ".bias"] = torch.zeros_like(sd[p + norm + ".weight"])
-    sd["transformer.norm_f.bias"] = torch.zeros_like(sd["transformer.norm_f.weight"])
+        _zero_bias(sd, p + "norm_1", p + "norm_2")
+    _zero_bias(sd, "transformer.norm_f")
 
 
 def _split_cohere(sd: dict, cfg: dict) -> None:
-    """Cohere's LayerNorm has a gain and no bias: ours with a zero bias is the same function."""
-    for l in range(cfg["n_layers"]):
-        w = sd[f"model.layers.{l}.input_layernorm.weight"]
-        sd[f"model.layers.{l}.input_layernorm.bias"] = torch.zeros_like(w)
-    sd["model.norm.bias"] = torch.zeros_like(sd["model.norm.weight"])
+    """Cohere's LayerNorms have a gain and no bias."""
+    _zero_bias(sd, *(f"model.layers.{l}.input_layernorm" for l in range(cfg["n_layers"])), "model.norm")
 
 
 # --- the table ----------------------------------------------------------------------------------------

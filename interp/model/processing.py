@@ -221,7 +221,7 @@ def _check_refactorable(model) -> None:
 def _refactor_factored_attn_matrices(model) -> None:
     from transformer_lens.FactoredMatrix import FactoredMatrix
 
-    _check_refactorable(model)
+    # process_weights has run _check_refactorable before any step touched the weights
     _fold_value_biases(model)  # b_V -> b_O: afterwards the OV circuit is W_V·W_O alone
     for block in model.blocks:
         attn = block.attn
