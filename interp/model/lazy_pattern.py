@@ -32,8 +32,8 @@ import torch
 from transformer_lens.utilities.slice import Slice
 
 from interp.errors import InterpError
-from interp.model.processing import InterpActivationCache
 from interp.kernels.reference import modify_scores, visible_keys
+from interp.model.processing import InterpActivationCache
 
 PATTERN_HOOK_NAMES = ("hook_attn_scores", "hook_pattern")
 _TILE_ELEMS = 1 << 22  # scores per query tile (16 MB of fp32): bounds the temporaries of a rebuild
