@@ -417,38 +417,45 @@ def _scan_model(args):
 
 def _scan_corpus(args):
     from interp.data import Corpus
-    from interp.errors import InterpError
+    from interp.io import check_input_path
 
-    if not Path(args.corpus).exists():
-        raise InterpError(f"corpus: no such file or folder {args.corpus!r}")
+    check_input_path(args.corpus, "corpus")  # a FIFO or device would block or never end
     return Corpus.from_path(args.corpus, text_field=args.text_field, doc_sep=args.doc_sep)
 
 
 def _scan(args) -> int:
     from interp.data.distributed import is_main
     from interp.errors import InterpError
+    from interp.io import check_output_folder
 
     out = Path(args.out)
-    if args.kind == "neurons" and (out / "meta.json").exists() and not args.force:
-        raise InterpError(f"--out: {str(out)!r} holds a finished scan; pass --force to replace it (an identical "
-                          "scan is then loaded from there)")
     if args.kind == "stats":
         from interp.report.output import check_writable
 
         check_writable(out, args.force)
         if out.suffix not in (".csv", ".json", ".parquet"):
             raise InterpError(f"--out: the statistics table is written as .csv, .json or .parquet; given {str(out)!r}")
+    else:  # a folder: refuse an existing file (or a name that cannot be one) before any work
+        check_output_folder(out)
+    if args.kind == "neurons" and (out / "meta.json").exists() and not args.force:
+        raise InterpError(f"--out: {str(out)!r} holds a finished scan; pass --force to scan again and replace it")
     if args.kind == "activations" and (out / "manifest.json").exists() and not args.force:
         raise InterpError(f"--out: {str(out)!r} holds an activation dataset; pass --force to replace it")
-    model, corpus = _scan_model(args), _scan_corpus(args)
+    corpus = _scan_corpus(args)  # before the model: a bad corpus is refused in a second, not after loading
+    model = _scan_model(args)
     overlap = args.overlap if args.overlap is not None else (args.seq_len or int(model.cfg.n_ctx)) // 4
     common = {"seq_len": args.seq_len, "overlap": overlap, "batch_size": args.batch_size,
               "shard_docs": args.shard_docs, "progress": not args.quiet}
     if args.kind == "neurons":
         from interp.analysis.neurons import scan_top_contexts
+        from interp.report.inputs import cap_count, resolve_index
 
-        df = scan_top_contexts(model, corpus, layers=args.layers, k=args.k, window=args.window, after=args.after,
-                               cache_path=out, **common)
+        layers = None if args.layers is None else [
+            resolve_index(v, int(model.cfg.n_layers), "--layers", "layers") for v in args.layers]
+        window = cap_count(args.window, (args.seq_len or int(model.cfg.n_ctx)) - 1, "--window",
+                           "tokens a window holds before its last")
+        df = scan_top_contexts(model, corpus, layers=layers, k=args.k, window=window, after=args.after,
+                               cache_path=out, recompute=args.force, **common)
         if is_main() and not args.quiet:
             best = df[df["rank"] == 0].sort_values("activation", ascending=False).head(args.show)
             print(best[["layer", "neuron", "activation", "doc", "position", "context"]].to_string(index=False))
@@ -507,7 +514,8 @@ def _add_scan(sub) -> None:
                    help="context tokens each later window of a long document repeats (default seq_len/4)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--shard-docs", type=positive_int, default=64, help="documents per shard: the unit of work and resume (default 64)")
-    p.add_argument("--layers", type=positive_int, nargs="+", default=None, help="neurons: layers to scan (default all)")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="neurons: layers to scan, 0-based; -1 is the last (default all)")
     p.add_argument("--k", type=positive_int, default=10, help="neurons: contexts per neuron (default 10)")
     p.add_argument("--window", type=nonnegative_int, default=10, help="neurons: tokens shown before the trigger")
     p.add_argument("--after", type=nonnegative_int, default=3, help="neurons: tokens shown after the trigger")
@@ -516,7 +524,7 @@ def _add_scan(sub) -> None:
                    help="activations/stats: hook names or per-block suffixes (default resid_post)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="activations: stored dtype (default float32)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true", help="scan again and replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_scan)
 

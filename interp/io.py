@@ -4,14 +4,24 @@ user named keeps being what it was.
 * A regular file (or a new name) is written to a temporary file beside it and renamed over it in one step.
 * A symbolic link is written *through*: its final target is replaced atomically and the link stays a link
   (replacing the link itself would leave the file it points at stale).
-* ``-`` means standard output; an existing FIFO, character device or socket (``/dev/stdout``, a named pipe)
-  is written to directly — renaming over it would replace the device node with a regular file.
-* Anything else (a folder, a folder we may not write into) fails with one clear :class:`InterpError`.
+* ``-`` means standard output; ``/dev/stdout``, ``/dev/fd/N`` and ``/proc/self/fd/N`` name a stream this process
+  already holds, and an existing FIFO or character device (a named pipe, ``/dev/null``, a terminal) is written
+  to directly — renaming over it would replace the device node with a regular file. Nothing else is written in
+  place: a regular file under ``/dev/shm`` or ``/proc`` is a file like any other (atomic, ``--force`` to
+  replace). A FIFO nobody reads is refused at once instead of blocking forever.
+* Anything else (a folder, a socket, a folder we may not write into, a name too long for the file system)
+  fails with one clear :class:`InterpError`.
+
+Inputs: :func:`check_input_path` admits only regular files and folders (never a FIFO, device or socket, which
+would block or stream forever), with the same one-line errors for a missing path, a symbolic-link loop or a
+name too long.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -24,19 +34,83 @@ from interp.errors import InterpError
 STDOUT = "-"
 
 
+# names of a stream this process already holds (its standard streams, its open descriptors): written through
+_FD_NAMES = re.compile(r"^/(dev/(stdout|stderr|fd/\d+)|proc/(self|thread-self|\d+)/fd/\d+)$")
+
+
+def path_stat(path: str | Path, flag: str = "path", follow: bool = True) -> os.stat_result | None:
+    """``os.stat`` (``lstat`` with ``follow=False``) of ``path``, None when nothing is there; a name too long
+    for the file system, a symbolic-link loop or a path through a non-folder is one clear :class:`InterpError`."""
+    try:
+        return os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError:  # (also a dangling link's target: it does not exist yet)
+        return None
+    except OSError as e:
+        reason = {errno.ENAMETOOLONG: "the name is too long for the file system",
+                  errno.ELOOP: "it is a loop of symbolic links",
+                  errno.ENOTDIR: "a part of the path is a file, not a folder",
+                  errno.EACCES: "permission denied"}.get(e.errno, e.strerror or str(e))
+        raise InterpError(f"{flag}: cannot use {_short(path)} ({reason}); give another path.") from None
+
+
+def _short(path: str | Path, limit: int = 80) -> str:
+    """``repr`` of a path, shortened in the middle: a 300-character name should not fill the terminal."""
+    s = str(path)
+    return repr(s if len(s) <= limit else f"{s[:40]}...{s[-30:]}")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def is_stream(path: str | Path) -> bool:
-    """True for ``-`` (stdout) and for an existing FIFO, character device or socket: written in place."""
+    """True for ``-`` (stdout), for a name of a descriptor this process holds (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``) and for an existing FIFO or character device: written in place, never renamed over.
+    A regular file is never a stream, wherever it lives (``/dev/shm/x.html`` is written atomically)."""
     if str(path) == STDOUT:
         return True
-    if os.path.abspath(Path(path).expanduser()).startswith(("/dev/", "/proc/")):
-        # /dev/stdout, /dev/fd/N, /proc/self/fd/N name a process's stream even when it is redirected into a
-        # regular file: replacing that file would lose what the shell already wrote there
+    if _FD_NAMES.match(os.path.abspath(Path(path).expanduser())):
+        # /dev/stdout -> /proc/self/fd/1 names the shell's redirection even when it is a regular file: replacing
+        # that file would lose what the shell already wrote there, so the descriptor is written through
         return os.path.exists(path)
     try:
-        mode = os.stat(path).st_mode  # follows links: /dev/stdout -> /proc/self/fd/1 -> a pipe or tty
-    except OSError:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def check_input_path(path: str | Path, flag: str = "path", folder: bool = True) -> Path:
+    """``path`` as a :class:`Path` if it is a regular file (or, with ``folder``, a folder); otherwise one line
+    naming ``flag``: missing, a FIFO, device or socket (reading one blocks or never ends), a link loop, a name
+    too long. Links are followed. The one gate for every file a user names as input."""
+    p = Path(path).expanduser()
+    st = path_stat(p, flag)
+    if st is None:
+        raise InterpError(f"{flag}: no such file or folder {_short(path)}.")
+    if stat.S_ISREG(st.st_mode) or (folder and stat.S_ISDIR(st.st_mode)):
+        return p
+    want = "a regular file or a folder" if folder else "a regular file"
+    raise InterpError(f"{flag}: {_short(path)} is {_kind(st.st_mode)}, not {want}; give {want}.")
+
+
+def open_stream(path: str | Path, flag: str = "path"):
+    """A binary file object appending to the stream ``path`` (see :func:`is_stream`). A FIFO is opened without
+    blocking: with no process reading it, opening would wait forever, so that is refused in one line."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)  # O_TRUNC means nothing on a pipe
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise InterpError(f"{flag}: {_short(path)} is a pipe no process is reading; start the reader "
+                              "first (e.g. `cat PIPE &`) or give a file name.") from None
+        raise InterpError(f"{flag}: cannot write to {_short(path)} ({e.strerror or e}).") from None
+    os.set_blocking(fd, True)  # a reader is there: a full pipe now waits for it, as a pipe should
+    return os.fdopen(fd, "ab")
 
 
 def real_destination(path: str | Path) -> Path:
@@ -54,7 +128,7 @@ def check_folder_writable(path: str | Path, flag: str = "path") -> Path:
     if not folder.is_dir():
         raise InterpError(f"{flag}: folder {str(folder)!r} does not exist; create it or choose another path.")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".probe", dir=folder)
     except OSError as e:
         raise InterpError(f"{flag}: cannot create files in {str(folder)!r} ({e.strerror or e}); "
                           "choose a folder you can write to.") from None
@@ -69,19 +143,21 @@ def atomic_path(path: str | Path, flag: str = "path") -> Iterator[Path]:
     rename. A symbolic link stays a link. Streams and folders are refused here: use :func:`atomic_write_bytes`
     for something that may be stdout or a pipe."""
     dest = real_destination(path)
-    if dest.is_dir():
-        raise InterpError(f"{flag}: {str(path)!r} is a folder; give a file name.")
-    if is_stream(dest):
-        raise InterpError(f"{flag}: {str(path)!r} is a pipe or device, not a file; give a file name.")
+    st = path_stat(dest, flag)
+    if st is not None and not stat.S_ISREG(st.st_mode):  # a folder, FIFO or device is never renamed over
+        raise InterpError(f"{flag}: {_short(path)} is {_kind(st.st_mode)}, not a file; give a file name.")
+    if len(dest.name.encode()) > 255:
+        raise InterpError(f"{flag}: cannot write {_short(path)} (the name is too long for the file system); "
+                          "give a shorter name.")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=dest.parent)
     except OSError as e:
         raise InterpError(f"{flag}: cannot write {str(path)!r} ({e.strerror or e}); "
                           "choose a folder you can write to.") from None
     os.close(fd)
-    if dest.exists():  # keep the permissions the user gave the file
-        mode = stat.S_IMODE(dest.stat().st_mode)
+    if st is not None:  # keep the permissions the user gave the file
+        mode = stat.S_IMODE(st.st_mode)
     else:  # mkstemp makes 0600; a new file should get the usual permissions
         umask = os.umask(0)
         os.umask(umask)
@@ -105,7 +181,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, flag: str = "path") -> Non
         return
     if is_stream(path):
         try:
-            with open(path, "ab") as f:  # append: O_TRUNC means nothing on a pipe and is refused on some ttys
+            with open_stream(path, flag) as f:
                 f.write(data)
         except OSError as e:
             raise InterpError(f"{flag}: writing to {str(path)!r} failed ({e.strerror or e}).") from None
@@ -138,11 +214,34 @@ def check_writable(path: str | Path, force: bool = False, flag: str = "--out") -
     if str(path) == STDOUT or is_stream(path):
         return Path(path)
     p = Path(path).expanduser()
-    if p.is_dir():
-        raise InterpError(f"{flag}: {str(path)!r} is a folder; give a file name.")
-    if (p.exists() or p.is_symlink()) and not force:
-        raise InterpError(f"{flag}: {str(path)!r} already exists; pass --force to overwrite it.")
+    st = path_stat(p, flag)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise InterpError(f"{flag}: {_short(path)} is a folder; give a file name.")
+    if st is not None and not stat.S_ISREG(st.st_mode):  # a socket or block device: never replaced by a file
+        raise InterpError(f"{flag}: {_short(path)} is {_kind(st.st_mode)}; give a file name.")
+    if (st is not None or path_stat(p, flag, follow=False) is not None) and not force:
+        raise InterpError(f"{flag}: {_short(path)} already exists; pass --force to overwrite it.")
     check_folder_writable(p, flag)
+    return p
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Fail early (before any work) unless ``path`` is an existing folder or a name under which one can be
+    created: not an existing file, FIFO or device, not a name too long, inside a folder we can write to."""
+    p = Path(path).expanduser()
+    st = path_stat(p, flag)
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise InterpError(f"{flag}: {_short(path)} is {_kind(st.st_mode)}; this command writes a folder there "
+                              "(give a new name or an existing folder).")
+        return p
+    if len(p.name.encode()) > 255:  # checked here: the missing folder would only fail when first written
+        raise InterpError(f"{flag}: cannot use {_short(path)} (the name is too long for the file system); "
+                          "give another path.")
+    parent = p.absolute().parent
+    while path_stat(parent, flag) is None and parent != parent.parent:  # the nearest folder that exists
+        parent = parent.parent
+    check_folder_writable(parent / p.name, flag)
     return p
 
 

@@ -483,6 +483,42 @@ def _load_frame(folder: Path, name: str) -> pd.DataFrame:
     return pd.read_json(folder / name, orient="records", lines=True)
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_scan(folder: Path, meta: dict) -> pd.DataFrame | None:
+    """The scan saved in ``folder`` if it answers ``meta``, else None.
+
+    ``meta.json`` is the commit record: it names the data file *and its sha256*, so a data file written by
+    another scan (a crash between the two renames, a file copied by hand) never passes for this one's."""
+    try:
+        old = json.loads((folder / "meta.json").read_text())
+        if not isinstance(old, dict) or {key: old.get(key) for key in meta} != meta:
+            return None
+        data = folder / str(old["data"])
+        if Path(old["data"]).name != old["data"] or _file_sha256(data) != old.get("data_sha256"):
+            return None
+        df = _load_frame(folder, old["data"])
+    except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or damaged: scan again
+        return None
+    df.attrs["meta"] = old
+    return df
+
+
+def _commit_scan(df: pd.DataFrame, folder: Path, meta: dict) -> None:
+    """Write the frame, then ``meta.json`` naming its sha256 (see :func:`_cached_scan`). The old commit record
+    goes first: a crash in between leaves a folder with no answer, which the next run recomputes."""
+    (folder / "meta.json").unlink(missing_ok=True)
+    meta["data"] = _save_frame(df, folder)
+    meta["data_sha256"] = _file_sha256(folder / meta["data"])
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
+
+
 def _check_nonneg(name: str, v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise InterpError(f"{name}: must be an int >= 0 ({what}); given {v!r}")
@@ -504,6 +540,7 @@ def scan_top_contexts(
     overlap: int = 0,
     shard_docs: int = 64,
     progress: bool = True,
+    recompute: bool = False,
 ) -> pd.DataFrame:
     """The *question* each neuron asks: its ``k`` top-activating contexts over a corpus.
 
@@ -527,12 +564,15 @@ def scan_top_contexts(
     Returns one row per (layer, neuron, rank): ``layer, neuron, rank, activation, doc, position,
     token_id, token, next_token_id, next_token, context``. ``doc`` numbers the corpus's non-empty
     documents; ``position`` indexes the document; ``next_token_id`` is -1 at a document's end.
-    ``context`` shows up to ``window`` tokens before the trigger (those the model saw in that window),
+    ``context`` shows up to ``window`` tokens before the trigger (those the model saw in that window, so
+    at most ``seq_len - 1``: a larger ``window`` shows the same),
     the trigger marked «like this», and up to ``after`` tokens of the document after it.
 
     ``cache_path`` (a folder): when it holds a scan with the same model fingerprint (config, weights and
     tokenizer), corpus fingerprint and options, that scan is loaded instead of recomputed; otherwise the
-    result is written atomically there (``top_contexts.parquet`` + ``meta.json``). While a scan runs, each
+    result is written there (``top_contexts.parquet``, then ``meta.json`` naming that file's sha256: the
+    pair commits as one unit, and a data file that does not match its record is never returned).
+    ``recompute=True`` ignores a cached result (and a partial one) and scans again. While a scan runs, each
     rank checkpoints its top-k after every shard under ``cache_path/partial``: rerunning an interrupted
     scan resumes after its last completed shard.
 
@@ -557,6 +597,10 @@ def scan_top_contexts(
         seq_len = int(cfg.n_ctx)
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
         raise InterpError(f"seq_len: must be an int in [1, n_ctx={cfg.n_ctx}]; given {seq_len!r}")
+    window = min(window, seq_len - 1)  # a window holds no more before its trigger: the same frame, bounded memory
+    if after > seq_len:  # it sizes a [batch, window + seq_len + after] context table: a huge one cannot be built
+        raise InterpError(f"after: must be an int in [0, seq_len={seq_len}] (tokens shown after the trigger); "
+                          f"given {after}")
     layer_list = _layers("layers", layers, cfg.n_layers)
     _refuse_moe(model, layer_list)
     try:
@@ -572,19 +616,13 @@ def scan_top_contexts(
                     "overlap": overlap},
     }
     folder = Path(cache_path) if cache_path is not None else None
-    if folder is not None and (folder / "meta.json").is_file():
-        try:
-            old = json.loads((folder / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if (
-            old is not None
-            and {key: old.get(key) for key in meta} == meta
-            and (folder / old["data"]).is_file()
-        ):
-            df = _load_frame(folder, old["data"])
-            df.attrs["meta"] = old
-            return df
+    if folder is not None and not recompute:
+        cached = _cached_scan(folder, meta)
+        if cached is not None:
+            return cached
+    if folder is not None and recompute and rank_world()[0] == 0:
+        shutil.rmtree(folder / "partial", ignore_errors=True)
+    barrier()
 
     names = {f"blocks.{layer}.mlp.hook_post": layer for layer in layer_list}
     top = TopK(names, k, before=window, after=after)
@@ -596,8 +634,7 @@ def scan_top_contexts(
         raise InterpError(f"texts_or_token_batches: {e}") from None
     df = _top_frame(model, top, names, window, after)
     if folder is not None and rank_world()[0] == 0:
-        meta["data"] = _save_frame(df, folder)
-        atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
+        _commit_scan(df, folder, meta)
         shutil.rmtree(folder / "partial", ignore_errors=True)
     barrier()
     df.attrs["meta"] = meta

@@ -19,6 +19,7 @@ Three steps, each lazy:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import queue
@@ -31,10 +32,43 @@ import torch
 
 from interp.errors import InterpError
 
-__all__ = ["Corpus", "Window", "as_corpus", "document_windows", "tokenized"]
+__all__ = ["Corpus", "Window", "as_corpus", "check_text_file", "document_windows", "read_text_file", "tokenized"]
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
 TABLE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+# --- text files: the one check that a file is text, shared by every front end --------------------------------
+
+_HEAD = 1 << 16  # bytes of a text file checked before a scan starts (the rest is checked as it is read)
+
+
+def _check_text(data: bytes, path, flag: str, final: bool) -> None:
+    """Refuse bytes that are not UTF-8 text: a NUL byte (binary files have them; text never does) or an invalid
+    UTF-8 sequence. ``final=False``: ``data`` is a head, which may end inside a character."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise InterpError(f"{flag}: {str(path)!r} is a binary file (a NUL byte at byte {nul}), not UTF-8 text; "
+                          "give a text, JSONL or Parquet file.")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=final)
+    except UnicodeDecodeError as e:
+        raise InterpError(f"{flag}: {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); give a text, "
+                          "JSONL or Parquet file (or convert it: iconv -t UTF-8).") from None
+
+
+def check_text_file(path, flag: str = "corpus") -> None:
+    """Fail now, in one line, if ``path`` does not start like UTF-8 text (a binary file, another encoding): its
+    first 64 KiB are read, so a scan is refused before the model loads rather than after minutes of garbage."""
+    with open(path, "rb") as f:
+        _check_text(f.read(_HEAD), path, flag, final=False)
+
+
+def read_text_file(path, flag: str = "corpus") -> str:
+    """The whole text of ``path``, refusing binary / non-UTF-8 files the same way everywhere."""
+    data = Path(path).read_bytes()
+    _check_text(data, path, flag, final=True)
+    return data.decode("utf-8")
 
 
 class Corpus:
@@ -95,9 +129,9 @@ class Corpus:
     @classmethod
     def from_path(cls, path, *, text_field: str = "text", doc_sep: str | None = None, split: str = "train") -> Corpus:
         """A text / JSONL / Parquet file, a folder of them, or a saved `datasets` folder."""
-        p = Path(path)
-        if not p.exists():
-            raise InterpError(f"corpus: no such file or folder {str(p)!r}")
+        from interp.io import check_input_path
+
+        p = check_input_path(path, "corpus")  # a regular file or a folder: a FIFO or device would never end
         if p.is_dir():
             if any((p / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
                 import datasets
@@ -113,6 +147,8 @@ class Corpus:
         for f in files:
             if f.suffix.lower() not in TEXT_SUFFIXES + TABLE_SUFFIXES:
                 raise InterpError(f"corpus: {str(f)!r} is not a text ({'/'.join(TEXT_SUFFIXES)}), JSONL or Parquet file")
+            if f.suffix.lower() in TEXT_SUFFIXES:
+                check_text_file(f)
 
         def docs():
             for f in files:
@@ -153,8 +189,8 @@ def _rows(ds, field: str):
     one left open until exit can abort the interpreter at shutdown (pyarrow's threads)."""
     rows = iter(ds)
     try:
-        for row in rows:
-            yield _row_doc(row, field)
+        for i, row in enumerate(rows):
+            yield _row_doc(row, field, i)
     finally:
         _close(rows)
 
@@ -166,19 +202,26 @@ def _close(iterator) -> None:
         close()
 
 
-def _row_doc(row: dict, field: str):
+def _row_doc(row: dict, field: str, i: int = 0):
     if field not in row:
-        raise InterpError(f"text_field: a row has no field {field!r}; its fields are {sorted(row)}")
+        raise InterpError(f"text_field: row {i} has no field {field!r}; its fields are {sorted(row)}")
     v = row[field]
     if isinstance(v, str):
         return v
-    return torch.as_tensor(v, dtype=torch.long)  # a pre-tokenized column (e.g. input_ids)
+    try:  # a pre-tokenized column (e.g. input_ids): a list / array of integers
+        t = None if isinstance(v, (int, float, dict)) or v is None else torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.ndim != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise InterpError(f"text_field: row {i}'s field {field!r} holds {type(v).__name__} ({str(v)[:40]!r}), not "
+                          "text or a list of token ids; give the column that holds the text (--text-field)")
+    return t.to(torch.long)
 
 
 def _file_docs(f: Path, text_field: str, doc_sep: str | None):
     suffix = f.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        text = f.read_text(encoding="utf-8", errors="replace")
+        text = read_text_file(f)
         yield from ([text] if doc_sep is None else [d for d in text.split(doc_sep) if d.strip()])
         return
     import datasets

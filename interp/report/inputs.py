@@ -185,7 +185,9 @@ def read_corpus(model, corpus="default", *, split: str | None = None, field: str
     if isinstance(corpus, str) and corpus.startswith(HUB_PREFIX):
         return _hub_corpus(corpus, split, field, f)
     path = Path(corpus).expanduser()
-    if not path.exists():
+    from interp.io import path_stat
+
+    if path_stat(path, f["corpus"]) is None:
         raise InterpError(f"{f['corpus']}: no such file or folder {str(corpus)!r} (give a text, JSONL or Parquet "
                           f"file, a folder of them, a saved datasets folder, {HUB_PREFIX}NAME[:CONFIG]:SPLIT or 'default').")
     if path.is_dir() and any((path / m).is_file() for m in ("dataset_dict.json", "dataset_info.json", "state.json")):
@@ -197,12 +199,13 @@ def read_corpus(model, corpus="default", *, split: str | None = None, field: str
             raise InterpError(f"{f['corpus']}: {str(path)!r} is not a readable saved datasets folder "
                               f"({_first_line(e)})") from None
         return _dataset_corpus(ds, str(corpus), split, field, f)
+    from interp.data.corpus import read_text_file
+    from interp.io import check_input_path
+
+    check_input_path(path, f["corpus"])  # a FIFO or device would block or never end
     if path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
         _no_table_options(path.name, "a text file", split, field, f)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise InterpError(f"{f['corpus']}: {str(corpus)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+        text = read_text_file(path, f["corpus"])
         if not text.strip():
             raise InterpError(f"{f['corpus']}: {str(corpus)!r} is empty; give a file with text to scan.")
         return path.name, Corpus.from_memory([text])  # one document, as the default held-out text

@@ -33,10 +33,10 @@ def read_corpus(model, path: str | None, part: str, eval_fraction: float) -> str
         if cand is None or not cand.is_file():
             raise InterpError("--corpus: this model folder has no heldout.txt; give a text file with --corpus FILE")
         path = str(cand)
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InterpError(f"--corpus: {path!r} is not a file")
-    text = p.read_text(encoding="utf-8", errors="replace")
+    from interp.data.corpus import read_text_file
+    from interp.io import check_input_path
+
+    text = read_text_file(check_input_path(path, "--corpus", folder=False), "--corpus")
     if not 0.0 <= eval_fraction < 1.0:
         raise InterpError(f"--eval-fraction: must be in [0, 1); given {eval_fraction}")
     if part == "all" or eval_fraction == 0.0:
@@ -83,15 +83,25 @@ def _out(tables: dict[str, pd.DataFrame], args, notes=()) -> None:
 
 def _train(args) -> int:
     from interp.analysis.sae import evaluate_sae, train_sae
+    from interp.io import check_input_path, check_output_folder
     from interp.report.output import write_text
 
-    out = Path(args.out).expanduser()
+    out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
+    if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
+        raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
+    if args.corpus is not None:  # a missing or binary file: refused before the model loads
+        from interp.data.corpus import check_text_file
+
+        check_text_file(check_input_path(args.corpus, "--corpus", folder=False), "--corpus")
     model = _model_for(args)
     text = read_corpus(model, args.corpus, "train", args.eval_fraction)
     d_in = int(model.cfg.d_model) if "resid" in args.hook or args.hook.endswith("_out") else None
     d_sae = args.d_sae or (args.expansion * d_in if d_in else None)
     if d_sae is None:
         raise InterpError(f"--d-sae: give the number of latents for hook {args.hook!r}")
+    if args.k is not None and args.k > d_sae:  # before the activations are collected, not after
+        raise InterpError(f"--k: a TopK SAE keeps at most d_sae={d_sae} latents active (--d-sae, or --expansion "
+                          f"{args.expansion} x d_model {d_in}); given {args.k}")
     sae = train_sae((model, args.hook, documents(model, text)), d_sae, args.architecture, k=args.k, steps=args.steps,
                     batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
                     resample_dead_every=args.resample_every, time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,

@@ -277,6 +277,42 @@ def _save_checkpoint(folder: Path, trainer: _Trainer, opts: dict, done: bool) ->
     atomic_write_text(folder / STATE_JSON, json.dumps(state, indent=1, default=str) + "\n")
 
 
+def _damaged(folder: Path, what: str) -> InterpError:
+    return InterpError(f"checkpoint_dir: the trainer state in {folder} is damaged ({what}); pass overwrite=True "
+                       "(CLI: --force) to start over there, or restore the folder")
+
+
+def _read_state(folder: Path, overwrite: bool) -> dict | None:
+    """``trainer_state.json``, or None to start afresh (``overwrite``); a damaged file is one clear error."""
+    try:
+        state = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise TypeError(f"expected a JSON object, found {type(state).__name__}")
+    except (OSError, ValueError, TypeError) as e:
+        if overwrite:
+            return None
+        raise _damaged(folder, f"{STATE_JSON}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return state
+
+
+def _resume(sae: SAE, opts: dict, state: dict, folder: Path, overwrite: bool) -> _Trainer | None:
+    """A trainer restored from ``folder`` (None to start afresh when it is damaged and ``overwrite``)."""
+    from safetensors import SafetensorError
+
+    fresh = {k: v.clone() for k, v in sae.state_dict().items()}  # the seeded init, if we must start afresh
+    try:
+        trainer = _Trainer(sae, opts, float(state["scale"]))
+        trainer.load_state_tensors(load_file(str(folder / STATE_TENSORS)))
+        trainer.step, trainer.elapsed = int(state["step"]), float(state["elapsed_s"])
+        trainer.history, trainer.resamples = list(state["history"]), list(state.get("resamples", []))
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
+        if overwrite:
+            sae.load_state_dict(fresh)
+            return None
+        raise _damaged(folder, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return trainer
+
+
 def train_sae(
     source,
     d_sae: int,
@@ -379,8 +415,8 @@ def train_sae(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = None
     if folder is not None and (folder / STATE_JSON).is_file():
-        state = json.loads((folder / STATE_JSON).read_text())
-        if state.get("options_key") != _options_key(opts):
+        state = _read_state(folder, overwrite)
+        if state is not None and state.get("options_key") != _options_key(opts):
             if not overwrite:
                 old = state.get("options", {})
                 diff = sorted(k_ for k_ in set(old) | set(opts) if k_ not in ("steps", "time_budget",
@@ -392,13 +428,10 @@ def train_sae(
         raise InterpError(f"checkpoint_dir: {folder} already holds an SAE that is not a resumable run; "
                           "pass overwrite=True (CLI: --force) to replace it")
 
+    trainer = None
     if state is not None:
-        trainer = _Trainer(sae, opts, float(state["scale"]))
-        trainer.load_state_tensors(load_file(str(folder / STATE_TENSORS)))
-        trainer.step, trainer.elapsed, trainer.history = int(state["step"]), float(state["elapsed_s"]), \
-            list(state["history"])
-        trainer.resamples = list(state.get("resamples", []))
-    else:
+        trainer = _resume(sae, opts, state, folder, overwrite)
+    if trainer is None:
         sample = src.sample(min(src.n, 16_384), seed=seed).to(device)
         scale = math.sqrt(d_in / float(sample.pow(2).sum(-1).mean().clamp_min(1e-30)))
         trainer = _Trainer(sae, opts, scale)
