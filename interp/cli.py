@@ -13,7 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from interp.argtypes import OneLineParser, nonnegative_float, nonnegative_int, positive_int
+from interp.argtypes import (
+    OneLineParser,
+    check_utf8_argv,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    seed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout (apps/, benchmarks/, models/ live here)
 DASHBOARD = ROOT / "apps" / "dashboard.py"
@@ -104,7 +111,7 @@ def _add_report(sub) -> None:
     p.add_argument("--max-pairs", type=positive_int, default=20_000, help="direction pairs per superposition set")
     p.add_argument("--sets", nargs="+", default=["W_E", "W_U", "W_in", "W_out"], metavar="SET",
                    help="superposition direction sets (default W_E W_U W_in W_out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--corpus", default="default", metavar="SOURCE",
                    help="what the neuron pages' top examples are scanned over: a text, JSONL or Parquet file, a "
                         "folder of them, a saved datasets folder (save_to_disk), or hf:NAME[:CONFIG]:SPLIT where a "
@@ -353,7 +360,7 @@ def _add_generate(sub) -> None:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--min-p", type=float, default=None)
     g.add_argument("--samples", type=positive_int, default=1, help="continuations, seeds seed..seed+n-1 (default 1)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed, default=0)
     g.set_defaults(func=_generate)
 
 
@@ -550,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     from interp.errors import InterpError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_utf8_argv(argv)  # undecodable bytes in a prompt or path: one line, not a tokenizer's TypeError
     # `interp probe NAME --help`, `interp train fit --help`, `interp bench NAME --help`: the delegate's own help.
     if len(argv) >= 2 and argv[0] in ("probe", "train", "sae", "bench") and argv[1] not in ("-h", "--help"):
         ns = argparse.Namespace(command=argv[0], name=argv[1], rest=argv[2:])

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from interp.errors import InterpError
-from interp.loading.checkpoint import check_finite, is_interp_checkpoint, load_checkpoint, save_checkpoint
+from interp.loading.checkpoint import (
+    WEIGHTS,
+    check_finite,
+    is_interp_checkpoint,
+    load_checkpoint,
+    read_tokenizer,
+    save_checkpoint,
+)
 from interp.loading.hf import from_hf_model
 
 # The zoo lives beside the package in a source checkout (models/ is a data folder, not a package).
@@ -94,6 +102,10 @@ def _load(source: Any, device, tokenizer):
     if not path.exists() and (ZOO / str(source)).exists():
         path = ZOO / str(source)
     if path.is_dir():
+        if os.path.lexists(path / WEIGHTS):  # a folder, a link loop or a FIFO named model.safetensors: one line
+            from interp.io import check_input_path
+
+            check_input_path(path / WEIGHTS, "model", folder=False)
         if is_interp_checkpoint(path):
             return load_checkpoint(path, device=device)
         if (path / "config.json").is_file():
@@ -121,11 +133,16 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
     if tokenizer is None and Path(name_or_path, "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer  # the folder's own tokenizer class and special tokens
 
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        if Path(name_or_path, "tokenizer.json").exists():
+            read_tokenizer(Path(name_or_path, "tokenizer.json"))  # a damaged file: one line, not a Rust error
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise InterpError(f"{name_or_path}: cannot read its tokenizer ({type(e).__name__}: "
+                              f"{(str(e).strip().splitlines() or [''])[0][:200]}); fix or remove the tokenizer "
+                              "files.") from None
     elif tokenizer is None and Path(name_or_path, "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(Path(name_or_path, "tokenizer.json")))
+        tokenizer = read_tokenizer(Path(name_or_path, "tokenizer.json"))
     model = from_hf_model(hf, tokenizer=tokenizer)
     check_finite(model.named_parameters(), name_or_path)
     return model.to(device) if device is not None else model
@@ -139,13 +156,31 @@ def _check_folder_fits(hf_config, name: str) -> None:
 
     arch = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
     family_of(arch, hf_config)  # an unsupported architecture is refused before anything is built
+    # a lower bound from the config's sizes first: building even a meta skeleton of 10^6 layers takes minutes
+    dtype = getattr(hf_config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    low = _hf_parameters_lower_bound(hf_config)
+    check_memory(2 * estimate_bytes(low, dtype), "cpu",
+                 f"{name} ({arch}, at least {low / 1e6:.0f}M parameters by its config, two copies while converting)")
     with torch.device("meta"):  # shapes only: counts the parameters without allocating them
         skeleton = AutoModelForCausalLM.from_config(hf_config)
     n_params = sum(p.numel() for p in skeleton.parameters())
-    dtype = getattr(hf_config, "dtype", None) or torch.float32
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     check_memory(2 * estimate_bytes(n_params, dtype), "cpu",
                  f"{name} ({arch}, {n_params / 1e6:.0f}M parameters in {dtype}, two copies while converting)")
+
+
+def _hf_parameters_lower_bound(hf_config) -> int:
+    """At least this many parameters (embeddings, attention and MLP matrices) by a transformers config's sizes;
+    0 where it does not use the usual names."""
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    try:
+        h, n_layers = int(text.hidden_size), int(text.num_hidden_layers)
+        vocab = int(getattr(text, "vocab_size", 0) or 0)
+        inter = int(getattr(text, "intermediate_size", None) or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return max(0, vocab * h + n_layers * (2 * h * h + 2 * h * inter))
 
 
 __all__ = ["default_model_name", "from_hf_model", "load", "load_checkpoint", "save_checkpoint", "zoo_models"]

@@ -681,7 +681,9 @@ def _gib(n: int) -> str:
     return f"{n / 2 ** 30:.1f} GiB"
 
 
-def check_memory(n_bytes: int, device: str | torch.device, what: str) -> None:
+def check_memory(n_bytes: int, device: str | torch.device, what: str,
+                 fix: str = "load it in a smaller dtype (e.g. torch_dtype=torch.bfloat16), on a larger device, or "
+                            "free memory") -> None:
     """Refuse before allocating when ``n_bytes`` more will not fit in the device's free memory."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -694,8 +696,7 @@ def check_memory(n_bytes: int, device: str | torch.device, what: str) -> None:
         return
     if n_bytes > free:
         raise InterpError(
-            f"{what} needs about {_gib(n_bytes)} of {device.type} memory but only {_gib(free)} is free; "
-            f"load it in a smaller dtype (e.g. torch_dtype=torch.bfloat16), on a larger device, or free memory."
+            f"{what} needs about {_gib(n_bytes)} of {device.type} memory but only {_gib(free)} is free; {fix}."
         )
 
 

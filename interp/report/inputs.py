@@ -348,6 +348,11 @@ def encode_prompt(model, prompt: str, *, name: str = "prompt") -> torch.Tensor:
         raise InterpError(f"{name}: expected non-empty text; given {prompt!r}.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InterpError(f"{name}: at most {MAX_PROMPT_CHARS} characters; given {len(prompt)}.")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: undecodable bytes smuggled in (surrogateescape)
+        raise InterpError(f"{name}: not valid Unicode text (a lone surrogate {prompt[e.start]!r} at character "
+                          f"{e.start}); pass text decoded from UTF-8.") from None
     tokens = model.to_tokens(prompt)  # a model without a tokenizer says so (it takes token ids only)
     n_ctx = int(model.cfg.n_ctx)
     if tokens.shape[1] > n_ctx:
@@ -359,13 +364,10 @@ def encode_prompt(model, prompt: str, *, name: str = "prompt") -> torch.Tensor:
 
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a text file, one per line; blank lines and lines starting with ``#`` are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise InterpError(f"--prompts: no such file {str(path)!r}.")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise InterpError(f"--prompts: {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    from interp.data.corpus import read_text_file
+    from interp.io import check_input_path
+
+    lines = read_text_file(check_input_path(path, "--prompts", folder=False), "--prompts").splitlines()
     prompts = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
         raise InterpError(f"--prompts: {str(path)!r} holds no prompts (one per line; # starts a comment).")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from interp.argtypes import OneLineParser, finite_float, nonnegative_float, positive_int
+from interp.argtypes import OneLineParser, finite_float, nonnegative_float, positive_int, seed
 from interp.errors import InterpError
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def _superposition_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=2000, help="toy model: Adam steps (default 2000)")
     p.add_argument("--jl", type=finite_float, nargs=2, metavar=("N_VECTORS", "EPS"), default=None,
                    help="also print the Johnson-Lindenstrauss dimension for N vectors at distortion EPS")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
 
 
 def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
@@ -252,7 +252,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None, help="keep the smallest set with probability >= p")
     p.add_argument("--min-p", type=float, default=None, help="keep tokens with prob >= min_p × the best")
     p.add_argument("--samples", type=positive_int, default=3, help="continuations, seeds seed..seed+n-1 (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--k", type=positive_int, default=10, help="next-token candidates listed (default 10)")
 
 
@@ -321,7 +321,7 @@ def _linear_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--position", type=int, default=-1, help="with --labels: position probed (default -1)")
     p.add_argument("--test-size", type=float, default=0.25, help="held-out fraction (default 0.25)")
     p.add_argument("--matches", type=int, default=5, help="model directions listed per kind (default 5; 0 = none)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
 
 
 _TASKS = {

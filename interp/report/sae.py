@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from interp.argtypes import OneLineParser, nonnegative_float, positive_int
+from interp.argtypes import OneLineParser, nonnegative_float, positive_int, seed
 from interp.errors import InterpError
 
 __all__ = ["build_parser", "documents", "main", "read_corpus"]
@@ -218,7 +218,7 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=positive_int, default=1024)
     t.add_argument("--lr", type=nonnegative_float, default=None)
     t.add_argument("--time-budget", type=nonnegative_float, default=None, help="stop after this many seconds (checkpointed)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=seed, default=0)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="L0, variance explained, CE loss recovered, dead/dense latents", formatter_class=_RAW)

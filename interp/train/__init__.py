@@ -16,7 +16,7 @@ import json
 import sys
 import typing
 
-from interp.argtypes import OneLineParser
+from interp.argtypes import OneLineParser, seed
 from interp.train.data import BatchSchedule, TokenData, Windows, prepare, write_token_files
 from interp.train.trainer import TrainConfig, export_model, latest_checkpoint, lr_at, train
 
@@ -52,7 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="token folder to write")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
 
     f = sub.add_parser("fit", help="train (or resume) a model on a token folder")
     defaults = TrainConfig(data="", out="")
