@@ -158,6 +158,16 @@ def test_configs_larger_than_memory_are_refused_with_an_estimate(tiny, change):
         check_config_fits(cfg, "config.json")
 
 
+def test_transformers_config_bomb_is_refused_before_the_config_is_built(work, capsys):
+    """10^8 layers: transformers' config object alone would build per-layer lists for minutes."""
+    (work / "hf").mkdir()
+    (work / "hf" / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+         "num_hidden_layers": 10**8, "num_attention_heads": 4, "vocab_size": 256}))
+    line = refused(["generate", "hi", "--model", work / "hf"], capsys, "config.json", work, seconds=90)
+    assert "parameters" in line
+
+
 def test_parameter_estimate_matches_the_built_model():
     """The estimate that guards allocation, against the parameters a built model really holds."""
     from interp.loading.checkpoint import estimate_parameters

@@ -126,7 +126,11 @@ def _load_hf_folder(name_or_path: str, device, tokenizer):
     if Path(name_or_path, "config.json").is_file():
         from interp.io import read_json
 
-        read_json(Path(name_or_path, "config.json"))  # a broken file: one line, not transformers' tracebacks
+        raw = read_json(Path(name_or_path, "config.json"))  # a broken file: one line, not transformers' tracebacks
+        # sizes first, from the raw JSON: transformers' config object alone builds per-layer lists (10^8 layers:
+        # minutes and gigabytes before anything could be checked)
+        _check_fits(_hf_parameters_lower_bound(raw.get("text_config") or raw), _raw_dtype(raw), name_or_path,
+                    (raw.get("architectures") or [raw.get("model_type", "?")])[0])
     hf_config = AutoConfig.from_pretrained(name_or_path)
     _check_folder_fits(hf_config, name_or_path)
     hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
@@ -160,9 +164,7 @@ def _check_folder_fits(hf_config, name: str) -> None:
     dtype = getattr(hf_config, "dtype", None) or torch.float32
     dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
-    low = _hf_parameters_lower_bound(hf_config)
-    check_memory(2 * estimate_bytes(low, dtype), "cpu",
-                 f"{name} ({arch}, at least {low / 1e6:.0f}M parameters by its config, two copies while converting)")
+    _check_fits(_hf_parameters_lower_bound(hf_config.get_text_config().to_dict()), dtype, name, arch)
     with torch.device("meta"):  # shapes only: counts the parameters without allocating them
         skeleton = AutoModelForCausalLM.from_config(hf_config)
     n_params = sum(p.numel() for p in skeleton.parameters())
@@ -170,17 +172,40 @@ def _check_folder_fits(hf_config, name: str) -> None:
                  f"{name} ({arch}, {n_params / 1e6:.0f}M parameters in {dtype}, two copies while converting)")
 
 
-def _hf_parameters_lower_bound(hf_config) -> int:
-    """At least this many parameters (embeddings, attention and MLP matrices) by a transformers config's sizes;
-    0 where it does not use the usual names."""
-    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-    try:
-        h, n_layers = int(text.hidden_size), int(text.num_hidden_layers)
-        vocab = int(getattr(text, "vocab_size", 0) or 0)
-        inter = int(getattr(text, "intermediate_size", None) or 0)
-    except (AttributeError, TypeError, ValueError):
+# the names transformers' configs give the sizes (the first one present is used)
+_HF_SIZES = {"hidden": ("hidden_size", "n_embd", "d_model", "hidden_dim", "model_dim"),
+             "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+             "vocab": ("vocab_size", "padded_vocab_size"),
+             "inner": ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")}
+
+
+def _hf_parameters_lower_bound(config: dict) -> int:
+    """At least this many parameters (embeddings, query/output and MLP matrices) by a transformers config's
+    sizes (a ``config.json`` dict); 0 where it does not use the usual names."""
+    def size(key: str) -> int:
+        for name in _HF_SIZES[key]:
+            v = config.get(name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                return int(v)
         return 0
-    return max(0, vocab * h + n_layers * (2 * h * h + 2 * h * inter))
+
+    h = size("hidden")
+    return size("vocab") * h + size("layers") * (2 * h * h + 2 * h * size("inner"))
+
+
+def _raw_dtype(config: dict) -> torch.dtype:
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name), None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+def _check_fits(low: int, dtype: torch.dtype, name: str, arch: str) -> None:
+    from interp.loading.families import check_memory, estimate_bytes
+
+    check_memory(2 * estimate_bytes(low, dtype), "cpu",
+                 f"{name} ({arch}, at least {low / 1e6:.0f}M parameters by its config.json, two copies while "
+                 "converting)", "check its sizes (hidden_size, num_hidden_layers, vocab_size ...) or use a machine "
+                 "with more memory")
 
 
 __all__ = ["default_model_name", "from_hf_model", "load", "load_checkpoint", "save_checkpoint", "zoo_models"]
