@@ -437,8 +437,12 @@ def _scan(args) -> int:
 
     out = Path(args.out)
     if args.kind == "stats":
+        from interp.io import is_stream
         from interp.report.output import check_writable
 
+        if is_stream(out):  # the table is renamed into place at the end: it needs a file
+            raise InterpError(f"--out: the statistics table is written atomically to a file; given {str(out)!r}, "
+                              "a pipe or device")
         check_writable(out, args.force)
         if out.suffix not in (".csv", ".json", ".parquet"):
             raise InterpError(f"--out: the statistics table is written as .csv, .json or .parquet; given {str(out)!r}")

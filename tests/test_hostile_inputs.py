@@ -205,7 +205,10 @@ def test_out_of_range_seed_is_one_line(tiny, work, capsys, value):
 # --- corpora ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rows,needle", [('{"body": "a"}\n{"body": "b"}\n', "'text'"),
-                                         ('{"text": 5}\n{"text": 6}\n', "holds int")], ids=["missing", "number"])
+                                         ('{"text": 5}\n{"text": 6}\n', "holds int"),
+                                         ('{"text": "a"}\n{oops\n', "rows.jsonl"),
+                                         ('\x00\x01{"text": "a"}\n', "binary")],
+                         ids=["missing", "number", "malformed", "binary"])
 def test_jsonl_rows_without_text_are_one_line(tiny, work, capsys, rows, needle):
     (work / "rows.jsonl").write_text(rows)
     refused(["scan", "neurons", work / "rows.jsonl", "--out", work / "o", "--model", tiny, "--quiet"], capsys,

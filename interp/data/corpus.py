@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -147,7 +148,7 @@ class Corpus:
         for f in files:
             if f.suffix.lower() not in TEXT_SUFFIXES + TABLE_SUFFIXES:
                 raise InterpError(f"corpus: {str(f)!r} is not a text ({'/'.join(TEXT_SUFFIXES)}), JSONL or Parquet file")
-            if f.suffix.lower() in TEXT_SUFFIXES:
+            if f.suffix.lower() != ".parquet":  # text and JSON lines are UTF-8 text: a binary file is refused now
                 check_text_file(f)
 
         def docs():
@@ -227,7 +228,19 @@ def _file_docs(f: Path, text_field: str, doc_sep: str | None):
     import datasets
 
     kind = "parquet" if suffix == ".parquet" else "json"
-    yield from _rows(datasets.load_dataset(kind, data_files=str(f), split="train", streaming=True), text_field)
+    log = logging.getLogger("datasets")  # its JSON reader logs a parse error before raising: we say it in one line
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield from _rows(datasets.load_dataset(kind, data_files=str(f), split="train", streaming=True), text_field)
+    except InterpError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow's parse errors name neither the file nor the fix
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InterpError(f"corpus: could not read {str(f)!r} as {'Parquet' if kind == 'parquet' else 'JSON lines'} "
+                          f"({reason}); fix the file or give another one.") from None
+    finally:
+        log.setLevel(level)
 
 
 def as_corpus(source, *, text_field: str = "text", doc_sep: str | None = None, split: str = "train") -> Corpus:

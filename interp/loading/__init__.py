@@ -98,7 +98,10 @@ def _load(source: Any, device, tokenizer):
         return model.to(device or next(source.parameters()).device)
     if not isinstance(source, (str, Path)):
         raise InterpError(f"load() takes a zoo name, a folder path or a transformers model; got {type(source).__name__}.")
+    from interp.io import path_stat
+
     path = Path(source)
+    path_stat(path, "model")  # a name too long or a link loop: one line here, not an OSError below
     if not path.exists() and (ZOO / str(source)).exists():
         path = ZOO / str(source)
     if path.is_dir():

@@ -116,6 +116,9 @@ def load_model(spec: str | Path | None = None, device: str | None = None):
     if isinstance(spec, (str, Path)):
         spec = str(spec).strip()
         p = Path(spec).expanduser()
+        from interp.io import path_stat
+
+        path_stat(p, "--model")  # a name too long or a link loop: one line, not an OSError
         if p.exists() and not p.is_dir():
             raise InterpError(f"model: {spec!r} is a file; give a model folder (config.json + weights) or a zoo name.")
         # Anything spelled like a path must exist here; only a bare "org/name" may mean a hub id.
