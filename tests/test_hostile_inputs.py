@@ -328,6 +328,20 @@ def test_damaged_sae_trainer_state_is_one_line(tmp_path):
     assert len(sae.history) >= 1
 
 
+def test_sae_cfg_bomb_and_damaged_weights_are_one_line(tmp_path):
+    from interp.analysis.sae import SAE, SAEConfig, load_sae, save_sae
+
+    folder = save_sae(SAE(SAEConfig(d_in=4, d_sae=8, architecture="relu")), tmp_path / "s")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "d_sae": 10**9}))  # terabytes if it were built
+    with deadline(20), pytest.raises(InterpError, match="do not belong together"):
+        load_sae(folder)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    (folder / "sae_weights.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(InterpError, match="sae_weights.safetensors"):
+        load_sae(folder)
+
+
 def test_damaged_sae_trainer_state_via_the_cli(tiny, work, capsys):
     (work / "s").mkdir()
     (work / "s" / "trainer_state.json").write_text("[1, 2")

@@ -398,7 +398,17 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None, dtype
     cfg = SAEConfig.from_saelens(raw, source=str(folder / SAE_CFG_FILENAME))
     if dtype is not None:
         cfg.dtype = dtype
-    with safe_open(str(folder / SAE_WEIGHTS_FILENAME), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    sae = SAE(cfg).load_saelens_state_dict(state, source=str(folder / SAE_WEIGHTS_FILENAME))
+    weights = folder / SAE_WEIGHTS_FILENAME
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as e:  # noqa: BLE001 - safetensors' errors name neither the file nor the fix
+        raise InterpError(f"folder: cannot read {weights} ({(str(e).strip().splitlines() or [type(e).__name__])[0]}); "
+                          "the file is empty, truncated or not safetensors — copy or save it again") from None
+    w_enc = state.get("W_enc")
+    if w_enc is not None and tuple(w_enc.shape) != (cfg.d_in, cfg.d_sae):  # before building: a cfg.json saying
+        # d_sae = 10^9 would otherwise allocate terabytes for weights that cannot match
+        raise InterpError(f"{weights}: W_enc has shape {tuple(w_enc.shape)}; {SAE_CFG_FILENAME} needs "
+                          f"{(cfg.d_in, cfg.d_sae)} (d_in, d_sae): they do not belong together")
+    sae = SAE(cfg).load_saelens_state_dict(state, source=str(weights))
     return sae.to(device) if device is not None else sae
