@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from interp.errors import InterpError
-from interp.report.serving import add_serving_arguments
+from interp.report.serving import add_serving_arguments, is_loopback
 
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 # The second prompt of the Compare page: the clean/corrupted pair of activation patching (IOI)
@@ -393,6 +393,10 @@ def sidebar() -> tuple[str, str, str]:
 
     defaults = _cli_defaults()
     st.sidebar.title("interp")
+    address = st.get_option("server.address")  # unset: every interface
+    if not defaults.allow_remote and address is not None and not is_loopback(address):
+        st.sidebar.warning(f"This server listens on {address}, beyond this machine, without login. Serve others "
+                           "with `interp dashboard --host H --allow-remote` (see the README).")
     zoo = zoo_models()
     options = [DEFAULT_MODEL, *zoo, LOCAL]
     preset = defaults.model

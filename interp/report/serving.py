@@ -22,8 +22,8 @@ from interp.argtypes import positive_int
 from interp.errors import InterpError
 from interp.io import atomic_write_bytes
 
-__all__ = ["add_serving_arguments", "cap_text", "check_host", "check_model_size", "corpus_prefix", "estimate_parameters",
-           "serving_argv", "time_limit"]
+__all__ = ["add_serving_arguments", "cap_text", "check_host", "check_model_size", "corpus_prefix",
+           "estimate_parameters", "is_loopback", "sae_parameters", "serving_argv", "time_limit"]
 
 # Defaults for a server shared by a few people: a scan stays well under a minute on a small CPU model.
 MAX_CORPUS_MB = 32
