@@ -43,11 +43,22 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"bytes of a corpus read per scan (default {MAX_CORPUS_MB} MB; a longer text file is cut)")
     p.add_argument("--max-scan-tokens", type=positive_int, default=MAX_SCAN_TOKENS, metavar="N",
                    help=f"tokens one scan may score (default {MAX_SCAN_TOKENS})")
-    p.add_argument("--max-model-params", type=positive_int, default=MAX_MODEL_PARAMS, metavar="N",
+    p.add_argument("--max-model-params", type=_count, default=MAX_MODEL_PARAMS, metavar="N",
                    help=f"largest model (or SAE) a user's folder may build, estimated from its config before "
                         f"building (default {MAX_MODEL_PARAMS:.0e})")
     p.add_argument("--scan-seconds", type=positive_int, default=SCAN_SECONDS, metavar="S",
                    help=f"wall time one scan may take before it is stopped (default {SCAN_SECONDS})")
+
+
+def _count(text: str) -> int:
+    """A positive whole number, also written like 5e8."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v >= 1 and v.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a positive whole number such as 500000000 or 5e8; given {text!r}")
+    return int(v)
 
 
 def serving_argv(ns: argparse.Namespace) -> list[str]:
