@@ -39,11 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import contention_note, contention_record, interleaved, machine_state
+
 from interp.analysis.causal import activation_patching, logit_diff
 from interp.io import write_benchmark_json
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
-from machine import contention_note, contention_record, interleaved, machine_state
 
 # name -> (our where, our options, TL sweep, TL patch setter, TL activation, our columns in TL's axis order)
 SWEEPS = {
@@ -76,12 +77,13 @@ def _sync():
 
 def markdown_table(result: dict) -> str:
     """The RESULTS.md table for one run (``run_all.py`` regenerates it from the JSON)."""
-    lines = [f"`{result['command']}` — {result['device']}, {result['dtype']}, {result['layers']} layers, d_model "
-             f"{result['d_model']}, {result['heads']} heads, vocab {result['vocab']}, {result['tokens']} tokens, "
-             f"median of {result['repeats']} interleaved runs, {result['date']}. "
-             f"{contention_note(result)}.", "",
-             "| sweep | cells | TL (s) | interp (s) | speed-up | bound (s) | interp of bound | TL of bound "
-             "| max abs diff (metric scale) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    caption = (f"`{result['command']}` — {result['device']}, {result['dtype']}, {result['layers']} layers, "
+               f"d_model {result['d_model']}, {result['heads']} heads, vocab {result['vocab']}, {result['tokens']} "
+               f"tokens, median of {result['repeats']} interleaved runs, {result['date']}. "
+               f"{contention_note(result)}.")
+    header = ("| sweep | cells | TL (s) | interp (s) | speed-up | bound (s) | interp of bound | TL of bound "
+              "| max abs diff (metric scale) |")
+    lines = [caption, "", header, "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         tl = f"{r['tl_seconds_full_sweep']:.3g}"
         if r["tl_cells_run"] < r["cells"]:

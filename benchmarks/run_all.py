@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from machine import contention_note, contention_record, machine_state  # noqa: E402
+from machine import contention_note, contention_record, machine_state
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def run_one(bench: Benchmark, size: str, out_dir: Path, timeout: float | None) -
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     before, t0 = machine_state(), time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except subprocess.TimeoutExpired:
         return {"benchmark": bench.name, "status": f"timed out after {timeout:.0f} s", "seconds": timeout}
     seconds = time.perf_counter() - t0
@@ -126,7 +127,7 @@ def table_for(name: str, result: dict) -> str:
     """The benchmark's own ``markdown_table`` (imported from its script) or the generic one."""
     try:
         module = importlib.import_module(name)
-    except Exception:  # a script that cannot be imported here (missing optional dependency) still has a table
+    except Exception:  # noqa: BLE001  a script that cannot be imported here (missing optional dependency) still has a table
         module = None
     draw = getattr(module, "markdown_table", None)
     text = draw(result) if draw else generic_table(result)

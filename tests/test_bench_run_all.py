@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import machine  # noqa: E402
-import run_all  # noqa: E402
+import machine
+import run_all
 
 
 def _block(text: str, name: str) -> str:
