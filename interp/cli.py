@@ -482,7 +482,7 @@ def _scan(args) -> int:
         df = scan_top_contexts(model, corpus, layers=layers, k=args.k, window=window, after=args.after,
                                cache_path=out, recompute=args.force, **common)
         if is_main() and not args.quiet:
-            best = df[df["rank"] == 0].sort_values("activation", ascending=False).head(args.show)
+            best = df[df["rank"] == 1].sort_values("activation", ascending=False).head(args.show)
             from interp.report.probes import printable
 
             best = best.assign(context=best.context.map(printable))  # corpus text may hold terminal control bytes
