@@ -301,6 +301,20 @@ def test_out_that_is_an_existing_file_is_refused_before_any_work(tiny, work, cap
     refused(args, capsys, "keep.txt", work, seconds=10)
 
 
+def test_api_output_folders_that_are_files_are_refused_before_any_work(tiny_model, tmp_path, monkeypatch):
+    import interp.data.scan
+    from interp.analysis.neurons import scan_top_contexts
+    from interp.analysis.sae import train_sae
+
+    (tmp_path / "f").write_text("a user's file")
+    monkeypatch.setattr(interp.data.scan, "run_scan", lambda *a, **k: pytest.fail("scanned before the check"))
+    with pytest.raises(InterpError, match="cache_path"):
+        scan_top_contexts(tiny_model, CORPUS, k=2, cache_path=tmp_path / "f", progress=False)
+    with pytest.raises(InterpError, match="checkpoint_dir"):
+        train_sae(torch.randn(64, 4), 8, "topk", k=2, steps=2, checkpoint_dir=tmp_path / "f", progress=False)
+    assert (tmp_path / "f").read_text() == "a user's file"
+
+
 def test_sae_k_above_d_sae_is_refused_before_the_model_loads(tiny, work, capsys, monkeypatch):
     import interp.report.inputs
 

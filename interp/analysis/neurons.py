@@ -46,7 +46,7 @@ from interp.analysis._inputs import (
     token_str,
 )
 from interp.errors import InterpError
-from interp.io import atomic_path, atomic_write_text
+from interp.io import atomic_path, atomic_write_text, check_output_folder
 
 __all__ = [
     "NeuronProfiles",
@@ -603,6 +603,7 @@ def scan_top_contexts(
                           f"given {after}")
     layer_list = _layers("layers", layers, cfg.n_layers)
     _refuse_moe(model, layer_list)
+    folder = check_output_folder(cache_path, "cache_path") if cache_path is not None else None
     try:
         corpus = as_corpus(texts_or_token_batches)
     except InterpError as e:
@@ -615,7 +616,6 @@ def scan_top_contexts(
         "options": {"layers": layer_list, "k": k, "window": window, "after": after, "seq_len": seq_len,
                     "overlap": overlap},
     }
-    folder = Path(cache_path) if cache_path is not None else None
     if folder is not None and not recompute:
         cached = _cached_scan(folder, meta)
         if cached is not None:

@@ -51,7 +51,7 @@ from safetensors.torch import load_file, save_file
 from interp.analysis.sae.model import SAE, SAEConfig, _arch, _Step, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source
 from interp.errors import InterpError
-from interp.io import atomic_path, atomic_write_text
+from interp.io import atomic_path, atomic_write_text, check_output_folder
 
 __all__ = ["DEFAULTS", "geometric_median", "train_sae"]
 
@@ -376,6 +376,8 @@ def train_sae(
     if resample_dead_every is not None and arch != "relu":
         raise InterpError(f"resample_dead_every: resampling is for ReLU SAEs (TopK has AuxK); given "
                           f"architecture {arch!r}")
+    # an existing file there is refused before the activations are collected
+    folder = check_output_folder(checkpoint_dir, "checkpoint_dir") if checkpoint_dir is not None else None
     src: ActivationSource = as_source(source, seq_len=seq_len, max_tokens=max_tokens, progress=progress)
     d_in = src.d_in
     if arch == "topk":
@@ -412,7 +414,6 @@ def train_sae(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(seed)
         sae = SAE(cfg).to(device)
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = None
     if folder is not None and (folder / STATE_JSON).is_file():
         state = _read_state(folder, overwrite)
