@@ -369,7 +369,7 @@ def card_line(folder: Path) -> str:
 
 
 def _models(args) -> int:
-    from interp.loading import ZOO, default_model_name, zoo_models
+    from interp.zoo import ZOO, default_model_name, zoo_models  # no torch: listing the zoo is instant
 
     names = zoo_models()
     default = default_model_name()
@@ -450,7 +450,7 @@ def _scan(args) -> int:
         df = scan_top_contexts(model, corpus, layers=args.layers, k=args.k, window=args.window, after=args.after,
                                cache_path=out, **common)
         if is_main() and not args.quiet:
-            best = df[df["rank"] == 0].sort_values("activation", ascending=False).head(args.show)
+            best = df[df["rank"] == 1].sort_values("activation", ascending=False).head(args.show)
             print(best[["layer", "neuron", "activation", "doc", "position", "context"]].to_string(index=False))
             print(f"wrote {out} ({len(df)} rows: top {args.k} contexts of {df.groupby(['layer', 'neuron']).ngroups} "
                   "neurons)")

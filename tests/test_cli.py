@@ -306,7 +306,7 @@ def test_dashboard_starts_streamlit_on_the_app(monkeypatch):
 
 
 def test_models_lists_the_zoo_with_card_lines(tmp_path, monkeypatch, capsys):
-    from interp import loading
+    from interp import zoo as loading  # the zoo is listed by interp.zoo (no torch)
     from interp.model.config import DecoderConfig
     from interp.model.transformer import HookedDecoder
 
@@ -344,3 +344,17 @@ def test_terminal_tables_fit_80_columns_without_wrapping_numbers():
     for cell in cells:  # every number printed whole on one line
         assert cell in text, cell
     assert "1.537e-04" in text
+
+
+def test_models_lists_the_zoo_without_importing_torch():
+    """`interp models` only reads folder names and model cards: torch and transformers (seconds on a cold machine)
+    stay unimported, so it answers at once."""
+    from interp.zoo import ZOO, zoo_models
+
+    code = ("import sys; from interp.cli import main; main(['models']); "
+            "print('imported:', sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         cwd=ZOO.parent)
+    assert res.stdout.strip().endswith("imported: []"), res.stdout
+    for name in zoo_models():
+        assert name in res.stdout

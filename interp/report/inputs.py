@@ -131,7 +131,7 @@ def load_model(spec: str | Path | None = None, device: str | None = None):
 
 
 def _model_folder(spec) -> Path | None:
-    from interp.loading import ZOO, default_model_name
+    from interp.zoo import ZOO, default_model_name
 
     if spec is None:
         return ZOO / default_model_name()
@@ -327,7 +327,7 @@ def _nonempty(corpus, name: str, f: dict):
 def model_label(spec: str | None) -> str:
     """How a model spec is shown to people (``None`` -> the default's name)."""
     if spec in (None, "", "default"):
-        from interp.loading import default_model_name
+        from interp.zoo import default_model_name
 
         return f"default ({default_model_name()})"
     return str(spec)
