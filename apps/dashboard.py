@@ -443,9 +443,8 @@ def page_attention(spec: str, prompt: str) -> None:
 
 
 def attention_component(spec: str, prompt: str, strs: list[str], checked: list[tuple[int, int]], key: str) -> None:
-    """The report's interactive attention view, in an iframe (st.components): every head when it fits."""
-    import streamlit.components.v1 as components
-
+    """The report's interactive attention view, in an iframe (``st.iframe``, which replaced the deprecated
+    ``st.components.v1.html``; the view's script runs inside it): every head when it fits."""
     from interp.report.data import view_heads
     from interp.report.widgets import WIDGET_CSS, attention_view
 
@@ -456,8 +455,7 @@ def attention_component(spec: str, prompt: str, strs: list[str], checked: list[t
     body = attention_view(strs, pats, heads, checked=checked)
     lines = 2 + sum(len(s) + 1 for s in strs) // 90
     height = min(560, 150 + 30 * lines + 24 * (len(heads) // 12))
-    components.html(f"<style>body{{font-family:sans-serif;margin:0}}{WIDGET_CSS}</style>{body}", height=height,
-                    scrolling=True)
+    st.iframe(f"<style>body{{font-family:sans-serif;margin:0;overflow:auto}}{WIDGET_CSS}</style>{body}", height=height)
     st.session_state[f"{key}_html"] = body  # what the component shows (tests read it back)
 
 
