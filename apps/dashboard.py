@@ -512,7 +512,7 @@ def _parse_neuron(model, text: str):
 def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, top: pd.DataFrame) -> None:
     """Neuronpedia-style: the prompt shaded by the activation, top examples over a corpus, histogram, answers."""
     from interp.report.inputs import read_corpus
-    from interp.report.widgets import neuron_examples, token_shading
+    from interp.report.widgets import neuron_examples, shading_scale, token_shading
 
     model = get_model(spec)
     acts = prompt_activations(spec, prompt, layer, neuron)
@@ -522,8 +522,10 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     row = top[(top.layer == layer) & (top.neuron == neuron)]
     if len(row) and pd.notna(row.contribution.iloc[0]):
         m2.metric(f"direct effect on the logit of {row.target_token.iloc[0]!r}", f"{row.contribution.iloc[0]:+.4f}")
-    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative):")
-    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), trigger=pos))
+    scale = shading_scale(acts.activation)
+    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative; full "
+               f"colour at ±{scale:.3g}, white at 0):")
+    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), scale=scale, trigger=pos))
 
     ans = neuron_answers(spec, layer, neuron, 10)
     show_answers(ans, "answers", "tokens it raises (centred logit per unit activation)")

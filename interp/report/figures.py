@@ -54,6 +54,7 @@ def _esc(token: str) -> str:
 # or are shown through a window of positions (token_window).
 TOKEN_PX = 18
 TICK_FONT = 11
+DLA_ROW_PX = 24  # one bar of the direct-logit-attribution chart, its label beside it
 LENS_CELL_PX = 44  # a logit-lens cell holds a short token written in it
 _AXIS_ROOM = 200  # margins, axis titles and colour bar around a token axis, in pixels
 
@@ -64,10 +65,21 @@ def token_window(n: int, size: int = 40, end: int | None = None) -> tuple[int, i
     return max(0, stop - max(1, int(size))), stop
 
 
+_PIECE_DIGITS = set("₀₁₂₃₄₅₆₇₈₉")
+
+
+def tick_label(token: str, position: int) -> str:
+    """"token<sub>position</sub>"; after a piece of a split character ("我₁", interp.tokenize.token_labels) the
+    position is set off by a dot, "我₁<sub>·11</sub>", so piece 1 at position 11 never reads as piece 11."""
+    shown = _esc(token)
+    dot = "·" if shown[-1:] in _PIECE_DIGITS else ""
+    return f"{shown}<sub>{dot}{position}</sub>"
+
+
 def _token_ticks(tokens: list[str], start: int = 0, rotate: bool = False) -> dict:
-    """Tick labels "token<sub>position</sub>" for positions ``start .. start + len(tokens) - 1``."""
+    """Tick labels (:func:`tick_label`) for positions ``start .. start + len(tokens) - 1``."""
     ticks = {"tickmode": "array", "tickvals": list(range(start, start + len(tokens))),
-             "ticktext": [f"{_esc(t)}<sub>{start + i}</sub>" for i, t in enumerate(tokens)],
+             "ticktext": [tick_label(t, start + i) for i, t in enumerate(tokens)],
              "tickfont": {"size": TICK_FONT}, "automargin": True}
     if rotate:
         ticks["tickangle"] = -90
@@ -250,9 +262,14 @@ def dla_bar(dla: pd.DataFrame, k: int = 12, title: str = "Direct logit attributi
     """Bars of the ``k`` components with the largest ``|contribution|`` (``direct_logit_attribution`` rows)."""
     df = dla.reindex(dla.contribution.abs().sort_values(ascending=False, kind="stable").index).head(k)
     colors = ["#54a24b" if v >= 0 else "#e45756" for v in df.contribution]
-    fig = go.Figure(go.Bar(x=df.component, y=df.contribution, marker_color=colors, text=df.kind,
-                           hovertemplate="%{x} (%{text})<br>contribution %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=title, yaxis_title="logit (difference) contribution", height=340, **_LAYOUT)
+    # Horizontal bars: each component's name is a tick label on its own TOKEN_PX-high row, and nothing is written
+    # on the bars (the kind is in the hover), so no label can run into another or into a bar, whatever the signs.
+    fig = go.Figure(go.Bar(y=df.component.astype(str), x=df.contribution, orientation="h", marker_color=colors,
+                           customdata=df.kind, textposition="none",
+                           hovertemplate="%{y} (%{customdata})<br>contribution %{x:.3f}<extra></extra>"))
+    fig.update_yaxes(type="category", autorange="reversed", tickfont={"size": TICK_FONT}, automargin=True)
+    fig.update_layout(title=title, xaxis_title="logit (difference) contribution",
+                      height=120 + DLA_ROW_PX * len(df), **_LAYOUT)
     return fig
 
 

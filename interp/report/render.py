@@ -295,7 +295,7 @@ def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None =
 
 def _neuron_pages(data: ReportData) -> str:
     """One page per neuron the tables name: examples over the corpus, histogram, answers, the prompt."""
-    from interp.report.widgets import neuron_examples, svg_histogram, token_shading
+    from interp.report.widgets import neuron_examples, shading_scale, svg_histogram, token_shading
 
     esc = html.escape
     prof = data.neuron_profiles
@@ -318,12 +318,15 @@ def _neuron_pages(data: ReportData) -> str:
             f", direct contribution <b>{mine.contribution:+.4f}</b> to the logit of "
             f"<code>{esc(show_token(mine.target_token))}</code>")
         on = data.neuron_prompt[(data.neuron_prompt.layer == layer) & (data.neuron_prompt.neuron == neuron)]
+        st = None if prof is None else prof.stats[(prof.stats.layer == layer) & (prof.stats.neuron == neuron)].iloc[0]
+        # the prompt is shaded on the same symmetric scale as the corpus examples below (±the neuron's largest
+        # |activation|), so a small negative value stays pale instead of filling the prompt's own range
+        scale = shading_scale(on.activation, () if st is None else (st["min"], st["max"]))
         body.append(f"<p>On this prompt: activation <b>{mine.activation:.4f}</b> at the last position{contrib}"
-                    + ".</p>"
-                    + token_shading(on.token.tolist(), on.activation.tolist(), trigger=len(on) - 1))
+                    + f'. <span class="note">Full colour at ±{scale:.3g}.</span></p>'
+                    + token_shading(on.token.tolist(), on.activation.tolist(), scale=scale, trigger=len(on) - 1))
         if prof is not None:
             ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
-            st = prof.stats[(prof.stats.layer == layer) & (prof.stats.neuron == neuron)].iloc[0]
             h = prof.histogram[(prof.histogram.layer == layer) & (prof.histogram.neuron == neuron)]
             edges = [*h.bin_left.tolist(), float(h.bin_right.iloc[-1])]
             body.append('<div class="cols"><div>' + neuron_examples(ex, st) + "</div>"

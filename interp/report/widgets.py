@@ -149,10 +149,18 @@ def _shade(v: float, scale: float) -> str:
     return f"rgba({rgb},{abs(a):.3f})"
 
 
+def shading_scale(values, reference=()) -> float:
+    """The value shaded at full colour, the same for both signs: the largest ``|value|`` among ``values`` and the
+    ``reference`` extremes (a neuron's min and max over a corpus), so 0 is always white and the colours of one page
+    compare."""
+    mags = [abs(float(v)) for v in [*values, *reference] if np.isfinite(float(v))]
+    return max(mags, default=0.0) or 1.0
+
+
 def token_shading(tokens: list[str], values, scale: float | None = None, trigger: int | None = None) -> str:
     """One line of tokens, each shaded by its value (orange positive, blue negative; ``scale`` = full colour)."""
     values = [float(v) for v in values]
-    scale = scale if scale is not None else max([abs(v) for v in values] or [1.0])
+    scale = scale if scale is not None else shading_scale(values)
     spans = []
     for i, (t, v) in enumerate(zip(tokens, values)):
         cls = "act-tok trigger" if i == trigger else "act-tok"
@@ -166,7 +174,7 @@ def neuron_examples(examples: pd.DataFrame, stats) -> str:
 
     ``stats`` is the neuron's ``NeuronProfiles.stats`` row: its largest |activation| is full colour.
     """
-    scale = float(max(abs(stats["max"]), abs(stats["min"]), 1e-12))
+    scale = shading_scale((), (stats["max"], stats["min"]))
     lines = []
     for rank, g in examples.groupby("rank", sort=True):
         trig = g[g.is_trigger].iloc[0]
