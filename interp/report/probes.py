@@ -681,7 +681,7 @@ def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> i
         return 2
     parser = build_parser(name, prog)
     args = parser.parse_args(argv)  # --help and bad flags answer here, before torch is imported
-    from interp.report.inputs import load_model, model_summary
+    from interp.report.inputs import check_prompts_fit, load_model, model_summary
     from interp.report.output import check_writable, write_text
 
     try:
@@ -690,6 +690,7 @@ def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> i
             if getattr(args, flag):
                 check_writable(getattr(args, flag), args.force, f"--{flag}")
         prompts = _prompts(probe, args)
+        check_prompts_fit(args.model, prompts)
         model = load_model(args.model, device=args.device)
         outputs = _run_with_progress(name, model, prompts, args)
         if not args.quiet:
