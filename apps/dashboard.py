@@ -222,10 +222,12 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
     """Head and layer x position patching + DLA of the clean prompt. Without ``corrupted``: the prompt
     followed by its own first half, corrupted at the copied token (an induction task)."""
     from interp.analysis import causal
+    from interp.report.data import induction_pair
 
     model = get_model(spec)
-    if corrupted is None:
-        pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    notes = []
+    if corrupted is None:  # the report's pair: fitted to n_ctx on a long prompt (notes say how)
+        pair, notes = induction_pair(model, tokens_for(spec, prompt))
         clean, bad, ans, wr = pair.clean, pair.corrupted, pair.answer, pair.wrong
     else:
         clean, bad = tokens_for(spec, prompt), tokens_for(spec, corrupted)
@@ -239,7 +241,8 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
     from interp.report.inputs import str_tokens
 
     info = {"tokens": str_tokens(model, clean), "clean": heads.attrs["clean"], "corrupted": heads.attrs["corrupted"],
-            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad)}
+            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad),
+            "notes": notes}
     return heads, grid, dla, info
 
 
@@ -770,6 +773,8 @@ def page_patching(spec: str, prompt: str) -> None:
     st.caption(f"Metric: logit difference {show_token(info['answer'])!r} − {show_token(info['wrong'])!r} at the last "
                f"position: clean {info['clean']:.3f}, corrupted {info['corrupted']:.3f}. normalised: 0 = corrupted, "
                "1 = clean.")
+    for note in info["notes"]:
+        st.caption(f"Shortened: {note}.")
     st.code("clean:     " + "".join(info["tokens"]) + "\ncorrupted: " + "".join(info["corrupted_tokens"]),
             language=None)
     plot(head_patching_heatmap(heads), key="patch_heads")

@@ -245,7 +245,19 @@ UNSEEN_TEST_S = 1.1
 # `-m quick`: a representative subset of fast tests (model, hooks, analyzers, reports, CLI, bad input), chosen from
 # measured durations so it runs in under 2 minutes on 2 cores. A whole file is listed as None, else test names.
 QUICK: dict[str, set[str] | None] = {
+    "test_model_core.py": None,
+    "test_tokenize.py": None,
+    "test_analysis_attention.py": None,
+    "test_analysis_logit_lens.py": None,
+    "test_bad_input.py": None,
+    "test_cli.py": {"test_models_lists_the_zoo_without_importing_torch"},
     "test_readme.py": {"test_readme_commands_are_found_and_go_through_the_environment"},
+    "test_long_prompts.py": {"test_pooled_pattern_keeps_every_weight_and_the_induction_stripe",
+                             "test_pattern_overview_is_bounded_and_its_ticks_never_crowd",
+                             "test_split_character_ticks_are_unambiguous", "test_dla_bar_labels_have_rows_of_their_own",
+                             "test_neuron_prompt_shading_is_symmetric_on_the_neurons_scale",
+                             "test_prompt_longer_than_the_context_is_refused_before_loading",
+                             "test_context_length_reads_transformers_spellings"},
 }
 
 

@@ -236,7 +236,7 @@ def test_patching_probe_matches_the_analyzers(model, tmp_path):
     assert "layer_by_position" not in res and len(res["resid_pre"]) == 2 * len(model.to_tokens(clean)[0])
 
 
-def test_superposition_probe_weights_only(model, tmp_path):
+def test_superposition_probe_weights_only(model, tmp_path, capsys):
     from interp.analysis.superposition import jl_min_dim, train_toy_model
 
     res = _run_json(tmp_path, "superposition", "--sets", "W_E", "--max-pairs", "300", "--toy", "--features", "6",
@@ -246,6 +246,11 @@ def test_superposition_probe_weights_only(model, tmp_path):
     assert res["tables"]["jl"][0]["min_dim"] == jl_min_dim(1000, 0.2)
     toy = train_toy_model(6, 2, feature_probability=0.1, steps=50, seed=0)
     np.testing.assert_allclose([f["norm"] for f in res["tables"]["toy_features"]], toy.feature_norms, rtol=1e-12)
+    # without --quiet the toy model's training (minutes at large sizes) is announced on stderr
+    capsys.readouterr()
+    assert probe_main("superposition", ["--sets", "W_E", "--max-pairs", "300", "--toy", "--features", "6",
+                                        "--hidden", "2", "--steps", "50"]) == 0
+    assert "training a toy model (6 features in 2 dims, 50 Adam steps)" in capsys.readouterr().err
 
 
 def test_linear_probe_builtin_task_and_labelled_file(model, tmp_path):

@@ -209,3 +209,74 @@ def test_context_length_reads_transformers_spellings(tmp_path):
     assert context_length(str(tmp_path)) == 4096
     (tmp_path / "config.json").write_text("{broken")
     assert context_length(str(tmp_path)) is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the attention view, CircuitsVis-style: each head its own colour, a thumbnail of each head's whole pattern.
+# Its script runs under node against a minimal DOM (the browser test, tests/test_dashboard_e2e.py, needs chromium).
+
+_DOM = r"""
+class El { constructor(o = {}) { Object.assign(this, {dataset: {}, style: {}, listeners: {}}, o);
+  this.classList = {add() {}, remove() {}}; }
+  addEventListener(t, f) { (this.listeners[t] = this.listeners[t] || []).push(f); }
+  dispatchEvent(e) { (this.listeners[e.type] || []).forEach(f => f(e)); } }
+const spec = JSON.parse(process.argv[process.argv.length - 1]);
+const toks = Array.from({length: spec.n}, () => new El());
+const boxes = spec.checked.map((c, i) => new El({checked: c, dataset: {index: String(i)}}));
+const canvases = spec.checked.map((c, i) => { const cv = new El({width: spec.side, dataset: {index: String(i)},
+  parentNode: new El()});
+  cv.getContext = () => ({createImageData: (w, h) => ({data: new Uint8ClampedArray(w * h * 4)}),
+                          putImageData: img => { cv.img = Array.from(img.data); }});
+  return cv; });
+const info = new El(), text = new El();
+const root = {dataset: {}, querySelector: s => s === 'script.attn-data' ? {textContent: spec.payload}
+              : s === '.attn-info' ? info : text,
+              querySelectorAll: s => s === '.attn-tok' ? toks : s === 'canvas.attn-thumb' ? canvases : boxes};
+global.document = {getElementById: () => root};
+global.Event = class { constructor(t) { this.type = t; } };
+global.atob = s => Buffer.from(s, 'base64').toString('binary');
+eval(spec.script);
+toks[spec.n - 1].dispatchEvent(new Event('mouseenter'));
+console.log(JSON.stringify({backgrounds: toks.map(t => t.style.background), thumbs: canvases.map(c => c.img),
+                            info: info.textContent}));
+"""
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="node is not installed")
+def test_attention_view_colours_each_head_and_draws_whole_thumbnails(tmp_path):
+    import html as html_mod
+    import shutil
+    import subprocess
+
+    from interp.report.widgets import attention_view, head_colors
+
+    n = 7
+    rows = []  # planted heads: L0H0 attends to the previous token, L0H1 to position 0
+    for q in range(n):
+        for k in range(q + 1):
+            rows.append((0, 0, q, k, 1.0 if k == max(q - 1, 0) else 0.0))
+            rows.append((0, 1, q, k, 1.0 if k == 0 else 0.0))
+    pats = pd.DataFrame(rows, columns=["layer", "head", "query_pos", "key_pos", "weight"])
+    page = attention_view([f"t{i}" for i in range(n)], pats, [(0, 0), (0, 1)], checked=[(0, 0), (0, 1)])
+    colors = head_colors(2)
+    assert colors[0] != colors[1] and f"background:rgb({','.join(map(str, colors[1]))})" in page
+    payload = html_mod.unescape(re.search(r'class="attn-data">(.*?)</script>', page, re.DOTALL).group(1))
+    script = re.findall(r"<script>(.*?)</script>", page, re.DOTALL)[-1]
+    spec = {"n": n, "side": n, "checked": [True, True], "payload": payload, "script": script}
+    res = subprocess.run([shutil.which("node"), "-e", _DOM, "--", json.dumps(spec)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    bg = out["backgrounds"]
+    # hovering the last token: its previous token in L0H0's colour, the first token in L0H1's, both at full weight
+    assert bg[n - 2] == f"rgba({','.join(map(str, colors[0]))},1.000)"
+    assert bg[0] == f"rgba({','.join(map(str, colors[1]))},1.000)"
+    assert all(b == "" for b in bg[1:n - 2] + [bg[n - 1]])
+    for h, want_key in ((0, lambda q: max(q - 1, 0)), (1, lambda q: 0)):
+        alpha = np.array(out["thumbs"][h][3::4]).reshape(n, n)
+        want = np.zeros((n, n))
+        for q in range(n):
+            want[q, want_key(q)] = 255
+        np.testing.assert_array_equal(alpha, want)  # the head's whole pattern, pixel for pixel
+        rgb = np.array(out["thumbs"][h]).reshape(n, n, 4)[want > 0][:, :3]
+        assert (rgb == colors[h]).all()

@@ -197,6 +197,9 @@ def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
     if args.toy:
         if not 0.0 <= args.sparsity < 1.0:
             raise InterpError(f"--sparsity: must be in [0, 1); given {args.sparsity}")
+        if not args.quiet:  # minutes at large sizes: say what is running (stderr keeps piped tables clean)
+            print(f"superposition: training a toy model ({args.features} features in {args.hidden} dims, "
+                  f"{args.steps} Adam steps)...", file=sys.stderr, flush=True)
         toy = sp.train_toy_model(args.features, args.hidden, feature_probability=1.0 - args.sparsity,
                                  steps=args.steps, seed=args.seed)
         tables["toy_features"] = toy.features
