@@ -253,9 +253,7 @@ UNSEEN_TEST_S = 1.1
 QUICK: dict[str, set[str] | None] = {
     "test_model_core.py": None,
     "test_tokenize.py": None,
-    "test_analysis_attention.py": None,
     "test_analysis_logit_lens.py": None,
-    "test_bad_input.py": None,
     "test_cli.py": {"test_models_lists_the_zoo_without_importing_torch"},
     "test_readme.py": {"test_readme_commands_are_found_and_go_through_the_environment"},
     "test_long_prompts.py": {"test_pooled_pattern_keeps_every_weight_and_the_induction_stripe",
