@@ -222,7 +222,7 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
     """Head and layer x position patching + DLA of the clean prompt. Without ``corrupted``: the prompt
     followed by its own first half, corrupted at the copied token (an induction task)."""
     from interp.analysis import causal
-    from interp.report.data import induction_pair
+    from interp.report.data import induction_pair, positions_that_matter
 
     model = get_model(spec)
     notes = []
@@ -236,7 +236,9 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
             raise InterpError("answer and wrong: give the clean prompt's answer and the corrupted prompt's answer "
                               "(one token each, text or id).")
     heads = causal.activation_patching(model, clean, bad, where="z", by_position=False, answer=ans, wrong=wr)
-    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr)
+    positions, note = positions_that_matter(model, clean, bad, where, answer=ans, wrong=wr)  # a long prompt: some
+    notes = [*notes, note] if note else notes
+    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr, positions=positions)
     dla = causal.direct_logit_attribution(model, clean, ans, wr)
     from interp.report.inputs import str_tokens
 

@@ -302,6 +302,26 @@ def induction_pair(model, tokens: torch.Tensor):
     return causal.repeated_text_pair(model, tokens, position=max(j, 1) if n >= 2 else None), notes
 
 
+def positions_that_matter(model, clean, corrupted, where: str = "resid_pre", **metric) -> tuple[list | None, str]:
+    """``(positions, note)``: where a layer × position sweep of ``where`` patches a clean prompt longer than
+    PATCH_ALL_UP_TO tokens: the last position (where the metric is read), every position at which the two prompts
+    differ, and the PATCH_POSITIONS others with the largest attribution-patching estimate (one forward and backward
+    pass covers every position). ``(None, "")`` for a shorter prompt: every position is patched."""
+    from interp.analysis import causal
+
+    n = int(clean.shape[1])
+    if n <= PATCH_ALL_UP_TO or clean.shape != corrupted.shape:  # (mismatched prompts: the sweep says what is wrong)
+        return None, ""
+    differ = [int(p) for p in (clean[0] != corrupted[0]).nonzero().flatten()]
+    est = causal.attribution_patching(model, clean, corrupted, where=where, **metric)
+    strength = est.assign(size=est.attribution.abs()).groupby("position")["size"].max()
+    top = strength.drop(index=[n - 1, *differ], errors="ignore").nlargest(PATCH_POSITIONS).index
+    positions = sorted({n - 1, *differ, *(int(p) for p in top)})
+    return positions, (f"{where} is patched at {len(positions)} of {n} positions: the last (where the metric is "
+                       f"read), where the prompts differ ({', '.join(map(str, differ)) or 'nowhere'}) and the "
+                       f"{len(top)} with the largest attribution-patching estimate")
+
+
 def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
     """Patching, attribution and DLA on the prompt followed by its own first half (an induction task)."""
     from interp.analysis import causal
@@ -312,16 +332,8 @@ def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
         return {}
     kw = {"answer": pair.answer, "wrong": pair.wrong}
     heads = causal.activation_patching(model, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
-    n = int(pair.clean.shape[1])
-    positions = None
-    if n > PATCH_ALL_UP_TO:
-        est = causal.attribution_patching(model, pair.clean, pair.corrupted, where="resid_pre", **kw)
-        strength = est.assign(size=est.attribution.abs()).groupby("position")["size"].max()
-        top = strength.drop(index=[n - 1, pair.position], errors="ignore").nlargest(PATCH_POSITIONS).index
-        positions = sorted({n - 1, pair.position, *(int(p) for p in top)})
-        notes.append(f"resid_pre is patched at {len(positions)} of {n} positions: the last (where the logit "
-                     f"difference is read), the corrupted token's ({pair.position}) and the {len(top)} with the "
-                     "largest attribution-patching estimate (one forward and backward pass over every position)")
+    positions, note = positions_that_matter(model, pair.clean, pair.corrupted, "resid_pre", **kw)
+    notes += [note] if note else []
     grid = causal.activation_patching(model, pair.clean, pair.corrupted, where="resid_pre", positions=positions,
                                       **kw)
     attr = causal.attribution_patching(model, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
