@@ -155,7 +155,8 @@ def test_train_transcoder_from_a_model_and_resume(tmp_path):
     m = _relu_model().float()
     m.cfg.dtype = "float32"
     corpus = [torch.randint(0, 40, (16,), generator=torch.Generator().manual_seed(i)) for i in range(16)]
-    kw = dict(k=2, steps=20, batch_size=64, progress=False, checkpoint_dir=tmp_path / "tc", checkpoint_every=10)
+    kw = {"k": 2, "steps": 20, "batch_size": 64, "progress": False, "checkpoint_dir": tmp_path / "tc",
+          "checkpoint_every": 10}
     tc = train_transcoder(m, 1, corpus, 32, input_hook="hook_resid_mid", skip=True, **kw)
     assert (tc.cfg.hook_name, tc.cfg.hook_name_out) == ("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")
     again = train_transcoder(m, 1, corpus, 32, input_hook="hook_resid_mid", skip=True, **{**kw, "steps": 30})
@@ -181,3 +182,38 @@ def test_bad_input_is_named():
     tcs[1].cfg.metadata["hook_name_out"] = "blocks.1.hook_resid_post"
     with pytest.raises(InterpError, match="predicting blocks.{l}.hook_mlp_out"):
         evaluate_transcoders(m, tcs, torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_cli_train_transcoders_and_draw_a_circuit(tmp_path, capsys):
+    from conftest import VOCAB, word_level_tokenizer
+
+    from interp.analysis.circuits.graph import load_graph
+    from interp.cli import main
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "m"
+    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=2, n_heads=2, name="cli"))
+    model.tokenizer = word_level_tokenizer()
+    model.save(model_dir)
+    g = torch.Generator().manual_seed(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(f"t{int(i)}" for i in torch.randint(2, VOCAB, (12,), generator=g))
+                                   for _ in range(30)))
+    out = tmp_path / "tc"
+    base = ["--model", str(model_dir), "--quiet"]
+    rc = main(["sae", "train", "--transcoder", "--skip", *base, "--corpus", str(corpus), "--out", str(out),
+               "--steps", "10", "--batch-size", "64", "--d-sae", "32", "--k", "2"])
+    assert rc == 0 and sorted(p.name for p in out.iterdir() if p.is_dir()) == ["blocks.0.hook_mlp_out",
+                                                                                "blocks.1.hook_mlp_out"]
+    ev = json.loads((out / "eval.json").read_text())
+    assert [r["layer"] for r in ev["layers"]] == [0, 1] and "ce_loss_recovered" in ev["metrics"]
+    html, js = tmp_path / "g.html", tmp_path / "g.json"
+    rc = main(["circuit", "t5 t7 t9 t11", *base, "--transcoders", str(out), "--out", str(html), "--json", str(js)])
+    assert rc == 0 and "<svg" in html.read_text() and "http" not in html.read_text().replace("http://www.w3.org", "")
+    graph = load_graph(js)
+    assert graph.info["str_tokens"] and (graph.nodes.kind == "token").sum() == len(graph.info["tokens"])
+    capsys.readouterr()
+    assert main(["circuit", "t5 t7", *base, "--transcoders", str(tmp_path / "nope")]) == 2
+    assert "--transcoders" in capsys.readouterr().err
+    assert main(["circuit", "t5 t7", *base, "--transcoders", str(out), "--out", str(html)]) == 2
+    assert "--force" in capsys.readouterr().err
