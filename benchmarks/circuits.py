@@ -45,10 +45,11 @@ def _setup(model_name, device):
 
 
 def _graph_run(args) -> dict:
-    model_name, device, n, repeats, batch_size = args
+    model_name, device, n, repeats, batch_size, threads = args
     from interp.analysis.circuits.graph import attribution_graph
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if threads:
+        torch.set_num_threads(threads)
     model, tcs, toks = _setup(model_name, device)
     prompt = toks[:, :n]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -100,15 +101,18 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32, help="targets per backward pass")
     p.add_argument("--train-steps", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None)
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lengths = [int(v) for v in args.lengths.split(",")]
     ctx = mp.get_context("spawn")  # a fresh process per length: its peak memory is its own
     graphs = []
     for n in lengths:
         with ctx.Pool(1) as pool:
-            r = pool.map(_graph_run, [(args.model, args.device, n, args.repeats, args.batch_size)])[0]
+            r = pool.map(_graph_run, [(args.model, args.device, n, args.repeats, args.batch_size, args.threads)])[0]
         graphs.append(r)
         print(f"graph {n:4d} tokens: {r['median_s']:7.2f} s (median of {args.repeats})  peak +{r['peak_mib']:7.1f} MiB  "
               f"{r['nodes_full']:5d} nodes / {r['edges_full']:8d} edges -> {r['nodes_kept']:4d} kept  "

@@ -145,7 +145,7 @@ def load_graph(path: str | Path) -> AttributionGraph:
         raise InterpError(f"path: {path} is not an attribution graph (format must be {GRAPH_FORMAT!r})")
     if data.get("version") != GRAPH_VERSION:
         raise InterpError(f"path: {path} has graph version {data.get('version')!r}; this interp reads {GRAPH_VERSION}")
-    nodes = pd.DataFrame(data["nodes"], columns=NODE_COLUMNS)
+    nodes = _typed(pd.DataFrame(data["nodes"], columns=NODE_COLUMNS))
     n = len(nodes)
     if list(nodes["id"]) != list(range(n)):
         raise InterpError(f"path: {path}: node ids must be 0..{n - 1} in order")
@@ -155,6 +155,14 @@ def load_graph(path: str | Path) -> AttributionGraph:
         adj[torch.as_tensor(e.target.values), torch.as_tensor(e.source.values)] = torch.as_tensor(e.weight.values)
     info = {k: v for k, v in data.items() if k not in ("format", "version", "nodes", "edges")}
     return AttributionGraph(nodes=nodes, adjacency=adj, info=info)
+
+
+def _typed(nodes: pd.DataFrame) -> pd.DataFrame:
+    """Integer columns as integers (``feature`` and ``token_id`` nullable: not every kind has one)."""
+    nodes = nodes.astype({"id": "int64", "layer": "int64", "position": "int64", "feature": "Int64",
+                          "token_id": "Int64"})
+    nodes["top_logits"] = nodes["top_logits"].astype(object)
+    return nodes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ def _influence(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def _logit_weights(graph: AttributionGraph) -> torch.Tensor:
     w = torch.zeros(len(graph.nodes), dtype=torch.float64)
     logits = (graph.nodes.kind == "logit").to_numpy()
-    w[torch.from_numpy(logits)] = torch.tensor(graph.nodes.probability[logits].astype(float).to_numpy())
+    w[torch.tensor(logits)] = torch.tensor(graph.nodes.probability[logits].astype(float).to_numpy())
     return w
 
 
@@ -469,7 +477,7 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
     is_target = ((nodes.kind == "feature") | (nodes.kind == "logit")).to_numpy()
     nodes.loc[is_target, "value"] = values.numpy()[is_target]
     nodes.loc[is_target, "bias"] = bias.numpy()[is_target]
-    nodes["top_logits"] = pd.Series([None] * n_nodes, dtype=object)
+    nodes = _typed(nodes)
     info = {"model": {"name": getattr(model.cfg, "name", None), "n_layers": n_layers, "d_model": model.cfg.d_model,
                       "d_vocab": model.cfg.d_vocab},
             "transcoders": [{"layer": layer, "hook_name": tc.cfg.hook_name, "hook_name_out": tc.cfg.hook_name_out,
