@@ -34,11 +34,11 @@ from interp.io import write_benchmark_json
 
 
 def _setup(model_name, device):
-    import interp
     from interp.analysis.sae import load_transcoders
     from interp.report.circuit import default_transcoder_folder
+    from interp.report.inputs import load_model
 
-    model = interp.load(model_name, device=device)
+    model = load_model(model_name, device=device)
     tcs = load_transcoders(default_transcoder_folder(model), device=device)
     text = (Path(model._interp_folder) / "heldout.txt").read_text()
     return model, tcs, model.to_tokens(text[:20_000])

@@ -106,13 +106,15 @@ def graph_html(graph, title: str = "Attribution graph") -> str:
         svg.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
                    f'stroke-width="{0.3 + 4 * w:.2f}" stroke-opacity="{0.15 + 0.7 * w:.2f}"/>')
     fill = {"feature": "#f59e0b", "error": "#9ca3af", "token": "#10b981", "logit": "#8b5cf6"}
-    for r in nodes.itertuples():
+    crowd = nodes.groupby(["layer", "position"]).id.transform("size")  # crowded cells: labels on hover only
+    for r, n_cell in zip(nodes.itertuples(), crowd):
         x, y = pos[int(r.id)]
+        label = _label(r) if r.kind in ("token", "logit") or n_cell <= 4 else ""
         shape = (f'<rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12"' if r.kind == "error" else
                  f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{7 if r.kind != "feature" else 6}"')
         svg.append(f'<g class="node">{shape} fill="{fill[r.kind]}" stroke="#111" stroke-width="0.6">'
                    f'<title>{html.escape(_tooltip(r))}</title></{"rect" if r.kind == "error" else "circle"}>'
-                   f'<text x="{x:.1f}" y="{y + 17:.1f}" class="lab">{html.escape(_label(r))}</text></g>')
+                   f'<text x="{x:.1f}" y="{y + 17:.1f}" class="lab">{html.escape(label)}</text></g>')
     svg.append("</svg>")
     scores = info.get("scores", {})
     opts = info.get("options", {})

@@ -152,7 +152,8 @@ def load_graph(path: str | Path) -> AttributionGraph:
     adj = torch.zeros(n, n, dtype=torch.float64)
     if data["edges"]:
         e = pd.DataFrame(data["edges"])
-        adj[torch.as_tensor(e.target.values), torch.as_tensor(e.source.values)] = torch.as_tensor(e.weight.values)
+        adj[torch.tensor(e.target.values), torch.tensor(e.source.values)] = torch.tensor(e.weight.values,
+                                                                                          dtype=torch.float64)
     info = {k: v for k, v in data.items() if k not in ("format", "version", "nodes", "edges")}
     return AttributionGraph(nodes=nodes, adjacency=adj, info=info)
 
@@ -200,7 +201,10 @@ def node_influence(graph: AttributionGraph) -> torch.Tensor:
 
 def _threshold(scores: torch.Tensor, fraction: float) -> float:
     """The smallest score among the top scores whose sum first reaches ``fraction`` of the total."""
-    s = scores.flatten().sort(descending=True).values
+    s = scores.flatten()
+    s = s[s > 0].sort(descending=True).values  # zeros add nothing to the sum: leave them out of the sort
+    if len(s) == 0:
+        return math.inf
     total = float(s.sum())
     if total <= 0:
         return math.inf
@@ -216,15 +220,17 @@ def _fraction(name, v) -> float:
 
 def graph_scores(graph: AttributionGraph) -> dict:
     """The paper's replacement and completeness scores of ``graph`` (module docstring)."""
+    norm, w = _normalized(graph.adjacency), _logit_weights(graph)
+    return _scores(graph, norm, w, _influence(norm, w))
+
+
+def _scores(graph: AttributionGraph, norm: torch.Tensor, w: torch.Tensor, infl: torch.Tensor) -> dict:
     kinds = graph.nodes.kind.to_numpy()
-    err, tok = torch.as_tensor(kinds == "error"), torch.as_tensor(kinds == "token")
-    norm = _normalized(graph.adjacency)
-    w = _logit_weights(graph)
-    infl = _influence(norm, w)
+    err, tok = torch.tensor(kinds == "error"), torch.tensor(kinds == "token")
     token_infl, error_infl = float(infl[tok].sum()), float(infl[err].sum())
     out_infl = infl + w
     non_error = 1.0 - norm[:, err].sum(1)
-    targets = graph.adjacency.abs().sum(1) > 0  # nodes with no inputs (tokens, errors) have nothing to explain
+    targets = norm.sum(1) > 0  # nodes with no inputs (tokens, errors) have nothing to explain
     denom = float(out_infl[targets].sum())
     return {"replacement_score": token_infl / (token_infl + error_infl) if token_infl + error_infl > 0 else math.nan,
             "completeness_score": float((non_error * out_infl)[targets].sum()) / denom if denom > 0 else math.nan}
@@ -441,15 +447,17 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
         rows = torch.where(rows < n_features, rows, rows - n_features + logit_start)
         with torch.no_grad():
             g_embed = grads[-1][: len(chunk)]
-            adj[rows, tok_start:logit_start] = torch.einsum("bpd,pd->bp", g_embed, embed_vecs)
+            adj[rows, tok_start:logit_start] = (g_embed * embed_vecs).sum(-1)
+            top_layer = max(n_layers if layer == "logit" else layer for layer, _, _ in chunk)
             for li, layer in enumerate(by_layer):
+                if layer >= top_layer:  # a layer's MLP output reaches only later layers and the logits
+                    continue
                 g = grads[li][: len(chunk)]
-                adj[rows, err_start + layer * n_pos : err_start + (layer + 1) * n_pos] = torch.einsum(
-                    "bpd,pd->bp", g, errors[layer])
+                adj[rows, err_start + layer * n_pos : err_start + (layer + 1) * n_pos] = (g * errors[layer]).sum(-1)
                 if n_feat[layer]:
                     p = feat_idx[layer][:, 0]
-                    adj[rows, feat_offset[layer] : feat_offset[layer] + n_feat[layer]] = torch.einsum(
-                        "bsd,sd->bs", g[:, p], feat_vecs[layer])
+                    adj[rows, feat_offset[layer] : feat_offset[layer] + n_feat[layer]] = (
+                        g[:, p] * feat_vecs[layer]).sum(-1)
     del rec, resid, leaves
 
     # the node table
@@ -487,9 +495,12 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
             "options": {"max_logits": max_logits, "logit_probability": logit_probability, "batch_size": batch_size,
                         "pruned": False}}
     graph = AttributionGraph(nodes=nodes, adjacency=adj, info=info)
-    graph.info["scores"] = {**graph_scores(graph), "n_nodes_full": n_nodes,
+    norm, w = _normalized(adj), _logit_weights(graph)
+    infl = _influence(norm, w)
+    graph.info["scores"] = {**_scores(graph, norm, w, infl), "n_nodes_full": n_nodes,
                             "n_edges_full": int((adj != 0).sum())}
-    graph.nodes["influence"] = node_influence(graph).numpy()
+    graph.nodes["influence"] = infl.numpy()
+    del norm
     if prune:
         graph = prune_graph(graph, node_threshold, edge_threshold)
     feats = graph.nodes[graph.nodes.kind == "feature"]
