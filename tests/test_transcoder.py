@@ -179,6 +179,10 @@ def test_bad_input_is_named():
     with pytest.raises(InterpError, match="layer: must be in \\[0, 2\\)"):
         train_transcoder(m, 2, "text", 8)
     tcs = _exact_transcoders(m)
+    from interp.analysis.sae import evaluate_sae
+
+    with pytest.raises(InterpError, match="this is a transcoder"):
+        evaluate_sae(m, tcs[0], torch.zeros(1, 4, dtype=torch.long))
     tcs[1].cfg.metadata["hook_name_out"] = "blocks.1.hook_resid_post"
     with pytest.raises(InterpError, match="predicting blocks.{l}.hook_mlp_out"):
         evaluate_transcoders(m, tcs, torch.zeros(1, 4, dtype=torch.long))
@@ -210,6 +214,9 @@ def test_cli_train_transcoders_and_draw_a_circuit(tmp_path, capsys):
     html, js = tmp_path / "g.html", tmp_path / "g.json"
     rc = main(["circuit", "t5 t7 t9 t11", *base, "--transcoders", str(out), "--out", str(html), "--json", str(js)])
     assert rc == 0 and "<svg" in html.read_text() and "http" not in html.read_text().replace("http://www.w3.org", "")
+    rc = main(["sae", "eval", "--sae", str(out / "blocks.1.hook_mlp_out"), *base, "--corpus", str(corpus),
+               "--json", str(tmp_path / "e.json")])
+    assert rc == 0 and json.loads((tmp_path / "e.json").read_text())["per layer"][0]["layer"] == 1
     graph = load_graph(js)
     assert graph.info["str_tokens"] and (graph.nodes.kind == "token").sum() == len(graph.info["tokens"])
     capsys.readouterr()

@@ -165,6 +165,13 @@ def _eval(args) -> int:
 
     sae, model = _load(args)
     text = read_corpus(model, args.corpus, "eval" if args.corpus is None else "all", args.eval_fraction)
+    from interp.analysis.sae import Transcoder, evaluate_transcoders
+
+    if isinstance(sae, Transcoder):  # its MLP replaced, not its input rebuilt
+
+        ev = evaluate_transcoders(model, [sae], documents(model, text), max_tokens=args.max_tokens)
+        _out({"per layer": ev.layers, "with the MLP replaced": ev.table()}, args)
+        return 0
     ev = evaluate_sae(model, sae, documents(model, text), max_tokens=args.max_tokens, progress=not args.quiet)
     orth = decoder_orthogonality(sae)
     cols = ["count", "dim", "mean_abs_cos", "baseline_mean_abs_cos", "max_abs_cos", "baseline_max_abs_cos",

@@ -350,6 +350,17 @@ def _top_logits(model, vectors: torch.Tensor, k: int) -> list[list]:
     return out
 
 
+def _by_position(positions: torch.Tensor, vectors: torch.Tensor, n_pos: int):
+    """``vectors [S, d]`` (sorted by position) laid out as ``[n_pos, K, d]`` (K: the most at one position, zero
+    padded), with each vector's (position, slot), so edges to every source come from one batched matmul."""
+    counts = torch.bincount(positions, minlength=n_pos)
+    starts = counts.cumsum(0) - counts
+    slot = torch.arange(len(positions), device=positions.device) - starts[positions]
+    padded = vectors.new_zeros(n_pos, int(counts.max()) if len(positions) else 1, vectors.shape[-1])
+    padded[positions, slot] = vectors
+    return padded, positions, slot
+
+
 def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit_probability: float = 0.95,
                       batch_size: int = 32, prune: bool = True, node_threshold: float = 0.8,
                       edge_threshold: float = 0.98, top_logits: int = 5) -> AttributionGraph:
@@ -403,12 +414,13 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
     # nodes: features (by layer, position, feature), errors, tokens, logits
     acts = {layer: rec["acts"][layer] for layer in by_layer}
     feat_idx = {layer: acts[layer].nonzero() for layer in by_layer}  # [S_l, 2] (position, feature)
-    feat_vecs, errors, pre_acts = {}, {}, {}
+    feat_vecs, errors, pre_acts, slots = {}, {}, {}, {}
     with torch.no_grad():
         for layer, tc in by_layer.items():
             p, f = feat_idx[layer].unbind(-1)
             a = acts[layer][p, f]
             feat_vecs[layer] = a[:, None] * tc.W_dec[f]
+            slots[layer] = _by_position(p, feat_vecs[layer], n_pos)
             recon = acts[layer] @ tc.W_dec + tc.b_dec
             errors[layer] = rec["D"][layer][0].detach() - recon
             pre_acts[layer] = tc.pre_activations(rec["inputs"][layer][0])[p, f]
@@ -454,10 +466,10 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
                     continue
                 g = grads[li][: len(chunk)]
                 adj[rows, err_start + layer * n_pos : err_start + (layer + 1) * n_pos] = (g * errors[layer]).sum(-1)
-                if n_feat[layer]:
-                    p = feat_idx[layer][:, 0]
-                    adj[rows, feat_offset[layer] : feat_offset[layer] + n_feat[layer]] = (
-                        g[:, p] * feat_vecs[layer]).sum(-1)
+                if n_feat[layer]:  # per position, [batch, d] @ [d, features there]: one batched matmul
+                    padded, p, r = slots[layer]
+                    adj[rows, feat_offset[layer] : feat_offset[layer] + n_feat[layer]] = torch.einsum(
+                        "bnd,nkd->bnk", g, padded)[:, p, r]
     del rec, resid, leaves
 
     # the node table

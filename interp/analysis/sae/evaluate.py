@@ -30,6 +30,9 @@ __all__ = ["SAEEval", "ce_loss_recovered", "evaluate_sae", "sae_hook", "sae_metr
 
 
 def _hook_of(sae: SAE, hook_name: str | None) -> str:
+    if getattr(sae.cfg, "d_out", None) is not None:  # a transcoder: its output goes elsewhere than its input
+        raise InterpError(f"sae: this is a transcoder (reads {sae.cfg.hook_name!r}, predicts "
+                          f"{sae.cfg.metadata.get('hook_name_out')!r}); use splice_transcoders / evaluate_transcoders")
     name = hook_name or sae.cfg.hook_name
     if not name:
         raise InterpError("hook_name: the SAE's cfg names no hook (metadata.hook_name); pass hook_name=...")
