@@ -40,7 +40,8 @@ until their influence adds up to ``node_threshold`` of the total; edges likewise
 w)[t]`` up to ``edge_threshold``; token and logit nodes always stay; nodes left without edges go.
 *Scores* (the paper's, on the unpruned graph): **replacement score** — the share of the tokens' and errors'
 influence on the logits that starts at tokens; **completeness score** — the share of incoming (normalised)
-weight that comes from non-error nodes, averaged over nodes weighted by their influence + w.
+weight that comes from non-error nodes, averaged over the nodes that have inputs (features and logits; tokens
+and errors have none) weighted by their influence + w.
 
 **JSON** (``AttributionGraph.save`` / ``load_graph``; ``format`` ``"interp.attribution_graph"``, ``version`` 1)::
 
