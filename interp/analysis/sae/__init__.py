@@ -35,6 +35,7 @@ from interp.analysis.sae.features import (
     feature_logit_effects,
     feature_profiles,
     feature_top_contexts,
+    similar_features,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source, model_activations
@@ -61,6 +62,7 @@ __all__ = [
     "sae_hook",
     "sae_metrics",
     "save_sae",
+    "similar_features",
     "splice_sae",
     "token_reconstruction",
     "train_sae",
