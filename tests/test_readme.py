@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRRORED = ("run.sh", "pyproject.toml", "apps", "benchmarks", "interp", "models", "probes", "tests")
+MIRRORED = ("run.sh", "pyproject.toml", ".streamlit", "apps", "benchmarks", "interp", "models", "probes", "tests")
 
 
 def readme_commands(text: str) -> list[str]:
@@ -50,7 +50,8 @@ def test_readme_commands_are_found_and_go_through_the_environment():
 @pytest.fixture
 def checkout(tmp_path):
     for name in MIRRORED:
-        (tmp_path / name).symlink_to(ROOT / name)
+        if (ROOT / name).exists():
+            (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # what run.sh's set-up leaves behind
     env = dict(os.environ, INTERP_VENV=sys.prefix, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
@@ -67,12 +68,17 @@ def run_line(line: str, cwd: Path, env: dict, timeout: float = 300) -> subproces
 
 
 def check_server(line: str, cwd: Path, env: dict, timeout: float = 120) -> None:
-    """Start the documented server on a free port and wait for its health check; then stop it."""
+    """Start the documented server on a free port and wait for its health check; then stop it. A ``--data-dir``
+    the README names as an example (/srv/corpora) is an empty folder here."""
     from interp.report.chromium import free_port
 
     port = free_port()
-    proc = subprocess.Popen(["bash", "-c", (f"exec {line} --server.headless true --server.port {port}"
-                             " --browser.gatherUsageStats false")],
+    if line.startswith("bash run.sh dashboard"):
+        (cwd / "corpora").mkdir(exist_ok=True)
+        line = re.sub(r"--data-dir \S+", "--data-dir corpora", line) + f" --port {port}"
+    else:
+        line += f" --server.headless true --server.port {port} --browser.gatherUsageStats false"
+    proc = subprocess.Popen(["bash", "-c", f"exec {line}"],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -104,7 +110,7 @@ def is_main_report(line: str) -> bool:
 @pytest.mark.parametrize("line", [c for c in COMMANDS if not is_main_report(c)])
 def test_readme_command_runs(line, checkout):
     cwd, env = checkout
-    if " streamlit run " in f" {line} ":
+    if " streamlit run " in f" {line} " or line.startswith("bash run.sh dashboard"):
         check_server(line, cwd, env)
         return
     if "torchrun" in line or "gpu_check.sh" in line:  # several processes / a GPU: the same path, up to --help
