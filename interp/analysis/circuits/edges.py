@@ -483,7 +483,8 @@ def _circuit_masks(graph: EdgeGraph, circuits: list[pd.DataFrame]) -> torch.Tens
     """``[n_circuits, U, V]``: True on every valid edge NOT in the circuit (it carries the corrupted value)."""
     masks = graph.valid[None].repeat(len(circuits), 1, 1)
     for i, rows in enumerate(circuits):
-        masks[i, rows.u.to_numpy(), rows.v.to_numpy()] = False
+        masks[i, torch.as_tensor(rows.u.to_list(), dtype=torch.long),
+              torch.as_tensor(rows.v.to_list(), dtype=torch.long)] = False
     return masks
 
 
