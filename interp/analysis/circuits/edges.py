@@ -263,24 +263,22 @@ def edge_attribution(model, clean, corrupted, metric="logit_diff", method: str =
     graph = edge_graph(model)
     c, r = _pair(model, clean, corrupted)
     with _edge_hooks(model):
-        s_clean, clean_logits, resid_clean = _sender_outputs(model, graph, c)
-        s_corr, corr_logits, resid_corr = _sender_outputs(model, graph, r)
-        fn = make_metric(model, metric, answer=answer, wrong=wrong, position=position, clean_logits=clean_logits,
-                         batch=c.shape[0])
+        run = _EdgeRunner(model, graph, c, r, metric, answer=answer, wrong=wrong, position=position)
         alphas = torch.ones(1) if method == "eap" else (torch.arange(n_steps, dtype=torch.float64) + 0.5) / n_steps
-        grads, per_pair = _receiver_grads(model, graph, c, resid_clean[0], resid_corr[0], fn, alphas, batch_size)
-    diff = (s_corr.double() - s_clean.double())  # [U, B, P, d]
+        grads, per_pair = _receiver_grads(model, graph, c, run.resid[0], run.corr_start, run.metric, alphas,
+                                          batch_size)
+    diff = (run.s_corr.double() - run.s_clean.double())  # [U, B, P, d]
     scores = torch.einsum("ubpd,vbpd->uv", diff, grads) / (c.shape[0] if per_pair else 1)
     df = graph.edges()
     df.insert(2, "score", scores.cpu().numpy()[df.u.to_numpy(), df.v.to_numpy()])
-    clean_v, corr_v = float(_metric_values(fn, clean_logits).mean()), float(_metric_values(fn, corr_logits).mean())
     if exact:
-        ex = edge_patching(model, c, r, fn, batch_size=batch_size)
+        ex = edge_patching(model, c, r, run.metric, batch_size=batch_size)
         df = df.merge(ex[["sender", "receiver", "exact"]], on=["sender", "receiver"], how="left")
         df.attrs.update(pearson=float(df.score.corr(df.exact)),
                         spearman=float(df.score.corr(df.exact, method="spearman")))
     df = _by_magnitude(df.drop(columns=["u", "v"]), "score")
-    df.attrs.update(clean=clean_v, corrupted=corr_v, method=method, steps=n_steps, n_edges=graph.n_edges)
+    df.attrs.update(clean=run.clean_value, corrupted=run.corrupted_value, method=method, steps=n_steps,
+                    n_edges=graph.n_edges)
     return df
 
 
@@ -305,11 +303,15 @@ class _EdgeRunner:
     (nothing earlier can change; senders before it are their clean selves).
     """
 
-    def __init__(self, model, graph: EdgeGraph, clean, corrupted, metric):
-        self.model, self.graph, self.clean, self.metric = model, graph, clean, metric
+    def __init__(self, model, graph: EdgeGraph, clean, corrupted, metric, **metric_args):
+        self.model, self.graph, self.clean = model, graph, clean
         self.s_clean, self.clean_logits, self.resid = _sender_outputs(model, graph, clean)
-        self.s_corr, self.corr_logits, _ = _sender_outputs(model, graph, corrupted)
+        self.s_corr, self.corr_logits, resid_corr = _sender_outputs(model, graph, corrupted)
+        self.corr_start = resid_corr[0]  # the corrupted input embeddings (EAP-IG interpolates from them)
         self.batch = clean.shape[0]
+        self.metric = make_metric(model, metric, clean_logits=self.clean_logits, batch=self.batch, **metric_args)
+        self.clean_value = float(_metric_values(self.metric, self.clean_logits).mean())
+        self.corrupted_value = float(_metric_values(self.metric, self.corr_logits).mean())
         self.first_layer = torch.tensor([0 if x is None or pd.isna(x) else int(x) for x in graph.receivers["layer"]])
         self.first_layer[-1] = model.cfg.n_layers - 1  # the logits read the last block's output
 
@@ -374,10 +376,7 @@ def edge_patching(model, clean, corrupted, metric="logit_diff", edges=None, *, a
     c, r = _pair(model, clean, corrupted)
     chosen = graph.edges() if edges is None else _edge_rows(graph, edges)
     with _edge_hooks(model):
-        runner = _EdgeRunner(model, graph, c, r, metric)
-        fn = make_metric(model, metric, answer=answer, wrong=wrong, position=position,
-                         clean_logits=runner.clean_logits, batch=c.shape[0])
-        runner.metric = fn
+        runner = _EdgeRunner(model, graph, c, r, metric, answer=answer, wrong=wrong, position=position)
         first = runner.first_layer[torch.as_tensor(chosen.v.to_list(), dtype=torch.long)]
         order = chosen.assign(_l=first.numpy()).sort_values("_l", kind="stable")
         k = _copies(batch_size, max(len(order), 1), 64)
@@ -388,11 +387,10 @@ def edge_patching(model, clean, corrupted, metric="logit_diff", edges=None, *, a
             masks[torch.arange(len(part)), torch.as_tensor(part.u.to_list()), torch.as_tensor(part.v.to_list())] = True
             values.append(runner.run(masks))
     patched = torch.cat(values) if values else torch.zeros(0)
-    clean_v = float(_metric_values(fn, runner.clean_logits).mean())
     out = order.drop(columns="_l").assign(patched=(patched.mean(-1) if patched.ndim == 2 else patched).cpu().numpy())
     out = out.sort_index().drop(columns=["u", "v"])
-    out["exact"] = out.patched - clean_v
-    out.attrs.update(clean=clean_v, corrupted=float(_metric_values(fn, runner.corr_logits).mean()))
+    out["exact"] = out.patched - runner.clean_value
+    out.attrs.update(clean=runner.clean_value, corrupted=runner.corrupted_value)
     return out.reset_index(drop=True)
 
 
@@ -493,15 +491,12 @@ def _faithfulness_runs(model, circuits, clean, corrupted, metric, answer, wrong,
     c, r = _pair(model, clean, corrupted)
     rows = [_edge_rows(graph, e) for e in circuits]
     with _edge_hooks(model):
-        runner = _EdgeRunner(model, graph, c, r, metric)
-        runner.metric = make_metric(model, metric, answer=answer, wrong=wrong, position=position,
-                                    clean_logits=runner.clean_logits, batch=c.shape[0])
+        runner = _EdgeRunner(model, graph, c, r, metric, answer=answer, wrong=wrong, position=position)
         k = _copies(batch_size, len(rows), 16)
         masks = _circuit_masks(graph, rows)
         values = torch.cat([runner.run(m) for m in masks.split(k)])
     values = values.mean(-1) if values.ndim == 2 else values
-    clean_v = float(_metric_values(runner.metric, runner.clean_logits).mean())
-    corr_v = float(_metric_values(runner.metric, runner.corr_logits).mean())
+    clean_v, corr_v = runner.clean_value, runner.corrupted_value
     gap = clean_v - corr_v
     return [Faithfulness(float((v - corr_v) / gap) if gap != 0 else float("nan"), float(v), clean_v, corr_v,
                          len(e), graph.n_edges) for v, e in zip(values.tolist(), rows)]
