@@ -243,6 +243,30 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
     return heads, grid, dla, info
 
 
+@st.cache_data(show_spinner="Scoring every edge…", max_entries=8)
+def edge_scores(spec: str, prompt: str, method: str, steps: int):
+    """EAP / EAP-IG on the induction pair (as the Patching page) and the faithfulness of the top-n circuits."""
+    from interp.analysis import causal
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    model = get_model(spec)
+    pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    kw = {"answer": pair.answer, "wrong": pair.wrong}
+    edges = edge_attribution(model, pair.clean, pair.corrupted, method=method, steps=steps, **kw)
+    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), dict(edges.attrs)
+
+
+@st.cache_data(show_spinner="Steering…", max_entries=8)
+def steering_table(spec: str, prompt: str, positive: tuple, negative: tuple, hook: str, scales: tuple,
+                   new_tokens: int):
+    from interp.analysis.steering import steering_effect, steering_vector
+
+    model = get_model(spec)
+    vec = steering_vector(model, list(positive), list(negative), hook, position="mean")
+    df = steering_effect(model, tokens_for(spec, prompt), vec, hook, scales, max_new_tokens=new_tokens)
+    return df.drop(columns="prompt").assign(top_tokens=[" | ".join(t) for t in df.top_tokens]), float(vec.norm())
+
+
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
 def report_files(spec: str, prompt: str) -> tuple[bytes, bytes]:
     """The report as (HTML, Markdown) bytes, from one run of the analyzers."""
@@ -782,6 +806,42 @@ def page_patching(spec: str, prompt: str) -> None:
         show(grid, key="patch_grid_table")
 
 
+def page_edges(spec: str, prompt: str) -> None:
+    c1, c2 = st.columns(2)
+    method = c1.radio("method", ["eap-ig", "eap"], horizontal=True, key="edges_method")
+    steps = c2.slider("EAP-IG steps", 1, 32, 8, key="edges_steps", disabled=method == "eap")
+    edges, curve, attrs = edge_scores(spec, prompt, method, steps)
+    st.caption(f"The induction pair of the Patching page; logit difference clean {attrs['clean']:.3f}, corrupted "
+               f"{attrs['corrupted']:.3f}. score = change of the metric when that edge alone carries the corrupted "
+               f"value ({attrs['n_edges']} edges: embeddings, heads' q/k/v inputs, MLPs, logits).")
+    show(edges[["sender", "receiver", "score", "receiver_input"]].head(25), key="edges_table")
+    st.caption("Faithfulness of the top-n edges: the clean run with every other edge corrupted (1 = clean).")
+    st.line_chart(curve.set_index("n_edges").faithfulness)
+    show(curve, key="edges_curve")
+
+
+def page_steering(spec: str, prompt: str) -> None:
+    model = get_model(spec)
+    c1, c2 = st.columns(2)
+    positive = [t for t in c1.text_area("positive prompts (one per line)", "love and joy", key="steer_pos").splitlines()
+                if t.strip()]
+    negative = [t for t in c2.text_area("negative prompts (one per line)", "war and death", key="steer_neg").splitlines()
+                if t.strip()]
+    hooks = [f"blocks.{lay}.hook_{w}" for lay in range(model.cfg.n_layers) for w in ("resid_pre", "resid_post")]
+    c3, c4, c5 = st.columns(3)
+    hook = c3.selectbox("hook", hooks, index=min(2 * (model.cfg.n_layers // 2), len(hooks) - 1), key="steer_hook")
+    scale = c4.number_input("scale", value=4.0, step=1.0, key="steer_scale")
+    new_tokens = c5.slider("new tokens", 0, 32, 12, key="steer_new")
+    if not positive or not negative:
+        st.info("Enter at least one positive and one negative prompt.")
+        return
+    df, norm = steering_table(spec, prompt, tuple(positive), tuple(negative), hook, (0.0, scale / 2, scale),
+                              new_tokens)
+    st.caption(f"Steering vector: mean activation over the positive prompts minus the negative ones at {hook} "
+               f"(norm {norm:.3f}), added at every position. kl = KL(unsteered ‖ steered) of the next token.")
+    show(df, key="steer_table")
+
+
 def page_report(spec: str, prompt: str) -> None:
     st.subheader("HTML report")
     st.write("One self-contained file (opens offline) with every section: model, tokenization, next token, "
@@ -801,7 +861,7 @@ def page_report(spec: str, prompt: str) -> None:
 # The page registry, in sidebar order: a new page is one function and one entry here.
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
           "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
-          "Patching": page_patching, "Report": page_report}
+          "Patching": page_patching, "Edges": page_edges, "Steering": page_steering, "Report": page_report}
 PAGES = tuple(RENDER)
 
 
