@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_dashboard import PROMPT, _frame, _goto, _ok, app, tiny, tiny_dir  # noqa: F401  (fixtures)
+from test_dashboard import PROMPT, _frame, _goto, _ok, app, data_dir, tiny, tiny_dir  # noqa: F401  (fixtures)
 
 from interp.report.inputs import encode_prompt
 

@@ -198,12 +198,13 @@ def _copies(batch_size, n: int, default: int) -> int:
     return min(batch_size, n)
 
 
-def _receiver_grads(model, graph: EdgeGraph, clean, start_clean, start_corr, metric, alphas, batch_size):
-    """∂metric/∂(each receiver's input) ``[n_receivers, batch, pos, d_model]``, averaged over the runs whose
-    input embedding is ``corrupted + α (clean - corrupted)`` for each ``α`` in ``alphas``."""
-    B, P = clean.shape
-    n_v = len(graph.receivers)
-    grads = torch.zeros(n_v, B, P, model.cfg.d_model, dtype=torch.float64, device=start_clean.device)
+def _edge_scores(model, graph: EdgeGraph, clean, start_clean, start_corr, diff, metric, alphas, batch_size):
+    """``diff[u] · ∂metric/∂(input of v)`` for every sender ``u`` and receiver ``v`` ``[U, V]`` (float64),
+    the gradient averaged over the runs whose input embedding is ``corrupted + α (clean - corrupted)`` for
+    each ``α`` in ``alphas``; and whether the metric is per prompt pair. Each hook's gradient is contracted
+    as soon as it is known, so memory holds the senders' differences, never every receiver's gradient."""
+    B = clean.shape[0]
+    scores = torch.zeros(diff.shape[0], len(graph.receivers), dtype=torch.float64, device=diff.device)
     per_pair = True
     k = _copies(batch_size, len(alphas), 8)
     for chunk in alphas.split(k):
@@ -229,9 +230,9 @@ def _receiver_grads(model, graph: EdgeGraph, clean, start_clean, start_corr, met
             if g is None:  # the metric does not depend on this input
                 continue
             g = g.detach().double().unflatten(0, (n, B)).sum(0)  # [B, P, (head,) d]
-            idx = list(h.nodes)
-            grads[idx] += g.permute(2, 0, 1, 3) if h.per_head else g[None]
-    return grads / len(alphas), per_pair
+            g = g if h.per_head else g[:, :, None]
+            scores[:, list(h.nodes)] += torch.einsum("ubpd,bpvd->uv", diff, g)
+    return scores / len(alphas), per_pair
 
 
 def _check_steps(method: str, steps) -> int:
@@ -265,10 +266,10 @@ def edge_attribution(model, clean, corrupted, metric="logit_diff", method: str =
     with _edge_hooks(model):
         run = _EdgeRunner(model, graph, c, r, metric, answer=answer, wrong=wrong, position=position)
         alphas = torch.ones(1) if method == "eap" else (torch.arange(n_steps, dtype=torch.float64) + 0.5) / n_steps
-        grads, per_pair = _receiver_grads(model, graph, c, run.resid[0], run.corr_start, run.metric, alphas,
-                                          batch_size)
-    diff = (run.s_corr.double() - run.s_clean.double())  # [U, B, P, d]
-    scores = torch.einsum("ubpd,vbpd->uv", diff, grads) / (c.shape[0] if per_pair else 1)
+        diff = run.s_corr.double() - run.s_clean.double()  # [U, B, P, d]
+        scores, per_pair = _edge_scores(model, graph, c, run.resid[0], run.corr_start, diff, run.metric, alphas,
+                                        batch_size)
+    scores = scores / (c.shape[0] if per_pair else 1)
     df = graph.edges()
     df.insert(2, "score", scores.cpu().numpy()[df.u.to_numpy(), df.v.to_numpy()])
     if exact:
