@@ -922,6 +922,9 @@ def page_edges(spec: str, prompt: str) -> None:
     st.caption(f"The induction pair of the Patching page; logit difference clean {attrs['clean']:.3f}, corrupted "
                f"{attrs['corrupted']:.3f}. score = change of the metric when that edge alone carries the corrupted "
                f"value ({attrs['n_edges']} edges: embeddings, heads' q/k/v inputs, MLPs, logits).")
+    from interp.report.edge_figure import edge_circuit_figure
+
+    plot(edge_circuit_figure(edges, top_n=30), key="edges_circuit")
     show(edges[["sender", "receiver", "score", "receiver_input"]].head(25), key="edges_table")
     st.caption("Faithfulness of the top-n edges: the clean run with every other edge corrupted (1 = clean).")
     st.line_chart(curve.set_index("n_edges").faithfulness)

@@ -340,6 +340,12 @@ def test_planted_circuit_is_found_and_is_faithful(method):
                                                         wrong=WRONG).faithfulness, 0.0, rtol=0, atol=0.01)
     thr = select_circuit(df, threshold=0.5 * float(df.score.abs().iloc[2]))
     assert set(zip(thr.sender, thr.receiver)) == PLANTED
+    if method == "eap":  # the drawing: three lines, from the embeddings up to L0H0, L1H1 and the logits
+        from interp.report.edge_figure import edge_circuit_figure
+
+        fig = edge_circuit_figure(df, top_n=3)
+        lines = {tuple(zip(t.x, t.y)) for t in fig.data if t.mode == "lines"}  # ((x0, y0), (x1, y1))
+        assert lines == {((0.5, 0.0), (0.0, 1.0)), ((0.0, 1.0), (1.0, 3.0)), ((1.0, 3.0), (0.5, 5.0))}
 
 
 def test_bad_input_is_one_clear_line():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_dashboard import PROMPT, _frame, _goto, _ok, app, data_dir, tiny, tiny_dir  # noqa: F401  (fixtures)
+from test_dashboard import PROMPT, _charts, _frame, _goto, _ok, app, data_dir, tiny, tiny_dir  # noqa: F401  (fixtures)
 
 from interp.report.inputs import encode_prompt
 
@@ -18,6 +18,7 @@ def test_edges_page(app, tiny):  # noqa: F811
     _goto(app, "Edges")
     app.radio(key="edges_method").set_value("eap").run()
     _ok(app)
+    assert "edges_circuit" in _charts(app)
     pair = repeated_text_pair(tiny, encode_prompt(tiny, PROMPT))
     ref = edge_attribution(tiny, pair.clean, pair.corrupted, answer=pair.answer, wrong=pair.wrong).head(25)
     shown = _frame(app, "sender", "receiver", "score")
