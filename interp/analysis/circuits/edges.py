@@ -352,9 +352,8 @@ class _EdgeRunner:
                 return act + (delta if hook_spec.per_head else delta[:, :, 0]).to(act.dtype)
             return hook
 
-        hooks = [(h.name, capture(h)) for h in g.sender_hooks
-                 if not (h.name == "blocks.0.hook_resid_pre" and l0 > 0)
-                 and (h.name == "blocks.0.hook_resid_pre" or int(h.name.split(".")[1]) >= l0)]
+        # every hook name is "blocks.{layer}....": a pass from block l0 needs the hooks of blocks l0.. only
+        hooks = [(h.name, capture(h)) for h in g.sender_hooks if int(h.name.split(".")[1]) >= l0]
         hooks += [(h.name, receive(h)) for h in g.receiver_hooks if int(h.name.split(".")[1]) >= l0]
         with model.hooks(fwd_hooks=hooks):
             if l0 == 0:
