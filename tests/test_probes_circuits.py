@@ -56,10 +56,25 @@ def test_steering_probe_matches_the_analyzer(model, tmp_path):
     assert got.kl.iloc[0] == 0 and got.generation.tolist() == ref.generation.tolist()
 
 
+def test_steering_probe_with_an_sae_feature(model, tmp_path):
+    """--sae default --feature N steers along that feature's decoder row at the SAE's own hook."""
+    from interp.analysis.sae import load_sae
+    from interp.analysis.steering import steering_effect
+    from interp.report.sae_section import default_sae_folder
+
+    sae = load_sae(default_sae_folder(model))
+    res = _tables(tmp_path, "steering", "The king said", "--sae", "default", "--feature", "3", "--scale", "5",
+                  "--new-tokens", "0")
+    ref = steering_effect(model, "The king said", sae.W_dec[3].detach(), sae.cfg.hook_name, [0.0, 5.0])
+    np.testing.assert_allclose(pd.DataFrame(res["steering"]).kl.to_numpy(), ref.kl.to_numpy(), rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("argv, text", [
     (["probe", "edges", "--clean", "a b"], "--corrupted"),
     (["probe", "edges", "--clean", CLEAN, "--corrupted", "a", "--answer", "1", "--wrong", "2"], "same number of tokens"),
     (["probe", "steering", "hi", "--positive", "a", "--negative", "b", "--hook", "blocks.99.hook_resid_pre"], "hook:"),
+    (["probe", "steering", "hi", "--positive", "a"], "--negative"),
+    (["probe", "steering", "hi", "--sae", "default"], "--feature"),
 ])
 def test_bad_input_is_one_line(argv, text, capsys):
     assert cli.main(argv) == 2

@@ -493,9 +493,13 @@ def _edges_run(model, prompts: list[str], args) -> ProbeOutput:
 
 
 def _steering_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--positive", action="append", required=True, help="a prompt for the + side (repeat the flag)")
-    p.add_argument("--negative", action="append", required=True, help="a prompt for the - side (repeat the flag)")
-    p.add_argument("--hook", default=None, help="hook point (default: the middle layer's blocks.{l}.hook_resid_pre)")
+    p.add_argument("--positive", action="append", default=None, help="a prompt for the + side (repeat the flag)")
+    p.add_argument("--negative", action="append", default=None, help="a prompt for the - side (repeat the flag)")
+    p.add_argument("--sae", default=None, metavar="FOLDER",
+                   help="steer along an SAE feature instead: an SAE folder or 'default' (the model's own), with --feature")
+    p.add_argument("--feature", type=int, default=None, help="the SAE feature whose decoder row is the direction")
+    p.add_argument("--hook", default=None, help="hook point (default: the SAE's, else the middle layer's "
+                                                 "blocks.{l}.hook_resid_pre)")
     p.add_argument("--scale", type=finite_float, action="append", default=None,
                    help="steering scale (repeat the flag; default 4; 0 is always shown)")
     p.add_argument("--position", choices=("last", "mean"), default="mean",
@@ -504,17 +508,37 @@ def _steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=positive_int, default=5, help="top next tokens shown (default 5)")
 
 
-def _steering_run(model, tokens, prompt, args) -> ProbeOutput:
-    from interp.analysis.steering import steering_effect, steering_vector
+def _steering_direction(model, args):
+    """(direction, hook, how it was made): a contrastive vector, or an SAE feature's decoder row."""
+    from interp.analysis.steering import feature_direction, steering_vector
 
+    if args.sae is not None:
+        from interp.analysis.sae import load_sae
+        from interp.report.sae_section import DEFAULT_SAE, default_sae_folder
+
+        if args.feature is None or args.positive or args.negative:
+            raise InterpError("--sae: give --feature N with it (and no --positive/--negative)")
+        sae = load_sae(default_sae_folder(model) if args.sae == DEFAULT_SAE else args.sae, device=model.device)
+        hook = args.hook or sae.cfg.hook_name
+        return feature_direction(sae, args.feature), hook, f"SAE feature {args.feature}'s decoder row"
+    if not args.positive or not args.negative:
+        raise InterpError("steering: give --positive and --negative prompts (each flag repeatable), or --sae FOLDER "
+                          "--feature N")
     hook = args.hook or f"blocks.{int(model.cfg.n_layers) // 2}.hook_resid_pre"
     vec = steering_vector(model, args.positive, args.negative, hook, position=args.position)
+    return vec, hook, (f"mean over {len(args.positive)} positive minus {len(args.negative)} negative prompt(s) "
+                       f"({args.position} position)")
+
+
+def _steering_run(model, tokens, prompt, args) -> ProbeOutput:
+    from interp.analysis.steering import steering_effect
+
+    vec, hook, how = _steering_direction(model, args)
     scales = sorted({0.0, *(args.scale or [4.0])})
     df = steering_effect(model, tokens, vec, hook, scales, k=args.k, max_new_tokens=args.new_tokens)
     df = df.drop(columns="prompt").assign(top_tokens=[" | ".join(t) for t in df.top_tokens],
                                           top_probs=[" ".join(f"{p:.2f}" for p in ps) for ps in df.top_probs])
-    notes = [(f"steering vector at {hook}: mean over {len(args.positive)} positive minus {len(args.negative)} "
-             f"negative prompt(s) ({args.position} position), norm {float(vec.norm()):.3f}; "
+    notes = [(f"steering vector at {hook}: {how}, norm {float(vec.norm()):.3f}; "
              "kl = KL(unsteered || steered) of the next token, nats")]
     return ProbeOutput({"steering": df}, notes=notes)
 
