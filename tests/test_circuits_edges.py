@@ -26,6 +26,8 @@ from interp.errors import InterpError
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: two threads only oversubscribe
+
 V = 40
 ANS, WRONG = 3, 6
 

@@ -8,6 +8,8 @@ from test_dashboard import PROMPT, _charts, _frame, _goto, _ok, app, data_dir, t
 
 from interp.report.inputs import encode_prompt
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: two threads only oversubscribe
+
 pytest.importorskip("streamlit.testing.v1")
 
 

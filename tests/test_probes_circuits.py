@@ -12,6 +12,8 @@ from interp import cli
 from interp.report.inputs import load_model
 from interp.report.probes import main as probe_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: two threads only oversubscribe
+
 CLEAN = "The letter from Jane was read aloud, and then the letter from"
 CORRUPTED = CLEAN.replace("Jane", "Moses")
 

@@ -17,6 +17,8 @@ from interp.errors import InterpError
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: two threads only oversubscribe
+
 V = 40
 
 
