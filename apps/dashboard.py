@@ -9,6 +9,7 @@ long prompt, a folder that does not exist — shows an error message in the page
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -429,8 +430,11 @@ def check_model(spec: str) -> str:
 
     if not spec:
         raise InterpError("model folder: enter the path of a local model folder (config.json + model.safetensors).")
-    if spec != DEFAULT_MODEL and spec not in zoo_models():
-        spec = user_folder(spec, "model folder", _cli_defaults())
+    defaults = _cli_defaults()
+    if spec == defaults.model and Path(spec).expanduser().is_dir():  # the operator's --model: trusted as given
+        spec = os.path.realpath(Path(spec).expanduser())
+    elif spec != DEFAULT_MODEL and spec not in zoo_models():
+        spec = user_folder(spec, "model folder", defaults)
     get_model(spec)
     return spec
 

@@ -143,3 +143,17 @@ def test_an_upload_is_scanned_from_the_sessions_own_folder(served):
     np.testing.assert_allclose(at.session_state["examples"].activation.to_numpy(), want.activation.to_numpy(),
                                rtol=1e-6, atol=1e-7)
     at.radio(key="corpus_source").set_value(SOURCE).run()
+
+
+def test_the_operators_model_folder_loads_as_given(served, monkeypatch):
+    """`interp dashboard --model models/NAME`: a path relative to where the operator started it, trusted as given
+    (and a root: a browser user may type it again, but nothing beside it)."""
+    _, data = served
+    monkeypatch.chdir(data)
+    monkeypatch.setattr(sys, "argv", ["dashboard.py", "--model", "tiny", "--prompt", PROMPT])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert at.sidebar.text_input(key="model_path").value == "tiny"
+    assert {m.label: m.value for m in at.metric}["n_layers"] == "2"
+    assert _refusal(at, "model_path", "huge", sidebar=True).startswith(f"model folder: PATH {REFUSED}")
