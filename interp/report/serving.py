@@ -112,6 +112,8 @@ def estimate_parameters(config: dict) -> int:
     An upper-bound sketch, not a count: embeddings and (untied) unembedding, a position table, and per
     layer four d_model² attention matrices plus three d_model x d_mlp MLP matrices per expert. Good enough to
     refuse a config that would allocate for minutes before anything is built."""
+    if isinstance(config.get("text_config"), dict):  # a multimodal config: the decoder's sizes live there
+        config = {**config, **config["text_config"]}
     size = {}
     for what, keys in _SIZE_KEYS.items():
         v = next((config[k] for k in keys if config.get(k) is not None), None)
