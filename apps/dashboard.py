@@ -4,6 +4,10 @@ The sidebar picks a model (a zoo entry or a local folder) and a prompt; the page
 analyzers in ``interp.analysis`` say about them. The app only calls analyzers (through small cached
 wrappers) and draws their output with the figures the HTML report uses. Bad input — an empty or too
 long prompt, a folder that does not exist — shows an error message in the page, never a traceback.
+
+Anyone who reaches the page may type paths, so every path is confined (interp.safe_paths) to the model zoo,
+the operator's ``--data-dir`` folders and ``--model``, or the session's own uploads, and every request has
+limits (interp.report.serving: corpus bytes, tokens scanned, model size, scan time) that say what they cut.
 """
 
 from __future__ import annotations
