@@ -195,9 +195,11 @@ def user_corpus(typed: str, source: str, limits: argparse.Namespace) -> tuple[st
     return str(path), found.path.stat().st_mtime_ns, note
 
 
-def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None):
+@st.cache_resource(show_spinner="Reading the corpus…", max_entries=4)
+def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp=None):
     """``(name, Corpus)`` the Neurons page scans: the model's held-out text, pasted text (one document), or a
-    path (text / JSONL / Parquet file, a folder, a saved datasets folder) or ``hf:NAME[:CONFIG]:SPLIT``."""
+    confined path (text / JSONL / Parquet file, a folder, a saved datasets folder). Kept between reruns (a
+    Corpus is read-only), so a file is read once per ``stamp`` (its modification time), not at every click."""
     from interp.data import Corpus
     from interp.report.inputs import read_corpus
 
@@ -218,7 +220,7 @@ def layer_profiles(spec: str, kind: str, value: str, split: str | None, field: s
     from interp.report.serving import time_limit
 
     model = get_model(spec)
-    _, corpus = neuron_corpus(spec, kind, value, split, field)
+    _, corpus = neuron_corpus(spec, kind, value, split, field, stamp)
     with time_limit(model, seconds, "corpus scan"):
         return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
                                max_tokens=max_tokens)
@@ -662,7 +664,7 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     elif source == PASTED:
         value, note = cap_text(st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120),
                                limits.max_corpus_mb * 10**6, "the pasted text")
-    name, _ = neuron_corpus(spec, source, value, split, field)  # a bad path, split or column: the message now
+    name, _ = neuron_corpus(spec, source, value, split, field, stamp)  # a bad path, split or column: the message now
     if note:
         st.caption(f"{name}: {note}")
     want = (spec, source, value, split, field, stamp, layer, int(max_tokens), limits.scan_seconds)
