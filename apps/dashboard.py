@@ -207,7 +207,8 @@ def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: st
         if not value.strip():
             raise InterpError("corpus: paste some text to scan.")
         return "pasted text", Corpus.from_memory([value])
-    return read_corpus(get_model(spec), "default" if kind == HELDOUT else value, split=split, field=field,
+    # the held-out text is "default", unless the page passed a cut copy of it (value)
+    return read_corpus(get_model(spec), "default" if kind == HELDOUT and not value else value, split=split, field=field,
                        flags=CORPUS_LABELS)
 
 
@@ -661,6 +662,12 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
                     if source == SOURCE else "Upload a text, JSONL or Parquet file to scan.")
             return
         value, stamp, note = user_corpus(typed, source, limits)
+    elif source == HELDOUT:  # the model folder's own text, cut like any file when it is long
+        from interp.report.inputs import HELDOUT as HELDOUT_FILE
+
+        held = Path(model._interp_folder) / HELDOUT_FILE
+        if held.stat().st_size > limits.max_corpus_mb * 10**6:
+            value, stamp, note = user_corpus(str(held), SOURCE, limits)
     elif source == PASTED:
         value, note = cap_text(st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120),
                                limits.max_corpus_mb * 10**6, "the pasted text")

@@ -116,11 +116,21 @@ def test_model_and_sae_folders_are_confined_and_sized_before_building(served):
 
 
 def test_limits_say_what_was_cut(served):
-    at, _ = served
+    at, data = served
     assert at.select_slider(key="corpus_tokens").options == ["2048", "4096"]  # --max-scan-tokens 4096
     at.text_input(key="corpus_path").set_value("big.txt").run()
     assert not at.error, [e.value for e in at.error]
-    assert any("read the first 1.0 MB of 1.5 MB (interp dashboard --max-corpus-mb 1)" in c.value for c in at.caption)
+    cut = "read the first 1.0 MB of 1.5 MB (interp dashboard --max-corpus-mb 1)"
+    assert [c.value for c in at.caption if cut in c.value] == [f"big.txt: {cut}"]
+    shutil.copy(data / "big.txt", data / "tiny" / "heldout.txt")  # the model folder's own text is cut the same way
+    try:
+        at.run()
+        at.radio(key="corpus_source").set_value("held-out text of the model").run()
+        assert not at.error, [e.value for e in at.error]
+        assert [c.value for c in at.caption if cut in c.value] == [f"heldout.txt: {cut}"]
+    finally:
+        (data / "tiny" / "heldout.txt").unlink()
+    at.radio(key="corpus_source").set_value(SOURCE).run()
 
 
 def test_an_upload_is_scanned_from_the_sessions_own_folder(served):
