@@ -35,7 +35,7 @@ def _report(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from interp.report.data import STAGES, ReportOptions, collect_report
-    from interp.report.inputs import cap_count, check_device, load_model, read_corpus
+    from interp.report.inputs import cap_count, check_device, check_prompts_fit, load_model, read_corpus
     from interp.report.output import check_writable
     from interp.report.render import format_for, write_report
 
@@ -45,6 +45,7 @@ def _report(args) -> int:
         out = "report.md" if fmt == "md" else "report.html"
     check_writable(out, args.force)  # before the analysis, not after it
     check_device(args.device)
+    check_prompts_fit(args.model, [args.prompt])  # a prompt longer than n_ctx: said now, not after loading
     corpus = None if args.corpus == "none" else args.corpus
     if corpus != "default" and corpus is not None:  # a wrong split or column fails before the model loads
         corpus = read_corpus(None, corpus, split=args.corpus_split, field=args.corpus_field)
@@ -337,9 +338,10 @@ def _add_bench(sub) -> None:
 
 def _generate(args) -> int:
     from interp.generate import generate
-    from interp.report.inputs import encode_prompt, load_model
+    from interp.report.inputs import check_prompts_fit, encode_prompt, load_model
     from interp.report.probes import printable
 
+    check_prompts_fit(args.model, [args.prompt])
     model = load_model(args.model, device=args.device)
     tokens = encode_prompt(model, args.prompt)
     for i in range(args.samples):
@@ -383,7 +385,7 @@ def card_line(folder: Path) -> str:
 
 
 def _models(args) -> int:
-    from interp.loading import ZOO, default_model_name, zoo_models
+    from interp.zoo import ZOO, default_model_name, zoo_models  # no torch: listing the zoo is instant
 
     names = zoo_models()
     default = default_model_name()
@@ -464,7 +466,7 @@ def _scan(args) -> int:
         df = scan_top_contexts(model, corpus, layers=args.layers, k=args.k, window=args.window, after=args.after,
                                cache_path=out, **common)
         if is_main() and not args.quiet:
-            best = df[df["rank"] == 0].sort_values("activation", ascending=False).head(args.show)
+            best = df[df["rank"] == 1].sort_values("activation", ascending=False).head(args.show)
             from interp.report.probes import printable
 
             best = best.assign(context=best.context.map(printable))  # corpus text may hold terminal control bytes

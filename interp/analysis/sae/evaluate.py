@@ -230,17 +230,16 @@ def evaluate_sae(model, sae: SAE, corpus, hook_name: str | None = None, *, seq_l
     The corpus is cut into ``seq_len`` chunks (default ``n_ctx``); each batch runs clean (recording the
     activation), with the SAE spliced in, and with the hook zero-ablated. ``max_tokens`` stops early.
     """
-    from tqdm.auto import tqdm
-
     from interp.analysis._inputs import model_device
+    from interp.progress import progress_bar
 
     dense_threshold = _check_threshold(dense_threshold)
     name = check_hook_name(model, _hook_of(sae, hook_name))
     stats = _Stats(sae.cfg.d_sae)
     sums, n_pred = [0.0, 0.0, 0.0], 0
     dev = model_device(model)
-    for toks in tqdm(token_batches(model, corpus, seq_len, batch_size), desc="evaluating SAE", unit="batch",
-                     disable=not progress):
+    for toks in progress_bar(token_batches(model, corpus, seq_len, batch_size), desc="evaluating SAE",
+                             unit="batch", enabled=progress):
         toks = toks.to(dev)
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
         stats.add(sae, cache[name].reshape(toks.shape[0] * toks.shape[1], -1).float())

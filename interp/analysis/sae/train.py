@@ -412,12 +412,12 @@ def train_sae(
             if b_enc0 is not None:  # given in the activation's units; the trainer works in scaled ones
                 sae.b_enc.copy_((b_enc0 * scale).to(sae.b_enc.dtype))
 
-    from tqdm.auto import tqdm
+    from interp.progress import progress_bar
 
     start = time.perf_counter() - trainer.elapsed
     batches = src.batches(batch_size, seed=seed, start_step=trainer.step)
-    bar = tqdm(total=steps, initial=min(trainer.step, steps), desc=f"training {arch} SAE", unit="step",
-               disable=not progress)
+    bar = progress_bar(total=steps, initial=min(trainer.step, steps), desc=f"training {arch} SAE", unit="step",
+                       enabled=progress)
     out_of_time = False
     sae.train()
     try:
