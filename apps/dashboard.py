@@ -4,11 +4,16 @@ The sidebar picks a model (a zoo entry or a local folder) and a prompt; the page
 analyzers in ``interp.analysis`` say about them. The app only calls analyzers (through small cached
 wrappers) and draws their output with the figures the HTML report uses. Bad input — an empty or too
 long prompt, a folder that does not exist — shows an error message in the page, never a traceback.
+
+Anyone who reaches the page may type paths, so every path is confined (interp.safe_paths) to the model zoo,
+the operator's ``--data-dir`` folders and ``--model``, or the session's own uploads, and every request has
+limits (interp.report.serving: corpus bytes, tokens scanned, model size, scan time) that say what they cut.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -190,9 +195,11 @@ def user_corpus(typed: str, source: str, limits: argparse.Namespace) -> tuple[st
     return str(path), found.path.stat().st_mtime_ns, note
 
 
-def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None):
+@st.cache_resource(show_spinner="Reading the corpus…", max_entries=4)
+def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp=None):
     """``(name, Corpus)`` the Neurons page scans: the model's held-out text, pasted text (one document), or a
-    path (text / JSONL / Parquet file, a folder, a saved datasets folder) or ``hf:NAME[:CONFIG]:SPLIT``."""
+    confined path (text / JSONL / Parquet file, a folder, a saved datasets folder). Kept between reruns (a
+    Corpus is read-only), so a file is read once per ``stamp`` (its modification time), not at every click."""
     from interp.data import Corpus
     from interp.report.inputs import read_corpus
 
@@ -200,7 +207,8 @@ def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: st
         if not value.strip():
             raise InterpError("corpus: paste some text to scan.")
         return "pasted text", Corpus.from_memory([value])
-    return read_corpus(get_model(spec), "default" if kind == HELDOUT else value, split=split, field=field,
+    # the held-out text is "default", unless the page passed a cut copy of it (value)
+    return read_corpus(get_model(spec), "default" if kind == HELDOUT and not value else value, split=split, field=field,
                        flags=CORPUS_LABELS)
 
 
@@ -213,7 +221,7 @@ def layer_profiles(spec: str, kind: str, value: str, split: str | None, field: s
     from interp.report.serving import time_limit
 
     model = get_model(spec)
-    _, corpus = neuron_corpus(spec, kind, value, split, field)
+    _, corpus = neuron_corpus(spec, kind, value, split, field, stamp)
     with time_limit(model, seconds, "corpus scan"):
         return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
                                max_tokens=max_tokens)
@@ -458,8 +466,11 @@ def check_model(spec: str) -> str:
 
     if not spec:
         raise InterpError("model folder: enter the path of a local model folder (config.json + model.safetensors).")
-    if spec != DEFAULT_MODEL and spec not in zoo_models():
-        spec = user_folder(spec, "model folder", _cli_defaults())
+    defaults = _cli_defaults()
+    if spec == defaults.model and Path(spec).expanduser().is_dir():  # the operator's --model: trusted as given
+        spec = os.path.realpath(Path(spec).expanduser())
+    elif spec != DEFAULT_MODEL and spec not in zoo_models():
+        spec = user_folder(spec, "model folder", defaults)
     get_model(spec)
     return spec
 
@@ -680,10 +691,16 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
                     if source == SOURCE else "Upload a text, JSONL or Parquet file to scan.")
             return
         value, stamp, note = user_corpus(typed, source, limits)
+    elif source == HELDOUT:  # the model folder's own text, cut like any file when it is long
+        from interp.report.inputs import HELDOUT as HELDOUT_FILE
+
+        held = Path(model._interp_folder) / HELDOUT_FILE
+        if held.stat().st_size > limits.max_corpus_mb * 10**6:
+            value, stamp, note = user_corpus(str(held), SOURCE, limits)
     elif source == PASTED:
         value, note = cap_text(st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120),
                                limits.max_corpus_mb * 10**6, "the pasted text")
-    name, _ = neuron_corpus(spec, source, value, split, field)  # a bad path, split or column: the message now
+    name, _ = neuron_corpus(spec, source, value, split, field, stamp)  # a bad path, split or column: the message now
     if note:
         st.caption(f"{name}: {note}")
     want = (spec, source, value, split, field, stamp, layer, int(max_tokens), limits.scan_seconds)
