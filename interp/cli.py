@@ -302,6 +302,38 @@ def _add_sae(sub) -> None:
         "train | eval | features and their options", _sae)
 
 
+def _circuit(args) -> int:
+    from interp.report.circuit import run
+
+    return run(args)
+
+
+def _add_circuit(sub) -> None:
+    p = sub.add_parser(
+        "circuit", help="attribution graph of a prompt through transcoders (interp.analysis.circuits.graph)",
+        formatter_class=_RAW,
+        description="Replace every MLP by its transcoder, freeze attention and norms, and draw the prompt's "
+                    "computation as a pruned graph of direct effects between features, errors, tokens and the top "
+                    "logits (Ameisen et al. 2025). Writes an offline HTML page and/or the graph's JSON.",
+        epilog=_examples('interp circuit "And God said" --transcoders default --out graph.html',
+                         'interp circuit "It is a truth universally" --json graph.json --node-threshold 0.6'))
+    p.add_argument("prompt", help="the prompt (its last position's next-token logits are the graph's targets)")
+    p.add_argument("--transcoders", default="default",
+                   help="folder of per-layer transcoders (interp sae train --transcoder --out), or 'default': the "
+                        "model folder's transcoders/")
+    p.add_argument("--model", default=None, help="zoo name or model folder (default: the shipped model)")
+    p.add_argument("--out", default=None, help="HTML file to write (e.g. graph.html)")
+    p.add_argument("--json", default=None, help="also write the graph as JSON (documented in interp.analysis.circuits.graph)")
+    p.add_argument("--node-threshold", type=nonnegative_float, default=0.8, help="cumulative node influence kept (0.8)")
+    p.add_argument("--edge-threshold", type=nonnegative_float, default=0.98, help="cumulative edge influence kept (0.98)")
+    p.add_argument("--max-logits", type=positive_int, default=10, help="most logit nodes (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="targets per backward pass (default 32)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--force", action="store_true", help="overwrite existing output")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=_circuit)
+
+
 def _benchmarks() -> list[str]:
     if not BENCHMARKS.is_dir():
         return []
@@ -551,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                          'interp probe attention "When Mary and John went to the store, John gave"',
                          "interp dashboard", "interp models") + "\n\n`interp COMMAND --help` for each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_sae, _add_scan,
+    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_sae, _add_circuit, _add_scan,
                 _add_bench, _add_models):
         add(sub)
     return parser
