@@ -16,7 +16,6 @@ Every output must be equal (<= 1e-5).
 
 from __future__ import annotations
 
-import copy
 import inspect
 
 import pytest
@@ -195,7 +194,7 @@ def test_head_ablation_and_residual_entry(pair):
     close(ours.run_with_hooks(tokens, fwd_hooks=hooks), ref.run_with_hooks(tokens, fwd_hooks=hooks))
     close(ours.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks),
           ref.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))
-    residual, toks, _, mask = ours.input_to_embed(PROMPT)
+    residual, toks, _, _ = ours.input_to_embed(PROMPT)
     ref_residual, ref_toks, _, _ = ref.input_to_embed(PROMPT)
     assert torch.equal(toks, ref_toks)
     close(residual, ref_residual)

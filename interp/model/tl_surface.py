@@ -113,7 +113,8 @@ class TransformerLensSurfaceMixin:
     def _processed_state_dict(self, state_dict: dict | None, **steps) -> dict:
         """``state_dict`` (TL or our names; None: this model's) after the chosen processing steps, computed on a
         scratch copy of this model: TL's step methods take and return state dicts and leave the model alone."""
-        from interp.model.processing import process_weights  # every step off unless chosen (the method's are on)
+        # the function's steps are all off unless chosen (the method's default to TL's)
+        from interp.model.processing import process_weights
 
         scratch = copy.deepcopy(self)
         if state_dict is not None:
