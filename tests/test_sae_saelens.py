@@ -32,6 +32,7 @@ CASES = [
     ("topk_folded", "topk", {"k": 4, "rescale_acts_by_decoder_norm": False}),
     ("jumprelu", "jumprelu", {}),
     ("gated", "gated", {}),
+    ("abstopk", "abstopk", {"k": 4, "rescale_acts_by_decoder_norm": True}),
     ("constant_norm_rescale", "standard", {"normalize_activations": "constant_norm_rescale"}),
     ("layer_norm", "jumprelu", {"normalize_activations": "layer_norm"}),
     ("expected_average_only_in", "topk", {"k": 3, "normalize_activations": "expected_average_only_in"}),
@@ -39,6 +40,7 @@ CASES = [
     ("hook_z", "topk", {"k": 5, "reshape_activations": "hook_z", "hook_name": Z}),
 ]
 WEIGHTS = {"standard": ("W_enc", "W_dec", "b_enc", "b_dec"), "topk": ("W_enc", "W_dec", "b_enc", "b_dec"),
+           "abstopk": ("W_enc", "W_dec", "b_enc", "b_dec"),
            "jumprelu": ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"),
            "gated": ("W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag")}
 
@@ -94,11 +96,12 @@ def reference(cfg: dict, w: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.
         pre = x @ w["W_enc"] + w["b_enc"]
         if arch == "jumprelu":
             f = torch.relu(pre) * (pre > w["threshold"])
-        elif arch == "topk":
+        elif arch in ("topk", "abstopk"):
             norms = w["W_dec"].norm(dim=-1)
             ranked = pre * norms if cfg.get("rescale_acts_by_decoder_norm") else pre
-            keep = torch.zeros_like(ranked).scatter(-1, ranked.topk(cfg["k"], dim=-1).indices, 1.0)
-            f = torch.relu(ranked) * keep
+            by = ranked if arch == "topk" else ranked.abs()  # AbsTopK: by magnitude, sign kept, no ReLU
+            keep = torch.zeros_like(ranked).scatter(-1, by.topk(cfg["k"], dim=-1).indices, 1.0)
+            f = (torch.relu(ranked) if arch == "topk" else ranked) * keep
         else:
             f = torch.relu(pre)
     dec_in = f / w["W_dec"].norm(dim=-1) if cfg.get("rescale_acts_by_decoder_norm") else f

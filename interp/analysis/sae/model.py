@@ -14,6 +14,7 @@ An SAE reads an activation ``x [..., d_in]`` and writes it as a sparse, non-nega
 * ``"jumprelu"`` (Rajamanoharan et al. 2024): ``z · 1[z > θ_i]`` with a learned per-latent threshold θ.
   The step has zero gradient almost everywhere, so training uses the paper's straight-through
   pseudo-derivative: a rectangle kernel of width ``bandwidth`` around the threshold.
+* ``"abstopk"`` (SAELens' AbsTopK; loaded, not trained here): the ``k`` pre-activations largest in magnitude, sign kept.
 * ``"gated"`` (Rajamanoharan et al. 2024a; loaded from SAELens, not trained here): a gate
   ``1[x' @ W_enc + b_gate > 0]`` decides which latents fire, a magnitude path
   ``ReLU(x' @ (W_enc · exp(r_mag)) + b_mag)`` how strongly (``x' = x - b_dec``; no ``b_enc``).
@@ -58,16 +59,18 @@ from interp.model.config import DTYPES
 
 __all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "load_sae", "save_sae"]
 
-ARCHITECTURES = ("relu", "topk", "jumprelu", "gated")
-TRAINABLE = ("relu", "topk", "jumprelu")  # gated SAEs are read from SAELens, not trained here
+ARCHITECTURES = ("relu", "topk", "jumprelu", "gated", "abstopk")
+TRAINABLE = ("relu", "topk", "jumprelu")  # gated / abstopk SAEs are read from SAELens, not trained here
+TOPK_LIKE = ("topk", "abstopk")  # k active latents per row; SAELens' rescale_acts_by_decoder_norm applies
 # SAELens' names for our architectures (cfg.json "architecture"), and back
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
-_FROM_SAELENS = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+_TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "abstopk": "abstopk"}
+_FROM_SAELENS = {"standard": "relu", **{a: a for a in ARCHITECTURES}}
 # SAELens' normalize_activations at inference (see the module docstring); covariance_whitening must be folded first
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 RESHAPES = ("none", "hook_z")
 # the tensors each architecture saves, SAELens' names
 _WEIGHTS = {"relu": ("W_enc", "W_dec", "b_enc", "b_dec"), "topk": ("W_enc", "W_dec", "b_enc", "b_dec"),
+            "abstopk": ("W_enc", "W_dec", "b_enc", "b_dec"),
             "jumprelu": ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"),
             "gated": ("W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag")}
 SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME = "cfg.json", "sae_weights.safetensors"
@@ -108,7 +111,7 @@ class SAEConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InterpError(f"{name}: must be an int >= 1; given {v!r}")
-        if self.architecture == "topk":
+        if self.architecture in TOPK_LIKE:
             if self.k is None:
                 raise InterpError("k: a TopK SAE needs k, the number of active latents per row; given None")
             if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_sae:
@@ -118,7 +121,7 @@ class SAEConfig:
         for name, allowed in (("normalize_activations", NORMALIZATIONS), ("reshape_activations", RESHAPES)):
             if getattr(self, name) not in allowed:
                 raise InterpError(f"{name}: must be one of {list(allowed)}; given {getattr(self, name)!r}")
-        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
+        if self.rescale_acts_by_decoder_norm and self.architecture not in TOPK_LIKE:
             raise InterpError(f"rescale_acts_by_decoder_norm: a TopK option; this SAE is {self.architecture!r}")
         if not (isinstance(self.jumprelu_bandwidth, (int, float)) and self.jumprelu_bandwidth > 0):
             raise InterpError(f"jumprelu_bandwidth: must be a number > 0; given {self.jumprelu_bandwidth!r}")
@@ -142,7 +145,7 @@ class SAEConfig:
                          **self.metadata},
             "architecture": _TO_SAELENS[self.architecture],
         }
-        if self.architecture == "topk":
+        if self.architecture in TOPK_LIKE:
             cfg["k"] = self.k
             cfg["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
         if self.architecture == "jumprelu":
@@ -189,7 +192,7 @@ class SAEConfig:
                    device="cpu", apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
                    jumprelu_bandwidth=float(cfg.get("jumprelu_bandwidth", 0.05)), metadata=meta,
                    normalize_activations=norm, reshape_activations=reshape,
-                   rescale_acts_by_decoder_norm=arch == "topk" and bool(cfg.get("rescale_acts_by_decoder_norm")))
+                   rescale_acts_by_decoder_norm=arch in TOPK_LIKE and bool(cfg.get("rescale_acts_by_decoder_norm")))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -348,6 +351,9 @@ class SAE(HookedRootModule):
             return pre.relu()
         if arch == "topk":
             return topk_activation(pre, self.cfg.k)
+        if arch == "abstopk":  # largest in magnitude, sign kept
+            idx = pre.abs().topk(self.cfg.k, dim=-1, sorted=False).indices
+            return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx))
         return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
