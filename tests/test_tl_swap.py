@@ -279,3 +279,27 @@ def test_state_dicts_load_strictly_and_process(pair, folder):
             close(value, theirs[key])
     with pytest.raises(RuntimeError, match="Unexpected key"):
         fresh.load_state_dict({**ours.tl_state_dict(), "blocks.0.attn.W_X": torch.zeros(1)})
+
+
+# --- the installable range ------------------------------------------------------------------------------------------
+def test_transformer_lens_range_admits_sae_lens_and_this_install():
+    """pyproject's transformer-lens range holds the installed TL and a version sae-lens accepts (it needs TL < 4),
+    so `pip install interp sae-lens` can resolve (checked with a resolver dry-run: TL 3.9.0 + sae-lens 6.54)."""
+    import re
+    from importlib import metadata
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    ours = next(Requirement(r) for r in pyproject["project"]["dependencies"] if re.match(r"transformer-lens\b", r))
+    assert metadata.version("transformer-lens") in ours.specifier
+    assert {"3.9.0", "4.3.0"} <= set(ours.specifier.filter(["3.8.1", "3.9.0", "4.3.0", "5.0.0"]))
+    try:
+        needs = [Requirement(r) for r in metadata.requires("sae-lens") or []]
+    except metadata.PackageNotFoundError:  # not installed: SAELens 6.54's published requirement
+        needs = [Requirement("transformer-lens>=2.16.1,<4.0.0")]
+    theirs = next(r for r in needs if r.name == "transformer-lens")
+    assert "3.9.0" in theirs.specifier and "3.9.0" in ours.specifier
