@@ -199,6 +199,14 @@ def test_head_ablation_and_residual_entry(pair):
     assert torch.equal(toks, ref_toks)
     close(residual, ref_residual)
     close(ours(residual, start_at_layer=0), ref(tokens[:1, : toks.shape[1]]))
+    from interp.model.attention import KVCache
+
+    kv = KVCache(ours.cfg.n_layers)
+    ours(toks, kv_cache=kv)
+    assert ours.get_pos_offset(None, 1) == 0 and ours.get_pos_offset(kv, 1) == toks.shape[1]
+    # the residual entering block 0 after a cached prefix takes positions from the offset on
+    more = ours.to_tokens(" John", prepend_bos=False)
+    close(ours.input_to_embed(more, past_kv_cache=kv)[0], ref.input_to_embed(torch.cat([toks, more], 1))[0][:, -1:])
 
 
 # --- circuits -----------------------------------------------------------------------------------------------------

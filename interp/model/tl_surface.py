@@ -78,6 +78,16 @@ class TransformerLensSurfaceMixin:
     def n_params_total(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def get_pos_offset(self, past_kv_cache, batch_size: int) -> int:
+        """Positions already in ``past_kv_cache`` (0 without one): where new tokens' positions start (TL's)."""
+        if past_kv_cache is None:
+            return 0
+        return past_kv_cache.length
+
+    def mps(self):
+        """The model on Apple's GPU (TL's ``mps()``)."""
+        return self.to("mps")
+
     def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 per_token: bool = False) -> torch.Tensor:
         """Next-token cross-entropy, TL's ``loss_fn`` argument order (our :meth:`loss`)."""
