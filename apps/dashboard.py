@@ -301,10 +301,12 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
     """Head and layer x position patching + DLA of the clean prompt. Without ``corrupted``: the prompt
     followed by its own first half, corrupted at the copied token (an induction task)."""
     from interp.analysis import causal
+    from interp.report.data import induction_pair, positions_that_matter
 
     model = get_model(spec)
-    if corrupted is None:
-        pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    notes = []
+    if corrupted is None:  # the report's pair: fitted to n_ctx on a long prompt (notes say how)
+        pair, notes = induction_pair(model, tokens_for(spec, prompt))
         clean, bad, ans, wr = pair.clean, pair.corrupted, pair.answer, pair.wrong
     else:
         clean, bad = tokens_for(spec, prompt), tokens_for(spec, corrupted)
@@ -313,12 +315,15 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
             raise InterpError("answer and wrong: give the clean prompt's answer and the corrupted prompt's answer "
                               "(one token each, text or id).")
     heads = causal.activation_patching(model, clean, bad, where="z", by_position=False, answer=ans, wrong=wr)
-    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr)
+    positions, note = positions_that_matter(model, clean, bad, where, answer=ans, wrong=wr)  # a long prompt: some
+    notes = [*notes, note] if note else notes
+    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr, positions=positions)
     dla = causal.direct_logit_attribution(model, clean, ans, wr)
     from interp.report.inputs import str_tokens
 
     info = {"tokens": str_tokens(model, clean), "clean": heads.attrs["clean"], "corrupted": heads.attrs["corrupted"],
-            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad)}
+            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad),
+            "notes": notes}
     return heads, grid, dla, info
 
 
@@ -530,9 +535,8 @@ def page_attention(spec: str, prompt: str) -> None:
 
 
 def attention_component(spec: str, prompt: str, strs: list[str], checked: list[tuple[int, int]], key: str) -> None:
-    """The report's interactive attention view, in an iframe (st.components): every head when it fits."""
-    import streamlit.components.v1 as components
-
+    """The report's interactive attention view, in an iframe (``st.iframe``, which replaced the deprecated
+    ``st.components.v1.html``; the view's script runs inside it): every head when it fits."""
     from interp.report.data import view_heads
     from interp.report.widgets import WIDGET_CSS, attention_view
 
@@ -543,8 +547,7 @@ def attention_component(spec: str, prompt: str, strs: list[str], checked: list[t
     body = attention_view(strs, pats, heads, checked=checked)
     lines = 2 + sum(len(s) + 1 for s in strs) // 90
     height = min(560, 150 + 30 * lines + 24 * (len(heads) // 12))
-    components.html(f"<style>body{{font-family:sans-serif;margin:0}}{WIDGET_CSS}</style>{body}", height=height,
-                    scrolling=True)
+    st.iframe(f"<style>body{{font-family:sans-serif;margin:0;overflow:auto}}{WIDGET_CSS}</style>{body}", height=height)
     st.session_state[f"{key}_html"] = body  # what the component shows (tests read it back)
 
 
@@ -601,7 +604,7 @@ def _parse_neuron(model, text: str):
 def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, top: pd.DataFrame) -> None:
     """Neuronpedia-style: the prompt shaded by the activation, top examples over a corpus, histogram, answers."""
     from interp.report.inputs import read_corpus
-    from interp.report.widgets import neuron_examples, token_shading
+    from interp.report.widgets import neuron_examples, shading_scale, token_shading
 
     model = get_model(spec)
     acts = prompt_activations(spec, prompt, layer, neuron)
@@ -611,8 +614,10 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     row = top[(top.layer == layer) & (top.neuron == neuron)]
     if len(row) and pd.notna(row.contribution.iloc[0]):
         m2.metric(f"direct effect on the logit of {row.target_token.iloc[0]!r}", f"{row.contribution.iloc[0]:+.4f}")
-    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative):")
-    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), trigger=pos))
+    scale = shading_scale(acts.activation)
+    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative; full "
+               f"colour at ±{scale:.3g}, white at 0):")
+    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), scale=scale, trigger=pos))
 
     ans = neuron_answers(spec, layer, neuron, 10)
     show_answers(ans, "answers", "tokens it raises (centred logit per unit activation)")
@@ -878,6 +883,8 @@ def page_patching(spec: str, prompt: str) -> None:
     st.caption(f"Metric: logit difference {show_token(info['answer'])!r} − {show_token(info['wrong'])!r} at the last "
                f"position: clean {info['clean']:.3f}, corrupted {info['corrupted']:.3f}. normalised: 0 = corrupted, "
                "1 = clean.")
+    for note in info["notes"]:
+        st.caption(f"Shortened: {note}.")
     st.code("clean:     " + "".join(info["tokens"]) + "\ncorrupted: " + "".join(info["corrupted_tokens"]),
             language=None)
     plot(head_patching_heatmap(heads), key="patch_heads")

@@ -55,6 +55,8 @@ BENCHMARKS = [
     Benchmark("cache", (), ("--sizes", "64", "--layers", "1", "--vocab", "128", "--repeats", "1")),
     Benchmark("attention", ("--quick",), ("--dry-run",)),
     Benchmark("sae", (), ("--archs", "topk", "--budget", "5", "--steps", "20")),
+    Benchmark("circuits", ("--threads", "1", "--repeats", "3", "--train-steps", "100"),
+              ("--lengths", "8", "--repeats", "1", "--train-steps", "5")),
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
     Benchmark("report_load", (), ("--lengths", "10", "--repeats", "1"), needs="chromium"),
 ]

@@ -197,6 +197,9 @@ def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
     if args.toy:
         if not 0.0 <= args.sparsity < 1.0:
             raise InterpError(f"--sparsity: must be in [0, 1); given {args.sparsity}")
+        if not args.quiet:  # minutes at large sizes: say what is running (stderr keeps piped tables clean)
+            print(f"superposition: training a toy model ({args.features} features in {args.hidden} dims, "
+                  f"{args.steps} Adam steps)...", file=sys.stderr, flush=True)
         toy = sp.train_toy_model(args.features, args.hidden, feature_probability=1.0 - args.sparsity,
                                  steps=args.steps, seed=args.seed)
         tables["toy_features"] = toy.features
@@ -686,7 +689,7 @@ def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> i
         return 2
     parser = build_parser(name, prog)
     args = parser.parse_args(argv)  # --help and bad flags answer here, before torch is imported
-    from interp.report.inputs import load_model, model_summary
+    from interp.report.inputs import check_prompts_fit, load_model, model_summary
     from interp.report.output import check_writable, write_text
 
     try:
@@ -695,6 +698,7 @@ def main(name: str, argv: list[str] | None = None, prog: str | None = None) -> i
             if getattr(args, flag):
                 check_writable(getattr(args, flag), args.force, f"--{flag}")
         prompts = _prompts(probe, args)
+        check_prompts_fit(args.model, prompts)
         model = load_model(args.model, device=args.device)
         outputs = _run_with_progress(name, model, prompts, args)
         if not args.quiet:

@@ -178,7 +178,7 @@ def sae_html(s: dict) -> str:
     """The section's HTML body (tables through the report's ``html_table``: exact values in ``data-value``)."""
     from interp.report.figures import show_token
     from interp.report.render import _fmt_number, html_table
-    from interp.report.widgets import neuron_examples, token_shading
+    from interp.report.widgets import neuron_examples, svg_histogram, token_shading
 
     esc = html.escape
     info = s["info"]
@@ -217,8 +217,13 @@ def sae_html(s: dict) -> str:
                 + token_shading(sh.token.tolist(), vals, trigger=vals.index(max(vals)))]
         if prof is not None:
             ex, st = _examples(prof, f)
+            h = prof.histogram[prof.histogram.feature == f]
+            hist = "" if not len(h) else svg_histogram(  # the activation distribution, as a neuron page shows it
+                h["count"].tolist(), [*h.bin_left.tolist(), float(h.bin_right.iloc[-1])],
+                title=f"activation over {int(st.n_tokens):,} tokens: mean {st['mean']:.3f}")
             body.append(f'<p class="note">Fires on {st.frac_positive:.2%} of {int(st.n_tokens):,} tokens scanned; '
-                        f"max {st['max']:.4f}.</p>" + neuron_examples(ex, st)
+                        f"max {st['max']:.4f}.</p>" + '<div class="cols"><div>' + neuron_examples(ex, st)
+                        + "</div>" + hist + "</div>"
                         + "<details><summary>examples as a table</summary>"
                         + html_table(ex[ex.is_trigger], f"sae_examples_F{f}", _EXAMPLE_COLS) + "</details>")
         if len(eff):

@@ -262,6 +262,8 @@ class SAE(HookedRootModule):
     ((5, 32), True)
     """
 
+    config_class = SAEConfig  # what ``train_sae`` builds this kind from (a transcoder has its own)
+
     def __init__(self, cfg: SAEConfig, use_error_term: bool = False):
         super().__init__()
         self.cfg = cfg
@@ -356,6 +358,10 @@ class SAE(HookedRootModule):
             return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx))
         return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
 
+    def skip(self, x: torch.Tensor) -> torch.Tensor | float:
+        """A skip transcoder's affine term (``interp.analysis.sae.transcoder``); an SAE has none: 0."""
+        return 0.0
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``[..., d_sae]``."""
         if self.cfg.architecture == "gated":
@@ -414,13 +420,18 @@ class SAE(HookedRootModule):
         if self.cfg.architecture == "jumprelu":
             self.log_threshold.add_(norms.log())
 
+    def saelens_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The tensors of the saved file, by SAELens' name, and their shapes (a transcoder adds its own)."""
+        d_out = self.W_dec.shape[1]  # d_in for an SAE; a transcoder's output width
+        shapes = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, d_out), "b_dec": (d_out,)}
+        return {name: shapes.get(name, (self.d_sae,)) for name in _WEIGHTS[self.cfg.architecture]}
+
     def saelens_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under SAELens' names (``threshold`` instead of ``log_threshold``), contiguous on the CPU."""
-        return {name: getattr(self, name).detach().to("cpu").contiguous() for name in _WEIGHTS[self.cfg.architecture]}
+        return {name: getattr(self, name).detach().to("cpu").contiguous() for name in self.saelens_shapes()}
 
     def load_saelens_state_dict(self, state: dict[str, torch.Tensor], source: str = "weights") -> SAE:
-        shapes = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, self.d_in), "b_dec": (self.d_in,)}
-        want = {name: shapes.get(name, (self.d_sae,)) for name in _WEIGHTS[self.cfg.architecture]}
+        want = self.saelens_shapes()
         missing = sorted(set(want) - set(state))
         if missing:
             raise InterpError(f"{source}: missing tensors {missing} for a {self.cfg.architecture} SAE "
@@ -475,6 +486,10 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None, dtype
         raw = json.loads((folder / SAE_CFG_FILENAME).read_text())
     except json.JSONDecodeError as e:
         raise InterpError(f"folder: {folder / SAE_CFG_FILENAME} is not valid JSON ({e})") from None
+    if "d_out" in raw or str(raw.get("architecture", "")).endswith("transcoder"):  # a transcoder's folder
+        from interp.analysis.sae.transcoder import load_transcoder
+
+        return load_transcoder(folder, device=device, dtype=dtype)
     cfg = SAEConfig.from_saelens(raw, source=str(folder / SAE_CFG_FILENAME))
     if dtype is not None:
         cfg.dtype = dtype
