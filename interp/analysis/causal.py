@@ -381,11 +381,37 @@ def _frame(model, cells: pd.DataFrame, values: torch.Tensor, clean_value, corrup
         df["normalised"] = normalised(df[column], c, r) if c != r else float("nan")
         df.attrs.update(clean=c, corrupted=r)
     if per_example and values.shape[1] > 1 and bootstrap:
-        from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
-
-        low, high = bootstrap_ci(values.cpu(), n_resamples=bootstrap, generator=derive_generator(seed, "causal"))
+        low, high = bootstrap_interval(values.cpu(), bootstrap, seed, "causal")
         df["ci_low"], df["ci_high"] = low.numpy(), high.numpy()
     return df.reset_index(drop=True)
+
+
+def bootstrap_interval(values: torch.Tensor, n_resamples: int, seed: int, label: str, confidence: float = 0.95,
+                       chunk: int = 256):
+    """95 % percentile-bootstrap interval of the mean over the last axis of ``values`` [..., n].
+
+    TransformerLens 4's ``bootstrap_ci`` with its ``derive_generator(seed, label)`` where installed; under TL 3
+    (which has neither) the same procedure here, drawing the same resamples: a CPU generator seeded from
+    SHA-256 of ``"seed:label"``, ``chunk`` resamples of n indices at a time, percentiles of the means.
+    """
+    try:
+        from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
+    except ImportError:  # TransformerLens 3.x
+        pass
+    else:
+        return bootstrap_ci(values, n_resamples=n_resamples, generator=derive_generator(seed, label),
+                            confidence=confidence, chunk_size=chunk)
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{label}".encode()).digest()[:8]
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    n = values.shape[-1]
+    means = [values[..., torch.randint(0, n, (min(chunk, n_resamples - start), n), generator=generator)].mean(-1)
+             for start in range(0, n_resamples, chunk)]
+    draws = torch.cat(means, dim=-1).to(torch.promote_types(values.dtype, torch.float32))
+    tail = (1.0 - confidence) / 2.0
+    low, high = torch.quantile(draws, tail, dim=-1), torch.quantile(draws, 1.0 - tail, dim=-1)
+    return low.to(values.dtype), high.to(values.dtype)
 
 
 def _pair(model, clean, corrupted):

@@ -396,6 +396,11 @@ class DecoderConfig:
     def model_name(self) -> str:
         return self.name
 
+    @property
+    def original_architecture(self) -> str | None:
+        """The `transformers` class the weights came from (TL's field), None for our own checkpoints."""
+        return (self.source or {}).get("transformers_class")
+
     # --- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)
