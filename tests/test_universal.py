@@ -206,3 +206,24 @@ def test_refusals_are_one_line_naming_the_class():
         interp.load(tiny_model("MambaForCausalLM"), path="native")
     with pytest.raises(InterpError, match="path must be one of"):
         interp.load(tiny_model("MambaForCausalLM"), path="fast")
+
+
+def test_report_and_families_listing_on_the_universal_path(tmp_path, capsys):
+    """A researcher's walk-through: a transformers folder without a native row, through `interp report`."""
+    from conftest import word_level_tokenizer
+
+    from interp.cli import main
+
+    hf = tiny_model("Ernie4_5ForCausalLM")  # a family without a native row
+    hf.config.architectures = ["Ernie4_5ForCausalLM"]
+    hf.save_pretrained(tmp_path / "ernie")
+    word_level_tokenizer().save(str(tmp_path / "ernie" / "tokenizer.json"))
+    out = tmp_path / "report.md"
+    assert main(["report", "t5 t9 t3 t4 t7 t5 t9", "--model", str(tmp_path / "ernie"), "--format", "md",
+                 "--out", str(out), "--corpus", "none"]) == 0
+    text = out.read_text()
+    assert "universal path (Ernie4_5ForCausalLM" in text and "## Logit lens" in text and "## Attention" in text
+    capsys.readouterr()
+    assert main(["models", "--families"]) == 0
+    listing = capsys.readouterr().out
+    assert "LlamaForCausalLM" in listing and "universal path" in listing

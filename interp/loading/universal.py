@@ -44,7 +44,10 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from interp.errors import InterpError
 from interp.model.text import TextMixin, is_text
 
-ATTN_NAME = "interp"  # our AttentionInterface / AttentionMaskInterface name
+ATTN_NAME = "interp"
+# class-name endings of the causal LMs the universal path opens (ForConditionalGeneration: a multimodal model's
+# text decoder with its LM head, run on token ids only; an encoder-decoder one is refused by its config)
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # our AttentionInterface / AttentionMaskInterface name
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm", "ln_out")
 # kwargs an attention call may carry that the SDPA path cannot honour: they go to the eager oracle
 _EAGER_KWARGS = ("softcap", "s_aux", "position_bias")
@@ -680,8 +683,7 @@ _probe_callback = None
 
 def refusal(arch: str, why: str) -> str:
     """The one line a refused architecture gets: its class, why, and where to see what opens."""
-    return (f"architecture {arch} cannot be opened: {why}. `interp models --families` lists the native families; "
-            f"any other decoder-only causal LM opens through the universal path.")
+    return f"architecture {arch} cannot be opened: {why}; see `interp models --families` for what opens."
 
 
 def _one(x):
@@ -693,6 +695,10 @@ def from_hf_universal(hf_model: nn.Module, tokenizer: Any = None, native_refusal
     if getattr(hf_model.config, "is_encoder_decoder", False):
         raise InterpError(refusal(type(hf_model).__name__, "it is an encoder-decoder model (interp opens decoder-only "
                                                            "causal LMs)"))
+    if not type(hf_model).__name__.endswith(CAUSAL_SUFFIXES):
+        raise InterpError(refusal(type(hf_model).__name__, "it is not a causal language model with its LM head (a base "
+                                                           "model, masked LM or classifier has no next-token logits: "
+                                                           "load the family's *ForCausalLM class)"))
     if not callable(getattr(hf_model, "get_output_embeddings", None)) or hf_model.get_output_embeddings() is None:
         raise InterpError(refusal(type(hf_model).__name__, "it has no LM head (a base model or a classifier has no "
                                                            "next-token logits: load its *ForCausalLM class)"))
