@@ -114,7 +114,9 @@ def print_table(result: dict) -> None:
         if "error" in r:
             print(f"{r['impl']:<10} {r['workload']:<8} error: {r['error']}")
             continue
-        f = lambda x, s: "-" if x is None else format(x, s)  # noqa: E731
+        def f(x, spec):
+            return "-" if x is None else format(x, spec)
+
         print(f"{r['impl']:<10} {r['workload']:<8} {f(r['wall_s'], '8.3f')} {f(r['cpu_s'], '8.3f')} "
               f"{f(r['peak_mib'], '9.1f')} {f(r.get('cpu_vs_native'), '10.2f')} {f(r.get('peak_vs_native'), '11.2f')}")
 

@@ -227,3 +227,12 @@ def test_report_and_families_listing_on_the_universal_path(tmp_path, capsys):
     assert main(["models", "--families"]) == 0
     listing = capsys.readouterr().out
     assert "LlamaForCausalLM" in listing and "universal path" in listing
+
+
+def test_a_hybrids_missing_attention_entry_is_one_clear_line():
+    model, _ = _wrap("JambaForCausalLM")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(TOKENS)
+    assert cache["blocks.1.attn.hook_pattern"].shape == (2, 4, 8, 8)
+    with pytest.raises(InterpError, match=r"'blocks.0.attn.hook_pattern' does not exist .* layer 0 is a mixer layer"):
+        cache["blocks.0.attn.hook_pattern"]

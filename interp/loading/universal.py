@@ -592,15 +592,13 @@ class UniversalModel(TextMixin, HookedRootModule):
     def run_with_cache(self, *args, return_cache_object: bool = True, remove_batch_dim: bool = False,
                        lazy_patterns: bool = True, **kwargs):
         """TransformerLens' run_with_cache; patterns of hooked layers are computed eagerly (exact)."""
-        from interp.model.processing import InterpActivationCache
-
         names = kwargs.get("names_filter")
         for name in [names] if isinstance(names, str) else (names if isinstance(names, (list, tuple)) else []):
             self.check_hook_name(name)
         out, cache = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
         if not return_cache_object:
             return out, cache
-        return out, InterpActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+        return out, _cache_class()(cache, self, has_batch_dim=not remove_batch_dim)
 
     def check_hook_name(self, name) -> None:
         if isinstance(name, str) and name not in self.hook_dict:
@@ -679,6 +677,27 @@ _WEIGHTS_WHY = ("not offered on the universal path: it wraps transformers module
                 "family, so interp cannot read per-head weight matrices in a general way (a native family can: "
                 "see `interp models --families`)")
 _probe_callback = None
+
+
+def _cache_class():
+    from interp.model.processing import InterpActivationCache
+
+    class UniversalActivationCache(InterpActivationCache):
+        """A cache whose missing entries say why (a hybrid's state-space layer has no attention pattern)."""
+
+        def __getitem__(self, key):
+            if isinstance(key, str) and key not in self.cache_dict and key.startswith("blocks."):
+                model = self.model
+                if key in model.hook_dict:
+                    raise InterpError(f"{key!r} was not cached: widen names_filter to include it.")
+                layer = key.split(".")[1]
+                kinds = model.cfg.layer_kinds
+                kind = kinds[int(layer)] if layer.isdigit() and int(layer) < len(kinds) else None
+                raise InterpError(f"{key!r} does not exist on this {model.cfg.architecture} (universal path): layer "
+                                  f"{layer} is a {kind} layer; model.capabilities lists the hooks it has.")
+            return super().__getitem__(key)
+
+    return UniversalActivationCache
 
 
 def refusal(arch: str, why: str) -> str:

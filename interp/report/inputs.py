@@ -396,8 +396,8 @@ def model_summary(model) -> dict:
         tok_desc = f"{type(tok).__name__}, {size} tokens"
     if getattr(cfg, "path", "native") == "universal":  # transformers' modules, wrapped (interp.loading.universal)
         kinds = dict.fromkeys(cfg.layer_kinds)
-        arch = [f"universal path ({cfg.architecture}: {', '.join(kinds)} layers; neuron, superposition and "
-                "patching sections need a native family)"]
+        arch = [(f"universal path ({cfg.architecture}: {', '.join(kinds)} layers; neuron, superposition and "
+                 "patching sections need a native family)")]
     else:
         arch = [cfg.norm, f"{cfg.norm_placement}-norm", cfg.act + (" (gated)" if cfg.gated else ""),
                 f"{cfg.positional} positions"]
