@@ -458,6 +458,9 @@ class UniversalModel(TextMixin, HookedRootModule):
             why["native path"] = self._native_refusal
         if getattr(self, "_attn_error", None):
             why["attention hooks"] = f"this class does not accept a custom attention function ({self._attn_error})"
+        if self.cfg.n_heads and not any(lay.attention for lay in self._layouts) and "attention hooks" not in why:
+            why["attention hooks"] = ("no layer called transformers' AttentionInterface (this class computes attention "
+                                      "itself, e.g. Bloom): its token mixers' outputs are blocks.{l}.hook_mixer_out")
         for i, lay in enumerate(self._layouts):
             if not lay.resid_mid and lay.mlp is not None:
                 why.setdefault("hook_resid_mid", []).append(i)
