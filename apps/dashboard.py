@@ -4,11 +4,16 @@ The sidebar picks a model (a zoo entry or a local folder) and a prompt; the page
 analyzers in ``interp.analysis`` say about them. The app only calls analyzers (through small cached
 wrappers) and draws their output with the figures the HTML report uses. Bad input — an empty or too
 long prompt, a folder that does not exist — shows an error message in the page, never a traceback.
+
+Anyone who reaches the page may type paths, so every path is confined (interp.safe_paths) to the model zoo,
+the operator's ``--data-dir`` folders and ``--model``, or the session's own uploads, and every request has
+limits (interp.report.serving: corpus bytes, tokens scanned, model size, scan time) that say what they cut.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import pandas as pd
 import streamlit as st
 
 from interp.errors import InterpError
+from interp.report.serving import add_serving_arguments, is_loopback
 
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 # The second prompt of the Compare page: the clean/corrupted pair of activation patching (IOI)
@@ -36,12 +42,39 @@ SAMPLE_CORPUS = (
 
 
 def _cli_defaults() -> argparse.Namespace:
-    """Defaults passed after `--` (``streamlit run apps/dashboard.py -- --model M --prompt P``)."""
+    """Options passed after `--` (``streamlit run apps/dashboard.py -- --model M --prompt P --data-dir D``): the
+    preselected model and prompt, and what browser users may read and spend (interp.report.serving)."""
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--model", default=None)
     p.add_argument("--prompt", default=None)
+    add_serving_arguments(p)
     args, _ = p.parse_known_args(sys.argv[1:])
     return args
+
+
+# How refusals describe where a browser user's paths may lead (never the server's absolute paths).
+WHERE = "files under the model zoo and the folders given to `interp dashboard --data-dir`"
+
+
+def allowed_roots(defaults: argparse.Namespace) -> tuple[Path, ...]:
+    """The folders a browser user's paths may lead into: the zoo, every --data-dir, and the operator's --model
+    folder. Everything else on the server stays unread (interp.safe_paths)."""
+    from interp.loading import ZOO
+    from interp.safe_paths import real_roots
+
+    preset = defaults.model if defaults.model and Path(defaults.model).expanduser().is_dir() else None
+    return real_roots(ZOO, *defaults.data_dir, preset)
+
+
+def user_folder(text: str, label: str, defaults: argparse.Namespace) -> str:
+    """A model or SAE folder typed in the page, confined to the allowed roots and refused when its config
+    means more than --max-model-params: its real path (so the caches key on what is read)."""
+    from interp.report.serving import check_model_size
+    from interp.safe_paths import confine
+
+    found = confine(text, allowed_roots(defaults), label, want="dir", where=WHERE)
+    check_model_size(found.path, found.n_bytes, defaults.max_model_params, label)
+    return str(found.path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,12 +145,61 @@ def all_patterns(spec: str, prompt: str) -> pd.DataFrame:
 
 # How the Neurons page names the corpus fields in its messages (interp.report.inputs.read_corpus).
 CORPUS_LABELS = {"corpus": "corpus path", "split": "split", "field": "text field"}
-HELDOUT, PASTED, SOURCE = "held-out text of the model", "pasted text", "file, folder or dataset"
+HELDOUT, PASTED, SOURCE, UPLOAD = ("held-out text of the model", "pasted text", "file, folder or dataset",
+                                   "uploaded file")
+UPLOAD_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet")
 
 
-def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None):
+@st.cache_resource
+def private_dir() -> str:
+    """This server's private scratch folder (mode 0700, removed at exit): uploads and cut corpora."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="interp-dashboard-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def save_upload(up) -> str:
+    """An uploaded file, written once into this session's own folder (other sessions cannot name it): its path."""
+    import hashlib
+    import tempfile
+
+    from interp.io import atomic_write_bytes
+
+    folder = st.session_state.get("upload_dir")
+    if folder is None or not Path(folder).is_dir():
+        folder = st.session_state["upload_dir"] = tempfile.mkdtemp(prefix="session-", dir=private_dir())
+    data = up.getvalue()
+    suffix = Path(up.name).suffix.lower()  # the browser's file name chooses the reader, nothing more
+    out = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix if suffix in UPLOAD_SUFFIXES else '.txt'}"
+    if not out.is_file():
+        atomic_write_bytes(out, data)
+    return str(out)
+
+
+def user_corpus(typed: str, source: str, limits: argparse.Namespace) -> tuple[str, int, str | None]:
+    """A corpus path typed (or an upload saved) by a browser user, confined to the allowed roots (an upload:
+    to this session's folder) and cut to --max-corpus-mb: ``(path to read, modification time, what was cut)``."""
+    from interp.report.serving import corpus_prefix
+    from interp.safe_paths import confine
+
+    if source == UPLOAD:
+        found = confine(typed, (Path(st.session_state["upload_dir"]),), "upload", want="file", where="your uploads")
+    else:
+        found = confine(typed, allowed_roots(limits), CORPUS_LABELS["corpus"], where=WHERE)
+    path, note = corpus_prefix(found.path, found.n_bytes, found.is_dir, limits.max_corpus_mb * 10**6,
+                               Path(private_dir()) / "cut", CORPUS_LABELS["corpus"])
+    return str(path), found.path.stat().st_mtime_ns, note
+
+
+@st.cache_resource(show_spinner="Reading the corpus…", max_entries=4)
+def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp=None):
     """``(name, Corpus)`` the Neurons page scans: the model's held-out text, pasted text (one document), or a
-    path (text / JSONL / Parquet file, a folder, a saved datasets folder) or ``hf:NAME[:CONFIG]:SPLIT``."""
+    confined path (text / JSONL / Parquet file, a folder, a saved datasets folder). Kept between reruns (a
+    Corpus is read-only), so a file is read once per ``stamp`` (its modification time), not at every click."""
     from interp.data import Corpus
     from interp.report.inputs import read_corpus
 
@@ -125,21 +207,24 @@ def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: st
         if not value.strip():
             raise InterpError("corpus: paste some text to scan.")
         return "pasted text", Corpus.from_memory([value])
-    return read_corpus(get_model(spec), "default" if kind == HELDOUT else value, split=split, field=field,
+    # the held-out text is "default", unless the page passed a cut copy of it (value)
+    return read_corpus(get_model(spec), "default" if kind == HELDOUT and not value else value, split=split, field=field,
                        flags=CORPUS_LABELS)
 
 
 @st.cache_data(show_spinner="Scanning the corpus…", max_entries=8)
 def layer_profiles(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp, layer: int,
-                   max_tokens: int):
+                   max_tokens: int, seconds: int):
     """Every neuron of one layer over the corpus (one pass; any neuron of the layer is then instant). ``stamp``
-    (a file's modification time) keys the cache, so an edited file is scanned again."""
+    (a file's modification time) keys the cache, so an edited file is scanned again. Stopped after ``seconds``."""
     from interp.analysis.neurons import neuron_profiles
+    from interp.report.serving import time_limit
 
     model = get_model(spec)
-    _, corpus = neuron_corpus(spec, kind, value, split, field)
-    return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
-                           max_tokens=max_tokens)
+    _, corpus = neuron_corpus(spec, kind, value, split, field, stamp)
+    with time_limit(model, seconds, "corpus scan"):
+        return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
+                               max_tokens=max_tokens)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -200,14 +285,16 @@ def sae_logit_effects(spec: str, sae_path: str, feature: int, k: int) -> pd.Data
 
 
 @st.cache_data(show_spinner="Scanning the corpus…", max_entries=16)
-def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int) -> pd.DataFrame:
+def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int, seconds: int) -> pd.DataFrame:
     from interp.analysis.sae import feature_top_contexts
+    from interp.report.serving import time_limit
 
     model = get_model(spec)
     docs = [model.to_tokens(d)[0].cpu() for d in corpus.split("\n") if d.strip()]  # bytes without a tokenizer
     if not docs:
         raise InterpError("corpus: give at least one non-empty line of text to scan.")
-    return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
+    with time_limit(model, seconds, "corpus scan"):
+        return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
 
 
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
@@ -222,10 +309,12 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
     """Head and layer x position patching + DLA of the clean prompt. Without ``corrupted``: the prompt
     followed by its own first half, corrupted at the copied token (an induction task)."""
     from interp.analysis import causal
+    from interp.report.data import induction_pair, positions_that_matter
 
     model = get_model(spec)
-    if corrupted is None:
-        pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    notes = []
+    if corrupted is None:  # the report's pair: fitted to n_ctx on a long prompt (notes say how)
+        pair, notes = induction_pair(model, tokens_for(spec, prompt))
         clean, bad, ans, wr = pair.clean, pair.corrupted, pair.answer, pair.wrong
     else:
         clean, bad = tokens_for(spec, prompt), tokens_for(spec, corrupted)
@@ -234,13 +323,40 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
             raise InterpError("answer and wrong: give the clean prompt's answer and the corrupted prompt's answer "
                               "(one token each, text or id).")
     heads = causal.activation_patching(model, clean, bad, where="z", by_position=False, answer=ans, wrong=wr)
-    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr)
+    positions, note = positions_that_matter(model, clean, bad, where, answer=ans, wrong=wr)  # a long prompt: some
+    notes = [*notes, note] if note else notes
+    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr, positions=positions)
     dla = causal.direct_logit_attribution(model, clean, ans, wr)
     from interp.report.inputs import str_tokens
 
     info = {"tokens": str_tokens(model, clean), "clean": heads.attrs["clean"], "corrupted": heads.attrs["corrupted"],
-            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad)}
+            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad),
+            "notes": notes}
     return heads, grid, dla, info
+
+
+@st.cache_data(show_spinner="Scoring every edge…", max_entries=8)
+def edge_scores(spec: str, prompt: str, method: str, steps: int):
+    """EAP / EAP-IG on the induction pair (as the Patching page) and the faithfulness of the top-n circuits."""
+    from interp.analysis import causal
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    model = get_model(spec)
+    pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    kw = {"answer": pair.answer, "wrong": pair.wrong}
+    edges = edge_attribution(model, pair.clean, pair.corrupted, method=method, steps=steps, **kw)
+    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), dict(edges.attrs)
+
+
+@st.cache_data(show_spinner="Steering…", max_entries=8)
+def steering_table(spec: str, prompt: str, positive: tuple, negative: tuple, hook: str, scales: tuple,
+                   new_tokens: int):
+    from interp.analysis.steering import steering_effect, steering_vector
+
+    model = get_model(spec)
+    vec = steering_vector(model, list(positive), list(negative), hook, position="mean")
+    df = steering_effect(model, tokens_for(spec, prompt), vec, hook, scales, max_new_tokens=new_tokens)
+    return df.drop(columns="prompt").assign(top_tokens=[" | ".join(t) for t in df.top_tokens]), float(vec.norm())
 
 
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
@@ -314,6 +430,10 @@ def sidebar() -> tuple[str, str, str]:
 
     defaults = _cli_defaults()
     st.sidebar.title("interp")
+    address = st.get_option("server.address")  # unset: every interface
+    if not defaults.allow_remote and address is not None and not is_loopback(address):
+        st.sidebar.warning(f"This server listens on {address}, beyond this machine, without login. Serve others "
+                           "with `interp dashboard --host H --allow-remote` (see the README).")
     zoo = zoo_models()
     options = [DEFAULT_MODEL, *zoo, LOCAL]
     preset = defaults.model
@@ -337,15 +457,22 @@ def sidebar() -> tuple[str, str, str]:
     return spec, prompt, page
 
 
-def check_model(spec: str):
-    """Load the chosen model, or raise InterpError with a message for the page."""
+def check_model(spec: str) -> str:
+    """Load the chosen model and return the spec the pages use, or raise InterpError with a message for the page.
+
+    A zoo name loads from the zoo; anything else typed in the folder field is a path confined to the allowed
+    roots (never a hub id: a browser user must not make the server download), its size checked before building."""
+    from interp.loading import zoo_models
+
     if not spec:
         raise InterpError("model folder: enter the path of a local model folder (config.json + model.safetensors).")
-    if spec not in (DEFAULT_MODEL,) and ("/" in spec or spec.startswith((".", "~"))):
-        p = Path(spec).expanduser()
-        if not p.is_dir():
-            raise InterpError(f"model folder: {spec!r} does not exist (or is not a folder) on this machine.")
-    return get_model(spec)
+    defaults = _cli_defaults()
+    if spec == defaults.model and Path(spec).expanduser().is_dir():  # the operator's --model: trusted as given
+        spec = os.path.realpath(Path(spec).expanduser())
+    elif spec != DEFAULT_MODEL and spec not in zoo_models():
+        spec = user_folder(spec, "model folder", defaults)
+    get_model(spec)
+    return spec
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -443,9 +570,8 @@ def page_attention(spec: str, prompt: str) -> None:
 
 
 def attention_component(spec: str, prompt: str, strs: list[str], checked: list[tuple[int, int]], key: str) -> None:
-    """The report's interactive attention view, in an iframe (st.components): every head when it fits."""
-    import streamlit.components.v1 as components
-
+    """The report's interactive attention view, in an iframe (``st.iframe``, which replaced the deprecated
+    ``st.components.v1.html``; the view's script runs inside it): every head when it fits."""
     from interp.report.data import view_heads
     from interp.report.widgets import WIDGET_CSS, attention_view
 
@@ -456,8 +582,7 @@ def attention_component(spec: str, prompt: str, strs: list[str], checked: list[t
     body = attention_view(strs, pats, heads, checked=checked)
     lines = 2 + sum(len(s) + 1 for s in strs) // 90
     height = min(560, 150 + 30 * lines + 24 * (len(heads) // 12))
-    components.html(f"<style>body{{font-family:sans-serif;margin:0}}{WIDGET_CSS}</style>{body}", height=height,
-                    scrolling=True)
+    st.iframe(f"<style>body{{font-family:sans-serif;margin:0;overflow:auto}}{WIDGET_CSS}</style>{body}", height=height)
     st.session_state[f"{key}_html"] = body  # what the component shows (tests read it back)
 
 
@@ -514,7 +639,7 @@ def _parse_neuron(model, text: str):
 def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, top: pd.DataFrame) -> None:
     """Neuronpedia-style: the prompt shaded by the activation, top examples over a corpus, histogram, answers."""
     from interp.report.inputs import read_corpus
-    from interp.report.widgets import neuron_examples, token_shading
+    from interp.report.widgets import neuron_examples, shading_scale, token_shading
 
     model = get_model(spec)
     acts = prompt_activations(spec, prompt, layer, neuron)
@@ -524,37 +649,61 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     row = top[(top.layer == layer) & (top.neuron == neuron)]
     if len(row) and pd.notna(row.contribution.iloc[0]):
         m2.metric(f"direct effect on the logit of {row.target_token.iloc[0]!r}", f"{row.contribution.iloc[0]:+.4f}")
-    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative):")
-    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), trigger=pos))
+    scale = shading_scale(acts.activation)
+    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative; full "
+               f"colour at ±{scale:.3g}, white at 0):")
+    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), scale=scale, trigger=pos))
 
     ans = neuron_answers(spec, layer, neuron, 10)
     show_answers(ans, "answers", "tokens it raises (centred logit per unit activation)")
 
     st.markdown("**Top-activating examples**")
+    from interp.report.serving import cap_text
+
+    limits = _cli_defaults()
     heldout = read_corpus(model, "default")
-    sources = ([HELDOUT] if heldout else []) + [PASTED, SOURCE]
+    sources = ([HELDOUT] if heldout else []) + [PASTED, SOURCE, UPLOAD]
     c1, c2 = st.columns([2, 1])
     source = c1.radio("corpus", sources, horizontal=True, key="corpus_source")
-    max_tokens = c2.select_slider("tokens scanned", [2048, 8192, 16384, 65536], 16384, key="corpus_tokens")
-    value, split, field, stamp = "", None, None, None
-    if source == SOURCE:
+    steps = [n for n in (2048, 8192, 16384, 65536) if n < limits.max_scan_tokens] + [limits.max_scan_tokens]
+    max_tokens = c2.select_slider("tokens scanned", steps, max(n for n in steps if n <= 16384) if steps[0] <= 16384
+                                  else steps[0], key="corpus_tokens",
+                                  help=f"at most {limits.max_scan_tokens:,} per scan here (--max-scan-tokens)")
+    value, split, field, stamp, note = "", None, None, None, None
+    if source in (SOURCE, UPLOAD):
         p1, p2, p3 = st.columns([3, 1, 1])
-        value = p1.text_input("corpus path", "", key="corpus_path", help="a text, JSONL or Parquet file, a folder of "
-                              "them, a saved datasets folder (save_to_disk), or hf:NAME[:CONFIG]:SPLIT where a hub "
-                              "is reachable", placeholder="/path/to/text.txt, data.parquet or a saved dataset").strip()
+        if source == SOURCE:
+            typed = p1.text_input("corpus path", "", key="corpus_path", help="a text, JSONL or Parquet file, a folder "
+                                  "of them, or a saved datasets folder (save_to_disk), under the model zoo or a "
+                                  "--data-dir of the server", placeholder="text.txt, data.parquet or a saved "
+                                  "dataset (relative to the data folder)").strip()
+        else:
+            up = p1.file_uploader("corpus file", type=[x[1:] for x in UPLOAD_SUFFIXES], key="corpus_upload",
+                                  help="read from a private folder of this session; a long file is cut "
+                                       "(--max-corpus-mb)")
+            typed = "" if up is None else save_upload(up)
         split = p2.text_input("split", "", key="corpus_split", placeholder="validation",
                               help="the split of a saved DatasetDict (needed when it has several)").strip() or None
         field = p3.text_input("text field", "", key="corpus_field", placeholder="text",
                               help="the text column of a table or dataset (default text)").strip() or None
-        if not value:
-            st.info("Enter the path of a text, JSONL or Parquet file, a folder or a saved datasets folder to scan.")
+        if not typed:
+            st.info("Enter the path of a text, JSONL or Parquet file, a folder or a saved datasets folder to scan."
+                    if source == SOURCE else "Upload a text, JSONL or Parquet file to scan.")
             return
-        path = Path(value).expanduser()
-        stamp = path.stat().st_mtime_ns if path.exists() else None
+        value, stamp, note = user_corpus(typed, source, limits)
+    elif source == HELDOUT:  # the model folder's own text, cut like any file when it is long
+        from interp.report.inputs import HELDOUT as HELDOUT_FILE
+
+        held = Path(model._interp_folder) / HELDOUT_FILE
+        if held.stat().st_size > limits.max_corpus_mb * 10**6:
+            value, stamp, note = user_corpus(str(held), SOURCE, limits)
     elif source == PASTED:
-        value = st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120)
-    name, _ = neuron_corpus(spec, source, value, split, field)  # a bad path, split or column: the message now
-    want = (spec, source, value, split, field, stamp, layer, int(max_tokens))
+        value, note = cap_text(st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120),
+                               limits.max_corpus_mb * 10**6, "the pasted text")
+    name, _ = neuron_corpus(spec, source, value, split, field, stamp)  # a bad path, split or column: the message now
+    if note:
+        st.caption(f"{name}: {note}")
+    want = (spec, source, value, split, field, stamp, layer, int(max_tokens), limits.scan_seconds)
     if st.button("Scan corpus", key="scan"):
         st.session_state["scanned"] = want
     if st.session_state.get("scanned") != want:
@@ -674,8 +823,8 @@ def page_sae(spec: str, prompt: str) -> None:
         st.info("Enter the folder of a sparse autoencoder trained on this model (`interp sae train`), or of "
                 "one saved by SAELens.")
         return
-    if not Path(path).expanduser().is_dir():
-        raise InterpError(f"SAE folder: {path!r} does not exist (or is not a folder) on this machine.")
+    limits = _cli_defaults()
+    path = user_folder(path, "SAE folder", limits)
     sae = get_sae(path)
     hook = sae.cfg.hook_name
     if not hook or hook not in model.hook_dict:
@@ -709,9 +858,14 @@ def page_sae(spec: str, prompt: str) -> None:
     except InterpError as e:  # a hook that does not write to the residual stream has no logit effects
         st.caption(str(e))
     with st.expander("Top contexts: where does it fire?"):
-        corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="sae_corpus", height=150)
+        from interp.report.serving import cap_text
+
+        corpus, note = cap_text(st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="sae_corpus",
+                                             height=150), limits.max_corpus_mb * 10**6, "the corpus")
+        if note:
+            st.caption(note)
         if st.button("Scan corpus", key="sae_scan"):
-            ctx = sae_top_contexts(spec, path, corpus, feature, 5)
+            ctx = sae_top_contexts(spec, path, corpus, feature, 5, limits.scan_seconds)
             show(ctx[["rank", "activation", "doc", "position", "token", "context"]], key="sae_contexts")
             if ctx.empty:
                 st.caption("this feature does not fire on the corpus")
@@ -770,6 +924,8 @@ def page_patching(spec: str, prompt: str) -> None:
     st.caption(f"Metric: logit difference {show_token(info['answer'])!r} − {show_token(info['wrong'])!r} at the last "
                f"position: clean {info['clean']:.3f}, corrupted {info['corrupted']:.3f}. normalised: 0 = corrupted, "
                "1 = clean.")
+    for note in info["notes"]:
+        st.caption(f"Shortened: {note}.")
     st.code("clean:     " + "".join(info["tokens"]) + "\ncorrupted: " + "".join(info["corrupted_tokens"]),
             language=None)
     plot(head_patching_heatmap(heads), key="patch_heads")
@@ -780,6 +936,45 @@ def page_patching(spec: str, prompt: str) -> None:
     with st.expander("Tables"):
         show(heads, key="patch_heads_table")
         show(grid, key="patch_grid_table")
+
+
+def page_edges(spec: str, prompt: str) -> None:
+    c1, c2 = st.columns(2)
+    method = c1.radio("method", ["eap-ig", "eap"], horizontal=True, key="edges_method")
+    steps = c2.slider("EAP-IG steps", 1, 32, 8, key="edges_steps", disabled=method == "eap")
+    edges, curve, attrs = edge_scores(spec, prompt, method, steps)
+    st.caption(f"The induction pair of the Patching page; logit difference clean {attrs['clean']:.3f}, corrupted "
+               f"{attrs['corrupted']:.3f}. score = change of the metric when that edge alone carries the corrupted "
+               f"value ({attrs['n_edges']} edges: embeddings, heads' q/k/v inputs, MLPs, logits).")
+    from interp.report.edge_figure import edge_circuit_figure
+
+    plot(edge_circuit_figure(edges, top_n=30), key="edges_circuit")
+    show(edges[["sender", "receiver", "score", "receiver_input"]].head(25), key="edges_table")
+    st.caption("Faithfulness of the top-n edges: the clean run with every other edge corrupted (1 = clean).")
+    st.line_chart(curve.set_index("n_edges").faithfulness)
+    show(curve, key="edges_curve")
+
+
+def page_steering(spec: str, prompt: str) -> None:
+    model = get_model(spec)
+    c1, c2 = st.columns(2)
+    positive = [t for t in c1.text_area("positive prompts (one per line)", "love and joy", key="steer_pos").splitlines()
+                if t.strip()]
+    negative = [t for t in c2.text_area("negative prompts (one per line)", "war and death", key="steer_neg").splitlines()
+                if t.strip()]
+    hooks = [f"blocks.{lay}.hook_{w}" for lay in range(model.cfg.n_layers) for w in ("resid_pre", "resid_post")]
+    c3, c4, c5 = st.columns(3)
+    hook = c3.selectbox("hook", hooks, index=min(2 * (model.cfg.n_layers // 2), len(hooks) - 1), key="steer_hook")
+    scale = c4.number_input("scale", value=4.0, step=1.0, key="steer_scale")
+    new_tokens = c5.slider("new tokens", 0, 32, 12, key="steer_new")
+    if not positive or not negative:
+        st.info("Enter at least one positive and one negative prompt.")
+        return
+    df, norm = steering_table(spec, prompt, tuple(positive), tuple(negative), hook, (0.0, scale / 2, scale),
+                              new_tokens)
+    st.caption(f"Steering vector: mean activation over the positive prompts minus the negative ones at {hook} "
+               f"(norm {norm:.3f}), added at every position. kl = KL(unsteered ‖ steered) of the next token.")
+    show(df, key="steer_table")
 
 
 def page_report(spec: str, prompt: str) -> None:
@@ -801,7 +996,7 @@ def page_report(spec: str, prompt: str) -> None:
 # The page registry, in sidebar order: a new page is one function and one entry here.
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
           "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
-          "Patching": page_patching, "Report": page_report}
+          "Patching": page_patching, "Edges": page_edges, "Steering": page_steering, "Report": page_report}
 PAGES = tuple(RENDER)
 
 
@@ -810,7 +1005,7 @@ def main() -> None:
     spec, prompt, page = sidebar()
     st.title(page)
     try:
-        check_model(spec)
+        spec = check_model(spec)
         if page != "Superposition":  # the superposition page reads weights only
             tokens_for(spec, prompt)
         RENDER[page](spec, prompt)

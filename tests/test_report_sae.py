@@ -158,6 +158,17 @@ def test_feature_cards_match_the_reference_analyzers(model, sae, tables, page, d
             t, e = tables[f"{name}_F{feat}"], eff[eff.direction == direction]
             assert [int(v) for v in t.token_id] == e.token_id.tolist()
             np.testing.assert_allclose(_floats(t.logit), e.logit.to_numpy(), rtol=1e-9)
+    # each card's activation histogram: the profile's counts, bin by bin, summing to the tokens scanned
+    import re
+
+    prof = data.sae["profiles"]
+    for feat in want:
+        card = page[page.index(f'id="sae-feature-{feat}"'):]
+        card = card[:card.index("</svg>")]
+        counts = [int(c) for c in re.findall(r"\): (\d+)</title>", card)]
+        h = prof.histogram[prof.histogram.feature == feat]
+        assert counts == h["count"].astype(int).tolist()
+        assert sum(counts) == int(prof.stats[prof.stats.feature == feat].n_tokens.iloc[0])
     # the card's shading of the prompt: the feature's activation at every token (0 where silent)
     sh = data.sae["shading"]
     for feat in want:
