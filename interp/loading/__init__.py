@@ -94,7 +94,7 @@ def _open_hf(hf, tokenizer, path: str, where: str):
         except InterpError as err:
             if path == "native":
                 raise
-            refusal = str(err)  # a setting the native model lacks: the universal path runs HF's own modules
+            refused = str(err)  # a setting the native model lacks: the universal path runs HF's own modules
     elif path == "native":
         raise InterpError(refusal(arch, "it has no native family row (path='native'; path='auto' wraps it instead)"))
     return from_hf_universal(hf, tokenizer=tokenizer, native_refusal=refused)
