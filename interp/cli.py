@@ -416,9 +416,28 @@ def card_line(folder: Path) -> str:
     return "(empty model card)"
 
 
+def _families() -> int:
+    from interp.loading.families import FAMILIES
+
+    names: dict[str, list[str]] = {}
+    for arch, family in FAMILIES.items():
+        names.setdefault(family.name, []).append(arch)
+    width = max(len(n) for n in names)
+    print("Native families (converted into interp's model: fused/lazy attention, weight processing, every analyzer):")
+    for name, archs in sorted(names.items(), key=lambda kv: kv[0].lower()):
+        print(f"  {name:<{width}}  {', '.join(sorted(archs))}")
+    print("Every other transformers causal LM (*ForCausalLM, *LMHeadModel, a multimodal *ForConditionalGeneration's "
+          "text decoder; attention, state-space, recurrent or hybrid) opens through the universal path: its modules "
+          "wrapped with TransformerLens hook names (model.capabilities lists what it offers). "
+          "interp.load(..., path='universal') forces it; path='native' refuses a class without a row.")
+    return 0
+
+
 def _models(args) -> int:
     from interp.zoo import ZOO, default_model_name, zoo_models  # no torch: listing the zoo is instant
 
+    if args.families:
+        return _families()
     names = zoo_models()
     default = default_model_name()
     if not names:
@@ -435,7 +454,10 @@ def _models(args) -> int:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the model zoo with each model card's first line", formatter_class=_RAW,
                        description="List the models shipped in models/ (the default is marked *).",
-                       epilog=_examples("interp models", "interp report 'Hello' --model NAME"))
+                       epilog=_examples("interp models", "interp models --families",
+                                        "interp report 'Hello' --model NAME"))
+    p.add_argument("--families", action="store_true",
+                   help="list the transformers architectures interp converts natively (all others open universally)")
     p.set_defaults(func=_models)
 
 

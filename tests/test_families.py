@@ -359,15 +359,17 @@ def test_a_model_larger_than_memory_is_refused_before_allocating(tmp_path, monke
 
 
 def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
+    """On the native path; without path='native' these open on the universal path (tests/test_universal.py)."""
     import transformers
 
     xglm = transformers.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64)
-    with pytest.raises(InterpError, match=r"XGLMForCausalLM is not supported: it needs XGLM's offset sinusoidal"):
-        interp.load(transformers.XGLMForCausalLM(xglm))
+    with pytest.raises(InterpError, match=r"XGLMForCausalLM .*interp models --families"):
+        interp.load(transformers.XGLMForCausalLM(xglm), path="native")
     mpt = transformers.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, max_seq_len=N_CTX,
                                  attn_config={"qk_ln": True})
     with pytest.raises(InterpError, match=r"MPT: the config setting attn_config_qk_ln"):
-        interp.load(transformers.MptForCausalLM(mpt))
+        interp.load(transformers.MptForCausalLM(mpt), path="native")
+    assert interp.load(transformers.MptForCausalLM(mpt)).cfg.path == "universal"  # auto: HF's modules run it
     with pytest.raises(InterpError, match=r"GPT2ForSequenceClassification .* not a causal language model"):
         interp.load(transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**CASES["gpt2"][1])))
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRRORED = ("run.sh", "pyproject.toml", ".streamlit", "apps", "benchmarks", "interp", "models", "probes", "tests")
+MIRRORED = ("run.sh", "pyproject.toml", ".streamlit", "apps", "benchmarks", "interp", "models", "probes", "scripts",
+            "tests")
 
 
 def readme_commands(text: str) -> list[str]:

@@ -276,8 +276,13 @@ class _Runner:
     def __init__(self, model, corrupted: torch.Tensor, metric):
         self.model, self.tokens, self.metric = model, corrupted, metric
         cfg = model.cfg
+        # a universal-path model runs HF's forward, which cannot start at a layer: every pass is a full one
+        self.full_passes = getattr(cfg, "path", "native") == "universal"
         names = {f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)}
-        names |= {n for layer in range(cfg.n_layers) for n in _kv_names(model, layer)}
+        if self.full_passes:
+            names = set()
+        else:
+            names |= {n for layer in range(cfg.n_layers) for n in _kv_names(model, layer)}
         with torch.no_grad():
             self.logits, cache = model.run_with_cache(corrupted, names_filter=lambda n: n in names)
         self.cache = {n: cache[n] for n in names}
@@ -287,12 +292,20 @@ class _Runner:
 
     def start(self, p0: int) -> int:
         """The first position a pass must compute when its earliest patch is at ``p0``."""
+        if self.full_passes:
+            return 0
         return p0 if self.metric_pos is None else min(p0, self.metric_pos)
 
     def run(self, k: int, l0: int, p0: int, fwd_hooks) -> torch.Tensor:
         """Metric values ``[k, batch]`` (or ``[k]`` for a scalar metric) of ``k`` patched copies,
         computing positions ``p0:`` (``p0`` from :meth:`start`) of blocks ``l0:``."""
         model, B = self.model, self.batch
+        if self.full_passes:
+            with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+                logits = model(self.tokens.repeat(k, 1))
+            if self.metric_pos is not None:
+                return self.metric.at(logits[:, self.metric_pos]).reshape(k, B)
+            return torch.stack([torch.as_tensor(self.metric(c)).detach() for c in logits.split(B)]).double()
         x = self.cache[f"blocks.{l0}.hook_resid_pre"][:, p0:].repeat(k, 1, 1)
         positions = torch.arange(p0, self.n_pos, device=x.device)
         kv = None
@@ -784,6 +797,10 @@ def direct_logit_attribution(model, tokens, answer=None, wrong=None, *, position
     ``answer``, ``wrong``.
     """
     cfg = model.cfg
+    if getattr(cfg, "path", "native") == "universal":
+        raise InterpError("model: direct logit attribution needs the per-head W_O and the final norm's weights, which "
+                          "the universal path does not read; use activation_patching(where='attn_out'/'mlp_out') or "
+                          "a native family (`interp models --families`)")
     toks = as_tokens(model, tokens)
     B, P = toks.shape
     pos = check_index("position", position, P)

@@ -669,7 +669,7 @@ def family_of(hf_model_or_arch, config=None) -> tuple[str, Family]:
         arch, config = type(hf_model_or_arch).__name__, getattr(hf_model_or_arch, "config", None)
     if arch not in FAMILIES:
         raise InterpError(f"architecture {arch} is not supported: {_why_unsupported(arch, config)}. "
-                          f"Supported: {sorted(FAMILIES)}.")
+                          f"See `interp models --families` for the native families.")
     return arch, FAMILIES[arch]
 
 

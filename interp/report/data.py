@@ -177,6 +177,15 @@ def notable_heads(scores: pd.DataFrame, n: int) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+# the columns of the sections a universal-path model leaves empty (what the analyzers return)
+_EMPTY = {
+    "neurons": pd.DataFrame(columns=["layer", "neuron", "activation", "contribution", "batch", "position",
+                                     "target_token", "target_id", "ranked_by", "rank"]),
+    "superposition": pd.DataFrame(columns=["set", "layer", "head", "count", "dim", "mean_angle_deg"]),
+    "angle_samples": pd.DataFrame(columns=["source", "set", "layer", "head", "cos", "angle_deg"]),
+}
+
+
 def collect_report(model, prompt: str, options: ReportOptions | None = None,
                    progress: Callable[[str], None] | None = None) -> ReportData:
     """Run every analyzer a report needs on ``prompt`` and keep their outputs.
@@ -222,8 +231,11 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
         patterns = pd.concat([attention.attention_patterns(model, tokens, layers=h[0], heads=h[1]) for h in heads],
                              ignore_index=True)
 
+    # a universal-path model (interp.loading.universal) has no MLP neuron hooks or readable weight matrices: the
+    # sections built on them are left empty, and the report says why (model.capabilities)
+    universal = getattr(model.cfg, "path", "native") == "universal"
     step("neurons")
-    top = neurons.top_neurons(model, tokens, position=-1, k=opts.k_neurons)
+    top = _EMPTY["neurons"] if universal else neurons.top_neurons(model, tokens, position=-1, k=opts.k_neurons)
     paged = page_neurons(top)
     answers, on_prompt = [], []
     for layer, neuron in paged:
@@ -243,12 +255,15 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
 
     step("superposition")
     sets = opts.superposition_sets
-    stats = superposition.direction_set_stats(model, sets=sets, max_pairs=opts.max_pairs, seed=opts.seed)
-    samples = superposition.direction_angle_samples(model, sets=sets, max_pairs=opts.hist_pairs, seed=opts.seed)
+    if universal:
+        stats, samples = _EMPTY["superposition"], _EMPTY["angle_samples"]
+    else:
+        stats = superposition.direction_set_stats(model, sets=sets, max_pairs=opts.max_pairs, seed=opts.seed)
+        samples = superposition.direction_angle_samples(model, sets=sets, max_pairs=opts.hist_pairs, seed=opts.seed)
     pdf = superposition.random_angle_pdf(int(model.cfg.d_model), n_points=361)
 
     step("patching")
-    patching = _patching_section(model, tokens, k=opts.k_neurons) if opts.patching else {}
+    patching = _patching_section(model, tokens, k=opts.k_neurons) if opts.patching and not universal else {}
 
     step("sae features")
     sae_section = {}
