@@ -955,7 +955,7 @@ def page_patching(spec: str, prompt: str) -> None:
 def page_circuit(spec: str, prompt: str) -> None:
     """The prompt's attribution graph through the model's transcoders (interp.analysis.circuits.graph), drawn as
     ``interp circuit`` draws it, and one feature set or scaled to see the next token change."""
-    from interp.report.circuit import default_transcoder_folder, graph_html
+    from interp.report.circuit import default_transcoder_folder, feature_table, graph_html
 
     model = get_model(spec)
     try:  # the transcoders shipped with the model (models/NAME/transcoders/), when there are any
@@ -989,10 +989,7 @@ def page_circuit(spec: str, prompt: str) -> None:
 
     st.subheader("Features")
     strs = graph.info["str_tokens"]
-    feats = graph.nodes[graph.nodes.kind == "feature"].sort_values("influence", ascending=False)
-    table = feats[["layer", "position", "feature", "activation", "influence"]].reset_index(drop=True)
-    table.insert(2, "token", [strs[int(p)] for p in table.position])
-    table["raises"] = [", ".join(f"{t!r} {v:+.2f}" for t, v in tl) for tl in feats.top_logits]
+    table = feature_table(graph)
     show(table, key="circuit_features")
     if table.empty:
         st.caption("no feature kept after pruning: lower the node threshold")

@@ -71,7 +71,7 @@ def test_circuit_page(folders, monkeypatch):
     assert any(f"last {MAX_TOKENS} of the prompt's 31 tokens" in c.value for c in at.caption)
     ref = attribution_graph(model, tcs, ids)
     assert at.session_state["circuit_html"] == graph_html(ref, title="Attribution graph")  # the CLI's drawing
-    assert at.session_state["circuit_html"].count('<g class="node">') == len(ref.nodes)
+    assert at.session_state["circuit_html"].count('<g class="cg-node">') == len(ref.nodes)
     feats = ref.nodes[ref.nodes.kind == "feature"].sort_values("influence", ascending=False)
     shown = _frame(at, "feature", "raises")
     assert len(shown) == len(feats) > 0
