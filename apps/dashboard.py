@@ -307,6 +307,9 @@ def transcoder_folder(text: str, limits: argparse.Namespace) -> str:
         sorted(p for p in found.path.iterdir() if (p / "cfg.json").is_file())
     for sub in subs:  # the folder's bytes bound every transcoder together
         check_model_size(sub, found.n_bytes, limits.max_model_params, "transcoder folder")
+    if not subs and found.n_bytes // 4 > limits.max_model_params:  # circuit-tracer's layout: no config, only bytes
+        raise InterpError(f"transcoder folder: about {found.n_bytes // 4:.2e} parameters on disk; this dashboard "
+                          f"builds at most {limits.max_model_params:.2e} (interp dashboard --max-model-params).")
     return str(found.path)
 
 
