@@ -67,7 +67,7 @@ def _report(args) -> int:
             max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
             corpus=corpus, corpus_split=args.corpus_split if corpus == "default" else None,
             corpus_field=args.corpus_field if corpus == "default" else None, sae=args.sae, n_sae_cards=args.sae_cards,
-            transcoders=args.transcoders)
+            transcoders=args.transcoders, max_graph_tokens=args.max_graph_tokens)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
@@ -124,6 +124,8 @@ def _add_report(sub) -> None:
     p.add_argument("--transcoders", default=None, metavar="FOLDER",
                    help="add an attribution-graph section: a folder of per-layer transcoders (interp sae train "
                         "--transcoder --out), or 'default' (the ones shipped in the model folder's transcoders/)")
+    p.add_argument("--max-graph-tokens", type=positive_int, default=64, metavar="N",
+                   help="the attribution graph traces the prompt's last N tokens (default 64)")
     p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
                    help="inline: one self-contained file (default); shared: one plotly-<version>.min.js beside the "
                         "reports in --out's folder, each report a few hundred kB")

@@ -120,3 +120,14 @@ def test_bad_transcoders_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
         for needle in needles:
             assert needle in err, (needle, err)
     assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_writes_the_section(tmp_path):
+    from interp import cli
+
+    out = tmp_path / "r.md"
+    assert cli.main(["report", PROMPT, "--transcoders", "default", "--max-graph-tokens", "4", "--out", str(out),
+                     "--corpus", "none", "--heads", "1", "--neurons", "1", "--k", "2", "--sets", "W_E",
+                     "--max-pairs", "100", "--quiet"]) == 0
+    md = out.read_text(encoding="utf-8")
+    assert "## Attribution graph" in md and "last 4 of the prompt" in md and "--max-graph-tokens" in md

@@ -27,7 +27,7 @@ def collect_circuit_section(model, tokens, transcoders, folder: str, *, max_toke
     note = None
     if n > max_tokens:
         tokens = tokens[:, -max_tokens:]
-        note = f"the graph traces the last {max_tokens} of the prompt's {n} tokens (ReportOptions.max_graph_tokens)"
+        note = f"the graph traces the last {max_tokens} of the prompt's {n} tokens (--max-graph-tokens)"
     graph = attribution_graph(model, transcoders, tokens, node_threshold=node_threshold,
                               edge_threshold=edge_threshold)
     return {"graph": graph, "folder": str(folder), "note": note}
