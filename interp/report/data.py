@@ -375,8 +375,16 @@ def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
             "wrong": str_tokens(model, torch.tensor([[pair.wrong]]))[0], "position": pair.position,
             "clean_logit_diff": heads.attrs["clean"], "corrupted_logit_diff": heads.attrs["corrupted"]}
     r = float(heads.attribution.corr(heads.effect - heads.attrs["corrupted"]))
-    return {"pair": info, "tokens": strs, "heads": heads, "grid": grid, "dla": dla, "attribution_r": r,
-            "notes": notes}
+    out = {"pair": info, "tokens": strs, "heads": heads, "grid": grid, "dla": dla, "attribution_r": r,
+           "notes": notes}
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    try:  # EAP over every edge (two forwards, one backward) and how much its top-n circuits keep
+        edges = edge_attribution(model, pair.clean, pair.corrupted, **kw)
+        out.update(edges=edges, faithfulness=faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw))
+    except InterpError as e:  # a model whose residual stream is not a sum of components (post-norm)
+        notes.append(f"no edge attribution: {str(e).split(': ', 1)[-1]}")
+    return out
 
 
 def pattern_matrix(patterns: pd.DataFrame, layer: int, head: int, n: int) -> np.ndarray:

@@ -388,7 +388,28 @@ def _patching_html(data: ReportData) -> str:
             + _figure(dla_bar(p["dla"]), "fig-dla")
             + "<h3>Top components by direct logit attribution</h3>" + html_table(_top_dla(p["dla"]), "dla", _DLA_COLS)
             + "<details><summary>resid_pre patching, every layer and patched position</summary>"
-            + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>")
+            + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>" + _edges_html(p))
+
+
+_EDGE_COLS = ["sender", "receiver", "score"]
+
+
+def _edges_intro(p: dict) -> str:
+    return (f"Edge attribution (EAP) over all {p['edges'].attrs['n_edges']} edges between the embeddings, each head's "
+            "query/key/value input, the MLPs and the logits: score = the estimated change of the metric when that "
+            "edge alone carries the corrupted run's value. Faithfulness of the top-n edges: the clean run with every "
+            "other edge corrupted (1 = clean, 0 = corrupted).")
+
+
+def _edges_html(p: dict) -> str:
+    if "edges" not in p:
+        return ""
+    from interp.report.edge_figure import edge_circuit_figure
+
+    return (f'<h3>Edges</h3><p class="note">{html.escape(_edges_intro(p))}</p>'
+            + _figure(edge_circuit_figure(p["edges"], top_n=20), "fig-edges")
+            + html_table(p["edges"].head(20), "patching_edges", _EDGE_COLS)
+            + html_table(p["faithfulness"], "patching_faithfulness", ["n_edges", "metric", "faithfulness"]))
 
 
 def _lens_figure(data: ReportData) -> str:
@@ -600,7 +621,9 @@ def render_markdown(data: ReportData) -> str:
             md_fence(f"clean:     {p['pair']['clean']}\ncorrupted: {p['pair']['corrupted']}"),
             "Each head's output patched (all positions):",
             md_table(p["heads"], _HEAD_COLS), "Top components by direct logit attribution:",
-            md_table(_top_dla(p["dla"]), _DLA_COLS))
+            md_table(_top_dla(p["dla"]), _DLA_COLS),
+            *((md_text(_edges_intro(p)), md_table(p["edges"].head(20), _EDGE_COLS),
+               md_table(p["faithfulness"], ["n_edges", "metric", "faithfulness"])) if "edges" in p else ()))
     else:
         sec("patching", "Not computed.")
     return "\n".join(out)

@@ -37,6 +37,7 @@ from interp.analysis.sae.features import (
     feature_logit_effects,
     feature_profiles,
     feature_top_contexts,
+    similar_features,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source, model_activations
@@ -79,6 +80,7 @@ __all__ = [
     "sae_hook",
     "sae_metrics",
     "save_sae",
+    "similar_features",
     "splice_sae",
     "splice_transcoders",
     "token_reconstruction",
