@@ -297,6 +297,64 @@ def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int
         return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
 
 
+@st.cache_resource(show_spinner="Loading the transcoders…", max_entries=4)
+def get_transcoders(path: str):
+    from interp.analysis.sae.transcoder import load_transcoders
+
+    return load_transcoders(Path(path))
+
+
+def transcoder_folder(text: str, limits: argparse.Namespace) -> str:
+    """A transcoder folder typed in the page (one transcoder, or one per subfolder), confined to the allowed
+    roots and refused when a transcoder's cfg.json means more than --max-model-params: its real path."""
+    from interp.report.serving import check_model_size
+    from interp.safe_paths import confine
+
+    found = confine(text, allowed_roots(limits), "transcoder folder", want="dir", where=WHERE)
+    subs = [found.path] if (found.path / "cfg.json").is_file() else \
+        sorted(p for p in found.path.iterdir() if (p / "cfg.json").is_file())
+    for sub in subs:  # the folder's bytes bound every transcoder together
+        check_model_size(sub, found.n_bytes, limits.max_model_params, "transcoder folder")
+    if not subs and found.n_bytes // 4 > limits.max_model_params:  # circuit-tracer's layout: no config, only bytes
+        raise InterpError(f"transcoder folder: about {found.n_bytes // 4:.2e} parameters on disk; this dashboard "
+                          f"builds at most {limits.max_model_params:.2e} (interp dashboard --max-model-params).")
+    return str(found.path)
+
+
+def graph_tokens(spec: str, prompt: str, limit: int) -> tuple[tuple[int, ...], str | None]:
+    """The prompt's token ids an attribution graph traces: its last ``limit`` (they lead to the prediction), and
+    a note saying what was cut."""
+    ids = tokens_for(spec, prompt)[0].tolist()
+    if len(ids) <= limit:
+        return tuple(ids), None
+    return tuple(ids[-limit:]), (f"the graph traces the last {limit} of the prompt's {len(ids)} tokens "
+                                 "(interp dashboard --max-graph-tokens)")
+
+
+@st.cache_data(show_spinner="Tracing the attribution graph…", max_entries=16)
+def circuit_graph(spec: str, tc_path: str, ids: tuple[int, ...], node_threshold: float, edge_threshold: float,
+                  seconds: int):
+    import torch
+
+    from interp.analysis.circuits.graph import attribution_graph
+    from interp.report.serving import time_limit
+
+    model = get_model(spec)
+    with time_limit(model, seconds, "attribution graph"):
+        return attribution_graph(model, get_transcoders(tc_path), torch.tensor([ids]), node_threshold=node_threshold,
+                                 edge_threshold=edge_threshold)
+
+
+@st.cache_data(show_spinner="Intervening…", max_entries=64)
+def circuit_intervention(spec: str, tc_path: str, ids: tuple[int, ...], node: tuple[int, int, int], value: float,
+                         mode: str) -> pd.DataFrame:
+    import torch
+
+    from interp.analysis.circuits.graph import intervene
+
+    return intervene(get_model(spec), get_transcoders(tc_path), torch.tensor([ids]), {node: value}, mode=mode).table
+
+
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
 def lens(spec: str, prompt: str, k: int, target: str) -> pd.DataFrame:
     from interp.analysis.logit_lens import logit_lens
@@ -938,6 +996,69 @@ def page_patching(spec: str, prompt: str) -> None:
         show(grid, key="patch_grid_table")
 
 
+def page_circuit(spec: str, prompt: str) -> None:
+    """The prompt's attribution graph through the model's transcoders (interp.analysis.circuits.graph), drawn as
+    ``interp circuit`` draws it, and one feature set or scaled to see the next token change."""
+    from interp.report.circuit import default_transcoder_folder, feature_table, graph_html
+
+    model = get_model(spec)
+    try:  # the transcoders shipped with the model (models/NAME/transcoders/), when there are any
+        shipped = str(default_transcoder_folder(model))
+    except InterpError:
+        shipped = ""
+    path = st.text_input("Transcoder folder (one per layer, SAELens layout)", shipped, key="tc_path",
+                         placeholder="runs/transcoders  (make them with: interp sae train --transcoder --out "
+                                     "runs/transcoders)").strip()
+    if not path:
+        st.info("This model ships no transcoders: enter a folder of per-layer transcoders "
+                "(`interp sae train --transcoder`) to trace an attribution graph.")
+        return
+    limits = _cli_defaults()
+    path = transcoder_folder(path, limits)
+    c1, c2 = st.columns(2)
+    node_threshold = c1.slider("node threshold (influence kept)", 0.5, 1.0, 0.8, 0.01, key="tc_nodes")
+    edge_threshold = c2.slider("edge threshold (influence kept)", 0.5, 1.0, 0.98, 0.01, key="tc_edges")
+    ids, note = graph_tokens(spec, prompt, limits.max_graph_tokens)
+    if note:
+        st.caption(f"Shortened: {note}.")
+    graph = circuit_graph(spec, path, ids, float(node_threshold), float(edge_threshold), limits.scan_seconds)
+    s = graph.scores
+    m = st.columns(3)
+    m[0].metric("replacement score", f"{s['replacement_score']:.3f}")
+    m[1].metric("completeness score", f"{s['completeness_score']:.3f}")
+    m[2].metric("nodes kept", f"{len(graph.nodes)} of {s['n_nodes_full']}")
+    page = graph_html(graph, title="Attribution graph")
+    st.session_state["circuit_html"] = page  # what the frame shows (tests read it back)
+    st.iframe(page, height=(int(model.cfg.n_layers) + 2) * 90 + 260)
+
+    st.subheader("Features")
+    strs = graph.info["str_tokens"]
+    table = feature_table(graph)
+    show(table, key="circuit_features")
+    if table.empty:
+        st.caption("no feature kept after pruning: lower the node threshold")
+        return
+
+    st.subheader("Intervene on a feature")
+    nodes = list(zip(table.layer.astype(int), table.position.astype(int), table.feature.astype(int)))
+    i1, i2, i3 = st.columns(3)
+    pick = i1.selectbox("feature node", range(len(nodes)), key="tc_node",
+                        format_func=lambda i: f"L{nodes[i][0]} F{nodes[i][2]} at {nodes[i][1]}: "
+                                              f"{strs[nodes[i][1]]!r} (activation {table.activation[i]:.3g})")
+    mode = i2.radio("mode", ["set", "scale"], horizontal=True, key="tc_mode",
+                    help="set: the activation becomes the value (0 ablates); scale: it is multiplied by it")
+    value = i3.number_input("value", -1000.0, 1000.0, 0.0 if mode == "set" else 2.0, key=f"tc_value_{mode}")
+    want = (spec, path, ids, nodes[pick], float(value), mode)
+    if st.button("Apply", key="tc_apply"):
+        st.session_state["tc_applied"] = want
+    if st.session_state.get("tc_applied") == want:
+        out = circuit_intervention(*want)
+        out = out.assign(change=out.prob_after - out.prob_before)
+        show(out[["token", "token_id", "prob_before", "prob_after", "change"]], key="circuit_intervention")
+        st.caption("Top next tokens before and after, with every MLP replaced by its transcoder plus its error (so "
+                   "only the edited feature, and what it moves downstream, changes the output).")
+
+
 def page_edges(spec: str, prompt: str) -> None:
     c1, c2 = st.columns(2)
     method = c1.radio("method", ["eap-ig", "eap"], horizontal=True, key="edges_method")
@@ -996,7 +1117,8 @@ def page_report(spec: str, prompt: str) -> None:
 # The page registry, in sidebar order: a new page is one function and one entry here.
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
           "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
-          "Patching": page_patching, "Edges": page_edges, "Steering": page_steering, "Report": page_report}
+          "Patching": page_patching, "Attribution graph": page_circuit, "Edges": page_edges, "Steering": page_steering,
+          "Report": page_report}
 PAGES = tuple(RENDER)
 
 

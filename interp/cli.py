@@ -66,7 +66,8 @@ def _report(args) -> int:
             n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
             max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
             corpus=corpus, corpus_split=args.corpus_split if corpus == "default" else None,
-            corpus_field=args.corpus_field if corpus == "default" else None, sae=args.sae, n_sae_cards=args.sae_cards)
+            corpus_field=args.corpus_field if corpus == "default" else None, sae=args.sae, n_sae_cards=args.sae_cards,
+            transcoders=args.transcoders, max_graph_tokens=args.max_graph_tokens)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
@@ -92,7 +93,8 @@ def _add_report(sub) -> None:
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
                          'interp report "Once upon a time" --format md --out report.md --model models/NAME',
                          'interp report "The LORD is my" --corpus data/wiki --corpus-split validation --corpus-field text',
-                         'interp report "And God said" --sae default --out report.html'))
+                         'interp report "And God said" --sae default --out report.html',
+                         'interp report "And God said" --transcoders default --out report.html'))
     p.add_argument("prompt", help="the text to analyse")
     p.add_argument("--out", default=None, help="output file, or - for stdout (default report.html, or report.md with --format md); a symbolic link is written through")
     p.add_argument("--format", choices=("html", "md"), default=None, help="default: from --out's suffix, else html")
@@ -119,6 +121,11 @@ def _add_report(sub) -> None:
                         "or 'default' (the one shipped in the model folder's sae/)")
     p.add_argument("--sae-cards", type=positive_int, default=5, metavar="N",
                    help="feature cards in the SAE section: the N features most active on the prompt (default 5)")
+    p.add_argument("--transcoders", default=None, metavar="FOLDER",
+                   help="add an attribution-graph section: a folder of per-layer transcoders (interp sae train "
+                        "--transcoder --out), or 'default' (the ones shipped in the model folder's transcoders/)")
+    p.add_argument("--max-graph-tokens", type=positive_int, default=64, metavar="N",
+                   help="the attribution graph traces the prompt's last N tokens (default 64)")
     p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
                    help="inline: one self-contained file (default); shared: one plotly-<version>.min.js beside the "
                         "reports in --out's folder, each report a few hundred kB")

@@ -61,7 +61,9 @@ SECTIONS = {
 }
 # The SAE section (``--sae``) comes after the neuron pages, only in a report made with an SAE.
 SAE_SECTION = ("sae", "Sparse autoencoder features")
-_TITLES = {**SECTIONS, SAE_SECTION[0]: SAE_SECTION[1]}
+# The attribution-graph section (``--transcoders``) follows, only in a report made with transcoders.
+CIRCUIT_SECTION = ("circuit", "Attribution graph")
+_TITLES = {**SECTIONS, SAE_SECTION[0]: SAE_SECTION[1], CIRCUIT_SECTION[0]: CIRCUIT_SECTION[1]}
 FORMATS = ("html", "md")
 # How the HTML report carries plotly.js: inline (one self-contained file, ~4.6 MB) or shared (one copy of
 # plotly-<version>.min.js beside the reports in their folder; each report is then a few hundred kB).
@@ -263,6 +265,8 @@ def page_sections(data: ReportData) -> dict:
         out[sid] = title
         if sid == "neuron-pages" and data.sae:
             out[SAE_SECTION[0]] = SAE_SECTION[1]
+        if sid == "neuron-pages" and data.circuit:
+            out[CIRCUIT_SECTION[0]] = CIRCUIT_SECTION[1]
     return out
 
 
@@ -522,6 +526,10 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
         from interp.report.sae_section import sae_html
 
         parts.append(_section("sae", sae_html(data.sae)))
+    if data.circuit:
+        from interp.report.circuit_section import circuit_html
+
+        parts.append(_section("circuit", circuit_html(data.circuit)))
     hists = []
     for s in data.options["superposition_sets"]:
         sel = data.angle_samples[data.angle_samples.set == s]
@@ -599,6 +607,10 @@ def render_markdown(data: ReportData) -> str:
         from interp.report.sae_section import sae_markdown
 
         sec("sae", *sae_markdown(data.sae))
+    if data.circuit:
+        from interp.report.circuit_section import circuit_markdown
+
+        sec("circuit", *circuit_markdown(data.circuit))
     sec("superposition", md_table(data.superposition, ["set", "layer", "count", "dim", "mean_angle_deg",
                                                         "std_angle_deg", "baseline_std_angle_deg", "max_abs_cos",
                                                         "baseline_max_abs_cos", "frac_within_tol",
