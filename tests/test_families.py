@@ -65,7 +65,14 @@ CASES: dict[str, tuple[str, dict]] = {
                                 "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
     "gemma3": ("Gemma3TextConfig", {**LLAMA, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24,
                                     "layer_types": ["sliding_attention", "full_attention"]}),
+    # Gemma 3 4B/12B/27B's class: a vision tower (tiny here) beside the Gemma 3 text model; text-only input
+    "gemma3_multimodal": ("Gemma3Config", {
+        "text_config": {**LLAMA, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24,
+                        "layer_types": ["sliding_attention", "full_attention"]},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                          "num_attention_heads": 4, "image_size": 28, "patch_size": 14}, "mm_tokens_per_image": 4}),
     "phi": ("PhiConfig", {**SMALL, "intermediate_size": 48}),
+    "phi_gqa": ("PhiConfig", {**SMALL, "intermediate_size": 48, "num_key_value_heads": 2}),
     "phi3": ("Phi3Config", {**LLAMA, "pad_token_id": 0}),
     "phi3_longrope": ("Phi3Config", {**LLAMA, "pad_token_id": 0, "original_max_position_embeddings": 16,
                                      "rope_parameters": {**ROPE, "rope_type": "longrope",
@@ -193,6 +200,9 @@ BRIDGE_FAILS = {
     "falcon_alibi_mqa": "the bridge runs transformers' eager Falcon, which adds ALiBi twice (logits off by ~0.1)",
     "phi_qk_layernorm": "the bridge refuses Phi's q_layernorm (its adapter does not declare it)",
     "gpt_bigcode_mha": "the bridge's GPTBigCode adapter asserts multi_query=True",
+    # a multimodal class makes the bridge `pip install torchvision` (which once swapped this machine's CPU torch
+    # for a CUDA build): tests never install, so it is not booted (its text tower is checked against transformers)
+    "gemma3_multimodal": "the bridge installs torchvision for multimodal classes",
 }
 BRIDGE_CASES = sorted(set(CASES) - set(BRIDGE_FAILS))
 # processed as well (TL's processing on both sides): one case per kind of norm and block
@@ -225,12 +235,15 @@ def _bridge_layout(ours: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(("case", "compat"), [(c, False) for c in BRIDGE_CASES] + [(c, True) for c in BRIDGE_PROCESSED],
                          ids=lambda v: {False: "raw", True: "processed"}.get(v, v) if isinstance(v, bool) else v)
-def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
+def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path, monkeypatch):
     """Raw: our plain load vs the bridge. Processed: ours with TL's four processing steps vs the bridge after
     enable_compatibility_mode() (TL's defaults: the same four, skipped where TL skips them)."""
     from transformer_lens.benchmarks.utils import compare_activation_dicts
     from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.transformers import helpers
     from transformers import AutoTokenizer
+
+    monkeypatch.setattr(helpers, "_ensure_torchvision", lambda: False)  # the bridge must never pip install here
 
     hf, model = _pair(case)
     if compat:

@@ -273,9 +273,16 @@ def gemma3(c) -> dict:
                        final_softcap=c.final_logit_softcapping, attn_multiplier=c.query_pre_attn_scalar ** -0.5)
 
 
+def gemma3_multimodal(c) -> dict:
+    """Gemma3ForConditionalGeneration (Gemma 3 4B/12B/27B): its text tower is a Gemma 3 text model; text-only
+    input never reaches the vision tower, so the model we build is that tower with the LM head."""
+    return gemma3(c.text_config)
+
+
 def phi(c) -> dict:
     qk = {"qk_norm": "per_head"} if getattr(c, "qk_layernorm", False) else {}  # one LayerNorm over d_head
-    return _common(c, "Phi", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
+    return _common(c, "Phi", n_kv_heads=_get(c, "num_key_value_heads", default=c.num_attention_heads),
+                   d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
                    parallel_residual=True, shared_norm=True, **_rope(c), **qk)
 
 
@@ -426,6 +433,16 @@ def _split_cohere(sd: dict, cfg: dict) -> None:
     _zero_bias(sd, *(f"model.layers.{l}.input_layernorm" for l in range(cfg["n_layers"])), "model.norm")
 
 
+def _text_tower(sd: dict, cfg: dict) -> None:
+    """A vision-language model's text tower under Llama's names: ``model.language_model.*`` becomes ``model.*``,
+    and the vision tower and its projector (unused by text-only input) are set aside."""
+    for key in list(sd):
+        if key.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
+            del sd[key]
+        elif key.startswith("model.language_model."):
+            sd["model." + key.removeprefix("model.language_model.")] = sd.pop(key)
+
+
 # --- the table ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
@@ -507,6 +524,7 @@ FAMILIES: dict[str, Family] = {
     "GemmaForCausalLM": Family("Gemma", gemma, LLAMA_NAMES),
     "Gemma2ForCausalLM": Family("Gemma 2", gemma2, SANDWICH_NAMES),
     "Gemma3ForCausalLM": Family("Gemma 3", gemma3, SANDWICH_NAMES),
+    "Gemma3ForConditionalGeneration": Family("Gemma 3", gemma3_multimodal, SANDWICH_NAMES, _text_tower),
     "PhiForCausalLM": Family("Phi", phi, PHI_NAMES),
     "Phi3ForCausalLM": Family("Phi-3", phi3, LLAMA_NAMES, _split_phi3),
     "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES, _stack_head_norms),
