@@ -322,6 +322,57 @@ def smollm3(c) -> dict:
     return _llama_like(c, "SmolLM3", **({} if all(rope_layers) else {"rope_layers": rope_layers}))
 
 
+def seed_oss(c) -> dict:
+    return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
+
+
+def starcoder2(c) -> dict:
+    """Starcoder2: Llama's attention (GQA, RoPE, optional sliding window) with GPT-2's LayerNorms and plain MLP."""
+    bias = bool(c.use_bias)
+    return _llama_like(c, "Starcoder2", norm="layernorm", norm_eps=c.norm_epsilon, gated=False, attn_bias=bias,
+                       attn_out_bias=bias, mlp_bias=bias)
+
+
+def _rope_on_sliding_layers(c) -> dict:
+    """Cohere 2 and EXAONE 4: with a sliding window, only the sliding layers use RoPE (the global ones: none)."""
+    if not getattr(c, "sliding_window", None):
+        return {}
+    rope = [t == "sliding_attention" for t in c.layer_types]
+    return {} if all(rope) else {"rope_layers": rope}
+
+
+def olmo3(c) -> dict:
+    """OLMo 3: OLMo 2's block (norms on the sublayer outputs, QK-norm across heads) with sliding-window layers."""
+    return _llama_like(c, "OLMo 3", norm_placement="sublayer_post", qk_norm="across_heads")
+
+
+def exaone4(c) -> dict:
+    """EXAONE 4: norms on the sublayer outputs, QK-norm over d_head, local layers with RoPE, global ones without."""
+    return _llama_like(c, "EXAONE 4", norm_placement="sublayer_post", qk_norm="per_head", **_rope_on_sliding_layers(c))
+
+
+def cohere2(c) -> dict:
+    out = cohere(c)
+    out.update(_rope_on_sliding_layers(c))
+    return out
+
+
+def glm(c) -> dict:
+    """GLM / GLM-4: Llama's recipe with q/k/v biases, interleaved partial RoPE; GLM-4 adds post-sublayer norms."""
+    family = "GLM-4" if type(c).__name__ == "Glm4Config" else "GLM"
+    sandwich = {"norm_placement": "sandwich"} if family == "GLM-4" else {}
+    return _llama_like(c, family, attn_out_bias=False, rotary_interleaved=True, **sandwich)
+
+
+def openai_gpt(c) -> dict:
+    """GPT-1: post-LN blocks (LN(x + f(x))), learned positions, no final norm, tied head."""
+    act = {"gelu": "gelu_new", "relu": "relu", "silu": "silu", "swish": "silu"}.get(c.afn)  # its "gelu" is tanh
+    _refuse("OpenAI GPT", afn_unsupported=act is None)
+    return _common(c, "OpenAI GPT", d_mlp=4 * c.n_embd, positional="learned", norm_eps=c.layer_norm_epsilon,
+                   act=act, norm_placement="post", final_norm=False,
+                   tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
 # --- fused tensors -> slots -------------------------------------------------------------------------------
 def _split_gpt2(sd: dict, cfg: dict) -> None:
     """GPT-2's Conv1D stores [in, out]; c_attn is [q | k | v] along out."""
@@ -409,6 +460,13 @@ def _split_phi3(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
 
 
+def _split_gate_up(sd: dict, cfg: dict) -> None:
+    """GLM's gate_up_proj is [gate ; up]."""
+    for l in range(cfg["n_layers"]):
+        gate, up = sd.pop(f"model.layers.{l}.mlp.gate_up_proj.weight").chunk(2)
+        sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
+
+
 def _stack_head_norms(sd: dict, cfg: dict) -> None:
     """StableLM's qk_layernorm is one LayerNorm per head (``q_layernorm.norms.{h}``): stacked to [heads, d_head]."""
     for l in range(cfg["n_layers"]):
@@ -474,6 +532,8 @@ MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.mlp.gate",
              # a Qwen2-MoE layer listed in mlp_only_layers keeps a dense MLP
              "gate": "model.layers.{l}.mlp.gate_proj", "up": "model.layers.{l}.mlp.up_proj",
              "down": "model.layers.{l}.mlp.down_proj"}
+SUBLAYER_POST_NAMES = {**LLAMA_NAMES, "ln1": "", "ln2": "", "ln1_post": "model.layers.{l}.post_attention_layernorm",
+                       "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}  # OLMo 2/3, EXAONE 4
 GPT2_NAMES = {"embed": "transformer.wte", "pos": "transformer.wpe", "final_norm": "transformer.ln_f",
               "lm_head": "lm_head", "ln1": "transformer.h.{l}.ln_1", "ln2": "transformer.h.{l}.ln_2"}
 GPTJ_NAMES = {"embed": "transformer.wte", "final_norm": "transformer.ln_f", "lm_head": "lm_head",
@@ -529,9 +589,7 @@ FAMILIES: dict[str, Family] = {
     "Phi3ForCausalLM": Family("Phi-3", phi3, LLAMA_NAMES, _split_phi3),
     "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES, _stack_head_norms),
     "OlmoForCausalLM": Family("OLMo", olmo, LLAMA_NAMES),
-    "Olmo2ForCausalLM": Family("OLMo 2", olmo2, {**LLAMA_NAMES, "ln1": "", "ln2": "",
-                                                  "ln1_post": "model.layers.{l}.post_attention_layernorm",
-                                                  "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
+    "Olmo2ForCausalLM": Family("OLMo 2", olmo2, SUBLAYER_POST_NAMES),
     "FalconForCausalLM": Family("Falcon", falcon, FALCON_NAMES, _split_falcon),
     "CodeGenForCausalLM": Family("CodeGen", gptj, GPTJ_NAMES, _split_codegen),
     "GPTBigCodeForCausalLM": Family("GPTBigCode", gpt_bigcode, {**GPT2_NAMES, "o": "transformer.h.{l}.attn.c_proj",
@@ -547,6 +605,21 @@ FAMILIES: dict[str, Family] = {
     "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
+    "MinistralForCausalLM": Family("Ministral", llama, LLAMA_NAMES),
+    "SeedOssForCausalLM": Family("Seed-OSS", seed_oss, LLAMA_NAMES),
+    "Starcoder2ForCausalLM": Family("Starcoder2", starcoder2, {**LLAMA_NAMES, "up": "model.layers.{l}.mlp.c_fc",
+                                                                "down": "model.layers.{l}.mlp.c_proj"}),
+    "Olmo3ForCausalLM": Family("OLMo 3", olmo3, SUBLAYER_POST_NAMES),
+    "Exaone4ForCausalLM": Family("EXAONE 4", exaone4, SUBLAYER_POST_NAMES),
+    "Cohere2ForCausalLM": Family("Cohere 2", cohere2, LLAMA_NAMES, _split_cohere),
+    "GlmForCausalLM": Family("GLM", glm, LLAMA_NAMES, _split_gate_up),
+    "Glm4ForCausalLM": Family("GLM-4", glm, {**LLAMA_NAMES, "ln1_post": "model.layers.{l}.post_self_attn_layernorm",
+                                             "ln2_post": "model.layers.{l}.post_mlp_layernorm"}, _split_gate_up),
+    "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
+                                                               "pos": "transformer.positions_embed",
+                                                               "ln1": "transformer.h.{l}.ln_1",
+                                                               "ln2": "transformer.h.{l}.ln_2", "lm_head": "lm_head"},
+                                   _split_gpt2),
 }
 
 

@@ -26,7 +26,8 @@ from interp.model.config import DTYPES, DecoderConfig
 # default_prepend_bos=False: their tokenizers add no BOS and their models were trained without one).
 NO_BOS_BY_DEFAULT = ("GPTNeoXForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
                      "Qwen3MoeForCausalLM", "PhiForCausalLM", "BloomForCausalLM", "MptForCausalLM", "GraniteForCausalLM",
-                     "SmolLM3ForCausalLM")
+                     "SmolLM3ForCausalLM", "Exaone4ForCausalLM", "GlmForCausalLM", "Glm4ForCausalLM", "SeedOssForCausalLM",
+                     "Starcoder2ForCausalLM", "PhimoeForCausalLM")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
