@@ -126,6 +126,16 @@ CASES: dict[str, tuple[str, dict]] = {
                                   "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"]}),
     "glm": ("GlmConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
     "glm4": ("Glm4Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
+    # mixtures of experts: OLMoE (softmax then top-k), Granite-MoE (top-k then softmax; + a shared expert),
+    # PhiMoE (sparsemixer routing; a 0.3 margin lets the second round see more than one expert)
+    "olmoe": ("OlmoeConfig", {**LLAMA, "pad_token_id": 0, "num_experts": 4, "num_experts_per_tok": 2}),
+    "granite_moe": ("GraniteMoeConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                         "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
+                                         "attention_multiplier": 0.3, "logits_scaling": 2.0}),
+    "granite_moe_shared": ("GraniteMoeSharedConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                                      "shared_intermediate_size": 40}),
+    "phimoe": ("PhimoeConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                "router_jitter_noise": 0.3, "lm_head_bias": True}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }
@@ -219,6 +229,8 @@ BRIDGE_FAILS = {
     # for a CUDA build): tests never install, so it is not booted (its text tower is checked against transformers)
     "gemma3_multimodal": "the bridge installs torchvision for multimodal classes",
     "ministral": "the bridge has no adapter for MinistralForCausalLM (only Ministral3)",
+    "granite_moe_shared": "the bridge has no adapter for GraniteMoeSharedForCausalLM",
+    "phimoe": "the bridge registers 'PhiMoEForCausalLM'; transformers' class is PhimoeForCausalLM (not found)",
 }
 BRIDGE_CASES = sorted(set(CASES) - set(BRIDGE_FAILS))
 # processed as well (TL's processing on both sides): one case per kind of norm and block
@@ -296,6 +308,8 @@ def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path, monkey
             "blocks.0.attn.hook_pattern", "blocks.0.hook_attn_out"}
     if model.cfg.has_moe:
         must -= {"blocks.1.mlp.hook_post"}
+    if case == "granite_moe":  # Granite's router returns (logits, weights, indices): the bridge's hook_expert_indices
+        shared -= {k for k in shared if k.endswith("mlp.hook_expert_indices")}  # holds the router logits
     if case == "openai_gpt":  # the bridge's post-LN GPT-1 block has no hook_resid_post on its last block
         must -= {"blocks.1.hook_resid_post"}
     assert must <= shared, sorted(must - shared)
@@ -309,8 +323,13 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
     """TransformerLens' weight processing on every family: log-probabilities unchanged, and TL's
     decompose_resid + logit_attrs of a logit difference sums to it (before Gemma 2's final soft-cap)."""
     hf, plain = _pair(case)
+    refusal = None
     if plain.cfg.norm_placement in ("post", "sublayer_post"):  # no norm reads the residual stream before a sublayer
-        with pytest.raises(InterpError, match="norm_placement"):
+        refusal = "norm_placement"
+    elif plain.cfg.norm == "layernorm" and plain.cfg.has_moe:  # a LayerNorm's bias has no home in bias-free experts
+        refusal = "mixture of experts"
+    if refusal is not None:
+        with pytest.raises(InterpError, match=refusal):
             interp.load(hf, **PROCESSING)
         return
     model = _processed(case)
@@ -416,6 +435,10 @@ def test_the_variant_settings_bind_in_their_cases():
             _, cache = unclipped.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_q"))
             assert cache["blocks.0.attn.hook_q"].abs().max() > 2 * clip
             assert (unclipped(tokens) - model(tokens)).abs().max() > 1e-2
+    _, phimoe = _pair("phimoe")  # sparsemixer's margin admits rival experts: weights below 1 (margin 0: all 1)
+    with torch.no_grad():
+        _, cache = phimoe.run_with_cache(_tokens(), names_filter=lambda n: n.endswith("hook_expert_weights"))
+    assert cache["blocks.0.mlp.hook_expert_weights"].min() < 0.9
     for case, shape in (("stablelm_qk_layernorm", (4, 8)), ("cohere_qk_norm", (4, 8)), ("phi_qk_layernorm", (8,))):
         norm = _pair(case)[1].blocks[1].attn.q_norm
         assert tuple(norm.w.shape) == shape and (norm.w - 1).abs().min() > 0

@@ -373,6 +373,30 @@ def openai_gpt(c) -> dict:
                    tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
 
 
+def olmoe(c) -> dict:
+    """OLMoE: OLMo 2's QK-norm across heads in a pre-norm block, routed experts (softmax, top-k)."""
+    _refuse("OLMoE", clip_qkv=getattr(c, "clip_qkv", None))  # OLMoE clamps after its QK-norm; interp before
+    return _llama_like(c, "OLMoE", qk_norm="across_heads", n_experts=c.num_experts,
+                       n_experts_per_token=c.num_experts_per_tok, router_norm_topk=bool(c.norm_topk_prob))
+
+
+def granite_moe(c) -> dict:
+    """Granite-MoE (and GraniteMoeShared): Granite's multipliers; top-k of the router logits, softmax over the k;
+    the shared variant adds an always-on, ungated SwiGLU expert."""
+    shared = getattr(c, "shared_intermediate_size", 0) or None
+    return granite(c) | {"n_experts": c.num_local_experts, "n_experts_per_token": c.num_experts_per_tok,
+                         "router_softmax_after_topk": True, "d_shared_expert": shared, "shared_expert_gate": False}
+
+
+def phimoe(c) -> dict:
+    """PhiMoE: Mixtral's block with LayerNorms, biased attention and LM head, and sparsemixer routing (top-2)."""
+    rope = _rope(c)
+    _refuse("PhiMoE", num_experts_per_tok_not_2=c.num_experts_per_tok != 2,
+            rope_scaling_with_short_long_mscale="rope_parameters" in rope)
+    return _llama_like(c, "PhiMoE", norm="layernorm", n_experts=c.num_local_experts, n_experts_per_token=2,
+                       router_sparsemixer_eps=c.router_jitter_noise)
+
+
 # --- fused tensors -> slots -------------------------------------------------------------------------------
 def _split_gpt2(sd: dict, cfg: dict) -> None:
     """GPT-2's Conv1D stores [in, out]; c_attn is [q | k | v] along out."""
@@ -467,6 +491,14 @@ def _split_gate_up(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
 
 
+def _split_granite_shared(sd: dict, cfg: dict) -> None:
+    """GraniteMoeShared's shared expert: input_linear is [gate ; up]."""
+    for l in range(cfg["n_layers"]):
+        key = f"model.layers.{l}.shared_mlp.input_linear.weight"
+        if key in sd:
+            sd[f"layers.{l}.shared_gate.weight"], sd[f"layers.{l}.shared_up.weight"] = sd.pop(key).chunk(2)
+
+
 def _stack_head_norms(sd: dict, cfg: dict) -> None:
     """StableLM's qk_layernorm is one LayerNorm per head (``q_layernorm.norms.{h}``): stacked to [heads, d_head]."""
     for l in range(cfg["n_layers"]):
@@ -534,6 +566,10 @@ MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.mlp.gate",
              "down": "model.layers.{l}.mlp.down_proj"}
 SUBLAYER_POST_NAMES = {**LLAMA_NAMES, "ln1": "", "ln2": "", "ln1_post": "model.layers.{l}.post_attention_layernorm",
                        "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}  # OLMo 2/3, EXAONE 4
+GRANITE_MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.block_sparse_moe.router",
+                     "experts_gate_up": "model.layers.{l}.block_sparse_moe.experts.gate_up_proj",
+                     "experts_down": "model.layers.{l}.block_sparse_moe.experts.down_proj",
+                     "shared_down": "model.layers.{l}.shared_mlp.output_linear"}
 GPT2_NAMES = {"embed": "transformer.wte", "pos": "transformer.wpe", "final_norm": "transformer.ln_f",
               "lm_head": "lm_head", "ln1": "transformer.h.{l}.ln_1", "ln2": "transformer.h.{l}.ln_2"}
 GPTJ_NAMES = {"embed": "transformer.wte", "final_norm": "transformer.ln_f", "lm_head": "lm_head",
@@ -615,6 +651,10 @@ FAMILIES: dict[str, Family] = {
     "GlmForCausalLM": Family("GLM", glm, LLAMA_NAMES, _split_gate_up),
     "Glm4ForCausalLM": Family("GLM-4", glm, {**LLAMA_NAMES, "ln1_post": "model.layers.{l}.post_self_attn_layernorm",
                                              "ln2_post": "model.layers.{l}.post_mlp_layernorm"}, _split_gate_up),
+    "OlmoeForCausalLM": Family("OLMoE", olmoe, MOE_NAMES),
+    "GraniteMoeForCausalLM": Family("Granite-MoE", granite_moe, GRANITE_MOE_NAMES),
+    "GraniteMoeSharedForCausalLM": Family("Granite-MoE-Shared", granite_moe, GRANITE_MOE_NAMES, _split_granite_shared),
+    "PhimoeForCausalLM": Family("PhiMoE", phimoe, {**MOE_NAMES, "router": "model.layers.{l}.mlp.router"}),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",

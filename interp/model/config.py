@@ -140,6 +140,8 @@ class DecoderConfig:
     router_softmax_after_topk: bool = False  # False: softmax over all experts, then top-k (Mixtral, Qwen2-MoE)
     #                                          True: top-k of the logits, softmax over the k chosen
     router_norm_topk: bool = True  # renormalise the k weights to sum 1 (Mixtral; Qwen2-MoE's norm_topk_prob)
+    router_sparsemixer_eps: float | None = None  # PhiMoE's sparsemixer (top-2 only): each round picks the best
+    #    remaining expert, weighted by its softmax over the experts within a relative margin 2·eps of it
     d_shared_expert: int | None = None  # hidden size of an always-on shared expert (Qwen2-MoE); None: none
     shared_expert_gate: bool = True  # the shared expert's output * sigmoid(x . w_gate) (Qwen2-MoE)
     eos_token_id: int | None = None
@@ -275,6 +277,11 @@ class DecoderConfig:
                                   f"got {self.n_experts_per_token}.")
             if self.d_expert is not None:
                 _positive("d_expert", self.d_expert)
+            if self.router_sparsemixer_eps is not None:
+                _positive_float("router_sparsemixer_eps", self.router_sparsemixer_eps)
+                if self.n_experts_per_token != 2:
+                    raise InterpError("DecoderConfig.router_sparsemixer_eps (PhiMoE's routing) needs "
+                                      f"n_experts_per_token=2; got {self.n_experts_per_token}.")
             if self.d_shared_expert is not None:
                 _positive("d_shared_expert", self.d_shared_expert)
             if self.moe_layers is not None:

@@ -74,6 +74,21 @@ def routed_tokens(expert_indices: torch.Tensor, expert: int) -> torch.Tensor:
     return (expert_indices == expert).any(-1).nonzero()
 
 
+def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PhiMoE's routing at inference (Liu et al. 2024, SparseMixer): two rounds; each takes the best expert not yet
+    chosen and weights it by its softmax probability over the remaining experts whose logit lies within a relative
+    margin 2·eps of it, (best - s) / max(|s|, best) <= 2·eps. Returns (weights, indices) [..., 2]."""
+    weights, indices, remaining = [], [], logits
+    for _ in range(2):
+        best, index = remaining.max(dim=-1, keepdim=True)
+        outside = (best - logits) / logits.abs().clamp(min=best) > 2 * eps
+        probs = torch.softmax(remaining.masked_fill(outside, float("-inf")), dim=-1)
+        weights.append(probs.gather(-1, index))
+        indices.append(index)
+        remaining = remaining.scatter(-1, index, float("-inf"))
+    return torch.cat(weights, dim=-1), torch.cat(indices, dim=-1)
+
+
 class MoE(nn.Module):
     """Top-k routed experts (+ an optional gated shared expert), computed as Mixtral / Qwen2-MoE do."""
 
@@ -95,7 +110,9 @@ class MoE(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, k = self.cfg, self.cfg.n_experts_per_token
         logits = self.hook_router_logits(x @ self.W_router)
-        if cfg.router_softmax_after_topk:
+        if cfg.router_sparsemixer_eps is not None:
+            weights, idx = sparsemixer(logits, cfg.router_sparsemixer_eps)
+        elif cfg.router_softmax_after_topk:
             top, idx = torch.topk(logits, k, dim=-1)
             weights = torch.softmax(top, dim=-1, dtype=torch.float32)
         else:
