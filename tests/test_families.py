@@ -116,6 +116,10 @@ CASES: dict[str, tuple[str, dict]] = {
     # issue 20's native families: Llama/Mistral-shaped variants
     "ministral": ("MinistralConfig", {**LLAMA, "head_dim": 8, "sliding_window": WINDOW,
                                       "layer_types": ["sliding_attention", "full_attention"]}),
+    # Ministral 3: YaRN and queries scaled by 1 + 0.1 log(1 + floor(p / 8)) (binds from position 8 on)
+    "ministral3": ("Ministral3Config", {**LLAMA, "head_dim": 8, "rope_parameters": {
+        **ROPE, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "beta_fast": 32.0,
+        "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}}),
     "seed_oss": ("SeedOssConfig", {**LLAMA, "head_dim": 8, "attention_bias": True, "attention_out_bias": False}),
     "starcoder2": ("Starcoder2Config", {**LLAMA, "sliding_window": WINDOW}),
     "olmo3": ("Olmo3Config", {**LLAMA, "pad_token_id": 0, "sliding_window": WINDOW,

@@ -322,6 +322,17 @@ def smollm3(c) -> dict:
     return _llama_like(c, "SmolLM3", **({} if all(rope_layers) else {"rope_layers": rope_layers}))
 
 
+def ministral3(c) -> dict:
+    """Ministral 3: Mistral's block, YaRN RoPE, and queries scaled by position (its llama_4_scaling_beta)."""
+    out = _llama_like(c, "Ministral 3")
+    params = out.get("rope_parameters") or {}
+    beta = params.pop("llama_4_scaling_beta", None)
+    params.pop("max_position_embeddings", None)
+    if beta:
+        out.update(query_scale_beta=float(beta), query_scale_length=int(params["original_max_position_embeddings"]))
+    return out
+
+
 def seed_oss(c) -> dict:
     return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
 
@@ -642,6 +653,7 @@ FAMILIES: dict[str, Family] = {
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
     "MinistralForCausalLM": Family("Ministral", llama, LLAMA_NAMES),
+    "Ministral3ForCausalLM": Family("Ministral 3", ministral3, LLAMA_NAMES),
     "SeedOssForCausalLM": Family("Seed-OSS", seed_oss, LLAMA_NAMES),
     "Starcoder2ForCausalLM": Family("Starcoder2", starcoder2, {**LLAMA_NAMES, "up": "model.layers.{l}.mlp.c_fc",
                                                                 "down": "model.layers.{l}.mlp.c_proj"}),

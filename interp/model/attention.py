@@ -190,9 +190,20 @@ class Attention(nn.Module):
         work = torch.promote_types(q.dtype, torch.float32)  # a float64 model keeps full precision
         inv_freq, factor = self._frequencies(positions, work)
         cos, sin = rotary_cos_sin(positions, inv_freq, q.dtype, factor, cfg.rotary_interleaved)
-        q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rotary_interleaved))
+        q = apply_rotary(q, cos, sin, cfg.rotary_interleaved)
+        if cfg.query_scale_beta is not None:  # hook_rot_q holds the query the scores use (as the bridge's)
+            q = self._scale_queries(q, positions)
+        q = self.hook_rot_q(q)
         k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_interleaved))
         return q, k
+
+    def _scale_queries(self, q, positions):
+        """Ministral 3 / Llama 4: queries sharpened with the log of their position's block index, so attention
+        stays peaked at lengths past training. Every backend (and the lazy rebuild) then sees the scaled q."""
+        cfg = self.cfg
+        block = torch.floor((positions + cfg.query_scale_offset).to(torch.float32) / cfg.query_scale_length)
+        scale = 1 + cfg.query_scale_beta * torch.log1p(block)  # [(batch,) pos]
+        return q * scale[..., None, None].to(q.dtype)
 
     def forward(
         self,
@@ -214,6 +225,8 @@ class Attention(nn.Module):
             k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
         if self.rope is not None:
             q, k = self._rotate(q, k, positions)
+        elif cfg.query_scale_beta is not None:
+            q = self._scale_queries(q, positions)
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer, k, v)
 

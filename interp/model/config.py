@@ -116,6 +116,9 @@ class DecoderConfig:
     #    "sliding_attention": {...}} (Gemma 3's local/global bases). "rope_theta" overrides rotary_base there.
     rotary_interleaved: bool = False  # GPT-J: rotate pairs (2i, 2i+1) instead of halves (i, i + r/2)
     rope_layers: list | None = None  # per layer True/False: whether RoPE applies (SmolLM3's no_rope_layers)
+    query_scale_beta: float | None = None  # q (after RoPE) * 1 + beta * log(1 + floor((p + offset) / length)) at
+    query_scale_length: int | None = None  # position p: Ministral 3's llama_4_scaling (offset 0), Llama 4's
+    query_scale_offset: int = 0  # attention temperature tuning (offset 1); None: no scaling
     pos_offset: int = 0  # learned positions: position p reads row p + pos_offset of W_pos (OPT: 2)
     embed_norm: bool = False  # a norm on the embeddings before block 0, hooked as embed_ln.* (Bloom)
     # Norms:
@@ -257,6 +260,12 @@ class DecoderConfig:
             if self.positional != "rotary":
                 raise InterpError("DecoderConfig.rope_layers needs positional='rotary'.")
             self.rope_layers = [bool(x) for x in _layer_list("rope_layers", self.rope_layers, L)]
+        if self.query_scale_beta is not None:
+            _positive_float("query_scale_beta", self.query_scale_beta)
+            _positive("query_scale_length", self.query_scale_length)
+            if not isinstance(self.query_scale_offset, int) or self.query_scale_offset < 0:
+                raise InterpError(f"DecoderConfig.query_scale_offset must be an integer >= 0; got "
+                                  f"{self.query_scale_offset!r}.")
         if not isinstance(self.pos_offset, int) or self.pos_offset < 0:
             raise InterpError(f"DecoderConfig.pos_offset must be an integer >= 0; got {self.pos_offset!r}.")
         if self.pos_offset and self.positional != "learned":

@@ -209,6 +209,7 @@ def _check_refactorable(model) -> None:
         "too)": any(cfg.uses_rope(layer) for layer in range(cfg.n_layers)),
         f"QK-norm (qk_norm={cfg.qk_norm!r}: a norm between the projections and the scores)": cfg.qk_norm is not None,
         f"clip_qkv={cfg.clip_qkv} (a clamp between the projections and the scores)": cfg.clip_qkv is not None,
+        "position-dependent query scaling (query_scale_beta)": cfg.query_scale_beta is not None,
         f"grouped keys (n_kv_heads={cfg.n_kv_heads} < n_heads={cfg.n_heads}: one W_K serves several query heads, "
         "each with its own W_QK)": cfg.n_kv_heads != cfg.n_heads,
     }
