@@ -140,6 +140,8 @@ CASES: dict[str, tuple[str, dict]] = {
                                                       "shared_intermediate_size": 40}),
     "phimoe": ("PhimoeConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
                                 "router_jitter_noise": 0.3, "lm_head_bias": True}),
+    "xglm": ("XGLMConfig", {"vocab_size": VOCAB, "d_model": 32, "num_layers": 2, "attention_heads": 4, "ffn_dim": 48,
+                            "max_position_embeddings": N_CTX}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }
@@ -415,9 +417,9 @@ def test_a_model_larger_than_memory_is_refused_before_allocating(tmp_path, monke
 def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
     import transformers
 
-    xglm = transformers.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64)
-    with pytest.raises(InterpError, match=r"XGLMForCausalLM is not supported: it needs XGLM's offset sinusoidal"):
-        interp.load(transformers.XGLMForCausalLM(xglm))
+    mamba = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1)
+    with pytest.raises(InterpError, match=r"MambaForCausalLM is not supported: it needs state-space layers"):
+        interp.load(transformers.MambaForCausalLM(mamba))
     mpt = transformers.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, max_seq_len=N_CTX,
                                  attn_config={"qk_ln": True})
     with pytest.raises(InterpError, match=r"MPT: the config setting attn_config_qk_ln"):

@@ -16,6 +16,7 @@ variant we do not map) is an error naming it, never a quietly wrong model.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -333,6 +334,14 @@ def ministral3(c) -> dict:
     return out
 
 
+def xglm(c) -> dict:
+    """XGLM: fairseq's pre-LN decoder; token embeddings scaled by sqrt(d_model), fixed sinusoidal positions
+    (fairseq's [sin | cos] layout, read from row p + 2), which we hold as a position table (:func:`_xglm_positions`)."""
+    return _common(c, "XGLM", d_mlp=c.ffn_dim, positional="learned", pos_offset=2, act=_act(c, "XGLM"),
+                   embed_multiplier=c.d_model ** 0.5 if c.scale_embedding else 1.0,
+                   tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
 def seed_oss(c) -> dict:
     return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
 
@@ -502,6 +511,18 @@ def _split_gate_up(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
 
 
+def _xglm_positions(sd: dict, cfg: dict) -> None:
+    """XGLM's sinusoidal table (not a weight of the checkpoint): fairseq's [sin | cos] halves with frequencies
+    10000^(-i / (d/2 - 1)), rows 0..n_ctx+1 (positions start at row 2; row 1, the padding row, is zero)."""
+    n, d = cfg["n_ctx"] + 2, cfg["d_model"]
+    half = d // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    angles = torch.arange(n, dtype=torch.float32)[:, None] * freqs[None]
+    table = torch.cat([angles.sin(), angles.cos(), torch.zeros(n, d % 2)], dim=1)
+    table[1] = 0.0
+    sd["xglm.positions.weight"] = table.to(sd["model.embed_tokens.weight"].dtype)
+
+
 def _split_granite_shared(sd: dict, cfg: dict) -> None:
     """GraniteMoeShared's shared expert: input_linear is [gate ; up]."""
     for l in range(cfg["n_layers"]):
@@ -667,6 +688,9 @@ FAMILIES: dict[str, Family] = {
     "GraniteMoeForCausalLM": Family("Granite-MoE", granite_moe, GRANITE_MOE_NAMES),
     "GraniteMoeSharedForCausalLM": Family("Granite-MoE-Shared", granite_moe, GRANITE_MOE_NAMES, _split_granite_shared),
     "PhimoeForCausalLM": Family("PhiMoE", phimoe, {**MOE_NAMES, "router": "model.layers.{l}.mlp.router"}),
+    "XGLMForCausalLM": Family("XGLM", xglm, {**{k: v.replace("model.decoder.", "model.") for k, v in OPT_NAMES.items()},
+                                             "pos": "xglm.positions", "final_norm": "model.layer_norm"},
+                              _xglm_positions),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",
@@ -785,7 +809,6 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
 
 # What an architecture outside the table would need (model_type -> the missing feature), for the error.
 MISSING_FEATURE = {
-    "xglm": "XGLM's offset sinusoidal positions with a scaled embedding, not mapped yet",
     "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
     "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
     "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",
