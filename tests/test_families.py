@@ -142,6 +142,7 @@ CASES: dict[str, tuple[str, dict]] = {
                                 "router_jitter_noise": 0.3, "lm_head_bias": True}),
     "xglm": ("XGLMConfig", {"vocab_size": VOCAB, "d_model": 32, "num_layers": 2, "attention_heads": 4, "ffn_dim": 48,
                             "max_position_embeddings": N_CTX}),
+    "nanochat": ("NanoChatConfig", {**LLAMA, "final_logit_softcapping": 3.0}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }
@@ -316,6 +317,10 @@ def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path, monkey
         must -= {"blocks.1.mlp.hook_post"}
     if case == "granite_moe":  # Granite's router returns (logits, weights, indices): the bridge's hook_expert_indices
         shared -= {k for k in shared if k.endswith("mlp.hook_expert_indices")}  # holds the router logits
+    if case == "nanochat":  # the bridge's hook_embed is the raw embedding; ours is what joins the residual stream
+        torch.testing.assert_close(theirs.pop("hook_embed"), model.W_E[tokens], rtol=0, atol=1e-6)  # (after embed_ln)
+        shared.discard("hook_embed")
+        must.discard("hook_embed")
     if case == "openai_gpt":  # the bridge's post-LN GPT-1 block has no hook_resid_post on its last block
         must -= {"blocks.1.hook_resid_post"}
     assert must <= shared, sorted(must - shared)

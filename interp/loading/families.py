@@ -28,7 +28,7 @@ import torch
 from interp.errors import InterpError
 
 ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new", "gelu": "gelu",
-        "relu": "relu", "silu": "silu", "swish": "silu"}
+        "relu": "relu", "silu": "silu", "swish": "silu", "relu2": "relu2"}
 
 # Slots per layer (prefix "layers.{l}.") and global slots. Norm slots hold weight (+ bias for LayerNorm).
 LAYER_SLOTS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down", "q_norm", "k_norm", "ln1_post", "ln2_post",
@@ -340,6 +340,13 @@ def xglm(c) -> dict:
     return _common(c, "XGLM", d_mlp=c.ffn_dim, positional="learned", pos_offset=2, act=_act(c, "XGLM"),
                    embed_multiplier=c.d_model ** 0.5 if c.scale_embedding else 1.0,
                    tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
+def nanochat(c) -> dict:
+    """NanoChat: parameter-free RMSNorms (on the embeddings too), RoPE by -angle, QK-norm after RoPE, a plain
+    squared-ReLU MLP, and a final logit soft-cap."""
+    return _llama_like(c, "NanoChat", gated=False, norm_affine=False, embed_norm=True, rotary_reversed=True,
+                       qk_norm="per_head", qk_norm_after_rope=True, final_softcap=c.final_logit_softcapping)
 
 
 def seed_oss(c) -> dict:
@@ -691,6 +698,8 @@ FAMILIES: dict[str, Family] = {
     "XGLMForCausalLM": Family("XGLM", xglm, {**{k: v.replace("model.decoder.", "model.") for k, v in OPT_NAMES.items()},
                                              "pos": "xglm.positions", "final_norm": "model.layer_norm"},
                               _xglm_positions),
+    "NanoChatForCausalLM": Family("NanoChat", nanochat, {**LLAMA_NAMES, "up": "model.layers.{l}.mlp.fc1",
+                                                          "down": "model.layers.{l}.mlp.fc2"}),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",

@@ -190,6 +190,8 @@ class Attention(nn.Module):
         work = torch.promote_types(q.dtype, torch.float32)  # a float64 model keeps full precision
         inv_freq, factor = self._frequencies(positions, work)
         cos, sin = rotary_cos_sin(positions, inv_freq, q.dtype, factor, cfg.rotary_interleaved)
+        if cfg.rotary_reversed:  # rotating by -angle: sin(-a) = -sin(a)
+            sin = -sin
         q = apply_rotary(q, cos, sin, cfg.rotary_interleaved)
         if cfg.query_scale_beta is not None:  # hook_rot_q holds the query the scores use (as the bridge's)
             q = self._scale_queries(q, positions)
@@ -220,13 +222,16 @@ class Attention(nn.Module):
         q = self.hook_q(self._clip(self._project(q_in, self.W_Q, self.b_Q)))
         k = self.hook_k(self._clip(self._project(k_in, self.W_K, self.b_K)))
         v = self.hook_v(self._clip(self._project(v_in, self.W_V, self.b_V)))
-        if cfg.qk_norm is not None:
+        if cfg.qk_norm is not None and not cfg.qk_norm_after_rope:
             q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
             k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
         if self.rope is not None:
             q, k = self._rotate(q, k, positions)
         elif cfg.query_scale_beta is not None:
             q = self._scale_queries(q, positions)
+        if cfg.qk_norm is not None and cfg.qk_norm_after_rope:  # NanoChat: norms of the rotated q, k
+            q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
+            k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer, k, v)
 

@@ -29,7 +29,7 @@ LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' own spell
 # across_heads: one norm over all heads' q (or k) at once (OLMo 2)
 QK_NORMS = (None, "per_head", "each_head", "across_heads")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
-ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
+ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "relu2")  # relu2: relu(x)² (NanoChat)
 BACKENDS = ("auto", "eager", "sdpa", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -115,6 +115,7 @@ class DecoderConfig:
     #    longrope, "rope_theta"?, "factor", ...}, or one such dict per layer type {"full_attention": {...},
     #    "sliding_attention": {...}} (Gemma 3's local/global bases). "rope_theta" overrides rotary_base there.
     rotary_interleaved: bool = False  # GPT-J: rotate pairs (2i, 2i+1) instead of halves (i, i + r/2)
+    rotary_reversed: bool = False  # rotate by -angle (NanoChat's rotate_half has the opposite sign)
     rope_layers: list | None = None  # per layer True/False: whether RoPE applies (SmolLM3's no_rope_layers)
     query_scale_beta: float | None = None  # q (after RoPE) * 1 + beta * log(1 + floor((p + offset) / length)) at
     query_scale_length: int | None = None  # position p: Ministral 3's llama_4_scaling (offset 0), Llama 4's
@@ -126,6 +127,7 @@ class DecoderConfig:
     qk_norm: str | None = None  # None | "per_head" (Qwen3, Gemma 3: over d_head) | "each_head" (StableLM,
     #                             Cohere: a gain per head, no bias) | "across_heads" (OLMo 2:
     #                             over all heads' q / k at once). Hooked: attn.q_norm.*, attn.hook_q_normed
+    qk_norm_after_rope: bool = False  # the QK-norm reads the rotated q, k (NanoChat) instead of the projections
     norm_weight_offset: float = 0.0  # norms scale by (offset + w): Gemma's RMSNorm stores w and uses (1 + w)
     norm_affine: bool = True  # False: no learned gain/bias in any norm (OLMo 1's LayerNorm)
     shared_norm: bool = False  # parallel block reads one norm (ln1) for attention and MLP (GPT-J, Phi, Falcon)
@@ -254,8 +256,10 @@ class DecoderConfig:
                             raise InterpError(
                                 f"DecoderConfig.{where}['{k}'] must have rotary_dim/2 = {self.rotary_dim // 2} "
                                 f"entries; got {len(params[k])}.")
-        if self.rotary_interleaved and self.positional != "rotary":
-            raise InterpError("DecoderConfig.rotary_interleaved=True needs positional='rotary'.")
+        if self.qk_norm_after_rope and self.qk_norm is None:
+            raise InterpError("DecoderConfig.qk_norm_after_rope=True needs a qk_norm.")
+        if (self.rotary_interleaved or self.rotary_reversed) and self.positional != "rotary":
+            raise InterpError("DecoderConfig.rotary_interleaved / rotary_reversed need positional='rotary'.")
         if self.rope_layers is not None:
             if self.positional != "rotary":
                 raise InterpError("DecoderConfig.rope_layers needs positional='rotary'.")
@@ -380,7 +384,7 @@ class DecoderConfig:
 
     @property
     def act_fn(self) -> str:
-        return {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu", "silu": "silu"}[self.act]
+        return self.act
 
     @property
     def gated_mlp(self) -> bool:

@@ -28,7 +28,12 @@ def gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-ACTIVATION_FNS = {"gelu": F.gelu, "gelu_new": gelu_new, "relu": F.relu, "silu": F.silu}
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU (Primer; NanoChat)."""
+    return F.relu(x).square()
+
+
+ACTIVATION_FNS = {"gelu": F.gelu, "gelu_new": gelu_new, "relu": F.relu, "silu": F.silu, "relu2": relu2}
 
 
 class MLP(nn.Module):
