@@ -79,6 +79,20 @@ def test_triton_backend_at_model_level(options):
     check_paths(model, tokens_for(2, 33).to(DEVICE), grads=True)  # 33 > 2 key blocks of 16: windows bind
 
 
+def test_attention_sinks_on_every_path():
+    """GPT-OSS's sinks: the fused paths (sdpa, triton) fold them in through the kernel's lse, the lazy rebuild adds
+    them to its normaliser, a backward pass takes the eager path; rows then give the real keys less than 1."""
+    model = make(attn_sinks=True, sliding_window=7, layer_types=["sliding_attention", "full_attention"])
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.sinks.normal_(std=2.0)
+    toks = tokens_for(2, 33).to(DEVICE)
+    check_paths(model, toks, grads=True)
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    total = cache["blocks.1.attn.hook_pattern"].sum(-1)
+    assert total.min() < 0.9 and total.max() <= 1 + 1e-6 and total.min() > 0
+
+
 # --- random combinations ---------------------------------------------------------------------------------------
 
 ROPES = [None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", "factor": 4.0,

@@ -143,6 +143,10 @@ CASES: dict[str, tuple[str, dict]] = {
     "xglm": ("XGLMConfig", {"vocab_size": VOCAB, "d_model": 32, "num_layers": 2, "attention_heads": 4, "ffn_dim": 48,
                             "max_position_embeddings": N_CTX}),
     "nanochat": ("NanoChatConfig", {**LLAMA, "final_logit_softcapping": 3.0}),
+    # GPT-OSS: attention sinks, alternating windows, YaRN (its default), a biased router, biased experts whose
+    # SwiGLU clamp binds at 0.5
+    "gpt_oss": ("GptOssConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "num_local_experts": 4,
+                                 "num_experts_per_tok": 2, "sliding_window": WINDOW, "swiglu_limit": 0.5}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }

@@ -79,8 +79,9 @@ def attention_lse(q: torch.Tensor, k: torch.Tensor, causal: bool = True, scale: 
 
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
                     scale: float | None = None, window: int | None = None, softcap: float | None = None,
-                    alibi: torch.Tensor | None = None, tile_elems: int = 1 << 22):
-    """Attention with any score modification, a query tile at a time: ``(out, lse)``, differentiable.
+                    alibi: torch.Tensor | None = None, tile_elems: int = 1 << 22, differentiable_lse: bool = False):
+    """Attention with any score modification, a query tile at a time: ``(out, lse)``, differentiable (the lse
+    too with ``differentiable_lse``: attention sinks rescale the output by a function of it).
 
     The scores are computed in the inputs' dtype and the softmax in at least float32, as the eager path
     does. Without autograd, memory beyond q/k/v is one tile of scores (``tile_elems``) plus the output; when
@@ -102,7 +103,8 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         o = torch.matmul(p.reshape(b, hk, h // hk, stop - start, sk), vg).reshape(b, h, stop - start, d)
         outs.append(o)
         lses.append(lse.float())
-    return torch.cat(outs, dim=2), torch.cat(lses, dim=2).detach()
+    lse = torch.cat(lses, dim=2)
+    return torch.cat(outs, dim=2), lse if differentiable_lse else lse.detach()
 
 
 def _additive_mask(q, sq, sk, causal, window, alibi):

@@ -61,6 +61,15 @@ def modify_scores(s: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, cau
     return s
 
 
+def softmax_with_sinks(s: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Attention sinks (GPT-OSS): each head h has a learned logit sinks[h] that joins every row's softmax
+    denominator and is then dropped, so a row may give less than 1 to the real keys. ``s`` [..., heads, n_q, n_k]
+    (float); the probabilities of the real keys, in s's dtype. A fused path gets the same from its lse:
+    p = exp(s - logaddexp(lse, sink)), i.e. its output times sigmoid(lse - sink)."""
+    sink = sinks.to(s.dtype)[:, None, None].expand(*s.shape[:-1], 1)
+    return torch.softmax(torch.cat([s, sink], dim=-1), dim=-1)[..., :-1]
+
+
 def query_key_positions(seq_q: int, seq_k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of the queries (the last seq_q of the context) and of the keys (all of it)."""
     return torch.arange(seq_q, device=device) + (seq_k - seq_q), torch.arange(seq_k, device=device)

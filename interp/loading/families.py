@@ -33,7 +33,7 @@ ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "g
 # Slots per layer (prefix "layers.{l}.") and global slots. Norm slots hold weight (+ bias for LayerNorm).
 LAYER_SLOTS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down", "q_norm", "k_norm", "ln1_post", "ln2_post",
                "router", "experts_gate_up", "experts_down", "shared_gate", "shared_up", "shared_down",
-               "shared_expert_gate")
+               "shared_expert_gate", "sinks")
 GLOBAL_SLOTS = ("embed", "pos", "embed_ln", "final_norm", "lm_head")
 
 
@@ -349,6 +349,14 @@ def nanochat(c) -> dict:
                        qk_norm="per_head", qk_norm_after_rope=True, final_softcap=c.final_logit_softcapping)
 
 
+def gpt_oss(c) -> dict:
+    """GPT-OSS: attention sinks, alternating sliding/full layers, biased attention, YaRN; an MoE with a biased
+    router (top-k of the logits, softmax over the k) and biased experts with GPT-OSS's clamped SwiGLU."""
+    return _llama_like(c, "GPT-OSS", attn_sinks=True, n_experts=c.num_local_experts,
+                       n_experts_per_token=c.num_experts_per_tok, router_softmax_after_topk=True, router_bias=True,
+                       mlp_bias=True, swiglu_limit=float(c.swiglu_limit), swiglu_alpha=float(c.swiglu_alpha))
+
+
 def seed_oss(c) -> dict:
     return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
 
@@ -530,6 +538,19 @@ def _xglm_positions(sd: dict, cfg: dict) -> None:
     sd["xglm.positions.weight"] = table.to(sd["model.embed_tokens.weight"].dtype)
 
 
+def _split_gpt_oss(sd: dict, cfg: dict) -> None:
+    """GPT-OSS's experts: gate_up_proj [E, d, 2m] with gate and up interleaved along the last axis, down_proj
+    [E, m, d], each with a bias -> Mixtral's [E, 2m, d] = [gate ; up] and [E, d, m]."""
+    for l in range(cfg["n_layers"]):
+        p = f"model.layers.{l}.mlp.experts."
+        gate_up, gate_up_bias = sd.pop(p + "gate_up_proj"), sd.pop(p + "gate_up_proj_bias")
+        sd[f"layers.{l}.experts_gate_up.weight"] = torch.cat([gate_up[..., ::2], gate_up[..., 1::2]], -1).mT
+        sd[f"layers.{l}.experts_gate_up.bias"] = torch.cat([gate_up_bias[..., ::2], gate_up_bias[..., 1::2]], -1)
+        sd[f"layers.{l}.experts_down.weight"] = sd.pop(p + "down_proj").mT
+        sd[f"layers.{l}.experts_down.bias"] = sd.pop(p + "down_proj_bias")
+        sd[f"layers.{l}.sinks.weight"] = sd.pop(f"model.layers.{l}.self_attn.sinks")
+
+
 def _split_granite_shared(sd: dict, cfg: dict) -> None:
     """GraniteMoeShared's shared expert: input_linear is [gate ; up]."""
     for l in range(cfg["n_layers"]):
@@ -700,6 +721,8 @@ FAMILIES: dict[str, Family] = {
                               _xglm_positions),
     "NanoChatForCausalLM": Family("NanoChat", nanochat, {**LLAMA_NAMES, "up": "model.layers.{l}.mlp.fc1",
                                                           "down": "model.layers.{l}.mlp.fc2"}),
+    "GptOssForCausalLM": Family("GPT-OSS", gpt_oss, {**LLAMA_NAMES, "router": "model.layers.{l}.mlp.router"},
+                                _split_gpt_oss),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",
@@ -788,6 +811,8 @@ def to_interp_state(slots: dict, cfg) -> dict:
             out[p + "mlp.W_out"] = s.pop("down.weight").T
             if "down.bias" in s:
                 out[p + "mlp.b_out"] = s.pop("down.bias")
+        if "sinks.weight" in s:
+            out[p + "attn.sinks"] = s.pop("sinks.weight")
         out.update(_moe_state(s, p, cfg))
         if s:
             raise InterpError(f"layer {l}: slots left unmapped: {sorted(s)} (a mapping bug; please report).")
@@ -801,12 +826,18 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
     if "router.weight" not in s:
         return {}
     out = {p + "mlp.W_router": s.pop("router.weight").T}
+    if "router.bias" in s:
+        out[p + "mlp.b_router"] = s.pop("router.bias")
     gate_up, down = s.pop("experts_gate_up.weight"), s.pop("experts_down.weight")
+    gate_up_bias, down_bias = s.pop("experts_gate_up.bias", None), s.pop("experts_down.bias", None)
     for e in range(gate_up.shape[0]):
         gate, up = gate_up[e].chunk(2)
         out[p + f"mlp.experts.{e}.W_gate"] = gate.T
         out[p + f"mlp.experts.{e}.W_in"] = up.T
         out[p + f"mlp.experts.{e}.W_out"] = down[e].T
+        if gate_up_bias is not None:  # GPT-OSS's experts have biases
+            out[p + f"mlp.experts.{e}.b_gate"], out[p + f"mlp.experts.{e}.b_in"] = gate_up_bias[e].chunk(2)
+            out[p + f"mlp.experts.{e}.b_out"] = down_bias[e]
     if "shared_gate.weight" in s:
         out[p + "mlp.shared_expert.W_gate"] = s.pop("shared_gate.weight").T
         out[p + "mlp.shared_expert.W_in"] = s.pop("shared_up.weight").T

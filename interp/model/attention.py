@@ -28,7 +28,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from interp.errors import InterpError
-from interp.kernels.reference import alibi_slopes, modify_scores, query_key_positions
+from interp.kernels.reference import alibi_slopes, modify_scores, query_key_positions, softmax_with_sinks
 from interp.model.config import BACKENDS, DecoderConfig
 from interp.model.norm import Norm
 from interp.model.rope import apply_rotary, rope_frequencies, rotary_cos_sin
@@ -116,6 +116,7 @@ class Attention(nn.Module):
             self.register_parameter("b_K", None)
             self.register_parameter("b_V", None)
         self.b_O = nn.Parameter(torch.zeros(d)) if cfg.attn_out_bias else None
+        self.sinks = nn.Parameter(torch.zeros(H)) if cfg.attn_sinks else None  # GPT-OSS: a logit per head
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [batch, pos, head, d_head]
         if cfg.uses_rope(layer):  # registered only where RoPE runs, so every hook point fires
             self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
@@ -238,7 +239,7 @@ class Attention(nn.Module):
         backend = resolve_backend(backend, cfg, q.device)
         if self.pattern_hooked() or backend == "eager":
             z = self._eager(q, k, v, key_mask)
-        elif key_mask is not None and (self.window or self.softcap or self.cfg.alibi):
+        elif key_mask is not None and (self.window or self.softcap or self.cfg.alibi or self.sinks is not None):
             z = self._eager(q, k, v, key_mask)  # padding and score modifications together: the exact path
         elif key_mask is not None:  # padding: PyTorch's sdpa with an explicit mask (no kernel lse to record)
             z = F.scaled_dot_product_attention(
@@ -268,19 +269,32 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~visible_keys(q.shape[1], k.shape[1], key_mask, q.device), float("-inf"))
         scores = self.hook_attn_scores(scores)
         # softmax in at least fp32: half precision is upcast, float64 (the oracle) is not truncated
-        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        work = torch.promote_types(scores.dtype, torch.float32)
+        if self.sinks is None:
+            probs = torch.softmax(scores, dim=-1, dtype=work)
+        else:  # GPT-OSS: the sink joins each row's denominator (the pattern's rows then sum to less than 1)
+            probs = softmax_with_sinks(scores.to(work), self.sinks)
         pattern = self.hook_pattern(probs.to(v.dtype))
         return torch.matmul(pattern, vh).transpose(1, 2)
 
     def _fused(self, q, k, v, backend):
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         from interp.kernels import fused_attention
+        from interp.kernels.fused import tiled_attention
 
         # With cached keys (generation) queries are the last n_q positions; fused_attention aligns the causal
         # mask bottom-right. The log-sum-exp is only asked for when a lazy cache will rebuild the pattern.
-        z, lse = fused_attention(qh, kh, vh, causal=True, scale=self.cfg.attn_scale, backend=backend,
-                                 need_lse=self.pattern_recorder is not None, window=self.window,
-                                 softcap=self.softcap, alibi=self.alibi)
+        mods = {"scale": self.cfg.attn_scale, "window": self.window, "softcap": self.softcap, "alibi": self.alibi}
+        if self.sinks is not None and torch.is_grad_enabled() and qh.requires_grad:
+            # the sinks act through the lse, which the kernels return without a gradient: for a backward pass
+            # (training, attribution patching) the tiled path, whose lse is differentiable
+            z, lse = tiled_attention(qh, kh, vh, True, differentiable_lse=True, **mods)
+        else:
+            z, lse = fused_attention(qh, kh, vh, causal=True, backend=backend, **mods,
+                                     need_lse=self.pattern_recorder is not None or self.sinks is not None)
         if self.pattern_recorder is not None:
             self.pattern_recorder(self.layer, qh, kh, lse)
+        if self.sinks is not None:  # softmax_with_sinks through the lse: each row scaled by sigmoid(lse - sink)
+            keep = torch.sigmoid(lse.float() - self.sinks.float()[:, None])
+            z = z * keep[..., None].to(z.dtype)
         return z.transpose(1, 2)

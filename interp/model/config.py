@@ -107,6 +107,7 @@ class DecoderConfig:
     alibi: bool = False  # ALiBi: score -= slope_h * (i - j), Bloom/MPT slopes (geometric, any head count)
     alibi_before_scale: bool = False  # Falcon-RW adds ALiBi to q·k *before* the score scale, so its slopes act
     #                                   multiplied by it: score = scale * (q·k - slope_h * (i - j))
+    attn_sinks: bool = False  # a learned logit per head in every softmax denominator (GPT-OSS's sinks)
     attn_softcap: float | None = None  # scores -> c * tanh(scores / c) before the mask (Gemma 2)
     attn_multiplier: float | None = None  # score scale; None -> 1/sqrt(d_head). Gemma: query_pre_attn_scalar**-0.5,
     #                                       Granite: attention_multiplier
@@ -147,6 +148,9 @@ class DecoderConfig:
     router_norm_topk: bool = True  # renormalise the k weights to sum 1 (Mixtral; Qwen2-MoE's norm_topk_prob)
     router_sparsemixer_eps: float | None = None  # PhiMoE's sparsemixer (top-2 only): each round picks the best
     #    remaining expert, weighted by its softmax over the experts within a relative margin 2·eps of it
+    router_bias: bool = False  # the router logits have a bias (GPT-OSS)
+    swiglu_limit: float | None = None  # GPT-OSS's clamped SwiGLU: gate clamped to <= limit and up to [-limit, limit],
+    swiglu_alpha: float = 1.0  # then (up + 1) * gate * sigmoid(swiglu_alpha * gate); None: the usual act(gate) * up
     d_shared_expert: int | None = None  # hidden size of an always-on shared expert (Qwen2-MoE); None: none
     shared_expert_gate: bool = True  # the shared expert's output * sigmoid(x . w_gate) (Qwen2-MoE)
     eos_token_id: int | None = None
@@ -281,6 +285,11 @@ class DecoderConfig:
         if self.norm_placement in ("sandwich", "sublayer_post") and self.parallel_residual:
             raise InterpError(f"DecoderConfig.norm_placement={self.norm_placement!r} cannot be combined with "
                               "parallel_residual=True.")
+        if self.swiglu_limit is not None:
+            _positive_float("swiglu_limit", self.swiglu_limit)
+            _positive_float("swiglu_alpha", self.swiglu_alpha)
+            if not self.gated:
+                raise InterpError("DecoderConfig.swiglu_limit (GPT-OSS's clamped SwiGLU) needs gated=True.")
         if not isinstance(self.n_experts, int) or isinstance(self.n_experts, bool) or self.n_experts < 0:
             raise InterpError(f"DecoderConfig.n_experts must be an integer >= 0 (0: dense); got {self.n_experts!r}.")
         if self.n_experts:

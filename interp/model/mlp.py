@@ -42,6 +42,7 @@ class MLP(nn.Module):
         d, m = cfg.d_model, cfg.d_mlp if d_mlp is None else d_mlp
         self.gated = cfg.gated
         self.act = ACTIVATION_FNS[cfg.act]
+        self.limit, self.alpha = cfg.swiglu_limit, cfg.swiglu_alpha
         self.W_in = nn.Parameter(torch.empty(d, m))
         self.b_in = nn.Parameter(torch.zeros(m)) if cfg.mlp_bias else None
         if cfg.gated:
@@ -63,7 +64,11 @@ class MLP(nn.Module):
         if self.gated:
             pre = self.hook_pre(self._linear(x, self.W_gate, self.b_gate))
             pre_linear = self.hook_pre_linear(self._linear(x, self.W_in, self.b_in))
-            post = self.hook_post(self.act(pre) * pre_linear)
+            if self.limit is None:
+                post = self.hook_post(self.act(pre) * pre_linear)
+            else:  # GPT-OSS: both halves clamped, a sharpened SiLU, and the up projection offset by one
+                gate, up = pre.clamp(max=self.limit), pre_linear.clamp(-self.limit, self.limit)
+                post = self.hook_post(gate * torch.sigmoid(self.alpha * gate) * (up + 1))
         else:
             pre = self.hook_pre(self._linear(x, self.W_in, self.b_in))
             post = self.hook_post(self.act(pre))
@@ -101,6 +106,7 @@ class MoE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.W_router = nn.Parameter(torch.empty(cfg.d_model, cfg.n_experts))  # x @ W_router: logits
+        self.b_router = nn.Parameter(torch.zeros(cfg.n_experts)) if cfg.router_bias else None
         self.experts = nn.ModuleList([MLP(cfg, cfg.d_expert) for _ in range(cfg.n_experts)])
         if cfg.d_shared_expert is not None:
             self.shared_expert = MLP(cfg, cfg.d_shared_expert)
@@ -114,7 +120,8 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, k = self.cfg, self.cfg.n_experts_per_token
-        logits = self.hook_router_logits(x @ self.W_router)
+        logits = x @ self.W_router
+        logits = self.hook_router_logits(logits if self.b_router is None else logits + self.b_router)
         if cfg.router_sparsemixer_eps is not None:
             weights, idx = sparsemixer(logits, cfg.router_sparsemixer_eps)
         elif cfg.router_softmax_after_topk:

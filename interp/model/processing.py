@@ -189,8 +189,14 @@ def _center_unembed(model) -> bool:
 
 
 @torch.no_grad()
-def _fold_value_biases(model) -> None:
+def _fold_value_biases(model) -> bool:
     cfg = model.cfg
+    if cfg.attn_sinks:
+        warnings.warn(
+            "fold_value_biases skipped: with attention sinks (GPT-OSS) a pattern row sums to less than 1, so b_V "
+            "reaches the output scaled by that sum and cannot move into b_O.", stacklevel=3,
+        )
+        return False
     for block in model.blocks:
         attn = block.attn
         if attn.b_V is None:
@@ -210,6 +216,7 @@ def _check_refactorable(model) -> None:
         f"QK-norm (qk_norm={cfg.qk_norm!r}: a norm between the projections and the scores)": cfg.qk_norm is not None,
         f"clip_qkv={cfg.clip_qkv} (a clamp between the projections and the scores)": cfg.clip_qkv is not None,
         "position-dependent query scaling (query_scale_beta)": cfg.query_scale_beta is not None,
+        "attention sinks (b_V cannot fold into b_O first)": cfg.attn_sinks,
         f"grouped keys (n_kv_heads={cfg.n_kv_heads} < n_heads={cfg.n_heads}: one W_K serves several query heads, "
         "each with its own W_QK)": cfg.n_kv_heads != cfg.n_heads,
     }
