@@ -147,6 +147,11 @@ CASES: dict[str, tuple[str, dict]] = {
     # SwiGLU clamp binds at 0.5
     "gpt_oss": ("GptOssConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "num_local_experts": 4,
                                  "num_experts_per_tok": 2, "sliding_window": WINDOW, "swiglu_limit": 0.5}),
+    # Llama 4's text model: layer 0 RoPE + chunked attention (chunks of 8) + QK-norm + dense MLP; layer 1 NoPE +
+    # full attention + temperature-tuned queries (floor 8) + MoE (sigmoid top-1 scaling the expert input, shared expert)
+    "llama4": ("Llama4TextConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "intermediate_size_mlp": 40,
+                                    "num_local_experts": 4, "num_experts_per_tok": 1, "attention_chunk_size": WINDOW,
+                                    "interleave_moe_layer_step": 2, "no_rope_layer_interval": 2, "floor_scale": 8}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }
@@ -470,3 +475,11 @@ def test_variant_settings_are_validated():
         DecoderConfig(**base, clip_qkv=-1.0)
     with pytest.raises(InterpError, match="qk_norm must be one of"):
         DecoderConfig(**base, qk_norm="per_layer")
+    with pytest.raises(InterpError, match="'chunked_attention' layers but attention_chunk_size is None"):
+        DecoderConfig(**base, layer_types=["chunked_attention"])
+    with pytest.raises(InterpError, match=r"qk_norm_layers must be a list with one entry per layer \(n_layers=1\)"):
+        DecoderConfig(**base, qk_norm="per_head", qk_norm_layers=[True, False])
+    with pytest.raises(InterpError, match="router_sparsemixer_eps .* needs n_experts_per_token=2"):
+        DecoderConfig(**base, n_experts=4, n_experts_per_token=1, router_sparsemixer_eps=0.01)
+    with pytest.raises(InterpError, match="swiglu_limit .* needs gated=True"):
+        DecoderConfig(**base, swiglu_limit=7.0)

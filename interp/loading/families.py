@@ -357,6 +357,25 @@ def gpt_oss(c) -> dict:
                        mlp_bias=True, swiglu_limit=float(c.swiglu_limit), swiglu_alpha=float(c.swiglu_alpha))
 
 
+def llama4(c) -> dict:
+    """Llama 4's text model: RoPE layers (interleaved pairs) with chunked attention and a parameter-free QK-norm,
+    NoPE layers with full attention and position-scaled queries; MoE layers (top-k by sigmoid, the weight scaling
+    the expert's input) with a shared expert, dense layers of intermediate_size_mlp."""
+    rope = [bool(x) for x in c.no_rope_layers]  # transformers: 1 = this layer uses RoPE
+    out = _llama_like(c, "Llama 4", d_mlp=c.intermediate_size_mlp, rotary_interleaved=True,
+                      rope_layers=None if all(rope) else rope, layer_types=list(c.layer_types),
+                      attention_chunk_size=c.attention_chunk_size if "chunked_attention" in c.layer_types else None,
+                      n_experts=c.num_local_experts, n_experts_per_token=c.num_experts_per_tok,
+                      d_expert=c.intermediate_size, moe_layers=list(c.moe_layers), router_sigmoid=True,
+                      router_scale_input=True, d_shared_expert=c.intermediate_size, shared_expert_gate=False)
+    if c.use_qk_norm:
+        out.update(qk_norm="per_head", qk_norm_layers=rope)
+    if c.attn_temperature_tuning and not all(rope):
+        out.update(query_scale_beta=float(c.attn_scale), query_scale_length=int(c.floor_scale), query_scale_offset=1,
+                   query_scale_layers=[not r for r in rope])
+    return out
+
+
 def seed_oss(c) -> dict:
     return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
 
@@ -551,6 +570,19 @@ def _split_gpt_oss(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.sinks.weight"] = sd.pop(f"model.layers.{l}.self_attn.sinks")
 
 
+def _split_llama4(sd: dict, cfg: dict) -> None:
+    """Llama 4's experts are stored for bmm ([E, d, 2m] = [gate | up], [E, m, d]): transposed to Mixtral's layout.
+    Its QK-norm has no parameters: a gain of ones."""
+    for l in range(cfg["n_layers"]):
+        p = f"model.layers.{l}.feed_forward.experts."
+        if p + "gate_up_proj" in sd:
+            sd[f"layers.{l}.experts_gate_up.weight"] = sd.pop(p + "gate_up_proj").mT
+            sd[f"layers.{l}.experts_down.weight"] = sd.pop(p + "down_proj").mT
+        if cfg["qk_norm_layers"] is not None and cfg["qk_norm_layers"][l]:
+            ones = torch.ones(cfg["d_head"], dtype=sd["model.embed_tokens.weight"].dtype)
+            sd[f"layers.{l}.q_norm.weight"], sd[f"layers.{l}.k_norm.weight"] = ones, ones.clone()
+
+
 def _split_granite_shared(sd: dict, cfg: dict) -> None:
     """GraniteMoeShared's shared expert: input_linear is [gate ; up]."""
     for l in range(cfg["n_layers"]):
@@ -723,6 +755,9 @@ FAMILIES: dict[str, Family] = {
                                                           "down": "model.layers.{l}.mlp.fc2"}),
     "GptOssForCausalLM": Family("GPT-OSS", gpt_oss, {**LLAMA_NAMES, "router": "model.layers.{l}.mlp.router"},
                                 _split_gpt_oss),
+    "Llama4ForCausalLM": Family("Llama 4", llama4, {**{k: v.replace(".mlp.", ".feed_forward.") for k, v in
+                                                      MOE_NAMES.items()},
+                                                   "router": "model.layers.{l}.feed_forward.router"}, _split_llama4),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",

@@ -53,7 +53,8 @@ def config_from_hf(hf_config, arch: str | None = None, dtype: torch.dtype = torc
 def _shape_fields(cfg: DecoderConfig) -> dict:
     """What the fused-tensor splitters need to know of the config."""
     return {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_head": cfg.d_head,
-            "d_model": cfg.d_model, "n_ctx": cfg.n_ctx, "tie_embeddings": cfg.tie_embeddings}
+            "d_model": cfg.d_model, "n_ctx": cfg.n_ctx, "tie_embeddings": cfg.tie_embeddings,
+            "qk_norm_layers": cfg.qk_norm_layers}
 
 
 def llama_state(sd: dict, cfg: DecoderConfig) -> dict:

@@ -45,6 +45,7 @@ def resolve_backend(requested: str | None, cfg: DecoderConfig, device: torch.dev
         from interp.kernels import MAX_HEAD_DIM, MIN_HEAD_DIM, flash_attention_available
 
         kernel_fits = MIN_HEAD_DIM <= cfg.d_head <= MAX_HEAD_DIM and cfg.dtype in ("float16", "bfloat16", "float32")
+        kernel_fits = kernel_fits and not cfg.has_chunked_layers  # chunked attention (Llama 4): not in the kernel
         return "triton" if kernel_fits and flash_attention_available() else "sdpa"
     if backend == "triton" and device.type != "cuda":
         from interp.kernels.flash import _interpreting
@@ -128,16 +129,21 @@ class Attention(nn.Module):
         self.pattern_recorder = None
         # score modifications of this layer (interp.kernels.reference)
         self.window = cfg.window(layer)
+        self.chunk = cfg.chunk(layer)
         self.softcap = cfg.attn_softcap
         self.rope = cfg.rope_for_layer(layer) if cfg.uses_rope(layer) else None
         self._rope_cache: dict = {}  # (device, dtype, length) -> (inv_freq, attention factor); not state
-        if cfg.qk_norm == "each_head":  # a gain per head, no bias (StableLM, Cohere)
+        self.qk_normed = cfg.uses_qk_norm(layer)
+        self.scales_queries = cfg.scales_queries(layer)
+        if not self.qk_normed:
+            pass
+        elif cfg.qk_norm == "each_head":  # a gain per head, no bias (StableLM, Cohere)
             self.q_norm, self.k_norm = Norm(cfg, (H, dh), bias=False), Norm(cfg, (K, dh), bias=False)
-        elif cfg.qk_norm is not None:
+        else:
             per_head = cfg.qk_norm == "per_head"
             self.q_norm = Norm(cfg, dh if per_head else H * dh)
             self.k_norm = Norm(cfg, dh if per_head else K * dh)
-        if cfg.qk_norm is not None:
+        if self.qk_normed:
             self.hook_q_normed, self.hook_k_normed = HookPoint(), HookPoint()  # [batch, pos, head, d_head]
 
     @property
@@ -194,7 +200,7 @@ class Attention(nn.Module):
         if cfg.rotary_reversed:  # rotating by -angle: sin(-a) = -sin(a)
             sin = -sin
         q = apply_rotary(q, cos, sin, cfg.rotary_interleaved)
-        if cfg.query_scale_beta is not None:  # hook_rot_q holds the query the scores use (as the bridge's)
+        if self.scales_queries:  # hook_rot_q holds the query the scores use (as the bridge's)
             q = self._scale_queries(q, positions)
         q = self.hook_rot_q(q)
         k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_interleaved))
@@ -223,14 +229,14 @@ class Attention(nn.Module):
         q = self.hook_q(self._clip(self._project(q_in, self.W_Q, self.b_Q)))
         k = self.hook_k(self._clip(self._project(k_in, self.W_K, self.b_K)))
         v = self.hook_v(self._clip(self._project(v_in, self.W_V, self.b_V)))
-        if cfg.qk_norm is not None and not cfg.qk_norm_after_rope:
+        if self.qk_normed and not cfg.qk_norm_after_rope:
             q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
             k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
         if self.rope is not None:
             q, k = self._rotate(q, k, positions)
-        elif cfg.query_scale_beta is not None:
+        elif self.scales_queries:
             q = self._scale_queries(q, positions)
-        if cfg.qk_norm is not None and cfg.qk_norm_after_rope:  # NanoChat: norms of the rotated q, k
+        if self.qk_normed and cfg.qk_norm_after_rope:  # NanoChat: norms of the rotated q, k
             q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
             k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
         if kv_cache is not None:
@@ -239,7 +245,8 @@ class Attention(nn.Module):
         backend = resolve_backend(backend, cfg, q.device)
         if self.pattern_hooked() or backend == "eager":
             z = self._eager(q, k, v, key_mask)
-        elif key_mask is not None and (self.window or self.softcap or self.cfg.alibi or self.sinks is not None):
+        elif key_mask is not None and (self.window or self.chunk or self.softcap or self.cfg.alibi
+                                       or self.sinks is not None):
             z = self._eager(q, k, v, key_mask)  # padding and score modifications together: the exact path
         elif key_mask is not None:  # padding: PyTorch's sdpa with an explicit mask (no kernel lse to record)
             z = F.scaled_dot_product_attention(
@@ -264,7 +271,7 @@ class Attention(nn.Module):
         vh = v.transpose(1, 2).repeat_interleave(self.group, dim=1)
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.cfg.attn_scale
         q_pos, k_pos = query_key_positions(q.shape[1], k.shape[1], q.device)
-        scores = modify_scores(scores, q_pos, k_pos, True, self.window, self.softcap, self.alibi)
+        scores = modify_scores(scores, q_pos, k_pos, True, self.window, self.softcap, self.alibi, self.chunk)
         if key_mask is not None:  # padding: pad keys hidden from every other query (interp.model.text)
             scores = scores.masked_fill(~visible_keys(q.shape[1], k.shape[1], key_mask, q.device), float("-inf"))
         scores = self.hook_attn_scores(scores)
@@ -284,7 +291,8 @@ class Attention(nn.Module):
 
         # With cached keys (generation) queries are the last n_q positions; fused_attention aligns the causal
         # mask bottom-right. The log-sum-exp is only asked for when a lazy cache will rebuild the pattern.
-        mods = {"scale": self.cfg.attn_scale, "window": self.window, "softcap": self.softcap, "alibi": self.alibi}
+        mods = {"scale": self.cfg.attn_scale, "window": self.window, "softcap": self.softcap, "alibi": self.alibi,
+                "chunk": self.chunk}
         if self.sinks is not None and torch.is_grad_enabled() and qh.requires_grad:
             # the sinks act through the lse, which the kernels return without a gradient: for a backward pass
             # (training, attribution patching) the tiled path, whose lse is differentiable

@@ -23,7 +23,7 @@ NORMS = ("layernorm", "rmsnorm")
 # pre: x + f(LN x) | post: LN(x + f x) | deepnorm: LN(αx + f x) | sandwich: x + LN_post(f(LN x)) (Gemma 2/3)
 # | sublayer_post: x + LN(f x) (OLMo 2: the norm on the sublayer's output only)
 NORM_PLACEMENTS = ("pre", "post", "deepnorm", "sandwich", "sublayer_post")
-LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' own spelling of config.layer_types
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")  # transformers' spelling (layer_types)
 # per_head: one norm over d_head shared by all heads (Qwen3, Gemma 3, Phi's qk_layernorm); each_head: the
 # same, but every head has its own gain and no bias (StableLM's qk_layernorm, Cohere's use_qk_norm);
 # across_heads: one norm over all heads' q (or k) at once (OLMo 2)
@@ -104,6 +104,8 @@ class DecoderConfig:
     sliding_window: int | None = None  # local attention: query i sees keys i-w < j <= i (Mistral, Gemma 2/3)
     layer_types: list | None = None  # per layer "full_attention" | "sliding_attention"; None: all sliding
     #                                  when sliding_window is set, else all full (HF config.layer_types)
+    attention_chunk_size: int | None = None  # "chunked_attention" layers: query i sees keys j <= i in its own block
+    #                                          of this many positions, i // c == j // c (Llama 4)
     alibi: bool = False  # ALiBi: score -= slope_h * (i - j), Bloom/MPT slopes (geometric, any head count)
     alibi_before_scale: bool = False  # Falcon-RW adds ALiBi to q·k *before* the score scale, so its slopes act
     #                                   multiplied by it: score = scale * (q·k - slope_h * (i - j))
@@ -121,6 +123,8 @@ class DecoderConfig:
     query_scale_beta: float | None = None  # q (after RoPE) * 1 + beta * log(1 + floor((p + offset) / length)) at
     query_scale_length: int | None = None  # position p: Ministral 3's llama_4_scaling (offset 0), Llama 4's
     query_scale_offset: int = 0  # attention temperature tuning (offset 1); None: no scaling
+    query_scale_layers: list | None = None  # per layer True/False: where the query scaling applies (None: all;
+    #                                         Llama 4: its NoPE layers)
     pos_offset: int = 0  # learned positions: position p reads row p + pos_offset of W_pos (OPT: 2)
     embed_norm: bool = False  # a norm on the embeddings before block 0, hooked as embed_ln.* (Bloom)
     # Norms:
@@ -128,6 +132,8 @@ class DecoderConfig:
     qk_norm: str | None = None  # None | "per_head" (Qwen3, Gemma 3: over d_head) | "each_head" (StableLM,
     #                             Cohere: a gain per head, no bias) | "across_heads" (OLMo 2:
     #                             over all heads' q / k at once). Hooked: attn.q_norm.*, attn.hook_q_normed
+    qk_norm_layers: list | None = None  # per layer True/False: where the QK-norm applies (None: every layer; Llama 4:
+    #                                     its RoPE layers)
     qk_norm_after_rope: bool = False  # the QK-norm reads the rotated q, k (NanoChat) instead of the projections
     norm_weight_offset: float = 0.0  # norms scale by (offset + w): Gemma's RMSNorm stores w and uses (1 + w)
     norm_affine: bool = True  # False: no learned gain/bias in any norm (OLMo 1's LayerNorm)
@@ -149,6 +155,8 @@ class DecoderConfig:
     router_sparsemixer_eps: float | None = None  # PhiMoE's sparsemixer (top-2 only): each round picks the best
     #    remaining expert, weighted by its softmax over the experts within a relative margin 2·eps of it
     router_bias: bool = False  # the router logits have a bias (GPT-OSS)
+    router_sigmoid: bool = False  # Llama 4: top-k of the logits, each weighted by sigmoid(logit), not normalised
+    router_scale_input: bool = False  # Llama 4: the weight scales the expert's input, expert(w·x), not its output
     swiglu_limit: float | None = None  # GPT-OSS's clamped SwiGLU: gate clamped to <= limit and up to [-limit, limit],
     swiglu_alpha: float = 1.0  # then (up + 1) * gate * sigmoid(swiglu_alpha * gate); None: the usual act(gate) * up
     d_shared_expert: int | None = None  # hidden size of an always-on shared expert (Qwen2-MoE); None: none
@@ -232,6 +240,14 @@ class DecoderConfig:
             if "sliding_attention" in self.layer_types and self.sliding_window is None:
                 raise InterpError("DecoderConfig.layer_types has 'sliding_attention' layers but sliding_window is "
                                   "None; set sliding_window to the window width.")
+            if "chunked_attention" in self.layer_types and self.attention_chunk_size is None:
+                raise InterpError("DecoderConfig.layer_types has 'chunked_attention' layers but attention_chunk_size "
+                                  "is None; set it to the chunk width.")
+        if self.attention_chunk_size is not None:
+            _positive("attention_chunk_size", self.attention_chunk_size)
+        for name in ("qk_norm_layers", "query_scale_layers"):
+            if getattr(self, name) is not None:
+                setattr(self, name, [bool(x) for x in _layer_list(name, getattr(self, name), L)])
         if self.alibi_before_scale and not self.alibi:
             raise InterpError("DecoderConfig.alibi_before_scale=True needs alibi=True (it says where ALiBi is added).")
         for name in ("attn_softcap", "attn_multiplier", "final_softcap", "clip_qkv"):
@@ -357,6 +373,20 @@ class DecoderConfig:
     def window(self, layer: int) -> int | None:
         """The sliding-window width of ``layer`` (None: full causal attention)."""
         return self.sliding_window if self.layer_type(layer) == "sliding_attention" else None
+
+    def chunk(self, layer: int) -> int | None:
+        """The chunk width of a 'chunked_attention' layer (None: not chunked)."""
+        return self.attention_chunk_size if self.layer_type(layer) == "chunked_attention" else None
+
+    @property
+    def has_chunked_layers(self) -> bool:
+        return any(self.chunk(i) is not None for i in range(self.n_layers))
+
+    def uses_qk_norm(self, layer: int) -> bool:
+        return self.qk_norm is not None and (self.qk_norm_layers is None or self.qk_norm_layers[layer])
+
+    def scales_queries(self, layer: int) -> bool:
+        return self.query_scale_beta is not None and (self.query_scale_layers is None or self.query_scale_layers[layer])
 
     def uses_rope(self, layer: int) -> bool:
         return self.positional == "rotary" and (self.rope_layers is None or self.rope_layers[layer])

@@ -53,6 +53,7 @@ class RecordedAttention:
     window: int | None = None  # the layer's score modifications (interp.kernels.reference)
     softcap: float | None = None
     alibi: torch.Tensor | None = None  # slopes [n_heads]
+    chunk: int | None = None  # Llama 4's chunked attention width
     sinks: torch.Tensor | None = None  # GPT-OSS's sink logit per head [n_heads] (softmax_with_sinks)
 
     def to(self, device) -> RecordedAttention:
@@ -147,13 +148,13 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
         else:
             s = torch.matmul(qt, kT[..., :hi])
         s.mul_(rec.scale)  # as the eager path: matmul in the model dtype, then the scale
-        s = modify_scores(s, rows + offset, key_pos[:hi], True, rec.window, rec.softcap, slopes)
+        s = modify_scores(s, rows + offset, key_pos[:hi], True, rec.window, rec.softcap, slopes, rec.chunk)
         if kind == "scores":
             out[:, :, start:stop, :hi] = s
             continue
         check_tol = 1e-3
         if half and lse is not None:
-            hidden = ~visible_keys(rows + offset, key_pos[:hi], True, rec.window)
+            hidden = ~visible_keys(rows + offset, key_pos[:hi], True, rec.window, rec.chunk)
             check_tol += 2 * eps * s.float().abs().masked_fill_(hidden, 0).amax().item()
         s = s.float()
         if lse is not None:
@@ -439,7 +440,7 @@ class _Recorders:
 
         def record(_layer_index, q, k, lse):
             rec = RecordedAttention(q.detach(), k.detach(), None if lse is None else lse.detach(), scale,
-                                    attn.window, attn.softcap, attn.alibi,
+                                    attn.window, attn.softcap, attn.alibi, attn.chunk,
                                     None if attn.sinks is None else attn.sinks.detach())
             rec = rec if self.device is None else rec.to(self.device)
             self.recorded[layer] = rec

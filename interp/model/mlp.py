@@ -124,6 +124,9 @@ class MoE(nn.Module):
         logits = self.hook_router_logits(logits if self.b_router is None else logits + self.b_router)
         if cfg.router_sparsemixer_eps is not None:
             weights, idx = sparsemixer(logits, cfg.router_sparsemixer_eps)
+        elif cfg.router_sigmoid:  # Llama 4: each chosen expert's own sigmoid, no competition between them
+            top, idx = torch.topk(logits, k, dim=-1)
+            weights = torch.sigmoid(top.float())
         elif cfg.router_softmax_after_topk:
             top, idx = torch.topk(logits, k, dim=-1)
             weights = torch.softmax(top, dim=-1, dtype=torch.float32)
@@ -144,8 +147,11 @@ class MoE(nn.Module):
             token, slot = (flat_idx == e).nonzero(as_tuple=True)  # batch-major order, as routed_tokens says
             if token.numel() == 0 and not (expert.hook_pre.has_hooks() or expert.hook_post.has_hooks()):
                 continue
-            y = expert(flat_x[token])
-            out.index_add_(0, token, y * flat_w[token, slot, None])
+            w = flat_w[token, slot, None]
+            if self.cfg.router_scale_input:  # Llama 4 scales what the expert reads, not what it writes
+                out.index_add_(0, token, expert(flat_x[token] * w))
+            else:
+                out.index_add_(0, token, expert(flat_x[token]) * w)
         if self.shared_expert is not None:
             shared = self.shared_expert(flat_x)
             if self.W_shared_gate is not None:
