@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from interp.errors import InterpError
+from interp.report.serving import add_serving_arguments, is_loopback
 
 DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 # The second prompt of the Compare page: the clean/corrupted pair of activation patching (IOI)
@@ -36,12 +37,39 @@ SAMPLE_CORPUS = (
 
 
 def _cli_defaults() -> argparse.Namespace:
-    """Defaults passed after `--` (``streamlit run apps/dashboard.py -- --model M --prompt P``)."""
+    """Options passed after `--` (``streamlit run apps/dashboard.py -- --model M --prompt P --data-dir D``): the
+    preselected model and prompt, and what browser users may read and spend (interp.report.serving)."""
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--model", default=None)
     p.add_argument("--prompt", default=None)
+    add_serving_arguments(p)
     args, _ = p.parse_known_args(sys.argv[1:])
     return args
+
+
+# How refusals describe where a browser user's paths may lead (never the server's absolute paths).
+WHERE = "files under the model zoo and the folders given to `interp dashboard --data-dir`"
+
+
+def allowed_roots(defaults: argparse.Namespace) -> tuple[Path, ...]:
+    """The folders a browser user's paths may lead into: the zoo, every --data-dir, and the operator's --model
+    folder. Everything else on the server stays unread (interp.safe_paths)."""
+    from interp.loading import ZOO
+    from interp.safe_paths import real_roots
+
+    preset = defaults.model if defaults.model and Path(defaults.model).expanduser().is_dir() else None
+    return real_roots(ZOO, *defaults.data_dir, preset)
+
+
+def user_folder(text: str, label: str, defaults: argparse.Namespace) -> str:
+    """A model or SAE folder typed in the page, confined to the allowed roots and refused when its config
+    means more than --max-model-params: its real path (so the caches key on what is read)."""
+    from interp.report.serving import check_model_size
+    from interp.safe_paths import confine
+
+    found = confine(text, allowed_roots(defaults), label, want="dir", where=WHERE)
+    check_model_size(found.path, found.n_bytes, defaults.max_model_params, label)
+    return str(found.path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,7 +140,54 @@ def all_patterns(spec: str, prompt: str) -> pd.DataFrame:
 
 # How the Neurons page names the corpus fields in its messages (interp.report.inputs.read_corpus).
 CORPUS_LABELS = {"corpus": "corpus path", "split": "split", "field": "text field"}
-HELDOUT, PASTED, SOURCE = "held-out text of the model", "pasted text", "file, folder or dataset"
+HELDOUT, PASTED, SOURCE, UPLOAD = ("held-out text of the model", "pasted text", "file, folder or dataset",
+                                   "uploaded file")
+UPLOAD_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet")
+
+
+@st.cache_resource
+def private_dir() -> str:
+    """This server's private scratch folder (mode 0700, removed at exit): uploads and cut corpora."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="interp-dashboard-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def save_upload(up) -> str:
+    """An uploaded file, written once into this session's own folder (other sessions cannot name it): its path."""
+    import hashlib
+    import tempfile
+
+    from interp.io import atomic_write_bytes
+
+    folder = st.session_state.get("upload_dir")
+    if folder is None or not Path(folder).is_dir():
+        folder = st.session_state["upload_dir"] = tempfile.mkdtemp(prefix="session-", dir=private_dir())
+    data = up.getvalue()
+    suffix = Path(up.name).suffix.lower()  # the browser's file name chooses the reader, nothing more
+    out = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix if suffix in UPLOAD_SUFFIXES else '.txt'}"
+    if not out.is_file():
+        atomic_write_bytes(out, data)
+    return str(out)
+
+
+def user_corpus(typed: str, source: str, limits: argparse.Namespace) -> tuple[str, int, str | None]:
+    """A corpus path typed (or an upload saved) by a browser user, confined to the allowed roots (an upload:
+    to this session's folder) and cut to --max-corpus-mb: ``(path to read, modification time, what was cut)``."""
+    from interp.report.serving import corpus_prefix
+    from interp.safe_paths import confine
+
+    if source == UPLOAD:
+        found = confine(typed, (Path(st.session_state["upload_dir"]),), "upload", want="file", where="your uploads")
+    else:
+        found = confine(typed, allowed_roots(limits), CORPUS_LABELS["corpus"], where=WHERE)
+    path, note = corpus_prefix(found.path, found.n_bytes, found.is_dir, limits.max_corpus_mb * 10**6,
+                               Path(private_dir()) / "cut", CORPUS_LABELS["corpus"])
+    return str(path), found.path.stat().st_mtime_ns, note
 
 
 def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None):
@@ -131,15 +206,17 @@ def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: st
 
 @st.cache_data(show_spinner="Scanning the corpus…", max_entries=8)
 def layer_profiles(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp, layer: int,
-                   max_tokens: int):
+                   max_tokens: int, seconds: int):
     """Every neuron of one layer over the corpus (one pass; any neuron of the layer is then instant). ``stamp``
-    (a file's modification time) keys the cache, so an edited file is scanned again."""
+    (a file's modification time) keys the cache, so an edited file is scanned again. Stopped after ``seconds``."""
     from interp.analysis.neurons import neuron_profiles
+    from interp.report.serving import time_limit
 
     model = get_model(spec)
     _, corpus = neuron_corpus(spec, kind, value, split, field)
-    return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
-                           max_tokens=max_tokens)
+    with time_limit(model, seconds, "corpus scan"):
+        return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
+                               max_tokens=max_tokens)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -200,14 +277,16 @@ def sae_logit_effects(spec: str, sae_path: str, feature: int, k: int) -> pd.Data
 
 
 @st.cache_data(show_spinner="Scanning the corpus…", max_entries=16)
-def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int) -> pd.DataFrame:
+def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int, seconds: int) -> pd.DataFrame:
     from interp.analysis.sae import feature_top_contexts
+    from interp.report.serving import time_limit
 
     model = get_model(spec)
     docs = [model.to_tokens(d)[0].cpu() for d in corpus.split("\n") if d.strip()]  # bytes without a tokenizer
     if not docs:
         raise InterpError("corpus: give at least one non-empty line of text to scan.")
-    return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
+    with time_limit(model, seconds, "corpus scan"):
+        return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
 
 
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
@@ -314,6 +393,10 @@ def sidebar() -> tuple[str, str, str]:
 
     defaults = _cli_defaults()
     st.sidebar.title("interp")
+    address = st.get_option("server.address")  # unset: every interface
+    if not defaults.allow_remote and address is not None and not is_loopback(address):
+        st.sidebar.warning(f"This server listens on {address}, beyond this machine, without login. Serve others "
+                           "with `interp dashboard --host H --allow-remote` (see the README).")
     zoo = zoo_models()
     options = [DEFAULT_MODEL, *zoo, LOCAL]
     preset = defaults.model
@@ -337,15 +420,19 @@ def sidebar() -> tuple[str, str, str]:
     return spec, prompt, page
 
 
-def check_model(spec: str):
-    """Load the chosen model, or raise InterpError with a message for the page."""
+def check_model(spec: str) -> str:
+    """Load the chosen model and return the spec the pages use, or raise InterpError with a message for the page.
+
+    A zoo name loads from the zoo; anything else typed in the folder field is a path confined to the allowed
+    roots (never a hub id: a browser user must not make the server download), its size checked before building."""
+    from interp.loading import zoo_models
+
     if not spec:
         raise InterpError("model folder: enter the path of a local model folder (config.json + model.safetensors).")
-    if spec not in (DEFAULT_MODEL,) and ("/" in spec or spec.startswith((".", "~"))):
-        p = Path(spec).expanduser()
-        if not p.is_dir():
-            raise InterpError(f"model folder: {spec!r} does not exist (or is not a folder) on this machine.")
-    return get_model(spec)
+    if spec != DEFAULT_MODEL and spec not in zoo_models():
+        spec = user_folder(spec, "model folder", _cli_defaults())
+    get_model(spec)
+    return spec
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -531,30 +618,46 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     show_answers(ans, "answers", "tokens it raises (centred logit per unit activation)")
 
     st.markdown("**Top-activating examples**")
+    from interp.report.serving import cap_text
+
+    limits = _cli_defaults()
     heldout = read_corpus(model, "default")
-    sources = ([HELDOUT] if heldout else []) + [PASTED, SOURCE]
+    sources = ([HELDOUT] if heldout else []) + [PASTED, SOURCE, UPLOAD]
     c1, c2 = st.columns([2, 1])
     source = c1.radio("corpus", sources, horizontal=True, key="corpus_source")
-    max_tokens = c2.select_slider("tokens scanned", [2048, 8192, 16384, 65536], 16384, key="corpus_tokens")
-    value, split, field, stamp = "", None, None, None
-    if source == SOURCE:
+    steps = [n for n in (2048, 8192, 16384, 65536) if n < limits.max_scan_tokens] + [limits.max_scan_tokens]
+    max_tokens = c2.select_slider("tokens scanned", steps, max(n for n in steps if n <= 16384) if steps[0] <= 16384
+                                  else steps[0], key="corpus_tokens",
+                                  help=f"at most {limits.max_scan_tokens:,} per scan here (--max-scan-tokens)")
+    value, split, field, stamp, note = "", None, None, None, None
+    if source in (SOURCE, UPLOAD):
         p1, p2, p3 = st.columns([3, 1, 1])
-        value = p1.text_input("corpus path", "", key="corpus_path", help="a text, JSONL or Parquet file, a folder of "
-                              "them, a saved datasets folder (save_to_disk), or hf:NAME[:CONFIG]:SPLIT where a hub "
-                              "is reachable", placeholder="/path/to/text.txt, data.parquet or a saved dataset").strip()
+        if source == SOURCE:
+            typed = p1.text_input("corpus path", "", key="corpus_path", help="a text, JSONL or Parquet file, a folder "
+                                  "of them, or a saved datasets folder (save_to_disk), under the model zoo or a "
+                                  "--data-dir of the server", placeholder="text.txt, data.parquet or a saved "
+                                  "dataset (relative to the data folder)").strip()
+        else:
+            up = p1.file_uploader("corpus file", type=[x[1:] for x in UPLOAD_SUFFIXES], key="corpus_upload",
+                                  help="read from a private folder of this session; a long file is cut "
+                                       "(--max-corpus-mb)")
+            typed = "" if up is None else save_upload(up)
         split = p2.text_input("split", "", key="corpus_split", placeholder="validation",
                               help="the split of a saved DatasetDict (needed when it has several)").strip() or None
         field = p3.text_input("text field", "", key="corpus_field", placeholder="text",
                               help="the text column of a table or dataset (default text)").strip() or None
-        if not value:
-            st.info("Enter the path of a text, JSONL or Parquet file, a folder or a saved datasets folder to scan.")
+        if not typed:
+            st.info("Enter the path of a text, JSONL or Parquet file, a folder or a saved datasets folder to scan."
+                    if source == SOURCE else "Upload a text, JSONL or Parquet file to scan.")
             return
-        path = Path(value).expanduser()
-        stamp = path.stat().st_mtime_ns if path.exists() else None
+        value, stamp, note = user_corpus(typed, source, limits)
     elif source == PASTED:
-        value = st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120)
+        value, note = cap_text(st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120),
+                               limits.max_corpus_mb * 10**6, "the pasted text")
     name, _ = neuron_corpus(spec, source, value, split, field)  # a bad path, split or column: the message now
-    want = (spec, source, value, split, field, stamp, layer, int(max_tokens))
+    if note:
+        st.caption(f"{name}: {note}")
+    want = (spec, source, value, split, field, stamp, layer, int(max_tokens), limits.scan_seconds)
     if st.button("Scan corpus", key="scan"):
         st.session_state["scanned"] = want
     if st.session_state.get("scanned") != want:
@@ -674,8 +777,8 @@ def page_sae(spec: str, prompt: str) -> None:
         st.info("Enter the folder of a sparse autoencoder trained on this model (`interp sae train`), or of "
                 "one saved by SAELens.")
         return
-    if not Path(path).expanduser().is_dir():
-        raise InterpError(f"SAE folder: {path!r} does not exist (or is not a folder) on this machine.")
+    limits = _cli_defaults()
+    path = user_folder(path, "SAE folder", limits)
     sae = get_sae(path)
     hook = sae.cfg.hook_name
     if not hook or hook not in model.hook_dict:
@@ -709,9 +812,14 @@ def page_sae(spec: str, prompt: str) -> None:
     except InterpError as e:  # a hook that does not write to the residual stream has no logit effects
         st.caption(str(e))
     with st.expander("Top contexts: where does it fire?"):
-        corpus = st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="sae_corpus", height=150)
+        from interp.report.serving import cap_text
+
+        corpus, note = cap_text(st.text_area("corpus (one document per line)", SAMPLE_CORPUS, key="sae_corpus",
+                                             height=150), limits.max_corpus_mb * 10**6, "the corpus")
+        if note:
+            st.caption(note)
         if st.button("Scan corpus", key="sae_scan"):
-            ctx = sae_top_contexts(spec, path, corpus, feature, 5)
+            ctx = sae_top_contexts(spec, path, corpus, feature, 5, limits.scan_seconds)
             show(ctx[["rank", "activation", "doc", "position", "token", "context"]], key="sae_contexts")
             if ctx.empty:
                 st.caption("this feature does not fire on the corpus")
@@ -810,7 +918,7 @@ def main() -> None:
     spec, prompt, page = sidebar()
     st.title(page)
     try:
-        check_model(spec)
+        spec = check_model(spec)
         if page != "Superposition":  # the superposition page reads weights only
             tokens_for(spec, prompt)
         RENDER[page](spec, prompt)

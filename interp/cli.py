@@ -181,13 +181,20 @@ def run_child(cmd: list[str], cwd: str | Path | None = None) -> int:
 
 def _dashboard(args) -> int:
     from interp.errors import InterpError
+    from interp.report.serving import check_host, serving_argv
 
+    warning = check_host(args.host, args.allow_remote)  # before anything starts listening
+    for d in args.data_dir:
+        if not Path(d).expanduser().is_dir():
+            raise InterpError(f"--data-dir: {d!r} is not a folder.")
     if not DASHBOARD.is_file():
         raise InterpError(f"the dashboard app is missing at {DASHBOARD}; run interp from a source checkout.")
+    if warning:
+        print(f"interp dashboard: {warning}", file=sys.stderr)
     cmd = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD), "--server.address", args.host,
            "--server.port", str(args.port), "--server.headless", "false" if args.browser else "true",
-           "--browser.gatherUsageStats", "false"]
-    extra = []
+           "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(args.max_corpus_mb)]
+    extra = serving_argv(args)
     if args.model:
         extra += ["--model", args.model]
     if args.prompt:
@@ -204,12 +211,18 @@ def _add_dashboard(sub) -> None:
         description="Start the interactive dashboard (apps/dashboard.py) with Streamlit: overview and sampling, "
                     "attention, neurons, superposition, logit lens, report download.",
         epilog=_examples("interp dashboard", "interp dashboard --port 8600 --model models/NAME --prompt 'Hello'",
-                         "streamlit run apps/dashboard.py   (the same app)"))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+                         "interp dashboard --data-dir data/ --max-scan-tokens 16384",
+                         "interp dashboard --host 0.0.0.0 --allow-remote --data-dir /srv/corpora",
+                         "streamlit run apps/dashboard.py -- --data-dir data/   (the same app)"))
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; another needs --allow-remote)")
     p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
     p.add_argument("--model", default=None, help="model preselected in the sidebar (zoo name or folder)")
     p.add_argument("--prompt", default=None, help="prompt preselected in the sidebar")
     p.add_argument("--browser", action="store_true", help="open a browser window")
+    from interp.report.serving import add_serving_arguments
+
+    add_serving_arguments(p)
     p.set_defaults(func=_dashboard)
 
 
@@ -325,13 +338,14 @@ def _add_bench(sub) -> None:
 def _generate(args) -> int:
     from interp.generate import generate
     from interp.report.inputs import encode_prompt, load_model
+    from interp.report.probes import printable
 
     model = load_model(args.model, device=args.device)
     tokens = encode_prompt(model, args.prompt)
     for i in range(args.samples):
         out = generate(model, tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed + i)
-        print(model.to_string(out[0]))
+        print(printable(model.to_string(out[0])))  # a sampled ESC sequence must not drive the terminal
         if args.samples > 1 and i < args.samples - 1:
             print("---")
     return 0
@@ -451,6 +465,9 @@ def _scan(args) -> int:
                                cache_path=out, **common)
         if is_main() and not args.quiet:
             best = df[df["rank"] == 0].sort_values("activation", ascending=False).head(args.show)
+            from interp.report.probes import printable
+
+            best = best.assign(context=best.context.map(printable))  # corpus text may hold terminal control bytes
             print(best[["layer", "neuron", "activation", "doc", "position", "context"]].to_string(index=False))
             print(f"wrote {out} ({len(df)} rows: top {args.k} contexts of {df.groupby(['layer', 'neuron']).ngroups} "
                   "neurons)")
@@ -554,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(ns) or 0)
     except InterpError as e:
-        print(f"interp: error: {e}", file=sys.stderr)
+        from interp.report.probes import printable
+
+        print(f"interp: error: {printable(str(e))}", file=sys.stderr)  # it may quote what a file held
         return 2
     except KeyboardInterrupt:
         print("interp: interrupted; no partial output was written.", file=sys.stderr)

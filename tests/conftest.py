@@ -19,6 +19,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never install anything: TransformerLens' bridge runs `pip install torchvision` on the fly for multimodal
+# classes, which once replaced this machine's CPU torch with a CUDA build. With no configuration file (so no local
+# wheel folders) and no index, any pip a test's code starts fails at once instead.
+os.environ["PIP_CONFIG_FILE"] = os.devnull
+os.environ["PIP_NO_INDEX"] = "1"
+os.environ["PIP_FIND_LINKS"] = ""
 
 import pytest
 import torch

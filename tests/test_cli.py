@@ -302,7 +302,9 @@ def test_dashboard_starts_streamlit_on_the_app(monkeypatch):
     assert cli.main(["dashboard", "--port", "8999", "--model", "m", "--prompt", "p"]) == 0
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(ROOT / "apps" / "dashboard.py")
-    assert "8999" in cmd and "127.0.0.1" in cmd and cmd[-5:] == ["--", "--model", "m", "--prompt", "p"]
+    assert "8999" in cmd and "127.0.0.1" in cmd and cmd[-4:] == ["--model", "m", "--prompt", "p"]
+    app_args = cmd[cmd.index("--") + 1:]  # the serving limits travel to the app after --
+    assert app_args[app_args.index("--max-scan-tokens") + 1] == "65536" and "--allow-remote" not in app_args
 
 
 def test_models_lists_the_zoo_with_card_lines(tmp_path, monkeypatch, capsys):

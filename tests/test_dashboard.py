@@ -7,6 +7,7 @@ analyzer calls or the model's own softmax. Bad input must show ``st.error`` in t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,17 @@ AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "dashboard.py")
 PROMPT = "the cat sat on the mat, the cat"
 LOCAL = "Local folder…"
+REFUSED = "is not a file or folder this dashboard may read"  # the one message for every path refused
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_dir(tmp_path_factory):
+    """The app's --data-dir (read from sys.argv as after `streamlit run apps/dashboard.py --`): pytest's base
+    temporary folder, which holds every tmp_path of these tests."""
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["dashboard.py", "--data-dir", str(base)])
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +254,7 @@ def test_neurons_page_scans_a_datasets_split(app, tiny, tmp_path):
     np.testing.assert_allclose(app.session_state["examples"].activation.to_numpy(), want.activation.to_numpy(),
                                rtol=1e-6, atol=1e-7)
     app.text_input(key="corpus_path").set_value(str(tmp_path / "nowhere")).run()
-    assert "corpus path: no such file or folder" in app.error[0].value
+    assert f"corpus path: {str(tmp_path / 'nowhere')!r} {REFUSED}" in app.error[0].value
     app.radio(key="corpus_source").set_value("pasted text").run()  # back to the default for the other tests
     _ok(app)
 
@@ -339,8 +351,8 @@ def test_bad_prompt_shows_an_error_not_a_traceback(app, prompt, needle):
     _ok(app)
 
 
-@pytest.mark.parametrize("path, needle", [("/no/such/model", "does not exist"), ("", "enter the path"),
-                                          ("no-such-zoo-name", "no model called")])
+@pytest.mark.parametrize("path, needle", [("/no/such/model", REFUSED), ("", "enter the path"),
+                                          ("no-such-zoo-name", REFUSED)])
 def test_bad_model_path_shows_an_error(tiny_dir, path, needle):
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()

@@ -551,9 +551,14 @@ def _display(v) -> str:
 
     if _is_numeric(v) or _is_missing(v):
         return _fmt_number(v)
-    # Generated text can hold control bytes (ESC...) that a terminal would execute: show them escaped.
+    return printable(str(v))
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: control bytes (ESC, CSI, BEL ...) that a terminal would execute shown escaped
+    (``\\x1b``), newlines kept. Generated text and tokens can hold any of them."""
     return "".join(ch if ch.isprintable() or ch == "\n" else f"\\x{ord(ch):02x}" if ord(ch) < 256
-                   else f"\\u{ord(ch):04x}" for ch in str(v))
+                   else f"\\u{ord(ch):04x}" for ch in text)
 
 
 # Columns that say what a row is about: repeated in every part of a table split to fit the terminal.

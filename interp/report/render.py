@@ -30,6 +30,8 @@ from interp.report.figures import (
     pattern_heatmap,
     show_token,
 )
+from interp.report.markdown import md_code, md_fence, md_text
+from interp.report.widgets import script_json
 
 __all__ = [
     "FORMATS",
@@ -177,11 +179,10 @@ def html_table(df: pd.DataFrame, name: str, columns: list[str] | None = None, ma
 def _md_cell(col: str, v) -> str:
     if _is_numeric(v) or _is_missing(v):
         return _fmt_number(v)
-    s = show_token(v) if col in _TOKEN_COLUMNS else str(v)
-    s = s.replace("|", "\\|").replace("\n", " ")
-    if col in _TOKEN_COLUMNS and s:
-        return f"`` {s} ``" if "`" in s else f"`{s}`"
-    return s
+    if col not in _TOKEN_COLUMNS:
+        return md_text(str(v).replace("\n", " "))  # a model name or path is text, never markup
+    s = show_token(v).replace("|", "\\|")
+    return md_code(s) if s else s
 
 
 def md_table(df: pd.DataFrame, columns: list[str] | None = None, max_rows: int | None = None) -> str:
@@ -223,7 +224,7 @@ def _figure(fig, div_id: str) -> str:
 
     config = {"displaylogo": False, "responsive": fig.layout.width is None}
     plain = fig.to_plotly_json()
-    spec = to_json({"data": plain["data"], "layout": plain["layout"], "config": config}, validate=False).replace("</", "<\\/")
+    spec = script_json(to_json({"data": plain["data"], "layout": plain["layout"], "config": config}, validate=False))
     width = f"width:{int(fig.layout.width)}px;" if fig.layout.width else "width:100%;"
     height = f"height:{int(fig.layout.height or 450)}px"
     return (f'<div class="figure"><div id="{div_id}" class="plotly-lazy" style="{width}{height}"></div>'
@@ -502,7 +503,7 @@ def render_markdown(data: ReportData) -> str:
     """The report as Markdown (tables only; the HTML report has the figures)."""
     m = data.model
     top = data.next_tokens.iloc[0]
-    out = ["# interp report", "", f"Model **{m['name']}**, prompt:", "", "```text", data.prompt, "```", ""]
+    out = ["# interp report", "", f"Model **{md_text(m['name'])}**, prompt:", "", md_fence(data.prompt), ""]
 
     def sec(sid: str, *blocks: str) -> None:
         out.extend([f"## {_TITLES[sid]}", ""])
@@ -511,7 +512,7 @@ def render_markdown(data: ReportData) -> str:
 
     sec("model", md_table(_kv_frame(m)))
     sec("tokenization", f"{len(data.token_ids)} tokens.", md_table(data.tokens))
-    sec("next-token", f"The model predicts `{show_token(top['token'])}` with probability {top['prob']:.4f}.",
+    sec("next-token", f"The model predicts {md_code(show_token(top['token']))} with probability {top['prob']:.4f}.",
         md_table(data.next_tokens))
     sec("logit-lens", "Top token (probability) at every layer and position:", md_table(_lens_wide(data)),
         "Probability of the final prediction by layer (last position):", md_table(data.final_by_layer))
@@ -528,9 +529,9 @@ def render_markdown(data: ReportData) -> str:
     for layer, neuron in dict.fromkeys((int(r.layer), int(r.neuron)) for r in data.neurons.itertuples()):
         ans = data.neuron_answers[(data.neuron_answers.layer == layer) & (data.neuron_answers.neuron == neuron)]
         lines = [f"### Neuron L{layer}N{neuron}", "",
-                 "Raises: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in
+                 "Raises: " + ", ".join(f"{md_code(show_token(t))} {v:+.3f}" for t, v in
                                         zip(ans[ans.direction == "top"].token, ans[ans.direction == "top"].logit)),
-                 "", "Lowers: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in
+                 "", "Lowers: " + ", ".join(f"{md_code(show_token(t))} {v:+.3f}" for t, v in
                                              zip(ans[ans.direction == "bottom"].token,
                                                  ans[ans.direction == "bottom"].logit))]
         if prof is not None:
@@ -538,9 +539,9 @@ def render_markdown(data: ReportData) -> str:
             for rank, g in ex.groupby("rank", sort=True):
                 text = "".join(f"«{show_token(t)}»" if trig else show_token(t) for t, trig in zip(g.token, g.is_trigger))
                 act = float(g[g.is_trigger].activation.iloc[0])
-                lines += ["", f"{rank}. {act:.3f}: `` {text.replace('`', chr(39))} ``"]
+                lines += ["", f"{rank}. {act:.3f}: {md_code(text)}"]
         pages.append("\n".join(lines))
-    corpus = f"Top-activating examples over {data.corpus_name}." if prof is not None else "No corpus scanned."
+    corpus = f"Top-activating examples over {md_text(data.corpus_name)}." if prof is not None else "No corpus scanned."
     sec("neuron-pages", corpus, *pages)
     if data.sae:
         from interp.report.sae_section import sae_markdown
@@ -552,8 +553,9 @@ def render_markdown(data: ReportData) -> str:
                                                         "baseline_frac_within_tol"]))
     p = data.patching
     if p:
-        sec("patching", _patching_intro(p),
-            f"```text\nclean:     {p['pair']['clean']}\ncorrupted: {p['pair']['corrupted']}\n```", "Each head's output patched (all positions):",
+        sec("patching", md_text(_patching_intro(p)),
+            md_fence(f"clean:     {p['pair']['clean']}\ncorrupted: {p['pair']['corrupted']}"),
+            "Each head's output patched (all positions):",
             md_table(p["heads"], _HEAD_COLS), "Top components by direct logit attribution:",
             md_table(_top_dla(p["dla"]), _DLA_COLS))
     else:

@@ -235,20 +235,21 @@ def sae_html(s: dict) -> str:
 def sae_markdown(s: dict) -> list[str]:
     """The section as Markdown blocks (the report's ``md_table``)."""
     from interp.report.figures import show_token
+    from interp.report.markdown import md_code, md_text
     from interp.report.render import md_table
 
     rec = s["reconstruction"]
     wide = pd.DataFrame({"position": rec.position, "token": rec.token, "features (activation)": [
         ", ".join(f"{int(f)} ({a:.3f})" for f, a in zip(g.feature, g.activation)) for g in
         (s["per_token"][s["per_token"].position == p] for p in rec.position)]})
-    blocks = [f"**Note:** {s['model_note']}"] if s.get("model_note") else []
-    blocks += [f"SAE on `{s['info']['hook']}`:", md_table(_kv(s["info"])),
+    blocks = [f"**Note:** {md_text(s['model_note'])}"] if s.get("model_note") else []
+    blocks += [f"SAE on {md_code(s['info']['hook'])}:", md_table(_kv(s["info"])),
               "Reconstruction on this prompt (CE in nats; recovered = (zero − SAE) / (zero − clean)):",
               md_table(_prompt_metrics(s["metrics"])), "Top features at each token:", md_table(wide)]
     prof, eff = s["profiles"], s["logit_effects"]
     if s["logit_note"]:
-        blocks.append(f"No logit effects: {s['logit_note']}")
-    blocks.append(f"Feature cards (the features most active on the prompt); top examples over {s['corpus_name']}."
+        blocks.append(f"No logit effects: {md_text(s['logit_note'])}")
+    blocks.append(f"Feature cards (the features most active on the prompt); top examples over {md_text(s['corpus_name'])}."
                   if prof is not None else "Feature cards (the features most active on the prompt); no corpus scanned.")
     for f in s["cards"]:
         card = [f"### Feature {f}", ""]
@@ -256,12 +257,12 @@ def sae_markdown(s: dict) -> list[str]:
             mine = eff[eff.feature == f]
             for label, d in (("Raises", "top"), ("Lowers", "bottom")):
                 sel = mine[mine.direction == d]
-                card += [f"{label}: " + ", ".join(f"`{show_token(t)}` {v:+.3f}" for t, v in zip(sel.token, sel.logit)), ""]
+                card += [f"{label}: " + ", ".join(f"{md_code(show_token(t))} {v:+.3f}" for t, v in zip(sel.token, sel.logit)), ""]
         if prof is not None:
             ex, _ = _examples(prof, f)
             for rank, g in ex.groupby("rank", sort=True):
                 text = "".join(f"«{show_token(t)}»" if trig else show_token(t) for t, trig in zip(g.token, g.is_trigger))
                 act = float(g[g.is_trigger].activation.iloc[0])
-                card.append(f"{rank}. {act:.3f}: `` {text.replace('`', chr(39))} ``")
+                card.append(f"{rank}. {act:.3f}: {md_code(text)}")
         blocks.append("\n".join(card))
     return blocks

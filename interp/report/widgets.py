@@ -24,9 +24,22 @@ import pandas as pd
 from interp.report.figures import show_token
 
 __all__ = ["WIDGET_CSS", "attention_view", "decode_attention_data", "encode_patterns", "neuron_examples",
-           "svg_histogram", "token_shading"]
+           "script_json", "svg_histogram", "token_shading"]
 
 _ids = count()
+
+# JSON text inside <script>: the HTML parser ends the element at "</script", and "<!--" starts an escape state
+# that can swallow the rest of the page; U+2028/2029 end a line in older JavaScript. As \u escapes every
+# JSON parser reads the same string, and the HTML parser sees none of them.
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(text: str) -> str:
+    """JSON text made safe to embed in a ``<script>`` element (``<``, ``>``, ``&``, U+2028/9 as \\u escapes).
+
+    Those characters can appear in JSON only inside strings, where the escape means the same character."""
+    return text.translate(str.maketrans(_SCRIPT_ESCAPES))
+
 
 WIDGET_CSS = """
 .attn-view{border:1px solid #ddd;border-radius:6px;padding:.6em .8em;margin:1em 0;font-size:14px}
@@ -135,7 +148,7 @@ def attention_view(tokens: list[str], patterns: pd.DataFrame, heads: list[tuple[
         for i, (h, lab) in enumerate(zip(heads, labels)))
     toks = "".join(f'<span class="attn-tok" data-pos="{i}" title="{i}">{_as_text(t)}</span>'
                    + ("<br>" if "\n" in t else "") for i, t in enumerate(tokens))
-    payload = json.dumps(data).replace("</", "<\\/")  # a token "</script>" must not end the script
+    payload = script_json(json.dumps(data))
     head = f"<b>{html.escape(title)}</b> " if title else ""
     return (f'<div class="attn-view" id="{vid}">{head}<div class="attn-heads">heads: {boxes}</div>'
             f'<div class="attn-text">{toks}</div><div class="attn-info"></div>'
