@@ -378,7 +378,7 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
     torch.testing.assert_close(refactored.log_softmax(-1), ref.log_softmax(-1), rtol=0, atol=1e-5 * ref.abs().max())
 
 
-@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe"])
+@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe", "gpt_oss", "llama4"])
 def test_interp_checkpoint_of_a_family_round_trips(case, tmp_path):
     """Saved as our own checkpoint (config.json + safetensors) and loaded back: the same model."""
     _, model = _pair(case)
