@@ -16,8 +16,11 @@ GQA/MQA: ``n_kv_heads`` key/value heads each serve ``n_heads // n_kv_heads`` con
 Blocks of modern LLMs, each off by default (DecoderConfig): q/k/v clamped after projection (OLMo's
 clip_qkv), QK-norm on q and k before RoPE (Qwen3, OLMo 2, Gemma 3, Phi, StableLM, Cohere; hooked as
 ``attn.q_norm.*``/``attn.hook_q_normed``), per-layer RoPE (scalings, base, or none),
-and the score modifications of :mod:`interp.kernels.reference` (soft-cap, ALiBi, sliding window), which
-every backend and the lazy pattern rebuild apply identically.
+and the score modifications of :mod:`interp.kernels.reference` (soft-cap, ALiBi, sliding window, Llama 4's
+chunked attention), which every backend and the lazy pattern rebuild apply identically (the Triton kernel has no
+chunk mask and refuses it by name). GPT-OSS's attention sinks (a learned logit per head in each softmax
+denominator) enter the eager softmax directly and the fused paths through their log-sum-exp: out ·
+sigmoid(lse − sink); under autograd the fused call becomes the tiled one, whose lse is differentiable.
 """
 
 from __future__ import annotations
