@@ -152,6 +152,14 @@ CASES: dict[str, tuple[str, dict]] = {
     "llama4": ("Llama4TextConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "intermediate_size_mlp": 40,
                                     "num_local_experts": 4, "num_experts_per_tok": 1, "attention_chunk_size": WINDOW,
                                     "interleave_moe_layer_step": 2, "no_rope_layer_interval": 2, "floor_scale": 8}),
+    # more Llama-shaped families the bridge registers
+    "arcee": ("ArceeConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
+    "ernie4_5": ("Ernie4_5Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "use_bias": True}),
+    "vaultgemma": ("VaultGemmaConfig", {**LLAMA, "head_dim": 16, "pad_token_id": 0, "sliding_window": WINDOW,
+                                        "query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0,
+                                        "final_logit_softcapping": 3.0}),
+    "flex_olmo": ("FlexOlmoConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "num_experts": 4,
+                                     "num_experts_per_tok": 2}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }

@@ -376,6 +376,28 @@ def llama4(c) -> dict:
     return out
 
 
+def arcee(c) -> dict:
+    """Arcee (AFM): Llama's attention with a plain squared-ReLU MLP (up, down)."""
+    return _llama_like(c, "Arcee", gated=False)
+
+
+def ernie4_5(c) -> dict:
+    """ERNIE 4.5: Llama's recipe with interleaved RoPE pairs and one use_bias switch for every projection."""
+    bias = bool(getattr(c, "use_bias", False))
+    return _llama_like(c, "ERNIE 4.5", rotary_interleaved=True, attn_bias=bias, attn_out_bias=bias, mlp_bias=bias)
+
+
+def vaultgemma(c) -> dict:
+    """VaultGemma: Gemma 2 without its post-sublayer norms (pre-norm blocks)."""
+    return gemma2(c) | {"norm_placement": "pre"}
+
+
+def flex_olmo(c) -> dict:
+    """FlexOlmo: OLMo 2's block (norms on the sublayer outputs, QK-norm across heads) with OLMoE's experts."""
+    return _llama_like(c, "FlexOlmo", norm_placement="sublayer_post", qk_norm="across_heads", n_experts=c.num_experts,
+                       n_experts_per_token=c.num_experts_per_tok, router_norm_topk=bool(c.norm_topk_prob))
+
+
 def seed_oss(c) -> dict:
     return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
 
@@ -758,6 +780,13 @@ FAMILIES: dict[str, Family] = {
     "Llama4ForCausalLM": Family("Llama 4", llama4, {**{k: v.replace(".mlp.", ".feed_forward.") for k, v in
                                                       MOE_NAMES.items()},
                                                    "router": "model.layers.{l}.feed_forward.router"}, _split_llama4),
+    "ArceeForCausalLM": Family("Arcee", arcee, LLAMA_NAMES),
+    "Ernie4_5ForCausalLM": Family("ERNIE 4.5", ernie4_5, LLAMA_NAMES),
+    "VaultGemmaForCausalLM": Family("VaultGemma", vaultgemma, {**LLAMA_NAMES,
+                                                               "ln2": "model.layers.{l}.pre_feedforward_layernorm"}),
+    "FlexOlmoForCausalLM": Family("FlexOlmo", flex_olmo, {**MOE_NAMES, "ln1": "", "ln2": "",
+                                                         "ln1_post": "model.layers.{l}.post_attention_layernorm",
+                                                         "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",
