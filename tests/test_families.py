@@ -160,6 +160,10 @@ CASES: dict[str, tuple[str, dict]] = {
                                         "final_logit_softcapping": 3.0}),
     "flex_olmo": ("FlexOlmoConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "num_experts": 4,
                                      "num_experts_per_tok": 2}),
+    "nemotron": ("NemotronConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
+    # Hunyuan's static NTK-alpha RoPE (labelled "dynamic" with an alpha)
+    "hunyuan_dense": ("HunYuanDenseV1Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "rope_parameters": {
+        **ROPE, "rope_type": "dynamic", "factor": 1.0, "alpha": 4.0}}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }

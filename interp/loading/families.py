@@ -398,6 +398,23 @@ def flex_olmo(c) -> dict:
                        n_experts_per_token=c.num_experts_per_tok, router_norm_topk=bool(c.norm_topk_prob))
 
 
+def nemotron(c) -> dict:
+    """Nemotron: LayerNorms whose gain is 1 + w (LayerNorm1P), a plain squared-ReLU MLP, partial RoPE."""
+    return _llama_like(c, "Nemotron", norm="layernorm", norm_eps=c.norm_eps, norm_weight_offset=1.0, gated=False)
+
+
+def hunyuan_dense(c) -> dict:
+    """Hunyuan dense: Llama's recipe with a QK-norm (over d_head) of the rotated q, k. Its "dynamic" RoPE with a
+    fixed alpha is static NTK scaling: the base times alpha^(d/(d-2))."""
+    out = _llama_like(c, "HunYuan", qk_norm="per_head", qk_norm_after_rope=True)
+    params = out.get("rope_parameters") or {}
+    if params.get("rope_type") == "dynamic" and params.get("alpha"):
+        dim = out["d_head"]
+        out["rotary_base"] = out["rotary_base"] * float(params["alpha"]) ** (dim / (dim - 2))
+        del out["rope_parameters"]
+    return out
+
+
 def seed_oss(c) -> dict:
     return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
 
@@ -787,6 +804,10 @@ FAMILIES: dict[str, Family] = {
     "FlexOlmoForCausalLM": Family("FlexOlmo", flex_olmo, {**MOE_NAMES, "ln1": "", "ln2": "",
                                                          "ln1_post": "model.layers.{l}.post_attention_layernorm",
                                                          "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
+    "NemotronForCausalLM": Family("Nemotron", nemotron, LLAMA_NAMES),
+    "HunYuanDenseV1ForCausalLM": Family("HunYuan", hunyuan_dense, {
+        **LLAMA_NAMES, "q_norm": "model.layers.{l}.self_attn.query_layernorm",
+        "k_norm": "model.layers.{l}.self_attn.key_layernorm"}),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",
