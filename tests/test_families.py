@@ -164,6 +164,11 @@ CASES: dict[str, tuple[str, dict]] = {
     # Hunyuan's static NTK-alpha RoPE (labelled "dynamic" with an alpha)
     "hunyuan_dense": ("HunYuanDenseV1Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "rope_parameters": {
         **ROPE, "rope_type": "dynamic", "factor": 1.0, "alpha": 4.0}}),
+    # GLM-4-MoE: a dense first layer, then DeepSeek V3's router: 8 experts in 2 groups, the best group only, top-2,
+    # a correction bias (perturbed in _pair: transformers keeps it as a buffer), routed scaling 2.5; a shared expert
+    "glm4_moe": ("Glm4MoeConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "moe_intermediate_size": 24,
+                                   "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+                                   "routed_scaling_factor": 2.5, "use_qk_norm": True}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }
@@ -193,6 +198,10 @@ def _pair(case: str):
         cls, kwargs = CASES[case]
         hf = build_hf_from_config(getattr(transformers, cls)(**kwargs), seed=3,
                                   attn_implementation="sdpa" if case in SDPA_REFERENCE else "eager")
+        with torch.no_grad():  # DeepSeek V3's router correction bias is a buffer: noise it as the parameters are
+            for name, buffer in hf.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    buffer.add_(torch.randn(buffer.shape, generator=torch.Generator().manual_seed(4)))
         _BUILT[case] = (hf, interp.load(hf))
     return _BUILT[case]
 
@@ -467,6 +476,15 @@ def test_the_variant_settings_bind_in_their_cases():
             _, cache = unclipped.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_q"))
             assert cache["blocks.0.attn.hook_q"].abs().max() > 2 * clip
             assert (unclipped(tokens) - model(tokens)).abs().max() > 1e-2
+    _, glm4_moe = _pair("glm4_moe")  # the group limit and the correction bias both change which experts are chosen
+    ungrouped, uncorrected = copy.deepcopy(glm4_moe), copy.deepcopy(glm4_moe)
+    ungrouped.cfg.router_groups = ungrouped.cfg.router_topk_groups = 1
+    with torch.no_grad():
+        for block in uncorrected.blocks[1:]:
+            block.mlp.b_choice.zero_()
+        chosen = [m.run_with_cache(_tokens(), names_filter="blocks.1.mlp.hook_expert_indices")[1][
+            "blocks.1.mlp.hook_expert_indices"].sort(-1)[0] for m in (glm4_moe, ungrouped, uncorrected)]
+    assert (chosen[0] != chosen[1]).any() and (chosen[0] != chosen[2]).any()
     _, phimoe = _pair("phimoe")  # sparsemixer's margin admits rival experts: weights below 1 (margin 0: all 1)
     with torch.no_grad():
         _, cache = phimoe.run_with_cache(_tokens(), names_filter=lambda n: n.endswith("hook_expert_weights"))

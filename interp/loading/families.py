@@ -33,7 +33,7 @@ ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "g
 # Slots per layer (prefix "layers.{l}.") and global slots. Norm slots hold weight (+ bias for LayerNorm).
 LAYER_SLOTS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down", "q_norm", "k_norm", "ln1_post", "ln2_post",
                "router", "experts_gate_up", "experts_down", "shared_gate", "shared_up", "shared_down",
-               "shared_expert_gate", "sinks")
+               "shared_expert_gate", "sinks", "router_correction")
 GLOBAL_SLOTS = ("embed", "pos", "embed_ln", "final_norm", "lm_head")
 
 
@@ -367,6 +367,7 @@ def llama4(c) -> dict:
                       attention_chunk_size=c.attention_chunk_size if "chunked_attention" in c.layer_types else None,
                       n_experts=c.num_local_experts, n_experts_per_token=c.num_experts_per_tok,
                       d_expert=c.intermediate_size, moe_layers=list(c.moe_layers), router_sigmoid=True,
+                      router_norm_topk=False,
                       router_scale_input=True, d_shared_expert=c.intermediate_size, shared_expert_gate=False)
     if c.use_qk_norm:
         out.update(qk_norm="per_head", qk_norm_layers=rope)
@@ -413,6 +414,20 @@ def hunyuan_dense(c) -> dict:
         out["rotary_base"] = out["rotary_base"] * float(params["alpha"]) ** (dim / (dim - 2))
         del out["rope_parameters"]
     return out
+
+
+def glm4_moe(c) -> dict:
+    """GLM-4-MoE (GLM-4.5/4.6): GLM's biased q/k/v with rotate-half partial RoPE, optional QK-norm; after
+    first_k_dense_replace dense layers, DeepSeek V3's router (sigmoid scores, a choice-only correction bias,
+    group-limited top-k, routed scaling) with always-on shared experts."""
+    qk = {"qk_norm": "per_head"} if getattr(c, "use_qk_norm", False) else {}
+    return _llama_like(c, "GLM-4-MoE", attn_out_bias=False, n_experts=c.n_routed_experts,
+                       n_experts_per_token=c.num_experts_per_tok, d_expert=c.moe_intermediate_size,
+                       moe_layers=list(range(c.first_k_dense_replace, c.num_hidden_layers)), router_sigmoid=True,
+                       router_correction_bias=True, router_groups=c.n_group, router_topk_groups=c.topk_group,
+                       router_norm_topk=bool(c.norm_topk_prob), routed_scaling=float(c.routed_scaling_factor),
+                       d_shared_expert=c.moe_intermediate_size * c.n_shared_experts if c.n_shared_experts else None,
+                       shared_expert_gate=False, **qk)
 
 
 def seed_oss(c) -> dict:
@@ -701,6 +716,8 @@ GRANITE_MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.block_sparse_moe
                      "experts_gate_up": "model.layers.{l}.block_sparse_moe.experts.gate_up_proj",
                      "experts_down": "model.layers.{l}.block_sparse_moe.experts.down_proj",
                      "shared_down": "model.layers.{l}.shared_mlp.output_linear"}
+DEEPSEEK_MOE_NAMES = {**MOE_NAMES, "router_correction": "model.layers.{l}.mlp.gate.e_score_correction_bias",
+                      **{f"shared_{w}": f"model.layers.{{l}}.mlp.shared_experts.{w}_proj" for w in ("gate", "up", "down")}}
 GPT2_NAMES = {"embed": "transformer.wte", "pos": "transformer.wpe", "final_norm": "transformer.ln_f",
               "lm_head": "lm_head", "ln1": "transformer.h.{l}.ln_1", "ln2": "transformer.h.{l}.ln_2"}
 GPTJ_NAMES = {"embed": "transformer.wte", "final_norm": "transformer.ln_f", "lm_head": "lm_head",
@@ -808,6 +825,7 @@ FAMILIES: dict[str, Family] = {
     "HunYuanDenseV1ForCausalLM": Family("HunYuan", hunyuan_dense, {
         **LLAMA_NAMES, "q_norm": "model.layers.{l}.self_attn.query_layernorm",
         "k_norm": "model.layers.{l}.self_attn.key_layernorm"}),
+    "Glm4MoeForCausalLM": Family("GLM-4-MoE", glm4_moe, DEEPSEEK_MOE_NAMES),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",
@@ -913,6 +931,8 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
     out = {p + "mlp.W_router": s.pop("router.weight").T}
     if "router.bias" in s:
         out[p + "mlp.b_router"] = s.pop("router.bias")
+    if "router_correction.weight" in s:
+        out[p + "mlp.b_choice"] = s.pop("router_correction.weight")
     gate_up, down = s.pop("experts_gate_up.weight"), s.pop("experts_down.weight")
     gate_up_bias, down_bias = s.pop("experts_gate_up.bias", None), s.pop("experts_down.bias", None)
     for e in range(gate_up.shape[0]):

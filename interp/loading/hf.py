@@ -27,7 +27,8 @@ from interp.model.config import DTYPES, DecoderConfig
 NO_BOS_BY_DEFAULT = ("GPTNeoXForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
                      "Qwen3MoeForCausalLM", "PhiForCausalLM", "BloomForCausalLM", "MptForCausalLM", "GraniteForCausalLM",
                      "SmolLM3ForCausalLM", "Exaone4ForCausalLM", "GlmForCausalLM", "Glm4ForCausalLM", "SeedOssForCausalLM",
-                     "Starcoder2ForCausalLM", "PhimoeForCausalLM", "GraniteMoeForCausalLM", "Ernie4_5ForCausalLM")
+                     "Starcoder2ForCausalLM", "PhimoeForCausalLM", "GraniteMoeForCausalLM", "Ernie4_5ForCausalLM",
+                     "Glm4MoeForCausalLM")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

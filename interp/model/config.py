@@ -155,7 +155,13 @@ class DecoderConfig:
     router_sparsemixer_eps: float | None = None  # PhiMoE's sparsemixer (top-2 only): each round picks the best
     #    remaining expert, weighted by its softmax over the experts within a relative margin 2·eps of it
     router_bias: bool = False  # the router logits have a bias (GPT-OSS)
-    router_sigmoid: bool = False  # Llama 4: top-k of the logits, each weighted by sigmoid(logit), not normalised
+    router_sigmoid: bool = False  # scores sigmoid(logit) instead of a softmax, each expert on its own (Llama 4,
+    #                               DeepSeek V3, GLM-4-MoE); the k chosen are renormalised if router_norm_topk
+    router_correction_bias: bool = False  # a per-expert bias added to the sigmoid scores for choosing only (DeepSeek
+    #                                       V3's e_score_correction_bias); the weights are the uncorrected scores
+    router_groups: int = 1  # group-limited routing: experts in router_groups groups, a group scored by the sum of its
+    router_topk_groups: int = 1  # two best scores; experts chosen only from the router_topk_groups best groups
+    routed_scaling: float = 1.0  # the routed experts' weights * this (DeepSeek V3's routed_scaling_factor)
     router_scale_input: bool = False  # Llama 4: the weight scales the expert's input, expert(w·x), not its output
     swiglu_limit: float | None = None  # GPT-OSS's clamped SwiGLU: gate clamped to <= limit and up to [-limit, limit],
     swiglu_alpha: float = 1.0  # then (up + 1) * gate * sigmoid(swiglu_alpha * gate); None: the usual act(gate) * up
@@ -315,6 +321,14 @@ class DecoderConfig:
                                   f"got {self.n_experts_per_token}.")
             if self.d_expert is not None:
                 _positive("d_expert", self.d_expert)
+            if self.router_groups != 1 or self.router_topk_groups != 1:
+                _positive("router_groups", self.router_groups)
+                _positive("router_topk_groups", self.router_topk_groups)
+                if self.n_experts % self.router_groups or self.router_topk_groups > self.router_groups:
+                    raise InterpError(f"DecoderConfig.router_groups ({self.router_groups}) must divide n_experts "
+                                      f"({self.n_experts}) and router_topk_groups ({self.router_topk_groups}) be at "
+                                      "most router_groups.")
+            _positive_float("routed_scaling", self.routed_scaling)
             if self.router_sparsemixer_eps is not None:
                 _positive_float("router_sparsemixer_eps", self.router_sparsemixer_eps)
                 if self.n_experts_per_token != 2:

@@ -99,6 +99,15 @@ def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.T
     return torch.cat(weights, dim=-1), torch.cat(indices, dim=-1)
 
 
+def _best_groups_only(scores: torch.Tensor, groups: int, keep: int) -> torch.Tensor:
+    """DeepSeek V3's group-limited routing: experts split into ``groups`` equal groups, each scored by the sum of its
+    two best scores; the scores outside the ``keep`` best groups become -inf."""
+    grouped = scores.unflatten(-1, (groups, -1))  # [..., groups, experts per group]
+    group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1)[0].sum(-1)
+    best = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(-1, group_scores.topk(keep, dim=-1)[1], True)
+    return grouped.masked_fill(~best[..., None], float("-inf")).flatten(-2)
+
+
 class MoE(nn.Module):
     """Top-k routed experts (+ an optional gated shared expert), computed as Mixtral / Qwen2-MoE do."""
 
@@ -107,6 +116,8 @@ class MoE(nn.Module):
         self.cfg = cfg
         self.W_router = nn.Parameter(torch.empty(cfg.d_model, cfg.n_experts))  # x @ W_router: logits
         self.b_router = nn.Parameter(torch.zeros(cfg.n_experts)) if cfg.router_bias else None
+        # DeepSeek V3: added to the scores when choosing experts, not when weighting them
+        self.b_choice = nn.Parameter(torch.zeros(cfg.n_experts)) if cfg.router_correction_bias else None
         self.experts = nn.ModuleList([MLP(cfg, cfg.d_expert) for _ in range(cfg.n_experts)])
         if cfg.d_shared_expert is not None:
             self.shared_expert = MLP(cfg, cfg.d_shared_expert)
@@ -124,9 +135,15 @@ class MoE(nn.Module):
         logits = self.hook_router_logits(logits if self.b_router is None else logits + self.b_router)
         if cfg.router_sparsemixer_eps is not None:
             weights, idx = sparsemixer(logits, cfg.router_sparsemixer_eps)
-        elif cfg.router_sigmoid:  # Llama 4: each chosen expert's own sigmoid, no competition between them
-            top, idx = torch.topk(logits, k, dim=-1)
-            weights = torch.sigmoid(top.float())
+        elif cfg.router_sigmoid:  # each expert's own sigmoid, no competition between them (Llama 4, DeepSeek V3)
+            scores = torch.sigmoid(logits.float())
+            choice = scores if self.b_choice is None else scores + self.b_choice.float()
+            if cfg.router_groups > 1:
+                choice = _best_groups_only(choice, cfg.router_groups, cfg.router_topk_groups)
+            idx = torch.topk(choice, k, dim=-1)[1]
+            weights = scores.gather(-1, idx)
+            if cfg.router_norm_topk:
+                weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)  # DeepSeek's epsilon
         elif cfg.router_softmax_after_topk:
             top, idx = torch.topk(logits, k, dim=-1)
             weights = torch.softmax(top, dim=-1, dtype=torch.float32)
@@ -135,6 +152,8 @@ class MoE(nn.Module):
             weights, idx = torch.topk(probs, k, dim=-1)
             if cfg.router_norm_topk:
                 weights = weights / weights.sum(dim=-1, keepdim=True)
+        if cfg.routed_scaling != 1.0:
+            weights = weights * cfg.routed_scaling
         weights = self.hook_expert_weights(weights.to(x.dtype))
         return weights, self.hook_expert_indices(idx)
 
