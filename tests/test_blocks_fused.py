@@ -96,6 +96,14 @@ def test_chunked_attention_on_the_fused_paths_and_refused_by_the_kernel():
     assert pattern[..., 20, :16].abs().max() == 0 and pattern[..., 20, 16:21].sum(-1).allclose(torch.ones(()))
 
 
+def test_latent_attention_on_every_path():
+    """DeepSeek V3's multi-head latent attention (value heads narrower than q/k: zero-padded for the fused kernels,
+    which change no score or output) through sdpa, triton and the lazy rebuild, forward and backward."""
+    model = make(kv_lora_rank=12, q_lora_rank=16, qk_rope_dim=4, d_head=16, d_head_v=8, n_kv_heads=4,
+                 rotary_interleaved=True, attn_bias=False)
+    check_paths(model, tokens_for(2, 33).to(DEVICE), grads=True)
+
+
 def test_attention_sinks_on_every_path():
     """GPT-OSS's sinks: the fused paths (sdpa, triton) fold them in through the kernel's lse, the lazy rebuild adds
     them to its normaliser, a backward pass takes the eager path; rows then give the real keys less than 1."""

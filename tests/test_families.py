@@ -169,6 +169,16 @@ CASES: dict[str, tuple[str, dict]] = {
     "glm4_moe": ("Glm4MoeConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "moe_intermediate_size": 24,
                                    "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
                                    "routed_scaling_factor": 2.5, "use_qk_norm": True}),
+    # DeepSeek V3: latent attention (q through a latent of 16, k/v through one of 12; 4 rotated dims of 12, value
+    # heads of 6), YaRN with mscale_all_dim, a dense first layer then its experts (as GLM-4-MoE's)
+    "deepseek_v3": ("DeepseekV3Config", {**LLAMA, "num_key_value_heads": 4, "pad_token_id": 0, "q_lora_rank": 16,
+                                         "kv_lora_rank": 12,
+                                         "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 6,
+                                         "moe_intermediate_size": 24, "n_routed_experts": 8, "num_experts_per_tok": 2,
+                                         "n_group": 2, "topk_group": 1, "routed_scaling_factor": 2.5,
+                                         "rope_parameters": {**ROPE, "rope_type": "yarn", "factor": 4.0,
+                                                             "original_max_position_embeddings": 16, "mscale": 1.0,
+                                                             "mscale_all_dim": 1.0}}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }
@@ -345,6 +355,14 @@ def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path, monkey
             "blocks.0.attn.hook_pattern", "blocks.0.hook_attn_out"}
     if model.cfg.has_moe:
         must -= {"blocks.1.mlp.hook_post"}
+    if model.cfg.kv_lora_rank is not None:  # latent attention: the bridge's hook_q / hook_k are the q, k attention
+        r = model.cfg.qk_rope_dim  # reads (ours: hook_rot_q / hook_rot_k); its hook_rot_q / hook_rot_k only their
+        for k in [k for k in shared if k.endswith(("hook_rot_q", "hook_rot_k"))]:  # rotated tail (k: one shared head)
+            tail = ours[k][..., -r:]
+            torch.testing.assert_close(tail[..., :1, :] if k.endswith("k") else tail, theirs[k], rtol=0, atol=1e-5)
+            read = k.replace("hook_rot_", "hook_")
+            torch.testing.assert_close(ours[k], _bridge_layout(ours[k], theirs[read]), rtol=0, atol=1e-5)
+            shared -= {k, read}
     if case == "granite_moe":  # Granite's router returns (logits, weights, indices): the bridge's hook_expert_indices
         shared -= {k for k in shared if k.endswith("mlp.hook_expert_indices")}  # holds the router logits
     if case == "nanochat":  # the bridge's hook_embed is the raw embedding; ours is what joins the residual stream
@@ -369,6 +387,8 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
         refusal = "norm_placement"
     elif plain.cfg.norm == "layernorm" and plain.cfg.has_moe:  # a LayerNorm's bias has no home in bias-free experts
         refusal = "mixture of experts"
+    elif plain.cfg.kv_lora_rank is not None:  # ln1 is read by latent projections
+        refusal = "latent attention"
     if refusal is not None:
         with pytest.raises(InterpError, match=refusal):
             interp.load(hf, **PROCESSING)
@@ -399,7 +419,7 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
     torch.testing.assert_close(refactored.log_softmax(-1), ref.log_softmax(-1), rtol=0, atol=1e-5 * ref.abs().max())
 
 
-@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe", "gpt_oss", "llama4"])
+@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe", "gpt_oss", "llama4", "deepseek_v3"])
 def test_interp_checkpoint_of_a_family_round_trips(case, tmp_path):
     """Saved as our own checkpoint (config.json + safetensors) and loaded back: the same model."""
     _, model = _pair(case)
@@ -485,6 +505,8 @@ def test_the_variant_settings_bind_in_their_cases():
         chosen = [m.run_with_cache(_tokens(), names_filter="blocks.1.mlp.hook_expert_indices")[1][
             "blocks.1.mlp.hook_expert_indices"].sort(-1)[0] for m in (glm4_moe, ungrouped, uncorrected)]
     assert (chosen[0] != chosen[1]).any() and (chosen[0] != chosen[2]).any()
+    with pytest.raises(InterpError, match="multi-head latent attention .* no per-head W_K"):
+        _ = _pair("deepseek_v3")[1].W_K  # latent attention has no per-head key matrix to hand out
     _, phimoe = _pair("phimoe")  # sparsemixer's margin admits rival experts: weights below 1 (margin 0: all 1)
     with torch.no_grad():
         _, cache = phimoe.run_with_cache(_tokens(), names_filter=lambda n: n.endswith("hook_expert_weights"))

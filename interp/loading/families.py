@@ -33,7 +33,8 @@ ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "g
 # Slots per layer (prefix "layers.{l}.") and global slots. Norm slots hold weight (+ bias for LayerNorm).
 LAYER_SLOTS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down", "q_norm", "k_norm", "ln1_post", "ln2_post",
                "router", "experts_gate_up", "experts_down", "shared_gate", "shared_up", "shared_down",
-               "shared_expert_gate", "sinks", "router_correction")
+               "shared_expert_gate", "sinks", "router_correction", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm",
+               "kv_b")
 GLOBAL_SLOTS = ("embed", "pos", "embed_ln", "final_norm", "lm_head")
 
 
@@ -416,18 +417,39 @@ def hunyuan_dense(c) -> dict:
     return out
 
 
+def _deepseek_moe(c) -> dict:
+    """DeepSeek V3's experts (also GLM-4-MoE's): after first_k_dense_replace dense layers, a router of sigmoid scores
+    with a choice-only correction bias, group-limited top-k and routed scaling, plus always-on shared experts."""
+    return {"n_experts": c.n_routed_experts, "n_experts_per_token": c.num_experts_per_tok,
+            "d_expert": c.moe_intermediate_size, "moe_layers": list(range(c.first_k_dense_replace, c.num_hidden_layers)),
+            "router_sigmoid": True, "router_correction_bias": True, "router_groups": c.n_group,
+            "router_topk_groups": c.topk_group, "router_norm_topk": bool(c.norm_topk_prob),
+            "routed_scaling": float(c.routed_scaling_factor), "shared_expert_gate": False,
+            "d_shared_expert": c.moe_intermediate_size * c.n_shared_experts if c.n_shared_experts else None}
+
+
 def glm4_moe(c) -> dict:
-    """GLM-4-MoE (GLM-4.5/4.6): GLM's biased q/k/v with rotate-half partial RoPE, optional QK-norm; after
-    first_k_dense_replace dense layers, DeepSeek V3's router (sigmoid scores, a choice-only correction bias,
-    group-limited top-k, routed scaling) with always-on shared experts."""
+    """GLM-4-MoE (GLM-4.5/4.6): GLM's biased q/k/v with rotate-half partial RoPE, optional QK-norm, DeepSeek V3's
+    experts."""
     qk = {"qk_norm": "per_head"} if getattr(c, "use_qk_norm", False) else {}
-    return _llama_like(c, "GLM-4-MoE", attn_out_bias=False, n_experts=c.n_routed_experts,
-                       n_experts_per_token=c.num_experts_per_tok, d_expert=c.moe_intermediate_size,
-                       moe_layers=list(range(c.first_k_dense_replace, c.num_hidden_layers)), router_sigmoid=True,
-                       router_correction_bias=True, router_groups=c.n_group, router_topk_groups=c.topk_group,
-                       router_norm_topk=bool(c.norm_topk_prob), routed_scaling=float(c.routed_scaling_factor),
-                       d_shared_expert=c.moe_intermediate_size * c.n_shared_experts if c.n_shared_experts else None,
-                       shared_expert_gate=False, **qk)
+    return _llama_like(c, "GLM-4-MoE", attn_out_bias=False, **_deepseek_moe(c), **qk)
+
+
+def deepseek_v3(c) -> dict:
+    """DeepSeek V3: multi-head latent attention (kv_lora_rank, q_lora_rank; RoPE on a qk_rope_head_dim tail, one
+    rotated key part shared by all heads; value heads of v_head_dim) and DeepSeek's experts. With YaRN, the score
+    scale carries mscale_all_dim's factor squared, as transformers' yarn_apply_mscale."""
+    _refuse("DeepSeek V3", attention_bias=getattr(c, "attention_bias", False))
+    d_head = c.qk_nope_head_dim + c.qk_rope_head_dim
+    scale = d_head ** -0.5
+    params = c.rope_parameters or {}
+    if params.get("rope_type", "default") != "default" and params.get("mscale_all_dim"):
+        mscale = 0.1 * params["mscale_all_dim"] * math.log(params["factor"]) + 1.0 if params["factor"] > 1 else 1.0
+        scale *= mscale * mscale
+    return _llama_like(c, "DeepSeek V3", n_kv_heads=c.num_attention_heads, d_head=d_head, d_head_v=c.v_head_dim,
+                       kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank, qk_rope_dim=c.qk_rope_head_dim,
+                       rotary_interleaved=bool(getattr(c, "rope_interleave", True)), attn_multiplier=scale,
+                       attn_bias=False, attn_out_bias=False, **_deepseek_moe(c))
 
 
 def seed_oss(c) -> dict:
@@ -826,6 +848,10 @@ FAMILIES: dict[str, Family] = {
         **LLAMA_NAMES, "q_norm": "model.layers.{l}.self_attn.query_layernorm",
         "k_norm": "model.layers.{l}.self_attn.key_layernorm"}),
     "Glm4MoeForCausalLM": Family("GLM-4-MoE", glm4_moe, DEEPSEEK_MOE_NAMES),
+    "DeepseekV3ForCausalLM": Family("DeepSeek V3", deepseek_v3, {
+        **DEEPSEEK_MOE_NAMES, **{slot: f"model.layers.{{l}}.self_attn.{name}" for slot, name in (
+            ("q_a", "q_a_proj"), ("q_a_norm", "q_a_layernorm"), ("q_b", "q_b_proj"), ("kv_a", "kv_a_proj_with_mqa"),
+            ("kv_a_norm", "kv_a_layernorm"), ("kv_b", "kv_b_proj"))}}),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",
@@ -891,10 +917,12 @@ def to_interp_state(slots: dict, cfg) -> dict:
     for l in range(cfg.n_layers):
         s = {k.split(".", 2)[2]: slots.pop(k) for k in [k for k in slots if k.startswith(f"layers.{l}.")]}
         p = f"blocks.{l}."
-        for slot, heads in (("q", H), ("k", K), ("v", K)):
+        for slot, heads in (("q", H), ("k", K), ("v", K)) if "kv_a.weight" not in s else ():
             out[p + f"attn.W_{slot.upper()}"] = _heads_in(s.pop(f"{slot}.weight"), heads)
             if f"{slot}.bias" in s:
                 out[p + f"attn.b_{slot.upper()}"] = einops.rearrange(s.pop(f"{slot}.bias"), "(h d) -> h d", h=heads)
+        if "kv_a.weight" in s:
+            out.update(_latent_state(s, p, cfg))
         out[p + "attn.W_O"] = einops.rearrange(s.pop("o.weight"), "m (h d) -> h d m", h=H)
         if "o.bias" in s:
             out[p + "attn.b_O"] = s.pop("o.bias")
@@ -921,6 +949,22 @@ def to_interp_state(slots: dict, cfg) -> dict:
             raise InterpError(f"layer {l}: slots left unmapped: {sorted(s)} (a mapping bug; please report).")
     if slots:
         raise InterpError(f"slots left unmapped: {sorted(slots)} (a mapping bug; please report).")
+    return out
+
+
+def _latent_state(s: dict, p: str, cfg) -> dict:
+    """DeepSeek V3's latent attention: q (or q_a, its norm, q_b), kv_a, its norm, and kv_b ([own key | value] per
+    head) -> W_Q (or W_Q_a, q_a_norm, W_Q_b), W_KV_a, kv_a_norm, W_K_b, W_V_b."""
+    H, own = cfg.n_heads, cfg.d_head - cfg.qk_rope_dim
+    out = {p + "attn.W_KV_a": s.pop("kv_a.weight").T, p + "attn.kv_a_norm.w": s.pop("kv_a_norm.weight")}
+    kv_b = einops.rearrange(s.pop("kv_b.weight"), "(h e) r -> h r e", h=H)
+    out[p + "attn.W_K_b"], out[p + "attn.W_V_b"] = kv_b[..., :own], kv_b[..., own:]
+    if "q_a.weight" in s:
+        out[p + "attn.W_Q_a"] = s.pop("q_a.weight").T
+        out[p + "attn.q_a_norm.w"] = s.pop("q_a_norm.weight")
+        out[p + "attn.W_Q_b"] = einops.rearrange(s.pop("q_b.weight"), "(h d) r -> h r d", h=H)
+    else:
+        out[p + "attn.W_Q"] = _heads_in(s.pop("q.weight"), H)
     return out
 
 
@@ -954,7 +998,7 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
 
 # What an architecture outside the table would need (model_type -> the missing feature), for the error.
 MISSING_FEATURE = {
-    "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
+    "deepseek_v2": "multi-head latent attention with DeepSeek V2's routing (V3's is supported)",
     "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
     "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",
 }

@@ -110,7 +110,9 @@ class Attention(nn.Module):
         self.W_Q = nn.Parameter(torch.empty(H, d, dh))
         self.W_K = nn.Parameter(torch.empty(K, d, dh))
         self.W_V = nn.Parameter(torch.empty(K, d, dh))
-        self.W_O = nn.Parameter(torch.empty(H, dh, d))
+        self.W_O = nn.Parameter(torch.empty(H, cfg.d_head_v or dh, d))
+        if cfg.kv_lora_rank is not None:
+            self._latent_parameters(cfg)
         if cfg.attn_bias:
             self.b_Q = nn.Parameter(torch.zeros(H, dh))
             self.b_K = nn.Parameter(torch.zeros(K, dh))
@@ -148,6 +150,34 @@ class Attention(nn.Module):
             self.k_norm = Norm(cfg, dh if per_head else K * dh)
         if self.qk_normed:
             self.hook_q_normed, self.hook_k_normed = HookPoint(), HookPoint()  # [batch, pos, head, d_head]
+
+    def _latent_parameters(self, cfg: DecoderConfig) -> None:
+        """Multi-head latent attention (DeepSeek V3): W_K / W_V do not exist; keys and values come from a latent."""
+        H, d, dh, r, rope = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.kv_lora_rank, cfg.qk_rope_dim
+        self.W_K = self.W_V = None
+        if cfg.q_lora_rank is not None:  # queries through their own normed latent
+            self.W_Q = None
+            self.W_Q_a = nn.Parameter(torch.empty(d, cfg.q_lora_rank))
+            self.q_a_norm = Norm(cfg, cfg.q_lora_rank)
+            self.W_Q_b = nn.Parameter(torch.empty(H, cfg.q_lora_rank, dh))
+        self.W_KV_a = nn.Parameter(torch.empty(d, r + rope))  # [latent | the shared key part that rotates]
+        self.kv_a_norm = Norm(cfg, r)
+        self.W_K_b = nn.Parameter(torch.empty(H, r, dh - rope))
+        self.W_V_b = nn.Parameter(torch.empty(H, r, cfg.d_head_v or dh))
+
+    def _latent_qkv(self, x: torch.Tensor):
+        """q, k, v [batch, pos, head, ·] of latent attention; k's last qk_rope_dim features are one shared head."""
+        cfg = self.cfg
+        if self.W_Q is None:
+            q = torch.einsum("bpr,hrd->bphd", self.q_a_norm(x @ self.W_Q_a), self.W_Q_b)
+        else:
+            q = self._project(x, self.W_Q, None)
+        latent, k_shared = (x @ self.W_KV_a).split([cfg.kv_lora_rank, cfg.qk_rope_dim], dim=-1)
+        latent = self.kv_a_norm(latent)
+        k_own = torch.einsum("bpr,hrd->bphd", latent, self.W_K_b)
+        k = torch.cat([k_own, k_shared[:, :, None].expand(-1, -1, cfg.n_heads, -1)], dim=-1)
+        v = torch.einsum("bpr,hrd->bphd", latent, self.W_V_b)
+        return self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
     @property
     def alibi(self) -> torch.Tensor | None:
@@ -195,6 +225,15 @@ class Attention(nn.Module):
             self._rope_cache[key] = (inv_freq.to(positions.device), factor)
         return self._rope_cache[key]
 
+    def _rotate_tail(self, t, cos, sin):
+        """DeepSeek V3: RoPE on the last qk_rope_dim features; interleaved pairs come out as [evens | odds], as its
+        apply_rotary_pos_emb_interleave leaves them (q and k alike, so the scores do not depend on the order)."""
+        keep, turn = t[..., :-self.cfg.qk_rope_dim], apply_rotary(t[..., -self.cfg.qk_rope_dim:], cos, sin,
+                                                                   self.cfg.rotary_interleaved)
+        if self.cfg.rotary_interleaved:
+            turn = torch.cat([turn[..., 0::2], turn[..., 1::2]], dim=-1)
+        return torch.cat([keep, turn], dim=-1)
+
     def _rotate(self, q, k, positions):
         cfg = self.cfg
         work = torch.promote_types(q.dtype, torch.float32)  # a float64 model keeps full precision
@@ -202,6 +241,9 @@ class Attention(nn.Module):
         cos, sin = rotary_cos_sin(positions, inv_freq, q.dtype, factor, cfg.rotary_interleaved)
         if cfg.rotary_reversed:  # rotating by -angle: sin(-a) = -sin(a)
             sin = -sin
+        if cfg.kv_lora_rank is not None:  # latent attention: the last qk_rope_dim features rotate
+            q, k = self._rotate_tail(q, cos, sin), self._rotate_tail(k, cos, sin)
+            return self.hook_rot_q(q), self.hook_rot_k(k)
         q = apply_rotary(q, cos, sin, cfg.rotary_interleaved)
         if self.scales_queries:  # hook_rot_q holds the query the scores use (as the bridge's)
             q = self._scale_queries(q, positions)
@@ -229,9 +271,12 @@ class Attention(nn.Module):
         ``key_mask`` [batch, n_key] (True = real token) hides padding; positions are then [batch, pos]."""
         cfg = self.cfg
         q_in, k_in, v_in = x if isinstance(x, tuple) else (x, x, x)  # a tuple: per-head inputs (gated hooks)
-        q = self.hook_q(self._clip(self._project(q_in, self.W_Q, self.b_Q)))
-        k = self.hook_k(self._clip(self._project(k_in, self.W_K, self.b_K)))
-        v = self.hook_v(self._clip(self._project(v_in, self.W_V, self.b_V)))
+        if cfg.kv_lora_rank is not None:
+            q, k, v = self._latent_qkv(x)
+        else:
+            q = self.hook_q(self._clip(self._project(q_in, self.W_Q, self.b_Q)))
+            k = self.hook_k(self._clip(self._project(k_in, self.W_K, self.b_K)))
+            v = self.hook_v(self._clip(self._project(v_in, self.W_V, self.b_V)))
         if self.qk_normed and not cfg.qk_norm_after_rope:
             q = self._qk_norm(q, self.q_norm, self.hook_q_normed)
             k = self._qk_norm(k, self.k_norm, self.hook_k_normed)
@@ -294,6 +339,12 @@ class Attention(nn.Module):
 
         # With cached keys (generation) queries are the last n_q positions; fused_attention aligns the causal
         # mask bottom-right. The log-sum-exp is only asked for when a lazy cache will rebuild the pattern.
+        d_qk, d_v = qh.shape[-1], vh.shape[-1]
+        if d_v != d_qk:  # latent attention's value heads are narrower: zero features change no score or output
+            if d_v < d_qk:
+                vh = F.pad(vh, (0, d_qk - d_v))
+            else:
+                qh, kh = F.pad(qh, (0, d_v - d_qk)), F.pad(kh, (0, d_v - d_qk))
         mods = {"scale": self.cfg.attn_scale, "window": self.window, "softcap": self.softcap, "alibi": self.alibi,
                 "chunk": self.chunk}
         if self.sinks is not None and torch.is_grad_enabled() and qh.requires_grad:
@@ -308,4 +359,4 @@ class Attention(nn.Module):
         if self.sinks is not None:  # softmax_with_sinks through the lse: each row scaled by sigmoid(lse - sink)
             keep = torch.sigmoid(lse.float() - self.sinks.float()[:, None])
             z = z * keep[..., None].to(z.dtype)
-        return z.transpose(1, 2)
+        return z[..., :d_v].transpose(1, 2)

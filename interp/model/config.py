@@ -113,6 +113,14 @@ class DecoderConfig:
     attn_softcap: float | None = None  # scores -> c * tanh(scores / c) before the mask (Gemma 2)
     attn_multiplier: float | None = None  # score scale; None -> 1/sqrt(d_head). Gemma: query_pre_attn_scalar**-0.5,
     #                                       Granite: attention_multiplier
+    # Multi-head latent attention (DeepSeek V3), on when kv_lora_rank is set: keys and values come from a shared
+    # latent x·W_KV_a (normed) of kv_lora_rank dims, per head through W_K_b / W_V_b, plus one rotated key part of
+    # qk_rope_dim dims shared by all heads; queries through a latent of q_lora_rank dims (None: W_Q directly). The
+    # last qk_rope_dim features of each q/k head rotate; value heads have d_head_v features.
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None
+    qk_rope_dim: int = 0
+    d_head_v: int | None = None  # None -> d_head (only multi-head latent attention sets it)
     # Positions:
     rope_parameters: dict | None = None  # transformers' rope_parameters: {"rope_type": linear|dynamic|llama3|yarn|
     #    longrope, "rope_theta"?, "factor", ...}, or one such dict per layer type {"full_attention": {...},
@@ -282,6 +290,19 @@ class DecoderConfig:
                             raise InterpError(
                                 f"DecoderConfig.{where}['{k}'] must have rotary_dim/2 = {self.rotary_dim // 2} "
                                 f"entries; got {len(params[k])}.")
+        if self.kv_lora_rank is not None:
+            _positive("kv_lora_rank", self.kv_lora_rank)
+            if self.q_lora_rank is not None:
+                _positive("q_lora_rank", self.q_lora_rank)
+            _positive("d_head_v", self.d_head_v if self.d_head_v is not None else self.d_head)
+            if self.positional != "rotary" or not 0 < self.qk_rope_dim < self.d_head or self.qk_rope_dim % 2:
+                raise InterpError(f"DecoderConfig.qk_rope_dim must be even and in (0, d_head={self.d_head}) with "
+                                  f"positional='rotary' for latent attention; got {self.qk_rope_dim}.")
+            if self.n_kv_heads != self.n_heads or self.use_split_qkv_input or self.attn_bias or self.qk_norm:
+                raise InterpError("DecoderConfig.kv_lora_rank (latent attention) needs n_kv_heads == n_heads and "
+                                  "no use_split_qkv_input, attn_bias or qk_norm.")
+        elif self.d_head_v is not None or self.q_lora_rank is not None:
+            raise InterpError("DecoderConfig.d_head_v / q_lora_rank are for latent attention: set kv_lora_rank.")
         if self.qk_norm_after_rope and self.qk_norm is None:
             raise InterpError("DecoderConfig.qk_norm_after_rope=True needs a qk_norm.")
         if (self.rotary_interleaved or self.rotary_reversed) and self.positional != "rotary":
@@ -347,7 +368,9 @@ class DecoderConfig:
     # --- derived quantities -------------------------------------------------------------------
     @property
     def rotary_dim(self) -> int:
-        return int(self.d_head * self.rotary_fraction) if self.positional == "rotary" else 0
+        if self.positional != "rotary":
+            return 0
+        return self.qk_rope_dim if self.kv_lora_rank is not None else int(self.d_head * self.rotary_fraction)
 
     @property
     def alpha(self) -> float:

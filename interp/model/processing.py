@@ -69,6 +69,9 @@ def _check_foldable(model) -> None:
         )
     if not cfg.final_norm:
         raise InterpError("fold_ln needs a final norm (cfg.final_norm=True); this model has none to fold.")
+    if cfg.kv_lora_rank is not None:
+        raise InterpError("fold_ln with multi-head latent attention (DeepSeek V3) is not supported: ln1 is read by its "
+                          "latent projections, not by per-head W_Q/W_K/W_V.")
     if cfg.has_moe and cfg.norm == "layernorm":
         raise InterpError("fold_ln of a LayerNorm into a mixture of experts is not supported (the router and "
                           "experts have no biases to take the norm's bias); RMSNorm MoE models fold.")
