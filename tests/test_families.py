@@ -179,6 +179,14 @@ CASES: dict[str, tuple[str, dict]] = {
                                          "rope_parameters": {**ROPE, "rope_type": "yarn", "factor": 4.0,
                                                              "original_max_position_embeddings": 16, "mscale": 1.0,
                                                              "mscale_all_dim": 1.0}}),
+    # DeepSeek V2: the same latent attention with RoPE pairs in place, no q latent; softmax routing limited to the best
+    # group by its top score (group_limited_greedy), routed scaling
+    "deepseek_v2": ("DeepseekV2Config", {**LLAMA, "num_key_value_heads": 4, "pad_token_id": 0, "q_lora_rank": None,
+                                         "kv_lora_rank": 12, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+                                         "v_head_dim": 6, "head_dim": 4, "moe_intermediate_size": 24,
+                                         "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+                                         "topk_method": "group_limited_greedy", "routed_scaling_factor": 2.5,
+                                         "first_k_dense_replace": 1}),
     "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
                                        "n_positions": N_CTX}),
 }

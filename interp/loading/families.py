@@ -422,8 +422,8 @@ def _deepseek_moe(c) -> dict:
     with a choice-only correction bias, group-limited top-k and routed scaling, plus always-on shared experts."""
     return {"n_experts": c.n_routed_experts, "n_experts_per_token": c.num_experts_per_tok,
             "d_expert": c.moe_intermediate_size, "moe_layers": list(range(c.first_k_dense_replace, c.num_hidden_layers)),
-            "router_sigmoid": True, "router_correction_bias": True, "router_groups": c.n_group,
-            "router_topk_groups": c.topk_group, "router_norm_topk": bool(c.norm_topk_prob),
+            "router_sigmoid": True, "router_correction_bias": True, "router_groups": c.n_group or 1,
+            "router_topk_groups": c.topk_group or 1, "router_norm_topk": bool(c.norm_topk_prob),
             "routed_scaling": float(c.routed_scaling_factor), "shared_expert_gate": False,
             "d_shared_expert": c.moe_intermediate_size * c.n_shared_experts if c.n_shared_experts else None}
 
@@ -435,21 +435,35 @@ def glm4_moe(c) -> dict:
     return _llama_like(c, "GLM-4-MoE", attn_out_bias=False, **_deepseek_moe(c), **qk)
 
 
-def deepseek_v3(c) -> dict:
-    """DeepSeek V3: multi-head latent attention (kv_lora_rank, q_lora_rank; RoPE on a qk_rope_head_dim tail, one
-    rotated key part shared by all heads; value heads of v_head_dim) and DeepSeek's experts. With YaRN, the score
-    scale carries mscale_all_dim's factor squared, as transformers' yarn_apply_mscale."""
-    _refuse("DeepSeek V3", attention_bias=getattr(c, "attention_bias", False))
+def _latent(c, family: str, **kw) -> dict:
+    """DeepSeek's multi-head latent attention (kv_lora_rank, q_lora_rank; RoPE on a qk_rope_head_dim tail, one rotated
+    key part shared by all heads; value heads of v_head_dim) and DeepSeek's experts. With YaRN, the score scale
+    carries mscale_all_dim's factor squared, as transformers' yarn_apply_mscale."""
+    _refuse(family, attention_bias=getattr(c, "attention_bias", False))
     d_head = c.qk_nope_head_dim + c.qk_rope_head_dim
     scale = d_head ** -0.5
     params = c.rope_parameters or {}
     if params.get("rope_type", "default") != "default" and params.get("mscale_all_dim"):
         mscale = 0.1 * params["mscale_all_dim"] * math.log(params["factor"]) + 1.0 if params["factor"] > 1 else 1.0
         scale *= mscale * mscale
-    return _llama_like(c, "DeepSeek V3", n_kv_heads=c.num_attention_heads, d_head=d_head, d_head_v=c.v_head_dim,
+    return _llama_like(c, family, n_kv_heads=c.num_attention_heads, d_head=d_head, d_head_v=c.v_head_dim,
                        kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank, qk_rope_dim=c.qk_rope_head_dim,
                        rotary_interleaved=bool(getattr(c, "rope_interleave", True)), attn_multiplier=scale,
-                       attn_bias=False, attn_out_bias=False, **_deepseek_moe(c))
+                       attn_bias=False, attn_out_bias=False, **{**_deepseek_moe(c), **kw})
+
+
+def deepseek_v3(c) -> dict:
+    return _latent(c, "DeepSeek V3")
+
+
+def deepseek_v2(c) -> dict:
+    """DeepSeek V2: V3's latent attention with its RoPE pairs left in place (complex RoPE), and its own router: a
+    softmax over all experts, top-k (group_limited_greedy: from the best groups by their top score), routed scaling."""
+    _refuse("DeepSeek V2", topk_method_unsupported=c.topk_method not in ("greedy", "group_limited_greedy"))
+    grouped = c.topk_method == "group_limited_greedy"
+    return _latent(c, "DeepSeek V2", rope_tail_deinterleave=False, router_sigmoid=False,
+                   router_correction_bias=False, router_norm_topk=False, router_group_score_top=1,
+                   router_groups=c.n_group if grouped else 1, router_topk_groups=c.topk_group if grouped else 1)
 
 
 def seed_oss(c) -> dict:
@@ -740,6 +754,9 @@ GRANITE_MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.block_sparse_moe
                      "shared_down": "model.layers.{l}.shared_mlp.output_linear"}
 DEEPSEEK_MOE_NAMES = {**MOE_NAMES, "router_correction": "model.layers.{l}.mlp.gate.e_score_correction_bias",
                       **{f"shared_{w}": f"model.layers.{{l}}.mlp.shared_experts.{w}_proj" for w in ("gate", "up", "down")}}
+LATENT_NAMES = {**DEEPSEEK_MOE_NAMES, **{slot: f"model.layers.{{l}}.self_attn.{name}" for slot, name in (
+    ("q_a", "q_a_proj"), ("q_a_norm", "q_a_layernorm"), ("q_b", "q_b_proj"), ("kv_a", "kv_a_proj_with_mqa"),
+    ("kv_a_norm", "kv_a_layernorm"), ("kv_b", "kv_b_proj"))}}  # DeepSeek V2/V3
 GPT2_NAMES = {"embed": "transformer.wte", "pos": "transformer.wpe", "final_norm": "transformer.ln_f",
               "lm_head": "lm_head", "ln1": "transformer.h.{l}.ln_1", "ln2": "transformer.h.{l}.ln_2"}
 GPTJ_NAMES = {"embed": "transformer.wte", "final_norm": "transformer.ln_f", "lm_head": "lm_head",
@@ -848,10 +865,8 @@ FAMILIES: dict[str, Family] = {
         **LLAMA_NAMES, "q_norm": "model.layers.{l}.self_attn.query_layernorm",
         "k_norm": "model.layers.{l}.self_attn.key_layernorm"}),
     "Glm4MoeForCausalLM": Family("GLM-4-MoE", glm4_moe, DEEPSEEK_MOE_NAMES),
-    "DeepseekV3ForCausalLM": Family("DeepSeek V3", deepseek_v3, {
-        **DEEPSEEK_MOE_NAMES, **{slot: f"model.layers.{{l}}.self_attn.{name}" for slot, name in (
-            ("q_a", "q_a_proj"), ("q_a_norm", "q_a_layernorm"), ("q_b", "q_b_proj"), ("kv_a", "kv_a_proj_with_mqa"),
-            ("kv_a_norm", "kv_a_layernorm"), ("kv_b", "kv_b_proj"))}}),
+    "DeepseekV3ForCausalLM": Family("DeepSeek V3", deepseek_v3, LATENT_NAMES),
+    "DeepseekV2ForCausalLM": Family("DeepSeek V2", deepseek_v2, LATENT_NAMES),
     "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
                                                                "pos": "transformer.positions_embed",
                                                                "ln1": "transformer.h.{l}.ln_1",
@@ -998,7 +1013,6 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
 
 # What an architecture outside the table would need (model_type -> the missing feature), for the error.
 MISSING_FEATURE = {
-    "deepseek_v2": "multi-head latent attention with DeepSeek V2's routing (V3's is supported)",
     "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
     "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",
 }

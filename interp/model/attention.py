@@ -230,7 +230,7 @@ class Attention(nn.Module):
         apply_rotary_pos_emb_interleave leaves them (q and k alike, so the scores do not depend on the order)."""
         keep, turn = t[..., :-self.cfg.qk_rope_dim], apply_rotary(t[..., -self.cfg.qk_rope_dim:], cos, sin,
                                                                    self.cfg.rotary_interleaved)
-        if self.cfg.rotary_interleaved:
+        if self.cfg.rotary_interleaved and self.cfg.rope_tail_deinterleave:
             turn = torch.cat([turn[..., 0::2], turn[..., 1::2]], dim=-1)
         return torch.cat([keep, turn], dim=-1)
 

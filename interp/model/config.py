@@ -121,6 +121,8 @@ class DecoderConfig:
     q_lora_rank: int | None = None
     qk_rope_dim: int = 0
     d_head_v: int | None = None  # None -> d_head (only multi-head latent attention sets it)
+    rope_tail_deinterleave: bool = True  # interleaved pairs of the rotated tail come out as [evens | odds] (DeepSeek
+    #                                      V3's apply_rotary_pos_emb_interleave); False: in place (V2's complex RoPE)
     # Positions:
     rope_parameters: dict | None = None  # transformers' rope_parameters: {"rope_type": linear|dynamic|llama3|yarn|
     #    longrope, "rope_theta"?, "factor", ...}, or one such dict per layer type {"full_attention": {...},
@@ -169,6 +171,7 @@ class DecoderConfig:
     #                                       V3's e_score_correction_bias); the weights are the uncorrected scores
     router_groups: int = 1  # group-limited routing: experts in router_groups groups, a group scored by the sum of its
     router_topk_groups: int = 1  # two best scores; experts chosen only from the router_topk_groups best groups
+    router_group_score_top: int = 2  # a group's score: the sum of its this-many best scores (DeepSeek V2: 1, the max)
     routed_scaling: float = 1.0  # the routed experts' weights * this (DeepSeek V3's routed_scaling_factor)
     router_scale_input: bool = False  # Llama 4: the weight scales the expert's input, expert(w·x), not its output
     swiglu_limit: float | None = None  # GPT-OSS's clamped SwiGLU: gate clamped to <= limit and up to [-limit, limit],
@@ -350,6 +353,7 @@ class DecoderConfig:
                                       f"({self.n_experts}) and router_topk_groups ({self.router_topk_groups}) be at "
                                       "most router_groups.")
             _positive_float("routed_scaling", self.routed_scaling)
+            _positive("router_group_score_top", self.router_group_score_top)
             if self.router_sparsemixer_eps is not None:
                 _positive_float("router_sparsemixer_eps", self.router_sparsemixer_eps)
                 if self.n_experts_per_token != 2:

@@ -99,12 +99,14 @@ def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.T
     return torch.cat(weights, dim=-1), torch.cat(indices, dim=-1)
 
 
-def _best_groups_only(scores: torch.Tensor, groups: int, keep: int) -> torch.Tensor:
-    """DeepSeek V3's group-limited routing: experts split into ``groups`` equal groups, each scored by the sum of its
-    two best scores; the scores outside the ``keep`` best groups become -inf."""
-    grouped = scores.unflatten(-1, (groups, -1))  # [..., groups, experts per group]
-    group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1)[0].sum(-1)
-    best = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(-1, group_scores.topk(keep, dim=-1)[1], True)
+def _best_groups_only(scores: torch.Tensor, cfg: DecoderConfig) -> torch.Tensor:
+    """DeepSeek's group-limited routing: experts split into router_groups equal groups, each scored by the sum of its
+    router_group_score_top best scores (V3: 2, V2: 1); the scores outside the router_topk_groups best groups become
+    -inf."""
+    grouped = scores.unflatten(-1, (cfg.router_groups, -1))  # [..., groups, experts per group]
+    group_scores = grouped.topk(min(cfg.router_group_score_top, grouped.shape[-1]), dim=-1)[0].sum(-1)
+    chosen = group_scores.topk(cfg.router_topk_groups, dim=-1)[1]
+    best = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(-1, chosen, True)
     return grouped.masked_fill(~best[..., None], float("-inf")).flatten(-2)
 
 
@@ -139,7 +141,7 @@ class MoE(nn.Module):
             scores = torch.sigmoid(logits.float())
             choice = scores if self.b_choice is None else scores + self.b_choice.float()
             if cfg.router_groups > 1:
-                choice = _best_groups_only(choice, cfg.router_groups, cfg.router_topk_groups)
+                choice = _best_groups_only(choice, cfg)
             idx = torch.topk(choice, k, dim=-1)[1]
             weights = scores.gather(-1, idx)
             if cfg.router_norm_topk:
@@ -149,6 +151,8 @@ class MoE(nn.Module):
             weights = torch.softmax(top, dim=-1, dtype=torch.float32)
         else:
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # float32 as transformers does
+            if cfg.router_groups > 1:  # DeepSeek V2's group_limited_greedy
+                probs = _best_groups_only(probs, cfg)
             weights, idx = torch.topk(probs, k, dim=-1)
             if cfg.router_norm_topk:
                 weights = weights / weights.sum(dim=-1, keepdim=True)
