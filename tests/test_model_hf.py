@@ -110,12 +110,11 @@ def _tiny_unsupported(kind: str):
         cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                       intermediate_size=64, max_position_embeddings=N_CTX)
         return transformers.BertForMaskedLM(cfg)
-    cfg = transformers.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64,
-                                  max_position_embeddings=N_CTX)
-    return transformers.XGLMForCausalLM(cfg)
+    cfg = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1)  # no attention at all
+    return transformers.MambaForCausalLM(cfg)
 
 
-@pytest.mark.parametrize("kind,cls", [("bert", "BertForMaskedLM"), ("xglm", "XGLMForCausalLM")])
+@pytest.mark.parametrize("kind,cls", [("bert", "BertForMaskedLM"), ("mamba", "MambaForCausalLM")])
 def test_unsupported_architecture_object_is_refused(kind, cls):
     with pytest.raises(InterpError) as err:
         interp.load(_tiny_unsupported(kind))
@@ -125,8 +124,8 @@ def test_unsupported_architecture_object_is_refused(kind, cls):
 
 
 def test_unsupported_architecture_folder_is_refused(tmp_path):
-    _tiny_unsupported("xglm").save_pretrained(tmp_path)
-    with pytest.raises(InterpError, match="XGLMForCausalLM"):
+    _tiny_unsupported("mamba").save_pretrained(tmp_path)
+    with pytest.raises(InterpError, match="MambaForCausalLM"):
         interp.load(str(tmp_path))
 
 
