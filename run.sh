@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# One entry point for people and CI. It bootstraps .venv idempotently, then either runs the test
-# suite (`bash run.sh test`) or forwards everything else to the `interp` command
-# (`bash run.sh report "prompt" --out report.html`).
+# One entry point for people and CI. It bootstraps .venv idempotently, then runs, inside that environment:
+#   bash run.sh test [PYTEST ARGS]      the test suite (`-m quick`: a subset in under 2 minutes)
+#   bash run.sh python|pytest|streamlit|torchrun|bash ARGS    that program (`python probes/attention.py ...`)
+#   bash run.sh ARGS                    the `interp` command (`bash run.sh report "prompt" --out report.html`)
+# Or enter the environment once: `source .venv/bin/activate`, then `interp`, `python`, `streamlit` work directly.
+# INTERP_VENV=DIR uses an existing, already set-up environment instead of .venv (the README test does).
 set -euo pipefail
 cd "$(dirname "$0")"
-VENV=.venv
+VENV="${INTERP_VENV:-.venv}"
 STAMP="$VENV/.interp-installed"
 want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
 t0=$(date +%s)
 step() { echo "run.sh: $1 ($(( $(date +%s) - t0 )) s)" >&"${STEP_FD:-2}"; }  # one line per set-up step
-if [ ! -x "$VENV/bin/python" ]; then
+if [ -n "${INTERP_VENV:-}" ]; then
+  [ -x "$VENV/bin/python" ] || { echo "run.sh: INTERP_VENV=$VENV has no bin/python" >&2; exit 2; }
+elif [ ! -x "$VENV/bin/python" ]; then
   step "creating the virtual environment $VENV"
   python3 -m venv "$VENV"
 fi
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+if [ -z "${INTERP_VENV:-}" ] && [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "run.sh: setting up $VENV (first run only; log in $VENV/install.log)..." >&2
   exec 3>&1 4>&2 >"$VENV/install.log" 2>&1  # keep the terminal for the command's own output
   STEP_FD=4
@@ -36,8 +41,14 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   STEP_FD=2
   step "set-up done"
 fi
-if [ "${1:-}" = "test" ]; then
-  shift
-  exec "$VENV/bin/python" -m pytest -q "$@"
-fi
-exec "$VENV/bin/interp" "$@"
+# What `source "$VENV/bin/activate"` does, so scripts run here (gpu_check.sh's python3) find the environment.
+export VIRTUAL_ENV="$(cd "$VENV" && pwd)" PATH="$(cd "$VENV" && pwd)/bin:$PATH"
+PY="$VENV/bin/python"
+case "${1:-}" in
+  test) shift; exec "$PY" -m pytest -q "$@" ;;  # tests/conftest.py prints the one-line duration estimate
+  python) shift; exec "$PY" "$@" ;;
+  pytest|streamlit) tool="$1"; shift; exec "$PY" -m "$tool" "$@" ;;
+  torchrun) shift; exec "$PY" -m torch.distributed.run "$@" ;;
+  bash) shift; exec bash "$@" ;;
+  *) exec "$PY" -m interp "$@" ;;
+esac

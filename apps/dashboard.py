@@ -4,11 +4,16 @@ The sidebar picks a model (a zoo entry or a local folder) and a prompt; the page
 analyzers in ``interp.analysis`` say about them. The app only calls analyzers (through small cached
 wrappers) and draws their output with the figures the HTML report uses. Bad input — an empty or too
 long prompt, a folder that does not exist — shows an error message in the page, never a traceback.
+
+Anyone who reaches the page may type paths, so every path is confined (interp.safe_paths) to the model zoo,
+the operator's ``--data-dir`` folders and ``--model``, or the session's own uploads, and every request has
+limits (interp.report.serving: corpus bytes, tokens scanned, model size, scan time) that say what they cut.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -190,9 +195,11 @@ def user_corpus(typed: str, source: str, limits: argparse.Namespace) -> tuple[st
     return str(path), found.path.stat().st_mtime_ns, note
 
 
-def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None):
+@st.cache_resource(show_spinner="Reading the corpus…", max_entries=4)
+def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp=None):
     """``(name, Corpus)`` the Neurons page scans: the model's held-out text, pasted text (one document), or a
-    path (text / JSONL / Parquet file, a folder, a saved datasets folder) or ``hf:NAME[:CONFIG]:SPLIT``."""
+    confined path (text / JSONL / Parquet file, a folder, a saved datasets folder). Kept between reruns (a
+    Corpus is read-only), so a file is read once per ``stamp`` (its modification time), not at every click."""
     from interp.data import Corpus
     from interp.report.inputs import read_corpus
 
@@ -200,7 +207,8 @@ def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: st
         if not value.strip():
             raise InterpError("corpus: paste some text to scan.")
         return "pasted text", Corpus.from_memory([value])
-    return read_corpus(get_model(spec), "default" if kind == HELDOUT else value, split=split, field=field,
+    # the held-out text is "default", unless the page passed a cut copy of it (value)
+    return read_corpus(get_model(spec), "default" if kind == HELDOUT and not value else value, split=split, field=field,
                        flags=CORPUS_LABELS)
 
 
@@ -213,7 +221,7 @@ def layer_profiles(spec: str, kind: str, value: str, split: str | None, field: s
     from interp.report.serving import time_limit
 
     model = get_model(spec)
-    _, corpus = neuron_corpus(spec, kind, value, split, field)
+    _, corpus = neuron_corpus(spec, kind, value, split, field, stamp)
     with time_limit(model, seconds, "corpus scan"):
         return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
                                max_tokens=max_tokens)
@@ -301,10 +309,12 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
     """Head and layer x position patching + DLA of the clean prompt. Without ``corrupted``: the prompt
     followed by its own first half, corrupted at the copied token (an induction task)."""
     from interp.analysis import causal
+    from interp.report.data import induction_pair, positions_that_matter
 
     model = get_model(spec)
-    if corrupted is None:
-        pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    notes = []
+    if corrupted is None:  # the report's pair: fitted to n_ctx on a long prompt (notes say how)
+        pair, notes = induction_pair(model, tokens_for(spec, prompt))
         clean, bad, ans, wr = pair.clean, pair.corrupted, pair.answer, pair.wrong
     else:
         clean, bad = tokens_for(spec, prompt), tokens_for(spec, corrupted)
@@ -313,13 +323,40 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
             raise InterpError("answer and wrong: give the clean prompt's answer and the corrupted prompt's answer "
                               "(one token each, text or id).")
     heads = causal.activation_patching(model, clean, bad, where="z", by_position=False, answer=ans, wrong=wr)
-    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr)
+    positions, note = positions_that_matter(model, clean, bad, where, answer=ans, wrong=wr)  # a long prompt: some
+    notes = [*notes, note] if note else notes
+    grid = causal.activation_patching(model, clean, bad, where=where, answer=ans, wrong=wr, positions=positions)
     dla = causal.direct_logit_attribution(model, clean, ans, wr)
     from interp.report.inputs import str_tokens
 
     info = {"tokens": str_tokens(model, clean), "clean": heads.attrs["clean"], "corrupted": heads.attrs["corrupted"],
-            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad)}
+            "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad),
+            "notes": notes}
     return heads, grid, dla, info
+
+
+@st.cache_data(show_spinner="Scoring every edge…", max_entries=8)
+def edge_scores(spec: str, prompt: str, method: str, steps: int):
+    """EAP / EAP-IG on the induction pair (as the Patching page) and the faithfulness of the top-n circuits."""
+    from interp.analysis import causal
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    model = get_model(spec)
+    pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    kw = {"answer": pair.answer, "wrong": pair.wrong}
+    edges = edge_attribution(model, pair.clean, pair.corrupted, method=method, steps=steps, **kw)
+    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), dict(edges.attrs)
+
+
+@st.cache_data(show_spinner="Steering…", max_entries=8)
+def steering_table(spec: str, prompt: str, positive: tuple, negative: tuple, hook: str, scales: tuple,
+                   new_tokens: int):
+    from interp.analysis.steering import steering_effect, steering_vector
+
+    model = get_model(spec)
+    vec = steering_vector(model, list(positive), list(negative), hook, position="mean")
+    df = steering_effect(model, tokens_for(spec, prompt), vec, hook, scales, max_new_tokens=new_tokens)
+    return df.drop(columns="prompt").assign(top_tokens=[" | ".join(t) for t in df.top_tokens]), float(vec.norm())
 
 
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
@@ -429,8 +466,11 @@ def check_model(spec: str) -> str:
 
     if not spec:
         raise InterpError("model folder: enter the path of a local model folder (config.json + model.safetensors).")
-    if spec != DEFAULT_MODEL and spec not in zoo_models():
-        spec = user_folder(spec, "model folder", _cli_defaults())
+    defaults = _cli_defaults()
+    if spec == defaults.model and Path(spec).expanduser().is_dir():  # the operator's --model: trusted as given
+        spec = os.path.realpath(Path(spec).expanduser())
+    elif spec != DEFAULT_MODEL and spec not in zoo_models():
+        spec = user_folder(spec, "model folder", defaults)
     get_model(spec)
     return spec
 
@@ -530,9 +570,8 @@ def page_attention(spec: str, prompt: str) -> None:
 
 
 def attention_component(spec: str, prompt: str, strs: list[str], checked: list[tuple[int, int]], key: str) -> None:
-    """The report's interactive attention view, in an iframe (st.components): every head when it fits."""
-    import streamlit.components.v1 as components
-
+    """The report's interactive attention view, in an iframe (``st.iframe``, which replaced the deprecated
+    ``st.components.v1.html``; the view's script runs inside it): every head when it fits."""
     from interp.report.data import view_heads
     from interp.report.widgets import WIDGET_CSS, attention_view
 
@@ -543,8 +582,7 @@ def attention_component(spec: str, prompt: str, strs: list[str], checked: list[t
     body = attention_view(strs, pats, heads, checked=checked)
     lines = 2 + sum(len(s) + 1 for s in strs) // 90
     height = min(560, 150 + 30 * lines + 24 * (len(heads) // 12))
-    components.html(f"<style>body{{font-family:sans-serif;margin:0}}{WIDGET_CSS}</style>{body}", height=height,
-                    scrolling=True)
+    st.iframe(f"<style>body{{font-family:sans-serif;margin:0;overflow:auto}}{WIDGET_CSS}</style>{body}", height=height)
     st.session_state[f"{key}_html"] = body  # what the component shows (tests read it back)
 
 
@@ -601,7 +639,7 @@ def _parse_neuron(model, text: str):
 def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, top: pd.DataFrame) -> None:
     """Neuronpedia-style: the prompt shaded by the activation, top examples over a corpus, histogram, answers."""
     from interp.report.inputs import read_corpus
-    from interp.report.widgets import neuron_examples, token_shading
+    from interp.report.widgets import neuron_examples, shading_scale, token_shading
 
     model = get_model(spec)
     acts = prompt_activations(spec, prompt, layer, neuron)
@@ -611,8 +649,10 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
     row = top[(top.layer == layer) & (top.neuron == neuron)]
     if len(row) and pd.notna(row.contribution.iloc[0]):
         m2.metric(f"direct effect on the logit of {row.target_token.iloc[0]!r}", f"{row.contribution.iloc[0]:+.4f}")
-    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative):")
-    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), trigger=pos))
+    scale = shading_scale(acts.activation)
+    st.caption("This prompt, each token shaded by the neuron's activation (orange positive, blue negative; full "
+               f"colour at ±{scale:.3g}, white at 0):")
+    html_block(token_shading(acts.token.tolist(), acts.activation.tolist(), scale=scale, trigger=pos))
 
     ans = neuron_answers(spec, layer, neuron, 10)
     show_answers(ans, "answers", "tokens it raises (centred logit per unit activation)")
@@ -651,10 +691,16 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
                     if source == SOURCE else "Upload a text, JSONL or Parquet file to scan.")
             return
         value, stamp, note = user_corpus(typed, source, limits)
+    elif source == HELDOUT:  # the model folder's own text, cut like any file when it is long
+        from interp.report.inputs import HELDOUT as HELDOUT_FILE
+
+        held = Path(model._interp_folder) / HELDOUT_FILE
+        if held.stat().st_size > limits.max_corpus_mb * 10**6:
+            value, stamp, note = user_corpus(str(held), SOURCE, limits)
     elif source == PASTED:
         value, note = cap_text(st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120),
                                limits.max_corpus_mb * 10**6, "the pasted text")
-    name, _ = neuron_corpus(spec, source, value, split, field)  # a bad path, split or column: the message now
+    name, _ = neuron_corpus(spec, source, value, split, field, stamp)  # a bad path, split or column: the message now
     if note:
         st.caption(f"{name}: {note}")
     want = (spec, source, value, split, field, stamp, layer, int(max_tokens), limits.scan_seconds)
@@ -878,6 +924,8 @@ def page_patching(spec: str, prompt: str) -> None:
     st.caption(f"Metric: logit difference {show_token(info['answer'])!r} − {show_token(info['wrong'])!r} at the last "
                f"position: clean {info['clean']:.3f}, corrupted {info['corrupted']:.3f}. normalised: 0 = corrupted, "
                "1 = clean.")
+    for note in info["notes"]:
+        st.caption(f"Shortened: {note}.")
     st.code("clean:     " + "".join(info["tokens"]) + "\ncorrupted: " + "".join(info["corrupted_tokens"]),
             language=None)
     plot(head_patching_heatmap(heads), key="patch_heads")
@@ -888,6 +936,45 @@ def page_patching(spec: str, prompt: str) -> None:
     with st.expander("Tables"):
         show(heads, key="patch_heads_table")
         show(grid, key="patch_grid_table")
+
+
+def page_edges(spec: str, prompt: str) -> None:
+    c1, c2 = st.columns(2)
+    method = c1.radio("method", ["eap-ig", "eap"], horizontal=True, key="edges_method")
+    steps = c2.slider("EAP-IG steps", 1, 32, 8, key="edges_steps", disabled=method == "eap")
+    edges, curve, attrs = edge_scores(spec, prompt, method, steps)
+    st.caption(f"The induction pair of the Patching page; logit difference clean {attrs['clean']:.3f}, corrupted "
+               f"{attrs['corrupted']:.3f}. score = change of the metric when that edge alone carries the corrupted "
+               f"value ({attrs['n_edges']} edges: embeddings, heads' q/k/v inputs, MLPs, logits).")
+    from interp.report.edge_figure import edge_circuit_figure
+
+    plot(edge_circuit_figure(edges, top_n=30), key="edges_circuit")
+    show(edges[["sender", "receiver", "score", "receiver_input"]].head(25), key="edges_table")
+    st.caption("Faithfulness of the top-n edges: the clean run with every other edge corrupted (1 = clean).")
+    st.line_chart(curve.set_index("n_edges").faithfulness)
+    show(curve, key="edges_curve")
+
+
+def page_steering(spec: str, prompt: str) -> None:
+    model = get_model(spec)
+    c1, c2 = st.columns(2)
+    positive = [t for t in c1.text_area("positive prompts (one per line)", "love and joy", key="steer_pos").splitlines()
+                if t.strip()]
+    negative = [t for t in c2.text_area("negative prompts (one per line)", "war and death", key="steer_neg").splitlines()
+                if t.strip()]
+    hooks = [f"blocks.{lay}.hook_{w}" for lay in range(model.cfg.n_layers) for w in ("resid_pre", "resid_post")]
+    c3, c4, c5 = st.columns(3)
+    hook = c3.selectbox("hook", hooks, index=min(2 * (model.cfg.n_layers // 2), len(hooks) - 1), key="steer_hook")
+    scale = c4.number_input("scale", value=4.0, step=1.0, key="steer_scale")
+    new_tokens = c5.slider("new tokens", 0, 32, 12, key="steer_new")
+    if not positive or not negative:
+        st.info("Enter at least one positive and one negative prompt.")
+        return
+    df, norm = steering_table(spec, prompt, tuple(positive), tuple(negative), hook, (0.0, scale / 2, scale),
+                              new_tokens)
+    st.caption(f"Steering vector: mean activation over the positive prompts minus the negative ones at {hook} "
+               f"(norm {norm:.3f}), added at every position. kl = KL(unsteered ‖ steered) of the next token.")
+    show(df, key="steer_table")
 
 
 def page_report(spec: str, prompt: str) -> None:
@@ -909,7 +996,7 @@ def page_report(spec: str, prompt: str) -> None:
 # The page registry, in sidebar order: a new page is one function and one entry here.
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
           "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
-          "Patching": page_patching, "Report": page_report}
+          "Patching": page_patching, "Edges": page_edges, "Steering": page_steering, "Report": page_report}
 PAGES = tuple(RENDER)
 
 

@@ -35,7 +35,7 @@ def _report(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from interp.report.data import STAGES, ReportOptions, collect_report
-    from interp.report.inputs import cap_count, check_device, load_model, read_corpus
+    from interp.report.inputs import cap_count, check_device, check_prompts_fit, load_model, read_corpus
     from interp.report.output import check_writable
     from interp.report.render import format_for, write_report
 
@@ -45,6 +45,7 @@ def _report(args) -> int:
         out = "report.md" if fmt == "md" else "report.html"
     check_writable(out, args.force)  # before the analysis, not after it
     check_device(args.device)
+    check_prompts_fit(args.model, [args.prompt])  # a prompt longer than n_ctx: said now, not after loading
     corpus = None if args.corpus == "none" else args.corpus
     if corpus != "default" and corpus is not None:  # a wrong split or column fails before the model loads
         corpus = read_corpus(None, corpus, split=args.corpus_split, field=args.corpus_field)
@@ -301,6 +302,38 @@ def _add_sae(sub) -> None:
         "train | eval | features and their options", _sae)
 
 
+def _circuit(args) -> int:
+    from interp.report.circuit import run
+
+    return run(args)
+
+
+def _add_circuit(sub) -> None:
+    p = sub.add_parser(
+        "circuit", help="attribution graph of a prompt through transcoders (interp.analysis.circuits.graph)",
+        formatter_class=_RAW,
+        description="Replace every MLP by its transcoder, freeze attention and norms, and draw the prompt's "
+                    "computation as a pruned graph of direct effects between features, errors, tokens and the top "
+                    "logits (Ameisen et al. 2025). Writes an offline HTML page and/or the graph's JSON.",
+        epilog=_examples('interp circuit "And God said" --transcoders default --out graph.html',
+                         'interp circuit "It is a truth universally" --json graph.json --node-threshold 0.6'))
+    p.add_argument("prompt", help="the prompt (its last position's next-token logits are the graph's targets)")
+    p.add_argument("--transcoders", default="default",
+                   help="folder of per-layer transcoders (interp sae train --transcoder --out), or 'default': the "
+                        "model folder's transcoders/")
+    p.add_argument("--model", default=None, help="zoo name or model folder (default: the shipped model)")
+    p.add_argument("--out", default=None, help="HTML file to write (e.g. graph.html)")
+    p.add_argument("--json", default=None, help="also write the graph as JSON (documented in interp.analysis.circuits.graph)")
+    p.add_argument("--node-threshold", type=nonnegative_float, default=0.8, help="cumulative node influence kept (0.8)")
+    p.add_argument("--edge-threshold", type=nonnegative_float, default=0.98, help="cumulative edge influence kept (0.98)")
+    p.add_argument("--max-logits", type=positive_int, default=10, help="most logit nodes (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="targets per backward pass (default 32)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--force", action="store_true", help="overwrite existing output")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=_circuit)
+
+
 def _benchmarks() -> list[str]:
     if not BENCHMARKS.is_dir():
         return []
@@ -337,9 +370,10 @@ def _add_bench(sub) -> None:
 
 def _generate(args) -> int:
     from interp.generate import generate
-    from interp.report.inputs import encode_prompt, load_model
+    from interp.report.inputs import check_prompts_fit, encode_prompt, load_model
     from interp.report.probes import printable
 
+    check_prompts_fit(args.model, [args.prompt])
     model = load_model(args.model, device=args.device)
     tokens = encode_prompt(model, args.prompt)
     for i in range(args.samples):
@@ -383,7 +417,7 @@ def card_line(folder: Path) -> str:
 
 
 def _models(args) -> int:
-    from interp.loading import ZOO, default_model_name, zoo_models
+    from interp.zoo import ZOO, default_model_name, zoo_models  # no torch: listing the zoo is instant
 
     names = zoo_models()
     default = default_model_name()
@@ -464,7 +498,7 @@ def _scan(args) -> int:
         df = scan_top_contexts(model, corpus, layers=args.layers, k=args.k, window=args.window, after=args.after,
                                cache_path=out, **common)
         if is_main() and not args.quiet:
-            best = df[df["rank"] == 0].sort_values("activation", ascending=False).head(args.show)
+            best = df[df["rank"] == 1].sort_values("activation", ascending=False).head(args.show)
             from interp.report.probes import printable
 
             best = best.assign(context=best.context.map(printable))  # corpus text may hold terminal control bytes
@@ -549,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                          'interp probe attention "When Mary and John went to the store, John gave"',
                          "interp dashboard", "interp models") + "\n\n`interp COMMAND --help` for each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_sae, _add_scan,
+    for add in (_add_report, _add_dashboard, _add_probe, _add_generate, _add_train, _add_sae, _add_circuit, _add_scan,
                 _add_bench, _add_models):
         add(sub)
     return parser

@@ -117,9 +117,9 @@ def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, 
     step_input = tokens
     steps = range(max_new_tokens)
     if verbose:
-        from tqdm.auto import tqdm
+        from interp.progress import progress_bar
 
-        steps = tqdm(steps, desc="generate", leave=False)
+        steps = progress_bar(steps, desc="generate", leave=False)
     for _ in steps:
         logits = model(step_input if use_kv_cache else tokens, kv_cache=cache, attention_mask=mask)[:, -1]
         if freq_penalty and temperature > 0:

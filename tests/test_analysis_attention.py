@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAMILY_CONFIGS
 
 import interp.analysis._inputs as inputs_mod
 import interp.analysis.attention as attention_mod
-from conftest import FAMILY_CONFIGS
-
 from interp.analysis._inputs import as_tokens
 from interp.analysis.attention import (
     ROLES,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAMILY_CONFIGS
 from scipy.special import rel_entr
 from scipy.stats import entropy as scipy_entropy
 
@@ -29,8 +30,6 @@ from interp.analysis.tuned_lens import (
     train_tuned_lens,
     tuned_lens,
 )
-from conftest import FAMILY_CONFIGS
-
 from interp.errors import InterpError
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder

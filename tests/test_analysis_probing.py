@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import FAMILY_CONFIGS, assert_close_to_scale
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -20,8 +21,6 @@ from interp.analysis.probing import (
     expand_hooks,
     fit_probes,
 )
-from conftest import FAMILY_CONFIGS, assert_close_to_scale
-
 from interp.errors import InterpError
 from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder

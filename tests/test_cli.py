@@ -236,7 +236,7 @@ def test_patching_probe_matches_the_analyzers(model, tmp_path):
     assert "layer_by_position" not in res and len(res["resid_pre"]) == 2 * len(model.to_tokens(clean)[0])
 
 
-def test_superposition_probe_weights_only(model, tmp_path):
+def test_superposition_probe_weights_only(model, tmp_path, capsys):
     from interp.analysis.superposition import jl_min_dim, train_toy_model
 
     res = _run_json(tmp_path, "superposition", "--sets", "W_E", "--max-pairs", "300", "--toy", "--features", "6",
@@ -246,6 +246,11 @@ def test_superposition_probe_weights_only(model, tmp_path):
     assert res["tables"]["jl"][0]["min_dim"] == jl_min_dim(1000, 0.2)
     toy = train_toy_model(6, 2, feature_probability=0.1, steps=50, seed=0)
     np.testing.assert_allclose([f["norm"] for f in res["tables"]["toy_features"]], toy.feature_norms, rtol=1e-12)
+    # without --quiet the toy model's training (minutes at large sizes) is announced on stderr
+    capsys.readouterr()
+    assert probe_main("superposition", ["--sets", "W_E", "--max-pairs", "300", "--toy", "--features", "6",
+                                        "--hidden", "2", "--steps", "50"]) == 0
+    assert "training a toy model (6 features in 2 dims, 50 Adam steps)" in capsys.readouterr().err
 
 
 def test_linear_probe_builtin_task_and_labelled_file(model, tmp_path):
@@ -308,7 +313,7 @@ def test_dashboard_starts_streamlit_on_the_app(monkeypatch):
 
 
 def test_models_lists_the_zoo_with_card_lines(tmp_path, monkeypatch, capsys):
-    from interp import loading
+    from interp import zoo as loading  # the zoo is listed by interp.zoo (no torch)
     from interp.model.config import DecoderConfig
     from interp.model.transformer import HookedDecoder
 
@@ -346,3 +351,17 @@ def test_terminal_tables_fit_80_columns_without_wrapping_numbers():
     for cell in cells:  # every number printed whole on one line
         assert cell in text, cell
     assert "1.537e-04" in text
+
+
+def test_models_lists_the_zoo_without_importing_torch():
+    """`interp models` only reads folder names and model cards: torch and transformers (seconds on a cold machine)
+    stay unimported, so it answers at once."""
+    from interp.zoo import ZOO, zoo_models
+
+    code = ("import sys; from interp.cli import main; main(['models']); "
+            "print('imported:', sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         cwd=ZOO.parent)
+    assert res.stdout.strip().endswith("imported: []"), res.stdout
+    for name in zoo_models():
+        assert name in res.stdout

@@ -168,6 +168,8 @@ def test_attention_page(app, tiny):
     # the interactive view carries every head's pattern (one byte per weight), layer 1 head 1 ticked
     view = _view_data(app.session_state["view_html"])
     assert "L1H1" in view["heads"] and 'data-index="3" checked' in app.session_state["view_html"]
+    # it is shown with st.iframe (st.components.v1.html is deprecated), its script inside the frame
+    assert any(app.session_state["view_html"] in e.proto.srcdoc for e in app.get("iframe"))
     got = decode_attention_data(view)[view["heads"].index("L1H1")]
     want = np.zeros_like(got)
     want[pat.query_pos, pat.key_pos] = pat.weight

@@ -37,6 +37,13 @@ def test_scan_commands_write_what_the_library_computes(tmp_path, capsys):
     # a finished scan is not replaced without --force
     assert main(["scan", "neurons", str(corpus), "--out", str(tmp_path / "n"), *common]) == 2
     assert "--force" in capsys.readouterr().err
+    # the summary lists each neuron's best context (ranks are 1-based), strongest first
+    assert main(["scan", "neurons", str(corpus), "--out", str(tmp_path / "n"), "--layers", "1", "--k", "2",
+                 "--show", "3", "--force", *common[:-1]]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    best = want[want["rank"] == 1].sort_values("activation", ascending=False).head(3)
+    assert "Empty DataFrame" not in printed[0] and printed[0].split()[:3] == ["layer", "neuron", "activation"]
+    assert [tuple(map(int, line.split()[:2])) for line in printed[1:4]] == list(zip(best.layer, best.neuron))
 
     assert main(["scan", "stats", str(corpus), "--out", str(tmp_path / "s.csv"), "--hooks", "mlp.hook_post",
                  *common]) == 0

@@ -82,7 +82,8 @@ def test_sources_read_back_as_the_same_documents(tmp_path):
         list(tokenized(m, as_corpus([torch.tensor([1, 99])])))
 
 
-def test_scan_of_a_folder_equals_scan_of_its_texts_with_progress(tmp_path, capsys):
+def test_scan_of_a_folder_equals_scan_of_its_texts_with_progress(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("INTERP_PROGRESS", "1")  # captured stderr is no terminal: the bar is forced on
     m = HookedDecoder(DecoderConfig(d_vocab=24, n_ctx=8, d_model=8, n_layers=1, n_heads=2, d_mlp=8),
                       tokenizer=word_level_tokenizer(24))
     texts = _texts()
@@ -93,6 +94,10 @@ def test_scan_of_a_folder_equals_scan_of_its_texts_with_progress(tmp_path, capsy
     pd.testing.assert_frame_equal(a, b)
     err = capsys.readouterr().err
     assert "tok/s" in err and "scanning neurons" in err
+    # without the override a redirected stderr gets no bar (it would flood a log file)
+    monkeypatch.delenv("INTERP_PROGRESS")
+    scan_top_contexts(m, texts, k=2, window=2, progress=True)
+    assert "tok/s" not in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------

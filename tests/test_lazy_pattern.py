@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import FAMILY_CONFIGS
 
 from interp.errors import InterpError

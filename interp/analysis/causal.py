@@ -207,10 +207,16 @@ def _layer_list(model, layers) -> list[int]:
     return sorted({check_index("layers", v, n) for v in layers})
 
 
-def _cells(model, where: str, n_pos: int, by_position: bool, layers, neurons) -> pd.DataFrame:
-    """Every cell of a sweep as a DataFrame (layer first, as TransformerLens orders its grids)."""
+def _cells(model, where: str, n_pos: int, by_position: bool, layers, neurons, positions=None) -> pd.DataFrame:
+    """Every cell of a sweep as a DataFrame (layer first, as TransformerLens orders its grids); ``positions``
+    (with ``by_position``) keeps only those positions, e.g. the few that matter in a long prompt."""
     cfg = model.cfg
-    positions = list(range(n_pos)) if by_position else [None]
+    if positions is not None and by_position:
+        positions = sorted({check_index("positions", int(p), n_pos) for p in positions})
+        if not positions:
+            raise InterpError("positions: give at least one position to patch; given none")
+    else:
+        positions = list(range(n_pos)) if by_position else [None]
     rows = []
     if where == "post":
         if neurons is None:
@@ -405,9 +411,12 @@ def _metric_values(metric, logits) -> torch.Tensor:
 @torch.no_grad()
 def activation_patching(model, clean, corrupted, metric="logit_diff", where: str = "resid_pre", *,
                         answer=None, wrong=None, position: int = -1, by_position: bool = True, layers=None,
-                        neurons=None, batch_size: int | None = None, memory_budget: float = 2**30,
+                        neurons=None, positions=None, batch_size: int | None = None, memory_budget: float = 2**30,
                         bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Patch each cell of ``where`` from the clean run into the corrupted run; the metric on each.
+
+    ``positions`` (with ``by_position``): patch only these positions (default every one); on a long prompt,
+    choose them with :func:`attribution_patching`, which estimates every position in one backward pass.
 
     ``where`` is a TransformerLens hook suffix: ``resid_pre``, ``resid_mid``, ``resid_post``,
     ``attn_out``, ``mlp_out`` (cells: layer × position), ``z``/``q``/``k``/``v`` (layer × head ×
@@ -441,7 +450,7 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", where: str
         c, names_filter=lambda n: n.endswith("hook_" + where) and n.startswith("blocks."))
     metric = make_metric(model, metric, answer=answer, wrong=wrong, position=position, clean_logits=clean_logits,
                          batch=c.shape[0])
-    cells = _cells(model, where, c.shape[1], by_position, layers, neurons)
+    cells = _cells(model, where, c.shape[1], by_position, layers, neurons, positions)
     runner = _Runner(model, r, metric)
     k = _choose_k(model, len(cells), c.shape[0], c.shape[1], where, batch_size, memory_budget)
     values = _sweep(model, runner, where, cells, lambda lay: clean_cache[site.hook.format(layer=lay)], k)
@@ -666,8 +675,8 @@ def path_patching(model, clean, corrupted, sender, receivers=None, metric="logit
 
 def attribution_patching(model, clean, corrupted, metric="logit_diff", where: str = "resid_pre", *, answer=None,
                          wrong=None, position: int = -1, by_position: bool = True, layers=None, neurons=None,
-                         exact: bool = False, batch_size: int | None = None, memory_budget: float = 2**30,
-                         bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+                         positions=None, exact: bool = False, batch_size: int | None = None,
+                         memory_budget: float = 2**30, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Estimate every cell's patching effect as ``(clean - corrupted) · ∂metric/∂activation``.
 
     One clean forward and one corrupted forward + backward cover the whole sweep (same cells and
@@ -679,7 +688,7 @@ def attribution_patching(model, clean, corrupted, metric="logit_diff", where: st
     """
     site = _site(where)
     c, r = _pair(model, clean, corrupted)
-    cells = _cells(model, where, c.shape[1], by_position, layers, neurons)
+    cells = _cells(model, where, c.shape[1], by_position, layers, neurons, positions)
     names = [site.hook.format(layer=lay) for lay in sorted(cells.layer.unique())]
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(c, names_filter=lambda n: n in names)
@@ -716,7 +725,8 @@ def attribution_patching(model, clean, corrupted, metric="logit_diff", where: st
     df.attrs.update(where=where)
     if exact:
         ex = activation_patching(model, c, r, metric_fn, where, by_position=by_position, layers=layers,
-                                 neurons=neurons, batch_size=batch_size, memory_budget=memory_budget, bootstrap=0)
+                                 neurons=neurons, positions=positions, batch_size=batch_size,
+                                 memory_budget=memory_budget, bootstrap=0)
         df["effect"] = ex.effect.to_numpy()
         df["exact_change"] = df.effect - df.attrs["corrupted"]
         df.attrs.update(pearson=float(df.attribution.corr(df.exact_change)),

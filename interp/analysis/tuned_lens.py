@@ -42,13 +42,13 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from interp.analysis._inputs import as_tokens, model_device
 from interp.analysis.logit_lens import _lens_frame, _resid_hook, layer_names, lens_logits, residual_stack
 from interp.data.distributed import all_reduce, broadcast_, rank_world
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
+from interp.progress import progress_bar
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "TunedLens", "evaluate_lenses", "train_tuned_lens", "tuned_lens"]
 
@@ -349,7 +349,7 @@ def train_tuned_lens(
     rank, world = rank_world()
     for p in params:
         broadcast_(p)
-    bar = tqdm(range(n_steps), desc="tuned lens", disable=not progress or rank != 0, leave=False)
+    bar = progress_bar(range(n_steps), desc="tuned lens", enabled=progress and rank == 0, leave=False)
     with _frozen(model):
         for _ in bar:
             drawn = []

@@ -177,9 +177,9 @@ def run_scan(model, corpus, consumers: Sequence[Consumer], *, seq_len: int | Non
     info = ScanInfo()
     stats: dict = {}
 
-    from tqdm.auto import tqdm
+    from interp.progress import progress_bar
 
-    bar = tqdm(desc=desc, unit="tok", unit_scale=True, disable=not progress or rank != 0,
+    bar = progress_bar(desc=desc, unit="tok", unit_scale=True, enabled=progress and rank == 0,
                total=None if corpus.n_tokens is None else math.ceil(corpus.n_tokens / world))
 
     def run_shard(shard: int, docs: list[tuple[int, torch.Tensor]]) -> None:

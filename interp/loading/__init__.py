@@ -10,21 +10,7 @@ import torch
 from interp.errors import InterpError
 from interp.loading.checkpoint import check_finite, is_interp_checkpoint, load_checkpoint, save_checkpoint
 from interp.loading.hf import from_hf_model
-
-# The zoo lives beside the package in a source checkout (models/ is a data folder, not a package).
-ZOO = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_MODEL = "docs-bible-austen-2l"  # the shipped checkpoint (models/docs-bible-austen-2l)
-
-
-def zoo_models() -> list[str]:
-    if not ZOO.is_dir():
-        return []
-    return sorted(p.name for p in ZOO.iterdir() if is_interp_checkpoint(p))
-
-
-def default_model_name() -> str:
-    names = zoo_models()
-    return DEFAULT_MODEL if DEFAULT_MODEL in names or not names else names[0]
+from interp.zoo import DEFAULT_MODEL, ZOO, default_model_name, zoo_models
 
 
 def random_tiny_model():

@@ -14,21 +14,7 @@ from interp.io import atomic_path, atomic_write_text
 from interp.model.config import DTYPES, DecoderConfig
 from interp.model.transformer import HookedDecoder
 from interp.tokenize import backend_tokenizer
-
-CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
-
-
-def is_interp_checkpoint(folder: Path) -> bool:
-    """Our checkpoint rather than a transformers folder: model.safetensors beside a config.json of ours
-    (an unreadable config.json also counts, so that loading it reports what is wrong with the file)."""
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        return False
-    try:
-        data = json.loads((folder / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return True
-    # every transformers config names its model_type (some, XGLM's, also have a d_model field); ours never does
-    return isinstance(data, dict) and "model_type" not in data
+from interp.zoo import CONFIG, TOKENIZER, WEIGHTS, is_interp_checkpoint  # noqa: F401  (re-exported)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

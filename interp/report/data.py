@@ -101,7 +101,7 @@ class ReportData:
     angle_samples: pd.DataFrame  # superposition.direction_angle_samples (model and random pairs)
     random_pdf: pd.DataFrame  # superposition.random_angle_pdf(d_model)
     extras: dict = field(default_factory=dict)
-    # causal section (empty when options.patching is off or the prompt is too short / too long to repeat):
+    # causal section (empty when options.patching is off or the prompt is one token; "notes" says what was cut):
     # "pair" (dict: clean and corrupted text, answer, wrong, position), "heads" and "grid"
     # (causal.activation_patching of hook_z per head and resid_pre per layer x position), "dla"
     # (causal.direct_logit_attribution of the clean prompt), "attribution_r" (float)
@@ -277,17 +277,65 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
     )
 
 
+# A longer clean prompt patches resid_pre at the positions that matter, not all: the last (where the metric is
+# read), the corrupted token's, and the PATCH_POSITIONS others with the largest attribution-patching estimate.
+PATCH_ALL_UP_TO = 64
+PATCH_POSITIONS = 16
+
+
+def induction_pair(model, tokens: torch.Tensor):
+    """``(pair, notes)``: the prompt followed by its own beginning (``causal.repeated_text_pair``), fitted to n_ctx.
+
+    The repeat is the prompt's first half when that fits, else as many tokens as n_ctx leaves; a prompt that
+    leaves no room keeps only its last two thirds. ``notes`` says what was shortened and why."""
+    from interp.analysis import causal
+
+    n, n_ctx, notes = int(tokens.shape[1]), int(model.cfg.n_ctx), []
+    if n >= 2 and n_ctx - n < 1:
+        keep = max(2, 2 * n_ctx // 3)
+        notes.append(f"the prompt's first {n - keep} tokens are left out: the prompt and a repeat of its beginning "
+                     f"must fit the model's n_ctx={n_ctx}")
+        tokens, n = tokens[:, -keep:], keep
+    j = min(n // 2, n_ctx - n)
+    if 0 < j < n // 2:
+        notes.append(f"the repeat is the first {j} tokens (not half the prompt): that is what fits n_ctx={n_ctx}")
+    return causal.repeated_text_pair(model, tokens, position=max(j, 1) if n >= 2 else None), notes
+
+
+def positions_that_matter(model, clean, corrupted, where: str = "resid_pre", **metric) -> tuple[list | None, str]:
+    """``(positions, note)``: where a layer × position sweep of ``where`` patches a clean prompt longer than
+    PATCH_ALL_UP_TO tokens: the last position (where the metric is read), every position at which the two prompts
+    differ, and the PATCH_POSITIONS others with the largest attribution-patching estimate (one forward and backward
+    pass covers every position). ``(None, "")`` for a shorter prompt: every position is patched."""
+    from interp.analysis import causal
+
+    n = int(clean.shape[1])
+    if n <= PATCH_ALL_UP_TO or clean.shape != corrupted.shape:  # (mismatched prompts: the sweep says what is wrong)
+        return None, ""
+    differ = [int(p) for p in (clean[0] != corrupted[0]).nonzero().flatten()]
+    est = causal.attribution_patching(model, clean, corrupted, where=where, **metric)
+    strength = est.assign(size=est.attribution.abs()).groupby("position")["size"].max()
+    top = strength.drop(index=[n - 1, *differ], errors="ignore").nlargest(PATCH_POSITIONS).index
+    positions = sorted({n - 1, *differ, *(int(p) for p in top)})
+    return positions, (f"{where} is patched at {len(positions)} of {n} positions: the last (where the metric is "
+                       f"read), where the prompts differ ({', '.join(map(str, differ)) or 'nowhere'}) and the "
+                       f"{len(top)} with the largest attribution-patching estimate")
+
+
 def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
     """Patching, attribution and DLA on the prompt followed by its own first half (an induction task)."""
     from interp.analysis import causal
 
     try:
-        pair = causal.repeated_text_pair(model, tokens)
-    except InterpError:  # one token, or no room in n_ctx for the repeat: no section
+        pair, notes = induction_pair(model, tokens)
+    except InterpError:  # a one-token prompt: nothing to repeat
         return {}
     kw = {"answer": pair.answer, "wrong": pair.wrong}
     heads = causal.activation_patching(model, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
-    grid = causal.activation_patching(model, pair.clean, pair.corrupted, where="resid_pre", **kw)
+    positions, note = positions_that_matter(model, pair.clean, pair.corrupted, "resid_pre", **kw)
+    notes += [note] if note else []
+    grid = causal.activation_patching(model, pair.clean, pair.corrupted, where="resid_pre", positions=positions,
+                                      **kw)
     attr = causal.attribution_patching(model, pair.clean, pair.corrupted, where="z", by_position=False, **kw)
     heads["attribution"] = attr.attribution.to_numpy()
     dla = causal.direct_logit_attribution(model, pair.clean, pair.answer, pair.wrong, k_neurons=k)
@@ -305,7 +353,16 @@ def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
             "wrong": str_tokens(model, torch.tensor([[pair.wrong]]))[0], "position": pair.position,
             "clean_logit_diff": heads.attrs["clean"], "corrupted_logit_diff": heads.attrs["corrupted"]}
     r = float(heads.attribution.corr(heads.effect - heads.attrs["corrupted"]))
-    return {"pair": info, "tokens": strs, "heads": heads, "grid": grid, "dla": dla, "attribution_r": r}
+    out = {"pair": info, "tokens": strs, "heads": heads, "grid": grid, "dla": dla, "attribution_r": r,
+           "notes": notes}
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    try:  # EAP over every edge (two forwards, one backward) and how much its top-n circuits keep
+        edges = edge_attribution(model, pair.clean, pair.corrupted, **kw)
+        out.update(edges=edges, faithfulness=faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw))
+    except InterpError as e:  # a model whose residual stream is not a sum of components (post-norm)
+        notes.append(f"no edge attribution: {str(e).split(': ', 1)[-1]}")
+    return out
 
 
 def pattern_matrix(patterns: pd.DataFrame, layer: int, head: int, n: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 __all__ = [
     "angle_histogram",
+    "block_edges",
     "dla_bar",
     "final_prob_by_layer",
     "head_patching_heatmap",
@@ -26,6 +27,8 @@ __all__ = [
     "patching_heatmap",
     "pattern_grid",
     "pattern_heatmap",
+    "pattern_overview",
+    "pooled_pattern",
     "show_token",
     "token_window",
     "toy_model_figure",
@@ -54,7 +57,9 @@ def _esc(token: str) -> str:
 # or are shown through a window of positions (token_window).
 TOKEN_PX = 18
 TICK_FONT = 11
+DLA_ROW_PX = 24  # one bar of the direct-logit-attribution chart, its label beside it
 LENS_CELL_PX = 44  # a logit-lens cell holds a short token written in it
+LENS_WINDOW = 48  # positions a logit-lens figure draws (the last ones; its table holds every position)
 _AXIS_ROOM = 200  # margins, axis titles and colour bar around a token axis, in pixels
 
 
@@ -64,10 +69,21 @@ def token_window(n: int, size: int = 40, end: int | None = None) -> tuple[int, i
     return max(0, stop - max(1, int(size))), stop
 
 
+_PIECE_DIGITS = set("₀₁₂₃₄₅₆₇₈₉")
+
+
+def tick_label(token: str, position: int) -> str:
+    """"token<sub>position</sub>"; after a piece of a split character ("我₁", interp.tokenize.token_labels) the
+    position is set off by a dot, "我₁<sub>·11</sub>", so piece 1 at position 11 never reads as piece 11."""
+    shown = _esc(token)
+    dot = "·" if shown[-1:] in _PIECE_DIGITS else ""
+    return f"{shown}<sub>{dot}{position}</sub>"
+
+
 def _token_ticks(tokens: list[str], start: int = 0, rotate: bool = False) -> dict:
-    """Tick labels "token<sub>position</sub>" for positions ``start .. start + len(tokens) - 1``."""
+    """Tick labels (:func:`tick_label`) for positions ``start .. start + len(tokens) - 1``."""
     ticks = {"tickmode": "array", "tickvals": list(range(start, start + len(tokens))),
-             "ticktext": [f"{_esc(t)}<sub>{start + i}</sub>" for i, t in enumerate(tokens)],
+             "ticktext": [tick_label(t, start + i) for i, t in enumerate(tokens)],
              "tickfont": {"size": TICK_FONT}, "automargin": True}
     if rotate:
         ticks["tickangle"] = -90
@@ -172,6 +188,59 @@ def pattern_heatmap(matrix: np.ndarray, tokens: list[str], title: str,
     return fig
 
 
+# A pattern longer than the report's token-by-token window is also drawn whole, pooled into at most
+# OVERVIEW_BLOCKS blocks per axis in an OVERVIEW_PX square: the figure's cost and size stay bounded at any length.
+OVERVIEW_BLOCKS = 128
+OVERVIEW_PX = 640
+
+
+def block_edges(n: int, blocks: int = OVERVIEW_BLOCKS) -> np.ndarray:
+    """``min(n, blocks)`` near-equal blocks of positions ``0 .. n-1``: block ``i`` is ``edges[i] .. edges[i+1]-1``."""
+    return np.unique(np.linspace(0, n, min(n, blocks) + 1).round().astype(int))
+
+
+def pooled_pattern(matrix: np.ndarray, blocks: int = OVERVIEW_BLOCKS) -> tuple[np.ndarray, np.ndarray]:
+    """A ``[query, key]`` pattern pooled into position blocks: ``(pooled, edges)``.
+
+    ``pooled[i, j]`` is the share of the attention of query block ``i`` (its queries' mean) that lands on key
+    block ``j``, so each row still sums to 1 and a head's mass is never lost between pixels: an induction
+    head's stripe stays a stripe. Blocks lying wholly above the diagonal (keys after every query) are NaN, as
+    the masked cells of a pattern are. ``edges``: block ``i`` is positions ``edges[i] .. edges[i + 1] - 1``.
+    """
+    edges = block_edges(matrix.shape[0], blocks)
+    weights = np.nan_to_num(np.asarray(matrix, dtype=float), nan=0.0)
+    to_key_blocks = np.add.reduceat(weights, edges[:-1], axis=1)  # [query, key block]
+    pooled = np.add.reduceat(to_key_blocks, edges[:-1], axis=0) / np.diff(edges)[:, None]
+    future = edges[:-1][None, :] > (edges[1:] - 1)[:, None]  # key block starts after the query block's last query
+    pooled[future] = np.nan
+    return pooled, edges
+
+
+def pattern_overview(matrix: np.ndarray, tokens: list[str], title: str,
+                     blocks: int = OVERVIEW_BLOCKS) -> go.Figure:
+    """The whole ``[query, key]`` pattern of a long prompt in a bounded square (:func:`pooled_pattern`).
+
+    Ticks name each labelled block by its first token and position, no closer than ``TOKEN_PX``."""
+    pooled, edges = pooled_pattern(matrix, blocks)
+    k = len(edges) - 1
+    width = int(np.diff(edges).max())
+    every = max(1, -(-TOKEN_PX * k // OVERVIEW_PX))  # label every `every`-th block: ticks TOKEN_PX apart or more
+    shown = list(range(0, k, every))
+    ticks = {"tickmode": "array", "tickvals": shown, "ticktext": [tick_label(tokens[edges[i]], int(edges[i]))
+                                                                    for i in shown],
+             "tickfont": {"size": TICK_FONT}, "automargin": True}
+    spans = [f"{edges[i]}–{edges[i + 1] - 1}" for i in range(k)]
+    fig = go.Figure(go.Heatmap(z=pooled, zmin=0, zmax=1, colorscale="Reds",
+                               customdata=np.array([spans] * k, dtype=object),
+                               colorbar={"title": "share"},
+                               hovertemplate="query block %{y}<br>keys %{customdata}<br>share %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=f"{title}: all {len(tokens)} positions, blocks of ≤{width}",
+                      width=OVERVIEW_PX + _AXIS_ROOM, height=OVERVIEW_PX + _AXIS_ROOM, **_LAYOUT)
+    fig.update_xaxes(title="key block", tickangle=-90, **ticks)
+    fig.update_yaxes(title="query block", autorange="reversed", **ticks)
+    return fig
+
+
 def pattern_grid(matrices: list[np.ndarray], titles: list[str], tokens: list[str],
                  window: tuple[int, int] | None = None, cols: int = 2) -> go.Figure:
     """Several heads' patterns as one figure: square panels, one shared colour bar, titles clear of the toolbar.
@@ -216,17 +285,25 @@ def neuron_bar(top: pd.DataFrame, ranked_by: str = "contribution") -> go.Figure:
 
 def patching_heatmap(grid: pd.DataFrame, tokens: list[str], value: str = "normalised",
                      title: str = "Activation patching: layer × position") -> go.Figure:
-    """Layer × position grid from ``activation_patching`` (colour: ``value``, 0 = corrupted, 1 = clean)."""
+    """Layer × position grid from ``activation_patching`` (colour: ``value``, 0 = corrupted, 1 = clean).
+
+    The grid may hold only some positions (a long prompt's patched positions): one column each, in order."""
     layers = sorted(grid.layer.unique())
-    z = np.full((len(layers), len(tokens)), np.nan)
+    positions = sorted(int(p) for p in grid.position.unique())
+    col = {p: i for i, p in enumerate(positions)}
+    z = np.full((len(layers), len(positions)), np.nan)
     row = {layer: i for i, layer in enumerate(layers)}
-    z[[row[v] for v in grid.layer], grid.position.to_numpy()] = grid[value].to_numpy()
+    z[[row[v] for v in grid.layer], [col[int(p)] for p in grid.position]] = grid[value].to_numpy()
     fig = go.Figure(go.Heatmap(z=z, zmid=0, colorscale="RdBu", colorbar={"title": value},
-                               hovertemplate="layer %{y}<br>position %{x}<br>" + value + " %{z:.3f}<extra></extra>"))
+                               customdata=np.array([positions] * len(layers)),
+                               hovertemplate="layer %{y}<br>position %{customdata}<br>" + value
+                                             + " %{z:.3f}<extra></extra>"))
     # TOKEN_PX per position and rotated labels, as every token axis: labels never overlap (the report scrolls)
     fig.update_layout(title=title, height=max(300, 40 * len(layers) + 240),
-                      width=max(500, _AXIS_ROOM + TOKEN_PX * len(tokens)), **_LAYOUT)
-    fig.update_xaxes(title="patched position (token)", **_token_ticks(tokens, rotate=True))
+                      width=max(500, _AXIS_ROOM + TOKEN_PX * len(positions)), **_LAYOUT)
+    fig.update_xaxes(title="patched position (token)", tickmode="array", tickvals=list(range(len(positions))),
+                     ticktext=[tick_label(tokens[p], p) for p in positions], tickfont={"size": TICK_FONT},
+                     automargin=True, tickangle=-90)
     fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(len(layers))), ticktext=layers,
                      autorange="reversed")
     return fig
@@ -250,9 +327,14 @@ def dla_bar(dla: pd.DataFrame, k: int = 12, title: str = "Direct logit attributi
     """Bars of the ``k`` components with the largest ``|contribution|`` (``direct_logit_attribution`` rows)."""
     df = dla.reindex(dla.contribution.abs().sort_values(ascending=False, kind="stable").index).head(k)
     colors = ["#54a24b" if v >= 0 else "#e45756" for v in df.contribution]
-    fig = go.Figure(go.Bar(x=df.component, y=df.contribution, marker_color=colors, text=df.kind,
-                           hovertemplate="%{x} (%{text})<br>contribution %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=title, yaxis_title="logit (difference) contribution", height=340, **_LAYOUT)
+    # Horizontal bars: each component's name is a tick label on its own TOKEN_PX-high row, and nothing is written
+    # on the bars (the kind is in the hover), so no label can run into another or into a bar, whatever the signs.
+    fig = go.Figure(go.Bar(y=df.component.astype(str), x=df.contribution, orientation="h", marker_color=colors,
+                           customdata=df.kind, textposition="none",
+                           hovertemplate="%{y} (%{customdata})<br>contribution %{x:.3f}<extra></extra>"))
+    fig.update_yaxes(type="category", autorange="reversed", tickfont={"size": TICK_FONT}, automargin=True)
+    fig.update_layout(title=title, xaxis_title="logit (difference) contribution",
+                      height=120 + DLA_ROW_PX * len(df), **_LAYOUT)
     return fig
 
 

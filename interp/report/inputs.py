@@ -23,6 +23,8 @@ __all__ = [
     "attach_byte_tokenizer",
     "cap_count",
     "check_device",
+    "check_prompts_fit",
+    "context_length",
     "encode_prompt",
     "load_model",
     "model_label",
@@ -130,8 +132,50 @@ def load_model(spec: str | Path | None = None, device: str | None = None):
     return attach_byte_tokenizer(model)
 
 
+# Where a model folder's config.json states its context length: ours (n_ctx) and transformers' spellings.
+_CONTEXT_KEYS = ("n_ctx", "max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def context_length(spec) -> int | None:
+    """The context length of the model ``spec`` names, read from its folder's config.json without loading it
+    (None where that is unknown: a hub id, a folder without a readable config)."""
+    import json
+
+    folder = _model_folder(None if isinstance(spec, str) and spec.strip().lower() in ("", "default") else spec)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (TypeError, OSError, ValueError):
+        return None
+    config = {**config.get("text_config", {}), **config} if isinstance(config, dict) else {}
+    n = next((config[k] for k in _CONTEXT_KEYS if isinstance(config.get(k), int) and config[k] > 0), None)
+    return int(n) if n else None
+
+
+def check_prompts_fit(spec, prompts, name: str = "prompt") -> None:
+    """Refuse a prompt longer than the model's context *before* the model loads (that takes seconds to minutes).
+
+    Counts with the folder's tokenizer.json, special tokens left out, so a prompt refused here is too long
+    however the model adds them; :func:`encode_prompt` checks the exact count once the model is loaded."""
+    n_ctx = context_length(spec)
+    folder = _model_folder(None if isinstance(spec, str) and spec.strip().lower() in ("", "default") else spec)
+    if n_ctx is None or folder is None or not (folder / "tokenizer.json").is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is reported by the loader, with its reason
+        return
+    for prompt in prompts:
+        if isinstance(prompt, str) and prompt.strip() and len(prompt) <= MAX_PROMPT_CHARS:
+            n = len(tok.encode(prompt, add_special_tokens=False).ids)
+            if n > n_ctx:
+                raise InterpError(f"{name}: the model reads at most n_ctx={n_ctx} tokens; the prompt is {n} tokens. "
+                                  "Shorten it (checked before loading the model).")
+
+
 def _model_folder(spec) -> Path | None:
-    from interp.loading import ZOO, default_model_name
+    from interp.zoo import ZOO, default_model_name
 
     if spec is None:
         return ZOO / default_model_name()
@@ -327,7 +371,7 @@ def _nonempty(corpus, name: str, f: dict):
 def model_label(spec: str | None) -> str:
     """How a model spec is shown to people (``None`` -> the default's name)."""
     if spec in (None, "", "default"):
-        from interp.loading import default_model_name
+        from interp.zoo import default_model_name
 
         return f"default ({default_model_name()})"
     return str(spec)

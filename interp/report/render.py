@@ -76,7 +76,7 @@ table.data{border-collapse:collapse;margin:.8em 0;font-size:.9em} table.data th,
 padding:.25em .6em;text-align:left} table.data th{background:#f3f3f3} td.num{text-align:right;
 font-variant-numeric:tabular-nums;white-space:nowrap} code{background:#f3f3f3;padding:0 .2em;white-space:pre}
 .note{color:#555;font-size:.92em} .figure{margin:1em 0} footer{margin-top:3em;color:#777;font-size:.85em}
-.scroll{overflow-x:auto} .figure{overflow-x:auto}
+.scroll{overflow:auto;max-height:36em} .scroll thead th{position:sticky;top:0} .figure{overflow-x:auto}
 .neuron-page{border-top:1px solid #eee;margin-top:1.5em} .neuron-page h3{margin-bottom:.3em}
 .cols{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 """
@@ -296,7 +296,7 @@ def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None =
 
 def _neuron_pages(data: ReportData) -> str:
     """One page per neuron the tables name: examples over the corpus, histogram, answers, the prompt."""
-    from interp.report.widgets import neuron_examples, svg_histogram, token_shading
+    from interp.report.widgets import neuron_examples, shading_scale, svg_histogram, token_shading
 
     esc = html.escape
     prof = data.neuron_profiles
@@ -319,12 +319,15 @@ def _neuron_pages(data: ReportData) -> str:
             f", direct contribution <b>{mine.contribution:+.4f}</b> to the logit of "
             f"<code>{esc(show_token(mine.target_token))}</code>")
         on = data.neuron_prompt[(data.neuron_prompt.layer == layer) & (data.neuron_prompt.neuron == neuron)]
+        st = None if prof is None else prof.stats[(prof.stats.layer == layer) & (prof.stats.neuron == neuron)].iloc[0]
+        # the prompt is shaded on the same symmetric scale as the corpus examples below (±the neuron's largest
+        # |activation|), so a small negative value stays pale instead of filling the prompt's own range
+        scale = shading_scale(on.activation, () if st is None else (st["min"], st["max"]))
         body.append(f"<p>On this prompt: activation <b>{mine.activation:.4f}</b> at the last position{contrib}"
-                    + ".</p>"
-                    + token_shading(on.token.tolist(), on.activation.tolist(), trigger=len(on) - 1))
+                    + f'. <span class="note">Full colour at ±{scale:.3g}.</span></p>'
+                    + token_shading(on.token.tolist(), on.activation.tolist(), scale=scale, trigger=len(on) - 1))
         if prof is not None:
             ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
-            st = prof.stats[(prof.stats.layer == layer) & (prof.stats.neuron == neuron)].iloc[0]
             h = prof.histogram[(prof.histogram.layer == layer) & (prof.histogram.neuron == neuron)]
             edges = [*h.bin_left.tolist(), float(h.bin_right.iloc[-1])]
             body.append('<div class="cols"><div>' + neuron_examples(ex, st) + "</div>"
@@ -368,19 +371,78 @@ def _top_dla(dla: pd.DataFrame, k: int = 12) -> pd.DataFrame:
 def _patching_html(data: ReportData) -> str:
     p = data.patching
     if not p:
-        return '<p class="note">Not computed (option <code>patching</code> off, or the prompt is too short or too ' \
-               "long to repeat within n_ctx).</p>"
+        return ('<p class="note">Not computed: the option <code>patching</code> is off, or the prompt is a single '
+                "token (the task repeats the prompt's beginning).</p>")
     esc = html.escape
-    return (f'<p class="note">{esc(_patching_intro(p))}</p>'
-            f'<div class="prompt">clean:     {esc(p["pair"]["clean"])}\ncorrupted: {esc(p["pair"]["corrupted"])}</div>'
+    cut = "".join(f'<p class="note">Shortened: {esc(note)}.</p>' for note in p.get("notes", ()))
+    return (f'<p class="note">{esc(_patching_intro(p))}</p>' + cut
+            + f'<div class="prompt">clean:     {esc(p["pair"]["clean"])}\ncorrupted: {esc(p["pair"]["corrupted"])}</div>'
             + _figure(head_patching_heatmap(p["heads"]), "fig-patching-heads")
             + html_table(p["heads"], "patching_heads", _HEAD_COLS)
             + _figure(patching_heatmap(p["grid"], p["tokens"], title="Patching resid_pre: layer × position"),
                       "fig-patching-grid")
             + _figure(dla_bar(p["dla"]), "fig-dla")
             + "<h3>Top components by direct logit attribution</h3>" + html_table(_top_dla(p["dla"]), "dla", _DLA_COLS)
-            + "<details><summary>resid_pre patching, every layer and position</summary>"
-            + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>")
+            + "<details><summary>resid_pre patching, every layer and patched position</summary>"
+            + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>" + _edges_html(p))
+
+
+_EDGE_COLS = ["sender", "receiver", "score"]
+
+
+def _edges_intro(p: dict) -> str:
+    return (f"Edge attribution (EAP) over all {p['edges'].attrs['n_edges']} edges between the embeddings, each head's "
+            "query/key/value input, the MLPs and the logits: score = the estimated change of the metric when that "
+            "edge alone carries the corrupted run's value. Faithfulness of the top-n edges: the clean run with every "
+            "other edge corrupted (1 = clean, 0 = corrupted).")
+
+
+def _edges_html(p: dict) -> str:
+    if "edges" not in p:
+        return ""
+    from interp.report.edge_figure import edge_circuit_figure
+
+    return (f'<h3>Edges</h3><p class="note">{html.escape(_edges_intro(p))}</p>'
+            + _figure(edge_circuit_figure(p["edges"], top_n=20), "fig-edges")
+            + html_table(p["edges"].head(20), "patching_edges", _EDGE_COLS)
+            + html_table(p["faithfulness"], "patching_faithfulness", ["n_edges", "metric", "faithfulness"]))
+
+
+def _lens_figure(data: ReportData) -> str:
+    """The logit-lens grid, at most LENS_WINDOW positions wide (the last ones), saying what was left out."""
+    from interp.report.figures import LENS_WINDOW, token_window
+
+    n = len(data.str_tokens)
+    window = token_window(n, LENS_WINDOW)
+    cut = "" if window[0] == 0 else (
+        f'<p class="note">The figure shows the last {LENS_WINDOW} of {n} positions (a cell per position and layer '
+        "stays readable, and the figure draws quickly); every position is in the table below.</p>")
+    return cut + _figure(lens_grid_heatmap(data.lens_grid, data.str_tokens, window=window), "fig-lens-grid")
+
+
+def _pattern_figures(data: ReportData) -> str:
+    """Each notable head's pattern: token by token when the prompt fits the window; otherwise the whole pattern
+    pooled into blocks (:func:`pattern_overview`) and then the last window of positions token by token."""
+    from interp.report.figures import block_edges, pattern_overview, token_window
+
+    n = len(data.str_tokens)
+    window = token_window(n, data.options["pattern_window"])
+    long = window[1] - window[0] < n
+    out = []
+    if long:
+        edges = block_edges(n)
+        out.append(f'<p class="note">A {n}-token prompt: each head is drawn whole, its positions pooled into '
+                   f"{len(edges) - 1} blocks (a cell is the share of a query block's attention that lands on a key "
+                   f"block), then its last {window[1] - window[0]} positions token by token. The view above "
+                   "shows every token.</p>")
+    for r in data.notable_heads.itertuples():
+        mat = pattern_matrix(data.patterns, int(r.layer), int(r.head), n)
+        title = f"L{r.layer}H{r.head}: {r.role.replace('_', ' ')} (score {r.score:.3f})"
+        if long:
+            out.append(_figure(pattern_overview(mat, data.str_tokens, title), f"fig-pattern-all-{r.layer}-{r.head}"))
+        out.append(_figure(pattern_heatmap(mat, data.str_tokens, title, window=window),
+                           f"fig-pattern-{r.layer}-{r.head}"))
+    return "".join(out)
 
 
 def render_html(data: ReportData, plotly_src: str | None = None) -> str:
@@ -419,21 +481,12 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
         '<p class="note">Each layer\'s residual stream decoded with the final norm and unembedding (nostalgebraist\'s '
         f"logit lens). Layer 0 is the embedding, layer {n_layers} the model's output. Colour: probability of the "
         "top token; <code>target</code> is the model's final prediction at that position.</p>"
-        + _figure(lens_grid_heatmap(data.lens_grid, data.str_tokens), "fig-lens-grid")
+        + _lens_figure(data)
         + _figure(final_prob_by_layer(data.final_by_layer), "fig-lens-final")
         + "<h3>Final prediction by layer (last position)</h3>" + html_table(data.final_by_layer, "final_by_layer")
         + "<details><summary>Full layer × position grid</summary>" + html_table(grid, "lens_grid") + "</details>"))
-    from interp.report.figures import token_window
     from interp.report.widgets import attention_view
 
-    n_tok = len(data.str_tokens)
-    window = token_window(n_tok, data.options["pattern_window"])
-    pats = []
-    for r in data.notable_heads.itertuples():
-        mat = pattern_matrix(data.patterns, int(r.layer), int(r.head), n_tok)
-        title = f"L{r.layer}H{r.head}: {r.role.replace('_', ' ')} (score {r.score:.3f})"
-        pats.append(_figure(pattern_heatmap(mat, data.str_tokens, title, window=window),
-                            f"fig-pattern-{r.layer}-{r.head}"))
     first = [(int(r.layer), int(r.head)) for r in data.notable_heads.head(1).itertuples()]
     view = attention_view(data.str_tokens, data.patterns, data.view_heads, checked=first,
                           title="Where each token attends")
@@ -443,8 +496,7 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
         "measured on a repeated random sequence, the others on the prompt (column <code>source</code>).</p>"
         + view + _figure(head_role_grid(data.head_scores), "fig-head-roles")
         + "<h3>Most notable heads</h3>" + html_table(data.notable_heads, "notable_heads")
-        + (f'<p class="note">Patterns of the last {window[1] - window[0]} positions; the view above shows every '
-           "token.</p>" if window[1] - window[0] < n_tok else "") + "".join(pats)
+        + _pattern_figures(data)
         + "<details><summary>All head scores</summary>" + html_table(_role_pivot(data.head_scores), "head_roles")
         + "</details>"))
     by_con = data.neurons[data.neurons.ranked_by == "contribution"]
@@ -553,11 +605,13 @@ def render_markdown(data: ReportData) -> str:
                                                         "baseline_frac_within_tol"]))
     p = data.patching
     if p:
-        sec("patching", md_text(_patching_intro(p)),
+        sec("patching", md_text(_patching_intro(p)), *(md_text(f"Shortened: {note}.") for note in p.get("notes", ())),
             md_fence(f"clean:     {p['pair']['clean']}\ncorrupted: {p['pair']['corrupted']}"),
             "Each head's output patched (all positions):",
             md_table(p["heads"], _HEAD_COLS), "Top components by direct logit attribution:",
-            md_table(_top_dla(p["dla"]), _DLA_COLS))
+            md_table(_top_dla(p["dla"]), _DLA_COLS),
+            *((md_text(_edges_intro(p)), md_table(p["edges"].head(20), _EDGE_COLS),
+               md_table(p["faithfulness"], ["n_edges", "metric", "faithfulness"])) if "edges" in p else ()))
     else:
         sec("patching", "Not computed.")
     return "\n".join(out)

@@ -88,6 +88,8 @@ def _train(args) -> int:
     out = Path(args.out).expanduser()
     model = _model_for(args)
     text = read_corpus(model, args.corpus, "train", args.eval_fraction)
+    if args.transcoder:
+        return _train_transcoders(args, model, text, out)
     d_in = int(model.cfg.d_model) if "resid" in args.hook or args.hook.endswith("_out") else None
     d_sae = args.d_sae or (args.expansion * d_in if d_in else None)
     if d_sae is None:
@@ -105,6 +107,40 @@ def _train(args) -> int:
         ev = evaluate_sae(model, sae, documents(model, held), progress=not args.quiet)
         tables["held-out evaluation"] = ev.table()
         write_text(out / "eval.json", json.dumps(ev.metrics, indent=1) + "\n", True)
+    _out(tables, args, notes)
+    return 0
+
+
+def _train_transcoders(args, model, text: str, out: Path) -> int:
+    """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``."""
+    from interp.analysis.sae import evaluate_transcoders, train_transcoder
+    from interp.report.output import write_text
+
+    n = model.cfg.n_layers
+    layers = args.layers if args.layers is not None else list(range(n))
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise InterpError(f"--layers: must be in [0, {n}); given {bad}")
+    d_sae = args.d_sae or args.expansion * int(model.cfg.d_model)
+    docs = documents(model, text)
+    tcs, rows = [], []
+    for layer in layers:
+        tc = train_transcoder(model, layer, docs, d_sae, args.architecture, input_hook=args.input_hook,
+                              skip=args.skip, k=args.k, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              l1_coefficient=args.l1, l0_coefficient=args.l0, time_budget=args.time_budget,
+                              checkpoint_dir=out / f"blocks.{layer}.hook_mlp_out", overwrite=args.force,
+                              seed=args.seed, device=args.device, progress=not args.quiet)
+        tcs.append(tc)
+        rows.append({"layer": layer, **tc.history.iloc[-1].to_dict(), "stopped_early": tc.stopped_early})
+    tables = {"training (last step per layer)": pd.DataFrame(rows)}
+    notes = [f"transcoders written to {out}/blocks.{{l}}.hook_mlp_out (cfg.json + sae_weights.safetensors)"]
+    if args.eval_fraction > 0:
+        held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
+        ev = evaluate_transcoders(model, tcs, documents(model, held))
+        tables["held-out: per layer"] = ev.layers
+        tables["held-out: every MLP replaced"] = ev.table()
+        data = {"layers": json.loads(ev.layers.to_json(orient="records")), "metrics": ev.metrics}
+        write_text(out / "eval.json", json.dumps(data, indent=1) + "\n", True)
     _out(tables, args, notes)
     return 0
 
@@ -129,6 +165,13 @@ def _eval(args) -> int:
 
     sae, model = _load(args)
     text = read_corpus(model, args.corpus, "eval" if args.corpus is None else "all", args.eval_fraction)
+    from interp.analysis.sae import Transcoder, evaluate_transcoders
+
+    if isinstance(sae, Transcoder):  # its MLP replaced, not its input rebuilt
+
+        ev = evaluate_transcoders(model, [sae], documents(model, text), max_tokens=args.max_tokens)
+        _out({"per layer": ev.layers, "with the MLP replaced": ev.table()}, args)
+        return 0
     ev = evaluate_sae(model, sae, documents(model, text), max_tokens=args.max_tokens, progress=not args.quiet)
     orth = decoder_orthogonality(sae)
     cols = ["count", "dim", "mean_abs_cos", "baseline_mean_abs_cos", "max_abs_cos", "baseline_max_abs_cos",
@@ -172,6 +215,7 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
         prog=prog, formatter_class=_RAW,
         description="Sparse autoencoders: train one on a hook's activations, evaluate it, look at its features.",
         epilog="examples:\n  interp sae train --out runs/sae-resid0 --time-budget 540\n"
+               "  interp sae train --transcoder --out runs/transcoders\n"
                "  interp sae eval --sae runs/sae-resid0\n  interp sae features --sae runs/sae-resid0 --feature 3 17\n"
                "  interp sae features --sae default")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -209,6 +253,13 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--lr", type=nonnegative_float, default=None)
     t.add_argument("--time-budget", type=nonnegative_float, default=None, help="stop after this many seconds (checkpointed)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--transcoder", action="store_true",
+                   help="train transcoders instead: per layer, read --input-hook and predict hook_mlp_out "
+                        "(--hook is ignored); --out gets one folder per layer")
+    t.add_argument("--layers", type=int, nargs="+", default=None, help="--transcoder: layers (default: all)")
+    t.add_argument("--input-hook", choices=("ln2.hook_normalized", "hook_resid_mid"), default="ln2.hook_normalized",
+                   help="--transcoder: what each transcoder reads (default ln2.hook_normalized)")
+    t.add_argument("--skip", action="store_true", help="--transcoder: add the affine skip term (skip transcoder)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="L0, variance explained, CE loss recovered, dead/dense latents", formatter_class=_RAW)

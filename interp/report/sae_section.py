@@ -82,6 +82,7 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
         feature_activations,
         feature_logit_effects,
         feature_profiles,
+        similar_features,
         token_reconstruction,
     )
     from interp.report.inputs import str_tokens
@@ -124,7 +125,9 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
         model, sae, tokens), "cards": [int(f) for f in cards],
         "shading": pd.concat(shading, ignore_index=True) if shading else pd.DataFrame(),
         "logit_effects": pd.concat(effects, ignore_index=True) if effects else pd.DataFrame(), "logit_note": note_eff,
-        "profiles": profiles, "corpus_name": corpus[0] if corpus else None, "model_note": note}
+        "profiles": profiles, "corpus_name": corpus[0] if corpus else None, "model_note": note,
+        "similar": pd.concat([similar_features(sae, f, k=k_answers).assign(of=f) for f in cards], ignore_index=True)
+        if cards else pd.DataFrame()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -178,7 +181,7 @@ def sae_html(s: dict) -> str:
     """The section's HTML body (tables through the report's ``html_table``: exact values in ``data-value``)."""
     from interp.report.figures import show_token
     from interp.report.render import _fmt_number, html_table
-    from interp.report.widgets import neuron_examples, token_shading
+    from interp.report.widgets import neuron_examples, svg_histogram, token_shading
 
     esc = html.escape
     info = s["info"]
@@ -217,8 +220,13 @@ def sae_html(s: dict) -> str:
                 + token_shading(sh.token.tolist(), vals, trigger=vals.index(max(vals)))]
         if prof is not None:
             ex, st = _examples(prof, f)
+            h = prof.histogram[prof.histogram.feature == f]
+            hist = "" if not len(h) else svg_histogram(  # the activation distribution, as a neuron page shows it
+                h["count"].tolist(), [*h.bin_left.tolist(), float(h.bin_right.iloc[-1])],
+                title=f"activation over {int(st.n_tokens):,} tokens: mean {st['mean']:.3f}")
             body.append(f'<p class="note">Fires on {st.frac_positive:.2%} of {int(st.n_tokens):,} tokens scanned; '
-                        f"max {st['max']:.4f}.</p>" + neuron_examples(ex, st)
+                        f"max {st['max']:.4f}.</p>" + '<div class="cols"><div>' + neuron_examples(ex, st)
+                        + "</div>" + hist + "</div>"
                         + "<details><summary>examples as a table</summary>"
                         + html_table(ex[ex.is_trigger], f"sae_examples_F{f}", _EXAMPLE_COLS) + "</details>")
         if len(eff):
@@ -228,6 +236,12 @@ def sae_html(s: dict) -> str:
                         + html_table(mine[mine.direction == "top"], f"sae_raises_F{f}", acols)
                         + "</div><div><b>Lowers</b>"
                         + html_table(mine[mine.direction == "bottom"], f"sae_lowers_F{f}", acols) + "</div></div>")
+        near = s.get("similar", pd.DataFrame())
+        near = near[near["of"] == f] if len(near) else near
+        if len(near):  # as SAE dashboards list them: features whose decoder directions are nearest this one's
+            body.append("<p><b>Nearest features</b> (cosine of decoder directions): " + ", ".join(
+                (f'<a href="#{card_anchor(int(g))}">{int(g)}</a>' if int(g) in s["cards"] else str(int(g)))
+                + f" ({c:+.2f})" for g, c in zip(near.feature, near.cosine)) + "</p>")
         parts.append(f'<div class="neuron-page" id="{card_anchor(f)}"><h3>Feature {f}</h3>' + "".join(body) + "</div>")
     return "".join(parts)
 

@@ -112,6 +112,8 @@ def estimate_parameters(config: dict) -> int:
     An upper-bound sketch, not a count: embeddings and (untied) unembedding, a position table, and per
     layer four d_model² attention matrices plus three d_model x d_mlp MLP matrices per expert. Good enough to
     refuse a config that would allocate for minutes before anything is built."""
+    if isinstance(config.get("text_config"), dict):  # a multimodal config: the decoder's sizes live there
+        config = {**config, **config["text_config"]}
     size = {}
     for what, keys in _SIZE_KEYS.items():
         v = next((config[k] for k in keys if config.get(k) is not None), None)
@@ -178,7 +180,8 @@ def corpus_prefix(path: Path, n_bytes: int, is_dir: bool, max_bytes: int, scratc
         head = head[: end - 1] if end and head[end - 1] >= 0xC0 else head[:end]
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = hashlib.sha256(f"{path}\0{n_bytes}\0{path.stat().st_mtime_ns}\0{max_bytes}".encode()).hexdigest()[:24]
-    out = scratch / f"{key}{path.suffix}"
+    out = scratch / key / path.name  # the reader names the corpus after its file
+    out.parent.mkdir(mode=0o700, exist_ok=True)
     atomic_write_bytes(out, head)  # concurrent sessions write the same bytes: the last rename wins, whole
     return out, f"read the first {len(head) / 1e6:.1f} MB of {n_bytes / 1e6:.1f} MB ({flag})"
 

@@ -23,8 +23,8 @@ import pandas as pd
 
 from interp.report.figures import show_token
 
-__all__ = ["WIDGET_CSS", "attention_view", "decode_attention_data", "encode_patterns", "neuron_examples",
-           "script_json", "svg_histogram", "token_shading"]
+__all__ = ["WIDGET_CSS", "attention_view", "decode_attention_data", "encode_patterns", "head_colors",
+           "neuron_examples", "script_json", "shading_scale", "svg_histogram", "token_shading"]
 
 _ids = count()
 
@@ -45,6 +45,10 @@ WIDGET_CSS = """
 .attn-view{border:1px solid #ddd;border-radius:6px;padding:.6em .8em;margin:1em 0;font-size:14px}
 .attn-heads{display:flex;flex-wrap:wrap;gap:.2em .9em;margin-bottom:.5em;font-size:13px}
 .attn-heads label{white-space:nowrap;cursor:pointer}
+.attn-swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.2em;vertical-align:-1px}
+.attn-thumbs{display:flex;flex-wrap:wrap;gap:.5em;margin:.2em 0 .6em;max-height:15em;overflow-y:auto}
+.attn-thumbs figure{margin:0;text-align:center;font-size:11px;cursor:pointer}
+.attn-thumb{width:72px;height:72px;image-rendering:pixelated;border:1px solid #ccc;display:block}
 .attn-text{line-height:1.9;max-height:32em;overflow-y:auto}
 .attn-tok,.act-tok{display:inline-block;font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre;
 padding:0 1px;line-height:1.5;border-radius:3px;cursor:pointer;border:1px solid transparent}
@@ -77,11 +81,16 @@ _ATTN_JS = r"""
     if (!heads.length) { info.textContent = 'Choose at least one head.'; return; }
     const row = q * (q + 1) / 2, vals = [];
     for (let k = 0; k <= q; k++) {
-      let s = 0;
-      for (const h of heads) s += w[h * tri + row + k];
-      const v = s / heads.length / 255;
+      // each head in its own colour: the colours mixed by each head's weight, the strongest weight as opacity
+      let s = 0, top = 0, r = 0, g = 0, b = 0;
+      for (const h of heads) {
+        const x = w[h * tri + row + k] / 255, c = data.colors[h];
+        s += x; top = Math.max(top, x); r += x * c[0]; g += x * c[1]; b += x * c[2];
+      }
+      const v = s / heads.length;
       vals.push([v, k]);
-      toks[k].style.background = 'rgba(214,39,40,' + Math.min(1, v).toFixed(3) + ')';
+      toks[k].style.background = s > 0 ? 'rgba(' + [r / s, g / s, b / s].map(Math.round).join(',') + ',' +
+        Math.min(1, top).toFixed(3) + ')' : '';
     }
     vals.sort((a, b) => b[0] - a[0]);
     const names = heads.map(h => data.heads[h]).join(', ');
@@ -95,9 +104,40 @@ _ATTN_JS = r"""
   });
   root.querySelector('.attn-text').addEventListener('mouseleave', () => { if (pinned === null) show(null); });
   boxes.forEach(b => b.addEventListener('change', () => show(pinned !== null ? pinned : (toks.length - 1))));
+  // one thumbnail per head: its whole pattern at any length, each pixel the largest weight in its block
+  root.querySelectorAll('canvas.attn-thumb').forEach(cv => {
+    const h = +cv.dataset.index, side = cv.width, c = data.colors[h], step = n / side;
+    const ctx = cv.getContext('2d'), img = ctx.createImageData(side, side);
+    for (let by = 0; by < side; by++) {
+      const q0 = Math.floor(by * step), q1 = Math.max(q0 + 1, Math.floor((by + 1) * step));
+      for (let bx = 0; bx <= by; bx++) {
+        const k0 = Math.floor(bx * step), k1 = Math.max(k0 + 1, Math.floor((bx + 1) * step));
+        let m = 0;
+        for (let q = q0; q < q1; q++) {
+          const at = h * tri + q * (q + 1) / 2;
+          for (let k = k0; k < Math.min(k1, q + 1); k++) if (w[at + k] > m) m = w[at + k];
+        }
+        const o = 4 * (by * side + bx);
+        img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = m;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+    cv.parentNode.addEventListener('click', () => { boxes[h].checked = !boxes[h].checked;
+      boxes[h].dispatchEvent(new Event('change')); });
+  });
   show(null);
 })();
 """
+
+
+THUMB_PX = 96  # a head's thumbnail: its whole pattern pooled to at most this many pixels a side
+
+
+def head_colors(n: int) -> list[list[int]]:
+    """``n`` distinct RGB colours, one per head (hues a golden angle apart, as CircuitsVis gives each head its own)."""
+    import colorsys
+
+    return [[round(255 * x) for x in colorsys.hls_to_rgb((i * 0.381966) % 1.0, 0.45, 0.75)] for i in range(n)]
 
 
 def encode_patterns(patterns: pd.DataFrame, heads: list[tuple[int, int]], n: int) -> str:
@@ -141,16 +181,23 @@ def attention_view(tokens: list[str], patterns: pd.DataFrame, heads: list[tuple[
     n = len(tokens)
     checked = set(checked or heads[:1])
     labels = [f"L{layer}H{head}" for layer, head in heads]
-    data = {"n": n, "heads": labels, "tokens": [show_token(t) for t in tokens],
+    colors = head_colors(len(heads))
+    data = {"n": n, "heads": labels, "tokens": [show_token(t) for t in tokens], "colors": colors,
             "weights": encode_patterns(patterns, heads, n)}
     boxes = "".join(
-        f'<label><input type="checkbox" data-index="{i}"{" checked" if h in checked else ""}> {lab}</label>'
-        for i, (h, lab) in enumerate(zip(heads, labels)))
+        f'<label><input type="checkbox" data-index="{i}"{" checked" if h in checked else ""}> '
+        f'<span class="attn-swatch" style="background:rgb({",".join(map(str, c))})"></span>{lab}</label>'
+        for i, (h, lab, c) in enumerate(zip(heads, labels, colors)))
+    side = min(n, THUMB_PX)
+    thumbs = "".join(f'<figure title="{lab}: the whole pattern (click to tick)"><canvas class="attn-thumb" '
+                     f'data-index="{i}" width="{side}" height="{side}"></canvas>{lab}</figure>'
+                     for i, lab in enumerate(labels))
     toks = "".join(f'<span class="attn-tok" data-pos="{i}" title="{i}">{_as_text(t)}</span>'
                    + ("<br>" if "\n" in t else "") for i, t in enumerate(tokens))
     payload = script_json(json.dumps(data))
     head = f"<b>{html.escape(title)}</b> " if title else ""
     return (f'<div class="attn-view" id="{vid}">{head}<div class="attn-heads">heads: {boxes}</div>'
+            f'<div class="attn-thumbs">{thumbs}</div>'
             f'<div class="attn-text">{toks}</div><div class="attn-info"></div>'
             f'<script type="application/json" class="attn-data">{payload}</script>'
             f"<script>{_ATTN_JS % {'id': json.dumps(vid)}}</script></div>")
@@ -162,10 +209,18 @@ def _shade(v: float, scale: float) -> str:
     return f"rgba({rgb},{abs(a):.3f})"
 
 
+def shading_scale(values, reference=()) -> float:
+    """The value shaded at full colour, the same for both signs: the largest ``|value|`` among ``values`` and the
+    ``reference`` extremes (a neuron's min and max over a corpus), so 0 is always white and the colours of one page
+    compare."""
+    mags = [abs(float(v)) for v in [*values, *reference] if np.isfinite(float(v))]
+    return max(mags, default=0.0) or 1.0
+
+
 def token_shading(tokens: list[str], values, scale: float | None = None, trigger: int | None = None) -> str:
     """One line of tokens, each shaded by its value (orange positive, blue negative; ``scale`` = full colour)."""
     values = [float(v) for v in values]
-    scale = scale if scale is not None else max([abs(v) for v in values] or [1.0])
+    scale = scale if scale is not None else shading_scale(values)
     spans = []
     for i, (t, v) in enumerate(zip(tokens, values)):
         cls = "act-tok trigger" if i == trigger else "act-tok"
@@ -179,7 +234,7 @@ def neuron_examples(examples: pd.DataFrame, stats) -> str:
 
     ``stats`` is the neuron's ``NeuronProfiles.stats`` row: its largest |activation| is full colour.
     """
-    scale = float(max(abs(stats["max"]), abs(stats["min"]), 1e-12))
+    scale = shading_scale((), (stats["max"], stats["min"]))
     lines = []
     for rank, g in examples.groupby("rank", sort=True):
         trig = g[g.is_trigger].iloc[0]

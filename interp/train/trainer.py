@@ -405,9 +405,9 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict:
 
     bar = None
     if cfg.progress:
-        from tqdm.auto import tqdm
+        from interp.progress import progress_bar
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     def snapshot() -> dict:
         snap = {"step": step, "tokens": state["tokens"], "elapsed_s": elapsed0 + time.time() - t_start,

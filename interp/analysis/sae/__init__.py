@@ -10,6 +10,8 @@ SAE takes a layer's activations apart into such directions. The modules:
 * ``train``: ``train_sae`` with checkpoints that resume and a time budget;
 * ``evaluate``: splicing an SAE into a model (``splice_sae``), L0, variance explained, CE loss recovered,
   dead and dense latents, over a corpus or token by token on a prompt (``token_reconstruction``);
+* ``transcoder``: transcoders (an MLP's input in, its output predicted; skip and TopK/ReLU/JumpReLU),
+  ``train_transcoder``, splicing every MLP out (``splice_transcoders``) and ``evaluate_transcoders``;
 * ``features``: a feature's top-activating contexts (``feature_top_contexts``; with the activation at every
   nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions.
 
@@ -35,10 +37,21 @@ from interp.analysis.sae.features import (
     feature_logit_effects,
     feature_profiles,
     feature_top_contexts,
+    similar_features,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source, model_activations
 from interp.analysis.sae.train import geometric_median, train_sae
+from interp.analysis.sae.transcoder import (
+    Transcoder,
+    TranscoderConfig,
+    TranscoderEval,
+    evaluate_transcoders,
+    load_transcoder,
+    load_transcoders,
+    splice_transcoders,
+    train_transcoder,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -46,22 +59,31 @@ __all__ = [
     "ActivationSource",
     "SAEConfig",
     "SAEEval",
+    "Transcoder",
+    "TranscoderConfig",
+    "TranscoderEval",
     "as_source",
     "ce_loss_recovered",
     "decoder_angle_samples",
     "decoder_orthogonality",
     "evaluate_sae",
+    "evaluate_transcoders",
     "feature_activations",
     "feature_logit_effects",
     "feature_profiles",
     "feature_top_contexts",
     "geometric_median",
     "load_sae",
+    "load_transcoder",
+    "load_transcoders",
     "model_activations",
     "sae_hook",
     "sae_metrics",
     "save_sae",
+    "similar_features",
     "splice_sae",
+    "splice_transcoders",
     "token_reconstruction",
     "train_sae",
+    "train_transcoder",
 ]

@@ -30,6 +30,9 @@ __all__ = ["SAEEval", "ce_loss_recovered", "evaluate_sae", "sae_hook", "sae_metr
 
 
 def _hook_of(sae: SAE, hook_name: str | None) -> str:
+    if getattr(sae.cfg, "d_out", None) is not None:  # a transcoder: its output goes elsewhere than its input
+        raise InterpError(f"sae: this is a transcoder (reads {sae.cfg.hook_name!r}, predicts "
+                          f"{sae.cfg.metadata.get('hook_name_out')!r}); use splice_transcoders / evaluate_transcoders")
     name = hook_name or sae.cfg.hook_name
     if not name:
         raise InterpError("hook_name: the SAE's cfg names no hook (metadata.hook_name); pass hook_name=...")
@@ -96,11 +99,13 @@ class _Stats:
         self.act_max = torch.zeros(d_sae, dtype=torch.float64)
 
     @torch.no_grad()
-    def add(self, sae: SAE, x: torch.Tensor) -> None:
+    def add(self, sae: SAE, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Add rows ``x``; ``y``: what the reconstruction aims at (a transcoder's target; default ``x``)."""
         x = x.reshape(-1, sae.cfg.d_in).to(sae.W_enc.device)
         f = sae.encode(x)
-        recon = sae.decode(f).double()
-        x, f = x.double(), f.double().cpu()
+        recon = (sae.decode(f) + sae.skip(x)).double()
+        x = (x if y is None else y.reshape(recon.shape).to(recon.device)).double()
+        f = f.double().cpu()
         self.n += x.shape[0]
         self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
         self.sum_sq += float(x.pow(2).sum())
@@ -230,17 +235,16 @@ def evaluate_sae(model, sae: SAE, corpus, hook_name: str | None = None, *, seq_l
     The corpus is cut into ``seq_len`` chunks (default ``n_ctx``); each batch runs clean (recording the
     activation), with the SAE spliced in, and with the hook zero-ablated. ``max_tokens`` stops early.
     """
-    from tqdm.auto import tqdm
-
     from interp.analysis._inputs import model_device
+    from interp.progress import progress_bar
 
     dense_threshold = _check_threshold(dense_threshold)
     name = check_hook_name(model, _hook_of(sae, hook_name))
     stats = _Stats(sae.cfg.d_sae)
     sums, n_pred = [0.0, 0.0, 0.0], 0
     dev = model_device(model)
-    for toks in tqdm(token_batches(model, corpus, seq_len, batch_size), desc="evaluating SAE", unit="batch",
-                     disable=not progress):
+    for toks in progress_bar(token_batches(model, corpus, seq_len, batch_size), desc="evaluating SAE",
+                             unit="batch", enabled=progress):
         toks = toks.to(dev)
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
         stats.add(sae, cache[name].reshape(toks.shape[0] * toks.shape[1], -1).float())

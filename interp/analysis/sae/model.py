@@ -234,6 +234,8 @@ class SAE(HookedRootModule):
     ((5, 32), True)
     """
 
+    config_class = SAEConfig  # what ``train_sae`` builds this kind from (a transcoder has its own)
+
     def __init__(self, cfg: SAEConfig, use_error_term: bool = False):
         super().__init__()
         self.cfg = cfg
@@ -294,6 +296,10 @@ class SAE(HookedRootModule):
             return topk_activation(pre, self.cfg.k)
         return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
 
+    def skip(self, x: torch.Tensor) -> torch.Tensor | float:
+        """A skip transcoder's affine term (``interp.analysis.sae.transcoder``); an SAE has none: 0."""
+        return 0.0
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``[..., d_sae]``."""
         return self._hook("acts_post", self.activate(self.pre_activations(x)))
@@ -329,19 +335,21 @@ class SAE(HookedRootModule):
         if self.cfg.architecture == "jumprelu":
             self.log_threshold.add_(norms.log())
 
-    def saelens_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights under SAELens' names (``threshold`` instead of ``log_threshold``), contiguous on the CPU."""
-        out = {name: p.detach().to("cpu").contiguous() for name, p in
-               (("W_enc", self.W_enc), ("W_dec", self.W_dec), ("b_enc", self.b_enc), ("b_dec", self.b_dec))}
-        if self.cfg.architecture == "jumprelu":
-            out["threshold"] = self.threshold.detach().to("cpu").contiguous()
-        return out
-
-    def load_saelens_state_dict(self, state: dict[str, torch.Tensor], source: str = "weights") -> SAE:
-        want = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, self.d_in), "b_enc": (self.d_sae,),
-                "b_dec": (self.d_in,)}
+    def saelens_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The tensors of the saved file, by SAELens' name, and their shapes (a transcoder adds its own)."""
+        d_out = self.W_dec.shape[1]  # d_in for an SAE; a transcoder's output width
+        want = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, d_out), "b_enc": (self.d_sae,),
+                "b_dec": (d_out,)}
         if self.cfg.architecture == "jumprelu":
             want["threshold"] = (self.d_sae,)
+        return want
+
+    def saelens_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under SAELens' names (``threshold`` instead of ``log_threshold``), contiguous on the CPU."""
+        return {name: getattr(self, name).detach().to("cpu").contiguous() for name in self.saelens_shapes()}
+
+    def load_saelens_state_dict(self, state: dict[str, torch.Tensor], source: str = "weights") -> SAE:
+        want = self.saelens_shapes()
         missing = sorted(set(want) - set(state))
         if missing:
             raise InterpError(f"{source}: missing tensors {missing} for a {self.cfg.architecture} SAE "
@@ -350,8 +358,9 @@ class SAE(HookedRootModule):
             if tuple(state[name].shape) != shape:
                 raise InterpError(f"{source}: {name} has shape {tuple(state[name].shape)}; cfg.json needs {shape}")
         with torch.no_grad():
-            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-                getattr(self, name).copy_(state[name])
+            for name in want:
+                if name != "threshold":
+                    getattr(self, name).copy_(state[name])
             if self.cfg.architecture == "jumprelu":
                 th = state["threshold"].double()
                 if (th <= 0).any():  # SAELens allows 0 thresholds (plain ReLU latents); keep them tiny
@@ -395,6 +404,10 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None, dtype
         raw = json.loads((folder / SAE_CFG_FILENAME).read_text())
     except json.JSONDecodeError as e:
         raise InterpError(f"folder: {folder / SAE_CFG_FILENAME} is not valid JSON ({e})") from None
+    if "d_out" in raw or str(raw.get("architecture", "")).endswith("transcoder"):  # a transcoder's folder
+        from interp.analysis.sae.transcoder import load_transcoder
+
+        return load_transcoder(folder, device=device, dtype=dtype)
     cfg = SAEConfig.from_saelens(raw, source=str(folder / SAE_CFG_FILENAME))
     if dtype is not None:
         cfg.dtype = dtype

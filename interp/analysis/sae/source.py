@@ -177,15 +177,14 @@ def model_activations(model, hook_name: str, corpus, *, seq_len: int | None = No
     batches (so nothing is padded). Dimensions after ``[batch, pos]`` are flattened (``hook_z`` gives
     ``n_heads * d_head``). ``max_tokens`` stops after that many tokens.
     """
-    from tqdm.auto import tqdm
-
     from interp.analysis._inputs import model_device
+    from interp.progress import progress_bar
 
     check_hook_name(model, hook_name)
     groups = token_batches(model, corpus, seq_len, batch_size)
     out, total = [], 0
     dev = model_device(model)
-    for toks in tqdm(groups, desc=f"activations {hook_name}", unit="batch", disable=not progress):
+    for toks in progress_bar(groups, desc=f"activations {hook_name}", unit="batch", enabled=progress):
         _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda n: n == hook_name)
         a = cache[hook_name]
         a = a.reshape(a.shape[0] * a.shape[1], -1).float().cpu()

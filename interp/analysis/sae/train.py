@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from interp.analysis.sae.model import SAE, SAEConfig, _arch, _Step, load_sae, save_sae
+from interp.analysis.sae.model import SAE, _arch, _Step, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text
@@ -124,8 +124,12 @@ def _schedule(frac: float, warmup: float = 0.01, decay: float = 0.2) -> float:
 
 
 class _Trainer:
-    def __init__(self, sae: SAE, opts: dict, scale: float):
+    """One SAE's (or transcoder's) optimiser state. ``scale`` multiplies the input, ``out_scale`` the target
+    (a transcoder's; an SAE's target is its input, so the two are equal)."""
+
+    def __init__(self, sae: SAE, opts: dict, scale: float, out_scale: float | None = None):
         self.sae, self.opts, self.scale = sae, opts, scale
+        self.out_scale = scale if out_scale is None else out_scale
         self.opt = torch.optim.Adam(sae.parameters(), lr=opts["lr"], betas=(0.9, 0.999))
         dev = sae.W_dec.device
         self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)  # tokens since each latent fired
@@ -134,12 +138,12 @@ class _Trainer:
         self.history: list[dict] = []
         self.resamples: list[dict] = []  # {"step", "resampled"} per resampling event
 
-    def loss(self, x: torch.Tensor, frac: float):
+    def loss(self, x: torch.Tensor, frac: float, y: torch.Tensor):
         sae, arch, o = self.sae, self.sae.cfg.architecture, self.opts
         pre = sae.pre_activations(x)
         f = sae.activate(pre)
-        recon = sae.decode(f)
-        err = x - recon
+        recon = sae.decode(f) + sae.skip(x)  # skip: a skip transcoder's affine term, 0 otherwise
+        err = y - recon
         mse = err.pow(2).sum(-1).mean()
         warm = min(1.0, frac / 0.05)
         if arch == "relu":
@@ -164,11 +168,14 @@ class _Trainer:
         scale = min(n_dead / (self.sae.d_in // 2 or 1), 1.0)
         return self.opts["aux_coefficient"] * scale * (aux_recon - residual).pow(2).sum(-1).mean()
 
-    def train_step(self, x: torch.Tensor, frac: float, want_stats: bool = True) -> dict | None:
+    def train_step(self, x: torch.Tensor, frac: float, want_stats: bool = True,
+                   y: torch.Tensor | None = None) -> dict | None:
+        """One Adam step on input ``x`` reconstructing ``y`` (default ``x``: an SAE; a transcoder's target)."""
         sae = self.sae
+        y = x if y is None else y
         for g in self.opt.param_groups:
             g["lr"] = self.opts["lr"] * _schedule(frac)
-        loss, mse, f, err = self.loss(x, frac)
+        loss, mse, f, err = self.loss(x, frac, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
@@ -183,7 +190,7 @@ class _Trainer:
             self.since_fired[fired] = 0
             if not want_stats:
                 return None
-            total = (x - x.mean(0)).pow(2).sum()
+            total = (y - y.mean(0)).pow(2).sum()
             return {"loss": float(loss), "mse": float(mse), "fve": float(1 - err.pow(2).sum() / total),
                     "l0": float((f > 0).float().sum(-1).mean()),
                     "dead_frac": float((self.since_fired > self.opts["dead_tokens"]).float().mean()),
@@ -248,17 +255,23 @@ class _Trainer:
 
 
 def _folded(trainer: _Trainer) -> SAE:
-    """A copy of the trained SAE in the activation's own units (the input scale folded into the weights)."""
-    sae, s = trainer.sae, trainer.scale
-    out = SAE(dataclasses.replace(sae.cfg, metadata=dict(sae.cfg.metadata))).to(sae.W_dec.device)
+    """A copy of the trained SAE in the activation's own units (the input scale folded into the weights).
+
+    Trained on ``(s·x, t·y)`` (an SAE: t = s, y = x), with r = s/t: W_enc' = r·W_enc, b_enc' = b_enc/t,
+    θ' = θ/t, b_dec' = b_dec/t, W_skip' = r·W_skip, W_dec unchanged (unit rows). Then pre'(x) = pre(s·x)/t,
+    so the features are f/t (every activation is positively homogeneous) and ŷ'(x) = ŷ(s·x)/t.
+    """
+    sae, s, t = trainer.sae, trainer.scale, trainer.out_scale
+    out = type(sae)(dataclasses.replace(sae.cfg, metadata=dict(sae.cfg.metadata))).to(sae.W_dec.device)
     with torch.no_grad():
-        # encode(s·x) / s = encode'(x) with b_dec' = b_dec/s, b_enc' = b_enc/s, θ' = θ/s; W_enc, W_dec unchanged
-        out.W_enc.copy_(sae.W_enc)
+        out.W_enc.copy_(sae.W_enc * (s / t))
         out.W_dec.copy_(sae.W_dec)
-        out.b_enc.copy_(sae.b_enc / s)
-        out.b_dec.copy_(sae.b_dec / s)
+        out.b_enc.copy_(sae.b_enc / t)
+        out.b_dec.copy_(sae.b_dec / t)
+        if getattr(sae, "W_skip", None) is not None:
+            out.W_skip.copy_(sae.W_skip * (s / t))
         if sae.cfg.architecture == "jumprelu":
-            out.log_threshold.copy_(sae.log_threshold - math.log(s))
+            out.log_threshold.copy_(sae.log_threshold - math.log(t))
     return out
 
 
@@ -271,7 +284,8 @@ def _save_checkpoint(folder: Path, trainer: _Trainer, opts: dict, done: bool) ->
     save_sae(_folded(trainer), folder, overwrite=True)
     with atomic_path(folder / STATE_TENSORS) as tmp:
         save_file(trainer.state_tensors(), str(tmp))
-    state = {"step": trainer.step, "elapsed_s": trainer.elapsed, "scale": trainer.scale, "done": done,
+    state = {"step": trainer.step, "elapsed_s": trainer.elapsed, "scale": trainer.scale,
+             "out_scale": trainer.out_scale, "done": done,
              "options": opts, "options_key": _options_key(opts), "history": trainer.history,
              "resamples": trainer.resamples}
     atomic_write_text(folder / STATE_JSON, json.dumps(state, indent=1, default=str) + "\n")
@@ -308,6 +322,8 @@ def train_sae(
     metadata: dict | None = None,
     log_every: int = 50,
     progress: bool = True,
+    target=None,
+    skip: bool = False,
 ) -> SAE:
     """Train a sparse autoencoder on activations and return it (an :class:`SAE`, features in the input's units).
 
@@ -320,6 +336,11 @@ def train_sae(
     that many steps (Anthropic's recipe, module docstring); ``sae.resamples`` lists each event (``step,
     resampled``). The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
     fve, l0, dead_frac, lr``). See the module docstring for the recipe and checkpoint/resume rules.
+
+    ``target``: a second source of the same form, row for row beside ``source`` (same shard sizes: batches
+    are a pure function of the sizes and the step, so the rows stay paired): trains a *transcoder* that
+    reads ``source`` and predicts ``target`` (with ``skip=True``, plus an affine skip term) and returns an
+    ``interp.analysis.sae.transcoder.Transcoder``; ``train_transcoder`` there is the friendlier entry.
 
     >>> x = torch.randn(512, 8)
     >>> sae = train_sae(x, 16, "topk", k=2, steps=20, batch_size=64, progress=False)
@@ -342,6 +363,17 @@ def train_sae(
                           f"architecture {arch!r}")
     src: ActivationSource = as_source(source, seq_len=seq_len, max_tokens=max_tokens, progress=progress)
     d_in = src.d_in
+    tgt = None
+    if target is not None:
+        tgt = as_source(target, seq_len=seq_len, max_tokens=max_tokens, progress=progress)
+        if tgt.sizes != src.sizes:
+            raise InterpError(f"target: must hold the rows of source, shard for shard; given shard sizes "
+                              f"{tgt.sizes[:4]} vs source {src.sizes[:4]}")
+        if resample_dead_every is not None:
+            raise InterpError("resample_dead_every: resampling is for SAEs; a transcoder (target=...) uses TopK's "
+                              "AuxK or none")
+    elif skip:
+        raise InterpError("skip: a skip term belongs to a transcoder; give target=... (what it predicts)")
     if arch == "topk":
         k = _int("k", k if k is not None else max(1, d_in // 8))
         if k > d_sae:
@@ -362,6 +394,8 @@ def train_sae(
     }
     if b_enc0 is not None:  # only then in opts: older checkpoints keep their options key
         opts["b_enc_init"] = b_enc0.tolist()
+    if tgt is not None:  # only then in opts: SAE checkpoints keep their options key
+        opts.update(d_out=tgt.d_in, skip=bool(skip))
     if resample_dead_every is not None:  # only then in opts: older checkpoints keep their options key
         opts.update(resample_dead_every=_int("resample_dead_every", resample_dead_every),
                     resample_scale=_pos("resample_scale", resample_scale),
@@ -371,11 +405,17 @@ def train_sae(
     device = torch.device(device) if device is not None else torch.device("cpu")
 
     meta = {**src.metadata, **(metadata or {})}
-    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=opts["k"],
-                    jumprelu_bandwidth=opts["bandwidth"], metadata=meta)
+    kind, cfg_kw = SAE, {}
+    if tgt is not None:
+        from interp.analysis.sae.transcoder import Transcoder
+
+        kind, cfg_kw = Transcoder, {"d_out": tgt.d_in, "skip": bool(skip)}
+        meta.update(hook_name_out=tgt.metadata.get("hook_name"), **(metadata or {}))
+    cfg = kind.config_class(d_in=d_in, d_sae=d_sae, architecture=arch, k=opts["k"],
+                            jumprelu_bandwidth=opts["bandwidth"], metadata=meta, **cfg_kw)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(seed)
-        sae = SAE(cfg).to(device)
+        sae = kind(cfg).to(device)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = None
     if folder is not None and (folder / STATE_JSON).is_file():
@@ -393,7 +433,7 @@ def train_sae(
                           "pass overwrite=True (CLI: --force) to replace it")
 
     if state is not None:
-        trainer = _Trainer(sae, opts, float(state["scale"]))
+        trainer = _Trainer(sae, opts, float(state["scale"]), state.get("out_scale"))
         trainer.load_state_tensors(load_file(str(folder / STATE_TENSORS)))
         trainer.step, trainer.elapsed, trainer.history = int(state["step"]), float(state["elapsed_s"]), \
             list(state["history"])
@@ -401,10 +441,14 @@ def train_sae(
     else:
         sample = src.sample(min(src.n, 16_384), seed=seed).to(device)
         scale = math.sqrt(d_in / float(sample.pow(2).sum(-1).mean().clamp_min(1e-30)))
-        trainer = _Trainer(sae, opts, scale)
+        out_scale = None
+        if tgt is not None:  # the target gets its own constant (E‖y‖² = d_out); b_dec lives in its space
+            sample = tgt.sample(min(tgt.n, 16_384), seed=seed).to(device)
+            out_scale = math.sqrt(tgt.d_in / float(sample.pow(2).sum(-1).mean().clamp_min(1e-30)))
+        trainer = _Trainer(sae, opts, scale, out_scale)
         with torch.no_grad():
             if b_dec_init != "zeros":
-                x0 = sample[:4096] * scale
+                x0 = sample[:4096] * trainer.out_scale
                 b = geometric_median(x0) if b_dec_init == "geometric_median" else x0.double().mean(0)
                 sae.b_dec.copy_(b.to(sae.b_dec.dtype))
             if arch == "jumprelu":
@@ -412,22 +456,24 @@ def train_sae(
             if b_enc0 is not None:  # given in the activation's units; the trainer works in scaled ones
                 sae.b_enc.copy_((b_enc0 * scale).to(sae.b_enc.dtype))
 
-    from tqdm.auto import tqdm
+    from interp.progress import progress_bar
 
     start = time.perf_counter() - trainer.elapsed
     batches = src.batches(batch_size, seed=seed, start_step=trainer.step)
-    bar = tqdm(total=steps, initial=min(trainer.step, steps), desc=f"training {arch} SAE", unit="step",
-               disable=not progress)
+    targets = tgt.batches(batch_size, seed=seed, start_step=trainer.step) if tgt is not None else None
+    bar = progress_bar(total=steps, initial=min(trainer.step, steps), desc=f"training {arch} {kind.__name__}",
+                       unit="step", enabled=progress)
     out_of_time = False
     sae.train()
     try:
         while trainer.step < steps:
             x = next(batches).to(device) * trainer.scale
+            y = next(targets).to(device) * trainer.out_scale if targets is not None else None
             frac = trainer.step / steps
             if time_budget is not None:  # the schedule follows whichever runs out first, steps or time
                 frac = max(frac, (time.perf_counter() - start) / time_budget)
             log = (trainer.step + 1) % log_every == 0 or trainer.step + 1 == steps
-            stats = trainer.train_step(x, min(frac, 1.0), want_stats=log)
+            stats = trainer.train_step(x, min(frac, 1.0), want_stats=log, y=y)
             trainer.step += 1
             trainer.elapsed = time.perf_counter() - start
             if log:
