@@ -110,9 +110,8 @@ def _tiny_unsupported(kind: str):
         cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                       intermediate_size=64, max_position_embeddings=N_CTX)
         return transformers.BertForMaskedLM(cfg)
-    cfg = transformers.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64,
-                                  max_position_embeddings=N_CTX)
-    return transformers.XGLMForCausalLM(cfg)
+    cfg = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1)  # no attention at all
+    return transformers.MambaForCausalLM(cfg)
 
 
 def test_a_masked_lm_is_refused_in_one_line():

@@ -198,10 +198,9 @@ class HookedDecoder(TextMixin, TransformerLensSurfaceMixin, GatedHooksMixin, Hoo
         if self.unembed.W_U_param is not None:
             nn.init.normal_(self.unembed.W_U_param, std=std)
         for block in self.blocks:
-            nn.init.normal_(block.attn.W_Q, std=std)
-            nn.init.normal_(block.attn.W_K, std=std)
-            for W in (block.attn.W_V, block.attn.W_O):
-                nn.init.normal_(W, std=std * beta)
+            for name, W in block.attn.named_parameters(recurse=False):  # W_Q, W_K (+ latent attention's) and
+                if name.startswith("W_"):  # W_V, W_O, these two scaled by DeepNorm's beta
+                    nn.init.normal_(W, std=std * (beta if name in ("W_V", "W_O") else 1.0))
             mlps = [block.mlp]
             if isinstance(block.mlp, MoE):
                 nn.init.normal_(block.mlp.W_router, std=std)
@@ -513,21 +512,31 @@ class HookedDecoder(TextMixin, TransformerLensSurfaceMixin, GatedHooksMixin, Hoo
         parts = [get(block) for block in self.blocks]
         return None if parts[0] is None else torch.stack(parts)
 
-    W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q))
-    W_K = property(lambda self: self._stack(lambda b: b.attn.W_K))
-    W_V = property(lambda self: self._stack(lambda b: b.attn.W_V))
+    def _stack_unless(self, get, why_not: str | None):
+        """Stacked weights, or one line saying why this model has none of that kind."""
+        if why_not:
+            raise InterpError(why_not)
+        return self._stack(get)
+
+    def _dense_attn(self, get):
+        return self._stack_unless(get, self.cfg.kv_lora_rank is not None and (
+            "this model uses multi-head latent attention (DeepSeek V3): keys and values come from a normed latent, "
+            "so there is no per-head W_K/W_V (nor W_Q with q_lora_rank). Read blocks[l].attn.W_KV_a, W_K_b, W_V_b "
+            "(and W_Q_a, W_Q_b), or the cached hook_q/hook_k/hook_v."))
+
+    def _dense_mlp(self, get):
+        return self._stack_unless(get, self.cfg.has_moe and (
+            "this model's MLPs are mixtures of experts: there is no stacked W_in/W_gate/W_out/b_in/b_out. "
+            "Read one expert's weights as model.blocks[l].mlp.experts[e].W_in (and .W_gate, .W_out)."))
+
+    W_Q = property(lambda self: self._dense_attn(lambda b: b.attn.W_Q))
+    W_K = property(lambda self: self._dense_attn(lambda b: b.attn.W_K))
+    W_V = property(lambda self: self._dense_attn(lambda b: b.attn.W_V))
     W_O = property(lambda self: self._stack(lambda b: b.attn.W_O))
     b_Q = property(lambda self: self._stack(lambda b: b.attn.b_Q))
     b_K = property(lambda self: self._stack(lambda b: b.attn.b_K))
     b_V = property(lambda self: self._stack(lambda b: b.attn.b_V))
     b_O = property(lambda self: self._stack(lambda b: b.attn.b_O))
-    def _dense_mlp(self, get):
-        if self.cfg.has_moe:
-            raise InterpError(
-                "this model's MLPs are mixtures of experts: there is no stacked W_in/W_gate/W_out/b_in/b_out. "
-                "Read one expert's weights as model.blocks[l].mlp.experts[e].W_in (and .W_gate, .W_out).")
-        return self._stack(get)
-
     W_in = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_in))
     W_gate = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_gate))
     W_out = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_out))
