@@ -4,11 +4,16 @@ The sidebar picks a model (a zoo entry or a local folder) and a prompt; the page
 analyzers in ``interp.analysis`` say about them. The app only calls analyzers (through small cached
 wrappers) and draws their output with the figures the HTML report uses. Bad input — an empty or too
 long prompt, a folder that does not exist — shows an error message in the page, never a traceback.
+
+Anyone who reaches the page may type paths, so every path is confined (interp.safe_paths) to the model zoo,
+the operator's ``--data-dir`` folders and ``--model``, or the session's own uploads, and every request has
+limits (interp.report.serving: corpus bytes, tokens scanned, model size, scan time) that say what they cut.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -190,9 +195,11 @@ def user_corpus(typed: str, source: str, limits: argparse.Namespace) -> tuple[st
     return str(path), found.path.stat().st_mtime_ns, note
 
 
-def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None):
+@st.cache_resource(show_spinner="Reading the corpus…", max_entries=4)
+def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: str | None, stamp=None):
     """``(name, Corpus)`` the Neurons page scans: the model's held-out text, pasted text (one document), or a
-    path (text / JSONL / Parquet file, a folder, a saved datasets folder) or ``hf:NAME[:CONFIG]:SPLIT``."""
+    confined path (text / JSONL / Parquet file, a folder, a saved datasets folder). Kept between reruns (a
+    Corpus is read-only), so a file is read once per ``stamp`` (its modification time), not at every click."""
     from interp.data import Corpus
     from interp.report.inputs import read_corpus
 
@@ -200,7 +207,8 @@ def neuron_corpus(spec: str, kind: str, value: str, split: str | None, field: st
         if not value.strip():
             raise InterpError("corpus: paste some text to scan.")
         return "pasted text", Corpus.from_memory([value])
-    return read_corpus(get_model(spec), "default" if kind == HELDOUT else value, split=split, field=field,
+    # the held-out text is "default", unless the page passed a cut copy of it (value)
+    return read_corpus(get_model(spec), "default" if kind == HELDOUT and not value else value, split=split, field=field,
                        flags=CORPUS_LABELS)
 
 
@@ -213,7 +221,7 @@ def layer_profiles(spec: str, kind: str, value: str, split: str | None, field: s
     from interp.report.serving import time_limit
 
     model = get_model(spec)
-    _, corpus = neuron_corpus(spec, kind, value, split, field)
+    _, corpus = neuron_corpus(spec, kind, value, split, field, stamp)
     with time_limit(model, seconds, "corpus scan"):
         return neuron_profiles(model, corpus, [(layer, n) for n in range(int(model.cfg.d_mlp))], k=5,
                                max_tokens=max_tokens)
@@ -289,6 +297,64 @@ def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int
         return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
 
 
+@st.cache_resource(show_spinner="Loading the transcoders…", max_entries=4)
+def get_transcoders(path: str):
+    from interp.analysis.sae.transcoder import load_transcoders
+
+    return load_transcoders(Path(path))
+
+
+def transcoder_folder(text: str, limits: argparse.Namespace) -> str:
+    """A transcoder folder typed in the page (one transcoder, or one per subfolder), confined to the allowed
+    roots and refused when a transcoder's cfg.json means more than --max-model-params: its real path."""
+    from interp.report.serving import check_model_size
+    from interp.safe_paths import confine
+
+    found = confine(text, allowed_roots(limits), "transcoder folder", want="dir", where=WHERE)
+    subs = [found.path] if (found.path / "cfg.json").is_file() else \
+        sorted(p for p in found.path.iterdir() if (p / "cfg.json").is_file())
+    for sub in subs:  # the folder's bytes bound every transcoder together
+        check_model_size(sub, found.n_bytes, limits.max_model_params, "transcoder folder")
+    if not subs and found.n_bytes // 4 > limits.max_model_params:  # circuit-tracer's layout: no config, only bytes
+        raise InterpError(f"transcoder folder: about {found.n_bytes // 4:.2e} parameters on disk; this dashboard "
+                          f"builds at most {limits.max_model_params:.2e} (interp dashboard --max-model-params).")
+    return str(found.path)
+
+
+def graph_tokens(spec: str, prompt: str, limit: int) -> tuple[tuple[int, ...], str | None]:
+    """The prompt's token ids an attribution graph traces: its last ``limit`` (they lead to the prediction), and
+    a note saying what was cut."""
+    ids = tokens_for(spec, prompt)[0].tolist()
+    if len(ids) <= limit:
+        return tuple(ids), None
+    return tuple(ids[-limit:]), (f"the graph traces the last {limit} of the prompt's {len(ids)} tokens "
+                                 "(interp dashboard --max-graph-tokens)")
+
+
+@st.cache_data(show_spinner="Tracing the attribution graph…", max_entries=16)
+def circuit_graph(spec: str, tc_path: str, ids: tuple[int, ...], node_threshold: float, edge_threshold: float,
+                  seconds: int):
+    import torch
+
+    from interp.analysis.circuits.graph import attribution_graph
+    from interp.report.serving import time_limit
+
+    model = get_model(spec)
+    with time_limit(model, seconds, "attribution graph"):
+        return attribution_graph(model, get_transcoders(tc_path), torch.tensor([ids]), node_threshold=node_threshold,
+                                 edge_threshold=edge_threshold)
+
+
+@st.cache_data(show_spinner="Intervening…", max_entries=64)
+def circuit_intervention(spec: str, tc_path: str, ids: tuple[int, ...], node: tuple[int, int, int], value: float,
+                         mode: str) -> pd.DataFrame:
+    import torch
+
+    from interp.analysis.circuits.graph import intervene
+
+    return intervene(get_model(spec), get_transcoders(tc_path), torch.tensor([ids]), {node: value}, mode=mode).table
+
+
 @st.cache_data(show_spinner="Running the logit lens…", max_entries=32)
 def lens(spec: str, prompt: str, k: int, target: str) -> pd.DataFrame:
     from interp.analysis.logit_lens import logit_lens
@@ -325,6 +391,30 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
             "answer": dla.attrs["answer"], "wrong": dla.attrs["wrong"], "corrupted_tokens": str_tokens(model, bad),
             "notes": notes}
     return heads, grid, dla, info
+
+
+@st.cache_data(show_spinner="Scoring every edge…", max_entries=8)
+def edge_scores(spec: str, prompt: str, method: str, steps: int):
+    """EAP / EAP-IG on the induction pair (as the Patching page) and the faithfulness of the top-n circuits."""
+    from interp.analysis import causal
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    model = get_model(spec)
+    pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    kw = {"answer": pair.answer, "wrong": pair.wrong}
+    edges = edge_attribution(model, pair.clean, pair.corrupted, method=method, steps=steps, **kw)
+    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), dict(edges.attrs)
+
+
+@st.cache_data(show_spinner="Steering…", max_entries=8)
+def steering_table(spec: str, prompt: str, positive: tuple, negative: tuple, hook: str, scales: tuple,
+                   new_tokens: int):
+    from interp.analysis.steering import steering_effect, steering_vector
+
+    model = get_model(spec)
+    vec = steering_vector(model, list(positive), list(negative), hook, position="mean")
+    df = steering_effect(model, tokens_for(spec, prompt), vec, hook, scales, max_new_tokens=new_tokens)
+    return df.drop(columns="prompt").assign(top_tokens=[" | ".join(t) for t in df.top_tokens]), float(vec.norm())
 
 
 @st.cache_data(show_spinner="Building the report…", max_entries=8)
@@ -434,8 +524,11 @@ def check_model(spec: str) -> str:
 
     if not spec:
         raise InterpError("model folder: enter the path of a local model folder (config.json + model.safetensors).")
-    if spec != DEFAULT_MODEL and spec not in zoo_models():
-        spec = user_folder(spec, "model folder", _cli_defaults())
+    defaults = _cli_defaults()
+    if spec == defaults.model and Path(spec).expanduser().is_dir():  # the operator's --model: trusted as given
+        spec = os.path.realpath(Path(spec).expanduser())
+    elif spec != DEFAULT_MODEL and spec not in zoo_models():
+        spec = user_folder(spec, "model folder", defaults)
     get_model(spec)
     return spec
 
@@ -656,10 +749,16 @@ def neuron_page(spec: str, prompt: str, layer: int, neuron: int, position: int, 
                     if source == SOURCE else "Upload a text, JSONL or Parquet file to scan.")
             return
         value, stamp, note = user_corpus(typed, source, limits)
+    elif source == HELDOUT:  # the model folder's own text, cut like any file when it is long
+        from interp.report.inputs import HELDOUT as HELDOUT_FILE
+
+        held = Path(model._interp_folder) / HELDOUT_FILE
+        if held.stat().st_size > limits.max_corpus_mb * 10**6:
+            value, stamp, note = user_corpus(str(held), SOURCE, limits)
     elif source == PASTED:
         value, note = cap_text(st.text_area("corpus", SAMPLE_CORPUS, key="corpus", height=120),
                                limits.max_corpus_mb * 10**6, "the pasted text")
-    name, _ = neuron_corpus(spec, source, value, split, field)  # a bad path, split or column: the message now
+    name, _ = neuron_corpus(spec, source, value, split, field, stamp)  # a bad path, split or column: the message now
     if note:
         st.caption(f"{name}: {note}")
     want = (spec, source, value, split, field, stamp, layer, int(max_tokens), limits.scan_seconds)
@@ -897,6 +996,108 @@ def page_patching(spec: str, prompt: str) -> None:
         show(grid, key="patch_grid_table")
 
 
+def page_circuit(spec: str, prompt: str) -> None:
+    """The prompt's attribution graph through the model's transcoders (interp.analysis.circuits.graph), drawn as
+    ``interp circuit`` draws it, and one feature set or scaled to see the next token change."""
+    from interp.report.circuit import default_transcoder_folder, feature_table, graph_html
+
+    model = get_model(spec)
+    try:  # the transcoders shipped with the model (models/NAME/transcoders/), when there are any
+        shipped = str(default_transcoder_folder(model))
+    except InterpError:
+        shipped = ""
+    path = st.text_input("Transcoder folder (one per layer, SAELens layout)", shipped, key="tc_path",
+                         placeholder="runs/transcoders  (make them with: interp sae train --transcoder --out "
+                                     "runs/transcoders)").strip()
+    if not path:
+        st.info("This model ships no transcoders: enter a folder of per-layer transcoders "
+                "(`interp sae train --transcoder`) to trace an attribution graph.")
+        return
+    limits = _cli_defaults()
+    path = transcoder_folder(path, limits)
+    c1, c2 = st.columns(2)
+    node_threshold = c1.slider("node threshold (influence kept)", 0.5, 1.0, 0.8, 0.01, key="tc_nodes")
+    edge_threshold = c2.slider("edge threshold (influence kept)", 0.5, 1.0, 0.98, 0.01, key="tc_edges")
+    ids, note = graph_tokens(spec, prompt, limits.max_graph_tokens)
+    if note:
+        st.caption(f"Shortened: {note}.")
+    graph = circuit_graph(spec, path, ids, float(node_threshold), float(edge_threshold), limits.scan_seconds)
+    s = graph.scores
+    m = st.columns(3)
+    m[0].metric("replacement score", f"{s['replacement_score']:.3f}")
+    m[1].metric("completeness score", f"{s['completeness_score']:.3f}")
+    m[2].metric("nodes kept", f"{len(graph.nodes)} of {s['n_nodes_full']}")
+    page = graph_html(graph, title="Attribution graph")
+    st.session_state["circuit_html"] = page  # what the frame shows (tests read it back)
+    st.iframe(page, height=(int(model.cfg.n_layers) + 2) * 90 + 260)
+
+    st.subheader("Features")
+    strs = graph.info["str_tokens"]
+    table = feature_table(graph)
+    show(table, key="circuit_features")
+    if table.empty:
+        st.caption("no feature kept after pruning: lower the node threshold")
+        return
+
+    st.subheader("Intervene on a feature")
+    nodes = list(zip(table.layer.astype(int), table.position.astype(int), table.feature.astype(int)))
+    i1, i2, i3 = st.columns(3)
+    pick = i1.selectbox("feature node", range(len(nodes)), key="tc_node",
+                        format_func=lambda i: f"L{nodes[i][0]} F{nodes[i][2]} at {nodes[i][1]}: "
+                                              f"{strs[nodes[i][1]]!r} (activation {table.activation[i]:.3g})")
+    mode = i2.radio("mode", ["set", "scale"], horizontal=True, key="tc_mode",
+                    help="set: the activation becomes the value (0 ablates); scale: it is multiplied by it")
+    value = i3.number_input("value", -1000.0, 1000.0, 0.0 if mode == "set" else 2.0, key=f"tc_value_{mode}")
+    want = (spec, path, ids, nodes[pick], float(value), mode)
+    if st.button("Apply", key="tc_apply"):
+        st.session_state["tc_applied"] = want
+    if st.session_state.get("tc_applied") == want:
+        out = circuit_intervention(*want)
+        out = out.assign(change=out.prob_after - out.prob_before)
+        show(out[["token", "token_id", "prob_before", "prob_after", "change"]], key="circuit_intervention")
+        st.caption("Top next tokens before and after, with every MLP replaced by its transcoder plus its error (so "
+                   "only the edited feature, and what it moves downstream, changes the output).")
+
+
+def page_edges(spec: str, prompt: str) -> None:
+    c1, c2 = st.columns(2)
+    method = c1.radio("method", ["eap-ig", "eap"], horizontal=True, key="edges_method")
+    steps = c2.slider("EAP-IG steps", 1, 32, 8, key="edges_steps", disabled=method == "eap")
+    edges, curve, attrs = edge_scores(spec, prompt, method, steps)
+    st.caption(f"The induction pair of the Patching page; logit difference clean {attrs['clean']:.3f}, corrupted "
+               f"{attrs['corrupted']:.3f}. score = change of the metric when that edge alone carries the corrupted "
+               f"value ({attrs['n_edges']} edges: embeddings, heads' q/k/v inputs, MLPs, logits).")
+    from interp.report.edge_figure import edge_circuit_figure
+
+    plot(edge_circuit_figure(edges, top_n=30), key="edges_circuit")
+    show(edges[["sender", "receiver", "score", "receiver_input"]].head(25), key="edges_table")
+    st.caption("Faithfulness of the top-n edges: the clean run with every other edge corrupted (1 = clean).")
+    st.line_chart(curve.set_index("n_edges").faithfulness)
+    show(curve, key="edges_curve")
+
+
+def page_steering(spec: str, prompt: str) -> None:
+    model = get_model(spec)
+    c1, c2 = st.columns(2)
+    positive = [t for t in c1.text_area("positive prompts (one per line)", "love and joy", key="steer_pos").splitlines()
+                if t.strip()]
+    negative = [t for t in c2.text_area("negative prompts (one per line)", "war and death", key="steer_neg").splitlines()
+                if t.strip()]
+    hooks = [f"blocks.{lay}.hook_{w}" for lay in range(model.cfg.n_layers) for w in ("resid_pre", "resid_post")]
+    c3, c4, c5 = st.columns(3)
+    hook = c3.selectbox("hook", hooks, index=min(2 * (model.cfg.n_layers // 2), len(hooks) - 1), key="steer_hook")
+    scale = c4.number_input("scale", value=4.0, step=1.0, key="steer_scale")
+    new_tokens = c5.slider("new tokens", 0, 32, 12, key="steer_new")
+    if not positive or not negative:
+        st.info("Enter at least one positive and one negative prompt.")
+        return
+    df, norm = steering_table(spec, prompt, tuple(positive), tuple(negative), hook, (0.0, scale / 2, scale),
+                              new_tokens)
+    st.caption(f"Steering vector: mean activation over the positive prompts minus the negative ones at {hook} "
+               f"(norm {norm:.3f}), added at every position. kl = KL(unsteered ‖ steered) of the next token.")
+    show(df, key="steer_table")
+
+
 def page_report(spec: str, prompt: str) -> None:
     st.subheader("HTML report")
     st.write("One self-contained file (opens offline) with every section: model, tokenization, next token, "
@@ -916,7 +1117,8 @@ def page_report(spec: str, prompt: str) -> None:
 # The page registry, in sidebar order: a new page is one function and one entry here.
 RENDER = {"Overview": page_overview, "Attention": page_attention, "Neurons": page_neurons, "Compare": page_compare,
           "Superposition": page_superposition, "SAE features": page_sae, "Logit lens": page_lens,
-          "Patching": page_patching, "Report": page_report}
+          "Patching": page_patching, "Attribution graph": page_circuit, "Edges": page_edges, "Steering": page_steering,
+          "Report": page_report}
 PAGES = tuple(RENDER)
 
 

@@ -50,7 +50,10 @@ from forward import _cpu_name, measure_peak_mib, time_call, word_level_tokenizer
 # one case per family from the test matrix (the issue's variants stay in the tests)
 DEFAULT = ["gpt2", "gpt_neo", "gptj", "neox", "opt", "bloom", "llama3", "mistral", "mixtral", "qwen2", "qwen2_moe",
            "qwen3", "gemma", "gemma2", "gemma3", "phi", "phi3", "stablelm", "olmo", "olmo2", "falcon_40b", "codegen",
-           "cohere", "granite", "smollm3"]
+           "cohere", "granite", "smollm3",
+           # issue 20's native families
+           "ministral3", "seed_oss", "starcoder2", "olmo3", "exaone4", "cohere2", "glm4", "openai_gpt", "xglm", "nanochat",
+           "olmoe", "granite_moe", "phimoe", "gpt_oss"]
 
 
 def scaled_config(case: str, d_model: int, layers: int, vocab: int, n_ctx: int):
@@ -64,8 +67,8 @@ def scaled_config(case: str, d_model: int, layers: int, vocab: int, n_ctx: int):
     for key, value in kwargs.items():
         if key in ("hidden_size", "n_embd", "word_embed_proj_dim"):
             out[key] = d_model
-        elif key == "d_model":  # MPT's spelling; its case has 6 heads
-            out[key] = d_model - d_model % kwargs["n_heads"]
+        elif key == "d_model":  # MPT's and XGLM's spelling; MPT's case has 6 heads
+            out[key] = d_model - d_model % kwargs.get("n_heads", kwargs.get("attention_heads", 1))
         elif key in ("intermediate_size", "ffn_dim", "moe_intermediate_size", "shared_expert_intermediate_size"):
             out[key] = int(value * grow)
         elif key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):

@@ -18,13 +18,16 @@ _LAZY = {
     "zoo_models": "interp.loading",
     "DecoderConfig": "interp.model.config",
     "HookedDecoder": "interp.model.transformer",
+    "HookedTransformer": "interp.loading.tl_compat",
     "estimate_memory": "interp.model.memory",
 }
 
-__all__ = ["DecoderConfig", "HookedDecoder", "InterpError", "estimate_memory", "load", "zoo_models"]
+__all__ = ["DecoderConfig", "HookedDecoder", "HookedTransformer", "InterpError", "estimate_memory", "load",
+           "zoo_models"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from interp.loading import load, zoo_models
+    from interp.loading.tl_compat import HookedTransformer
     from interp.model.config import DecoderConfig
     from interp.model.memory import estimate_memory
     from interp.model.transformer import HookedDecoder

@@ -73,7 +73,8 @@ def _report(args) -> int:
             n_pattern_heads=cap_count(args.heads, int(cfg.n_layers * cfg.n_heads), "--heads", "attention heads"),
             max_pairs=args.max_pairs, superposition_sets=tuple(args.sets), seed=args.seed,
             corpus=corpus, corpus_split=args.corpus_split if corpus == "default" else None,
-            corpus_field=args.corpus_field if corpus == "default" else None, sae=args.sae, n_sae_cards=args.sae_cards)
+            corpus_field=args.corpus_field if corpus == "default" else None, sae=args.sae, n_sae_cards=args.sae_cards,
+            transcoders=args.transcoders, max_graph_tokens=args.max_graph_tokens)
         data = collect_report(model, args.prompt, options, progress=stage)
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
@@ -99,7 +100,8 @@ def _add_report(sub) -> None:
         epilog=_examples('interp report "The Eiffel Tower is in the city of" --out report.html',
                          'interp report "Once upon a time" --format md --out report.md --model models/NAME',
                          'interp report "The LORD is my" --corpus data/wiki --corpus-split validation --corpus-field text',
-                         'interp report "And God said" --sae default --out report.html'))
+                         'interp report "And God said" --sae default --out report.html',
+                         'interp report "And God said" --transcoders default --out report.html'))
     p.add_argument("prompt", help="the text to analyse")
     p.add_argument("--out", default=None, help="output file, or - for stdout (default report.html, or report.md with --format md); a symbolic link is written through")
     p.add_argument("--format", choices=("html", "md"), default=None, help="default: from --out's suffix, else html")
@@ -126,6 +128,11 @@ def _add_report(sub) -> None:
                         "or 'default' (the one shipped in the model folder's sae/)")
     p.add_argument("--sae-cards", type=positive_int, default=5, metavar="N",
                    help="feature cards in the SAE section: the N features most active on the prompt (default 5)")
+    p.add_argument("--transcoders", default=None, metavar="FOLDER",
+                   help="add an attribution-graph section: a folder of per-layer transcoders (interp sae train "
+                        "--transcoder --out), or 'default' (the ones shipped in the model folder's transcoders/)")
+    p.add_argument("--max-graph-tokens", type=positive_int, default=64, metavar="N",
+                   help="the attribution graph traces the prompt's last N tokens (default 64)")
     p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
                    help="inline: one self-contained file (default); shared: one plotly-<version>.min.js beside the "
                         "reports in --out's folder, each report a few hundred kB")
@@ -423,9 +430,28 @@ def card_line(folder: Path) -> str:
     return "(empty model card)"
 
 
+def _families() -> int:
+    from interp.loading.families import FAMILIES
+
+    names: dict[str, list[str]] = {}
+    for arch, family in FAMILIES.items():
+        names.setdefault(family.name, []).append(arch)
+    width = max(len(n) for n in names)
+    print("Native families (converted into interp's model: fused/lazy attention, weight processing, every analyzer):")
+    for name, archs in sorted(names.items(), key=lambda kv: kv[0].lower()):
+        print(f"  {name:<{width}}  {', '.join(sorted(archs))}")
+    print("Every other transformers causal LM (*ForCausalLM, *LMHeadModel, a multimodal *ForConditionalGeneration's "
+          "text decoder; attention, state-space, recurrent or hybrid) opens through the universal path: its modules "
+          "wrapped with TransformerLens hook names (model.capabilities lists what it offers). "
+          "interp.load(..., path='universal') forces it; path='native' refuses a class without a row.")
+    return 0
+
+
 def _models(args) -> int:
     from interp.zoo import ZOO, default_model_name, zoo_models  # no torch: listing the zoo is instant
 
+    if args.families:
+        return _families()
     names = zoo_models()
     default = default_model_name()
     if not names:
@@ -442,7 +468,10 @@ def _models(args) -> int:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the model zoo with each model card's first line", formatter_class=_RAW,
                        description="List the models shipped in models/ (the default is marked *).",
-                       epilog=_examples("interp models", "interp report 'Hello' --model NAME"))
+                       epilog=_examples("interp models", "interp models --families",
+                                        "interp report 'Hello' --model NAME"))
+    p.add_argument("--families", action="store_true",
+                   help="list the transformers architectures interp converts natively (all others open universally)")
     p.set_defaults(func=_models)
 
 

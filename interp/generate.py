@@ -95,6 +95,19 @@ def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, 
     >>> out.shape
     torch.Size([1, 8])
     """
+    for out in generate_steps(model, tokens, max_new_tokens, temperature, top_k, top_p, min_p, seed, stop_at_eos,
+                              eos_token_id, use_kv_cache, freq_penalty, attention_mask, verbose):
+        pass
+    return out
+
+
+@torch.no_grad()
+def generate_steps(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, min_p: float | None = None, seed: int | None = 0,
+                   stop_at_eos: bool = True, eos_token_id: int | None = None, use_kv_cache: bool = True,
+                   freq_penalty: float = 0.0, attention_mask: torch.Tensor | None = None, verbose: bool = False):
+    """:func:`generate` one step at a time: yields the prompt (once), then prompt + continuation after each new
+    token [batch, pos + k], so a caller can stream (``HookedDecoder.generate_stream``)."""
     _check_sampling(temperature, top_k, top_p, min_p)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise InterpError(f"max_new_tokens must be a non-negative integer; got {max_new_tokens!r}.")
@@ -115,6 +128,7 @@ def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, 
     cache = KVCache(model.cfg.n_layers) if use_kv_cache else None
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     step_input = tokens
+    yield tokens
     steps = range(max_new_tokens)
     if verbose:
         from interp.progress import progress_bar
@@ -132,6 +146,6 @@ def generate(model, tokens, max_new_tokens: int = 20, temperature: float = 1.0, 
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_input = nxt[:, None]
+        yield tokens
         if eos is not None and stop_at_eos and bool(finished.all()):
             break
-    return tokens

@@ -79,6 +79,45 @@ def test_triton_backend_at_model_level(options):
     check_paths(model, tokens_for(2, 33).to(DEVICE), grads=True)  # 33 > 2 key blocks of 16: windows bind
 
 
+def test_chunked_attention_on_the_fused_paths_and_refused_by_the_kernel():
+    """Llama 4's chunked attention: sdpa (an explicit block mask) and the lazy rebuild equal eager; the Triton
+    kernel has no chunk mask, so asking for it is refused by name and 'auto' picks sdpa."""
+    from interp.errors import InterpError
+    from interp.model.attention import resolve_backend
+
+    model = make(attention_chunk_size=8, layer_types=["chunked_attention", "full_attention"])
+    toks = tokens_for(2, 33).to(DEVICE)
+    check_paths(model, toks, backends=("sdpa",), grads=True)
+    with pytest.raises(InterpError, match="chunked attention"):
+        model(toks, attn_backend="triton")
+    assert resolve_backend("auto", model.cfg, torch.device(DEVICE)) == "sdpa"
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    assert pattern[..., 20, :16].abs().max() == 0 and pattern[..., 20, 16:21].sum(-1).allclose(torch.ones(()))
+
+
+def test_latent_attention_on_every_path():
+    """DeepSeek V3's multi-head latent attention (value heads narrower than q/k: zero-padded for the fused kernels,
+    which change no score or output) through sdpa, triton and the lazy rebuild, forward and backward."""
+    model = make(kv_lora_rank=12, q_lora_rank=16, qk_rope_dim=4, d_head=16, d_head_v=8, n_kv_heads=4,
+                 rotary_interleaved=True, attn_bias=False)
+    check_paths(model, tokens_for(2, 33).to(DEVICE), grads=True)
+
+
+def test_attention_sinks_on_every_path():
+    """GPT-OSS's sinks: the fused paths (sdpa, triton) fold them in through the kernel's lse, the lazy rebuild adds
+    them to its normaliser, a backward pass takes the eager path; rows then give the real keys less than 1."""
+    model = make(attn_sinks=True, sliding_window=7, layer_types=["sliding_attention", "full_attention"])
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.sinks.normal_(std=2.0)
+    toks = tokens_for(2, 33).to(DEVICE)
+    check_paths(model, toks, grads=True)
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    total = cache["blocks.1.attn.hook_pattern"].sum(-1)
+    assert total.min() < 0.9 and total.max() <= 1 + 1e-6 and total.min() > 0
+
+
 # --- random combinations ---------------------------------------------------------------------------------------
 
 ROPES = [None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", "factor": 4.0,

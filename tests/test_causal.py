@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import FAMILY_CONFIGS
 from transformer_lens import patching
-from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
 
 from interp.analysis import causal
 from interp.analysis.causal import (
@@ -119,6 +118,19 @@ def test_neuron_patching_equals_transformer_lens_generic():
     torch.testing.assert_close(torch.tensor(df.effect.values), ref.double(), rtol=1e-4, atol=1e-5)
 
 
+def test_bootstrap_interval_without_transformer_lens_4_draws_the_same(monkeypatch):
+    """The interval computed here (what TL 3.x gets) equals TL 4's bootstrap_ci, resample for resample."""
+    import sys
+
+    statistics = pytest.importorskip("transformer_lens.utilities.statistics")
+    values = torch.randn(3, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = statistics.bootstrap_ci(values, n_resamples=600, generator=statistics.derive_generator(4, "causal"))
+    monkeypatch.setitem(sys.modules, "transformer_lens.utilities.statistics", None)  # as if absent: ImportError
+    got = causal.bootstrap_interval(values, 600, 4, "causal")
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_bootstrap_interval_over_pairs():
     """Per-pair values equal TL's reduce='none' sweep; the interval is TL's bootstrap_ci of them."""
     m = random_model("gpt2")
@@ -130,7 +142,8 @@ def test_bootstrap_interval_over_pairs():
     per = res.values.double().reshape(-1, 6)  # [layer * pos, batch]
     df = activation_patching(m, clean, corrupted, answer=3, wrong=6, where="resid_pre", seed=2)
     torch.testing.assert_close(torch.tensor(df.effect.values), per.mean(-1), rtol=1e-4, atol=1e-5)
-    low, high = bootstrap_ci(per, generator=derive_generator(2, "causal"))
+    statistics = pytest.importorskip("transformer_lens.utilities.statistics")  # TransformerLens 4.x
+    low, high = statistics.bootstrap_ci(per, generator=statistics.derive_generator(2, "causal"))
     torch.testing.assert_close(torch.tensor(df.ci_low.values), low, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(df.ci_high.values), high, rtol=1e-4, atol=1e-5)
     assert (df.ci_low <= df.effect + 1e-9).all() and (df.effect <= df.ci_high + 1e-9).all()

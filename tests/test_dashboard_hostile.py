@@ -116,11 +116,21 @@ def test_model_and_sae_folders_are_confined_and_sized_before_building(served):
 
 
 def test_limits_say_what_was_cut(served):
-    at, _ = served
+    at, data = served
     assert at.select_slider(key="corpus_tokens").options == ["2048", "4096"]  # --max-scan-tokens 4096
     at.text_input(key="corpus_path").set_value("big.txt").run()
     assert not at.error, [e.value for e in at.error]
-    assert any("read the first 1.0 MB of 1.5 MB (interp dashboard --max-corpus-mb 1)" in c.value for c in at.caption)
+    cut = "read the first 1.0 MB of 1.5 MB (interp dashboard --max-corpus-mb 1)"
+    assert [c.value for c in at.caption if cut in c.value] == [f"big.txt: {cut}"]
+    shutil.copy(data / "big.txt", data / "tiny" / "heldout.txt")  # the model folder's own text is cut the same way
+    try:
+        at.run()
+        at.radio(key="corpus_source").set_value("held-out text of the model").run()
+        assert not at.error, [e.value for e in at.error]
+        assert [c.value for c in at.caption if cut in c.value] == [f"heldout.txt: {cut}"]
+    finally:
+        (data / "tiny" / "heldout.txt").unlink()
+    at.radio(key="corpus_source").set_value(SOURCE).run()
 
 
 def test_an_upload_is_scanned_from_the_sessions_own_folder(served):
@@ -143,3 +153,17 @@ def test_an_upload_is_scanned_from_the_sessions_own_folder(served):
     np.testing.assert_allclose(at.session_state["examples"].activation.to_numpy(), want.activation.to_numpy(),
                                rtol=1e-6, atol=1e-7)
     at.radio(key="corpus_source").set_value(SOURCE).run()
+
+
+def test_the_operators_model_folder_loads_as_given(served, monkeypatch):
+    """`interp dashboard --model models/NAME`: a path relative to where the operator started it, trusted as given
+    (and a root: a browser user may type it again, but nothing beside it)."""
+    _, data = served
+    monkeypatch.chdir(data)
+    monkeypatch.setattr(sys, "argv", ["dashboard.py", "--model", "tiny", "--prompt", PROMPT])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    assert at.sidebar.text_input(key="model_path").value == "tiny"
+    assert {m.label: m.value for m in at.metric}["n_layers"] == "2"
+    assert _refusal(at, "model_path", "huge", sidebar=True).startswith(f"model folder: PATH {REFUSED}")

@@ -65,7 +65,14 @@ CASES: dict[str, tuple[str, dict]] = {
                                 "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
     "gemma3": ("Gemma3TextConfig", {**LLAMA, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24,
                                     "layer_types": ["sliding_attention", "full_attention"]}),
+    # Gemma 3 4B/12B/27B's class: a vision tower (tiny here) beside the Gemma 3 text model; text-only input
+    "gemma3_multimodal": ("Gemma3Config", {
+        "text_config": {**LLAMA, "head_dim": 16, "sliding_window": WINDOW, "query_pre_attn_scalar": 24,
+                        "layer_types": ["sliding_attention", "full_attention"]},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                          "num_attention_heads": 4, "image_size": 28, "patch_size": 14}, "mm_tokens_per_image": 4}),
     "phi": ("PhiConfig", {**SMALL, "intermediate_size": 48}),
+    "phi_gqa": ("PhiConfig", {**SMALL, "intermediate_size": 48, "num_key_value_heads": 2}),
     "phi3": ("Phi3Config", {**LLAMA, "pad_token_id": 0}),
     "phi3_longrope": ("Phi3Config", {**LLAMA, "pad_token_id": 0, "original_max_position_embeddings": 16,
                                      "rope_parameters": {**ROPE, "rope_type": "longrope",
@@ -106,6 +113,82 @@ CASES: dict[str, tuple[str, dict]] = {
     "stablelm_qk_layernorm": ("StableLmConfig", {**LLAMA, "qk_layernorm": True, "use_parallel_residual": True}),
     "cohere_qk_norm": ("CohereConfig", {**LLAMA, "pad_token_id": 0, "logit_scale": 0.5, "use_qk_norm": True}),
     "olmo_clip_qkv": ("OlmoConfig", {**LLAMA, "pad_token_id": 0, "clip_qkv": 0.3}),
+    # issue 20's native families: Llama/Mistral-shaped variants
+    "ministral": ("MinistralConfig", {**LLAMA, "head_dim": 8, "sliding_window": WINDOW,
+                                      "layer_types": ["sliding_attention", "full_attention"]}),
+    # Ministral 3: YaRN and queries scaled by 1 + 0.1 log(1 + floor(p / 8)) (binds from position 8 on)
+    "ministral3": ("Ministral3Config", {**LLAMA, "head_dim": 8, "rope_parameters": {
+        **ROPE, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "beta_fast": 32.0,
+        "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}}),
+    "seed_oss": ("SeedOssConfig", {**LLAMA, "head_dim": 8, "attention_bias": True, "attention_out_bias": False}),
+    "starcoder2": ("Starcoder2Config", {**LLAMA, "sliding_window": WINDOW}),
+    "olmo3": ("Olmo3Config", {**LLAMA, "pad_token_id": 0, "sliding_window": WINDOW,
+                              "layer_types": ["sliding_attention", "full_attention"]}),
+    "exaone4": ("Exaone4Config", {**LLAMA, "sliding_window": WINDOW,
+                                  "layer_types": ["sliding_attention", "full_attention"]}),
+    "cohere2": ("Cohere2Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "logit_scale": 0.5,
+                                  "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"]}),
+    "glm": ("GlmConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
+    "glm4": ("Glm4Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
+    # mixtures of experts: OLMoE (softmax then top-k), Granite-MoE (top-k then softmax; + a shared expert),
+    # PhiMoE (sparsemixer routing; a 0.3 margin lets the second round see more than one expert)
+    "olmoe": ("OlmoeConfig", {**LLAMA, "pad_token_id": 0, "num_experts": 4, "num_experts_per_tok": 2}),
+    "granite_moe": ("GraniteMoeConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                         "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
+                                         "attention_multiplier": 0.3, "logits_scaling": 2.0}),
+    "granite_moe_shared": ("GraniteMoeSharedConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                                      "shared_intermediate_size": 40}),
+    "phimoe": ("PhimoeConfig", {**LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                "router_jitter_noise": 0.3, "lm_head_bias": True}),
+    "xglm": ("XGLMConfig", {"vocab_size": VOCAB, "d_model": 32, "num_layers": 2, "attention_heads": 4, "ffn_dim": 48,
+                            "max_position_embeddings": N_CTX}),
+    "nanochat": ("NanoChatConfig", {**LLAMA, "final_logit_softcapping": 3.0}),
+    # GPT-OSS: attention sinks, alternating windows, YaRN (its default), a biased router, biased experts whose
+    # SwiGLU clamp binds at 0.5
+    "gpt_oss": ("GptOssConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "num_local_experts": 4,
+                                 "num_experts_per_tok": 2, "sliding_window": WINDOW, "swiglu_limit": 0.5}),
+    # Llama 4's text model: layer 0 RoPE + chunked attention (chunks of 8) + QK-norm + dense MLP; layer 1 NoPE +
+    # full attention + temperature-tuned queries (floor 8) + MoE (sigmoid top-1 scaling the expert input, shared expert)
+    "llama4": ("Llama4TextConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "intermediate_size_mlp": 40,
+                                    "num_local_experts": 4, "num_experts_per_tok": 1, "attention_chunk_size": WINDOW,
+                                    "interleave_moe_layer_step": 2, "no_rope_layer_interval": 2, "floor_scale": 8}),
+    # more Llama-shaped families the bridge registers
+    "arcee": ("ArceeConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
+    "ernie4_5": ("Ernie4_5Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "use_bias": True}),
+    "vaultgemma": ("VaultGemmaConfig", {**LLAMA, "head_dim": 16, "pad_token_id": 0, "sliding_window": WINDOW,
+                                        "query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0,
+                                        "final_logit_softcapping": 3.0}),
+    "flex_olmo": ("FlexOlmoConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "num_experts": 4,
+                                     "num_experts_per_tok": 2}),
+    "nemotron": ("NemotronConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0}),
+    # Hunyuan's static NTK-alpha RoPE (labelled "dynamic" with an alpha)
+    "hunyuan_dense": ("HunYuanDenseV1Config", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "rope_parameters": {
+        **ROPE, "rope_type": "dynamic", "factor": 1.0, "alpha": 4.0}}),
+    # GLM-4-MoE: a dense first layer, then DeepSeek V3's router: 8 experts in 2 groups, the best group only, top-2,
+    # a correction bias (perturbed in _pair: transformers keeps it as a buffer), routed scaling 2.5; a shared expert
+    "glm4_moe": ("Glm4MoeConfig", {**LLAMA, "head_dim": 8, "pad_token_id": 0, "moe_intermediate_size": 24,
+                                   "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+                                   "routed_scaling_factor": 2.5, "use_qk_norm": True}),
+    # DeepSeek V3: latent attention (q through a latent of 16, k/v through one of 12; 4 rotated dims of 12, value
+    # heads of 6), YaRN with mscale_all_dim, a dense first layer then its experts (as GLM-4-MoE's)
+    "deepseek_v3": ("DeepseekV3Config", {**LLAMA, "num_key_value_heads": 4, "pad_token_id": 0, "q_lora_rank": 16,
+                                         "kv_lora_rank": 12,
+                                         "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 6,
+                                         "moe_intermediate_size": 24, "n_routed_experts": 8, "num_experts_per_tok": 2,
+                                         "n_group": 2, "topk_group": 1, "routed_scaling_factor": 2.5,
+                                         "rope_parameters": {**ROPE, "rope_type": "yarn", "factor": 4.0,
+                                                             "original_max_position_embeddings": 16, "mscale": 1.0,
+                                                             "mscale_all_dim": 1.0}}),
+    # DeepSeek V2: the same latent attention with RoPE pairs in place, no q latent; softmax routing limited to the best
+    # group by its top score (group_limited_greedy), routed scaling
+    "deepseek_v2": ("DeepseekV2Config", {**LLAMA, "num_key_value_heads": 4, "pad_token_id": 0, "q_lora_rank": None,
+                                         "kv_lora_rank": 12, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+                                         "v_head_dim": 6, "head_dim": 4, "moe_intermediate_size": 24,
+                                         "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+                                         "topk_method": "group_limited_greedy", "routed_scaling_factor": 2.5,
+                                         "first_k_dense_replace": 1}),
+    "openai_gpt": ("OpenAIGPTConfig", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                                       "n_positions": N_CTX}),
 }
 
 # Cases whose reference is transformers' sdpa path: for Falcon with ALiBi, transformers' eager path adds the
@@ -133,6 +216,10 @@ def _pair(case: str):
         cls, kwargs = CASES[case]
         hf = build_hf_from_config(getattr(transformers, cls)(**kwargs), seed=3,
                                   attn_implementation="sdpa" if case in SDPA_REFERENCE else "eager")
+        with torch.no_grad():  # DeepSeek V3's router correction bias is a buffer: noise it as the parameters are
+            for name, buffer in hf.named_buffers():
+                if name.endswith("e_score_correction_bias"):
+                    buffer.add_(torch.randn(buffer.shape, generator=torch.Generator().manual_seed(4)))
         _BUILT[case] = (hf, interp.load(hf))
     return _BUILT[case]
 
@@ -193,6 +280,12 @@ BRIDGE_FAILS = {
     "falcon_alibi_mqa": "the bridge runs transformers' eager Falcon, which adds ALiBi twice (logits off by ~0.1)",
     "phi_qk_layernorm": "the bridge refuses Phi's q_layernorm (its adapter does not declare it)",
     "gpt_bigcode_mha": "the bridge's GPTBigCode adapter asserts multi_query=True",
+    # a multimodal class makes the bridge `pip install torchvision` (which once swapped this machine's CPU torch
+    # for a CUDA build): tests never install, so it is not booted (its text tower is checked against transformers)
+    "gemma3_multimodal": "the bridge installs torchvision for multimodal classes",
+    "ministral": "the bridge has no adapter for MinistralForCausalLM (only Ministral3)",
+    "granite_moe_shared": "the bridge has no adapter for GraniteMoeSharedForCausalLM",
+    "phimoe": "the bridge registers 'PhiMoEForCausalLM'; transformers' class is PhimoeForCausalLM (not found)",
 }
 BRIDGE_CASES = sorted(set(CASES) - set(BRIDGE_FAILS))
 # processed as well (TL's processing on both sides): one case per kind of norm and block
@@ -225,12 +318,15 @@ def _bridge_layout(ours: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(("case", "compat"), [(c, False) for c in BRIDGE_CASES] + [(c, True) for c in BRIDGE_PROCESSED],
                          ids=lambda v: {False: "raw", True: "processed"}.get(v, v) if isinstance(v, bool) else v)
-def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
+def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path, monkeypatch):
     """Raw: our plain load vs the bridge. Processed: ours with TL's four processing steps vs the bridge after
     enable_compatibility_mode() (TL's defaults: the same four, skipped where TL skips them)."""
     from transformer_lens.benchmarks.utils import compare_activation_dicts
     from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.transformers import helpers
     from transformers import AutoTokenizer
+
+    monkeypatch.setattr(helpers, "_ensure_torchvision", lambda: False)  # the bridge must never pip install here
 
     hf, model = _pair(case)
     if compat:
@@ -267,6 +363,22 @@ def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
             "blocks.0.attn.hook_pattern", "blocks.0.hook_attn_out"}
     if model.cfg.has_moe:
         must -= {"blocks.1.mlp.hook_post"}
+    if model.cfg.kv_lora_rank is not None:  # latent attention: the bridge's hook_q / hook_k are the q, k attention
+        r = model.cfg.qk_rope_dim  # reads (ours: hook_rot_q / hook_rot_k); its hook_rot_q / hook_rot_k only their
+        for k in [k for k in shared if k.endswith(("hook_rot_q", "hook_rot_k"))]:  # rotated tail (k: one shared head)
+            tail = ours[k][..., -r:]
+            torch.testing.assert_close(tail[..., :1, :] if k.endswith("k") else tail, theirs[k], rtol=0, atol=1e-5)
+            read = k.replace("hook_rot_", "hook_")
+            torch.testing.assert_close(ours[k], _bridge_layout(ours[k], theirs[read]), rtol=0, atol=1e-5)
+            shared -= {k, read}
+    if case == "granite_moe":  # Granite's router returns (logits, weights, indices): the bridge's hook_expert_indices
+        shared -= {k for k in shared if k.endswith("mlp.hook_expert_indices")}  # holds the router logits
+    if case == "nanochat":  # the bridge's hook_embed is the raw embedding; ours is what joins the residual stream
+        torch.testing.assert_close(theirs.pop("hook_embed"), model.W_E[tokens], rtol=0, atol=1e-6)  # (after embed_ln)
+        shared.discard("hook_embed")
+        must.discard("hook_embed")
+    if case == "openai_gpt":  # the bridge's post-LN GPT-1 block has no hook_resid_post on its last block
+        must -= {"blocks.1.hook_resid_post"}
     assert must <= shared, sorted(must - shared)
     bad = compare_activation_dicts({k: ours[k] for k in shared},
                                    {k: _bridge_layout(ours[k], theirs[k]) for k in shared}, atol=1e-5)
@@ -277,9 +389,16 @@ def test_hooks_equal_the_bridge(case, compat, hf_tokenizer_dir, tmp_path):
 def test_processing_keeps_log_probs_and_dla_adds_up(case):
     """TransformerLens' weight processing on every family: log-probabilities unchanged, and TL's
     decompose_resid + logit_attrs of a logit difference sums to it (before Gemma 2's final soft-cap)."""
-    hf, _ = _pair(case)
-    if case == "olmo2":  # norms only on sublayer outputs: nothing reads a normalised residual stream
-        with pytest.raises(InterpError, match="norm_placement"):
+    hf, plain = _pair(case)
+    refusal = None
+    if plain.cfg.norm_placement in ("post", "sublayer_post"):  # no norm reads the residual stream before a sublayer
+        refusal = "norm_placement"
+    elif plain.cfg.norm == "layernorm" and plain.cfg.has_moe:  # a LayerNorm's bias has no home in bias-free experts
+        refusal = "mixture of experts"
+    elif plain.cfg.kv_lora_rank is not None:  # ln1 is read by latent projections
+        refusal = "latent attention"
+    if refusal is not None:
+        with pytest.raises(InterpError, match=refusal):
             interp.load(hf, **PROCESSING)
         return
     model = _processed(case)
@@ -308,7 +427,7 @@ def test_processing_keeps_log_probs_and_dla_adds_up(case):
     torch.testing.assert_close(refactored.log_softmax(-1), ref.log_softmax(-1), rtol=0, atol=1e-5 * ref.abs().max())
 
 
-@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe"])
+@pytest.mark.parametrize("case", ["bloom", "gemma3", "qwen2_moe", "gpt_oss", "llama4", "deepseek_v3"])
 def test_interp_checkpoint_of_a_family_round_trips(case, tmp_path):
     """Saved as our own checkpoint (config.json + safetensors) and loaded back: the same model."""
     _, model = _pair(case)
@@ -359,15 +478,17 @@ def test_a_model_larger_than_memory_is_refused_before_allocating(tmp_path, monke
 
 
 def test_an_unsupported_architecture_is_refused_naming_what_it_needs():
+    """On the native path; without path='native' these open on the universal path (tests/test_universal.py)."""
     import transformers
 
-    xglm = transformers.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64)
-    with pytest.raises(InterpError, match=r"XGLMForCausalLM is not supported: it needs XGLM's offset sinusoidal"):
-        interp.load(transformers.XGLMForCausalLM(xglm))
+    mamba = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1)
+    with pytest.raises(InterpError, match=r"MambaForCausalLM .*interp models --families"):
+        interp.load(transformers.MambaForCausalLM(mamba), path="native")
     mpt = transformers.MptConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=4, max_seq_len=N_CTX,
                                  attn_config={"qk_ln": True})
     with pytest.raises(InterpError, match=r"MPT: the config setting attn_config_qk_ln"):
-        interp.load(transformers.MptForCausalLM(mpt))
+        interp.load(transformers.MptForCausalLM(mpt), path="native")
+    assert interp.load(transformers.MptForCausalLM(mpt)).cfg.path == "universal"  # auto: HF's modules run it
     with pytest.raises(InterpError, match=r"GPT2ForSequenceClassification .* not a causal language model"):
         interp.load(transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**CASES["gpt2"][1])))
 
@@ -385,6 +506,21 @@ def test_the_variant_settings_bind_in_their_cases():
             _, cache = unclipped.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_q"))
             assert cache["blocks.0.attn.hook_q"].abs().max() > 2 * clip
             assert (unclipped(tokens) - model(tokens)).abs().max() > 1e-2
+    _, glm4_moe = _pair("glm4_moe")  # the group limit and the correction bias both change which experts are chosen
+    ungrouped, uncorrected = copy.deepcopy(glm4_moe), copy.deepcopy(glm4_moe)
+    ungrouped.cfg.router_groups = ungrouped.cfg.router_topk_groups = 1
+    with torch.no_grad():
+        for block in uncorrected.blocks[1:]:
+            block.mlp.b_choice.zero_()
+        chosen = [m.run_with_cache(_tokens(), names_filter="blocks.1.mlp.hook_expert_indices")[1][
+            "blocks.1.mlp.hook_expert_indices"].sort(-1)[0] for m in (glm4_moe, ungrouped, uncorrected)]
+    assert (chosen[0] != chosen[1]).any() and (chosen[0] != chosen[2]).any()
+    with pytest.raises(InterpError, match="multi-head latent attention .* no per-head W_K"):
+        _ = _pair("deepseek_v3")[1].W_K  # latent attention has no per-head key matrix to hand out
+    _, phimoe = _pair("phimoe")  # sparsemixer's margin admits rival experts: weights below 1 (margin 0: all 1)
+    with torch.no_grad():
+        _, cache = phimoe.run_with_cache(_tokens(), names_filter=lambda n: n.endswith("hook_expert_weights"))
+    assert cache["blocks.0.mlp.hook_expert_weights"].min() < 0.9
     for case, shape in (("stablelm_qk_layernorm", (4, 8)), ("cohere_qk_norm", (4, 8)), ("phi_qk_layernorm", (8,))):
         norm = _pair(case)[1].blocks[1].attn.q_norm
         assert tuple(norm.w.shape) == shape and (norm.w - 1).abs().min() > 0
@@ -401,3 +537,11 @@ def test_variant_settings_are_validated():
         DecoderConfig(**base, clip_qkv=-1.0)
     with pytest.raises(InterpError, match="qk_norm must be one of"):
         DecoderConfig(**base, qk_norm="per_layer")
+    with pytest.raises(InterpError, match="'chunked_attention' layers but attention_chunk_size is None"):
+        DecoderConfig(**base, layer_types=["chunked_attention"])
+    with pytest.raises(InterpError, match=r"qk_norm_layers must be a list with one entry per layer \(n_layers=1\)"):
+        DecoderConfig(**base, qk_norm="per_head", qk_norm_layers=[True, False])
+    with pytest.raises(InterpError, match="router_sparsemixer_eps .* needs n_experts_per_token=2"):
+        DecoderConfig(**base, n_experts=4, n_experts_per_token=1, router_sparsemixer_eps=0.01)
+    with pytest.raises(InterpError, match="swiglu_limit .* needs gated=True"):
+        DecoderConfig(**base, swiglu_limit=7.0)

@@ -110,43 +110,57 @@ def _tiny_unsupported(kind: str):
         cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                       intermediate_size=64, max_position_embeddings=N_CTX)
         return transformers.BertForMaskedLM(cfg)
-    cfg = transformers.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=1, attention_heads=4, ffn_dim=64,
-                                  max_position_embeddings=N_CTX)
-    return transformers.XGLMForCausalLM(cfg)
+    cfg = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1)  # no attention at all
+    return transformers.MambaForCausalLM(cfg)
 
 
-@pytest.mark.parametrize("kind,cls", [("bert", "BertForMaskedLM"), ("xglm", "XGLMForCausalLM")])
-def test_unsupported_architecture_object_is_refused(kind, cls):
+def test_a_masked_lm_is_refused_in_one_line():
     with pytest.raises(InterpError) as err:
-        interp.load(_tiny_unsupported(kind))
+        interp.load(_tiny_unsupported("bert"))
     msg = str(err.value)
-    assert cls in msg and "not supported" in msg
-    assert "GPT2LMHeadModel" in msg and "LlamaForCausalLM" in msg  # the message lists what is supported
+    assert "BertForMaskedLM" in msg and "not a causal language model" in msg and "\n" not in msg
+    assert "interp models --families" in msg and len(msg) < 300  # a pointer, not the list of every family
 
 
-def test_unsupported_architecture_folder_is_refused(tmp_path):
-    _tiny_unsupported("xglm").save_pretrained(tmp_path)
-    with pytest.raises(InterpError, match="XGLMForCausalLM"):
-        interp.load(str(tmp_path))
+def test_a_folder_without_a_native_row_opens_on_the_universal_path(tmp_path):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8)
+    hf = transformers.MambaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    model = interp.load(str(tmp_path))
+    assert model.cfg.path == "universal" and model.cfg.architecture == "MambaForCausalLM"
+    tokens = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_base_model_without_lm_head_is_refused():
     import transformers
 
     base = transformers.GPT2Model(hf_config("gpt2"))
-    with pytest.raises(InterpError, match=r"GPT2Model.*not supported.*ForCausalLM"):
+    with pytest.raises(InterpError, match=r"GPT2Model.*not a causal language model.*ForCausalLM"):
         interp.load(base)
 
 
-def test_unsupported_hf_settings_are_refused():
-    """Settings of a supported family that interp's model cannot reproduce: the error names the setting."""
+def test_unsupported_hf_settings_are_refused_natively_and_open_universally():
+    """Settings of a native family that interp's model cannot reproduce: path='native' names the setting; the
+    default path then opens the model on the universal path (HF's own modules), exactly."""
     import transformers
 
     small = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
     opt = transformers.OPTConfig(**small, ffn_dim=64, word_embed_proj_dim=16)  # project_in / project_out
-    with pytest.raises(InterpError, match="word_embed_proj_dim"):
-        interp.load(transformers.OPTForCausalLM(opt))
     gpt2 = hf_config("gpt2")
     gpt2.scale_attn_by_inverse_layer_idx = True
-    with pytest.raises(InterpError, match="scale_attn_by_inverse_layer_idx"):
-        interp.load(transformers.GPT2LMHeadModel(gpt2))
+    tokens = torch.tensor([[3, 7, 1, 9, 4]])
+    for hf, setting in ((transformers.OPTForCausalLM(opt).eval(), "word_embed_proj_dim"),
+                        (transformers.GPT2LMHeadModel(gpt2).eval(), "scale_attn_by_inverse_layer_idx")):
+        with pytest.raises(InterpError, match=setting):
+            interp.load(hf, path="native")
+        with torch.no_grad():
+            expected = hf(tokens).logits
+        model = interp.load(hf)
+        assert model.cfg.path == "universal" and setting in model.capabilities.not_offered["native path"]
+        with torch.no_grad():
+            torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-5)

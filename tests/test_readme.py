@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRRORED = ("run.sh", "pyproject.toml", "apps", "benchmarks", "interp", "models", "probes", "tests")
+MIRRORED = ("run.sh", "pyproject.toml", ".streamlit", "apps", "benchmarks", "interp", "models", "probes", "scripts",
+            "tests")
 
 
 def readme_commands(text: str) -> list[str]:
@@ -50,7 +51,8 @@ def test_readme_commands_are_found_and_go_through_the_environment():
 @pytest.fixture
 def checkout(tmp_path):
     for name in MIRRORED:
-        (tmp_path / name).symlink_to(ROOT / name)
+        if (ROOT / name).exists():
+            (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # what run.sh's set-up leaves behind
     env = dict(os.environ, INTERP_VENV=sys.prefix, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
@@ -67,12 +69,13 @@ def run_line(line: str, cwd: Path, env: dict, timeout: float = 300) -> subproces
 
 
 def check_server(line: str, cwd: Path, env: dict, timeout: float = 120) -> None:
-    """Start the documented server on a free port and wait for its health check; then stop it."""
+    """Start the documented server (on this machine only) on a free port and wait for its health check; then
+    stop it."""
     from interp.report.chromium import free_port
 
     port = free_port()
-    proc = subprocess.Popen(["bash", "-c", (f"exec {line} --server.headless true --server.port {port}"
-                             " --browser.gatherUsageStats false")],
+    line += f" --server.headless true --server.port {port} --browser.gatherUsageStats false"
+    proc = subprocess.Popen(["bash", "-c", f"exec {line}"],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

@@ -195,6 +195,21 @@ def test_patching_section_equals_the_analyzers(model, tables, data):
     assert data.patching["pair"]["position"] == pair.position
 
 
+def test_patching_section_edges_equal_the_analyzers(model, tables, page, data):
+    """Edge attribution on the same induction pair: top edges, faithfulness 0 (no edge) to 1 (every edge)."""
+    from interp.analysis.causal import repeated_text_pair
+    from interp.analysis.circuits.edges import edge_attribution
+
+    pair = repeated_text_pair(model, encode_prompt(model, PROMPT))
+    ref = edge_attribution(model, pair.clean, pair.corrupted, answer=pair.answer, wrong=pair.wrong).head(20)
+    shown = tables["patching_edges"]
+    assert list(shown.sender) == list(ref.sender) and list(shown.receiver) == list(ref.receiver)
+    np.testing.assert_allclose(_floats(shown.score), ref.score.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(_floats(tables["patching_faithfulness"].faithfulness)[[0, -1]], [0.0, 1.0], atol=1e-4)
+    assert 'id="fig-edges"' in page
+    assert "Edge attribution (EAP) over all" in render_markdown(data)
+
+
 def test_markdown_report_has_every_section_and_the_numbers(data):
     md = render_markdown(data)
     for title in SECTIONS.values():

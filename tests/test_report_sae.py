@@ -253,3 +253,34 @@ def test_shipped_sae_card_numbers_are_its_eval(sae):
     assert sae.cfg.hook_name == HOOK and sae.cfg.architecture == "topk" and sae.cfg.d_sae == 1024
     for key, shown in (("fve", "{:.3f}"), ("ce_loss_recovered", "{:.3f}"), ("l0", "{:.1f}")):
         assert shown.format(ev[key]) in card, key
+
+
+def test_similar_features_finds_a_planted_near_duplicate_and_opposite():
+    from interp.analysis.sae import SAE, SAEConfig, similar_features
+
+    sae = SAE(SAEConfig(d_in=8, d_sae=12, architecture="relu", dtype="float64"))
+    gen = torch.Generator().manual_seed(0)
+    w = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=torch.float64))[0][:, :8]  # 12 directions, 8 dims
+    w[7] = 3.0 * w[3] + 0.01 * torch.randn(8, generator=gen, dtype=torch.float64)  # a scaled near-duplicate of 3
+    w[9] = -0.5 * w[3]  # an exact opposite of 3
+    with torch.no_grad():
+        sae.W_dec.copy_(w)
+    near = similar_features(sae, 3, k=3)
+    assert near.feature.tolist()[:2] == [9, 7] and near["rank"].tolist() == [1, 2, 3]
+    want = torch.nn.functional.cosine_similarity(w[[9, 7]], w[3][None], dim=-1)
+    torch.testing.assert_close(torch.tensor(near.cosine.to_numpy()[:2]), want, rtol=1e-12, atol=1e-12)
+    assert 3 not in near.feature.tolist()
+
+
+def test_feature_cards_list_their_nearest_features(data, sae):
+    import re
+
+    from interp.analysis.sae import similar_features
+
+    page = render_html(data)
+    for feat in data.sae["cards"]:
+        card = page[page.index(f'id="sae-feature-{feat}"'):]
+        para = card[card.index("<b>Nearest features</b>"):]
+        para = para[:para.index("</p>")]
+        shown = [int(g) for g in re.findall(r"(?:>|, |: )(\d+)(?:</a>)? \(", para)]
+        assert shown == similar_features(sae, feat, k=4).feature.tolist()  # k = the report's k_answers

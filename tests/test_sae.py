@@ -311,9 +311,10 @@ def test_loads_checkpoints_in_saelens_documented_layouts(tmp_path):
     torch.testing.assert_close(f.max(-1).values, pre.max(-1).values.clamp_min(0))
 
     # what cannot be represented is refused by name, not loaded wrong
-    with pytest.raises(InterpError, match="normalize_activations"):
-        load_sae(_write_saelens(tmp_path / "norm", {**v6, "normalize_activations": "layer_norm"}, w))
-    with pytest.raises(InterpError, match="architecture 'gated'"):
+    # (layer_norm and gated SAEs load: tests/test_sae_saelens.py; a gated cfg needs the gated tensors)
+    with pytest.raises(InterpError, match="normalize_activations='covariance_whitening'"):
+        load_sae(_write_saelens(tmp_path / "norm", {**v6, "normalize_activations": "covariance_whitening"}, w))
+    with pytest.raises(InterpError, match=r"missing tensors \['b_gate', 'b_mag', 'r_mag'\]"):
         load_sae(_write_saelens(tmp_path / "gated", {**v6, "architecture": "gated"}, w))
     with pytest.raises(InterpError, match="W_enc has shape"):
         load_sae(_write_saelens(tmp_path / "shape", {**v6, "d_sae": d_sae + 1}, w))

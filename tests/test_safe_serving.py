@@ -115,6 +115,8 @@ def test_parameter_estimate_reads_transformers_configs():
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     n = _count(transformers.LlamaForCausalLM(cfg))
     assert n <= estimate_parameters(cfg.to_dict()) <= 2 * n
+    nested = {"architectures": ["Gemma3ForConditionalGeneration"], "text_config": cfg.to_dict()}
+    assert estimate_parameters(nested) == estimate_parameters(cfg.to_dict())  # the decoder inside a multimodal config
 
 
 def test_a_huge_config_is_refused_before_anything_is_built(tmp_path):

@@ -276,8 +276,13 @@ class _Runner:
     def __init__(self, model, corrupted: torch.Tensor, metric):
         self.model, self.tokens, self.metric = model, corrupted, metric
         cfg = model.cfg
+        # a universal-path model runs HF's forward, which cannot start at a layer: every pass is a full one
+        self.full_passes = getattr(cfg, "path", "native") == "universal"
         names = {f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)}
-        names |= {n for layer in range(cfg.n_layers) for n in _kv_names(model, layer)}
+        if self.full_passes:
+            names = set()
+        else:
+            names |= {n for layer in range(cfg.n_layers) for n in _kv_names(model, layer)}
         with torch.no_grad():
             self.logits, cache = model.run_with_cache(corrupted, names_filter=lambda n: n in names)
         self.cache = {n: cache[n] for n in names}
@@ -287,12 +292,20 @@ class _Runner:
 
     def start(self, p0: int) -> int:
         """The first position a pass must compute when its earliest patch is at ``p0``."""
+        if self.full_passes:
+            return 0
         return p0 if self.metric_pos is None else min(p0, self.metric_pos)
 
     def run(self, k: int, l0: int, p0: int, fwd_hooks) -> torch.Tensor:
         """Metric values ``[k, batch]`` (or ``[k]`` for a scalar metric) of ``k`` patched copies,
         computing positions ``p0:`` (``p0`` from :meth:`start`) of blocks ``l0:``."""
         model, B = self.model, self.batch
+        if self.full_passes:
+            with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+                logits = model(self.tokens.repeat(k, 1))
+            if self.metric_pos is not None:
+                return self.metric.at(logits[:, self.metric_pos]).reshape(k, B)
+            return torch.stack([torch.as_tensor(self.metric(c)).detach() for c in logits.split(B)]).double()
         x = self.cache[f"blocks.{l0}.hook_resid_pre"][:, p0:].repeat(k, 1, 1)
         positions = torch.arange(p0, self.n_pos, device=x.device)
         kv = None
@@ -381,11 +394,37 @@ def _frame(model, cells: pd.DataFrame, values: torch.Tensor, clean_value, corrup
         df["normalised"] = normalised(df[column], c, r) if c != r else float("nan")
         df.attrs.update(clean=c, corrupted=r)
     if per_example and values.shape[1] > 1 and bootstrap:
-        from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
-
-        low, high = bootstrap_ci(values.cpu(), n_resamples=bootstrap, generator=derive_generator(seed, "causal"))
+        low, high = bootstrap_interval(values.cpu(), bootstrap, seed, "causal")
         df["ci_low"], df["ci_high"] = low.numpy(), high.numpy()
     return df.reset_index(drop=True)
+
+
+def bootstrap_interval(values: torch.Tensor, n_resamples: int, seed: int, label: str, confidence: float = 0.95,
+                       chunk: int = 256):
+    """95 % percentile-bootstrap interval of the mean over the last axis of ``values`` [..., n].
+
+    TransformerLens 4's ``bootstrap_ci`` with its ``derive_generator(seed, label)`` where installed; under TL 3
+    (which has neither) the same procedure here, drawing the same resamples: a CPU generator seeded from
+    SHA-256 of ``"seed:label"``, ``chunk`` resamples of n indices at a time, percentiles of the means.
+    """
+    try:
+        from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
+    except ImportError:  # TransformerLens 3.x
+        pass
+    else:
+        return bootstrap_ci(values, n_resamples=n_resamples, generator=derive_generator(seed, label),
+                            confidence=confidence, chunk_size=chunk)
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{label}".encode()).digest()[:8]
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    n = values.shape[-1]
+    means = [values[..., torch.randint(0, n, (min(chunk, n_resamples - start), n), generator=generator)].mean(-1)
+             for start in range(0, n_resamples, chunk)]
+    draws = torch.cat(means, dim=-1).to(torch.promote_types(values.dtype, torch.float32))
+    tail = (1.0 - confidence) / 2.0
+    low, high = torch.quantile(draws, tail, dim=-1), torch.quantile(draws, 1.0 - tail, dim=-1)
+    return low.to(values.dtype), high.to(values.dtype)
 
 
 def _pair(model, clean, corrupted):
@@ -758,6 +797,10 @@ def direct_logit_attribution(model, tokens, answer=None, wrong=None, *, position
     ``answer``, ``wrong``.
     """
     cfg = model.cfg
+    if getattr(cfg, "path", "native") == "universal":
+        raise InterpError("model: direct logit attribution needs the per-head W_O and the final norm's weights, which "
+                          "the universal path does not read; use activation_patching(where='attn_out'/'mlp_out') or "
+                          "a native family (`interp models --families`)")
     toks = as_tokens(model, tokens)
     B, P = toks.shape
     pos = check_index("position", position, P)

@@ -16,6 +16,7 @@ variant we do not map) is an error naming it, never a quietly wrong model.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,12 +28,13 @@ import torch
 from interp.errors import InterpError
 
 ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new", "gelu": "gelu",
-        "relu": "relu", "silu": "silu", "swish": "silu"}
+        "relu": "relu", "silu": "silu", "swish": "silu", "relu2": "relu2"}
 
 # Slots per layer (prefix "layers.{l}.") and global slots. Norm slots hold weight (+ bias for LayerNorm).
 LAYER_SLOTS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down", "q_norm", "k_norm", "ln1_post", "ln2_post",
                "router", "experts_gate_up", "experts_down", "shared_gate", "shared_up", "shared_down",
-               "shared_expert_gate")
+               "shared_expert_gate", "sinks", "router_correction", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm",
+               "kv_b")
 GLOBAL_SLOTS = ("embed", "pos", "embed_ln", "final_norm", "lm_head")
 
 
@@ -273,9 +275,16 @@ def gemma3(c) -> dict:
                        final_softcap=c.final_logit_softcapping, attn_multiplier=c.query_pre_attn_scalar ** -0.5)
 
 
+def gemma3_multimodal(c) -> dict:
+    """Gemma3ForConditionalGeneration (Gemma 3 4B/12B/27B): its text tower is a Gemma 3 text model; text-only
+    input never reaches the vision tower, so the model we build is that tower with the LM head."""
+    return gemma3(c.text_config)
+
+
 def phi(c) -> dict:
     qk = {"qk_norm": "per_head"} if getattr(c, "qk_layernorm", False) else {}  # one LayerNorm over d_head
-    return _common(c, "Phi", d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
+    return _common(c, "Phi", n_kv_heads=_get(c, "num_key_value_heads", default=c.num_attention_heads),
+                   d_mlp=c.intermediate_size, norm_eps=c.layer_norm_eps, act=_act(c, "Phi"),
                    parallel_residual=True, shared_norm=True, **_rope(c), **qk)
 
 
@@ -313,6 +322,223 @@ def granite(c) -> dict:
 def smollm3(c) -> dict:
     rope_layers = [bool(x) for x in c.no_rope_layers]  # transformers: 1 = this layer uses RoPE
     return _llama_like(c, "SmolLM3", **({} if all(rope_layers) else {"rope_layers": rope_layers}))
+
+
+def ministral3(c) -> dict:
+    """Ministral 3: Mistral's block, YaRN RoPE, and queries scaled by position (its llama_4_scaling_beta)."""
+    out = _llama_like(c, "Ministral 3")
+    params = out.get("rope_parameters") or {}
+    beta = params.pop("llama_4_scaling_beta", None)
+    params.pop("max_position_embeddings", None)
+    if beta:
+        out.update(query_scale_beta=float(beta), query_scale_length=int(params["original_max_position_embeddings"]))
+    return out
+
+
+def xglm(c) -> dict:
+    """XGLM: fairseq's pre-LN decoder; token embeddings scaled by sqrt(d_model), fixed sinusoidal positions
+    (fairseq's [sin | cos] layout, read from row p + 2), which we hold as a position table (:func:`_xglm_positions`)."""
+    return _common(c, "XGLM", d_mlp=c.ffn_dim, positional="learned", pos_offset=2, act=_act(c, "XGLM"),
+                   embed_multiplier=c.d_model ** 0.5 if c.scale_embedding else 1.0,
+                   tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
+def nanochat(c) -> dict:
+    """NanoChat: parameter-free RMSNorms (on the embeddings too), RoPE by -angle, QK-norm after RoPE, a plain
+    squared-ReLU MLP, and a final logit soft-cap."""
+    return _llama_like(c, "NanoChat", gated=False, norm_affine=False, embed_norm=True, rotary_reversed=True,
+                       qk_norm="per_head", qk_norm_after_rope=True, final_softcap=c.final_logit_softcapping)
+
+
+def gpt_oss(c) -> dict:
+    """GPT-OSS: attention sinks, alternating sliding/full layers, biased attention, YaRN; an MoE with a biased
+    router (top-k of the logits, softmax over the k) and biased experts with GPT-OSS's clamped SwiGLU."""
+    return _llama_like(c, "GPT-OSS", attn_sinks=True, n_experts=c.num_local_experts,
+                       n_experts_per_token=c.num_experts_per_tok, router_softmax_after_topk=True, router_bias=True,
+                       mlp_bias=True, swiglu_limit=float(c.swiglu_limit), swiglu_alpha=float(c.swiglu_alpha))
+
+
+def llama4(c) -> dict:
+    """Llama 4's text model: RoPE layers (interleaved pairs) with chunked attention and a parameter-free QK-norm,
+    NoPE layers with full attention and position-scaled queries; MoE layers (top-k by sigmoid, the weight scaling
+    the expert's input) with a shared expert, dense layers of intermediate_size_mlp."""
+    rope = [bool(x) for x in c.no_rope_layers]  # transformers: 1 = this layer uses RoPE
+    out = _llama_like(c, "Llama 4", d_mlp=c.intermediate_size_mlp, rotary_interleaved=True,
+                      rope_layers=None if all(rope) else rope, layer_types=list(c.layer_types),
+                      attention_chunk_size=c.attention_chunk_size if "chunked_attention" in c.layer_types else None,
+                      n_experts=c.num_local_experts, n_experts_per_token=c.num_experts_per_tok,
+                      d_expert=c.intermediate_size, moe_layers=list(c.moe_layers), router_sigmoid=True,
+                      router_norm_topk=False,
+                      router_scale_input=True, d_shared_expert=c.intermediate_size, shared_expert_gate=False)
+    if c.use_qk_norm:
+        out.update(qk_norm="per_head", qk_norm_layers=rope)
+    if c.attn_temperature_tuning and not all(rope):
+        out.update(query_scale_beta=float(c.attn_scale), query_scale_length=int(c.floor_scale), query_scale_offset=1,
+                   query_scale_layers=[not r for r in rope])
+    return out
+
+
+def arcee(c) -> dict:
+    """Arcee (AFM): Llama's attention with a plain squared-ReLU MLP (up, down)."""
+    return _llama_like(c, "Arcee", gated=False)
+
+
+def ernie4_5(c) -> dict:
+    """ERNIE 4.5: Llama's recipe with interleaved RoPE pairs and one use_bias switch for every projection."""
+    bias = bool(getattr(c, "use_bias", False))
+    return _llama_like(c, "ERNIE 4.5", rotary_interleaved=True, attn_bias=bias, attn_out_bias=bias, mlp_bias=bias)
+
+
+def vaultgemma(c) -> dict:
+    """VaultGemma: Gemma 2 without its post-sublayer norms (pre-norm blocks)."""
+    return gemma2(c) | {"norm_placement": "pre"}
+
+
+def flex_olmo(c) -> dict:
+    """FlexOlmo: OLMo 2's block (norms on the sublayer outputs, QK-norm across heads) with OLMoE's experts."""
+    return _llama_like(c, "FlexOlmo", norm_placement="sublayer_post", qk_norm="across_heads", n_experts=c.num_experts,
+                       n_experts_per_token=c.num_experts_per_tok, router_norm_topk=bool(c.norm_topk_prob))
+
+
+def nemotron(c) -> dict:
+    """Nemotron: LayerNorms whose gain is 1 + w (LayerNorm1P), a plain squared-ReLU MLP, partial RoPE."""
+    return _llama_like(c, "Nemotron", norm="layernorm", norm_eps=c.norm_eps, norm_weight_offset=1.0, gated=False)
+
+
+def hunyuan_dense(c) -> dict:
+    """Hunyuan dense: Llama's recipe with a QK-norm (over d_head) of the rotated q, k. Its "dynamic" RoPE with a
+    fixed alpha is static NTK scaling: the base times alpha^(d/(d-2))."""
+    out = _llama_like(c, "HunYuan", qk_norm="per_head", qk_norm_after_rope=True)
+    params = out.get("rope_parameters") or {}
+    if params.get("rope_type") == "dynamic" and params.get("alpha"):
+        dim = out["d_head"]
+        out["rotary_base"] = out["rotary_base"] * float(params["alpha"]) ** (dim / (dim - 2))
+        del out["rope_parameters"]
+    return out
+
+
+def _deepseek_moe(c) -> dict:
+    """DeepSeek V3's experts (also GLM-4-MoE's): after first_k_dense_replace dense layers, a router of sigmoid scores
+    with a choice-only correction bias, group-limited top-k and routed scaling, plus always-on shared experts."""
+    return {"n_experts": c.n_routed_experts, "n_experts_per_token": c.num_experts_per_tok,
+            "d_expert": c.moe_intermediate_size, "moe_layers": list(range(c.first_k_dense_replace, c.num_hidden_layers)),
+            "router_sigmoid": True, "router_correction_bias": True, "router_groups": c.n_group or 1,
+            "router_topk_groups": c.topk_group or 1, "router_norm_topk": bool(c.norm_topk_prob),
+            "routed_scaling": float(c.routed_scaling_factor), "shared_expert_gate": False,
+            "d_shared_expert": c.moe_intermediate_size * c.n_shared_experts if c.n_shared_experts else None}
+
+
+def glm4_moe(c) -> dict:
+    """GLM-4-MoE (GLM-4.5/4.6): GLM's biased q/k/v with rotate-half partial RoPE, optional QK-norm, DeepSeek V3's
+    experts."""
+    qk = {"qk_norm": "per_head"} if getattr(c, "use_qk_norm", False) else {}
+    return _llama_like(c, "GLM-4-MoE", attn_out_bias=False, **_deepseek_moe(c), **qk)
+
+
+def _latent(c, family: str, **kw) -> dict:
+    """DeepSeek's multi-head latent attention (kv_lora_rank, q_lora_rank; RoPE on a qk_rope_head_dim tail, one rotated
+    key part shared by all heads; value heads of v_head_dim) and DeepSeek's experts. With YaRN, the score scale
+    carries mscale_all_dim's factor squared, as transformers' yarn_apply_mscale."""
+    _refuse(family, attention_bias=getattr(c, "attention_bias", False))
+    d_head = c.qk_nope_head_dim + c.qk_rope_head_dim
+    scale = d_head ** -0.5
+    params = c.rope_parameters or {}
+    if params.get("rope_type", "default") != "default" and params.get("mscale_all_dim"):
+        mscale = 0.1 * params["mscale_all_dim"] * math.log(params["factor"]) + 1.0 if params["factor"] > 1 else 1.0
+        scale *= mscale * mscale
+    return _llama_like(c, family, n_kv_heads=c.num_attention_heads, d_head=d_head, d_head_v=c.v_head_dim,
+                       kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank, qk_rope_dim=c.qk_rope_head_dim,
+                       rotary_interleaved=bool(getattr(c, "rope_interleave", True)), attn_multiplier=scale,
+                       attn_bias=False, attn_out_bias=False, **{**_deepseek_moe(c), **kw})
+
+
+def deepseek_v3(c) -> dict:
+    return _latent(c, "DeepSeek V3")
+
+
+def deepseek_v2(c) -> dict:
+    """DeepSeek V2: V3's latent attention with its RoPE pairs left in place (complex RoPE), and its own router: a
+    softmax over all experts, top-k (group_limited_greedy: from the best groups by their top score), routed scaling."""
+    _refuse("DeepSeek V2", topk_method_unsupported=c.topk_method not in ("greedy", "group_limited_greedy"))
+    grouped = c.topk_method == "group_limited_greedy"
+    return _latent(c, "DeepSeek V2", rope_tail_deinterleave=False, router_sigmoid=False,
+                   router_correction_bias=False, router_norm_topk=False, router_group_score_top=1,
+                   router_groups=c.n_group if grouped else 1, router_topk_groups=c.topk_group if grouped else 1)
+
+
+def seed_oss(c) -> dict:
+    return _llama_like(c, "Seed-OSS", attn_out_bias=bool(getattr(c, "attention_out_bias", False)))
+
+
+def starcoder2(c) -> dict:
+    """Starcoder2: Llama's attention (GQA, RoPE, optional sliding window) with GPT-2's LayerNorms and plain MLP."""
+    bias = bool(c.use_bias)
+    return _llama_like(c, "Starcoder2", norm="layernorm", norm_eps=c.norm_epsilon, gated=False, attn_bias=bias,
+                       attn_out_bias=bias, mlp_bias=bias)
+
+
+def _rope_on_sliding_layers(c) -> dict:
+    """Cohere 2 and EXAONE 4: with a sliding window, only the sliding layers use RoPE (the global ones: none)."""
+    if not getattr(c, "sliding_window", None):
+        return {}
+    rope = [t == "sliding_attention" for t in c.layer_types]
+    return {} if all(rope) else {"rope_layers": rope}
+
+
+def olmo3(c) -> dict:
+    """OLMo 3: OLMo 2's block (norms on the sublayer outputs, QK-norm across heads) with sliding-window layers."""
+    return _llama_like(c, "OLMo 3", norm_placement="sublayer_post", qk_norm="across_heads")
+
+
+def exaone4(c) -> dict:
+    """EXAONE 4: norms on the sublayer outputs, QK-norm over d_head, local layers with RoPE, global ones without."""
+    return _llama_like(c, "EXAONE 4", norm_placement="sublayer_post", qk_norm="per_head", **_rope_on_sliding_layers(c))
+
+
+def cohere2(c) -> dict:
+    out = cohere(c)
+    out.update(_rope_on_sliding_layers(c))
+    return out
+
+
+def glm(c) -> dict:
+    """GLM / GLM-4: Llama's recipe with q/k/v biases, interleaved partial RoPE; GLM-4 adds post-sublayer norms."""
+    family = "GLM-4" if type(c).__name__ == "Glm4Config" else "GLM"
+    sandwich = {"norm_placement": "sandwich"} if family == "GLM-4" else {}
+    return _llama_like(c, family, attn_out_bias=False, rotary_interleaved=True, **sandwich)
+
+
+def openai_gpt(c) -> dict:
+    """GPT-1: post-LN blocks (LN(x + f(x))), learned positions, no final norm, tied head."""
+    act = {"gelu": "gelu_new", "relu": "relu", "silu": "silu", "swish": "silu"}.get(c.afn)  # its "gelu" is tanh
+    _refuse("OpenAI GPT", afn_unsupported=act is None)
+    return _common(c, "OpenAI GPT", d_mlp=4 * c.n_embd, positional="learned", norm_eps=c.layer_norm_epsilon,
+                   act=act, norm_placement="post", final_norm=False,
+                   tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)))
+
+
+def olmoe(c) -> dict:
+    """OLMoE: OLMo 2's QK-norm across heads in a pre-norm block, routed experts (softmax, top-k)."""
+    _refuse("OLMoE", clip_qkv=getattr(c, "clip_qkv", None))  # OLMoE clamps after its QK-norm; interp before
+    return _llama_like(c, "OLMoE", qk_norm="across_heads", n_experts=c.num_experts,
+                       n_experts_per_token=c.num_experts_per_tok, router_norm_topk=bool(c.norm_topk_prob))
+
+
+def granite_moe(c) -> dict:
+    """Granite-MoE (and GraniteMoeShared): Granite's multipliers; top-k of the router logits, softmax over the k;
+    the shared variant adds an always-on, ungated SwiGLU expert."""
+    shared = getattr(c, "shared_intermediate_size", 0) or None
+    return granite(c) | {"n_experts": c.num_local_experts, "n_experts_per_token": c.num_experts_per_tok,
+                         "router_softmax_after_topk": True, "d_shared_expert": shared, "shared_expert_gate": False}
+
+
+def phimoe(c) -> dict:
+    """PhiMoE: Mixtral's block with LayerNorms, biased attention and LM head, and sparsemixer routing (top-2)."""
+    rope = _rope(c)
+    _refuse("PhiMoE", num_experts_per_tok_not_2=c.num_experts_per_tok != 2,
+            rope_scaling_with_short_long_mscale="rope_parameters" in rope)
+    return _llama_like(c, "PhiMoE", norm="layernorm", n_experts=c.num_local_experts, n_experts_per_token=2,
+                       router_sparsemixer_eps=c.router_jitter_noise)
 
 
 # --- fused tensors -> slots -------------------------------------------------------------------------------
@@ -402,6 +628,59 @@ def _split_phi3(sd: dict, cfg: dict) -> None:
         sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
 
 
+def _split_gate_up(sd: dict, cfg: dict) -> None:
+    """GLM's gate_up_proj is [gate ; up]."""
+    for l in range(cfg["n_layers"]):
+        gate, up = sd.pop(f"model.layers.{l}.mlp.gate_up_proj.weight").chunk(2)
+        sd[f"layers.{l}.gate.weight"], sd[f"layers.{l}.up.weight"] = gate, up
+
+
+def _xglm_positions(sd: dict, cfg: dict) -> None:
+    """XGLM's sinusoidal table (not a weight of the checkpoint): fairseq's [sin | cos] halves with frequencies
+    10000^(-i / (d/2 - 1)), rows 0..n_ctx+1 (positions start at row 2; row 1, the padding row, is zero)."""
+    n, d = cfg["n_ctx"] + 2, cfg["d_model"]
+    half = d // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    angles = torch.arange(n, dtype=torch.float32)[:, None] * freqs[None]
+    table = torch.cat([angles.sin(), angles.cos(), torch.zeros(n, d % 2)], dim=1)
+    table[1] = 0.0
+    sd["xglm.positions.weight"] = table.to(sd["model.embed_tokens.weight"].dtype)
+
+
+def _split_gpt_oss(sd: dict, cfg: dict) -> None:
+    """GPT-OSS's experts: gate_up_proj [E, d, 2m] with gate and up interleaved along the last axis, down_proj
+    [E, m, d], each with a bias -> Mixtral's [E, 2m, d] = [gate ; up] and [E, d, m]."""
+    for l in range(cfg["n_layers"]):
+        p = f"model.layers.{l}.mlp.experts."
+        gate_up, gate_up_bias = sd.pop(p + "gate_up_proj"), sd.pop(p + "gate_up_proj_bias")
+        sd[f"layers.{l}.experts_gate_up.weight"] = torch.cat([gate_up[..., ::2], gate_up[..., 1::2]], -1).mT
+        sd[f"layers.{l}.experts_gate_up.bias"] = torch.cat([gate_up_bias[..., ::2], gate_up_bias[..., 1::2]], -1)
+        sd[f"layers.{l}.experts_down.weight"] = sd.pop(p + "down_proj").mT
+        sd[f"layers.{l}.experts_down.bias"] = sd.pop(p + "down_proj_bias")
+        sd[f"layers.{l}.sinks.weight"] = sd.pop(f"model.layers.{l}.self_attn.sinks")
+
+
+def _split_llama4(sd: dict, cfg: dict) -> None:
+    """Llama 4's experts are stored for bmm ([E, d, 2m] = [gate | up], [E, m, d]): transposed to Mixtral's layout.
+    Its QK-norm has no parameters: a gain of ones."""
+    for l in range(cfg["n_layers"]):
+        p = f"model.layers.{l}.feed_forward.experts."
+        if p + "gate_up_proj" in sd:
+            sd[f"layers.{l}.experts_gate_up.weight"] = sd.pop(p + "gate_up_proj").mT
+            sd[f"layers.{l}.experts_down.weight"] = sd.pop(p + "down_proj").mT
+        if cfg["qk_norm_layers"] is not None and cfg["qk_norm_layers"][l]:
+            ones = torch.ones(cfg["d_head"], dtype=sd["model.embed_tokens.weight"].dtype)
+            sd[f"layers.{l}.q_norm.weight"], sd[f"layers.{l}.k_norm.weight"] = ones, ones.clone()
+
+
+def _split_granite_shared(sd: dict, cfg: dict) -> None:
+    """GraniteMoeShared's shared expert: input_linear is [gate ; up]."""
+    for l in range(cfg["n_layers"]):
+        key = f"model.layers.{l}.shared_mlp.input_linear.weight"
+        if key in sd:
+            sd[f"layers.{l}.shared_gate.weight"], sd[f"layers.{l}.shared_up.weight"] = sd.pop(key).chunk(2)
+
+
 def _stack_head_norms(sd: dict, cfg: dict) -> None:
     """StableLM's qk_layernorm is one LayerNorm per head (``q_layernorm.norms.{h}``): stacked to [heads, d_head]."""
     for l in range(cfg["n_layers"]):
@@ -424,6 +703,16 @@ def _split_mpt(sd: dict, cfg: dict) -> None:
 def _split_cohere(sd: dict, cfg: dict) -> None:
     """Cohere's LayerNorms have a gain and no bias."""
     _zero_bias(sd, *(f"model.layers.{l}.input_layernorm" for l in range(cfg["n_layers"])), "model.norm")
+
+
+def _text_tower(sd: dict, cfg: dict) -> None:
+    """A vision-language model's text tower under Llama's names: ``model.language_model.*`` becomes ``model.*``,
+    and the vision tower and its projector (unused by text-only input) are set aside."""
+    for key in list(sd):
+        if key.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
+            del sd[key]
+        elif key.startswith("model.language_model."):
+            sd["model." + key.removeprefix("model.language_model.")] = sd.pop(key)
 
 
 # --- the table ----------------------------------------------------------------------------------------
@@ -457,6 +746,17 @@ MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.mlp.gate",
              # a Qwen2-MoE layer listed in mlp_only_layers keeps a dense MLP
              "gate": "model.layers.{l}.mlp.gate_proj", "up": "model.layers.{l}.mlp.up_proj",
              "down": "model.layers.{l}.mlp.down_proj"}
+SUBLAYER_POST_NAMES = {**LLAMA_NAMES, "ln1": "", "ln2": "", "ln1_post": "model.layers.{l}.post_attention_layernorm",
+                       "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}  # OLMo 2/3, EXAONE 4
+GRANITE_MOE_NAMES = {**LLAMA_NAMES, "router": "model.layers.{l}.block_sparse_moe.router",
+                     "experts_gate_up": "model.layers.{l}.block_sparse_moe.experts.gate_up_proj",
+                     "experts_down": "model.layers.{l}.block_sparse_moe.experts.down_proj",
+                     "shared_down": "model.layers.{l}.shared_mlp.output_linear"}
+DEEPSEEK_MOE_NAMES = {**MOE_NAMES, "router_correction": "model.layers.{l}.mlp.gate.e_score_correction_bias",
+                      **{f"shared_{w}": f"model.layers.{{l}}.mlp.shared_experts.{w}_proj" for w in ("gate", "up", "down")}}
+LATENT_NAMES = {**DEEPSEEK_MOE_NAMES, **{slot: f"model.layers.{{l}}.self_attn.{name}" for slot, name in (
+    ("q_a", "q_a_proj"), ("q_a_norm", "q_a_layernorm"), ("q_b", "q_b_proj"), ("kv_a", "kv_a_proj_with_mqa"),
+    ("kv_a_norm", "kv_a_layernorm"), ("kv_b", "kv_b_proj"))}}  # DeepSeek V2/V3
 GPT2_NAMES = {"embed": "transformer.wte", "pos": "transformer.wpe", "final_norm": "transformer.ln_f",
               "lm_head": "lm_head", "ln1": "transformer.h.{l}.ln_1", "ln2": "transformer.h.{l}.ln_2"}
 GPTJ_NAMES = {"embed": "transformer.wte", "final_norm": "transformer.ln_f", "lm_head": "lm_head",
@@ -507,13 +807,12 @@ FAMILIES: dict[str, Family] = {
     "GemmaForCausalLM": Family("Gemma", gemma, LLAMA_NAMES),
     "Gemma2ForCausalLM": Family("Gemma 2", gemma2, SANDWICH_NAMES),
     "Gemma3ForCausalLM": Family("Gemma 3", gemma3, SANDWICH_NAMES),
+    "Gemma3ForConditionalGeneration": Family("Gemma 3", gemma3_multimodal, SANDWICH_NAMES, _text_tower),
     "PhiForCausalLM": Family("Phi", phi, PHI_NAMES),
     "Phi3ForCausalLM": Family("Phi-3", phi3, LLAMA_NAMES, _split_phi3),
     "StableLmForCausalLM": Family("StableLM", stablelm, LLAMA_NAMES, _stack_head_norms),
     "OlmoForCausalLM": Family("OLMo", olmo, LLAMA_NAMES),
-    "Olmo2ForCausalLM": Family("OLMo 2", olmo2, {**LLAMA_NAMES, "ln1": "", "ln2": "",
-                                                  "ln1_post": "model.layers.{l}.post_attention_layernorm",
-                                                  "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
+    "Olmo2ForCausalLM": Family("OLMo 2", olmo2, SUBLAYER_POST_NAMES),
     "FalconForCausalLM": Family("Falcon", falcon, FALCON_NAMES, _split_falcon),
     "CodeGenForCausalLM": Family("CodeGen", gptj, GPTJ_NAMES, _split_codegen),
     "GPTBigCodeForCausalLM": Family("GPTBigCode", gpt_bigcode, {**GPT2_NAMES, "o": "transformer.h.{l}.attn.c_proj",
@@ -529,6 +828,50 @@ FAMILIES: dict[str, Family] = {
     "CohereForCausalLM": Family("Cohere", cohere, LLAMA_NAMES, _split_cohere),
     "GraniteForCausalLM": Family("Granite", granite, LLAMA_NAMES),
     "SmolLM3ForCausalLM": Family("SmolLM3", smollm3, LLAMA_NAMES),
+    "MinistralForCausalLM": Family("Ministral", llama, LLAMA_NAMES),
+    "Ministral3ForCausalLM": Family("Ministral 3", ministral3, LLAMA_NAMES),
+    "SeedOssForCausalLM": Family("Seed-OSS", seed_oss, LLAMA_NAMES),
+    "Starcoder2ForCausalLM": Family("Starcoder2", starcoder2, {**LLAMA_NAMES, "up": "model.layers.{l}.mlp.c_fc",
+                                                                "down": "model.layers.{l}.mlp.c_proj"}),
+    "Olmo3ForCausalLM": Family("OLMo 3", olmo3, SUBLAYER_POST_NAMES),
+    "Exaone4ForCausalLM": Family("EXAONE 4", exaone4, SUBLAYER_POST_NAMES),
+    "Cohere2ForCausalLM": Family("Cohere 2", cohere2, LLAMA_NAMES, _split_cohere),
+    "GlmForCausalLM": Family("GLM", glm, LLAMA_NAMES, _split_gate_up),
+    "Glm4ForCausalLM": Family("GLM-4", glm, {**LLAMA_NAMES, "ln1_post": "model.layers.{l}.post_self_attn_layernorm",
+                                             "ln2_post": "model.layers.{l}.post_mlp_layernorm"}, _split_gate_up),
+    "OlmoeForCausalLM": Family("OLMoE", olmoe, MOE_NAMES),
+    "GraniteMoeForCausalLM": Family("Granite-MoE", granite_moe, GRANITE_MOE_NAMES),
+    "GraniteMoeSharedForCausalLM": Family("Granite-MoE-Shared", granite_moe, GRANITE_MOE_NAMES, _split_granite_shared),
+    "PhimoeForCausalLM": Family("PhiMoE", phimoe, {**MOE_NAMES, "router": "model.layers.{l}.mlp.router"}),
+    "XGLMForCausalLM": Family("XGLM", xglm, {**{k: v.replace("model.decoder.", "model.") for k, v in OPT_NAMES.items()},
+                                             "pos": "xglm.positions", "final_norm": "model.layer_norm"},
+                              _xglm_positions),
+    "NanoChatForCausalLM": Family("NanoChat", nanochat, {**LLAMA_NAMES, "up": "model.layers.{l}.mlp.fc1",
+                                                          "down": "model.layers.{l}.mlp.fc2"}),
+    "GptOssForCausalLM": Family("GPT-OSS", gpt_oss, {**LLAMA_NAMES, "router": "model.layers.{l}.mlp.router"},
+                                _split_gpt_oss),
+    "Llama4ForCausalLM": Family("Llama 4", llama4, {**{k: v.replace(".mlp.", ".feed_forward.") for k, v in
+                                                      MOE_NAMES.items()},
+                                                   "router": "model.layers.{l}.feed_forward.router"}, _split_llama4),
+    "ArceeForCausalLM": Family("Arcee", arcee, LLAMA_NAMES),
+    "Ernie4_5ForCausalLM": Family("ERNIE 4.5", ernie4_5, LLAMA_NAMES),
+    "VaultGemmaForCausalLM": Family("VaultGemma", vaultgemma, {**LLAMA_NAMES,
+                                                               "ln2": "model.layers.{l}.pre_feedforward_layernorm"}),
+    "FlexOlmoForCausalLM": Family("FlexOlmo", flex_olmo, {**MOE_NAMES, "ln1": "", "ln2": "",
+                                                         "ln1_post": "model.layers.{l}.post_attention_layernorm",
+                                                         "ln2_post": "model.layers.{l}.post_feedforward_layernorm"}),
+    "NemotronForCausalLM": Family("Nemotron", nemotron, LLAMA_NAMES),
+    "HunYuanDenseV1ForCausalLM": Family("HunYuan", hunyuan_dense, {
+        **LLAMA_NAMES, "q_norm": "model.layers.{l}.self_attn.query_layernorm",
+        "k_norm": "model.layers.{l}.self_attn.key_layernorm"}),
+    "Glm4MoeForCausalLM": Family("GLM-4-MoE", glm4_moe, DEEPSEEK_MOE_NAMES),
+    "DeepseekV3ForCausalLM": Family("DeepSeek V3", deepseek_v3, LATENT_NAMES),
+    "DeepseekV2ForCausalLM": Family("DeepSeek V2", deepseek_v2, LATENT_NAMES),
+    "OpenAIGPTLMHeadModel": Family("OpenAI GPT", openai_gpt, {"embed": "transformer.tokens_embed",
+                                                               "pos": "transformer.positions_embed",
+                                                               "ln1": "transformer.h.{l}.ln_1",
+                                                               "ln2": "transformer.h.{l}.ln_2", "lm_head": "lm_head"},
+                                   _split_gpt2),
 }
 
 
@@ -589,10 +932,12 @@ def to_interp_state(slots: dict, cfg) -> dict:
     for l in range(cfg.n_layers):
         s = {k.split(".", 2)[2]: slots.pop(k) for k in [k for k in slots if k.startswith(f"layers.{l}.")]}
         p = f"blocks.{l}."
-        for slot, heads in (("q", H), ("k", K), ("v", K)):
+        for slot, heads in (("q", H), ("k", K), ("v", K)) if "kv_a.weight" not in s else ():
             out[p + f"attn.W_{slot.upper()}"] = _heads_in(s.pop(f"{slot}.weight"), heads)
             if f"{slot}.bias" in s:
                 out[p + f"attn.b_{slot.upper()}"] = einops.rearrange(s.pop(f"{slot}.bias"), "(h d) -> h d", h=heads)
+        if "kv_a.weight" in s:
+            out.update(_latent_state(s, p, cfg))
         out[p + "attn.W_O"] = einops.rearrange(s.pop("o.weight"), "m (h d) -> h d m", h=H)
         if "o.bias" in s:
             out[p + "attn.b_O"] = s.pop("o.bias")
@@ -612,6 +957,8 @@ def to_interp_state(slots: dict, cfg) -> dict:
             out[p + "mlp.W_out"] = s.pop("down.weight").T
             if "down.bias" in s:
                 out[p + "mlp.b_out"] = s.pop("down.bias")
+        if "sinks.weight" in s:
+            out[p + "attn.sinks"] = s.pop("sinks.weight")
         out.update(_moe_state(s, p, cfg))
         if s:
             raise InterpError(f"layer {l}: slots left unmapped: {sorted(s)} (a mapping bug; please report).")
@@ -620,17 +967,41 @@ def to_interp_state(slots: dict, cfg) -> dict:
     return out
 
 
+def _latent_state(s: dict, p: str, cfg) -> dict:
+    """DeepSeek V3's latent attention: q (or q_a, its norm, q_b), kv_a, its norm, and kv_b ([own key | value] per
+    head) -> W_Q (or W_Q_a, q_a_norm, W_Q_b), W_KV_a, kv_a_norm, W_K_b, W_V_b."""
+    H, own = cfg.n_heads, cfg.d_head - cfg.qk_rope_dim
+    out = {p + "attn.W_KV_a": s.pop("kv_a.weight").T, p + "attn.kv_a_norm.w": s.pop("kv_a_norm.weight")}
+    kv_b = einops.rearrange(s.pop("kv_b.weight"), "(h e) r -> h r e", h=H)
+    out[p + "attn.W_K_b"], out[p + "attn.W_V_b"] = kv_b[..., :own], kv_b[..., own:]
+    if "q_a.weight" in s:
+        out[p + "attn.W_Q_a"] = s.pop("q_a.weight").T
+        out[p + "attn.q_a_norm.w"] = s.pop("q_a_norm.weight")
+        out[p + "attn.W_Q_b"] = einops.rearrange(s.pop("q_b.weight"), "(h d) r -> h r d", h=H)
+    else:
+        out[p + "attn.W_Q"] = _heads_in(s.pop("q.weight"), H)
+    return out
+
+
 def _moe_state(s: dict, p: str, cfg) -> dict:
     """Mixtral / Qwen2-MoE experts: fused [E, 2m, d] gate_up and [E, d, m] down -> per-expert matrices."""
     if "router.weight" not in s:
         return {}
     out = {p + "mlp.W_router": s.pop("router.weight").T}
+    if "router.bias" in s:
+        out[p + "mlp.b_router"] = s.pop("router.bias")
+    if "router_correction.weight" in s:
+        out[p + "mlp.b_choice"] = s.pop("router_correction.weight")
     gate_up, down = s.pop("experts_gate_up.weight"), s.pop("experts_down.weight")
+    gate_up_bias, down_bias = s.pop("experts_gate_up.bias", None), s.pop("experts_down.bias", None)
     for e in range(gate_up.shape[0]):
         gate, up = gate_up[e].chunk(2)
         out[p + f"mlp.experts.{e}.W_gate"] = gate.T
         out[p + f"mlp.experts.{e}.W_in"] = up.T
         out[p + f"mlp.experts.{e}.W_out"] = down[e].T
+        if gate_up_bias is not None:  # GPT-OSS's experts have biases
+            out[p + f"mlp.experts.{e}.b_gate"], out[p + f"mlp.experts.{e}.b_in"] = gate_up_bias[e].chunk(2)
+            out[p + f"mlp.experts.{e}.b_out"] = down_bias[e]
     if "shared_gate.weight" in s:
         out[p + "mlp.shared_expert.W_gate"] = s.pop("shared_gate.weight").T
         out[p + "mlp.shared_expert.W_in"] = s.pop("shared_up.weight").T
@@ -642,8 +1013,6 @@ def _moe_state(s: dict, p: str, cfg) -> dict:
 
 # What an architecture outside the table would need (model_type -> the missing feature), for the error.
 MISSING_FEATURE = {
-    "xglm": "XGLM's offset sinusoidal positions with a scaled embedding, not mapped yet",
-    "deepseek_v2": "multi-head latent attention (compressed K/V)", "deepseek_v3": "multi-head latent attention",
     "mamba": "state-space layers (no attention)", "mamba2": "state-space layers (no attention)",
     "rwkv": "recurrent (RWKV) layers (no attention)", "jamba": "interleaved state-space layers",
 }
@@ -669,7 +1038,7 @@ def family_of(hf_model_or_arch, config=None) -> tuple[str, Family]:
         arch, config = type(hf_model_or_arch).__name__, getattr(hf_model_or_arch, "config", None)
     if arch not in FAMILIES:
         raise InterpError(f"architecture {arch} is not supported: {_why_unsupported(arch, config)}. "
-                          f"Supported: {sorted(FAMILIES)}.")
+                          f"See `interp models --families` for the native families.")
     return arch, FAMILIES[arch]
 
 

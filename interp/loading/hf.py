@@ -26,7 +26,9 @@ from interp.model.config import DTYPES, DecoderConfig
 # default_prepend_bos=False: their tokenizers add no BOS and their models were trained without one).
 NO_BOS_BY_DEFAULT = ("GPTNeoXForCausalLM", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
                      "Qwen3MoeForCausalLM", "PhiForCausalLM", "BloomForCausalLM", "MptForCausalLM", "GraniteForCausalLM",
-                     "SmolLM3ForCausalLM")
+                     "SmolLM3ForCausalLM", "Exaone4ForCausalLM", "GlmForCausalLM", "Glm4ForCausalLM", "SeedOssForCausalLM",
+                     "Starcoder2ForCausalLM", "PhimoeForCausalLM", "GraniteMoeForCausalLM", "Ernie4_5ForCausalLM",
+                     "Glm4MoeForCausalLM")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -52,7 +54,8 @@ def config_from_hf(hf_config, arch: str | None = None, dtype: torch.dtype = torc
 def _shape_fields(cfg: DecoderConfig) -> dict:
     """What the fused-tensor splitters need to know of the config."""
     return {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_head": cfg.d_head,
-            "d_model": cfg.d_model, "tie_embeddings": cfg.tie_embeddings}
+            "d_model": cfg.d_model, "n_ctx": cfg.n_ctx, "tie_embeddings": cfg.tie_embeddings,
+            "qk_norm_layers": cfg.qk_norm_layers}
 
 
 def llama_state(sd: dict, cfg: DecoderConfig) -> dict:

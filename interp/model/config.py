@@ -23,13 +23,13 @@ NORMS = ("layernorm", "rmsnorm")
 # pre: x + f(LN x) | post: LN(x + f x) | deepnorm: LN(αx + f x) | sandwich: x + LN_post(f(LN x)) (Gemma 2/3)
 # | sublayer_post: x + LN(f x) (OLMo 2: the norm on the sublayer's output only)
 NORM_PLACEMENTS = ("pre", "post", "deepnorm", "sandwich", "sublayer_post")
-LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' own spelling of config.layer_types
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")  # transformers' spelling (layer_types)
 # per_head: one norm over d_head shared by all heads (Qwen3, Gemma 3, Phi's qk_layernorm); each_head: the
 # same, but every head has its own gain and no bias (StableLM's qk_layernorm, Cohere's use_qk_norm);
 # across_heads: one norm over all heads' q (or k) at once (OLMo 2)
 QK_NORMS = (None, "per_head", "each_head", "across_heads")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
-ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
+ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "relu2")  # relu2: relu(x)² (NanoChat)
 BACKENDS = ("auto", "eager", "sdpa", "triton")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -104,18 +104,37 @@ class DecoderConfig:
     sliding_window: int | None = None  # local attention: query i sees keys i-w < j <= i (Mistral, Gemma 2/3)
     layer_types: list | None = None  # per layer "full_attention" | "sliding_attention"; None: all sliding
     #                                  when sliding_window is set, else all full (HF config.layer_types)
+    attention_chunk_size: int | None = None  # "chunked_attention" layers: query i sees keys j <= i in its own block
+    #                                          of this many positions, i // c == j // c (Llama 4)
     alibi: bool = False  # ALiBi: score -= slope_h * (i - j), Bloom/MPT slopes (geometric, any head count)
     alibi_before_scale: bool = False  # Falcon-RW adds ALiBi to q·k *before* the score scale, so its slopes act
     #                                   multiplied by it: score = scale * (q·k - slope_h * (i - j))
+    attn_sinks: bool = False  # a learned logit per head in every softmax denominator (GPT-OSS's sinks)
     attn_softcap: float | None = None  # scores -> c * tanh(scores / c) before the mask (Gemma 2)
     attn_multiplier: float | None = None  # score scale; None -> 1/sqrt(d_head). Gemma: query_pre_attn_scalar**-0.5,
     #                                       Granite: attention_multiplier
+    # Multi-head latent attention (DeepSeek V3), on when kv_lora_rank is set: keys and values come from a shared
+    # latent x·W_KV_a (normed) of kv_lora_rank dims, per head through W_K_b / W_V_b, plus one rotated key part of
+    # qk_rope_dim dims shared by all heads; queries through a latent of q_lora_rank dims (None: W_Q directly). The
+    # last qk_rope_dim features of each q/k head rotate; value heads have d_head_v features.
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None
+    qk_rope_dim: int = 0
+    d_head_v: int | None = None  # None -> d_head (only multi-head latent attention sets it)
+    rope_tail_deinterleave: bool = True  # interleaved pairs of the rotated tail come out as [evens | odds] (DeepSeek
+    #                                      V3's apply_rotary_pos_emb_interleave); False: in place (V2's complex RoPE)
     # Positions:
     rope_parameters: dict | None = None  # transformers' rope_parameters: {"rope_type": linear|dynamic|llama3|yarn|
     #    longrope, "rope_theta"?, "factor", ...}, or one such dict per layer type {"full_attention": {...},
     #    "sliding_attention": {...}} (Gemma 3's local/global bases). "rope_theta" overrides rotary_base there.
     rotary_interleaved: bool = False  # GPT-J: rotate pairs (2i, 2i+1) instead of halves (i, i + r/2)
+    rotary_reversed: bool = False  # rotate by -angle (NanoChat's rotate_half has the opposite sign)
     rope_layers: list | None = None  # per layer True/False: whether RoPE applies (SmolLM3's no_rope_layers)
+    query_scale_beta: float | None = None  # q (after RoPE) * 1 + beta * log(1 + floor((p + offset) / length)) at
+    query_scale_length: int | None = None  # position p: Ministral 3's llama_4_scaling (offset 0), Llama 4's
+    query_scale_offset: int = 0  # attention temperature tuning (offset 1); None: no scaling
+    query_scale_layers: list | None = None  # per layer True/False: where the query scaling applies (None: all;
+    #                                         Llama 4: its NoPE layers)
     pos_offset: int = 0  # learned positions: position p reads row p + pos_offset of W_pos (OPT: 2)
     embed_norm: bool = False  # a norm on the embeddings before block 0, hooked as embed_ln.* (Bloom)
     # Norms:
@@ -123,6 +142,9 @@ class DecoderConfig:
     qk_norm: str | None = None  # None | "per_head" (Qwen3, Gemma 3: over d_head) | "each_head" (StableLM,
     #                             Cohere: a gain per head, no bias) | "across_heads" (OLMo 2:
     #                             over all heads' q / k at once). Hooked: attn.q_norm.*, attn.hook_q_normed
+    qk_norm_layers: list | None = None  # per layer True/False: where the QK-norm applies (None: every layer; Llama 4:
+    #                                     its RoPE layers)
+    qk_norm_after_rope: bool = False  # the QK-norm reads the rotated q, k (NanoChat) instead of the projections
     norm_weight_offset: float = 0.0  # norms scale by (offset + w): Gemma's RMSNorm stores w and uses (1 + w)
     norm_affine: bool = True  # False: no learned gain/bias in any norm (OLMo 1's LayerNorm)
     shared_norm: bool = False  # parallel block reads one norm (ln1) for attention and MLP (GPT-J, Phi, Falcon)
@@ -140,6 +162,20 @@ class DecoderConfig:
     router_softmax_after_topk: bool = False  # False: softmax over all experts, then top-k (Mixtral, Qwen2-MoE)
     #                                          True: top-k of the logits, softmax over the k chosen
     router_norm_topk: bool = True  # renormalise the k weights to sum 1 (Mixtral; Qwen2-MoE's norm_topk_prob)
+    router_sparsemixer_eps: float | None = None  # PhiMoE's sparsemixer (top-2 only): each round picks the best
+    #    remaining expert, weighted by its softmax over the experts within a relative margin 2·eps of it
+    router_bias: bool = False  # the router logits have a bias (GPT-OSS)
+    router_sigmoid: bool = False  # scores sigmoid(logit) instead of a softmax, each expert on its own (Llama 4,
+    #                               DeepSeek V3, GLM-4-MoE); the k chosen are renormalised if router_norm_topk
+    router_correction_bias: bool = False  # a per-expert bias added to the sigmoid scores for choosing only (DeepSeek
+    #                                       V3's e_score_correction_bias); the weights are the uncorrected scores
+    router_groups: int = 1  # group-limited routing: experts in router_groups groups, a group scored by the sum of its
+    router_topk_groups: int = 1  # two best scores; experts chosen only from the router_topk_groups best groups
+    router_group_score_top: int = 2  # a group's score: the sum of its this-many best scores (DeepSeek V2: 1, the max)
+    routed_scaling: float = 1.0  # the routed experts' weights * this (DeepSeek V3's routed_scaling_factor)
+    router_scale_input: bool = False  # Llama 4: the weight scales the expert's input, expert(w·x), not its output
+    swiglu_limit: float | None = None  # GPT-OSS's clamped SwiGLU: gate clamped to <= limit and up to [-limit, limit],
+    swiglu_alpha: float = 1.0  # then (up + 1) * gate * sigmoid(swiglu_alpha * gate); None: the usual act(gate) * up
     d_shared_expert: int | None = None  # hidden size of an always-on shared expert (Qwen2-MoE); None: none
     shared_expert_gate: bool = True  # the shared expert's output * sigmoid(x . w_gate) (Qwen2-MoE)
     eos_token_id: int | None = None
@@ -221,6 +257,14 @@ class DecoderConfig:
             if "sliding_attention" in self.layer_types and self.sliding_window is None:
                 raise InterpError("DecoderConfig.layer_types has 'sliding_attention' layers but sliding_window is "
                                   "None; set sliding_window to the window width.")
+            if "chunked_attention" in self.layer_types and self.attention_chunk_size is None:
+                raise InterpError("DecoderConfig.layer_types has 'chunked_attention' layers but attention_chunk_size "
+                                  "is None; set it to the chunk width.")
+        if self.attention_chunk_size is not None:
+            _positive("attention_chunk_size", self.attention_chunk_size)
+        for name in ("qk_norm_layers", "query_scale_layers"):
+            if getattr(self, name) is not None:
+                setattr(self, name, [bool(x) for x in _layer_list(name, getattr(self, name), L)])
         if self.alibi_before_scale and not self.alibi:
             raise InterpError("DecoderConfig.alibi_before_scale=True needs alibi=True (it says where ALiBi is added).")
         for name in ("attn_softcap", "attn_multiplier", "final_softcap", "clip_qkv"):
@@ -249,12 +293,33 @@ class DecoderConfig:
                             raise InterpError(
                                 f"DecoderConfig.{where}['{k}'] must have rotary_dim/2 = {self.rotary_dim // 2} "
                                 f"entries; got {len(params[k])}.")
-        if self.rotary_interleaved and self.positional != "rotary":
-            raise InterpError("DecoderConfig.rotary_interleaved=True needs positional='rotary'.")
+        if self.kv_lora_rank is not None:
+            _positive("kv_lora_rank", self.kv_lora_rank)
+            if self.q_lora_rank is not None:
+                _positive("q_lora_rank", self.q_lora_rank)
+            _positive("d_head_v", self.d_head_v if self.d_head_v is not None else self.d_head)
+            if self.positional != "rotary" or not 0 < self.qk_rope_dim < self.d_head or self.qk_rope_dim % 2:
+                raise InterpError(f"DecoderConfig.qk_rope_dim must be even and in (0, d_head={self.d_head}) with "
+                                  f"positional='rotary' for latent attention; got {self.qk_rope_dim}.")
+            if self.n_kv_heads != self.n_heads or self.use_split_qkv_input or self.attn_bias or self.qk_norm:
+                raise InterpError("DecoderConfig.kv_lora_rank (latent attention) needs n_kv_heads == n_heads and "
+                                  "no use_split_qkv_input, attn_bias or qk_norm.")
+        elif self.d_head_v is not None or self.q_lora_rank is not None:
+            raise InterpError("DecoderConfig.d_head_v / q_lora_rank are for latent attention: set kv_lora_rank.")
+        if self.qk_norm_after_rope and self.qk_norm is None:
+            raise InterpError("DecoderConfig.qk_norm_after_rope=True needs a qk_norm.")
+        if (self.rotary_interleaved or self.rotary_reversed) and self.positional != "rotary":
+            raise InterpError("DecoderConfig.rotary_interleaved / rotary_reversed need positional='rotary'.")
         if self.rope_layers is not None:
             if self.positional != "rotary":
                 raise InterpError("DecoderConfig.rope_layers needs positional='rotary'.")
             self.rope_layers = [bool(x) for x in _layer_list("rope_layers", self.rope_layers, L)]
+        if self.query_scale_beta is not None:
+            _positive_float("query_scale_beta", self.query_scale_beta)
+            _positive("query_scale_length", self.query_scale_length)
+            if not isinstance(self.query_scale_offset, int) or self.query_scale_offset < 0:
+                raise InterpError(f"DecoderConfig.query_scale_offset must be an integer >= 0; got "
+                                  f"{self.query_scale_offset!r}.")
         if not isinstance(self.pos_offset, int) or self.pos_offset < 0:
             raise InterpError(f"DecoderConfig.pos_offset must be an integer >= 0; got {self.pos_offset!r}.")
         if self.pos_offset and self.positional != "learned":
@@ -266,6 +331,11 @@ class DecoderConfig:
         if self.norm_placement in ("sandwich", "sublayer_post") and self.parallel_residual:
             raise InterpError(f"DecoderConfig.norm_placement={self.norm_placement!r} cannot be combined with "
                               "parallel_residual=True.")
+        if self.swiglu_limit is not None:
+            _positive_float("swiglu_limit", self.swiglu_limit)
+            _positive_float("swiglu_alpha", self.swiglu_alpha)
+            if not self.gated:
+                raise InterpError("DecoderConfig.swiglu_limit (GPT-OSS's clamped SwiGLU) needs gated=True.")
         if not isinstance(self.n_experts, int) or isinstance(self.n_experts, bool) or self.n_experts < 0:
             raise InterpError(f"DecoderConfig.n_experts must be an integer >= 0 (0: dense); got {self.n_experts!r}.")
         if self.n_experts:
@@ -275,6 +345,20 @@ class DecoderConfig:
                                   f"got {self.n_experts_per_token}.")
             if self.d_expert is not None:
                 _positive("d_expert", self.d_expert)
+            if self.router_groups != 1 or self.router_topk_groups != 1:
+                _positive("router_groups", self.router_groups)
+                _positive("router_topk_groups", self.router_topk_groups)
+                if self.n_experts % self.router_groups or self.router_topk_groups > self.router_groups:
+                    raise InterpError(f"DecoderConfig.router_groups ({self.router_groups}) must divide n_experts "
+                                      f"({self.n_experts}) and router_topk_groups ({self.router_topk_groups}) be at "
+                                      "most router_groups.")
+            _positive_float("routed_scaling", self.routed_scaling)
+            _positive("router_group_score_top", self.router_group_score_top)
+            if self.router_sparsemixer_eps is not None:
+                _positive_float("router_sparsemixer_eps", self.router_sparsemixer_eps)
+                if self.n_experts_per_token != 2:
+                    raise InterpError("DecoderConfig.router_sparsemixer_eps (PhiMoE's routing) needs "
+                                      f"n_experts_per_token=2; got {self.n_experts_per_token}.")
             if self.d_shared_expert is not None:
                 _positive("d_shared_expert", self.d_shared_expert)
             if self.moe_layers is not None:
@@ -288,7 +372,9 @@ class DecoderConfig:
     # --- derived quantities -------------------------------------------------------------------
     @property
     def rotary_dim(self) -> int:
-        return int(self.d_head * self.rotary_fraction) if self.positional == "rotary" else 0
+        if self.positional != "rotary":
+            return 0
+        return self.qk_rope_dim if self.kv_lora_rank is not None else int(self.d_head * self.rotary_fraction)
 
     @property
     def alpha(self) -> float:
@@ -329,6 +415,20 @@ class DecoderConfig:
         """The sliding-window width of ``layer`` (None: full causal attention)."""
         return self.sliding_window if self.layer_type(layer) == "sliding_attention" else None
 
+    def chunk(self, layer: int) -> int | None:
+        """The chunk width of a 'chunked_attention' layer (None: not chunked)."""
+        return self.attention_chunk_size if self.layer_type(layer) == "chunked_attention" else None
+
+    @property
+    def has_chunked_layers(self) -> bool:
+        return any(self.chunk(i) is not None for i in range(self.n_layers))
+
+    def uses_qk_norm(self, layer: int) -> bool:
+        return self.qk_norm is not None and (self.qk_norm_layers is None or self.qk_norm_layers[layer])
+
+    def scales_queries(self, layer: int) -> bool:
+        return self.query_scale_beta is not None and (self.query_scale_layers is None or self.query_scale_layers[layer])
+
     def uses_rope(self, layer: int) -> bool:
         return self.positional == "rotary" and (self.rope_layers is None or self.rope_layers[layer])
 
@@ -364,7 +464,7 @@ class DecoderConfig:
 
     @property
     def act_fn(self) -> str:
-        return {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu", "silu": "silu"}[self.act]
+        return self.act
 
     @property
     def gated_mlp(self) -> bool:
@@ -395,6 +495,11 @@ class DecoderConfig:
     @property
     def model_name(self) -> str:
         return self.name
+
+    @property
+    def original_architecture(self) -> str | None:
+        """The `transformers` class the weights came from (TL's field), None for our own checkpoints."""
+        return (self.source or {}).get("transformers_class")
 
     # --- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:

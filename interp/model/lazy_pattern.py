@@ -32,7 +32,7 @@ import torch
 from transformer_lens.utilities.slice import Slice
 
 from interp.errors import InterpError
-from interp.kernels.reference import modify_scores, visible_keys
+from interp.kernels.reference import modify_scores, softmax_with_sinks, visible_keys
 from interp.model.processing import InterpActivationCache
 
 PATTERN_HOOK_NAMES = ("hook_attn_scores", "hook_pattern")
@@ -53,11 +53,14 @@ class RecordedAttention:
     window: int | None = None  # the layer's score modifications (interp.kernels.reference)
     softcap: float | None = None
     alibi: torch.Tensor | None = None  # slopes [n_heads]
+    chunk: int | None = None  # Llama 4's chunked attention width
+    sinks: torch.Tensor | None = None  # GPT-OSS's sink logit per head [n_heads] (softmax_with_sinks)
 
     def to(self, device) -> RecordedAttention:
         lse = None if self.lse is None else self.lse.to(device)
         alibi = None if self.alibi is None else self.alibi.to(device)
-        return replace(self, q=self.q.to(device), k=self.k.to(device), lse=lse, alibi=alibi)
+        sinks = None if self.sinks is None else self.sinks.to(device)
+        return replace(self, q=self.q.to(device), k=self.k.to(device), lse=lse, alibi=alibi, sinks=sinks)
 
     def batch_slice(self, index) -> RecordedAttention:
         lse = None if self.lse is None else self.lse[index]
@@ -122,6 +125,7 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
     offset = sk - sq  # bottom-right causal alignment: query i sees keys j <= i + offset
     key_pos = torch.arange(sk, device=q.device)
     slopes = None if rec.alibi is None else rec.alibi.to(q.device).index_select(0, head_idx)
+    sinks = None if rec.sinks is None else rec.sinks.to(q.device).index_select(0, head_idx)
     tile = max(1, min(n_q, tile_elems // max(1, b * n_h * sk)))
     # The consistency check on the normaliser catches mismatched q/k/lse, not rounding: scores recomputed in
     # half precision (as the eager path rounds them) can differ from the kernel's fp32 ones by an epsilon
@@ -144,13 +148,13 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
         else:
             s = torch.matmul(qt, kT[..., :hi])
         s.mul_(rec.scale)  # as the eager path: matmul in the model dtype, then the scale
-        s = modify_scores(s, rows + offset, key_pos[:hi], True, rec.window, rec.softcap, slopes)
+        s = modify_scores(s, rows + offset, key_pos[:hi], True, rec.window, rec.softcap, slopes, rec.chunk)
         if kind == "scores":
             out[:, :, start:stop, :hi] = s
             continue
         check_tol = 1e-3
         if half and lse is not None:
-            hidden = ~visible_keys(rows + offset, key_pos[:hi], True, rec.window)
+            hidden = ~visible_keys(rows + offset, key_pos[:hi], True, rec.window, rec.chunk)
             check_tol += 2 * eps * s.float().abs().masked_fill_(hidden, 0).amax().item()
         s = s.float()
         if lse is not None:
@@ -163,7 +167,7 @@ def attention_from_qk(rec: RecordedAttention, heads=None, queries=None, kind: st
                     "the stored log-sum-exp does not normalise the recomputed attention scores "
                     f"(|log sum| = {drift:.3g} > {check_tol:.3g}): the cached q/k/lse are inconsistent, so "
                     "an exact pattern cannot be rebuilt. Re-run with attn_backend='eager' to materialise it.")
-        out[:, :, start:stop, :hi] = torch.softmax(s, dim=-1)
+        out[:, :, start:stop, :hi] = torch.softmax(s, dim=-1) if sinks is None else softmax_with_sinks(s, sinks)
     return out
 
 
@@ -436,7 +440,8 @@ class _Recorders:
 
         def record(_layer_index, q, k, lse):
             rec = RecordedAttention(q.detach(), k.detach(), None if lse is None else lse.detach(), scale,
-                                    attn.window, attn.softcap, attn.alibi)
+                                    attn.window, attn.softcap, attn.alibi, attn.chunk,
+                                    None if attn.sinks is None else attn.sinks.detach())
             rec = rec if self.device is None else rec.to(self.device)
             self.recorded[layer] = rec
             if self.on_record is not None:

@@ -69,6 +69,9 @@ def _check_foldable(model) -> None:
         )
     if not cfg.final_norm:
         raise InterpError("fold_ln needs a final norm (cfg.final_norm=True); this model has none to fold.")
+    if cfg.kv_lora_rank is not None:
+        raise InterpError("fold_ln with multi-head latent attention (DeepSeek V3) is not supported: ln1 is read by its "
+                          "latent projections, not by per-head W_Q/W_K/W_V.")
     if cfg.has_moe and cfg.norm == "layernorm":
         raise InterpError("fold_ln of a LayerNorm into a mixture of experts is not supported (the router and "
                           "experts have no biases to take the norm's bias); RMSNorm MoE models fold.")
@@ -189,8 +192,14 @@ def _center_unembed(model) -> bool:
 
 
 @torch.no_grad()
-def _fold_value_biases(model) -> None:
+def _fold_value_biases(model) -> bool:
     cfg = model.cfg
+    if cfg.attn_sinks:
+        warnings.warn(
+            "fold_value_biases skipped: with attention sinks (GPT-OSS) a pattern row sums to less than 1, so b_V "
+            "reaches the output scaled by that sum and cannot move into b_O.", stacklevel=3,
+        )
+        return False
     for block in model.blocks:
         attn = block.attn
         if attn.b_V is None:
@@ -209,6 +218,8 @@ def _check_refactorable(model) -> None:
         "too)": any(cfg.uses_rope(layer) for layer in range(cfg.n_layers)),
         f"QK-norm (qk_norm={cfg.qk_norm!r}: a norm between the projections and the scores)": cfg.qk_norm is not None,
         f"clip_qkv={cfg.clip_qkv} (a clamp between the projections and the scores)": cfg.clip_qkv is not None,
+        "position-dependent query scaling (query_scale_beta)": cfg.query_scale_beta is not None,
+        "attention sinks (b_V cannot fold into b_O first)": cfg.attn_sinks,
         f"grouped keys (n_kv_heads={cfg.n_kv_heads} < n_heads={cfg.n_heads}: one W_K serves several query heads, "
         "each with its own W_QK)": cfg.n_kv_heads != cfg.n_heads,
     }

@@ -16,6 +16,7 @@ The conventions are TransformerLens' (its ``TransformerBridge`` is the reference
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import torch
@@ -38,7 +39,8 @@ def _check_flag(name: str, value) -> None:
 
 
 def is_text(x) -> bool:
-    return isinstance(x, str) or (isinstance(x, list) and bool(x) and all(isinstance(t, str) for t in x))
+    """A string, or a non-empty list/tuple of strings (TransformerLens takes either sequence)."""
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, str) for t in x))
 
 
 def position_ids(attention_mask: torch.Tensor, n_new: int) -> torch.Tensor:
@@ -97,7 +99,7 @@ class TextMixin:
         return self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
 
     # --- text -> tokens ---------------------------------------------------------------------------
-    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None, padding_side: str | None = None,
+    def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None, padding_side: str | None = None,
                   move_to_device: bool = True, truncate: bool = False) -> torch.Tensor:
         """Text → LongTensor [batch, pos] (TransformerLens' signature).
 
@@ -106,9 +108,9 @@ class TextMixin:
         tokens; by default a too-long text is refused by the forward pass instead of cut silently.
         """
         tok = self._need_tokenizer()
-        texts = [input] if isinstance(input, str) else input
-        if not is_text(texts):
-            raise InterpError(f"input must be a string or a non-empty list of strings; got {input!r:.80}.")
+        if not is_text(input):
+            raise InterpError(f"input must be a string or a non-empty list/tuple of strings; got {input!r:.80}.")
+        texts = [input] if isinstance(input, str) else list(input)
         bos, side = self._prepend_bos(prepend_bos), self._padding_side(padding_side)
         rows = []
         for text in texts:
@@ -151,7 +153,7 @@ class TextMixin:
     def to_str_tokens(self, input, prepend_bos: bool | None = None, padding_side: str | None = None) -> list:
         """Each token as the text it decodes to. Text is tokenized first (with ``prepend_bos``); a list of
         texts gives one list per text, as in TransformerLens."""
-        if isinstance(input, list) and input and isinstance(input[0], str):
+        if isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
             return [self.to_str_tokens(t, prepend_bos, padding_side) for t in input]
         if isinstance(input, str):
             input = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)[0]

@@ -30,6 +30,7 @@ from interp.model.mlp import MLP, MoE, gelu_new  # noqa: F401  (gelu_new: kept i
 from interp.model.norm import Norm
 from interp.model.processing import InterpActivationCache, process_weights
 from interp.model.text import TextMixin, is_text, position_ids
+from interp.model.tl_surface import TransformerLensSurfaceMixin
 
 
 # --- block --------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class Unembed(nn.Module):
 
 
 # --- the model ----------------------------------------------------------------------------------
-class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
+class HookedDecoder(TextMixin, TransformerLensSurfaceMixin, GatedHooksMixin, HookedRootModule):
     """A configurable decoder-only transformer whose every intermediate is hookable.
 
     >>> cfg = DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4)
@@ -197,10 +198,9 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         if self.unembed.W_U_param is not None:
             nn.init.normal_(self.unembed.W_U_param, std=std)
         for block in self.blocks:
-            nn.init.normal_(block.attn.W_Q, std=std)
-            nn.init.normal_(block.attn.W_K, std=std)
-            for W in (block.attn.W_V, block.attn.W_O):
-                nn.init.normal_(W, std=std * beta)
+            for name, W in block.attn.named_parameters(recurse=False):  # W_Q, W_K (+ latent attention's) and
+                if name.startswith("W_"):  # W_V, W_O, these two scaled by DeepNorm's beta
+                    nn.init.normal_(W, std=std * (beta if name in ("W_V", "W_O") else 1.0))
             mlps = [block.mlp]
             if isinstance(block.mlp, MoE):
                 nn.init.normal_(block.mlp.W_router, std=std)
@@ -213,10 +213,10 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
 
     # --- input checks -------------------------------------------------------------------------
     def _as_tokens(self, tokens) -> torch.Tensor:
-        if isinstance(tokens, (str, list)) and not (isinstance(tokens, list) and tokens and isinstance(tokens[0], int)):
+        if is_text(tokens) or isinstance(tokens, str):
             tokens = self.to_tokens(tokens)
-        elif isinstance(tokens, list):
-            tokens = torch.tensor([tokens])
+        elif isinstance(tokens, (list, tuple)):
+            tokens = torch.tensor([list(tokens)])
         if not isinstance(tokens, torch.Tensor):
             raise InterpError(
                 f"tokens must be a LongTensor [batch, pos], a list of ids, or text; got {type(tokens).__name__}."
@@ -286,23 +286,12 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         past = 0 if kv_cache is None else kv_cache.length
         self._check_length(past + shape[1])
         attention_mask = self._check_mask(attention_mask, shape, past)
-        if attention_mask is None:
-            positions = torch.arange(past, past + shape[1], device=device)
-            key_mask = None
-        else:  # padding: each row counts positions from its first real token, and pads are hidden
-            positions, key_mask = position_ids(attention_mask, shape[1]), attention_mask.bool()
+        positions = self._positions(shape, past, attention_mask)
+        key_mask = None if attention_mask is None else attention_mask.bool()  # pads are hidden from every query
         cfg = self.cfg
         if tokens is not None:
-            x = self.embed(tokens)
-            if cfg.embed_multiplier != 1.0:  # Gemma's sqrt(d_model), Granite's multiplier (in the model dtype)
-                x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
-            if cfg.embed_norm:  # Bloom; normalises the token embedding, as TransformerLens' Embed (post_embedding_ln)
-                x = self.embed_ln(x)
-            x = self.hook_embed(x)  # what joins the residual stream, so decompose_resid adds up
-            if cfg.positional in ("learned", "sinusoidal"):
-                # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
-                pos = self.pos_embed(positions)
-                x = x + self.hook_pos_embed(pos if pos.ndim == 3 else pos[None].repeat(shape[0], 1, 1))
+            x = self.get_residual(self._embed_tokens(tokens), past, attention_mask=attention_mask,
+                                  return_shortformer_pos_embed=False)
         for block in self.blocks[start:stop]:
             x = block(x, positions, kv_cache, attn_backend, key_mask)
         if stop_at_layer is not None:
@@ -329,6 +318,54 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         targets = tokens if labels is None else labels.to(device).long()
         loss = self.loss(logits, targets, per_token=loss_per_token, attention_mask=mask)
         return loss if return_type == "loss" else (logits, loss)
+
+    # --- the first residual stream (TransformerLens' input_to_embed / get_residual) -----------------
+    def _positions(self, shape, past: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Positions of ``shape = (batch, pos)`` new tokens after ``past`` cached ones: [pos], or [batch, pos]
+        with padding, where each row counts from its first real token."""
+        if attention_mask is None:
+            return torch.arange(past, past + shape[1], device=self.device)
+        return position_ids(attention_mask, shape[1])
+
+    def _embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The token embedding as it joins the residual stream (through ``hook_embed``)."""
+        cfg = self.cfg
+        x = self.embed(tokens)
+        if cfg.embed_multiplier != 1.0:  # Gemma's sqrt(d_model), Granite's multiplier (in the model dtype)
+            x = x * torch.tensor(cfg.embed_multiplier, dtype=x.dtype)
+        if cfg.embed_norm:  # Bloom; normalises the token embedding, as TransformerLens' Embed (post_embedding_ln)
+            x = self.embed_ln(x)
+        return self.hook_embed(x)  # what joins the residual stream, so decompose_resid adds up
+
+    def get_residual(self, embed: torch.Tensor, pos_offset: int = 0, prepend_bos: bool | None = None,
+                     attention_mask: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                     return_shortformer_pos_embed: bool = True, device=None):
+        """``embed`` [batch, pos, d_model] plus the positional embedding (learned / sinusoidal tables; rotary
+        and no-position models add nothing), TransformerLens' signature. ``pos_offset``: tokens already cached;
+        ``attention_mask`` [batch, pos_offset + pos] counts each row's positions from its first real token.
+        With ``return_shortformer_pos_embed`` returns ``(residual, None)`` as TL does (no shortformer here)."""
+        residual = embed
+        if self.cfg.positional in ("learned", "sinusoidal"):
+            pos = self.pos_embed(self._positions(embed.shape[:2], pos_offset, attention_mask))
+            # [batch, pos, d_model] like TransformerLens, so ActivationCache.decompose_resid can stack it
+            residual = embed + self.hook_pos_embed(pos if pos.ndim == 3 else pos[None].repeat(embed.shape[0], 1, 1))
+        return (residual, None) if return_shortformer_pos_embed else residual
+
+    def input_to_embed(self, input, prepend_bos: bool | None = None, padding_side: str | None = None,
+                       attention_mask: torch.Tensor | None = None, past_kv_cache: KVCache | None = None):
+        """Text or tokens → ``(residual, tokens, shortformer_pos_embed=None, attention_mask)``, the stream
+        entering block 0, as TransformerLens' ``input_to_embed``; feed it to ``forward(residual,
+        start_at_layer=0)``. A left-padded batch of texts gets its padding mask, as in ``forward``."""
+        tokens = self._as_tokens(input) if not is_text(input) else \
+            self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
+        if attention_mask is None and tokens.shape[0] > 1 and is_text(input) and self._padding_side(padding_side) == "left":
+            attention_mask = self.padding_mask(tokens, prepend_bos, "left")
+        past = 0 if past_kv_cache is None else past_kv_cache.length
+        self._check_length(past + tokens.shape[1])
+        attention_mask = self._check_mask(attention_mask, tokens, past)
+        residual = self.get_residual(self._embed_tokens(tokens), past, attention_mask=attention_mask,
+                                     return_shortformer_pos_embed=False)
+        return residual, tokens, None, attention_mask
 
     def _layer_range(self, start_at_layer, stop_at_layer) -> tuple[int, int]:
         """Blocks [start, stop) to run; negative layers count from the end, as in TransformerLens."""
@@ -425,7 +462,7 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
             return True
         text = args[0] if args else kwargs.get("input")
         side = args[4] if len(args) > 4 else kwargs.get("padding_side")
-        return isinstance(text, list) and len(text) > 1 and is_text(text) and self._padding_side(side) == "left"
+        return isinstance(text, (list, tuple)) and len(text) > 1 and is_text(text) and self._padding_side(side) == "left"
 
     # --- hooks: unknown names get a clear error ----------------------------------------------
     def check_hooks_to_add(self, hook_point, hook_point_name, hook, dir="fwd", is_permanent=False, prepend=False):
@@ -475,21 +512,31 @@ class HookedDecoder(TextMixin, GatedHooksMixin, HookedRootModule):
         parts = [get(block) for block in self.blocks]
         return None if parts[0] is None else torch.stack(parts)
 
-    W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q))
-    W_K = property(lambda self: self._stack(lambda b: b.attn.W_K))
-    W_V = property(lambda self: self._stack(lambda b: b.attn.W_V))
+    def _stack_unless(self, get, why_not: str | None):
+        """Stacked weights, or one line saying why this model has none of that kind."""
+        if why_not:
+            raise InterpError(why_not)
+        return self._stack(get)
+
+    def _dense_attn(self, get):
+        return self._stack_unless(get, self.cfg.kv_lora_rank is not None and (
+            "this model uses multi-head latent attention (DeepSeek V3): keys and values come from a normed latent, "
+            "so there is no per-head W_K/W_V (nor W_Q with q_lora_rank). Read blocks[l].attn.W_KV_a, W_K_b, W_V_b "
+            "(and W_Q_a, W_Q_b), or the cached hook_q/hook_k/hook_v."))
+
+    def _dense_mlp(self, get):
+        return self._stack_unless(get, self.cfg.has_moe and (
+            "this model's MLPs are mixtures of experts: there is no stacked W_in/W_gate/W_out/b_in/b_out. "
+            "Read one expert's weights as model.blocks[l].mlp.experts[e].W_in (and .W_gate, .W_out)."))
+
+    W_Q = property(lambda self: self._dense_attn(lambda b: b.attn.W_Q))
+    W_K = property(lambda self: self._dense_attn(lambda b: b.attn.W_K))
+    W_V = property(lambda self: self._dense_attn(lambda b: b.attn.W_V))
     W_O = property(lambda self: self._stack(lambda b: b.attn.W_O))
     b_Q = property(lambda self: self._stack(lambda b: b.attn.b_Q))
     b_K = property(lambda self: self._stack(lambda b: b.attn.b_K))
     b_V = property(lambda self: self._stack(lambda b: b.attn.b_V))
     b_O = property(lambda self: self._stack(lambda b: b.attn.b_O))
-    def _dense_mlp(self, get):
-        if self.cfg.has_moe:
-            raise InterpError(
-                "this model's MLPs are mixtures of experts: there is no stacked W_in/W_gate/W_out/b_in/b_out. "
-                "Read one expert's weights as model.blocks[l].mlp.experts[e].W_in (and .W_gate, .W_out).")
-        return self._stack(get)
-
     W_in = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_in))
     W_gate = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_gate))
     W_out = property(lambda self: self._dense_mlp(lambda b: b.mlp.W_out))

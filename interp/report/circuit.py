@@ -16,7 +16,8 @@ from pathlib import Path
 
 from interp.errors import InterpError
 
-__all__ = ["DEFAULT_TRANSCODERS", "default_transcoder_folder", "graph_html", "run"]
+__all__ = ["DEFAULT_TRANSCODERS", "GRAPH_CSS", "default_transcoder_folder", "feature_table", "graph_html", "graph_summary", "graph_svg",
+           "load_graph_transcoders", "run"]
 
 DEFAULT_TRANSCODERS = "default"
 TRANSCODER_FOLDER = "transcoders"  # models/<name>/transcoders/blocks.{l}.hook_mlp_out/
@@ -81,8 +82,20 @@ def _tooltip(r) -> str:
     return "\n".join(lines)
 
 
-def graph_html(graph, title: str = "Attribution graph") -> str:
-    """A self-contained HTML page drawing ``graph`` (module docstring)."""
+GRAPH_CSS = """
+.cg-row { font-size: 12px; fill: #555; } .cg-tok { font: 12px monospace; text-anchor: middle; fill: #111; }
+.cg-lab { font-size: 9px; text-anchor: middle; fill: #333; pointer-events: none; }
+.cg-node:hover circle, .cg-node:hover rect { stroke-width: 2.5; }
+.cg-wrap { overflow-x: auto; border: 1px solid #ddd; }
+"""
+GRAPH_LEGEND = ("Rows: token embeddings (green), transcoder features (orange) and error nodes (grey squares) by "
+                "layer, the top next-token logits (purple). Lines: direct effects in the local replacement model "
+                "(blue positive, red negative, width by |weight|). Hover a node for details.")
+
+
+def graph_svg(graph) -> str:
+    """The drawing of ``graph`` (module docstring) as one ``<div class="cg-wrap"><svg>…</svg></div>``, styled by
+    :data:`GRAPH_CSS`."""
     nodes, info = graph.nodes, graph.info
     n_layers, toks = int(info["model"]["n_layers"]), info.get("str_tokens") or []
     width = 2 * _PAD + max(len(toks), 1) * _CELL_W
@@ -96,9 +109,10 @@ def graph_html(graph, title: str = "Attribution graph") -> str:
         name = "tokens" if layer == -1 else ("logits" if layer == n_layers else f"layer {layer}")
         if layer == n_layers:
             y = _PAD / 2 + _ROW_H * 0.4
-        svg.append(f'<text x="4" y="{y - 22:.0f}" class="row">{name}</text>')
+        svg.append(f'<text x="4" y="{y - 22:.0f}" class="cg-row">{name}</text>')
     for p, t in enumerate(toks):
-        svg.append(f'<text x="{_PAD + (p + 0.5) * _CELL_W:.0f}" y="{height + 20}" class="tok">{html.escape(t)}</text>')
+        svg.append(f'<text x="{_PAD + (p + 0.5) * _CELL_W:.0f}" y="{height + 20}" class="cg-tok">{html.escape(t)}'
+                   '</text>')
     for e in edges[::-1].itertuples():  # weakest first, so the strongest are drawn on top
         (x1, y1), (x2, y2) = pos[int(e.source)], pos[int(e.target)]
         w = abs(e.weight) / wmax
@@ -112,41 +126,73 @@ def graph_html(graph, title: str = "Attribution graph") -> str:
         label = _label(r) if r.kind in ("token", "logit") or n_cell <= 4 else ""
         shape = (f'<rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12"' if r.kind == "error" else
                  f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{7 if r.kind != "feature" else 6}"')
-        svg.append(f'<g class="node">{shape} fill="{fill[r.kind]}" stroke="#111" stroke-width="0.6">'
+        svg.append(f'<g class="cg-node">{shape} fill="{fill[r.kind]}" stroke="#111" stroke-width="0.6">'
                    f'<title>{html.escape(_tooltip(r))}</title></{"rect" if r.kind == "error" else "circle"}>'
-                   f'<text x="{x:.1f}" y="{y + 17:.1f}" class="lab">{html.escape(label)}</text></g>')
+                   f'<text x="{x:.1f}" y="{y + 17:.1f}" class="cg-lab">{html.escape(label)}</text></g>')
     svg.append("</svg>")
-    scores = info.get("scores", {})
-    opts = info.get("options", {})
-    summary = (f"replacement score {scores.get('replacement_score', float('nan')):.3f} · completeness score "
-               f"{scores.get('completeness_score', float('nan')):.3f} · {len(nodes)} nodes and {len(edges)} edges"
-               f" kept of {scores.get('n_nodes_full', '?')} and {scores.get('n_edges_full', '?')}"
-               + (f" (node threshold {opts.get('node_threshold')}, edge threshold {opts.get('edge_threshold')})"
-                  if opts.get("pruned") else ""))
-    prompt = info.get("prompt") or " ".join(toks)
+    return f'<div class="cg-wrap">{"".join(svg)}</div>'
+
+
+def graph_summary(graph) -> str:
+    """One plain-text sentence: the scores, and what pruning kept of the full graph (and by which thresholds)."""
+    scores, opts = graph.info.get("scores", {}), graph.info.get("options", {})
+    kept = (f"{len(graph.nodes)} nodes and {len(graph.edges())} edges kept of {scores.get('n_nodes_full', '?')} "
+            f"and {scores.get('n_edges_full', '?')}")
+    how = (f" (pruned to the features and errors carrying {opts.get('node_threshold'):.0%} of the influence on the "
+           f"logits and the edges carrying {opts.get('edge_threshold'):.0%}; token and logit nodes always stay)"
+           if opts.get("pruned") else " (not pruned)")
+    return (f"replacement score {scores.get('replacement_score', float('nan')):.3f} · completeness score "
+            f"{scores.get('completeness_score', float('nan')):.3f} · {kept}{how}")
+
+
+def graph_html(graph, title: str = "Attribution graph") -> str:
+    """A self-contained HTML page drawing ``graph`` (module docstring)."""
+    prompt = graph.info.get("prompt") or " ".join(graph.info.get("str_tokens") or [])
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
-body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #111; }}
-.row {{ font-size: 12px; fill: #555; }} .tok {{ font: 12px monospace; text-anchor: middle; fill: #111; }}
-.lab {{ font-size: 9px; text-anchor: middle; fill: #333; pointer-events: none; }}
-.node:hover circle, .node:hover rect {{ stroke-width: 2.5; }}
-.wrap {{ overflow-x: auto; border: 1px solid #ddd; }}
-</style></head><body>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #111; }}{GRAPH_CSS}</style></head><body>
 <h2>{html.escape(title)}</h2>
 <p><b>Prompt:</b> <code>{html.escape(prompt)}</code></p>
-<p>{html.escape(summary)}. Rows: token embeddings (green), transcoder features (orange) and error nodes (grey
-squares) by layer, the top next-token logits (purple). Lines: direct effects in the local replacement model
-(blue positive, red negative, width by |weight|). Hover a node for details.</p>
-<div class="wrap">{"".join(svg)}</div>
+<p>{html.escape(graph_summary(graph))}. {GRAPH_LEGEND}</p>
+{graph_svg(graph)}
 </body></html>
 """
+
+
+def feature_table(graph):
+    """The graph's feature nodes, most influential first: ``layer, position, token, feature, activation,
+    influence, raises`` (``raises``: the tokens its decoder vector raises most, as the hover shows them)."""
+    strs = graph.info.get("str_tokens") or []
+    feats = graph.nodes[graph.nodes.kind == "feature"].sort_values("influence", ascending=False, kind="stable")
+    table = feats[["layer", "position", "feature", "activation", "influence"]].reset_index(drop=True)
+    table.insert(2, "token", [strs[int(p)] if int(p) < len(strs) else "" for p in table.position])
+    table["raises"] = [", ".join(f"{t!r} {v:+.2f}" for t, v in tl) if isinstance(tl, list) else ""
+                       for tl in feats.top_logits]
+    return table
+
+
+def load_graph_transcoders(model, spec: str | Path, flag: str = "--transcoders") -> list:
+    """The transcoders ``spec`` names for ``model``: a folder (one transcoder, or one per subfolder) or
+    ``"default"`` (the model folder's ``transcoders/``); they must fit the model (one :class:`InterpError` line
+    naming ``flag`` otherwise)."""
+    from interp.analysis._inputs import model_device
+    from interp.analysis.sae.transcoder import check_transcoders, load_transcoders
+
+    folder = default_transcoder_folder(model) if str(spec) == DEFAULT_TRANSCODERS else Path(spec).expanduser()
+    if not folder.exists():
+        raise InterpError(f"{flag}: {str(folder)!r} does not exist; give a transcoder folder or 'default'")
+    try:
+        tcs = load_transcoders(folder, device=model_device(model))
+        check_transcoders(model, tcs)
+    except InterpError as e:
+        raise InterpError(f"{flag}: {str(e).removeprefix('transcoders: ')}") from None
+    return tcs
 
 
 def run(args) -> int:
     """``interp circuit``: build the graph, print a summary, write ``--out`` (HTML) and/or ``--json``."""
     from interp.analysis.circuits.graph import attribution_graph
-    from interp.analysis.sae.transcoder import load_transcoders
     from interp.report.inputs import check_device, load_model
     from interp.report.output import check_writable, write_text
 
@@ -155,10 +201,7 @@ def run(args) -> int:
             check_writable(path, args.force)
     check_device(args.device)
     model = load_model(args.model, device=args.device)
-    folder = default_transcoder_folder(model) if args.transcoders == DEFAULT_TRANSCODERS else Path(args.transcoders)
-    if not folder.exists():
-        raise InterpError(f"--transcoders: {str(folder)!r} does not exist; give a transcoder folder or 'default'")
-    tcs = load_transcoders(folder)
+    tcs = load_graph_transcoders(model, args.transcoders)
     graph = attribution_graph(model, tcs, args.prompt, max_logits=args.max_logits, batch_size=args.batch_size,
                               node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
     if args.json:

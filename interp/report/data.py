@@ -35,7 +35,7 @@ NOTABLE_ROLES = ("previous_token", "induction", "duplicate_token", "attention_si
 
 # Report stages, in order, for progress bars.
 STAGES = ("tokenization", "logit lens", "attention", "neurons", "neuron pages", "superposition", "patching",
-          "sae features")
+          "sae features", "attribution graph")
 
 
 @dataclass
@@ -64,10 +64,14 @@ class ReportOptions:
     sae: str | None = None  # SAE section: an SAE folder (SAELens layout) or "default" (the model folder's sae/)
     k_sae_features: int = 5  # SAE section: top features listed per token
     n_sae_cards: int = 5  # SAE section: feature cards (the features most active on the prompt)
+    # attribution-graph section: a transcoder folder (one per layer) or "default" (the model folder's transcoders/)
+    transcoders: str | None = None
+    max_graph_tokens: int = 64  # the graph traces the prompt's last N tokens (its cost grows with them)
 
     def __post_init__(self) -> None:
         for name in ("k_next", "k_neurons", "n_answer_neurons", "k_answers", "n_pattern_heads", "max_pairs", "hist_pairs",
-                     "k_examples", "max_corpus_tokens", "pattern_window", "view_bytes", "k_sae_features", "n_sae_cards"):
+                     "k_examples", "max_corpus_tokens", "pattern_window", "view_bytes", "k_sae_features", "n_sae_cards",
+                     "max_graph_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InterpError(f"{name}: must be an integer >= 1; given {v!r}.")
@@ -108,6 +112,8 @@ class ReportData:
     patching: dict = field(default_factory=dict)
     # SAE section (empty without options.sae): interp.report.sae_section.collect_sae_section's dict
     sae: dict = field(default_factory=dict)
+    # attribution-graph section (empty without options.transcoders): circuit_section.collect_circuit_section's dict
+    circuit: dict = field(default_factory=dict)
 
     @property
     def predicted_token(self) -> str:
@@ -177,6 +183,15 @@ def notable_heads(scores: pd.DataFrame, n: int) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+# the columns of the sections a universal-path model leaves empty (what the analyzers return)
+_EMPTY = {
+    "neurons": pd.DataFrame(columns=["layer", "neuron", "activation", "contribution", "batch", "position",
+                                     "target_token", "target_id", "ranked_by", "rank"]),
+    "superposition": pd.DataFrame(columns=["set", "layer", "head", "count", "dim", "mean_angle_deg"]),
+    "angle_samples": pd.DataFrame(columns=["source", "set", "layer", "head", "cos", "angle_deg"]),
+}
+
+
 def collect_report(model, prompt: str, options: ReportOptions | None = None,
                    progress: Callable[[str], None] | None = None) -> ReportData:
     """Run every analyzer a report needs on ``prompt`` and keep their outputs.
@@ -192,6 +207,11 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
         from interp.report.sae_section import load_report_sae
 
         sae = load_report_sae(model, opts.sae)
+    transcoders = None
+    if opts.transcoders is not None:  # likewise a bad --transcoders
+        from interp.report.circuit import load_graph_transcoders
+
+        transcoders = load_graph_transcoders(model, opts.transcoders)
 
     step("tokenization")
     tokens = encode_prompt(model, prompt)
@@ -222,8 +242,11 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
         patterns = pd.concat([attention.attention_patterns(model, tokens, layers=h[0], heads=h[1]) for h in heads],
                              ignore_index=True)
 
+    # a universal-path model (interp.loading.universal) has no MLP neuron hooks or readable weight matrices: the
+    # sections built on them are left empty, and the report says why (model.capabilities)
+    universal = getattr(model.cfg, "path", "native") == "universal"
     step("neurons")
-    top = neurons.top_neurons(model, tokens, position=-1, k=opts.k_neurons)
+    top = _EMPTY["neurons"] if universal else neurons.top_neurons(model, tokens, position=-1, k=opts.k_neurons)
     paged = page_neurons(top)
     answers, on_prompt = [], []
     for layer, neuron in paged:
@@ -243,12 +266,15 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
 
     step("superposition")
     sets = opts.superposition_sets
-    stats = superposition.direction_set_stats(model, sets=sets, max_pairs=opts.max_pairs, seed=opts.seed)
-    samples = superposition.direction_angle_samples(model, sets=sets, max_pairs=opts.hist_pairs, seed=opts.seed)
+    if universal:
+        stats, samples = _EMPTY["superposition"], _EMPTY["angle_samples"]
+    else:
+        stats = superposition.direction_set_stats(model, sets=sets, max_pairs=opts.max_pairs, seed=opts.seed)
+        samples = superposition.direction_angle_samples(model, sets=sets, max_pairs=opts.hist_pairs, seed=opts.seed)
     pdf = superposition.random_angle_pdf(int(model.cfg.d_model), n_points=361)
 
     step("patching")
-    patching = _patching_section(model, tokens, k=opts.k_neurons) if opts.patching else {}
+    patching = _patching_section(model, tokens, k=opts.k_neurons) if opts.patching and not universal else {}
 
     step("sae features")
     sae_section = {}
@@ -259,6 +285,14 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
                                           n_cards=opts.n_sae_cards, k_answers=opts.k_answers,
                                           k_examples=opts.k_examples, max_tokens=opts.max_corpus_tokens)
 
+    step("attribution graph")
+    circuit = {}
+    if transcoders is not None:
+        from interp.report.circuit_section import collect_circuit_section
+
+        circuit = collect_circuit_section(model, tokens, transcoders, str(opts.transcoders),
+                                          max_tokens=opts.max_graph_tokens, node_threshold=0.8, edge_threshold=0.98)
+
     opts_dict = asdict(replace(opts, corpus=None))  # a datasets object is shown by name, not deep-copied
     opts_dict["corpus"] = corpus[0] if corpus else None
     opts_dict["superposition_sets"] = list(sets)
@@ -267,13 +301,16 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
             opts_dict.pop(key)
     else:
         opts_dict["sae"] = str(opts.sae)
+    if opts.transcoders is None:
+        for key in ("transcoders", "max_graph_tokens"):
+            opts_dict.pop(key)
     return ReportData(
         prompt=prompt, options=opts_dict, model=model_summary(model), token_ids=[int(i) for i in ids],
         str_tokens=strs, tokens=tok_table, lens=lens, lens_grid=grid, next_tokens=next_tokens,
         final_by_layer=final_by_layer, head_scores=scores, notable_heads=notable, patterns=patterns,
         view_heads=heads, neurons=top, neuron_answers=answers_df, neuron_profiles=profiles, neuron_prompt=prompt_df,
         corpus_name=corpus[0] if corpus else None, superposition=stats, angle_samples=samples, random_pdf=pdf,
-        patching=patching, sae=sae_section,
+        patching=patching, sae=sae_section, circuit=circuit,
     )
 
 
@@ -353,8 +390,16 @@ def _patching_section(model, tokens: torch.Tensor, k: int) -> dict:
             "wrong": str_tokens(model, torch.tensor([[pair.wrong]]))[0], "position": pair.position,
             "clean_logit_diff": heads.attrs["clean"], "corrupted_logit_diff": heads.attrs["corrupted"]}
     r = float(heads.attribution.corr(heads.effect - heads.attrs["corrupted"]))
-    return {"pair": info, "tokens": strs, "heads": heads, "grid": grid, "dla": dla, "attribution_r": r,
-            "notes": notes}
+    out = {"pair": info, "tokens": strs, "heads": heads, "grid": grid, "dla": dla, "attribution_r": r,
+           "notes": notes}
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    try:  # EAP over every edge (two forwards, one backward) and how much its top-n circuits keep
+        edges = edge_attribution(model, pair.clean, pair.corrupted, **kw)
+        out.update(edges=edges, faithfulness=faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw))
+    except InterpError as e:  # a model whose residual stream is not a sum of components (post-norm)
+        notes.append(f"no edge attribution: {str(e).split(': ', 1)[-1]}")
+    return out
 
 
 def pattern_matrix(patterns: pd.DataFrame, layer: int, head: int, n: int) -> np.ndarray:

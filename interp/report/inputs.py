@@ -446,9 +446,14 @@ def model_summary(model) -> dict:
         tok = backend_tokenizer(tok)  # describe the `tokenizers` model, not the transformers wrapper
         size = tok.get_vocab_size() if hasattr(tok, "get_vocab_size") else len(tok)
         tok_desc = f"{type(tok).__name__}, {size} tokens"
-    arch = [cfg.norm, f"{cfg.norm_placement}-norm", cfg.act + (" (gated)" if cfg.gated else ""),
-            f"{cfg.positional} positions"]
-    if cfg.parallel_residual:
+    if getattr(cfg, "path", "native") == "universal":  # transformers' modules, wrapped (interp.loading.universal)
+        kinds = dict.fromkeys(cfg.layer_kinds)
+        arch = [(f"universal path ({cfg.architecture}: {', '.join(kinds)} layers; neuron, superposition and "
+                 "patching sections need a native family)")]
+    else:
+        arch = [cfg.norm, f"{cfg.norm_placement}-norm", cfg.act + (" (gated)" if cfg.gated else ""),
+                f"{cfg.positional} positions"]
+    if cfg.parallel_residual and getattr(cfg, "path", "native") != "universal":
         arch.append("parallel residual")
     if cfg.n_kv_heads != cfg.n_heads:
         arch.append(f"{cfg.n_kv_heads} kv heads")

@@ -390,13 +390,18 @@ def _linear_run(model, prompts: list[str], args) -> ProbeOutput:
     return ProbeOutput(tables, notes=notes)
 
 
-def _patching_args(p: argparse.ArgumentParser) -> None:
+def _pair_args(p: argparse.ArgumentParser) -> None:
+    """The clean/corrupted prompt pair arguments the patching and edges probes share."""
     p.add_argument("--clean", default=None, help="the prompt the model gets right (default: the positional prompt)")
     p.add_argument("--corrupted", default=None, help="the same prompt with the deciding detail changed (same token count)")
     p.add_argument("--answer", default=None, help="the clean prompt's answer: one token (text or id)")
     p.add_argument("--wrong", default=None, help="the corrupted prompt's answer: one token (text or id)")
     p.add_argument("--pairs", default=None, metavar="FILE",
                    help="several pairs, one 'clean<TAB>corrupted<TAB>answer<TAB>wrong' per line (bootstrap intervals)")
+
+
+def _patching_args(p: argparse.ArgumentParser) -> None:
+    _pair_args(p)
     p.add_argument("--where", default="resid_pre", choices=("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"),
                    help="activation of the layer x position sweep (default resid_pre)")
     p.add_argument("--top", type=positive_int, default=10, help="components listed by direct logit attribution (default 10)")
@@ -417,9 +422,8 @@ def read_pairs(path: str) -> list[list[str]]:
     return out
 
 
-def _patching_run(model, prompts: list[str], args) -> ProbeOutput:
-    from interp.analysis.causal import activation_patching, attribution_patching, direct_logit_attribution
-
+def _prompt_pairs(model, prompts: list[str], args, probe: str):
+    """(clean, corrupted, answer, wrong) lists from --pairs FILE or --clean/--corrupted/--answer/--wrong."""
     if args.pairs:
         pairs = read_pairs(args.pairs)
     else:
@@ -427,7 +431,7 @@ def _patching_run(model, prompts: list[str], args) -> ProbeOutput:
         missing = [f for f, v in (("--clean", clean), ("--corrupted", args.corrupted), ("--answer", args.answer),
                                   ("--wrong", args.wrong)) if v is None]
         if missing:
-            raise InterpError(f"patching: give {', '.join(missing)} (or --pairs FILE); e.g. --clean \"...\" "
+            raise InterpError(f"{probe}: give {', '.join(missing)} (or --pairs FILE); e.g. --clean \"...\" "
                               "--corrupted \"...\" --answer \" X\" --wrong \" Y\"")
         pairs = [[clean, args.corrupted, args.answer, args.wrong]]
     clean, corrupted = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -437,6 +441,13 @@ def _patching_run(model, prompts: list[str], args) -> ProbeOutput:
     if len(lengths) != 1:
         raise InterpError(f"--corrupted: every clean and corrupted prompt must have the same number of tokens, so "
                           f"positions line up; given lengths {sorted(lengths)}")
+    return clean, corrupted, answer, wrong
+
+
+def _patching_run(model, prompts: list[str], args) -> ProbeOutput:
+    from interp.analysis.causal import activation_patching, attribution_patching, direct_logit_attribution
+
+    clean, corrupted, answer, wrong = _prompt_pairs(model, prompts, args, "patching")
     kw = {"answer": answer, "wrong": wrong, "batch_size": args.batch_size}
     heads = activation_patching(model, clean, corrupted, where="z", by_position=False, **kw)
     grid = activation_patching(model, clean, corrupted, where=args.where, **kw)
@@ -448,12 +459,91 @@ def _patching_run(model, prompts: list[str], args) -> ProbeOutput:
     heads = heads.assign(attribution=attr.attribution.to_numpy())
     r = heads.attribution.corr(heads.effect - heads.attrs["corrupted"])
     notes = [(f"logit difference: clean {heads.attrs['clean']:.3f}, corrupted {heads.attrs['corrupted']:.3f} "
-              f"(normalised: 0 = corrupted, 1 = clean; {len(pairs)} pair(s))"),
+              f"(normalised: 0 = corrupted, 1 = clean; {len(clean)} pair(s))"),
              f"attribution patching vs exact head patching: Pearson r = {r:.3f}",
              (f"DLA of the clean prompt: components sum to {dla.attrs['total']:.3f} (logit difference "
               f"{dla.attrs['logit']:.3f}); neuron rows split their MLP rows")]
     return ProbeOutput({"heads": heads, args.where: grid, "layer_by_position": wide.reset_index(),
                         "dla": top.reset_index(drop=True)}, notes=notes, terminal_only=("layer_by_position",))
+
+
+def _edges_args(p: argparse.ArgumentParser) -> None:
+    _pair_args(p)
+    p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig", help="edge scores (default eap-ig)")
+    p.add_argument("--steps", type=positive_int, default=10, help="EAP-IG interpolation points (default 10)")
+    p.add_argument("--top", type=positive_int, default=20, help="edges listed (default 20)")
+    p.add_argument("--exact", action="store_true", help="also patch every edge exactly (one copy per edge)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="copies per pass (default: the analyzer's)")
+
+
+def _edges_run(model, prompts: list[str], args) -> ProbeOutput:
+    from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+
+    clean, corrupted, answer, wrong = _prompt_pairs(model, prompts, args, "edges")
+    kw = {"answer": answer, "wrong": wrong}
+    edges = edge_attribution(model, clean, corrupted, method=args.method, steps=args.steps, exact=args.exact,
+                             batch_size=args.batch_size, **kw)
+    curve = faithfulness_curve(model, edges, clean, corrupted, batch_size=args.batch_size, **kw)
+    cols = ["sender", "receiver", "score"] + (["exact"] if args.exact else [])
+    notes = [(f"logit difference: clean {edges.attrs['clean']:.3f}, corrupted {edges.attrs['corrupted']:.3f}; "
+             f"{edges.attrs['n_edges']} edges scored by {args.method} (score = change when that edge alone carries "
+             "the corrupted value)"),
+             "faithfulness: the clean run with every edge outside the top n corrupted (1 = clean, 0 = corrupted)"]
+    if args.exact:
+        notes.append(f"{args.method} vs exact edge patching: Pearson r = {edges.attrs['pearson']:.3f}, "
+                     f"Spearman = {edges.attrs['spearman']:.3f}")
+    return ProbeOutput({"top_edges": edges[cols].head(args.top), "faithfulness": curve}, notes=notes)
+
+
+def _steering_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--positive", action="append", default=None, help="a prompt for the + side (repeat the flag)")
+    p.add_argument("--negative", action="append", default=None, help="a prompt for the - side (repeat the flag)")
+    p.add_argument("--sae", default=None, metavar="FOLDER",
+                   help="steer along an SAE feature instead: an SAE folder or 'default' (the model's own), with --feature")
+    p.add_argument("--feature", type=int, default=None, help="the SAE feature whose decoder row is the direction")
+    p.add_argument("--hook", default=None, help="hook point (default: the SAE's, else the middle layer's "
+                                                 "blocks.{l}.hook_resid_pre)")
+    p.add_argument("--scale", type=finite_float, action="append", default=None,
+                   help="steering scale (repeat the flag; default 4; 0 is always shown)")
+    p.add_argument("--position", choices=("last", "mean"), default="mean",
+                   help="steering vector from each prompt's last token or its mean over tokens (default mean)")
+    p.add_argument("--new-tokens", type=int, default=12, help="greedy continuation per scale (default 12)")
+    p.add_argument("--k", type=positive_int, default=5, help="top next tokens shown (default 5)")
+
+
+def _steering_direction(model, args):
+    """(direction, hook, how it was made): a contrastive vector, or an SAE feature's decoder row."""
+    from interp.analysis.steering import feature_direction, steering_vector
+
+    if args.sae is not None:
+        from interp.analysis.sae import load_sae
+        from interp.report.sae_section import DEFAULT_SAE, default_sae_folder
+
+        if args.feature is None or args.positive or args.negative:
+            raise InterpError("--sae: give --feature N with it (and no --positive/--negative)")
+        sae = load_sae(default_sae_folder(model) if args.sae == DEFAULT_SAE else args.sae, device=model.device)
+        hook = args.hook or sae.cfg.hook_name
+        return feature_direction(sae, args.feature), hook, f"SAE feature {args.feature}'s decoder row"
+    if not args.positive or not args.negative:
+        raise InterpError("steering: give --positive and --negative prompts (each flag repeatable), or --sae FOLDER "
+                          "--feature N")
+    hook = args.hook or f"blocks.{int(model.cfg.n_layers) // 2}.hook_resid_pre"
+    vec = steering_vector(model, args.positive, args.negative, hook, position=args.position)
+    return vec, hook, (f"mean over {len(args.positive)} positive minus {len(args.negative)} negative prompt(s) "
+                       f"({args.position} position)")
+
+
+def _steering_run(model, tokens, prompt, args) -> ProbeOutput:
+    from interp.analysis.steering import steering_effect
+
+    vec, hook, how = _steering_direction(model, args)
+    scales = sorted({0.0, *(args.scale or [4.0])})
+    df = steering_effect(model, tokens, vec, hook, scales, k=args.k, max_new_tokens=args.new_tokens)
+    df = df.drop(columns="prompt").assign(top_tokens=[" | ".join(t) for t in df.top_tokens],
+                                          top_probs=[" ".join(f"{p:.2f}" for p in ps) for ps in df.top_probs])
+    notes = [(f"steering vector at {hook}: {how}, norm {float(vec.norm()):.3f}; "
+             "kl = KL(unsteered || steered) of the next token, nats")]
+    return ProbeOutput({"steering": df}, notes=notes)
 
 
 PROBES: dict[str, Probe] = {
@@ -480,6 +570,13 @@ PROBES: dict[str, Probe] = {
               'python probes/patching.py --clean "The letter from Jane was read aloud, and then the letter from" '
               '--corrupted "The letter from Moses was read aloud, and then the letter from" --answer " Jane" '
               '--wrong " Moses"', _patching_args, _patching_run, needs_prompt=False, per_prompt=False),
+        Probe("edges", "edge attribution (EAP / EAP-IG) over heads' q/k/v, MLPs and logits; circuit faithfulness",
+              'python probes/edges.py --clean "The letter from Jane was read aloud, and then the letter from" '
+              '--corrupted "The letter from Moses was read aloud, and then the letter from" --answer " Jane" '
+              '--wrong " Moses" --top 10', _edges_args, _edges_run, needs_prompt=False, per_prompt=False),
+        Probe("steering", "add a contrastive steering vector at a hook; next-token KL, top tokens, continuations",
+              'python probes/steering.py "The weather today is" --positive "I love this" --negative "I hate this" '
+              '--scale 4 --scale 8', _steering_args, _steering_run),
     ]
 }
 

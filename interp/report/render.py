@@ -61,7 +61,9 @@ SECTIONS = {
 }
 # The SAE section (``--sae``) comes after the neuron pages, only in a report made with an SAE.
 SAE_SECTION = ("sae", "Sparse autoencoder features")
-_TITLES = {**SECTIONS, SAE_SECTION[0]: SAE_SECTION[1]}
+# The attribution-graph section (``--transcoders``) follows, only in a report made with transcoders.
+CIRCUIT_SECTION = ("circuit", "Attribution graph")
+_TITLES = {**SECTIONS, SAE_SECTION[0]: SAE_SECTION[1], CIRCUIT_SECTION[0]: CIRCUIT_SECTION[1]}
 FORMATS = ("html", "md")
 # How the HTML report carries plotly.js: inline (one self-contained file, ~4.6 MB) or shared (one copy of
 # plotly-<version>.min.js beside the reports in their folder; each report is then a few hundred kB).
@@ -263,6 +265,8 @@ def page_sections(data: ReportData) -> dict:
         out[sid] = title
         if sid == "neuron-pages" and data.sae:
             out[SAE_SECTION[0]] = SAE_SECTION[1]
+        if sid == "neuron-pages" and data.circuit:
+            out[CIRCUIT_SECTION[0]] = CIRCUIT_SECTION[1]
     return out
 
 
@@ -384,7 +388,28 @@ def _patching_html(data: ReportData) -> str:
             + _figure(dla_bar(p["dla"]), "fig-dla")
             + "<h3>Top components by direct logit attribution</h3>" + html_table(_top_dla(p["dla"]), "dla", _DLA_COLS)
             + "<details><summary>resid_pre patching, every layer and patched position</summary>"
-            + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>")
+            + html_table(p["grid"], "patching_grid", _GRID_COLS) + "</details>" + _edges_html(p))
+
+
+_EDGE_COLS = ["sender", "receiver", "score"]
+
+
+def _edges_intro(p: dict) -> str:
+    return (f"Edge attribution (EAP) over all {p['edges'].attrs['n_edges']} edges between the embeddings, each head's "
+            "query/key/value input, the MLPs and the logits: score = the estimated change of the metric when that "
+            "edge alone carries the corrupted run's value. Faithfulness of the top-n edges: the clean run with every "
+            "other edge corrupted (1 = clean, 0 = corrupted).")
+
+
+def _edges_html(p: dict) -> str:
+    if "edges" not in p:
+        return ""
+    from interp.report.edge_figure import edge_circuit_figure
+
+    return (f'<h3>Edges</h3><p class="note">{html.escape(_edges_intro(p))}</p>'
+            + _figure(edge_circuit_figure(p["edges"], top_n=20), "fig-edges")
+            + html_table(p["edges"].head(20), "patching_edges", _EDGE_COLS)
+            + html_table(p["faithfulness"], "patching_faithfulness", ["n_edges", "metric", "faithfulness"]))
 
 
 def _lens_figure(data: ReportData) -> str:
@@ -501,6 +526,10 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
         from interp.report.sae_section import sae_html
 
         parts.append(_section("sae", sae_html(data.sae)))
+    if data.circuit:
+        from interp.report.circuit_section import circuit_html
+
+        parts.append(_section("circuit", circuit_html(data.circuit)))
     hists = []
     for s in data.options["superposition_sets"]:
         sel = data.angle_samples[data.angle_samples.set == s]
@@ -578,6 +607,10 @@ def render_markdown(data: ReportData) -> str:
         from interp.report.sae_section import sae_markdown
 
         sec("sae", *sae_markdown(data.sae))
+    if data.circuit:
+        from interp.report.circuit_section import circuit_markdown
+
+        sec("circuit", *circuit_markdown(data.circuit))
     sec("superposition", md_table(data.superposition, ["set", "layer", "count", "dim", "mean_angle_deg",
                                                         "std_angle_deg", "baseline_std_angle_deg", "max_abs_cos",
                                                         "baseline_max_abs_cos", "frac_within_tol",
@@ -588,7 +621,9 @@ def render_markdown(data: ReportData) -> str:
             md_fence(f"clean:     {p['pair']['clean']}\ncorrupted: {p['pair']['corrupted']}"),
             "Each head's output patched (all positions):",
             md_table(p["heads"], _HEAD_COLS), "Top components by direct logit attribution:",
-            md_table(_top_dla(p["dla"]), _DLA_COLS))
+            md_table(_top_dla(p["dla"]), _DLA_COLS),
+            *((md_text(_edges_intro(p)), md_table(p["edges"].head(20), _EDGE_COLS),
+               md_table(p["faithfulness"], ["n_edges", "metric", "faithfulness"])) if "edges" in p else ()))
     else:
         sec("patching", "Not computed.")
     return "\n".join(out)

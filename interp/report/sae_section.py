@@ -82,6 +82,7 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
         feature_activations,
         feature_logit_effects,
         feature_profiles,
+        similar_features,
         token_reconstruction,
     )
     from interp.report.inputs import str_tokens
@@ -124,7 +125,9 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
         model, sae, tokens), "cards": [int(f) for f in cards],
         "shading": pd.concat(shading, ignore_index=True) if shading else pd.DataFrame(),
         "logit_effects": pd.concat(effects, ignore_index=True) if effects else pd.DataFrame(), "logit_note": note_eff,
-        "profiles": profiles, "corpus_name": corpus[0] if corpus else None, "model_note": note}
+        "profiles": profiles, "corpus_name": corpus[0] if corpus else None, "model_note": note,
+        "similar": pd.concat([similar_features(sae, f, k=k_answers).assign(of=f) for f in cards], ignore_index=True)
+        if cards else pd.DataFrame()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,6 +236,12 @@ def sae_html(s: dict) -> str:
                         + html_table(mine[mine.direction == "top"], f"sae_raises_F{f}", acols)
                         + "</div><div><b>Lowers</b>"
                         + html_table(mine[mine.direction == "bottom"], f"sae_lowers_F{f}", acols) + "</div></div>")
+        near = s.get("similar", pd.DataFrame())
+        near = near[near["of"] == f] if len(near) else near
+        if len(near):  # as SAE dashboards list them: features whose decoder directions are nearest this one's
+            body.append("<p><b>Nearest features</b> (cosine of decoder directions): " + ", ".join(
+                (f'<a href="#{card_anchor(int(g))}">{int(g)}</a>' if int(g) in s["cards"] else str(int(g)))
+                + f" ({c:+.2f})" for g, c in zip(near.feature, near.cosine)) + "</p>")
         parts.append(f'<div class="neuron-page" id="{card_anchor(f)}"><h3>Feature {f}</h3>' + "".join(body) + "</div>")
     return "".join(parts)
 

@@ -3,8 +3,8 @@
 `interp dashboard` and the app (``streamlit run apps/dashboard.py -- OPTIONS``) share one set of options
 (:func:`add_serving_arguments`): the folders a browser user may read from (``--data-dir``, plus the model
 zoo), whether to listen beyond this machine (``--allow-remote``), and per-request limits — corpus bytes read,
-tokens scanned, model parameters built, seconds a scan may run. Each limit, when it bites, says what was cut
-and which flag raises it.
+tokens scanned, model parameters built, seconds a scan may run, prompt tokens an attribution graph traces.
+Each limit, when it bites, says what was cut and which flag raises it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ MAX_CORPUS_MB = 32
 MAX_SCAN_TOKENS = 65_536
 MAX_MODEL_PARAMS = 500_000_000
 SCAN_SECONDS = 60
+MAX_GRAPH_TOKENS = 64  # an attribution graph's cost grows with the tokens traced (features x backward passes)
 
 
 def add_serving_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +49,9 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
                         f"building (default {MAX_MODEL_PARAMS:.0e})")
     p.add_argument("--scan-seconds", type=positive_int, default=SCAN_SECONDS, metavar="S",
                    help=f"wall time one scan may take before it is stopped (default {SCAN_SECONDS})")
+    p.add_argument("--max-graph-tokens", type=positive_int, default=MAX_GRAPH_TOKENS, metavar="N",
+                   help=f"prompt tokens one attribution graph traces (default {MAX_GRAPH_TOKENS}; a longer prompt "
+                        "keeps its last N)")
 
 
 def _count(text: str) -> int:
@@ -66,7 +70,7 @@ def serving_argv(ns: argparse.Namespace) -> list[str]:
     argv = [a for d in ns.data_dir for a in ("--data-dir", str(Path(d).expanduser().resolve()))]
     if ns.allow_remote:
         argv.append("--allow-remote")
-    for flag in ("max_corpus_mb", "max_scan_tokens", "max_model_params", "scan_seconds"):
+    for flag in ("max_corpus_mb", "max_scan_tokens", "max_model_params", "scan_seconds", "max_graph_tokens"):
         argv += ["--" + flag.replace("_", "-"), str(getattr(ns, flag))]
     return argv
 
@@ -112,6 +116,8 @@ def estimate_parameters(config: dict) -> int:
     An upper-bound sketch, not a count: embeddings and (untied) unembedding, a position table, and per
     layer four d_model² attention matrices plus three d_model x d_mlp MLP matrices per expert. Good enough to
     refuse a config that would allocate for minutes before anything is built."""
+    if isinstance(config.get("text_config"), dict):  # a multimodal config: the decoder's sizes live there
+        config = {**config, **config["text_config"]}
     size = {}
     for what, keys in _SIZE_KEYS.items():
         v = next((config[k] for k in keys if config.get(k) is not None), None)
@@ -178,7 +184,8 @@ def corpus_prefix(path: Path, n_bytes: int, is_dir: bool, max_bytes: int, scratc
         head = head[: end - 1] if end and head[end - 1] >= 0xC0 else head[:end]
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = hashlib.sha256(f"{path}\0{n_bytes}\0{path.stat().st_mtime_ns}\0{max_bytes}".encode()).hexdigest()[:24]
-    out = scratch / f"{key}{path.suffix}"
+    out = scratch / key / path.name  # the reader names the corpus after its file
+    out.parent.mkdir(mode=0o700, exist_ok=True)
     atomic_write_bytes(out, head)  # concurrent sessions write the same bytes: the last rename wins, whole
     return out, f"read the first {len(head) / 1e6:.1f} MB of {n_bytes / 1e6:.1f} MB ({flag})"
 

@@ -8,7 +8,8 @@ SAE takes a layer's activations apart into such directions. The modules:
 * ``source``: activations from a tensor, shards on disk, ``(model, hook_name, corpus)`` or an activation
   dataset object;
 * ``train``: ``train_sae`` with checkpoints that resume and a time budget;
-* ``evaluate``: splicing an SAE into a model (``splice_sae``), L0, variance explained, CE loss recovered,
+* ``evaluate``: splicing SAEs into a model (``splice_sae``; SAELens SAE objects too; ``run_with_saes`` /
+  ``run_with_cache_with_saes`` as SAELens' HookedSAETransformer), L0, variance explained, CE loss recovered,
   dead and dense latents, over a corpus or token by token on a prompt (``token_reconstruction``);
 * ``transcoder``: transcoders (an MLP's input in, its output predicted; skip and TopK/ReLU/JumpReLU),
   ``train_transcoder``, splicing every MLP out (``splice_transcoders``) and ``evaluate_transcoders``;
@@ -25,9 +26,12 @@ from interp.analysis.sae.evaluate import (
     SAEEval,
     ce_loss_recovered,
     evaluate_sae,
+    run_with_cache_with_saes,
+    run_with_saes,
     sae_hook,
     sae_metrics,
     splice_sae,
+    splice_saes,
     token_reconstruction,
 )
 from interp.analysis.sae.features import (
@@ -37,6 +41,7 @@ from interp.analysis.sae.features import (
     feature_logit_effects,
     feature_profiles,
     feature_top_contexts,
+    similar_features,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source, model_activations
@@ -76,10 +81,14 @@ __all__ = [
     "load_transcoder",
     "load_transcoders",
     "model_activations",
+    "run_with_cache_with_saes",
+    "run_with_saes",
     "sae_hook",
     "sae_metrics",
     "save_sae",
+    "similar_features",
     "splice_sae",
+    "splice_saes",
     "splice_transcoders",
     "token_reconstruction",
     "train_sae",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 
 import pandas as pd
 import torch
@@ -25,36 +26,74 @@ from interp.analysis.sae.model import SAE
 from interp.analysis.sae.source import as_source, check_hook_name, token_batches
 from interp.errors import InterpError
 
-__all__ = ["SAEEval", "ce_loss_recovered", "evaluate_sae", "sae_hook", "sae_metrics", "splice_sae",
-           "token_reconstruction"]
+__all__ = ["SAEEval", "ce_loss_recovered", "evaluate_sae", "run_with_cache_with_saes", "run_with_saes", "sae_hook",
+           "sae_metrics", "splice_sae", "splice_saes", "token_reconstruction"]
+
+# what splice_sae needs of an SAE object (ours, or SAELens' ``SAE``: duck-typed, sae_lens is never imported)
+_SAE_SURFACE = ("W_enc", "W_dec", "b_dec", "cfg", "encode", "decode")
 
 
-def _hook_of(sae: SAE, hook_name: str | None) -> str:
+def _check_sae(sae) -> None:
+    missing = [name for name in _SAE_SURFACE if not hasattr(sae, name)]
+    if missing or not callable(sae):
+        raise InterpError(f"sae: expected an SAE (interp's, or SAELens' SAE object with {list(_SAE_SURFACE)}); "
+                          f"given {type(sae).__name__}, missing {missing or ['__call__']}")
+
+
+def _meta(cfg, key: str):
+    """``cfg.<key>``, else ``cfg.metadata[key]`` (ours: a dict; SAELens 6: an object)."""
+    meta = getattr(cfg, "metadata", None)
+    return getattr(cfg, key, None) or (meta.get(key) if isinstance(meta, dict) else getattr(meta, key, None))
+
+
+def _hook_of(sae, hook_name: str | None) -> str:
+    """The hook an SAE reads: ``hook_name``, else its cfg's (ours: ``cfg.hook_name``; SAELens 6:
+    ``cfg.metadata.hook_name``; SAELens < 6: ``cfg.hook_name``)."""
     if getattr(sae.cfg, "d_out", None) is not None:  # a transcoder: its output goes elsewhere than its input
-        raise InterpError(f"sae: this is a transcoder (reads {sae.cfg.hook_name!r}, predicts "
-                          f"{sae.cfg.metadata.get('hook_name_out')!r}); use splice_transcoders / evaluate_transcoders")
-    name = hook_name or sae.cfg.hook_name
+        raise InterpError(f"sae: this is a transcoder (reads {_meta(sae.cfg, 'hook_name')!r}, predicts "
+                          f"{_meta(sae.cfg, 'hook_name_out')!r}); use splice_transcoders / evaluate_transcoders")
+    name = hook_name or _meta(sae.cfg, "hook_name")
     if not name:
         raise InterpError("hook_name: the SAE's cfg names no hook (metadata.hook_name); pass hook_name=...")
     return name
 
 
-def sae_hook(sae: SAE, use_error_term: bool = False):
+@contextlib.contextmanager
+def _error_term(sae, use_error_term: bool | None):
+    """The SAE's ``use_error_term`` set for the duration (None: its own setting). SAELens 6 deprecates setting the
+    attribute (in favour of its HookedSAETransformer); it is the one switch both SAE classes share."""
+    if use_error_term is None:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        was, sae.use_error_term = sae.use_error_term, use_error_term
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sae.use_error_term = was
+
+
+def sae_hook(sae, use_error_term: bool | None = False):
     """A TransformerLens forward hook ``fn(activation, hook)`` that returns the SAE's output in its place.
 
-    Dimensions after ``[batch, pos]`` are flattened to ``d_in`` and restored (so ``hook_z`` works).
+    interp's SAE: dimensions after ``[batch, pos]`` are flattened to ``d_in`` and restored (so ``hook_z`` works
+    whatever the SAE's cfg says). A SAELens ``SAE`` gets the activation as the hook gives it (its
+    ``reshape_activations="hook_z"`` flattens heads itself). ``use_error_term`` None keeps the SAE's setting.
     """
+    _check_sae(sae)
+    ours = isinstance(sae, SAE)
 
     def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
         shape = act.shape
-        x = act.reshape(*shape[:2], -1) if act.ndim > 3 else act
-        if x.shape[-1] != sae.cfg.d_in:
+        x = act.reshape(*shape[:2], -1) if act.ndim > 3 and ours else act
+        d_in = x.shape[-1] if ours or act.ndim <= 3 else shape[-2] * shape[-1]
+        if d_in != sae.cfg.d_in:
             raise InterpError(f"sae: reads d_in={sae.cfg.d_in} but the hook gives {tuple(shape)}")
-        was, sae.use_error_term = sae.use_error_term, use_error_term
-        try:
+        with _error_term(sae, use_error_term):
             out = sae(x)
-        finally:
-            sae.use_error_term = was
         return out.to(act.dtype).reshape(shape)
 
     return hook
@@ -76,9 +115,79 @@ def splice_sae(model, sae: SAE, hook_name: str | None = None, use_error_term: bo
     ...     torch.equal(m(t), clean)
     True
     """
-    name = check_hook_name(model, _hook_of(sae, hook_name))
-    with model.hooks(fwd_hooks=[(name, sae_hook(sae, use_error_term))]):
+    with splice_saes(model, [sae], use_error_term=use_error_term, hook_names=[hook_name]):
         yield model
+
+
+@contextlib.contextmanager
+def splice_saes(model, saes, use_error_term: bool | None = None, hook_names=None):
+    """:func:`splice_sae` for several SAEs at once (each at its own hook; ``hook_names`` overrides them in order).
+    ``use_error_term`` None keeps each SAE's own setting (SAELens' convention)."""
+    saes = [saes] if not isinstance(saes, (list, tuple)) else list(saes)
+    names = list(hook_names) if hook_names is not None else [None] * len(saes)
+    if len(names) != len(saes):
+        raise InterpError(f"hook_names: one per SAE ({len(saes)}); given {len(names)}")
+    hooks = []
+    for sae, name in zip(saes, names):
+        _check_sae(sae)
+        hooks.append((check_hook_name(model, _hook_of(sae, name)), sae_hook(sae, use_error_term)))
+    if len({n for n, _ in hooks}) != len(hooks):
+        raise InterpError(f"saes: two SAEs read the same hook ({[n for n, _ in hooks]}); splice one per hook")
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+def run_with_saes(model, *model_args, saes=(), use_error_term: bool | None = None, **model_kwargs):
+    """SAELens' ``HookedSAETransformer.run_with_saes``: the model's forward pass with ``saes`` spliced in at their
+    hooks (the model is left as it was afterwards). ``saes``: interp or SAELens SAE objects."""
+    with splice_saes(model, saes, use_error_term=use_error_term):
+        return model(*model_args, **model_kwargs)
+
+
+def run_with_cache_with_saes(model, *model_args, saes=(), use_error_term: bool | None = None,
+                             names_filter=None, **model_kwargs):
+    """SAELens' ``run_with_cache_with_saes``: ``(output, ActivationCache)`` with ``saes`` spliced in. The cache
+    also holds each SAE's own hook points under SAELens' names, ``"<hook>.hook_sae_acts_post"`` etc. (what a
+    HookedSAETransformer caches, since it mounts the SAE at the hook). ``names_filter`` applies to both."""
+    from transformer_lens.hook_points import HookPoint
+
+    saes = [saes] if not isinstance(saes, (list, tuple)) else list(saes)
+    wanted = _names_filter(names_filter)
+    sae_cache: dict[str, torch.Tensor] = {}
+
+    def store(name):
+        def hook(module, inputs, output):  # a torch forward hook on the SAE's HookPoint
+            sae_cache[name] = output.detach()
+        return hook
+
+    sae_hooks = []  # (HookPoint, fn) on the SAEs' own hook points
+    for sae in saes:
+        _check_sae(sae)
+        for point_name, point in sae.named_modules():
+            full = f"{_hook_of(sae, None)}.{point_name}"
+            if isinstance(point, HookPoint) and point_name and wanted(full):
+                sae_hooks.append(point.register_forward_hook(store(full)))
+    try:
+        with splice_saes(model, saes, use_error_term=use_error_term):
+            out, cache = model.run_with_cache(*model_args, names_filter=lambda n: wanted(n), **model_kwargs)
+    finally:
+        for handle in sae_hooks:
+            handle.remove()
+    cache.cache_dict.update(sae_cache)
+    return out, cache
+
+
+def _names_filter(names_filter):
+    """TransformerLens' names_filter (None, a name, a list of names, or a predicate) as a predicate."""
+    if names_filter is None:
+        return lambda name: True
+    if isinstance(names_filter, str):
+        return lambda name: name == names_filter
+    if isinstance(names_filter, (list, tuple)):
+        return lambda name: name in names_filter
+    if callable(names_filter):
+        return names_filter
+    raise InterpError(f"names_filter: None, a hook name, a list of names or a function; given {names_filter!r}")
 
 
 # ----------------------------------------------------------------------------------------------------

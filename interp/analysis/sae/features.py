@@ -28,7 +28,7 @@ from interp.analysis.sae.source import check_hook_name
 from interp.errors import InterpError
 
 __all__ = ["decoder_angle_samples", "decoder_orthogonality", "feature_activations", "feature_logit_effects",
-           "feature_profiles", "feature_top_contexts"]
+           "feature_profiles", "feature_top_contexts", "similar_features"]
 
 
 def _encoder(sae: SAE):
@@ -122,6 +122,23 @@ def feature_logit_effects(model, sae: SAE, feature: int, k: int = 10, direction:
     w = _write_directions(model, sae, name)[feature]
     logits = residual_direction(model, w) @ model.W_U.detach().double()
     return answer_frame(model, logits - logits.mean(), k, direction)
+
+
+@torch.no_grad()
+def similar_features(sae: SAE, feature: int, k: int = 5) -> pd.DataFrame:
+    """The ``k`` features whose decoder directions are nearest ``feature``'s (largest cosine): ``rank, feature,
+    cosine``. Near-duplicates (cosine near 1) often split one concept; near-opposites are listed by |cosine| too
+    (``cosine`` keeps its sign)."""
+    from interp.analysis._inputs import check_index
+
+    feature = check_index("feature", feature, sae.cfg.d_sae)
+    w = sae.W_dec.detach().double()
+    w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    cos = w @ w[feature]
+    cos[feature] = 0.0  # not its own neighbour
+    k = max(0, min(int(k), sae.cfg.d_sae - 1))
+    top = cos.abs().topk(k).indices
+    return pd.DataFrame({"rank": range(1, k + 1), "feature": top.tolist(), "cosine": cos[top].tolist()})
 
 
 def _decoder_set(sae: SAE) -> SimpleNamespace:

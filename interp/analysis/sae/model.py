@@ -14,6 +14,17 @@ An SAE reads an activation ``x [..., d_in]`` and writes it as a sparse, non-nega
 * ``"jumprelu"`` (Rajamanoharan et al. 2024): ``z · 1[z > θ_i]`` with a learned per-latent threshold θ.
   The step has zero gradient almost everywhere, so training uses the paper's straight-through
   pseudo-derivative: a rectangle kernel of width ``bandwidth`` around the threshold.
+* ``"abstopk"`` (SAELens' AbsTopK; loaded, not trained here): the ``k`` pre-activations largest in magnitude, sign kept.
+* ``"gated"`` (Rajamanoharan et al. 2024a; loaded from SAELens, not trained here): a gate
+  ``1[x' @ W_enc + b_gate > 0]`` decides which latents fire, a magnitude path
+  ``ReLU(x' @ (W_enc · exp(r_mag)) + b_mag)`` how strongly (``x' = x - b_dec``; no ``b_enc``).
+
+SAELens' inference options are read and applied exactly as SAELens does: ``normalize_activations``
+(``"constant_norm_rescale"``: x scaled to norm √d_in going in, the reconstruction scaled back;
+``"layer_norm"``: x standardised going in, un-standardised coming out; ``"expected_average_only_in"``:
+nothing at inference, its factor is folded into the saved weights), ``reshape_activations="hook_z"``
+(``[..., n_heads, d_head]`` in and out, flat inside) and TopK's ``rescale_acts_by_decoder_norm``
+(pre-activations times ``‖W_dec[i]‖`` before the top-k, activations divided by it before decoding).
 
 Parameter names and shapes follow SAELens (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``,
 ``b_dec``, ``threshold``), and so do the hook points (``hook_sae_input``, ``hook_sae_acts_pre``,
@@ -48,10 +59,20 @@ from interp.model.config import DTYPES
 
 __all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "load_sae", "save_sae"]
 
-ARCHITECTURES = ("relu", "topk", "jumprelu")
+ARCHITECTURES = ("relu", "topk", "jumprelu", "gated", "abstopk")
+TRAINABLE = ("relu", "topk", "jumprelu")  # gated / abstopk SAEs are read from SAELens, not trained here
+TOPK_LIKE = ("topk", "abstopk")  # k active latents per row; SAELens' rescale_acts_by_decoder_norm applies
 # SAELens' names for our architectures (cfg.json "architecture"), and back
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
-_FROM_SAELENS = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+_TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "abstopk": "abstopk"}
+_FROM_SAELENS = {"standard": "relu", **{a: a for a in ARCHITECTURES}}
+# SAELens' normalize_activations at inference (see the module docstring); covariance_whitening must be folded first
+NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+RESHAPES = ("none", "hook_z")
+# the tensors each architecture saves, SAELens' names
+_WEIGHTS = {"relu": ("W_enc", "W_dec", "b_enc", "b_dec"), "topk": ("W_enc", "W_dec", "b_enc", "b_dec"),
+            "abstopk": ("W_enc", "W_dec", "b_enc", "b_dec"),
+            "jumprelu": ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"),
+            "gated": ("W_enc", "W_dec", "b_dec", "b_gate", "r_mag", "b_mag")}
 SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME = "cfg.json", "sae_weights.safetensors"
 # cfg.json keys that SAELens < 6 kept at the top level and 6.x keeps under "metadata"
 _METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size", "dataset_path",
@@ -80,6 +101,9 @@ class SAEConfig:
     apply_b_dec_to_input: bool = True
     jumprelu_bandwidth: float = 0.05  # JumpReLU's pseudo-derivative kernel width (training only)
     metadata: dict = dataclasses.field(default_factory=dict)
+    normalize_activations: str = "none"  # SAELens' inference normalisations: NORMALIZATIONS
+    reshape_activations: str = "none"  # "hook_z": reads [..., n_heads, d_head]
+    rescale_acts_by_decoder_norm: bool = False  # TopK: rank pre-activations times ‖W_dec[i]‖ (SAELens' training default)
 
     def __post_init__(self):
         self.architecture = _arch(self.architecture)
@@ -87,13 +111,18 @@ class SAEConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InterpError(f"{name}: must be an int >= 1; given {v!r}")
-        if self.architecture == "topk":
+        if self.architecture in TOPK_LIKE:
             if self.k is None:
                 raise InterpError("k: a TopK SAE needs k, the number of active latents per row; given None")
             if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_sae:
                 raise InterpError(f"k: must be an int in [1, d_sae={self.d_sae}]; given {self.k!r}")
         if self.dtype not in DTYPES:
             raise InterpError(f"dtype: must be one of {list(DTYPES)}; given {self.dtype!r}")
+        for name, allowed in (("normalize_activations", NORMALIZATIONS), ("reshape_activations", RESHAPES)):
+            if getattr(self, name) not in allowed:
+                raise InterpError(f"{name}: must be one of {list(allowed)}; given {getattr(self, name)!r}")
+        if self.rescale_acts_by_decoder_norm and self.architecture not in TOPK_LIKE:
+            raise InterpError(f"rescale_acts_by_decoder_norm: a TopK option; this SAE is {self.architecture!r}")
         if not (isinstance(self.jumprelu_bandwidth, (int, float)) and self.jumprelu_bandwidth > 0):
             raise InterpError(f"jumprelu_bandwidth: must be a number > 0; given {self.jumprelu_bandwidth!r}")
         self.metadata = dict(self.metadata or {})
@@ -110,15 +139,15 @@ class SAEConfig:
             "dtype": self.dtype,
             "device": self.device,
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
-            "normalize_activations": "none",
-            "reshape_activations": "none",
+            "normalize_activations": self.normalize_activations,
+            "reshape_activations": self.reshape_activations,
             "metadata": {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION,
                          **self.metadata},
             "architecture": _TO_SAELENS[self.architecture],
         }
-        if self.architecture == "topk":
+        if self.architecture in TOPK_LIKE:
             cfg["k"] = self.k
-            cfg["rescale_acts_by_decoder_norm"] = False
+            cfg["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
         if self.architecture == "jumprelu":
             cfg["jumprelu_bandwidth"] = self.jumprelu_bandwidth  # extra key: SAELens ignores it
         return cfg
@@ -146,25 +175,24 @@ class SAEConfig:
         if arch not in _FROM_SAELENS:
             raise InterpError(f"{source}: architecture {arch!r} is not supported; "
                               f"supported: {sorted(_FROM_SAELENS)}")
-        norm = cfg.get("normalize_activations", "none")
-        if norm in (False, None):
-            norm = "none"
-        if norm != "none":
-            raise InterpError(f"{source}: normalize_activations={norm!r} is not supported (only 'none'); fold the "
-                              "scaling factor into the weights first (SAELens: fold_activation_norm_scaling_factor)")
-        if cfg.get("reshape_activations", "none") not in ("none", None):
-            raise InterpError(f"{source}: reshape_activations={cfg['reshape_activations']!r} is not supported "
-                              "(only 'none')")
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            raise InterpError(f"{source}: rescale_acts_by_decoder_norm=True is not supported; save the SAE "
-                              "for inference (SAELens folds the decoder norm then)")
+        norm = cfg.get("normalize_activations") or "none"  # SAELens < 6 wrote False/None for none
+        if norm not in NORMALIZATIONS:
+            hint = " (fold the whitening into the weights first: SAELens' fold_activation_whitening)" \
+                if norm == "covariance_whitening" else ""
+            raise InterpError(f"{source}: normalize_activations={norm!r} is not supported; supported: "
+                              f"{list(NORMALIZATIONS)}{hint}")
+        reshape = cfg.get("reshape_activations") or "none"
+        if reshape not in RESHAPES:
+            raise InterpError(f"{source}: reshape_activations={reshape!r} is not supported; supported: {list(RESHAPES)}")
         for key in ("d_in", "d_sae"):
             if key not in cfg:
                 raise InterpError(f"{source}: missing {key!r}; is this an SAELens cfg.json?")
         dtype = str(cfg.get("dtype", "float32")).removeprefix("torch.")
         return cls(d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), architecture=arch, k=k, dtype=dtype,
                    device="cpu", apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-                   jumprelu_bandwidth=float(cfg.get("jumprelu_bandwidth", 0.05)), metadata=meta)
+                   jumprelu_bandwidth=float(cfg.get("jumprelu_bandwidth", 0.05)), metadata=meta,
+                   normalize_activations=norm, reshape_activations=reshape,
+                   rescale_acts_by_decoder_norm=arch in TOPK_LIKE and bool(cfg.get("rescale_acts_by_decoder_norm")))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,8 +275,12 @@ class SAE(HookedRootModule):
         w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
         self.W_enc = nn.Parameter(w_dec.T.clone().contiguous())
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
+        # a gated SAE has b_gate / b_mag in place of b_enc, and r_mag (the magnitude path's log-scale)
+        for name in {"gated": ("b_gate", "r_mag", "b_mag")}.get(cfg.architecture, ("b_enc",)):
+            setattr(self, name, nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype)))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        self._norm_state = None  # what SAELens' input normalisation kept from the last encode, for decode
+        self._head_shape = None  # hook_z: (n_heads, d_head) of the last encode's input
         if cfg.architecture == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(0.01), dtype=dtype))
         for name in ("input", "acts_pre", "acts_post", "recons", "error", "output"):
@@ -275,25 +307,55 @@ class SAE(HookedRootModule):
         return x if self._hooks_off else getattr(self, f"hook_sae_{name}")(x)
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as [..., d_in] in the SAE's dtype; a hook_z SAE also takes [..., n_heads, d_head] (flattened)."""
+        self._head_shape = None
+        if isinstance(x, torch.Tensor) and self.cfg.reshape_activations == "hook_z" and x.ndim >= 2 \
+                and x.shape[-1] != self.cfg.d_in and x.shape[-2] * x.shape[-1] == self.cfg.d_in:
+            self._head_shape = tuple(x.shape[-2:])
+            x = x.flatten(-2)
         if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.cfg.d_in:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InterpError(f"x: expected activations [..., d_in={self.cfg.d_in}]; given {shape}")
         return x.to(self.W_enc.dtype)
 
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - b_dec) @ W_enc + b_enc`` (``b_dec`` only when ``apply_b_dec_to_input``)."""
+    def _sae_in(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads: x hooked, normalised as configured (SAELens' order), minus b_dec."""
         x = self._hook("input", self._check_input(x))
-        if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return self._hook("acts_pre", x @ self.W_enc + self.b_enc)
+        norm = self.cfg.normalize_activations
+        if norm == "constant_norm_rescale":  # every row to norm √d_in; decode undoes it
+            coeff = (self.cfg.d_in ** 0.5) / x.norm(dim=-1, keepdim=True)
+            self._norm_state = coeff
+            x = x * coeff
+        elif norm == "layer_norm":  # standardised (unbiased std, eps 1e-5 as SAELens); decode undoes it
+            mu = x.mean(dim=-1, keepdim=True)
+            x = x - mu
+            std = x.std(dim=-1, keepdim=True)
+            self._norm_state = (mu, std)
+            x = x / (std + 1e-5)
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def _decoder_norms(self) -> torch.Tensor:
+        return self.W_dec.norm(dim=-1)
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - b_dec) @ W_enc + b_enc`` (``b_dec`` only when ``apply_b_dec_to_input``); TopK with
+        ``rescale_acts_by_decoder_norm`` then times ‖W_dec[i]‖; gated: the magnitude path."""
+        sae_in = self._sae_in(x)
+        if self.cfg.architecture == "gated":
+            return self._hook("acts_pre", sae_in @ (self.W_enc * self.r_mag.exp()) + self.b_mag)
+        pre = self._hook("acts_pre", sae_in @ self.W_enc + self.b_enc)
+        return pre * self._decoder_norms() if self.cfg.rescale_acts_by_decoder_norm else pre
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """The architecture's nonlinearity on pre-activations (differentiable for training)."""
         arch = self.cfg.architecture
-        if arch == "relu":
+        if arch in ("relu", "gated"):  # gated: the magnitudes (encode multiplies by the gate)
             return pre.relu()
         if arch == "topk":
             return topk_activation(pre, self.cfg.k)
+        if arch == "abstopk":  # largest in magnitude, sign kept
+            idx = pre.abs().topk(self.cfg.k, dim=-1, sorted=False).indices
+            return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx))
         return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
 
     def skip(self, x: torch.Tensor) -> torch.Tensor | float:
@@ -302,11 +364,30 @@ class SAE(HookedRootModule):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``[..., d_sae]``."""
+        if self.cfg.architecture == "gated":
+            sae_in = self._sae_in(x)
+            gate = (sae_in @ self.W_enc + self.b_gate > 0).to(sae_in.dtype)
+            magnitude = self._hook("acts_pre", sae_in @ (self.W_enc * self.r_mag.exp()) + self.b_mag)
+            return self._hook("acts_post", gate * magnitude.relu())
         return self._hook("acts_post", self.activate(self.pre_activations(x)))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``f @ W_dec + b_dec`` ``[..., d_in]``."""
-        return self._hook("recons", f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec)
+        """Reconstruction ``f @ W_dec + b_dec`` ``[..., d_in]`` (then the input normalisation undone, and
+        ``[..., n_heads, d_head]`` for a hook_z SAE whose last encode read that shape)."""
+        f = f.to(self.W_dec.dtype)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            f = f * (1 / self._decoder_norms())
+        out = self._hook("recons", f @ self.W_dec + self.b_dec)
+        norm = self.cfg.normalize_activations
+        if norm in ("constant_norm_rescale", "layer_norm"):
+            if self._norm_state is None:
+                raise InterpError(f"decode: normalize_activations={norm!r} undoes the scale of the last encode; "
+                                  "call encode (or the SAE itself) on the activations first")
+            state, self._norm_state = self._norm_state, None
+            out = out / state if norm == "constant_norm_rescale" else out * state[1] + state[0]
+        if self._head_shape is not None:
+            out = out.unflatten(-1, self._head_shape)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recon = self.decode(self.encode(x))
@@ -319,6 +400,8 @@ class SAE(HookedRootModule):
             finally:
                 self._hooks_off = was
         x = self._check_input(x).detach()
+        if self._head_shape is not None:
+            x = x.unflatten(-1, self._head_shape)
         # Like SAELens, the error is a constant: gradients flow through the SAE's reconstruction only.
         if self._hooks_off or not self.hook_sae_error._forward_hooks:
             # recon + (x - clean) written as x + (recon - clean): an unedited pass returns x bit for bit
@@ -327,6 +410,8 @@ class SAE(HookedRootModule):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
+        if self.cfg.architecture == "gated" or self.cfg.rescale_acts_by_decoder_norm:
+            raise InterpError("normalize_decoder: for relu/topk/jumprelu SAEs (without rescale_acts_by_decoder_norm)")
         """Rescale decoder rows to unit norm, moving the scale into the encoder so ``x̂`` is unchanged."""
         norms = self.W_dec.norm(dim=-1).clamp_min(1e-12)
         self.W_dec.div_(norms[:, None])
@@ -338,11 +423,8 @@ class SAE(HookedRootModule):
     def saelens_shapes(self) -> dict[str, tuple[int, ...]]:
         """The tensors of the saved file, by SAELens' name, and their shapes (a transcoder adds its own)."""
         d_out = self.W_dec.shape[1]  # d_in for an SAE; a transcoder's output width
-        want = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, d_out), "b_enc": (self.d_sae,),
-                "b_dec": (d_out,)}
-        if self.cfg.architecture == "jumprelu":
-            want["threshold"] = (self.d_sae,)
-        return want
+        shapes = {"W_enc": (self.d_in, self.d_sae), "W_dec": (self.d_sae, d_out), "b_dec": (d_out,)}
+        return {name: shapes.get(name, (self.d_sae,)) for name in _WEIGHTS[self.cfg.architecture]}
 
     def saelens_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under SAELens' names (``threshold`` instead of ``log_threshold``), contiguous on the CPU."""

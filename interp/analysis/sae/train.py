@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from interp.analysis.sae.model import SAE, _arch, _Step, load_sae, save_sae
+from interp.analysis.sae.model import SAE, TRAINABLE, _arch, _Step, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text, check_output_folder
@@ -384,6 +384,9 @@ def train_sae(
     ((8, 16), (16, 8), ['step', 'tokens', 'elapsed_s'])
     """
     arch = _arch(architecture)
+    if arch not in TRAINABLE:
+        raise InterpError(f"architecture: train one of {list(TRAINABLE)}; {arch!r} SAEs are loaded (from SAELens), "
+                          "not trained here")
     d_sae = _int("d_sae", d_sae)
     batch_size = _int("batch_size", batch_size)
     checkpoint_every = _int("checkpoint_every", checkpoint_every)

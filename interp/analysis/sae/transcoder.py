@@ -171,8 +171,16 @@ def load_transcoder(folder: str | Path, device=None, dtype: str | None = None) -
 
 
 def load_transcoders(folder: str | Path, device=None, dtype: str | None = None) -> list[Transcoder]:
-    """Every transcoder in ``folder`` (itself one, or one per subfolder), ordered by the layer they replace."""
+    """Every transcoder in ``folder`` (itself one, or one per subfolder), ordered by the layer they replace; a
+    folder in circuit-tracer's layout (``layer_{i}.safetensors``) is read too (``circuit_tracer_files``)."""
+    from interp.analysis.sae.circuit_tracer_files import (
+        is_circuit_tracer_folder,
+        load_circuit_tracer_transcoders,
+    )
+
     folder = Path(folder)
+    if is_circuit_tracer_folder(folder):
+        return load_circuit_tracer_transcoders(folder, device, dtype)
     if (folder / "cfg.json").is_file():
         return [load_transcoder(folder, device, dtype)]
     subs = sorted(p for p in folder.iterdir() if (p / "cfg.json").is_file()) if folder.is_dir() else []
