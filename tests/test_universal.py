@@ -214,15 +214,18 @@ def test_report_and_families_listing_on_the_universal_path(tmp_path, capsys):
 
     from interp.cli import main
 
-    hf = tiny_model("Ernie4_5ForCausalLM")  # a family without a native row
-    hf.config.architectures = ["Ernie4_5ForCausalLM"]
-    hf.save_pretrained(tmp_path / "ernie")
-    word_level_tokenizer().save(str(tmp_path / "ernie" / "tokenizer.json"))
+    from interp.loading.families import FAMILIES
+
+    assert "HeliumForCausalLM" not in FAMILIES  # the point of the test: a family without a native row
+    hf = tiny_model("HeliumForCausalLM")
+    hf.config.architectures = ["HeliumForCausalLM"]
+    hf.save_pretrained(tmp_path / "helium")
+    word_level_tokenizer().save(str(tmp_path / "helium" / "tokenizer.json"))
     out = tmp_path / "report.md"
-    assert main(["report", "t5 t9 t3 t4 t7 t5 t9", "--model", str(tmp_path / "ernie"), "--format", "md",
+    assert main(["report", "t5 t9 t3 t4 t7 t5 t9", "--model", str(tmp_path / "helium"), "--format", "md",
                  "--out", str(out), "--corpus", "none"]) == 0
     text = out.read_text()
-    assert "universal path (Ernie4" in text and "## Logit lens" in text and "## Attention" in text
+    assert "universal path (HeliumForCausalLM" in text and "## Logit lens" in text and "## Attention" in text
     capsys.readouterr()
     assert main(["models", "--families"]) == 0
     listing = capsys.readouterr().out

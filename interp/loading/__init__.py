@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, OutOfMemoryRefusal
 from interp.loading.checkpoint import (
     WEIGHTS,
     check_finite,
@@ -100,7 +100,7 @@ def _open_hf(hf, tokenizer, path: str, where: str):
             check_finite(model.named_parameters(), where)
             return model
         except InterpError as err:
-            if path == "native":
+            if path == "native" or isinstance(err, OutOfMemoryRefusal):
                 raise
             refused = str(err)  # a setting the native model lacks: the universal path runs HF's own modules
     elif path == "native":

@@ -25,7 +25,7 @@ from typing import Any
 import einops
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, OutOfMemoryRefusal
 
 ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new", "gelu": "gelu",
         "relu": "relu", "silu": "silu", "swish": "silu", "relu2": "relu2"}
@@ -1064,7 +1064,7 @@ def check_memory(n_bytes: int, device: str | torch.device, what: str,
     else:
         return
     if n_bytes > free:
-        raise InterpError(
+        raise OutOfMemoryRefusal(
             f"{what} needs about {_gib(n_bytes)} of {device.type} memory but only {_gib(free)} is free; {fix}."
         )
 
