@@ -89,8 +89,10 @@ _ATTN_JS = r"""
       }
       const v = s / heads.length;
       vals.push([v, k]);
-      toks[k].style.background = s > 0 ? 'rgba(' + [r / s, g / s, b / s].map(Math.round).join(',') + ',' +
-        Math.min(1, top).toFixed(3) + ')' : '';
+      // every key the query can see gets a colour, a transparent one where the weight rounds to 0 (so the
+      // shaded span is exactly the causal window, whatever the weights)
+      const mix = s > 0 ? [r / s, g / s, b / s].map(Math.round) : data.colors[heads[0]];
+      toks[k].style.background = 'rgba(' + mix.join(',') + ',' + Math.min(1, top).toFixed(3) + ')';
     }
     vals.sort((a, b) => b[0] - a[0]);
     const names = heads.map(h => data.heads[h]).join(', ');
