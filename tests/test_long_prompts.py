@@ -271,7 +271,8 @@ def test_attention_view_colours_each_head_and_draws_whole_thumbnails(tmp_path):
     # hovering the last token: its previous token in L0H0's colour, the first token in L0H1's, both at full weight
     assert bg[n - 2] == f"rgba({','.join(map(str, colors[0]))},1.000)"
     assert bg[0] == f"rgba({','.join(map(str, colors[1]))},1.000)"
-    assert all(b == "" for b in bg[1:n - 2] + [bg[n - 1]])
+    # the other keys it can see are coloured transparent (alpha 0): the shaded span is the causal window
+    assert all(b.startswith("rgba(") and b.endswith(",0.000)") for b in bg[1:n - 2] + [bg[n - 1]]), bg
     for h, want_key in ((0, lambda q: max(q - 1, 0)), (1, lambda q: 0)):
         alpha = np.array(out["thumbs"][h][3::4]).reshape(n, n)
         want = np.zeros((n, n))
