@@ -42,6 +42,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from interp.errors import InterpError
+from interp.model.hook_names import CheckedHookNamesMixin, similar_hook_names
 from interp.model.text import TextMixin, is_text
 
 ATTN_NAME = "interp"
@@ -298,7 +299,7 @@ def _hf_dtype_name(dtype: torch.dtype) -> str:
 
 
 # --- the model -------------------------------------------------------------------------------------
-class UniversalModel(TextMixin, HookedRootModule):
+class UniversalModel(TextMixin, CheckedHookNamesMixin, HookedRootModule):
     """A `transformers` causal LM with TransformerLens hook points (see the module docstring)."""
 
     def __init__(self, hf_model: nn.Module, tokenizer: Any = None, native_refusal: str | None = None):
@@ -606,18 +607,10 @@ class UniversalModel(TextMixin, HookedRootModule):
     def check_hook_name(self, name) -> None:
         if isinstance(name, str) and name not in self.hook_dict:
             why = self.capabilities.not_offered
-            close = [n for n in self.hook_dict if n.split(".")[-1] == name.split(".")[-1]][:4]
+            close = similar_hook_names(self.hook_dict, name)
             extra = f" ({'; '.join(f'{k}: {v}' for k, v in why.items() if k.split()[0] in name)})" if why else ""
             raise InterpError(f"unknown hook name {name!r} on this {self.cfg.architecture} (universal path){extra}; "
-                              f"similar names here: {close or sorted(self.hook_dict)[:6]}. See model.hook_dict.")
-
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
-        self.check_hook_name(name)
-        return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
-
-    def _enable_hook_with_name(self, name, hook, dir):
-        self.check_hook_name(name)
-        return super()._enable_hook_with_name(name, hook, dir)
+                              f"similar names here: {close}. See model.hook_dict.")
 
     # --- weights: what can be read in general, and what cannot -----------------------------------
     @property

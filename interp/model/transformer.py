@@ -26,6 +26,7 @@ from interp.model.gated_hooks import (
     mlp_input,
     register_gated_block_hooks,
 )
+from interp.model.hook_names import CheckedHookNamesMixin, similar_hook_names
 from interp.model.mlp import MLP, MoE, gelu_new  # noqa: F401  (gelu_new: kept importable from here)
 from interp.model.norm import Norm
 from interp.model.processing import InterpActivationCache, process_weights
@@ -157,7 +158,8 @@ class Unembed(nn.Module):
 
 
 # --- the model ----------------------------------------------------------------------------------
-class HookedDecoder(TextMixin, TransformerLensSurfaceMixin, GatedHooksMixin, HookedRootModule):
+class HookedDecoder(TextMixin, TransformerLensSurfaceMixin, GatedHooksMixin, CheckedHookNamesMixin,
+                    HookedRootModule):
     """A configurable decoder-only transformer whose every intermediate is hookable.
 
     >>> cfg = DecoderConfig(d_vocab=50, n_ctx=16, d_model=32, n_layers=2, n_heads=4)
@@ -474,20 +476,10 @@ class HookedDecoder(TextMixin, TransformerLensSurfaceMixin, GatedHooksMixin, Hoo
             flag = gated_flag(name)
             if flag is not None and not getattr(self.cfg, flag):
                 raise InterpError(f"hook {name!r} is off: call model.{SETTER[flag]}(True) first (as in TransformerLens).")
-            close = [n for n in self.hook_dict if n.split(".")[-1] == name.split(".")[-1]][:4]
             raise InterpError(
                 f"unknown hook name {name!r}. Names follow TransformerLens, e.g. 'blocks.0.attn.hook_pattern'; "
-                f"similar names here: {close or sorted(self.hook_dict)[:6]}. See model.hook_dict for all."
+                f"similar names here: {similar_hook_names(self.hook_dict, name)}. See model.hook_dict for all."
             )
-
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
-        self.check_hook_name(name)
-        return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
-
-    def _enable_hook_with_name(self, name, hook, dir):
-        # run_with_hooks / hooks() reach hook points through here, bypassing add_hook
-        self.check_hook_name(name)
-        return super()._enable_hook_with_name(name, hook, dir)
 
     # --- weights with TransformerLens names ------------------------------------------------------
     @property
