@@ -18,7 +18,8 @@ contenders interleaved), the speed-up, the largest |difference| between the two 
 least work any exact patching engine must redo. A cell patched at layer l and position p must recompute layers
 l..L-1 at positions p..n-1 (per-head cells: every position), so with T the time of one forward through the
 blocks (no unembedding), an engine that recomputes exactly that and nothing more takes
-T * sum over cells of (L-l)/L * (n-p)/n. "of bound" is interp's time over that figure (1.0 = at the ceiling);
+T * sum over cells of (L-l)/L * (n-p)/n, one cell at a time. "of bound" is interp's time over that figure
+(below 1.0: batching the patched copies beats even recomputing exactly the necessary part cell by cell);
 the cost model is linear in layers x positions, so it slightly flatters late positions, whose queries attend
 to more keys. Load averages before and after are recorded and a busy machine marks the result contended. Writes JSON to a new timestamped file in
 benchmarks/results/ (``--out`` is never overwritten without ``--force``) and prints a table.

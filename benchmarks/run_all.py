@@ -58,6 +58,7 @@ BENCHMARKS = [
     Benchmark("circuits", ("--threads", "1", "--repeats", "3", "--train-steps", "100"),
               ("--lengths", "8", "--repeats", "1", "--train-steps", "5")),
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
+    Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
     Benchmark("report_load", (), ("--lengths", "10", "--repeats", "1"), needs="chromium"),
     Benchmark("edges", ("--repeats", "3"), ("--model", "random", "--layers", "1", "--d-model", "32", "--heads", "2",
                                             "--vocab", "64", "--tokens", "4", "--steps", "2")),
@@ -129,6 +130,8 @@ def generic_table(result: dict) -> str:
 
 def table_for(name: str, result: dict) -> str:
     """The benchmark's own ``markdown_table`` (imported from its script) or the generic one."""
+    if "command" in result:  # paths as a reader types them, from the repository root, not this machine's
+        result = {**result, "command": result["command"].replace(str(ROOT) + os.sep, "")}
     try:
         module = importlib.import_module(name)
     except Exception:  # noqa: BLE001  a script that cannot be imported here (missing optional dependency) still has a table
