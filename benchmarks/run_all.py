@@ -82,7 +82,10 @@ def run_one(bench: Benchmark, size: str, out_dir: Path, timeout: float | None) -
     if why:
         return {"benchmark": bench.name, "status": f"skipped ({why})", "seconds": 0.0}
     args = bench.toy if size == "toy" else bench.documented
-    cmd = [sys.executable, str(BENCH / f"{bench.name}.py"), *args, "--out", str(out), "--force"]
+    # paths as a reader types them from the repository root (the command is printed with the table), not this
+    # machine's absolute ones; the benchmark runs with the repository root as its working directory
+    out_arg = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    cmd = [sys.executable, str(BENCH / f"{bench.name}.py"), *args, "--out", str(out_arg), "--force"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     before, t0 = machine_state(), time.perf_counter()
     try:
@@ -130,8 +133,6 @@ def generic_table(result: dict) -> str:
 
 def table_for(name: str, result: dict) -> str:
     """The benchmark's own ``markdown_table`` (imported from its script) or the generic one."""
-    if "command" in result:  # paths as a reader types them, from the repository root, not this machine's
-        result = {**result, "command": result["command"].replace(str(ROOT) + os.sep, "")}
     try:
         module = importlib.import_module(name)
     except Exception:  # noqa: BLE001  a script that cannot be imported here (missing optional dependency) still has a table
