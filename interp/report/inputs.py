@@ -295,6 +295,9 @@ def _check_table_field(path: Path, field: str, f: dict) -> None:
     import datasets
 
     kind = "parquet" if path.suffix.lower() == ".parquet" else "json"
+    if kind == "parquet":
+        _check_parquet_field(path, field, f)
+        return
     rows = None
     try:
         rows = iter(datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True))
@@ -307,6 +310,22 @@ def _check_table_field(path: Path, field: str, f: dict) -> None:
         raise InterpError(f"{f['corpus']}: {str(path)!r} has no rows; give a table with text to scan.")
     if field not in first:
         raise InterpError(f"{f['field']}: {str(path)!r} has columns {sorted(first)}; given {field!r}")
+
+
+def _check_parquet_field(path: Path, field: str, f: dict) -> None:
+    """A Parquet file's columns and row count from its footer alone: no reader threads are started (a streaming
+    `datasets` reader left behind by an error could abort the interpreter at exit)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(str(path))
+    except Exception as e:  # noqa: BLE001 - a malformed file: one line naming it
+        raise InterpError(f"{f['corpus']}: could not read {str(path)!r} as parquet ({_first_line(e)})") from None
+    if meta.num_rows == 0:
+        raise InterpError(f"{f['corpus']}: {str(path)!r} has no rows; give a table with text to scan.")
+    columns = meta.schema.to_arrow_schema().names
+    if field not in columns:
+        raise InterpError(f"{f['field']}: {str(path)!r} has columns {sorted(columns)}; given {field!r}")
 
 
 def _dataset_corpus(ds, label: str, split, field, f: dict):
