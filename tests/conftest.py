@@ -139,6 +139,22 @@ def tokens_for(batch: int = 2, pos: int = 12, vocab: int = VOCAB, seed: int = 0)
     return torch.randint(2, vocab, (batch, pos), generator=gen)
 
 
+def perturbed_float64_model(family: str = "gpt2", seed: int = 0, d_vocab: int = 40, n_ctx: int = 16, **over):
+    """A tiny float64 `HookedDecoder` of a family's architecture, its weights (biases and gains too) perturbed so a
+    test sees nonlinear behaviour, not the initialiser's zeros and ones."""
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+
+    torch.manual_seed(seed)
+    cfg = {"d_vocab": d_vocab, "n_ctx": n_ctx, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_mlp": 32,
+           "dtype": "float64", "init_std": 0.2}
+    m = HookedDecoder(DecoderConfig(**{**cfg, **FAMILY_CONFIGS[family], **over})).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
 def word_level_tokenizer(vocab: int = VOCAB):
     """A `tokenizers.Tokenizer` whose tokens are the words 't0' ... 't{vocab-1}' (no training, no download)."""
     from tokenizers import Tokenizer, models, pre_tokenizers

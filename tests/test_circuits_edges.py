@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILY_CONFIGS
+from conftest import FAMILY_CONFIGS, perturbed_float64_model
 
 from interp.analysis.circuits.edges import (
     circuit_faithfulness,
@@ -34,14 +34,7 @@ ANS, WRONG = 3, 6
 
 def tiny(family: str, seed: int = 0, **over) -> HookedDecoder:
     """A float64 tiny model with weights large enough to be nonlinear, biases and gains perturbed."""
-    torch.manual_seed(seed)
-    cfg = {"d_vocab": V, "n_ctx": 16, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_mlp": 32, "dtype": "float64",
-           "init_std": 0.2}
-    m = HookedDecoder(DecoderConfig(**{**cfg, **FAMILY_CONFIGS[family], **over})).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return m
+    return perturbed_float64_model(family, seed, d_vocab=V, n_ctx=16, **over)
 
 
 def prompts(batch: int = 2, pos: int = 5, seed: int = 0):

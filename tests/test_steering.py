@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILY_CONFIGS
+from conftest import perturbed_float64_model
 
 from interp.analysis.sae import SAE, SAEConfig
 from interp.analysis.steering import feature_direction, steer, steering_effect, steering_vector
 from interp.errors import InterpError
-from interp.model.config import DecoderConfig
 from interp.model.transformer import HookedDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: two threads only oversubscribe
@@ -23,14 +22,7 @@ V = 40
 
 
 def tiny(family="gpt2", seed=0, **over) -> HookedDecoder:
-    torch.manual_seed(seed)
-    cfg = {"d_vocab": V, "n_ctx": 24, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_mlp": 32, "dtype": "float64",
-           "init_std": 0.2}
-    m = HookedDecoder(DecoderConfig(**{**cfg, **FAMILY_CONFIGS[family], **over})).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return m
+    return perturbed_float64_model(family, seed, d_vocab=V, n_ctx=24, **over)
 
 
 LAST = "blocks.1.hook_resid_post"

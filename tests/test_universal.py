@@ -213,7 +213,6 @@ def test_report_and_families_listing_on_the_universal_path(tmp_path, capsys):
     from conftest import word_level_tokenizer
 
     from interp.cli import main
-
     from interp.loading.families import FAMILIES
 
     assert "HeliumForCausalLM" not in FAMILIES  # the point of the test: a family without a native row
