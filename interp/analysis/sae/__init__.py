@@ -14,7 +14,9 @@ SAE takes a layer's activations apart into such directions. The modules:
 * ``transcoder``: transcoders (an MLP's input in, its output predicted; skip and TopK/ReLU/JumpReLU),
   ``train_transcoder``, splicing every MLP out (``splice_transcoders``) and ``evaluate_transcoders``;
 * ``features``: a feature's top-activating contexts (``feature_top_contexts``; with the activation at every
-  nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions.
+  nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions;
+* ``cards``: what SAE dashboards add — quantile samples and correlated features over a corpus
+  (``feature_dashboard``) and the per-token effect of ablating a feature (``feature_ablation_effects``).
 
 >>> import torch
 >>> from interp.analysis.sae import SAE, SAEConfig
@@ -22,6 +24,13 @@ SAE takes a layer's activations apart into such directions. The modules:
 torch.Size([16, 64])
 """
 
+from interp.analysis.sae.cards import (
+    FeatureDashboard,
+    feature_ablation_effects,
+    feature_correlations,
+    feature_dashboard,
+    feature_quantile_samples,
+)
 from interp.analysis.sae.evaluate import (
     SAEEval,
     ce_loss_recovered,
@@ -61,6 +70,7 @@ __all__ = [
     "ARCHITECTURES",
     "SAE",
     "ActivationSource",
+    "FeatureDashboard",
     "SAEConfig",
     "SAEEval",
     "Transcoder",
@@ -72,9 +82,13 @@ __all__ = [
     "decoder_orthogonality",
     "evaluate_sae",
     "evaluate_transcoders",
+    "feature_ablation_effects",
     "feature_activations",
+    "feature_correlations",
+    "feature_dashboard",
     "feature_logit_effects",
     "feature_profiles",
+    "feature_quantile_samples",
     "feature_top_contexts",
     "geometric_median",
     "load_sae",
