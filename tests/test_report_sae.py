@@ -284,3 +284,38 @@ def test_feature_cards_list_their_nearest_features(data, sae):
         para = para[:para.index("</p>")]
         shown = [int(g) for g in re.findall(r"(?:>|, |: )(\d+)(?:</a>)? \(", para)]
         assert shown == similar_features(sae, feat, k=4).feature.tolist()  # k = the report's k_answers
+
+
+def test_feature_cards_show_quantile_samples_correlations_and_ablation(model, sae, data, page, tables):
+    """What the page shows is what the analyzers return on the same inputs (their own tests check them against
+    pandas, numpy and a float64 hand subtraction: tests/test_sae_cards.py)."""
+    import re
+
+    from interp.analysis.sae import feature_ablation_effects
+    from interp.report.sae_section import PER_BIN, QUANTILE_BINS
+
+    dash, prof = data.sae["dashboard"], data.sae["profiles"]
+    md = render_markdown(data)
+    for feat in data.sae["cards"]:
+        card = page[page.index(f'id="sae-feature-{feat}"'):]
+        card = card[:card.index('<div class="neuron-page"') if '<div class="neuron-page"' in card else None]
+        para = card[card.index("<b>Correlated features</b>"):]
+        para = para[:para.index("</p>")]
+        shown = [int(g) for g in re.findall(r"(?:>|, |: )(\d+)(?:</a>)? \(", para)]
+        corr = dash.correlated[dash.correlated.feature == feat]
+        assert shown == corr.other.tolist() and len(shown) == 4  # k = the report's k_answers
+        bins = dash.bins[dash.bins.feature == feat]
+        assert bins.bin.tolist() == list(range(QUANTILE_BINS + 1))
+        heads = re.findall(r"<b>(Top \d+|Interval \d+) · activation ([^ ]+)–([^ ]+) · ([\d.]+)% of nonzero", card)
+        assert [h[0] for h in heads] == [f"Top {PER_BIN}"] + [f"Interval {b}" for b in range(1, QUANTILE_BINS + 1)]
+        np.testing.assert_allclose([float(h[3]) for h in heads], 100 * bins.share.to_numpy(), atol=0.051)
+        # ablation: the top examples' windows as contexts, the table's firing tokens and changes
+        ex = prof.examples[prof.examples.feature == feat]
+        ref = feature_ablation_effects(model, sae, [g.token_id.tolist() for _, g in ex.groupby("rank")], feat)
+        ref = ref[ref.activation > 0]
+        t = tables[f"sae_ablation_F{feat}"]
+        assert [int(v) for v in t.position] == ref.position.tolist() and len(ref)
+        np.testing.assert_allclose(_floats(t.logprob_change), ref.logprob_change.to_numpy(), rtol=1e-6, atol=1e-9)
+        assert card.count('class="act-line"') >= K_EXAMPLES + len(dash.samples[dash.samples.feature == feat]
+                                                                  .groupby(["bin", "sample"]))
+    assert md.count("Quantile samples:") == len(data.sae["cards"]) and "Correlated features: " in md
