@@ -297,6 +297,22 @@ def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int
         return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
 
 
+@st.cache_data(show_spinner="Sampling activations and ablating…", max_entries=16)
+def sae_feature_dashboard(spec: str, sae_path: str, corpus: str, feature: int, seconds: int):
+    """Quantile samples and correlated features over the corpus, and the ablation effect on the top examples."""
+    from interp.analysis.sae import feature_ablation_effects, feature_dashboard
+    from interp.report.serving import time_limit
+
+    model, sae = get_model(spec), get_sae(sae_path)
+    docs = [model.to_tokens(d)[0].cpu() for d in corpus.split("\n") if d.strip()]
+    with time_limit(model, seconds, "feature dashboard"):
+        dash = feature_dashboard(model, sae, docs, [feature], n_bins=4, per_bin=2, k_top=3, window=8, after=3)
+        top = dash.samples[dash.samples.bin == 0]
+        contexts = [g.token_id.tolist() for _, g in top.groupby("sample", sort=True)]
+        ablation = feature_ablation_effects(model, sae, contexts, feature) if contexts else None
+    return dash, ablation
+
+
 @st.cache_resource(show_spinner="Loading the transcoders…", max_entries=4)
 def get_transcoders(path: str):
     from interp.analysis.sae.transcoder import load_transcoders
@@ -927,11 +943,35 @@ def page_sae(spec: str, prompt: str) -> None:
             show(ctx[["rank", "activation", "doc", "position", "token", "context"]], key="sae_contexts")
             if ctx.empty:
                 st.caption("this feature does not fire on the corpus")
+            else:
+                sae_dashboard_parts(*sae_feature_dashboard(spec, path, corpus, feature, limits.scan_seconds), feature)
 
     st.subheader("Decoder directions vs random")
     stats, samples, pdf = sae_angles(path, 20_000)
     plot(angle_histogram(samples, pdf, "W_dec"), key="sae_angles")
     show(stats, key="sae_orthogonality")
+
+
+def sae_dashboard_parts(dash, ablation, feature: int) -> None:
+    """Correlated features, quantile samples and the ablation effect, drawn as the report's cards draw them."""
+    from interp.report.sae_cards import (
+        ABLATION_NOTE,
+        QUANTILE_NOTE,
+        ablation_html,
+        ablation_table,
+        correlated_html,
+        quantile_html,
+    )
+
+    html_block(correlated_html(dash.correlated, feature))
+    st.markdown("**Quantile samples**")
+    st.caption(QUANTILE_NOTE)
+    html_block(quantile_html(dash.bins, dash.samples, feature))
+    if ablation is not None:
+        st.markdown("**Ablation effect** (per token)")
+        st.caption(ABLATION_NOTE)
+        html_block(ablation_html(ablation))
+        show(ablation_table(ablation), key="sae_ablation")
 
 
 def page_lens(spec: str, prompt: str) -> None:
