@@ -242,9 +242,13 @@ def test_sae_cli_reads_the_shipped_sae_by_default(tmp_path, model, sae, corpus):
     out = tmp_path / "features.json"
     assert cli.main(["sae", "features", "--sae", "default", "--feature", "3", "--k", "1", "--logits", "2",
                      "--corpus", str(corpus), "--quiet", "--json", str(out)]) == 0
-    got = json.loads(out.read_text())["logit effects"]
+    tables = json.loads(out.read_text())
+    got = tables["logit effects"]
     ref = feature_logit_effects(model, sae, 3, k=2)
     assert [r["token_id"] for r in got] == ref.token_id.tolist()
+    bins, abl = tables["quantile bins (bin 0: the top contexts)"], tables["ablation effect on the top contexts"]
+    assert [r["bin"] for r in bins] == [0, 1, 2, 3, 4] and sum(r["share"] for r in bins[1:]) == pytest.approx(1.0)
+    assert abl and all(r["feature"] == 3 and r["activation"] > 0 for r in abl) and len(tables["correlated features"])
 
 
 def test_shipped_sae_card_numbers_are_its_eval(sae):
