@@ -361,6 +361,23 @@ def circuit_graph(spec: str, tc_path: str, ids: tuple[int, ...], node_threshold:
                                  edge_threshold=edge_threshold)
 
 
+@st.cache_data(show_spinner="Finding the features' top contexts…", max_entries=16)
+def circuit_contexts(spec: str, tc_path: str, ids: tuple[int, ...], node_threshold: float, edge_threshold: float,
+                     seconds: int) -> pd.DataFrame:
+    """The graph's feature nodes' top contexts (their hover), over the model folder's held-out text or, without
+    one, the sample corpus; a bounded scan (interp.report.circuit.HOVER_TOKENS)."""
+    from interp.report.circuit import graph_feature_contexts
+    from interp.report.inputs import read_corpus
+    from interp.report.serving import time_limit
+
+    model = get_model(spec)
+    graph = circuit_graph(spec, tc_path, ids, node_threshold, edge_threshold, seconds)
+    corpus = read_corpus(model, "default")
+    docs = corpus[1] if corpus is not None else [d for d in SAMPLE_CORPUS.split("\n") if d.strip()]
+    with time_limit(model, seconds, "top contexts"):
+        return graph_feature_contexts(model, get_transcoders(tc_path), graph, docs)
+
+
 @st.cache_data(show_spinner="Intervening…", max_entries=64)
 def circuit_intervention(spec: str, tc_path: str, ids: tuple[int, ...], node: tuple[int, int, int], value: float,
                          mode: str) -> pd.DataFrame:
@@ -1067,13 +1084,14 @@ def page_circuit(spec: str, prompt: str) -> None:
     m[0].metric("replacement score", f"{s['replacement_score']:.3f}")
     m[1].metric("completeness score", f"{s['completeness_score']:.3f}")
     m[2].metric("nodes kept", f"{len(graph.nodes)} of {s['n_nodes_full']}")
-    page = graph_html(graph, title="Attribution graph")
+    contexts = circuit_contexts(spec, path, ids, float(node_threshold), float(edge_threshold), limits.scan_seconds)
+    page = graph_html(graph, title="Attribution graph", contexts=contexts)
     st.session_state["circuit_html"] = page  # what the frame shows (tests read it back)
     st.iframe(page, height=(int(model.cfg.n_layers) + 2) * 90 + 260)
 
     st.subheader("Features")
     strs = graph.info["str_tokens"]
-    table = feature_table(graph)
+    table = feature_table(graph, contexts)
     show(table, key="circuit_features")
     if table.empty:
         st.caption("no feature kept after pruning: lower the node threshold")

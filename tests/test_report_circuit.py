@@ -131,3 +131,31 @@ def test_cli_writes_the_section(tmp_path):
                      "--max-pairs", "100", "--quiet"]) == 0
     md = out.read_text(encoding="utf-8")
     assert "## Attribution graph" in md and "last 4 of the prompt" in md and "--max-graph-tokens" in md
+
+
+def test_feature_hover_shows_top_contexts_over_the_report_corpus(model, cut):
+    """The shipped transcoders: each feature node's hover lists its top contexts over the corpus, which are the
+    scan engine's (``feature_top_contexts``, another path than the cards' ``feature_profiles``)."""
+    import html
+
+    from interp.analysis.sae import feature_top_contexts
+    from interp.report.circuit import HOVER_CONTEXTS
+    from interp.report.circuit_section import circuit_html, collect_circuit_section
+
+    _, ids = cut
+    tcs = load_transcoders(TC_DIR)
+    text = (ROOT / "models" / "docs-bible-austen-2l" / "heldout.txt").read_text(encoding="utf-8")[:1500]
+    s = collect_circuit_section(model, ids, tcs, "default", max_tokens=MAX_TOKENS, node_threshold=0.8,
+                                edge_threshold=0.98, corpus=("a few paragraphs", text))
+    page, ctx = circuit_html(s), s["contexts"]
+    feats = s["graph"].nodes[s["graph"].nodes.kind == "feature"]
+    assert len(ctx) and page.count("top contexts:") == len(feats)
+    for layer, g in feats.groupby("layer"):
+        ref = feature_top_contexts(model, tcs[int(layer)], text, features=sorted(set(g.feature.astype(int))),
+                                   k=HOVER_CONTEXTS)
+        mine = ctx[ctx.layer == layer].sort_values(["feature", "rank"])
+        assert mine.feature.tolist() == ref.feature.tolist() and len(mine)
+        np.testing.assert_allclose(mine.activation.to_numpy(), ref.activation.to_numpy(), rtol=1e-5, atol=1e-6)
+        assert all(html.escape(f"  {r.activation:.3g}: {r.context}") in page for r in mine.itertuples())
+    table = read_tables(page)["circuit_features"]
+    assert any("«" in str(v) for v in table.top_context)
