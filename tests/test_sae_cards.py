@@ -203,3 +203,37 @@ def test_ablation_effects_equal_a_hand_subtraction_in_float64(kind):
                                    rtol=1e-6, atol=1e-10)
         torch.testing.assert_close(torch.tensor([v for _, v in r.lowers], dtype=torch.float64),
                                    delta.topk(3, largest=False).values, rtol=1e-6, atol=1e-10)
+
+
+def test_shipped_transcoder_ablation_equals_the_hand_subtraction():
+    """The shipped model and its layer-1 transcoder: the ablation effect equals the hand subtraction at
+    ``hook_mlp_out`` (float32 tolerances)."""
+    from pathlib import Path
+
+    from interp.analysis.sae import load_transcoder
+    from interp.report.inputs import load_model
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "docs-bible-austen-2l" / "transcoders" / \
+        "blocks.1.hook_mlp_out"
+    model, tc = load_model(), load_transcoder(folder)
+    toks = model.to_tokens("In the beginning God created the heaven and the earth.")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=tc.cfg.hook_name)
+        acts = tc.encode(cache[tc.cfg.hook_name])[0]
+    p = toks.shape[1] - 2
+    feature = int(acts[p].argmax())
+    df = feature_ablation_effects(model, tc, toks, feature).set_index("position")
+    a = float(acts[p, feature])
+
+    def subtract(act, hook=None):
+        act = act.clone()
+        act[0, p] -= a * tc.W_dec[feature]
+        return act
+
+    with torch.no_grad():
+        ablated = torch.log_softmax(model.run_with_hooks(toks, fwd_hooks=[(tc.cfg.hook_name_out, subtract)])[0, p], -1)
+        clean = torch.log_softmax(model(toks)[0, p], -1)
+    nxt = int(toks[0, p + 1])
+    want = float(ablated[nxt] - clean[nxt])
+    assert abs(want) > 1e-3
+    torch.testing.assert_close(df.logprob_change.loc[p], want, rtol=1e-3, atol=1e-4)
