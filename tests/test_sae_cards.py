@@ -166,15 +166,17 @@ def test_ablation_effects_equal_a_hand_subtraction_in_float64(kind):
     model = perturbed_float64_model()
     sae, writes = _float64_sae_and_transcoder(model)[kind]
     reads = sae.cfg.hook_name
-    toks = torch.randint(2, 40, (2, 10), generator=torch.Generator().manual_seed(5))
+    toks = torch.randint(2, 40, (2, 8), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         _, cache = model.run_with_cache(toks, names_filter=reads)
-        acts = sae.encode(cache[reads])  # [2, 10, d_sae]
+        acts = sae.encode(cache[reads])  # [2, 8, d_sae]
     feature = int(((acts > 0).sum((0, 1)) * (acts > 0).any(1).all(0)).argmax())  # fires often, in both contexts
     df = feature_ablation_effects(model, sae, toks, feature, k_logits=3, chunk=3)
     assert len(df) == toks.numel() and (df.activation > 0).sum() >= 3
     with torch.no_grad():
-        clean = torch.log_softmax(model(toks), -1)
+        clean_logits = model(toks)
+    clean = torch.log_softmax(clean_logits, -1)
+    checked = [0, 0]
     for r in df.itertuples():
         a = float(acts[r.context, r.position, feature])
         torch.testing.assert_close(r.activation, a, rtol=1e-9, atol=1e-12)
@@ -182,6 +184,9 @@ def test_ablation_effects_equal_a_hand_subtraction_in_float64(kind):
         if a == 0:
             assert (np.isnan(r.logprob_change) if last else r.logprob_change == 0.0) and r.raises == []
             continue
+        if checked[r.context] == 3:  # three firing tokens per context (in two chunks of 3) suffice
+            continue
+        checked[r.context] += 1
 
         def subtract(act, hook=None, p=r.position, a=a):
             act = act.clone()
@@ -191,7 +196,7 @@ def test_ablation_effects_equal_a_hand_subtraction_in_float64(kind):
         t = toks[r.context: r.context + 1]
         with torch.no_grad():
             ablated = model.run_with_hooks(t, fwd_hooks=[(writes, subtract)])[0, r.position]
-        delta = model(t)[0, r.position] - ablated
+        delta = clean_logits[r.context, r.position] - ablated
         delta = delta - delta.mean()
         if not last:
             nxt = int(toks[r.context, r.position + 1])
@@ -203,6 +208,7 @@ def test_ablation_effects_equal_a_hand_subtraction_in_float64(kind):
                                    rtol=1e-6, atol=1e-10)
         torch.testing.assert_close(torch.tensor([v for _, v in r.lowers], dtype=torch.float64),
                                    delta.topk(3, largest=False).values, rtol=1e-6, atol=1e-10)
+    assert checked == [3, 3]
 
 
 def test_shipped_transcoder_ablation_equals_the_hand_subtraction():

@@ -246,13 +246,14 @@ def _top_tokens(model, delta: torch.Tensor, k: int, largest: bool) -> list[tuple
 
 @torch.no_grad()
 def feature_ablation_effects(model, sae, tokens, feature: int, *, hook_name: str | None = None, k_logits: int = 3,
-                             chunk: int = 32) -> pd.DataFrame:
+                             chunk: int = 16) -> pd.DataFrame:
     """Per token of each context in ``tokens``: what zeroing ``feature`` at that token does to the prediction there.
 
-    ``tokens``: a prompt, a ``[batch, pos]`` tensor or a list of contexts (strings or token ids; e.g. a feature's
-    top contexts). At each position where the feature fires the model is run once more with the SAE or
+    ``tokens``: a prompt, a ``[batch, pos]`` tensor or a list of contexts (strings or token ids, any lengths; e.g. a
+    feature's top contexts). At each position where the feature fires the model is run once more with the SAE or
     transcoder spliced in with its error term and the feature set to 0 at that position only (so the residual
-    stream loses exactly ``activation × W_dec[feature]`` there), ``chunk`` such runs batched together.
+    stream loses exactly ``activation × W_dec[feature]`` there); ``chunk`` such runs go in one batch (contexts
+    right-padded: causal attention keeps the padding from reaching a real token).
 
     Columns: ``context, position, token, token_id, next_token, activation, logprob`` (log-probability of the
     actual next token), ``logprob_change`` (ablated − clean: negative when the feature helps predict the next
@@ -268,44 +269,48 @@ def feature_ablation_effects(model, sae, tokens, feature: int, *, hook_name: str
     _check_int("k_logits", k_logits, 0)
     _check_int("chunk", chunk, 1)
     dev = model_device(model)
-    encode = _encoder(sae)
+    contexts = _contexts(model, tokens)
+    lens = [int(t.shape[1]) for t in contexts]
+    toks = torch.zeros(len(contexts), max(lens), dtype=torch.long, device=dev)
+    for c, t in enumerate(contexts):
+        toks[c, : lens[c]] = t[0].to(dev)
+    logits, cache = model.run_with_cache(toks, names_filter=lambda n: n == reads)
+    act = _encoder(sae)(cache[reads])[..., feature].double().cpu()  # [contexts, pos]
+    del cache
+    fires = [(c, p) for c in range(len(contexts)) for p in range(lens[c]) if act[c, p] > 0]
+    ablated: dict[tuple[int, int], torch.Tensor] = {}  # (context, position) -> the logits there, feature ablated
+    for s in range(0, len(fires), chunk):
+        group = fires[s: s + chunk]
+        which = torch.tensor([c for c, _ in group], device=dev)
+        at = torch.tensor([p for _, p in group], device=dev)
+
+        def ablate(f, hook=None, at=at):
+            f = f.clone()
+            f[torch.arange(len(at), device=f.device), at, feature] = 0.0
+            return f
+
+        with _spliced(model, sae, reads), sae.hooks(fwd_hooks=[("hook_sae_acts_post", ablate)]):
+            out = model(toks[which])
+        for i, key in enumerate(group):
+            ablated[key] = out[i, key[1]].double()
     rows = []
-    for c, toks in enumerate(_contexts(model, tokens)):
-        toks = toks.to(dev)
-        L = toks.shape[1]
-        logits, cache = model.run_with_cache(toks, names_filter=lambda n: n == reads)
-        act = encode(cache[reads])[0, :, feature].double().cpu()  # [L]
-        clean = torch.log_softmax(logits[0].double(), -1)  # [L, vocab]
-        fires = (act > 0).nonzero().flatten().tolist()
-        delta: dict[int, torch.Tensor] = {}  # position -> clean - ablated logits there
-        for s in range(0, len(fires), chunk):
-            at = torch.tensor(fires[s: s + chunk], device=dev)
-            rows_ = torch.arange(len(at), device=dev)
-
-            def ablate(f, hook=None, at=at, rows_=rows_):
-                f = f.clone()
-                f[rows_, at, feature] = 0.0
-                return f
-
-            with _spliced(model, sae, reads), sae.hooks(fwd_hooks=[("hook_sae_acts_post", ablate)]):
-                ablated = model(toks.expand(len(at), L))
-            for i, p in enumerate(at.tolist()):
-                delta[p] = logits[0, p].double() - ablated[i, p].double()
-        strs = str_tokens(model, toks[0])
-        ids = toks[0].tolist()
-        for p in range(L):
-            nxt = ids[p + 1] if p + 1 < L else None
+    for c in range(len(contexts)):
+        ids = toks[c, : lens[c]].tolist()
+        strs = str_tokens(model, ids)
+        clean = torch.log_softmax(logits[c, : lens[c]].double(), -1)
+        for p in range(lens[c]):
+            nxt = ids[p + 1] if p + 1 < lens[c] else None
             lp = float(clean[p, nxt]) if nxt is not None else float("nan")
-            if p in delta:
-                d = delta[p]
-                change = (float(torch.log_softmax(logits[0, p].double() - d, -1)[nxt]) - lp) if nxt is not None \
-                    else float("nan")
-                centred = d - d.mean()
-                k = min(k_logits, centred.numel())
-                raises, lowers = _top_tokens(model, centred, k, True), _top_tokens(model, centred, k, False)
-            else:
-                change, raises, lowers = (0.0 if nxt is not None else float("nan")), [], []
-            rows.append((c, p, strs[p], ids[p], strs[p + 1] if nxt is not None else None, float(act[p]), lp, change,
-                         raises, lowers))
+            change, raises, lowers = (0.0 if nxt is not None else float("nan")), [], []
+            if (c, p) in ablated:
+                after = ablated[(c, p)]
+                if nxt is not None:
+                    change = float(torch.log_softmax(after, -1)[nxt]) - lp
+                d = logits[c, p].double() - after
+                d = d - d.mean()
+                k = min(k_logits, d.numel())
+                raises, lowers = _top_tokens(model, d, k, True), _top_tokens(model, d, k, False)
+            rows.append((c, p, strs[p], ids[p], strs[p + 1] if nxt is not None else None, float(act[c, p]), lp,
+                         change, raises, lowers))
     return pd.DataFrame(rows, columns=["context", "position", "token", "token_id", "next_token", "activation",
                                        "logprob", "logprob_change", "raises", "lowers"])
