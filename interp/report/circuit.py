@@ -73,24 +73,23 @@ def _label(r) -> str:
 def graph_feature_contexts(model, transcoders, graph, corpus, *, k: int = HOVER_CONTEXTS,
                            max_tokens: int = HOVER_TOKENS, window: int = 8, after: int = 2):
     """The top contexts of ``graph``'s feature nodes over ``corpus``, as the feature cards find them
-    (``interp.analysis.sae.feature_profiles`` with the node's layer's transcoder, about ``max_tokens`` corpus
-    tokens scanned): ``layer, feature, rank, activation, context`` (the trigger «marked»; activations > 0 only)."""
+    (``interp.analysis.sae.feature_profiles``, every layer's transcoder in one pass over about ``max_tokens``
+    corpus tokens): ``layer, feature, rank, activation, context`` (the trigger «marked»; activations > 0 only)."""
     import pandas as pd
 
-    from interp.analysis.sae import feature_profiles
+    from interp.analysis.sae.features import layer_feature_profiles
     from interp.analysis.sae.transcoder import check_transcoders
     from interp.report.figures import show_token
 
     by_layer = check_transcoders(model, transcoders)
     feats = graph.nodes[graph.nodes.kind == "feature"]
+    wanted = {int(layer): sorted({int(f) for f in g.feature}) for layer, g in feats.groupby("layer")
+              if int(layer) in by_layer}
     rows = []
-    for layer, nodes in feats.groupby("layer"):
-        if int(layer) not in by_layer:
-            continue
-        wanted = sorted({int(f) for f in nodes.feature})
-        ex = feature_profiles(model, by_layer[int(layer)], corpus, wanted, k=k, window=window, after=after,
-                              max_tokens=max_tokens).examples
-        for (f, rank), g in ex.groupby(["feature", "rank"], sort=True):
+    if wanted:
+        ex = layer_feature_profiles(model, by_layer, wanted, corpus, k=k, window=window, after=after,
+                                    max_tokens=max_tokens).examples
+        for (layer, f, rank), g in ex.groupby(["layer", "feature", "rank"], sort=True):
             act = float(g[g.is_trigger].activation.iloc[0])
             if act > 0:
                 rows.append((int(layer), int(f), int(rank), act, "".join(

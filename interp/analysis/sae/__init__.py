@@ -50,6 +50,7 @@ from interp.analysis.sae.features import (
     feature_logit_effects,
     feature_profiles,
     feature_top_contexts,
+    layer_feature_profiles,
     similar_features,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
@@ -91,6 +92,7 @@ __all__ = [
     "feature_quantile_samples",
     "feature_top_contexts",
     "geometric_median",
+    "layer_feature_profiles",
     "load_sae",
     "load_transcoder",
     "load_transcoders",
