@@ -1,8 +1,10 @@
 """The report's sparse-autoencoder section (``interp report "..." --sae PATH``): gathered and rendered.
 
 ``collect_sae_section`` only calls the SAE analyzers (``interp.analysis.sae``: ``feature_activations``,
-``evaluate_sae``, ``token_reconstruction``, ``feature_logit_effects``, ``feature_profiles``) and selects rows;
-``sae_html`` / ``sae_markdown`` only format what it gathered. ``load_report_sae`` turns the ``--sae`` option
+``evaluate_sae``, ``token_reconstruction``, ``feature_logit_effects``, ``feature_profiles``, ``similar_features``,
+``feature_dashboard`` for correlated features and quantile samples, ``feature_ablation_effects`` on each card's
+top examples) and selects rows; ``sae_html`` / ``sae_markdown`` only format what it gathered (the dashboard parts
+through ``interp.report.sae_cards``). ``load_report_sae`` turns the ``--sae`` option
 into an SAE that fits the model, or one :class:`InterpError` line naming ``--sae``.
 
 Which features get a card: the ``n_sae_cards`` features with the largest activation anywhere on the prompt.
