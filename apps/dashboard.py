@@ -924,7 +924,8 @@ def page_sae(spec: str, prompt: str) -> None:
     c[0].metric("architecture", sae.cfg.architecture + (f" (k={sae.cfg.k})" if sae.cfg.k else ""))
     c[1].metric("latents", f"{sae.cfg.d_sae:,}")
     c[2].metric("d_in", f"{sae.cfg.d_in:,}")
-    c[3].metric("hook", hook)
+    out = getattr(sae.cfg, "hook_name_out", None)  # a transcoder: read at the MLP's input, written to its output
+    c[3].metric("hook", f"{hook} → {out}" if out else hook)
 
     st.subheader("Features on the prompt")
     feats = sae_prompt_features(spec, path, prompt, 5)
