@@ -71,7 +71,7 @@ def reference(tiny, planted, docs):
 def test_correlations_equal_pandas_on_a_planted_sae(tiny, planted, docs, reference):
     x, _ = reference
     feats = [0, 3, 21]
-    got = feature_correlations(tiny, planted, docs, feats, k=30)
+    got = feature_correlations(tiny, planted, docs, feats, k=30, batch_size=3)  # batches merged (Chan's update)
     want = pd.DataFrame(x).corr()  # NaN for the constant feature 5, as ours leaves it out
     assert x[:, 0].std() > 0 and (x[:, 0] > 0).any() and (x[:, 0] == 0).any()
     for f in feats:

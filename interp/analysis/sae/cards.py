@@ -59,32 +59,39 @@ def _check_int(name: str, v, lo: int) -> int:
 
 
 class _Correlation:
-    """Running sums for the Pearson correlation of every feature with a few chosen ones, in float64."""
+    """Running centred sums for the Pearson correlation of every feature with a few chosen ones.
+
+    Each batch is centred on its own mean and merged with Chan et al.'s pairwise update, in float64: no
+    ``n·Σx² − (Σx)²`` cancellation, so a feature constant over the corpus has variance exactly 0, and a wide SAE's
+    ``[tokens, d_sae]`` batch is never copied to float64."""
 
     def __init__(self, d_sae: int, chosen: torch.Tensor):
         self.chosen, self.n = chosen, 0
-        self.s = torch.zeros(d_sae, dtype=torch.float64)
-        self.ss = torch.zeros(d_sae, dtype=torch.float64)
+        self.mean = torch.zeros(d_sae, dtype=torch.float64)
+        self.m2 = torch.zeros(d_sae, dtype=torch.float64)
         self.cross = torch.zeros(d_sae, len(chosen), dtype=torch.float64)
         self.both = torch.zeros(d_sae, len(chosen), dtype=torch.float64)
 
     def add(self, f: torch.Tensor) -> None:  # f: [tokens, d_sae]
-        f = f.double()
-        mine = f[:, self.chosen]
-        self.n += f.shape[0]
-        self.s += f.sum(0)
-        self.ss += (f * f).sum(0)
-        self.cross += f.T @ mine
-        on = (f > 0).double()
-        self.both += on.T @ on[:, self.chosen]
+        nb = f.shape[0]
+        if nb == 0:
+            return
+        mean = f.sum(0, dtype=torch.float64) / nb
+        c = f - mean.to(f.dtype)
+        m2, cross = c.square().sum(0, dtype=torch.float64), (c.T @ c[:, self.chosen]).double()
+        n = self.n + nb
+        delta, w = mean - self.mean, self.n * nb / n
+        self.m2 += m2 + delta**2 * w
+        self.cross += cross + delta[:, None] * delta[self.chosen][None, :] * w
+        self.mean += delta * (nb / n)
+        self.n = n
+        on = (f > 0).to(f.dtype)
+        self.both += (on.T @ on[:, self.chosen]).double()
 
     def frame(self, feats: list[int], k: int) -> pd.DataFrame:
-        n = float(self.n)
-        cov = self.cross * n - self.s[:, None] * self.s[self.chosen][None, :]
-        var = (self.ss * n - self.s**2).clamp_min(0.0)
-        denom = (var[:, None] * var[self.chosen][None, :]).sqrt()
+        denom = (self.m2[:, None] * self.m2[self.chosen][None, :]).sqrt()
         # a feature constant over the corpus (dead, or always on at one value) correlates with nothing
-        corr = torch.where(denom > 1e-12 * n * n, cov / denom.clamp_min(1e-300), torch.full_like(cov, float("nan")))
+        corr = torch.where(denom > 0, self.cross / denom.clamp_min(1e-300), torch.full_like(self.cross, float("nan")))
         fires = self.both[self.chosen, torch.arange(len(feats))]
         rows = []
         for j, f in enumerate(feats):
