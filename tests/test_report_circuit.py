@@ -133,20 +133,20 @@ def test_cli_writes_the_section(tmp_path):
     assert "## Attribution graph" in md and "last 4 of the prompt" in md and "--max-graph-tokens" in md
 
 
-def test_feature_hover_shows_top_contexts_over_the_report_corpus(model, cut):
+def test_feature_hover_shows_top_contexts_over_the_report_corpus(model, data):
     """The shipped transcoders: each feature node's hover lists its top contexts over the corpus, which are the
     scan engine's (``feature_top_contexts``, another path than the cards' ``feature_profiles``)."""
     import html
 
     from interp.analysis.sae import feature_top_contexts
-    from interp.report.circuit import HOVER_CONTEXTS
-    from interp.report.circuit_section import circuit_html, collect_circuit_section
+    from interp.report.circuit import HOVER_CONTEXTS, graph_feature_contexts
+    from interp.report.circuit_section import circuit_html
 
-    _, ids = cut
     tcs = load_transcoders(TC_DIR)
     text = (ROOT / "models" / "docs-bible-austen-2l" / "heldout.txt").read_text(encoding="utf-8")[:1500]
-    s = collect_circuit_section(model, ids, tcs, "default", max_tokens=MAX_TOKENS, node_threshold=0.8,
-                                edge_threshold=0.98, corpus=("a few paragraphs", text))
+    assert data.circuit["contexts"] is None  # the report had no corpus: no contexts, as before
+    # what collect_circuit_section adds with a corpus (the graph is the report's: not traced again)
+    s = {**data.circuit, "contexts": graph_feature_contexts(model, tcs, data.circuit["graph"], text)}
     page, ctx = circuit_html(s), s["contexts"]
     feats = s["graph"].nodes[s["graph"].nodes.kind == "feature"]
     assert len(ctx) and page.count("top contexts:") == len(feats)
