@@ -10,7 +10,9 @@ graph minus after loading; on CUDA, ``max_memory_allocated``), with the node, ed
 
 **Training**: tokens/s of ``train_sae``'s loop on pre-gathered activations of layer 0 (``ln2.hook_normalized``
 → ``hook_mlp_out``), d_sae = 8 × d_model, TopK, batch 1024: a transcoder, a skip transcoder and, in the same
-run as the peer, an SAE on the MLP output (the loop without the target). Prints a table and writes JSON.
+run as the peer, an SAE on the MLP output (the loop without the target). Then every MLP at once: one per-layer
+transcoder per layer trained one after the other (tokens/s = tokens / the summed time), against one cross-layer
+transcoder over all layers (d_sae and k per layer the same). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -90,6 +92,24 @@ def _train_rates(model_name, device, steps: int) -> list[dict]:
         elapsed = float(sae.history.elapsed_s.iloc[-1])
         rows.append({"kind": kind, "steps": steps, "seconds": elapsed, "tokens_per_s": steps * 1024 / elapsed,
                      "fve_train": float(sae.history.fve.iloc[-1])})
+    # every MLP replaced: per-layer transcoders (one after another) vs one cross-layer transcoder
+    n, d = model.cfg.n_layers, model.cfg.d_model
+    ins = [f"blocks.{i}.ln2.hook_normalized" for i in range(n)]
+    both = model_activations(model, ins + [f"blocks.{i}.hook_mlp_out" for i in range(n)], docs)
+    xs, ys = both[:, : n * d], both[:, n * d :]
+    elapsed, fves = 0.0, []
+    for i in range(n):
+        tc = train_sae(xs[:, i * d : (i + 1) * d], d_sae, "topk", target=ys[:, i * d : (i + 1) * d], steps=steps,
+                       batch_size=1024, progress=False, device=device, log_every=steps)
+        elapsed += float(tc.history.elapsed_s.iloc[-1])
+        fves.append(float(tc.history.fve.iloc[-1]))
+    rows.append({"kind": f"per-layer x{n}", "steps": steps, "seconds": elapsed,
+                 "tokens_per_s": steps * 1024 / elapsed, "fve_train": statistics.mean(fves)})
+    clt = train_sae(xs, d_sae, "topk", target=ys, cross_layer=n, steps=steps, batch_size=1024, progress=False,
+                    device=device, log_every=steps)
+    elapsed = float(clt.history.elapsed_s.iloc[-1])
+    rows.append({"kind": f"cross-layer ({n} layers)", "steps": steps, "seconds": elapsed,
+                 "tokens_per_s": steps * 1024 / elapsed, "fve_train": float(clt.history.fve.iloc[-1])})
     return rows
 
 
@@ -97,7 +117,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="docs-bible-austen-2l")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--lengths", default="16,32,64,100")
+    p.add_argument("--lengths", default="16,32,64,100", help="prompt lengths ('' for training rates only)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32, help="targets per backward pass")
     p.add_argument("--train-steps", type=int, default=200)
@@ -107,7 +127,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    lengths = [int(v) for v in args.lengths.split(",")]
+    lengths = [int(v) for v in args.lengths.split(",") if v]
     ctx = mp.get_context("spawn")  # a fresh process per length: its peak memory is its own
     graphs = []
     for n in lengths:

@@ -28,6 +28,13 @@ and ``embedding · ∂target/∂(embedding)`` for tokens; the gradients come fro
 per ``batch_size`` targets: the prompt runs ``batch_size`` times side by side and each copy carries one
 target's gradient).
 
+*Cross-layer transcoders* (``interp.analysis.sae.cross_layer``): a feature at layer ``l`` writes
+``a_f · W_dec[l, f, l']`` into every MLP output ``l' >= l``; its edge to a target is the sum of those writes'
+direct effects, ``Σ_l' a_f · W_dec[l, f, l'] · ∂target/∂(MLP l' output)`` (only ``l'`` before a feature target's
+layer reach its pre-activation), and each MLP output's error is measured against the sum of every feature's write
+to it. The code reads either kind through ``transcoder.TranscoderSet``; a CLT whose decoders to later layers are
+zero gives the per-layer graph.
+
 *Completeness.* Everything else in the replacement model is a constant, so for every target node
 ``value = Σ_sources adjacency[target, source] + bias``, with ``bias`` the target's value when every node's
 contribution is zero (embeddings, feature activations and errors set to 0 under the same frozen patterns and
