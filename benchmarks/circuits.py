@@ -140,7 +140,7 @@ def main(argv=None) -> int:
               f"completeness {r['completeness_score']:.3f}", flush=True)
     train = _train_rates(args.model, args.device, args.train_steps)
     for r in train:
-        print(f"train {r['kind']:17s} {r['tokens_per_s']:10.0f} tokens/s  ({r['steps']} steps, {r['seconds']:.1f} s, "
+        print(f"train {r['kind']:24s} {r['tokens_per_s']:10.0f} tokens/s  ({r['steps']} steps, {r['seconds']:.1f} s, "
               f"train FVE {r['fve_train']:.3f})")
     result = {"benchmark": "circuits", "device": args.device, "cpu": _cpu_name(), "threads": torch.get_num_threads(),
               "model": args.model, "batch_size": args.batch_size, "graphs": graphs, "training": train,
