@@ -348,3 +348,26 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert cli.main(["sae", "train", "--cross-layer", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "--cross-layer: a cross-layer transcoder is a transcoder; add --transcoder")
+
+
+def test_the_shipped_clt_draws_the_shipped_models_graph(tmp_path):
+    from interp import cli
+    from interp.report.inputs import load_model
+
+    out = tmp_path / "graph.json"
+    assert cli.main(["circuit", "And God said, Let there be", "--transcoders", "clt", "--json", str(out),
+                     "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert [(t["layer"], t["cross_layer"]) for t in data["transcoders"]] == [(0, True), (1, True)]
+    assert 0 < data["scores"]["replacement_score"] <= 1 and 0 < data["scores"]["completeness_score"] <= 1
+    # each kept feature's activation is the CLT's joint encoding of the clean run's inputs
+    model = load_model()
+    (clt,) = load_transcoders(ROOT / "models" / "docs-bible-austen-2l" / "clt")
+    _, cache = model.run_with_cache(torch.tensor([data["tokens"]]))
+    with torch.no_grad():
+        f = clt.encode(_stack(cache, clt.cfg.hook_name))
+    feats = [n for n in data["nodes"] if n["kind"] == "feature"]
+    assert {n["layer"] for n in feats} == {0, 1}
+    for n in feats:
+        torch.testing.assert_close(n["activation"], float(f[n["position"], n["layer"], n["feature"]]),
+                                   rtol=1e-4, atol=1e-5)
