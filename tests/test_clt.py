@@ -253,7 +253,7 @@ def _planted(n=3000, d=8, n_feat=24, k=2, seed=0):
     return x, torch.einsum("nls,lsmd->nmd", f, dec)
 
 
-def test_training_learns_cross_layer_writes_a_per_layer_transcoder_cannot():
+def test_training_learns_cross_layer_writes_a_per_layer_transcoder_cannot(tmp_path):
     torch.set_num_threads(1)
     x, y = _planted()
     kw = {"steps": 200, "batch_size": 256, "lr": 1e-2, "progress": False, "log_every": 20, "dead_tokens": 2000}
@@ -277,6 +277,25 @@ def test_training_learns_cross_layer_writes_a_per_layer_transcoder_cannot():
         short = {**kw, "steps": 50, "log_every": 10}
         m = train_sae(x.flatten(1), 16, arch, target=y.flatten(1), cross_layer=2, **short, **extra)
         assert m.history.mse.iloc[-1] < 0.6 * m.history.mse.iloc[0] and m.history.fve.iloc[-1] > 0.2, arch
+    # a run interrupted after its step-20 checkpoint and resumed ends as the uninterrupted run (the state holds a CLT)
+    from interp.analysis.sae import train as train_mod
+
+    opts = {**kw, "steps": 40, "checkpoint_every": 20, "l0_coefficient": 0.01, "jumprelu_init_threshold": 0.1}
+    whole = train_sae(x.flatten(1), 16, "jumprelu", target=y.flatten(1), cross_layer=2, **opts)
+    step = train_mod._Trainer.train_step
+
+    def stop_at_30(self, *a, **k):
+        if self.step == 30:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(train_mod._Trainer, "train_step", stop_at_30)
+        train_sae(x.flatten(1), 16, "jumprelu", target=y.flatten(1), cross_layer=2, checkpoint_dir=tmp_path, **opts)
+    resumed = train_sae(x.flatten(1), 16, "jumprelu", target=y.flatten(1), cross_layer=2, checkpoint_dir=tmp_path,
+                        **opts)
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(whole, name), rtol=1e-5, atol=1e-6)
     assert m.threshold.shape == (2, 16) and float(m.threshold.detach().std()) > 1e-6  # learnt per layer and feature
 
 
