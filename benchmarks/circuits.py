@@ -4,7 +4,7 @@
     python benchmarks/circuits.py --lengths 16,100 --repeats 1 --train-steps 100 --out /tmp/circuits.json
 
 **Graphs**: ``attribution_graph`` of the shipped model with its shipped transcoders (``models/<name>/
-transcoders/``) on the first N tokens of ``heldout.txt``, for each N: median wall time over ``--repeats``
+transcoders/``, or with ``--transcoders clt`` its cross-layer transcoder ``clt/``) on the first N tokens of ``heldout.txt``, for each N: median wall time over ``--repeats``
 runs, and the peak resident memory the graph adds (each length runs in a fresh process: ru_maxrss after the
 graph minus after loading; on CUDA, ``max_memory_allocated``), with the node, edge and backward-pass counts.
 
@@ -35,24 +35,23 @@ from forward import _cpu_name, _loadavg  # benchmarks/ is this script's folder
 from interp.io import write_benchmark_json
 
 
-def _setup(model_name, device):
-    from interp.analysis.sae import load_transcoders
-    from interp.report.circuit import default_transcoder_folder
+def _setup(model_name, device, transcoders="default"):
+    from interp.report.circuit import load_graph_transcoders
     from interp.report.inputs import load_model
 
     model = load_model(model_name, device=device)
-    tcs = load_transcoders(default_transcoder_folder(model), device=device)
+    tcs = load_graph_transcoders(model, transcoders)  # "default" (per layer) or "clt" (the cross-layer one)
     text = (Path(model._interp_folder) / "heldout.txt").read_text()
     return model, tcs, model.to_tokens(text[:20_000])
 
 
 def _graph_run(args) -> dict:
-    model_name, device, n, repeats, batch_size, threads = args
+    model_name, device, n, repeats, batch_size, threads, transcoders = args
     from interp.analysis.circuits.graph import attribution_graph
 
     if threads:
         torch.set_num_threads(threads)
-    model, tcs, toks = _setup(model_name, device)
+    model, tcs, toks = _setup(model_name, device, transcoders)
     prompt = toks[:, :n]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
@@ -120,6 +119,8 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="16,32,64,100", help="prompt lengths ('' for training rates only)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32, help="targets per backward pass")
+    p.add_argument("--transcoders", default="default",
+                   help="graphs through the model folder's per-layer transcoders ('default') or its CLT ('clt')")
     p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None)
@@ -132,18 +133,20 @@ def main(argv=None) -> int:
     graphs = []
     for n in lengths:
         with ctx.Pool(1) as pool:
-            r = pool.map(_graph_run, [(args.model, args.device, n, args.repeats, args.batch_size, args.threads)])[0]
+            r = pool.map(_graph_run, [(args.model, args.device, n, args.repeats, args.batch_size, args.threads,
+                                       args.transcoders)])[0]
         graphs.append(r)
         print(f"graph {n:4d} tokens: {r['median_s']:7.2f} s (median of {args.repeats})  peak +{r['peak_mib']:7.1f} MiB  "
               f"{r['nodes_full']:5d} nodes / {r['edges_full']:8d} edges -> {r['nodes_kept']:4d} kept  "
               f"{r['backward_passes']:3d} backward passes  replacement {r['replacement_score']:.3f} "
               f"completeness {r['completeness_score']:.3f}", flush=True)
-    train = _train_rates(args.model, args.device, args.train_steps)
+    train = _train_rates(args.model, args.device, args.train_steps) if args.train_steps else []  # 0: graphs only
     for r in train:
         print(f"train {r['kind']:24s} {r['tokens_per_s']:10.0f} tokens/s  ({r['steps']} steps, {r['seconds']:.1f} s, "
               f"train FVE {r['fve_train']:.3f})")
     result = {"benchmark": "circuits", "device": args.device, "cpu": _cpu_name(), "threads": torch.get_num_threads(),
-              "model": args.model, "batch_size": args.batch_size, "graphs": graphs, "training": train,
+              "model": args.model, "batch_size": args.batch_size, "transcoders": args.transcoders, "graphs": graphs,
+              "training": train,
               "loadavg": _loadavg(), "date": time.strftime("%Y-%m-%d")}
     out = write_benchmark_json(result, args.out, f"circuits-{args.device.split(':')[0]}", args.force)
     print(f"wrote {out}")
