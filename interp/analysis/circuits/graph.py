@@ -54,7 +54,7 @@ and errors have none) weighted by their influence + w.
 
     {"format": "interp.attribution_graph", "version": 1,
      "model": {"name", "n_layers", "d_model", "d_vocab"},
-     "transcoders": [{"layer", "hook_name", "hook_name_out", "d_sae", "architecture", "skip"}],
+     "transcoders": [{"layer", "hook_name", "hook_name_out", "d_sae", "architecture", "skip", "cross_layer"}],
      "prompt": str | null, "tokens": [int], "str_tokens": [str],
      "options": {"max_logits", "logit_probability", "node_threshold", "edge_threshold", "pruned", ...},
      "scores": {"replacement_score", "completeness_score", "n_nodes_full", "n_edges_full"},
@@ -62,6 +62,7 @@ and errors have none) weighted by their influence + w.
                 "probability", "value", "bias", "influence", "top_logits": [[token, effect], ...]}],
      "edges": [{"source": id, "target": id, "weight": float}]}
 
+``cross_layer`` is true for a cross-layer transcoder's layers (their features write to every later MLP).
 ``layer`` is −1 for token nodes and ``n_layers`` for logit nodes; fields that do not apply to a kind are null;
 ``top_logits`` (features only): the tokens the feature's decoder vector raises most through the final norm's
 gain and the unembedding (centred), for presentation. ``edges`` lists the non-zero entries of ``adjacency``.

@@ -291,7 +291,7 @@ class TranscoderSet:
     def describe(self) -> list[dict]:
         """Per layer, what an attribution graph's JSON records about the transcoder there."""
         return [{"layer": layer, "hook_name": tc.cfg.hook_name, "hook_name_out": tc.cfg.hook_name_out,
-                 "d_sae": tc.cfg.d_sae, "architecture": tc.cfg.architecture, "skip": tc.cfg.skip}
+                 "d_sae": tc.cfg.d_sae, "architecture": tc.cfg.architecture, "skip": tc.cfg.skip, "cross_layer": False}
                 for layer, tc in self.by_layer.items()]
 
 
