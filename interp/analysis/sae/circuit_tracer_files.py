@@ -83,9 +83,9 @@ def load_circuit_tracer_transcoders(folder: str | Path, device=None, dtype: str 
                           f"layers {sorted(set(range(max(files) + 1)) - set(files))} are missing")
     cfg = _config(folder)
     if cfg.get("model_kind", "transcoder") != "transcoder":
-        raise InterpError(f"transcoders: {folder / 'config.yaml'} says model_kind {cfg['model_kind']!r} but the "
-                          "folder holds per-layer files (layer_{i}.safetensors; a cross-layer transcoder's are "
-                          "W_enc_{i} / W_dec_{i}.safetensors)")
+        raise InterpError(f"transcoders: {folder / 'config.yaml'} says model_kind {cfg['model_kind']!r}; only "
+                          "per-layer transcoders (model_kind: transcoder) are read from layer_{i}.safetensors files "
+                          "(a cross-layer transcoder's folder holds W_enc_{i} / W_dec_{i}.safetensors)")
     hook_in = _hook(cfg, "feature_input_hook", "hook_resid_mid", folder / "config.yaml")
     hook_out = _hook(cfg, "feature_output_hook", "hook_mlp_out", folder / "config.yaml")
     if hook_out != "hook_mlp_out":
