@@ -309,6 +309,11 @@ def test_files_round_trip_and_circuit_tracer_clt_folders(tmp_path):
         assert isinstance(again, CrossLayerTranscoder)
         for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
             torch.testing.assert_close(getattr(again, name), getattr(clt, name))
+    # the dashboard's size guard counts what the CLT holds (its decoder has a target-layer axis)
+    from interp.report.serving import sae_parameters
+
+    topk = _clt(model, "hook_resid_mid", "topk")
+    assert sae_parameters(topk.cfg.to_saelens()) == sum(p.numel() for p in topk.parameters())
     # circuit-tracer's layout from known tensors; the reference is the formula on those tensors in float64
     gen = torch.Generator().manual_seed(4)
     n, d, s = 2, 16, 12
