@@ -396,3 +396,13 @@ def test_the_shipped_clt_draws_the_shipped_models_graph(tmp_path):
     for n in feats:
         torch.testing.assert_close(n["activation"], float(f[n["position"], n["layer"], n["feature"]]),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_the_clt_card_quotes_its_eval_and_the_per_layer_sets():
+    folder = ROOT / "models" / "docs-bible-austen-2l"
+    card = (folder / "clt" / "README.md").read_text()
+    for name in ("clt", "transcoders"):  # the CLT's numbers and the per-layer set's it is compared with
+        ev = json.loads((folder / name / "eval.json").read_text())
+        for row in ev["layers"]:
+            assert f"{row['fve']:.3f}" in card and f"{row['l0']:.1f}" in card, (name, row["layer"])
+        assert f"{ev['metrics']['ce_loss_recovered']:.3f}" in card and f"{ev['metrics']['ce_replaced']:.3f}" in card
