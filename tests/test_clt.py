@@ -309,6 +309,11 @@ def test_files_round_trip_and_circuit_tracer_clt_folders(tmp_path):
         assert isinstance(again, CrossLayerTranscoder)
         for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
             torch.testing.assert_close(getattr(again, name), getattr(clt, name))
+    # a cfg.json whose sizes do not match the weights is refused before anything that size is built
+    cfg["n_layers"] = 10**6
+    (tmp_path / "ours" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(InterpError, match=r"W_enc has shape \(2, 16, 16\); cfg.json needs \(1000000, 16, 16\)"):
+        load_sae(tmp_path / "ours")
     # the dashboard's size guard counts what the CLT holds (its decoder has a target-layer axis)
     from interp.report.serving import sae_parameters
 

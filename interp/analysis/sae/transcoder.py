@@ -175,6 +175,10 @@ def load_transcoder(folder: str | Path, device=None, dtype: str | None = None) -
         cfg.dtype = dtype
     with safe_open(str(folder / SAE_WEIGHTS_FILENAME), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    want = (cfg.d_in, cfg.d_sae) if kind is Transcoder else (cfg.n_layers, cfg.d_in, cfg.d_sae)
+    if "W_enc" in state and tuple(state["W_enc"].shape) != want:  # before building: cfg.json's sizes could be huge
+        raise InterpError(f"{folder / SAE_WEIGHTS_FILENAME}: W_enc has shape {tuple(state['W_enc'].shape)}; "
+                          f"{SAE_CFG_FILENAME} needs {want}: they do not belong together")
     tc = kind(cfg).load_saelens_state_dict(state, source=str(folder / SAE_WEIGHTS_FILENAME))
     return tc.to(device) if device is not None else tc
 
