@@ -159,3 +159,29 @@ def test_feature_hover_shows_top_contexts_over_the_report_corpus(model, data):
         assert all(html.escape(f"  {r.activation:.3g}: {r.context}") in page for r in mine.itertuples())
     table = read_tables(page)["circuit_features"]
     assert any("«" in str(v) for v in table.top_context)
+
+
+def test_feature_hover_contexts_of_the_shipped_cross_layer_transcoder(model):
+    """A cross-layer transcoder's feature nodes get their top contexts too: each equals a hand reference (the
+    text's windows run one by one, ``encode_layer`` of the layer's input, the largest activations)."""
+    from interp.report.circuit import HOVER_CONTEXTS, graph_feature_contexts, load_graph_transcoders
+
+    clt = load_graph_transcoders(model, "clt")
+    graph = attribution_graph(model, clt, "And God said")
+    text = (ROOT / "models" / "docs-bible-austen-2l" / "heldout.txt").read_text(encoding="utf-8")[:600]
+    ctx = graph_feature_contexts(model, clt, graph, text)
+    feats = graph.nodes[graph.nodes.kind == "feature"]
+    assert len(ctx) and set(zip(ctx.layer, ctx.feature)) <= set(zip(feats.layer, feats.feature))
+    toks = model.to_tokens(text)[0]
+    n_ctx = int(model.cfg.n_ctx)
+    hooks = clt[0].cfg.hook_name
+    per_layer = {layer: [] for layer in set(ctx.layer)}
+    with torch.no_grad():
+        for s in range(0, len(toks), n_ctx):
+            _, cache = model.run_with_cache(toks[None, s:s + n_ctx])
+            for layer, acts in per_layer.items():
+                acts.append(clt[0].encode_layer(cache[hooks[layer]][0], layer))
+    for (layer, f), g in ctx.groupby(["layer", "feature"]):
+        acts = torch.cat(per_layer[layer])[:, f].double()
+        want = acts[acts > 0].sort(descending=True).values[:HOVER_CONTEXTS]
+        np.testing.assert_allclose(g.sort_values("rank").activation.to_numpy(), want.numpy(), rtol=1e-5, atol=1e-6)

@@ -24,18 +24,20 @@ __all__ = ["DEFAULT_TRANSCODERS", "GRAPH_CSS", "HOVER_CONTEXTS", "HOVER_TOKENS",
 
 DEFAULT_TRANSCODERS = "default"
 TRANSCODER_FOLDER = "transcoders"  # models/<name>/transcoders/blocks.{l}.hook_mlp_out/
+CLT_TRANSCODERS = "clt"  # models/<name>/clt/: the shipped cross-layer transcoder (--transcoders clt)
 _CELL_W, _ROW_H, _PAD = 110, 90, 40
 HOVER_CONTEXTS = 3  # top contexts in a feature node's hover
 HOVER_TOKENS = 4096  # corpus tokens scanned for them (windows spread over the corpus): seconds, not minutes
 
 
-def default_transcoder_folder(model) -> Path:
-    """The transcoders shipped with the model: its folder's ``transcoders/``."""
+def default_transcoder_folder(model, name: str = TRANSCODER_FOLDER) -> Path:
+    """The transcoders shipped with the model: its folder's ``transcoders/`` (per layer) or ``clt/`` (cross-layer)."""
     root = getattr(model, "_interp_folder", None)
-    folder = Path(root) / TRANSCODER_FOLDER if root else None
+    folder = Path(root) / name if root else None
     if folder is None or not folder.is_dir():
-        raise InterpError(f"--transcoders default: the model folder {str(root)!r} ships no transcoders (no "
-                          f"{TRANSCODER_FOLDER}/); give a folder (interp sae train --transcoder --out FOLDER)")
+        spec = DEFAULT_TRANSCODERS if name == TRANSCODER_FOLDER else name
+        raise InterpError(f"--transcoders {spec}: the model folder {str(root)!r} ships no transcoders (no "
+                          f"{name}/); give a folder (interp sae train --transcoder --out FOLDER)")
     return folder
 
 
@@ -73,22 +75,20 @@ def _label(r) -> str:
 def graph_feature_contexts(model, transcoders, graph, corpus, *, k: int = HOVER_CONTEXTS,
                            max_tokens: int = HOVER_TOKENS, window: int = 8, after: int = 2):
     """The top contexts of ``graph``'s feature nodes over ``corpus``, as the feature cards find them
-    (``interp.analysis.sae.feature_profiles``, every layer's transcoder in one pass over about ``max_tokens``
-    corpus tokens): ``layer, feature, rank, activation, context`` (the trigger «marked»; activations > 0 only)."""
+    (``interp.analysis.sae.feature_profiles``; per-layer transcoders or a cross-layer one, every layer in one pass
+    over about ``max_tokens`` corpus tokens): ``layer, feature, rank, activation, context`` (the trigger «marked»;
+    activations > 0 only)."""
     import pandas as pd
 
-    from interp.analysis.sae.features import layer_feature_profiles
-    from interp.analysis.sae.transcoder import check_transcoders
+    from interp.analysis.sae.features import transcoder_feature_profiles
     from interp.report.figures import show_token
 
-    by_layer = check_transcoders(model, transcoders)
     feats = graph.nodes[graph.nodes.kind == "feature"]
-    wanted = {int(layer): sorted({int(f) for f in g.feature}) for layer, g in feats.groupby("layer")
-              if int(layer) in by_layer}
+    wanted = {int(layer): sorted({int(f) for f in g.feature}) for layer, g in feats.groupby("layer")}
     rows = []
     if wanted:
-        ex = layer_feature_profiles(model, by_layer, wanted, corpus, k=k, window=window, after=after,
-                                    max_tokens=max_tokens).examples
+        ex = transcoder_feature_profiles(model, transcoders, wanted, corpus, k=k, window=window, after=after,
+                                         max_tokens=max_tokens).examples
         for (layer, f, rank), g in ex.groupby(["layer", "feature", "rank"], sort=True):
             act = float(g[g.is_trigger].activation.iloc[0])
             if act > 0:
@@ -228,13 +228,14 @@ def feature_table(graph, contexts=None):
 
 
 def load_graph_transcoders(model, spec: str | Path, flag: str = "--transcoders") -> list:
-    """The transcoders ``spec`` names for ``model``: a folder (one transcoder, or one per subfolder) or
-    ``"default"`` (the model folder's ``transcoders/``); they must fit the model (one :class:`InterpError` line
-    naming ``flag`` otherwise)."""
+    """The transcoders ``spec`` names for ``model``: a folder (one transcoder, or one per subfolder), ``"default"``
+    (the model folder's ``transcoders/``) or ``"clt"`` (its cross-layer transcoder, ``clt/``); they must fit the
+    model (one :class:`InterpError` line naming ``flag`` otherwise)."""
     from interp.analysis._inputs import model_device
     from interp.analysis.sae.transcoder import check_transcoders, load_transcoders
 
-    folder = default_transcoder_folder(model) if str(spec) == DEFAULT_TRANSCODERS else Path(spec).expanduser()
+    shipped = {DEFAULT_TRANSCODERS: TRANSCODER_FOLDER, CLT_TRANSCODERS: CLT_TRANSCODERS}
+    folder = default_transcoder_folder(model, shipped[str(spec)]) if str(spec) in shipped else Path(spec).expanduser()
     if not folder.exists():
         raise InterpError(f"{flag}: {str(folder)!r} does not exist; give a transcoder folder or 'default'")
     try:

@@ -13,6 +13,8 @@ SAE takes a layer's activations apart into such directions. The modules:
   dead and dense latents, over a corpus or token by token on a prompt (``token_reconstruction``);
 * ``transcoder``: transcoders (an MLP's input in, its output predicted; skip and TopK/ReLU/JumpReLU),
   ``train_transcoder``, splicing every MLP out (``splice_transcoders``) and ``evaluate_transcoders``;
+* ``cross_layer``: the cross-layer transcoder (each layer's features write to every later MLP output),
+  ``train_cross_layer_transcoder``; it splices, evaluates and builds attribution graphs like a per-layer set;
 * ``features``: a feature's top-activating contexts (``feature_top_contexts``; with the activation at every
   nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions;
 * ``cards``: what SAE dashboards add — quantile samples and correlated features over a corpus
@@ -30,6 +32,11 @@ from interp.analysis.sae.cards import (
     feature_correlations,
     feature_dashboard,
     feature_quantile_samples,
+)
+from interp.analysis.sae.cross_layer import (
+    CrossLayerTranscoder,
+    CrossLayerTranscoderConfig,
+    train_cross_layer_transcoder,
 )
 from interp.analysis.sae.evaluate import (
     SAEEval,
@@ -50,8 +57,8 @@ from interp.analysis.sae.features import (
     feature_logit_effects,
     feature_profiles,
     feature_top_contexts,
-    layer_feature_profiles,
     similar_features,
+    transcoder_feature_profiles,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source, model_activations
@@ -60,23 +67,28 @@ from interp.analysis.sae.transcoder import (
     Transcoder,
     TranscoderConfig,
     TranscoderEval,
+    TranscoderSet,
     evaluate_transcoders,
     load_transcoder,
     load_transcoders,
     splice_transcoders,
     train_transcoder,
+    transcoder_set,
 )
 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
     "ActivationSource",
+    "CrossLayerTranscoder",
+    "CrossLayerTranscoderConfig",
     "FeatureDashboard",
     "SAEConfig",
     "SAEEval",
     "Transcoder",
     "TranscoderConfig",
     "TranscoderEval",
+    "TranscoderSet",
     "as_source",
     "ce_loss_recovered",
     "decoder_angle_samples",
@@ -92,7 +104,6 @@ __all__ = [
     "feature_quantile_samples",
     "feature_top_contexts",
     "geometric_median",
-    "layer_feature_profiles",
     "load_sae",
     "load_transcoder",
     "load_transcoders",
@@ -107,6 +118,9 @@ __all__ = [
     "splice_saes",
     "splice_transcoders",
     "token_reconstruction",
+    "train_cross_layer_transcoder",
     "train_sae",
     "train_transcoder",
+    "transcoder_feature_profiles",
+    "transcoder_set",
 ]

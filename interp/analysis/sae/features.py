@@ -28,7 +28,7 @@ from interp.analysis.sae.source import check_hook_name
 from interp.errors import InterpError
 
 __all__ = ["decoder_angle_samples", "decoder_orthogonality", "feature_activations", "feature_hooks", "feature_logit_effects",
-           "feature_profiles", "feature_top_contexts", "layer_feature_profiles", "similar_features"]
+           "feature_profiles", "feature_top_contexts", "similar_features", "transcoder_feature_profiles"]
 
 
 def feature_hooks(sae, hook_name: str | None = None) -> tuple[str, str]:
@@ -206,32 +206,37 @@ def feature_activations(model, sae: SAE, tokens, hook_name: str | None = None, k
 
 
 @torch.no_grad()
-def layer_feature_profiles(model, saes: dict, features: dict, corpus, **options):
-    """:func:`feature_profiles` for features of several SAEs or transcoders in one pass over ``corpus``:
-    ``saes`` ``{layer: sae}``, ``features`` ``{layer: [feature, ...]}``; the frames start with ``layer,
-    feature``. ``options`` are :func:`feature_profiles`' (``k``, ``window``, ``after``, ``max_tokens``, ...)."""
+def transcoder_feature_profiles(model, transcoders, features: dict, corpus, **options):
+    """:func:`feature_profiles` for the features of a set of transcoders (per-layer ones or a cross-layer one:
+    ``transcoder.transcoder_set``), every layer in one pass over ``corpus``: ``features`` ``{layer: [feature,
+    ...]}``; the frames start with ``layer, feature``. ``options`` are :func:`feature_profiles`' (``k``,
+    ``window``, ``after``, ``max_tokens``, ...)."""
     from interp.analysis.neurons import column_profiles
+    from interp.analysis.sae.transcoder import transcoder_set
 
+    tset = transcoder_set(model, transcoders)
     wanted = {}
     for layer, feats in features.items():
-        if layer not in saes:
-            raise InterpError(f"features: layer {layer} has no SAE or transcoder; given layers {sorted(saes)}")
-        chosen = _features(list(feats), saes[layer].cfg.d_sae)
-        wanted[layer] = list(dict.fromkeys(chosen)) if chosen else None
-    wanted = {layer: feats for layer, feats in wanted.items() if feats}
+        if layer not in tset.layers:
+            raise InterpError(f"features: layer {layer} has no transcoder; the transcoders replace layers "
+                              f"{tset.layers}")
+        chosen = _features(list(feats), tset.d_sae(layer))
+        if chosen:
+            wanted[layer] = list(dict.fromkeys(chosen))
     if not wanted:
         raise InterpError("features: give at least one feature; given none")
-    hooks = {layer: check_hook_name(model, feature_hooks(saes[layer])[0]) for layer in wanted}
 
     def read(cache) -> torch.Tensor:  # [batch, pos, all chosen features, layer by layer]
         parts = []
         for layer, feats in wanted.items():
-            f = _encoder(saes[layer])(cache[hooks[layer]])
+            x = cache[tset.hook_in(layer)]
+            f = tset.encode(layer, x.to(torch.promote_types(x.dtype, torch.float32)), clean=True)
             parts.append(f[..., torch.tensor(feats, device=f.device)])
         return torch.cat(parts, -1)
 
     labels = [(layer, f) for layer, feats in wanted.items() for f in feats]
-    return column_profiles(model, corpus, set(hooks.values()), read, labels, ("layer", "feature"), **options)
+    return column_profiles(model, corpus, {tset.hook_in(layer) for layer in wanted}, read, labels,
+                           ("layer", "feature"), **options)
 
 
 @torch.no_grad()
