@@ -209,6 +209,8 @@ def test_bad_sae_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
         (str(tmp_path / "empty"), ["--sae", "cfg.json"]),
         (str(_write_sae(tmp_path / "hook", "blocks.7.hook_resid_post", 128)), ["--sae", "blocks.7.hook_resid_post"]),
         (str(_write_sae(tmp_path / "width", HOOK, 64)), ["--sae", "d_in=64", "gives 128"]),
+        (str(ROOT / "models" / "docs-bible-austen-2l" / "transcoders" / "blocks.1.hook_mlp_out"),
+         ["--sae", "holds a transcoder", "--transcoders", "interp sae features"]),
     ]
     (tmp_path / "empty").mkdir()
     for spec, needles in cases:

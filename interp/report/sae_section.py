@@ -57,6 +57,10 @@ def load_report_sae(model, spec: str | Path):
         sae = load_sae(folder, device=model_device(model))
     except InterpError as e:
         raise InterpError(f"--sae: {e}") from None
+    if getattr(sae.cfg, "d_out", None) is not None:  # refused before any analysis runs, not after
+        raise InterpError(f"--sae: {folder} holds a transcoder (it predicts {sae.cfg.hook_name_out!r}); give its "
+                          f"folder to --transcoders for the attribution graph, or see its feature cards with "
+                          f"interp sae features --sae {folder} --feature N")
     hook = sae.cfg.hook_name
     if not hook:
         raise InterpError(f"--sae: {folder / 'cfg.json'} names no hook (metadata.hook_name); the report needs one")
