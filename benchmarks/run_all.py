@@ -58,6 +58,7 @@ BENCHMARKS = [
     Benchmark("circuits", ("--threads", "1", "--repeats", "3", "--train-steps", "100"),
               ("--lengths", "8", "--repeats", "1", "--train-steps", "5")),
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
+    Benchmark("feature_cards", ("--threads", "1"), ("--tokens", "512", "--cards", "2", "--repeats", "1")),
     Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
     Benchmark("report_load", (), ("--lengths", "10", "--repeats", "1"), needs="chromium"),
     Benchmark("edges", ("--repeats", "3"), ("--model", "random", "--layers", "1", "--d-model", "32", "--heads", "2",
