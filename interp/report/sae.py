@@ -81,11 +81,19 @@ def _out(tables: dict[str, pd.DataFrame], args, notes=()) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
+# --time-budget's shares of what is left after the model loads: collection may take this much of it, then
+# evaluation (three forward passes a token, where collection needs one) this much of what remains, and the
+# final checkpoint and tables this many seconds; training gets the rest.
+COLLECT_SHARE, EVAL_SHARE, WRITE_RESERVE_S = 0.3, 0.25, 0.5
+
+
 def _train(args) -> int:
-    from interp.analysis.sae import evaluate_sae, train_sae
+    from interp.analysis.sae import as_source, evaluate_sae, train_sae, trained_seconds
     from interp.io import check_input_path, check_output_folder
+    from interp.progress import PhaseClock
     from interp.report.output import write_text
 
+    clock = PhaseClock("sae train", args.time_budget, quiet=args.quiet)
     out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
     if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
         raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
@@ -93,10 +101,11 @@ def _train(args) -> int:
         from interp.data.corpus import check_text_file
 
         check_text_file(check_input_path(args.corpus, "--corpus", folder=False), "--corpus")
-    model = _model_for(args)
-    text = read_corpus(model, args.corpus, "train", args.eval_fraction)
+    with clock.phase("load", "loading the model and the corpus"):
+        model = _model_for(args)
+        text = read_corpus(model, args.corpus, "train", args.eval_fraction)
     if args.transcoder:
-        return _train_transcoders(args, model, text, out)
+        return _train_transcoders(args, model, text, out, clock)
     d_in = int(model.cfg.d_model) if "resid" in args.hook or args.hook.endswith("_out") else None
     d_sae = args.d_sae or (args.expansion * d_in if d_in else None)
     if d_sae is None:
@@ -104,26 +113,45 @@ def _train(args) -> int:
     if args.k is not None and args.k > d_sae:  # before the activations are collected, not after
         raise InterpError(f"--k: a TopK SAE keeps at most d_sae={d_sae} latents active (--d-sae, or --expansion "
                           f"{args.expansion} x d_model {d_in}); given {args.k}")
-    sae = train_sae((model, args.hook, documents(model, text)), d_sae, args.architecture, k=args.k, steps=args.steps,
-                    batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
-                    resample_dead_every=args.resample_every, time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,
-                    device=args.device, progress=not args.quiet)
+    left = clock.left()
+    collect_s = None if left is None else COLLECT_SHARE * left
+    with clock.phase("collect", f"collecting {args.hook} activations"
+                     + (f" (at most {collect_s:.1f} s)" if collect_s is not None else "")) as row:
+        src = as_source((model, args.hook, documents(model, text)), time_budget=collect_s, progress=not args.quiet)
+        row["done"] = f"{src.n:,} tokens"
+    left = clock.left()
+    eval_s = None if left is None or args.eval_fraction == 0 else EVAL_SHARE * left
+    train_s = None
+    if left is not None:  # train_sae's budget counts a resumed run's earlier training too
+        train_s = trained_seconds(out, args.force) + max(left - (eval_s or 0.0) - WRITE_RESERVE_S, 1e-3)
+    with clock.phase("train", f"training {args.architecture} SAE with {d_sae:,} latents"
+                     + (f" (until {train_s:.1f} s of training)" if train_s is not None else "")) as row:
+        sae = train_sae(src, d_sae, args.architecture, k=args.k, steps=args.steps, batch_size=args.batch_size,
+                        lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
+                        resample_dead_every=args.resample_every, time_budget=train_s, checkpoint_dir=out,
+                        overwrite=args.force, seed=args.seed, device=args.device, progress=not args.quiet)
+        row["done"] = f"{sae.steps_done:,} steps"
     hist = sae.history
     tables = {"training": hist.tail(5)}
     notes = [f"SAE written to {out} (SAELens layout: cfg.json + sae_weights.safetensors)"
              + (" — stopped at the time budget" if getattr(sae, "stopped_early", False) else "")]
     if args.eval_fraction > 0:
-        held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
-        ev = evaluate_sae(model, sae, documents(model, held), progress=not args.quiet)
+        with clock.phase("evaluate", "evaluating on the held-out text"
+                         + (f" (at most {eval_s:.1f} s)" if eval_s is not None else "")) as row:
+            held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
+            ev = evaluate_sae(model, sae, documents(model, held), time_budget=eval_s, progress=not args.quiet)
+            row["done"] = f"{int(ev.metrics['n_tokens']):,} tokens"
         tables["held-out evaluation"] = ev.table()
         write_text(out / "eval.json", json.dumps(ev.metrics, indent=1) + "\n", True)
+    tables["time spent"] = clock.table()
     _out(tables, args, notes)
     return 0
 
 
-def _train_transcoders(args, model, text: str, out: Path) -> int:
-    """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``."""
-    from interp.analysis.sae import evaluate_transcoders, train_transcoder
+def _train_transcoders(args, model, text: str, out: Path, clock) -> int:
+    """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``;
+    ``--time-budget`` is shared equally by the layers' training (collection and evaluation are not bounded)."""
+    from interp.analysis.sae import evaluate_transcoders, train_transcoder, trained_seconds
     from interp.report.output import write_text
 
     n = model.cfg.n_layers
@@ -134,23 +162,30 @@ def _train_transcoders(args, model, text: str, out: Path) -> int:
     d_sae = args.d_sae or args.expansion * int(model.cfg.d_model)
     docs = documents(model, text)
     tcs, rows = [], []
-    for layer in layers:
-        tc = train_transcoder(model, layer, docs, d_sae, args.architecture, input_hook=args.input_hook,
-                              skip=args.skip, k=args.k, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              l1_coefficient=args.l1, l0_coefficient=args.l0, time_budget=args.time_budget,
-                              checkpoint_dir=out / f"blocks.{layer}.hook_mlp_out", overwrite=args.force,
-                              seed=args.seed, device=args.device, progress=not args.quiet)
+    for i, layer in enumerate(layers):
+        folder = out / f"blocks.{layer}.hook_mlp_out"
+        left = clock.left()
+        budget = None if left is None else trained_seconds(folder, args.force) + max(left / (len(layers) - i), 1e-3)
+        with clock.phase(f"layer {layer}", f"collecting and training the layer-{layer} transcoder") as row:
+            tc = train_transcoder(model, layer, docs, d_sae, args.architecture, input_hook=args.input_hook,
+                                  skip=args.skip, k=args.k, steps=args.steps, batch_size=args.batch_size,
+                                  lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0, time_budget=budget,
+                                  checkpoint_dir=folder, overwrite=args.force, seed=args.seed, device=args.device,
+                                  progress=not args.quiet)
+            row["done"] = f"{tc.steps_done:,} steps"
         tcs.append(tc)
         rows.append({"layer": layer, **tc.history.iloc[-1].to_dict(), "stopped_early": tc.stopped_early})
     tables = {"training (last step per layer)": pd.DataFrame(rows)}
     notes = [f"transcoders written to {out}/blocks.{{l}}.hook_mlp_out (cfg.json + sae_weights.safetensors)"]
     if args.eval_fraction > 0:
-        held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
-        ev = evaluate_transcoders(model, tcs, documents(model, held))
+        with clock.phase("evaluate", "evaluating on the held-out text"):
+            held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
+            ev = evaluate_transcoders(model, tcs, documents(model, held))
         tables["held-out: per layer"] = ev.layers
         tables["held-out: every MLP replaced"] = ev.table()
         data = {"layers": json.loads(ev.layers.to_json(orient="records")), "metrics": ev.metrics}
         write_text(out / "eval.json", json.dumps(data, indent=1) + "\n", True)
+    tables["time spent"] = clock.table()
     _out(tables, args, notes)
     return 0
 
@@ -261,7 +296,13 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 10 passes, >= 1000)")
     t.add_argument("--batch-size", type=positive_int, default=1024)
     t.add_argument("--lr", type=nonnegative_float, default=None)
-    t.add_argument("--time-budget", type=nonnegative_float, default=None, help="stop after this many seconds (checkpointed)")
+    t.add_argument("--time-budget", type=nonnegative_float, default=None, metavar="S",
+                   help="the whole command's seconds, counted from when it starts: after the model loads, "
+                        "collecting activations may take 30%% of what is left, evaluation 25%% of the rest, "
+                        "training (checkpointed; a resumed run adds its earlier training) the remainder; "
+                        "each phase stops after the batch or step that reaches its share. --transcoder: the "
+                        "layers share it equally (their collection and evaluation are not bounded). The "
+                        "'time spent' table lists each phase")
     t.add_argument("--seed", type=seed, default=0)
     t.add_argument("--transcoder", action="store_true",
                    help="train transcoders instead: per layer, read --input-hook and predict hook_mlp_out "

@@ -53,7 +53,7 @@ from interp.analysis.sae.source import ActivationSource, as_source
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text, check_output_folder
 
-__all__ = ["DEFAULTS", "geometric_median", "train_sae"]
+__all__ = ["DEFAULTS", "geometric_median", "train_sae", "trained_seconds"]
 
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
@@ -296,6 +296,16 @@ def _damaged(folder: Path, what: str) -> InterpError:
                        "(CLI: --force) to start over there, or restore the folder")
 
 
+def trained_seconds(checkpoint_dir, overwrite: bool = False) -> float:
+    """Training time a resumable run in ``checkpoint_dir`` has already spent (0 for none, or with
+    ``overwrite``): ``time_budget`` counts it, so a caller bounding one session adds it to the budget."""
+    folder = Path(checkpoint_dir)
+    if overwrite or not (folder / STATE_JSON).is_file():
+        return 0.0
+    state = _read_state(folder, overwrite)
+    return float(state.get("elapsed_s", 0.0)) if state else 0.0
+
+
 def _read_state(folder: Path, overwrite: bool) -> dict | None:
     """``trainer_state.json``, or None to start afresh (``overwrite``); a damaged file is one clear error."""
     try:
@@ -371,7 +381,8 @@ def train_sae(
     final checkpoint. ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
     that many steps (Anthropic's recipe, module docstring); ``sae.resamples`` lists each event (``step,
     resampled``). The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
-    fve, l0, dead_frac, lr``). See the module docstring for the recipe and checkpoint/resume rules.
+    fve, l0, dead_frac, lr``); ``sae.steps_done`` counts the steps taken and ``sae.stopped_early`` says whether
+    ``time_budget`` ended the run. See the module docstring for the recipe and checkpoint/resume rules.
 
     ``target``: a second source of the same form, row for row beside ``source`` (same shard sizes: batches
     are a pure function of the sizes and the step, so the rows stay paired): trains a *transcoder* that
@@ -539,4 +550,5 @@ def train_sae(
                                                              "l0", "dead_frac", "lr"])
     result.resamples = pd.DataFrame(trainer.resamples, columns=["step", "resampled"])
     result.stopped_early = out_of_time
+    result.steps_done = trainer.step  # the history logs every log_every steps; this counts them all
     return result.eval()
