@@ -480,26 +480,12 @@ def test_decoder_orthogonality_against_random_baseline():
 # the command line
 
 
-def _cli_model_and_corpus(tmp_path, n_docs: int = 40):
-    """A saved 1-layer word-level model and a corpus of ``n_docs`` 12-word paragraphs (words t2 ... t95)."""
-    from conftest import VOCAB, word_level_tokenizer
-
-    torch.manual_seed(0)
-    model_dir = tmp_path / "m"
-    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=1, n_heads=2, name="cli"))
-    model.tokenizer = word_level_tokenizer()
-    model.save(model_dir)
-    g = torch.Generator().manual_seed(0)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(" ".join(f"t{int(i)}" for i in torch.randint(2, VOCAB, (12,), generator=g))
-                                   for _ in range(n_docs)))
-    return model, model_dir, corpus
-
-
 def test_cli_train_eval_features(tmp_path, capsys):
+    from conftest import saved_word_model_and_corpus
+
     from interp.cli import main
 
-    _, model_dir, corpus = _cli_model_and_corpus(tmp_path)
+    _, model_dir, corpus = saved_word_model_and_corpus(tmp_path)
     out = tmp_path / "sae"
     base = ["--model", str(model_dir), "--corpus", str(corpus), "--quiet"]
     rc = main(["sae", "train", *base, "--out", str(out), "--steps", "20", "--batch-size", "64", "--d-sae", "32",
@@ -526,10 +512,12 @@ def test_cli_time_budget_bounds_every_phase(tmp_path):
     Collection stops after its first batch (16 training paragraphs), training after one step, evaluation after
     its first batch (8 paragraphs, or the held-out tail's fewer); every paragraph is the same length, so those
     are whole-paragraph token counts."""
+    from conftest import saved_word_model_and_corpus
+
     from interp.cli import main
     from interp.report.sae import read_corpus
 
-    model, model_dir, corpus = _cli_model_and_corpus(tmp_path)
+    model, model_dir, corpus = saved_word_model_and_corpus(tmp_path)
     per_doc = model.to_tokens(corpus.read_text().split("\n\n")[0]).shape[1]
     n_held = len(read_corpus(model, str(corpus), "eval", 0.1).strip().split("\n\n"))
     assert 1 <= n_held < 8

@@ -34,7 +34,8 @@ __all__ = [
     "toy_model_figure",
 ]
 
-_LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b": 60}, "font": {"size": 12}}
+TEMPLATE = "plotly_white"  # every figure's; an HTML report carries it once for all of them
+_LAYOUT = {"template": TEMPLATE, "margin": {"l": 60, "r": 20, "t": 50, "b": 60}, "font": {"size": 12}}
 
 
 def show_token(s: str) -> str:

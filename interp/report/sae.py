@@ -90,10 +90,11 @@ COLLECT_SHARE, EVAL_SHARE, WRITE_RESERVE_S = 0.3, 0.25, 0.5
 def _train(args) -> int:
     from interp.analysis.sae import as_source, evaluate_sae, train_sae, trained_seconds
     from interp.io import check_input_path, check_output_folder
-    from interp.progress import PhaseClock
+    from interp.progress import PhaseClock, progress_wanted
     from interp.report.output import write_text
 
     clock = PhaseClock("sae train", args.time_budget, quiet=args.quiet)
+    bars = not args.quiet and progress_wanted()  # in a log file the clock's lines say each phase, once
     out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
     if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
         raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
@@ -117,7 +118,7 @@ def _train(args) -> int:
     collect_s = None if left is None else COLLECT_SHARE * left
     with clock.phase("collect", f"collecting {args.hook} activations"
                      + (f" (at most {collect_s:.1f} s)" if collect_s is not None else "")) as row:
-        src = as_source((model, args.hook, documents(model, text)), time_budget=collect_s, progress=not args.quiet)
+        src = as_source((model, args.hook, documents(model, text)), time_budget=collect_s, progress=bars)
         row["done"] = f"{src.n:,} tokens"
     left = clock.left()
     eval_s = None if left is None or args.eval_fraction == 0 else EVAL_SHARE * left
@@ -129,7 +130,7 @@ def _train(args) -> int:
         sae = train_sae(src, d_sae, args.architecture, k=args.k, steps=args.steps, batch_size=args.batch_size,
                         lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
                         resample_dead_every=args.resample_every, time_budget=train_s, checkpoint_dir=out,
-                        overwrite=args.force, seed=args.seed, device=args.device, progress=not args.quiet)
+                        overwrite=args.force, seed=args.seed, device=args.device, progress=bars)
         row["done"] = f"{sae.steps_done:,} steps"
     hist = sae.history
     tables = {"training": hist.tail(5)}
@@ -139,7 +140,7 @@ def _train(args) -> int:
         with clock.phase("evaluate", "evaluating on the held-out text"
                          + (f" (at most {eval_s:.1f} s)" if eval_s is not None else "")) as row:
             held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
-            ev = evaluate_sae(model, sae, documents(model, held), time_budget=eval_s, progress=not args.quiet)
+            ev = evaluate_sae(model, sae, documents(model, held), time_budget=eval_s, progress=bars)
             row["done"] = f"{int(ev.metrics['n_tokens']):,} tokens"
         tables["held-out evaluation"] = ev.table()
         write_text(out / "eval.json", json.dumps(ev.metrics, indent=1) + "\n", True)
