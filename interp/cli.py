@@ -61,7 +61,7 @@ def _report(args) -> int:
     err = Console(stderr=True)
     steps = ["loading model", *STAGES, "writing"]
     show_bar = not args.quiet and progress_wanted()
-    line = [StepLine("report: loading model", enabled=not args.quiet and not show_bar)]
+    line = [StepLine("", enabled=False)]  # load_model says its own line
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not show_bar) as bar:
         task = bar.add_task(steps[0], total=len(steps))
@@ -658,8 +658,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ns = build_parser().parse_args(argv)
         func = ns.func
+    from interp.progress import silenced
+
     try:
-        return int(func(ns) or 0)
+        with silenced("--quiet" in argv):  # no step lines either
+            return int(func(ns) or 0)
     except InterpError as e:
         from interp.report.probes import printable
 

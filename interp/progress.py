@@ -12,6 +12,8 @@ its one-line error alone.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import threading
@@ -27,9 +29,23 @@ def progress_wanted(enabled: bool = True) -> bool:
     return bool(enabled and stream is not None and hasattr(stream, "isatty") and stream.isatty())
 
 
+_SILENT = contextvars.ContextVar("interp_progress_silent", default=False)
+
+
+@contextlib.contextmanager
+def silenced(silent: bool = True):
+    """No step lines inside (a command run with ``--quiet``), whatever the library code below asks for."""
+    token = _SILENT.set(bool(silent) or _SILENT.get())
+    try:
+        yield
+    finally:
+        _SILENT.reset(token)
+
+
 def lines_wanted(enabled: bool = True) -> bool:
     """Whether a step asked to show progress (``enabled``) says what it does in lines (no bar drawn here)."""
-    return bool(enabled and os.environ.get("INTERP_PROGRESS", "").strip() != "0" and sys.stderr is not None)
+    return bool(enabled and not _SILENT.get() and os.environ.get("INTERP_PROGRESS", "").strip() != "0"
+                and sys.stderr is not None)
 
 
 def _line_delay() -> float:
@@ -59,6 +75,22 @@ class StepLine:
     def _say(self) -> None:
         self.said = True
         print(f"{self.text}...", file=sys.stderr, flush=True)
+
+    def cancel(self) -> None:
+        """End the step without its end line (it failed: the error says what happened)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.said = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.done()
+        else:
+            self.cancel()
 
     def done(self, what: str = "") -> None:
         if self._timer is not None:
@@ -139,8 +171,6 @@ class PhaseClock:
 
     def phase(self, name: str, doing: str):
         """``with clock.phase("train", "training 2,000 steps") as row: ...; row["done"] = "1,204 steps"``."""
-        import contextlib
-
         @contextlib.contextmanager
         def timed():
             line = StepLine(f"{self.command}: {doing}", enabled=not self.quiet)
@@ -148,10 +178,12 @@ class PhaseClock:
             t = self._now()
             try:
                 yield row
-            finally:
-                row["seconds"] = self._now() - t
-                self.rows.append(row)
-                line.done(row["done"])
+            except BaseException:
+                line.cancel()
+                raise
+            row["seconds"] = self._now() - t
+            self.rows.append(row)
+            line.done(row["done"])
 
         return timed()
 

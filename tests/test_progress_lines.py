@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_step_lines_follow_the_planted_delay(monkeypatch, capsys):
-    from interp.progress import PhaseClock, progress_bar
+    from interp.progress import PhaseClock, StepLine, progress_bar, silenced
 
     monkeypatch.delenv("INTERP_PROGRESS", raising=False)
     monkeypatch.setenv("INTERP_PROGRESS_AFTER", "0")
@@ -30,6 +30,14 @@ def test_step_lines_follow_the_planted_delay(monkeypatch, capsys):
         "counting...", _done("counting", "3 step"), "stopping early...", _done("stopping early", "0 it of 10"),
         "cmd: doing one...", _done("cmd: doing one", "7 things")]
     assert list(clock.table().phase) == ["one", "total"]
+    with silenced():  # a command's --quiet
+        list(progress_bar(range(3), desc="hushed"))
+    try:
+        with StepLine("failing"):
+            raise ValueError("boom")
+    except ValueError:
+        pass
+    assert capsys.readouterr().err.splitlines() == ["failing..."]  # no "done" line for a step that failed
     monkeypatch.setenv("INTERP_PROGRESS_AFTER", "1000")
     list(progress_bar(range(3), desc="quick"))
     with clock.phase("two", "doing two"):
@@ -76,5 +84,6 @@ def test_cli_with_stderr_in_a_file_prints_step_lines_and_no_bars(tmp_path):
     from interp.report.data import STAGES
 
     lines = report_log.splitlines()
-    for stage in ("loading model", *STAGES, "writing"):
+    assert f"loading model {model_dir}..." in lines, report_log
+    for stage in (*STAGES, "writing"):
         assert f"report: {stage}..." in lines, (stage, report_log)
