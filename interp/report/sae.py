@@ -88,21 +88,22 @@ COLLECT_SHARE, EVAL_SHARE, WRITE_RESERVE_S = 0.3, 0.25, 0.5
 
 
 def _train(args) -> int:
-    from interp.analysis.sae import as_source, evaluate_sae, train_sae, trained_seconds
-    from interp.io import check_input_path, check_output_folder
     from interp.progress import PhaseClock, progress_wanted
-    from interp.report.output import write_text
 
     clock = PhaseClock("sae train", args.time_budget, quiet=args.quiet)
     bars = not args.quiet and progress_wanted()  # in a log file the clock's lines say each phase, once
-    out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
-    if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
-        raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
-    if args.corpus is not None:  # a missing or binary file: refused before the model loads
-        from interp.data.corpus import check_text_file
+    with clock.phase("load", "loading the model and the corpus"):  # torch's import (seconds) counts too
+        from interp.analysis.sae import as_source, evaluate_sae, train_sae
+        from interp.io import check_input_path, check_output_folder
+        from interp.report.output import write_text
 
-        check_text_file(check_input_path(args.corpus, "--corpus", folder=False), "--corpus")
-    with clock.phase("load", "loading the model and the corpus"):
+        out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
+        if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
+            raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
+        if args.corpus is not None:  # a missing or binary file: refused before the model loads
+            from interp.data.corpus import check_text_file
+
+            check_text_file(check_input_path(args.corpus, "--corpus", folder=False), "--corpus")
         model = _model_for(args)
         text = read_corpus(model, args.corpus, "train", args.eval_fraction)
     if args.transcoder:
@@ -122,14 +123,12 @@ def _train(args) -> int:
         row["done"] = f"{src.n:,} tokens"
     left = clock.left()
     eval_s = None if left is None or args.eval_fraction == 0 else EVAL_SHARE * left
-    train_s = None
-    if left is not None:  # train_sae's budget counts a resumed run's earlier training too
-        train_s = trained_seconds(out, args.force) + max(left - (eval_s or 0.0) - WRITE_RESERVE_S, 1e-3)
+    train_s = None if left is None else max(left - (eval_s or 0.0) - WRITE_RESERVE_S, 1e-3)
     with clock.phase("train", f"training {args.architecture} SAE with {d_sae:,} latents"
-                     + (f" (until {train_s:.1f} s of training)" if train_s is not None else "")) as row:
+                     + (f" (at most {train_s:.1f} s)" if train_s is not None else "")) as row:
         sae = train_sae(src, d_sae, args.architecture, k=args.k, steps=args.steps, batch_size=args.batch_size,
                         lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
-                        resample_dead_every=args.resample_every, time_budget=train_s, checkpoint_dir=out,
+                        resample_dead_every=args.resample_every, time_left=train_s, checkpoint_dir=out,
                         overwrite=args.force, seed=args.seed, device=args.device, progress=bars)
         row["done"] = f"{sae.steps_done:,} steps"
     hist = sae.history
@@ -152,7 +151,7 @@ def _train(args) -> int:
 def _train_transcoders(args, model, text: str, out: Path, clock) -> int:
     """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``;
     ``--time-budget`` is shared equally by the layers' training (collection and evaluation are not bounded)."""
-    from interp.analysis.sae import evaluate_transcoders, train_transcoder, trained_seconds
+    from interp.analysis.sae import evaluate_transcoders, train_transcoder
     from interp.report.output import write_text
 
     n = model.cfg.n_layers
@@ -166,11 +165,11 @@ def _train_transcoders(args, model, text: str, out: Path, clock) -> int:
     for i, layer in enumerate(layers):
         folder = out / f"blocks.{layer}.hook_mlp_out"
         left = clock.left()
-        budget = None if left is None else trained_seconds(folder, args.force) + max(left / (len(layers) - i), 1e-3)
+        budget = None if left is None else max(left / (len(layers) - i), 1e-3)
         with clock.phase(f"layer {layer}", f"collecting and training the layer-{layer} transcoder") as row:
             tc = train_transcoder(model, layer, docs, d_sae, args.architecture, input_hook=args.input_hook,
                                   skip=args.skip, k=args.k, steps=args.steps, batch_size=args.batch_size,
-                                  lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0, time_budget=budget,
+                                  lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0, time_left=budget,
                                   checkpoint_dir=folder, overwrite=args.force, seed=args.seed, device=args.device,
                                   progress=not args.quiet)
             row["done"] = f"{tc.steps_done:,} steps"
@@ -300,7 +299,7 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--time-budget", type=nonnegative_float, default=None, metavar="S",
                    help="the whole command's seconds, counted from when it starts: after the model loads, "
                         "collecting activations may take 30%% of what is left, evaluation 25%% of the rest, "
-                        "training (checkpointed; a resumed run adds its earlier training) the remainder; "
+                        "training (checkpointed; resumable) the remainder; "
                         "each phase stops after the batch or step that reaches its share. --transcoder: the "
                         "layers share it equally (their collection and evaluation are not bounded). The "
                         "'time spent' table lists each phase")

@@ -45,7 +45,7 @@ from interp.analysis.sae.features import (
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source, model_activations
-from interp.analysis.sae.train import geometric_median, train_sae, trained_seconds
+from interp.analysis.sae.train import geometric_median, train_sae
 from interp.analysis.sae.transcoder import (
     Transcoder,
     TranscoderConfig,
@@ -93,5 +93,4 @@ __all__ = [
     "token_reconstruction",
     "train_sae",
     "train_transcoder",
-    "trained_seconds",
 ]

@@ -53,7 +53,7 @@ from interp.analysis.sae.source import ActivationSource, as_source
 from interp.errors import InterpError
 from interp.io import atomic_path, atomic_write_text, check_output_folder
 
-__all__ = ["DEFAULTS", "geometric_median", "train_sae", "trained_seconds"]
+__all__ = ["DEFAULTS", "geometric_median", "train_sae"]
 
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
@@ -296,16 +296,6 @@ def _damaged(folder: Path, what: str) -> InterpError:
                        "(CLI: --force) to start over there, or restore the folder")
 
 
-def trained_seconds(checkpoint_dir, overwrite: bool = False) -> float:
-    """Training time a resumable run in ``checkpoint_dir`` has already spent (0 for none, or with
-    ``overwrite``): ``time_budget`` counts it, so a caller bounding one session adds it to the budget."""
-    folder = Path(checkpoint_dir)
-    if overwrite or not (folder / STATE_JSON).is_file():
-        return 0.0
-    state = _read_state(folder, overwrite)
-    return float(state.get("elapsed_s", 0.0)) if state else 0.0
-
-
 def _read_state(folder: Path, overwrite: bool) -> dict | None:
     """``trainer_state.json``, or None to start afresh (``overwrite``); a damaged file is one clear error."""
     try:
@@ -358,6 +348,7 @@ def train_sae(
     resample_scale: float = 0.2,
     resample_inputs: int = 16_384,
     time_budget: float | None = None,
+    time_left: float | None = None,
     checkpoint_dir=None,
     checkpoint_every: int = 500,
     overwrite: bool = False,
@@ -377,8 +368,9 @@ def train_sae(
     hook_name, corpus)``; or an activation-dataset object (``interp.analysis.sae.source``). ``d_sae``: number
     of latents. ``architecture``: ``"topk"`` (default; ``k`` active latents, default ``d_in // 8``), ``"relu"``
     (L1 penalty ``l1_coefficient``) or ``"jumprelu"`` (L0 penalty ``l0_coefficient``). ``steps`` defaults to
-    10 passes over the data (at least 1000 steps). ``time_budget`` (seconds) stops early, still saving a
-    final checkpoint. ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
+    10 passes over the data (at least 1000 steps). ``time_budget`` (seconds of training, a resumed run's
+    earlier ones included) stops early, still saving a final checkpoint; ``time_left`` bounds this call alone
+    (the budget becomes the run's training so far plus it). ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
     that many steps (Anthropic's recipe, module docstring); ``sae.resamples`` lists each event (``step,
     resampled``). The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
     fve, l0, dead_frac, lr``); ``sae.steps_done`` counts the steps taken and ``sae.stopped_early`` says whether
@@ -407,6 +399,8 @@ def train_sae(
         raise InterpError(f"b_dec_init: must be 'geometric_median', 'mean' or 'zeros'; given {b_dec_init!r}")
     if time_budget is not None:
         time_budget = _pos("time_budget", time_budget)
+    if time_left is not None:
+        time_left = _pos("time_left", time_left)
     b_enc0 = _b_enc_init(b_enc_init, d_sae)
     if resample_dead_every is not None and arch != "relu":
         raise InterpError(f"resample_dead_every: resampling is for ReLU SAEs (TopK has AuxK); given "
@@ -506,6 +500,8 @@ def train_sae(
 
     from interp.progress import progress_bar
 
+    if time_left is not None:  # known only now: how long a resumed run has already trained
+        time_budget = min(time_budget or math.inf, trainer.elapsed + time_left)
     start = time.perf_counter() - trainer.elapsed
     batches = src.batches(batch_size, seed=seed, start_step=trainer.step)
     targets = tgt.batches(batch_size, seed=seed, start_step=trainer.step) if tgt is not None else None
