@@ -373,7 +373,7 @@ def test_shared_plotly_report_folder(data, tmp_path):
 
 
 def test_shared_report_draws_every_figure_in_chromium(data, tmp_path):
-    """The shared page (deferred plotly.js beside it, one template for every figure) draws in a real browser:
+    """The shared page (plotly.js beside it, one template for every figure) draws in a real browser:
     every figure, each with the template's colours (plotly's own, read from Python)."""
     import plotly.io as pio
 

@@ -218,7 +218,7 @@ _LAZY_JS = """
       if (e.isIntersecting) { io.unobserve(e.target); draw(e.target); } }), {rootMargin: '400px'});
     els.forEach(el => io.observe(el));
   }
-  // a shared plotly.js is deferred (the page shows before the library is parsed): draw once it has run
+  // the figures' placeholders are all in the document by DOMContentLoaded, wherever this script stands
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start); else start();
 })();
 """
@@ -332,8 +332,8 @@ def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None =
     if with_plotly:
         loader = (f'<script type="application/json" id="plotly-template">{script_json(_page_template()[1])}'
                   f"</script><script>{_LAZY_JS}</script>")
-    if with_plotly and plotly_src:  # deferred: text and tables show while the browser parses the library
-        script = f'<script type="text/javascript" defer src="{html.escape(plotly_src)}"></script>'
+    if with_plotly and plotly_src:  # not deferred: measured slower to first figures (benchmarks/report_load.py)
+        script = f'<script type="text/javascript" src="{html.escape(plotly_src)}"></script>'
     elif with_plotly:
         from plotly.offline import get_plotlyjs
 
