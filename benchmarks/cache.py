@@ -209,6 +209,26 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table: per length, each contender's time, peak memory and cache size, memory vs the bridge."""
+    bridge = {r["tokens"]: r for r in result["rows"] if r["impl"] == "bridge" and "peak_mb" in r}
+    lines = [(f"{result['device']}, torch {result['torch']}; {result['layers']}-layer GPT-2-small shape (vocab "
+             f"{result['vocab']}); every hook cached; lazy-vs-bridge pattern max |diff| at 128 tokens "
+             f"{result['pattern_check_max_abs_diff']:.1e}. Time: fastest call; peak: memory above the pre-call "
+             "baseline."), "",
+             "| tokens | contender | seconds | peak MiB | cache MiB | peak vs bridge | note |",
+             "|---:|---|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        if "peak_mb" not in r:
+            lines.append(f"| {r['tokens']} | {r['impl']} | – | – | – | – | {r.get('skipped') or r.get('error')} |")
+            continue
+        b = bridge.get(r["tokens"])
+        vs = f"{r['peak_mb'] / b['peak_mb']:.2f}" if b and b["peak_mb"] > 0 else "–"
+        lines.append(f"| {r['tokens']} | {r['impl']} | {r['seconds']:.2f} | {r['peak_mb']:.1f} | {r['cache_mb']:.1f} | "
+                     f"{vs} | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -66,6 +66,22 @@ def timed(fn, repeats: int):
     return best, out
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table: each method's time, speed-up over exact edge patching, and agreement with it."""
+    extrapolated = result["exact_edges_run"] < result["edges"]
+    lines = [f"{result['model']} ({result['layers']} layers, d_model {result['d_model']}, {result['heads']} heads), "
+             f"{result['positions']} positions, {result['edges']} edges; exact patching on "
+             f"{result['exact_edges_run']} edges" + (" (its time extrapolated to all)" if extrapolated else
+                                                      " (all of them, nothing extrapolated)")
+             + f"; EAP-IG {result['steps']} steps; {result['device']}; {result['date']}.", "",
+             "| method | seconds | speed-up vs exact | Pearson vs exact | Spearman vs exact |",
+             "|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {r['seconds']:.3g} | {r['speedup_vs_exact']:.1f}× | {r['pearson']:.3f} | "
+                     f"{r['spearman']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -4,6 +4,7 @@
     python benchmarks/run_all.py --only patching,generate
     python benchmarks/run_all.py --size toy           # seconds each: checks the machinery, not the machine
     python benchmarks/run_all.py --render-only        # rebuild RESULTS.md's tables from the JSON already there
+    SAELENS_PYTHON=/path/to/venv/bin/python python benchmarks/run_all.py   # sae_vs_saelens with SAELens' side
 
 Each benchmark runs as its own process (``python benchmarks/NAME.py ARGS --out DIR/NAME.json --force``), so
 one that fails or is killed leaves the others' figures intact. Around each, this script records the load
@@ -44,22 +45,43 @@ class Benchmark:
     needs: str = ""  # a module or program without which the benchmark is skipped, with this said
 
 
+# Documented sizes: chosen so that everything but patching finishes in about 25 minutes on a quiet 2-core CPU
+# (patching alone: ~25 min). The minutes after each are estimates from toy runs and from the earlier (contended)
+# records in RESULTS.md, not measurements of these exact sizes; run_all prints each benchmark's wall time.
 BENCHMARKS = [
+    # ~25 min: full sweeps of both engines, 3 interleaved repeats, the per-cell bound
     Benchmark("patching", ("--layers", "12", "--tokens", "32", "--repeats", "3"),
               ("--layers", "2", "--tokens", "8", "--d-model", "64", "--heads", "4", "--vocab", "100",
                "--repeats", "2")),
-    Benchmark("forward", (), ("--seqs", "16", "--layers", "1", "--repeats", "1", "--no-bridge")),
+    # ~2 min: GPT-2-small shape, 2 blocks, interp vs transformers vs the bridge, forward and run_with_cache
+    Benchmark("forward", ("--layers", "2", "--seqs", "256", "512", "--repeats", "3"),
+              ("--seqs", "16", "--layers", "1", "--repeats", "1", "--no-bridge")),
+    # ~1 min
     Benchmark("generate", (), ("--layers", "1", "--prompt", "8", "--new", "4", "--repeats", "1", "--no-bridge")),
+    # ~3 min: every family, d_model 256, 4 layers, seq 256, interp vs the bridge
     Benchmark("families", (), ("--families", "gpt2", "llama", "--d-model", "64", "--layers", "1", "--vocab", "128",
                                "--n-ctx", "64", "--seq", "16", "--repeats", "1")),
-    Benchmark("cache", (), ("--sizes", "64", "--layers", "1", "--vocab", "128", "--repeats", "1")),
+    # ~3 min: native run_with_cache memory against the bridge, 12-layer GPT-2-small shape
+    Benchmark("cache", ("--sizes", "512,1024", "--repeats", "2"),
+              ("--sizes", "64", "--layers", "1", "--vocab", "128", "--repeats", "1")),
+    # ~1 min: eager vs sdpa FLOP/s against the matmul peak of the same run
     Benchmark("attention", ("--quick",), ("--dry-run",)),
-    Benchmark("sae", (), ("--archs", "topk", "--budget", "5", "--steps", "20")),
+    # ~3.5 min: TopK / ReLU / JumpReLU quality within 40 s each, against PCA
+    Benchmark("sae", ("--budget", "40", "--steps", "600"), ("--archs", "topk", "--budget", "600", "--steps", "20")),
+    # ~3 min: training tokens/s against SAELens (set SAELENS_PYTHON to a Python with sae-lens; else its rows say so)
+    Benchmark("sae_vs_saelens", ("--steps", "300", "--repeats", "3"),
+              ("--steps", "4", "--repeats", "1", "--batch", "256", "--max-tokens", "4096")),
+    # ~2 min: attribution-graph time and memory vs prompt length; transcoder training tokens/s
     Benchmark("circuits", ("--threads", "1", "--repeats", "3", "--train-steps", "100"),
               ("--lengths", "8", "--repeats", "1", "--train-steps", "5")),
+    # ~1.5 min: corpus scan on 1 and 2 processes
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
+    # ~1 min: universal-path run_with_cache time and memory against native and the bridge
     Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
-    Benchmark("report_load", (), ("--lengths", "10", "--repeats", "1"), needs="chromium"),
+    # ~2 min: report open and draw times in headless Chromium
+    Benchmark("report_load", ("--lengths", "10,160", "--repeats", "2"), ("--lengths", "10", "--repeats", "1"),
+              needs="chromium"),
+    # ~0.5 min: EAP and EAP-IG against exact patching of every edge of the shipped model
     Benchmark("edges", ("--repeats", "3"), ("--model", "random", "--layers", "1", "--d-model", "32", "--heads", "2",
                                             "--vocab", "64", "--tokens", "4", "--steps", "2")),
 ]
