@@ -333,7 +333,8 @@ def markdown_table(result: dict) -> str:
     bound = "; ".join(f"{dt} {p['tflops'] * scale:.4g} {unit} (n = {p['n']})" for dt, p in peaks.items())
     caption = (f"{result['device']}, torch {result['torch']}, {result.get('date', '')}. Bound — a square matmul "
                f"measured in the same run: {bound or 'not measured'}. Cells: {unit} (% of that matmul peak; × = "
-               "speed vs the default sdpa). FLOPs: QKᵀ and PV, 4·b·h·d·pairs, causal pairs halved; fwd+bwd = 3.5 × fwd.")
+               "speed vs the default sdpa). FLOPs: QKᵀ and PV, 4·b·h·d·pairs, causal pairs halved; "
+               "fwd+bwd = 3.5 × fwd.")
     lines = [caption, "",
              "| dtype | d | variant | seq | mode | " + " | ".join(impls) + " |",
              "|---|---:|---|---:|---|" + "---:|" * len(impls)]

@@ -221,7 +221,8 @@ def markdown_table(result: dict) -> str:
              "|---:|---|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         if "peak_mb" not in r:
-            lines.append(f"| {r['tokens']} | {r['impl']} | – | – | – | – | {r.get('skipped') or r.get('error')} |")
+            why = r.get("skipped") or r.get("error")
+            lines.append(f"| {r['tokens']} | {r['impl']} | – | – | – | – | {why} |")
             continue
         b = bridge.get(r["tokens"])
         vs = f"{r['peak_mb'] / b['peak_mb']:.2f}" if b and b["peak_mb"] > 0 else "–"

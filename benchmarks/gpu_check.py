@@ -211,8 +211,8 @@ def summary(out: Path, checks: dict, steps: dict) -> dict:
     if att.exists():
         rows = json.loads(att.read_text())["rows"]
         result["targets"] = [
-            {k: r.get(k) for k in ("impl", "variant", "d_head", "seq", "mode", "tflops", "speedup_vs_sdpa",
-                                   "speedup_vs_full", "keys_ratio")}
+            {k: r.get(k) for k in ("impl", "variant", "d_head", "seq", "mode", "tflops", "frac_of_matmul_peak",
+                                   "speedup_vs_sdpa", "speedup_vs_full", "keys_ratio")}
             for r in rows if r["impl"] == "ours" and r["d_head"] == 128 and r["seq"] >= 8192
             and r["variant"] in ("causal", "window")]
     return result
@@ -262,7 +262,8 @@ def main(argv=None) -> int:
         steps["cache"] = {"skipped": "transformers / transformer_lens are not installed here"}
     print(f"4/5 cache benchmark: {steps['cache'].get('returncode', steps['cache'].get('skipped'))}", flush=True)
     steps["run_all"] = _run(run_all_cmd(out, args.dry_run, deadline - 10), deadline - time.time(), env)
-    print(f"5/5 run_all set: rc={steps['run_all']['returncode']}\n{steps['run_all'].get('stdout_tail', '')}", flush=True)
+    run_all_step = steps["run_all"]
+    print(f"5/5 run_all set: rc={run_all_step['returncode']}\n{run_all_step.get('stdout_tail', '')}", flush=True)
     _write(out, "steps.json", steps)
     result = summary(out, checks, steps)
     result["seconds"] = time.time() - start
