@@ -144,7 +144,7 @@ def run_one(bench: Benchmark, size: str, out_dir: Path, timeout: float | None, d
         return {"benchmark": bench.name, "status": f"failed (exit {proc.returncode}): {tail[0]}", "seconds": seconds}
     result = json.loads(out.read_text())
     result.setdefault("benchmark", bench.name)
-    result["command"] = result.get("command") or "python benchmarks/{}.py {}".format(bench.name, " ".join(args))
+    result["command"] = result.get("command") or " ".join(["python", f"benchmarks/{bench.name}.py", *args])
     # the script's own record (patching keeps one) is the more precise: it brackets only the timed part
     if "machine_before" not in result:
         result.update(contention_record(before, machine_state()))
