@@ -161,7 +161,8 @@ def gather(args) -> dict:
     docs = documents(model, read_corpus(model, None, "train", 0.1))
     layer = args.transcoder_layer
     hooks = {"sae": args.hook, "tc_in": f"blocks.{layer}.ln2.hook_normalized", "tc_out": f"blocks.{layer}.hook_mlp_out"}
-    acts = {name: model_activations(model, hook, docs, max_tokens=args.max_tokens) for name, hook in hooks.items()}
+    acts = {name: model_activations(model, hook, docs, max_tokens=args.max_tokens) for name, hook in hooks.items()
+            if args.transcoder or name == "sae"}
     n_train = int(0.9 * acts["sae"].shape[0])
     return {"model": model.cfg.name, "hooks": hooks, "n_train": n_train, "n_held": acts["sae"].shape[0] - n_train,
             **{f"{name}_train": a[:n_train].contiguous() for name, a in acts.items()},
