@@ -222,8 +222,10 @@ def _f(v, spec):
 
 
 def markdown_table(result: dict) -> str:
-    head = (f"{result['model']}, `{result['hooks']['sae']}` (transcoder: `{result['hooks']['tc_in']}` → "
-            f"`{result['hooks']['tc_out']}`), {result['train_tokens']} training tokens cached once, "
+    tc = any("transcoder" in r["architecture"] for r in result["rows"])
+    head = (f"{result['model']}, `{result['hooks']['sae']}`"
+            + (f" (transcoder: `{result['hooks']['tc_in']}` → `{result['hooks']['tc_out']}`)" if tc else "")
+            + f", {result['train_tokens']} training tokens cached once, "
             f"{result['threads']} torch threads, median of {result['repeats']} interleaved runs; "
             f"SAELens {result['saelens'] or '(not run)'}; {result['date']}.")
     lines = [head, "",
