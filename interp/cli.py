@@ -130,7 +130,8 @@ def _add_report(sub) -> None:
                    help="feature cards in the SAE section: the N features most active on the prompt (default 5)")
     p.add_argument("--transcoders", default=None, metavar="FOLDER",
                    help="add an attribution-graph section: a folder of per-layer transcoders (interp sae train "
-                        "--transcoder --out), or 'default' (the ones shipped in the model folder's transcoders/)")
+                        "--transcoder --out) or of a cross-layer one, 'default' (the ones shipped in the model "
+                        "folder's transcoders/) or 'clt' (its cross-layer transcoder, clt/)")
     p.add_argument("--max-graph-tokens", type=positive_int, default=64, metavar="N",
                    help="the attribution graph traces the prompt's last N tokens (default 64)")
     p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
@@ -333,8 +334,8 @@ def _add_circuit(sub) -> None:
                          'interp circuit "It is a truth universally" --json graph.json --node-threshold 0.6'))
     p.add_argument("prompt", help="the prompt (its last position's next-token logits are the graph's targets)")
     p.add_argument("--transcoders", default="default",
-                   help="folder of per-layer transcoders (interp sae train --transcoder --out), or 'default': the "
-                        "model folder's transcoders/")
+                   help="folder of per-layer transcoders (interp sae train --transcoder --out) or of a cross-layer "
+                        "one (--cross-layer), 'default': the model folder's transcoders/, or 'clt': its clt/")
     p.add_argument("--model", default=None, help="zoo name or model folder (default: the shipped model)")
     p.add_argument("--out", default=None, help="HTML file to write (e.g. graph.html)")
     p.add_argument("--json", default=None, help="also write the graph as JSON (documented in interp.analysis.circuits.graph)")

@@ -87,6 +87,8 @@ def _train(args) -> int:
     from interp.report.output import write_text
 
     out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
+    if args.cross_layer and not args.transcoder:
+        raise InterpError("--cross-layer: a cross-layer transcoder is a transcoder; add --transcoder")
     if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
         raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
     if args.corpus is not None:  # a missing or binary file: refused before the model loads
@@ -122,11 +124,15 @@ def _train(args) -> int:
 
 
 def _train_transcoders(args, model, text: str, out: Path) -> int:
-    """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``."""
+    """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``; with
+    ``--cross-layer`` one cross-layer transcoder in ``OUT``."""
     from interp.analysis.sae import evaluate_transcoders, train_transcoder
     from interp.report.output import write_text
 
     n = model.cfg.n_layers
+    if args.cross_layer and (args.layers is not None or args.skip):
+        raise InterpError(f"--cross-layer: spans every layer and has no skip term; drop "
+                          f"{'--layers' if args.layers is not None else '--skip'}")
     layers = args.layers if args.layers is not None else list(range(n))
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
@@ -134,6 +140,17 @@ def _train_transcoders(args, model, text: str, out: Path) -> int:
     d_sae = args.d_sae or args.expansion * int(model.cfg.d_model)
     docs = documents(model, text)
     tcs, rows = [], []
+    if args.cross_layer:
+        from interp.analysis.sae.cross_layer import train_cross_layer_transcoder
+
+        clt = train_cross_layer_transcoder(
+            model, docs, d_sae, args.architecture, input_hook=args.input_hook, k=args.k, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
+            time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,
+            device=args.device, progress=not args.quiet)
+        tcs.append(clt)
+        rows.append({"layer": "all", **clt.history.iloc[-1].to_dict(), "stopped_early": clt.stopped_early})
+        layers = []
     for layer in layers:
         tc = train_transcoder(model, layer, docs, d_sae, args.architecture, input_hook=args.input_hook,
                               skip=args.skip, k=args.k, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -143,7 +160,8 @@ def _train_transcoders(args, model, text: str, out: Path) -> int:
         tcs.append(tc)
         rows.append({"layer": layer, **tc.history.iloc[-1].to_dict(), "stopped_early": tc.stopped_early})
     tables = {"training (last step per layer)": pd.DataFrame(rows)}
-    notes = [f"transcoders written to {out}/blocks.{{l}}.hook_mlp_out (cfg.json + sae_weights.safetensors)"]
+    notes = [f"cross-layer transcoder written to {out} (cfg.json + sae_weights.safetensors)" if args.cross_layer else
+             f"transcoders written to {out}/blocks.{{l}}.hook_mlp_out (cfg.json + sae_weights.safetensors)"]
     if args.eval_fraction > 0:
         held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
         ev = evaluate_transcoders(model, tcs, documents(model, held))
@@ -270,6 +288,9 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--input-hook", choices=("ln2.hook_normalized", "hook_resid_mid"), default="ln2.hook_normalized",
                    help="--transcoder: what each transcoder reads (default ln2.hook_normalized)")
     t.add_argument("--skip", action="store_true", help="--transcoder: add the affine skip term (skip transcoder)")
+    t.add_argument("--cross-layer", action="store_true",
+                   help="--transcoder: one cross-layer transcoder instead (each layer's features write to every "
+                        "later MLP output; --d-sae / --k per layer); --out gets cfg.json + sae_weights.safetensors")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="L0, variance explained, CE loss recovered, dead/dense latents", formatter_class=_RAW)

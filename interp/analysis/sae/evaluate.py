@@ -212,9 +212,14 @@ class _Stats:
         """Add rows ``x``; ``y``: what the reconstruction aims at (a transcoder's target; default ``x``)."""
         x = x.reshape(-1, sae.cfg.d_in).to(sae.W_enc.device)
         f = sae.encode(x)
-        recon = (sae.decode(f) + sae.skip(x)).double()
-        x = (x if y is None else y.reshape(recon.shape).to(recon.device)).double()
-        f = f.double().cpu()
+        self.add_prediction(f, sae.decode(f) + sae.skip(x), x if y is None else y)
+
+    @torch.no_grad()
+    def add_prediction(self, f: torch.Tensor, recon: torch.Tensor, x: torch.Tensor) -> None:
+        """Add rows of latents ``f``, the reconstruction they give and what it aims at, ``x``."""
+        recon = recon.reshape(-1, recon.shape[-1]).double()
+        x = x.reshape(recon.shape).to(recon.device).double()
+        f = f.reshape(-1, f.shape[-1]).double().cpu()
         self.n += x.shape[0]
         self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
         self.sum_sq += float(x.pow(2).sum())

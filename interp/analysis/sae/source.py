@@ -175,19 +175,22 @@ def model_activations(model, hook_name: str, corpus, *, seq_len: int | None = No
     The corpus (a string, a list of strings, token ids; as in ``scan_top_contexts``) is split into documents
     and each into chunks of ``seq_len`` (default ``n_ctx``) tokens; chunks of equal length run together in
     batches (so nothing is padded). Dimensions after ``[batch, pos]`` are flattened (``hook_z`` gives
-    ``n_heads * d_head``). ``max_tokens`` stops after that many tokens.
+    ``n_heads * d_head``). ``max_tokens`` stops after that many tokens. ``hook_name`` may be a list of hooks:
+    their activations side by side in each row, from one pass (a cross-layer transcoder reads every layer).
     """
     from interp.analysis._inputs import model_device
     from interp.progress import progress_bar
 
-    check_hook_name(model, hook_name)
+    names = [hook_name] if isinstance(hook_name, str) else list(hook_name)
+    for name in names:
+        check_hook_name(model, name)
     groups = token_batches(model, corpus, seq_len, batch_size)
     out, total = [], 0
     dev = model_device(model)
-    for toks in progress_bar(groups, desc=f"activations {hook_name}", unit="batch", enabled=progress):
-        _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda n: n == hook_name)
-        a = cache[hook_name]
-        a = a.reshape(a.shape[0] * a.shape[1], -1).float().cpu()
+    desc = f"activations {names[0]}{f' (+{len(names) - 1})' if len(names) > 1 else ''}"
+    for toks in progress_bar(groups, desc=desc, unit="batch", enabled=progress):
+        _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda n: n in names)
+        a = torch.cat([cache[n].reshape(toks.shape[0] * toks.shape[1], -1) for n in names], -1).float().cpu()
         out.append(a)
         total += a.shape[0]
         if max_tokens is not None and total >= max_tokens:
