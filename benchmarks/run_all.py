@@ -77,7 +77,7 @@ BENCHMARKS = [
     # ~3 min: training tokens/s against SAELens (set SAELENS_PYTHON to a Python with sae-lens; else its rows say so)
     Benchmark("sae_vs_saelens", ("--steps", "300", "--repeats", "3"),
               ("--steps", "4", "--repeats", "1", "--batch", "256", "--max-tokens", "4096")),
-    # ~2 min: attribution-graph time and memory vs prompt length; transcoder training tokens/s
+    # ~2.5 min: attribution-graph time and memory vs prompt length; transcoder (per-layer, cross-layer) tokens/s
     Benchmark("circuits", ("--threads", "1", "--repeats", "3", "--train-steps", "100"),
               ("--lengths", "8", "--repeats", "1", "--train-steps", "5"),
               gpu=("--device", "cuda", "--repeats", "3", "--train-steps", "200")),
