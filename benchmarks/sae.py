@@ -66,6 +66,20 @@ def pca_peer(model, hook: str, train_acts: torch.Tensor, held_docs, rank: int) -
     return {"rank": rank, "fve": 1 - resid / total, "ce": proj, "ce_loss_recovered": (zero - proj) / (zero - clean)}
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table (benchmarks/run_all.py): quality per architecture within the budget, against PCA."""
+    lines = [(f"{result['model']}, `{result['hook']}`, d_in {result['d_in']} → d_sae {result['d_sae']}, "
+             f"{result['train_tokens']} training tokens; {result['device']}, {result['threads']} threads; "
+             f"{result['planned_steps']} steps or {result['budget_s']:.0f} s; {result['date']}."), "",
+             "| architecture | train s | steps | L0 | FVE (PCA) | CE loss recovered (PCA) | dead | dense |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['architecture']} | {r['train_s']:.1f} | {r['steps']} | {r['l0']:.1f} | "
+                     f"{r['fve']:.3f} ({r['pca_fve']:.3f}) | {r['ce_loss_recovered']:.3f} "
+                     f"({r['pca_ce_loss_recovered']:.3f}) | {r['dead_frac']:.3f} | {r['dense_frac']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="zoo name or folder (default: the shipped model)")
