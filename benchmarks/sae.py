@@ -35,6 +35,8 @@ from forward import _cpu_name, _loadavg  # benchmarks/ is this script's folder
 
 from interp.io import write_benchmark_json
 
+BATCH = 1024  # activations a training step (train_sae's default)
+
 
 @torch.no_grad()
 def pca_peer(model, hook: str, train_acts: torch.Tensor, held_docs, rank: int) -> dict:
@@ -116,13 +118,14 @@ def main(argv=None) -> int:
         extra = {"resample_dead_every": args.resample_every} if variant == "resample" else {}
         t0 = time.perf_counter()
         sae = train_sae(acts.to(args.device), d_sae, base, steps=args.steps, time_budget=args.budget, device=args.device,
-                        metadata={"hook_name": args.hook}, progress=False, **extra)
+                        batch_size=BATCH, metadata={"hook_name": args.hook}, progress=False, **extra)
         train_s = time.perf_counter() - t0
         ev = evaluate_sae(model, sae, held_docs)
         peer = pca_peer(model, args.hook, acts.cpu(), held_docs, max(1, math.ceil(ev.metrics["l0"])))
         m = ev.metrics
-        rows.append({"architecture": arch, "train_s": train_s, "steps": int(sae.history.step.iloc[-1]),
-                     "tokens_seen": int(sae.history.tokens.iloc[-1]), "stopped_at_budget": bool(sae.stopped_early),
+        rows.append({"architecture": arch, "train_s": train_s, "steps": int(sae.steps_done),
+                     # every step, not the last logged one: a budget can end the run before the first log
+                     "tokens_seen": int(sae.steps_done * BATCH), "stopped_at_budget": bool(sae.stopped_early),
                      "resampled": int(sae.resamples.resampled.sum()),
                      **{k: m[k] for k in ("l0", "fve", "cosine", "ce_clean", "ce_sae", "ce_zero_ablation",
                                           "ce_loss_recovered", "dead_frac", "dense_frac")},
