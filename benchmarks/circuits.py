@@ -112,6 +112,24 @@ def _train_rates(model_name, device, steps: int) -> list[dict]:
     return rows
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's tables (benchmarks/run_all.py): graph time and memory per prompt length, then training rates."""
+    lines = [(f"{result['model']} on {result['cpu'] if result['device'] == 'cpu' else result['device']}, "
+             f"{result['threads']} threads, {result['batch_size']} targets per backward pass; {result['date']}."), "",
+             ("| tokens | seconds (median) | peak MiB | nodes | edges | kept | backward passes | replacement | "
+             "completeness |"), "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for g in result["graphs"]:
+        lines.append(f"| {g['tokens']} | {g['median_s']:.2f} | {g['peak_mib']:.0f} | {g['nodes_full']} | "
+                     f"{g['edges_full']} | {g['nodes_kept']} | {g['backward_passes']} | "
+                     f"{g['replacement_score']:.3f} | {g['completeness_score']:.3f} |")
+    train = result.get("training") or []
+    cols = [c for c in (train[0] if train else {}) if all(isinstance(t.get(c), (int, float, str)) for t in train)]
+    lines += ["", "| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+    for t in train:
+        lines.append("| " + " | ".join(f"{t[c]:.4g}" if isinstance(t[c], float) else str(t[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="docs-bible-austen-2l")

@@ -56,14 +56,20 @@ def _report(args) -> int:
     corpus = None if args.corpus == "none" else args.corpus
     if corpus != "default" and corpus is not None:  # a wrong split or column fails before the model loads
         corpus = read_corpus(None, corpus, split=args.corpus_split, field=args.corpus_field)
+    from interp.progress import StepLine, progress_wanted
+
     err = Console(stderr=True)
     steps = ["loading model", *STAGES, "writing"]
+    show_bar = not args.quiet and progress_wanted()
+    line = [StepLine("", enabled=False)]  # load_model says its own line
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=args.quiet or not err.is_terminal) as bar:
+                  console=err, transient=True, disable=not show_bar) as bar:
         task = bar.add_task(steps[0], total=len(steps))
 
-        def stage(name: str) -> None:
+        def stage(name: str) -> None:  # a bar on a terminal; in a log, a line for each stage that takes 2 s
             bar.update(task, description=name, completed=steps.index(name))
+            line[0].done()
+            line[0] = StepLine(f"report: {name}", enabled=not args.quiet and not show_bar)
 
         model = load_model(args.model, device=args.device)
         cfg = model.cfg
@@ -79,6 +85,7 @@ def _report(args) -> int:
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
         bar.update(task, completed=len(steps))
+        line[0].done()
     s = data.summary()
     if not args.quiet:
         from interp.io import is_stream
@@ -652,8 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ns = build_parser().parse_args(argv)
         func = ns.func
+    from interp.progress import silenced
+
     try:
-        return int(func(ns) or 0)
+        with silenced("--quiet" in argv):  # no step lines either
+            return int(func(ns) or 0)
     except InterpError as e:
         from interp.report.probes import printable
 

@@ -256,10 +256,14 @@ def run(args) -> int:
         if path:
             check_writable(path, args.force)
     check_device(args.device)
+    from interp.progress import StepLine
+
     model = load_model(args.model, device=args.device)
-    tcs = load_graph_transcoders(model, args.transcoders)
-    graph = attribution_graph(model, tcs, args.prompt, max_logits=args.max_logits, batch_size=args.batch_size,
-                              node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    with StepLine("circuit: loading the transcoders"):
+        tcs = load_graph_transcoders(model, args.transcoders)
+    with StepLine("circuit: tracing the attribution graph"):  # seconds to minutes with the prompt's length
+        graph = attribution_graph(model, tcs, args.prompt, max_logits=args.max_logits, batch_size=args.batch_size,
+                                  node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
     if args.json:
         write_text(args.json, json.dumps(graph.to_dict(), allow_nan=False) + "\n", args.force, "--json")
     if args.out:

@@ -349,6 +349,7 @@ def train_sae(
     resample_scale: float = 0.2,
     resample_inputs: int = 16_384,
     time_budget: float | None = None,
+    time_left: float | None = None,
     checkpoint_dir=None,
     checkpoint_every: int = 500,
     overwrite: bool = False,
@@ -369,11 +370,13 @@ def train_sae(
     hook_name, corpus)``; or an activation-dataset object (``interp.analysis.sae.source``). ``d_sae``: number
     of latents. ``architecture``: ``"topk"`` (default; ``k`` active latents, default ``d_in // 8``), ``"relu"``
     (L1 penalty ``l1_coefficient``) or ``"jumprelu"`` (L0 penalty ``l0_coefficient``). ``steps`` defaults to
-    10 passes over the data (at least 1000 steps). ``time_budget`` (seconds) stops early, still saving a
-    final checkpoint. ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
+    10 passes over the data (at least 1000 steps). ``time_budget`` (seconds of training, a resumed run's
+    earlier ones included) stops early, still saving a final checkpoint; ``time_left`` bounds this call alone
+    (the budget becomes the run's training so far plus it). ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
     that many steps (Anthropic's recipe, module docstring); ``sae.resamples`` lists each event (``step,
     resampled``). The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
-    fve, l0, dead_frac, lr``). See the module docstring for the recipe and checkpoint/resume rules.
+    fve, l0, dead_frac, lr``); ``sae.steps_done`` counts the steps taken and ``sae.stopped_early`` says whether
+    ``time_budget`` ended the run. See the module docstring for the recipe and checkpoint/resume rules.
 
     ``target``: a second source of the same form, row for row beside ``source`` (same shard sizes: batches
     are a pure function of the sizes and the step, so the rows stay paired): trains a *transcoder* that
@@ -401,6 +404,8 @@ def train_sae(
         raise InterpError(f"b_dec_init: must be 'geometric_median', 'mean' or 'zeros'; given {b_dec_init!r}")
     if time_budget is not None:
         time_budget = _pos("time_budget", time_budget)
+    if time_left is not None:
+        time_left = _pos("time_left", time_left)
     b_enc0 = _b_enc_init(b_enc_init, d_sae)
     if resample_dead_every is not None and arch != "relu":
         raise InterpError(f"resample_dead_every: resampling is for ReLU SAEs (TopK has AuxK); given "
@@ -516,6 +521,8 @@ def train_sae(
 
     from interp.progress import progress_bar
 
+    if time_left is not None:  # known only now: how long a resumed run has already trained
+        time_budget = min(time_budget or math.inf, trainer.elapsed + time_left)
     start = time.perf_counter() - trainer.elapsed
     batches = src.batches(batch_size, seed=seed, start_step=trainer.step)
     targets = tgt.batches(batch_size, seed=seed, start_step=trainer.step) if tgt is not None else None
@@ -560,4 +567,5 @@ def train_sae(
                                                              "l0", "dead_frac", "lr"])
     result.resamples = pd.DataFrame(trainer.resamples, columns=["step", "resampled"])
     result.stopped_early = out_of_time
+    result.steps_done = trainer.step  # the history logs every log_every steps; this counts them all
     return result.eval()
