@@ -37,6 +37,15 @@ def _median(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table: each step's median seconds."""
+    lines = [(f"Shipped model, its SAE and per-layer transcoders on {result['device']}, {result['threads']} torch "
+              f"thread(s); {result['tokens']} corpus tokens, cards {result['cards']}, median of {result['repeats']}; "
+              f"{result['date']}."), "", "| step | median s |", "|---|---:|"]
+    lines += [f"| {r['step']} | {r['median_s']:.2f} |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=16_384, help="corpus tokens scanned (the report's default)")
@@ -84,7 +93,8 @@ def main(argv=None) -> int:
     print(f"{'step':<66} {'median s':>9}")
     for name, t in rows:
         print(f"{name:<66} {t:>9.2f}")
-    result = {"benchmark": "feature_cards", "device": f"cpu ({_cpu_name()})", "threads": torch.get_num_threads(),
+    result = {"benchmark": "feature_cards", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "device": f"cpu ({_cpu_name()})", "threads": torch.get_num_threads(),
               "loadavg": _loadavg(), "tokens": args.tokens, "cards": cards, "repeats": args.repeats,
               "rows": [{"step": name, "median_s": round(t, 4)} for name, t in rows]}
     out = write_benchmark_json(result, args.out, "feature_cards", args.force)
