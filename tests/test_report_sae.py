@@ -209,8 +209,6 @@ def test_bad_sae_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
         (str(tmp_path / "empty"), ["--sae", "cfg.json"]),
         (str(_write_sae(tmp_path / "hook", "blocks.7.hook_resid_post", 128)), ["--sae", "blocks.7.hook_resid_post"]),
         (str(_write_sae(tmp_path / "width", HOOK, 64)), ["--sae", "d_in=64", "gives 128"]),
-        (str(ROOT / "models" / "docs-bible-austen-2l" / "transcoders" / "blocks.1.hook_mlp_out"),
-         ["--sae", "holds a transcoder", "--transcoders", "interp sae features"]),
     ]
     (tmp_path / "empty").mkdir()
     for spec, needles in cases:
@@ -325,3 +323,12 @@ def test_feature_cards_show_quantile_samples_correlations_and_ablation(model, sa
         assert card.count('class="act-line"') >= K_EXAMPLES + len(dash.samples[dash.samples.feature == feat]
                                                                   .groupby(["bin", "sample"]))
     assert md.count("Quantile samples:") == len(data.sae["cards"]) and "Correlated features: " in md
+
+
+def test_a_transcoder_folder_given_to_sae_is_refused_before_any_analysis(model):
+    from interp.errors import InterpError
+    from interp.report.sae_section import load_report_sae
+
+    folder = ROOT / "models" / "docs-bible-austen-2l" / "transcoders" / "blocks.1.hook_mlp_out"
+    with pytest.raises(InterpError, match=r"^--sae: .* holds a transcoder .*--transcoders.*interp sae features"):
+        load_report_sae(model, str(folder))
