@@ -173,8 +173,29 @@ def check_prompts_fit(spec, prompts, name: str = "prompt") -> None:
         if isinstance(prompt, str) and prompt.strip() and len(prompt) <= MAX_PROMPT_CHARS:
             n = len(tok.encode(prompt, add_special_tokens=False).ids)
             if n > n_ctx:
+                longer = _zoo_model_reading(n, folder / "tokenizer.json")
+                fix = (f"Shorten it, or analyse it with a longer-context model of the same tokenizer: --model {longer} "
+                       if longer else "Shorten it ")
                 raise InterpError(f"{name}: the model reads at most n_ctx={n_ctx} tokens; the prompt is {n} tokens. "
-                                  "Shorten it (checked before loading the model).")
+                                  f"{fix}(checked before loading the model).")
+
+
+def _zoo_model_reading(n_tokens: int, tokenizer: Path) -> str | None:
+    """The shortest-context zoo model that reads ``n_tokens`` tokens with the very same tokenizer.json (so the
+    count holds for it too), e.g. docs-bible-austen-2l-2k for a long prompt to the default model; else None."""
+    from interp.zoo import ZOO, zoo_models
+
+    try:
+        wanted = tokenizer.read_bytes()
+    except OSError:
+        return None
+    fits = []
+    for name in zoo_models():
+        n_ctx = context_length(ZOO / name)
+        tok = ZOO / name / "tokenizer.json"
+        if n_ctx is not None and n_ctx >= n_tokens and tok.is_file() and tok.read_bytes() == wanted:
+            fits.append((n_ctx, name))
+    return min(fits)[1] if fits else None
 
 
 def _model_folder(spec) -> Path | None:
