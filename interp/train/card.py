@@ -18,6 +18,7 @@ What it measures, with the project's own analyzers (interp.analysis):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -67,6 +68,32 @@ def band_edges(n_ctx: int, base: int = 256) -> list[int]:
     return sorted({e for e in (0, base, 1024, n_ctx) if 0 <= e <= n_ctx})
 
 
+@contextlib.contextmanager
+def reading_up_to(model, length: int):
+    """Let a RoPE model read ``length`` tokens for the time of the block, past its n_ctx if need be (the forward's
+    length check reads ``cfg.n_ctx``; plain RoPE frequencies do not depend on it)."""
+    saved = model.cfg.n_ctx
+    model.cfg.n_ctx = max(saved, length)
+    try:
+        yield model
+    finally:
+        model.cfg.n_ctx = saved
+
+
+@torch.no_grad()
+def long_repeat_losses(model, length: int, batch: int = 4, seed: int = 0) -> dict:
+    """Induction at long range: loss on the first vs the second copy of a random sequence repeated to fill
+    ``length`` tokens after ``<|endoftext|>`` (the second copy starts ~length/2 tokens after the first)."""
+    from interp.analysis.attention import repeated_sequence_loss
+
+    seq_len = (length - 1) // 2
+    with reading_up_to(model, length):
+        means = repeated_sequence_loss(model, seq_len=seq_len, batch=batch, seed=seed,
+                                       prefix=model.cfg.eos_token_id).groupby("half").loss.mean()
+    return {"seq_len": seq_len, "batch": batch, "loss_first_copy": float(means["first"]),
+            "loss_second_copy": float(means["second"])}
+
+
 @torch.no_grad()
 def position_losses(model, text: str, length: int, edges: list[int], batch_size: int = 4) -> dict:
     """Mean next-token cross-entropy (nats) by query position band on ``text``, in non-overlapping windows of
@@ -81,16 +108,12 @@ def position_losses(model, text: str, length: int, edges: list[int], batch_size:
     windows = Windows(tokens, length, length)
     if len(windows) == 0:
         raise InterpError(f"held-out text has {len(tokens)} tokens; it needs at least length + 1 = {length + 1}.")
-    saved = model.cfg.n_ctx
-    model.cfg.n_ctx = max(saved, length)  # the forward's length check reads it; RoPE frequencies do not
-    try:
-        model.eval()
-        nll = []
+    model.eval()
+    nll = []
+    with reading_up_to(model, length):
         for x, y in eval_batches(windows, batch_size):
             logits = model(x.to(model.device))
             nll.append(F.cross_entropy(logits.double().transpose(1, 2), y.to(model.device), reduction="none").cpu())
-    finally:
-        model.cfg.n_ctx = saved
     per_pos = torch.cat(nll).mean(0)  # [length]
     bands = {f"{a}-{b - 1}": float(per_pos[a:b].mean()) for a, b in itertools.pairwise(edges) if b <= length}
     return {"length": length, "windows": len(windows), "bands": bands}
@@ -125,6 +148,8 @@ def measure(model, heldout_text: str, seed: int = 0) -> dict:
     out: dict = {"heldout_loss": loss, "heldout_predicted_tokens": n}
     n_ctx = int(model.cfg.n_ctx)
     out["position_loss"] = position_losses(model, heldout_text, n_ctx, band_edges(n_ctx))
+    if n_ctx > 256:  # a long model: does induction reach across its context?
+        out["repeated_random_long"] = long_repeat_losses(model, n_ctx, seed=seed)
 
     eos = model.cfg.eos_token_id
     seq_len = min(100, (model.cfg.n_ctx - 1) // 2)
@@ -172,6 +197,14 @@ def _position_section(cfg: dict, facts: dict) -> str:
         rows.append((f"`{other['model']}` (n_ctx {other['n_ctx']}, run past it)", other["bands"]))
     bands = list(own["bands"])
     table = "\n".join(f"| {label} | " + " | ".join(f"{b[k]:.3f}" for k in bands) + " |" for label, b in rows)
+    rep = facts.get("repeated_random_long")
+    long_rep = "" if not rep else (
+        f"\n\nInduction across the context: a random sequence of {rep['seq_len']} tokens shown twice after "
+        f"`<|endoftext|>` ({rep['batch']} sequences; `long_repeat_losses`): this model's loss is "
+        f"**{rep['loss_first_copy']:.2f} nats on the first copy and {rep['loss_second_copy']:.2f} on the second**"
+        + (f"; `{other['model']}` run past its context: {other['repeated_random_long']['loss_first_copy']:.2f} and "
+           f"{other['repeated_random_long']['loss_second_copy']:.2f}." if other and "repeated_random_long" in other
+           else "."))
     return f"""
 ## Long context: loss by position
 
@@ -182,7 +215,7 @@ shorter model can be run past its context on the same windows, which shows why t
 
 | model | {' | '.join(f'positions {k}' for k in bands)} |
 |---|{'---|' * len(bands)}
-{table}
+{table}{long_rep}
 """
 
 
@@ -225,7 +258,7 @@ untied embeddings; {n_params / 1e6:.2f} M parameters, float32 weights, context {
 {origin}
 on {manifest['characters'] / 1e6:.1f} M characters of openly licensed English: software documentation,
 the World English Bible and Jane Austen's novels. It exists so the toolkit has a real model with real
-interpretable structure, offline: `interp.load()` loads it.
+interpretable structure, offline: `interp.load({'' if not init_from else repr(name)})` loads it.
 
 It is a *small* model: its text is locally fluent and globally confused. What it is good for is
 showing circuits: {circuits}
@@ -277,7 +310,7 @@ Tokenizer: byte-level BPE (`tokenizers`), vocabulary {cfg['d_vocab']} including 
 * **Held-out text in this folder:** `{HELDOUT}` ({heldout['documents']} whole validation documents,
   {heldout['tokens']} tokens, {heldout['bytes'] / 1024:.0f} KB). Loss on it, non-overlapping windows of {cfg['n_ctx']}:
   **{facts['heldout_loss']:.3f} nats** ({facts['heldout_predicted_tokens']} predicted tokens).
-  `tests/test_shipped_model.py` recomputes this number.
+  The zoo's tests (`tests/test_shipped_model.py`, `tests/test_long_model.py`) recompute this number.
 
 Loss curve: `loss.png`; full log: `log.csv`; exact configuration and commands: `recipe.json`, `recipe.md`.
 {_position_section(cfg, facts)}
@@ -348,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         n_ctx = int(model.cfg.n_ctx)
         facts["position_loss_compare"] = {
             "model": Path(args.compare).name, "n_ctx": int(other.cfg.n_ctx),
-            **position_losses(other, (model_dir / HELDOUT).read_text(encoding="utf-8"), n_ctx, band_edges(n_ctx))}
+            **position_losses(other, (model_dir / HELDOUT).read_text(encoding="utf-8"), n_ctx, band_edges(n_ctx)),
+            "repeated_random_long": long_repeat_losses(other, n_ctx)}
     from interp.train.trainer import latest_checkpoint
 
     ckpt = latest_checkpoint(run)
