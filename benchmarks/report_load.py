@@ -77,6 +77,19 @@ def models(lengths: list[int]):
     return out
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table (benchmarks/run_all.py): every per-report column, the model named once above it."""
+    rows = result["rows"]
+    model = {k: rows[0][k] for k in ("model", "d_model", "n_layers", "n_heads")} if rows else {}
+    cols = [c for c in (rows[0] if rows else {}) if c not in model and all(
+        isinstance(r.get(c), (int, float, str)) for r in rows)]
+    lines = [(f"{model.get('model')} (d_model {model.get('d_model')}, {model.get('n_layers')} layers), "
+             f"{result['browser']} on {result['device']}; medians of {result['repeats']}; seconds."), "",
+             "| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="10,160,500", help="prompt lengths in tokens, comma-separated")
