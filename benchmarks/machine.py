@@ -3,8 +3,9 @@
 A timing taken while other work shares the cores is not a figure a reader can reproduce (issue 25: the
 published patching speed-ups came from a 2-core machine at load 13-14). So each benchmark
 
-* records the CPU, the core count and the 1/5/15-minute load averages **before and after** it runs, and marks
-  its result ``contended`` when the machine was busy (see :func:`is_contended`), and
+* records the CPU, the core count, the 1/5/15-minute load averages and the machine's and its own CPU seconds
+  **before and after** it runs, and marks its result ``contended`` when other work used the cores meanwhile
+  (see :func:`is_contended`), and
 * times contenders **interleaved** (A, B, A, B, ...) and reports the median of each, so a burst of outside load
   falls on both rather than on whichever ran second.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -41,21 +43,67 @@ def usable_cpus() -> int:
 
 
 def machine_state() -> dict:
-    """A snapshot: load averages (1, 5, 15 min), usable cores and the CPU's name."""
+    """A snapshot: load averages (1, 5, 15 min), usable cores, the CPU's name, and two CPU-second counters.
+
+    ``cpu_busy_s`` is the non-idle CPU time of the whole machine since boot (``/proc/stat``), ``own_cpu_s`` this
+    process's and its waited-for children's (``getrusage``). Their differences between two snapshots tell how
+    much of the machine's work in between was somebody else's (:func:`others_busy_cores`).
+    """
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # not available on this platform
         load = None
-    return {"loadavg": load, "cpus": usable_cpus(), "cpu": cpu_model(), "time": time.time()}
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return {"loadavg": load, "cpus": usable_cpus(), "cpu": cpu_model(), "time": time.time(),
+            "cpu_busy_s": _machine_busy_seconds(), "own_cpu_s": round(own, 3)}
+
+
+def _machine_busy_seconds() -> float | None:
+    """Non-idle CPU seconds of every core since boot, from /proc/stat's first line; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: idle and iowait are the idle ones; guest time is
+    # already inside user/nice, so only the first eight count
+    busy = sum(fields[:8]) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+    return round(busy / os.sysconf("SC_CLK_TCK"), 3)
+
+
+def others_busy_cores(before: dict, after: dict) -> float | None:
+    """Cores' worth of CPU that *other* processes used on average between two snapshots (None if unknown).
+
+    The machine's busy seconds minus this process's (and its children's) over the wall time between the two: a
+    load average lags by a minute, so it blames a benchmark for the one that ran just before it; this does not.
+    """
+    keys = ("cpu_busy_s", "own_cpu_s", "time")
+    if any(before.get(k) is None or after.get(k) is None for k in keys):
+        return None
+    wall = after["time"] - before["time"]
+    if wall <= 0:
+        return None
+    others = (after["cpu_busy_s"] - before["cpu_busy_s"]) - (after["own_cpu_s"] - before["own_cpu_s"])
+    return max(0.0, others / wall)
+
+
+# other processes may use this many cores' worth on average and the run still counts as quiet (a shell, the
+# kernel's own threads); a second job running flat out on a core is four times more
+OTHERS_QUIET_CORES = 0.25
 
 
 def is_contended(before: dict, after: dict, own_threads: int | None = None) -> bool:
     """Was the machine busy with other work while the benchmark ran?
 
-    Before the run nothing of ours is running, so a 1-minute load above half the cores means someone else is.
-    During the run our own threads add up to ``own_threads`` (default: every core) to the load, so afterwards
-    anything more than one extra core's worth on top of that is somebody else's work. Either marks the result.
+    Where both snapshots carry CPU counters: did other processes use more than ``OTHERS_QUIET_CORES`` cores on
+    average in between. Otherwise (older records, no /proc) the load averages decide: before the run a 1-minute
+    load above half the cores means someone else is busy, and afterwards anything more than one extra core's
+    worth on top of our own ``own_threads`` (default: every core).
     """
+    others = others_busy_cores(before, after)
+    if others is not None:
+        return others > OTHERS_QUIET_CORES
     if before.get("loadavg") is None or after.get("loadavg") is None:
         return False
     cpus = before["cpus"]
@@ -99,4 +147,7 @@ def contention_note(result: dict) -> str:
     la = (a.get("loadavg") or ["?"])[0]
     verdict = "**contended** (other work shared the cores: ratios hold roughly, absolute times do not)" \
         if result.get("contended") else "quiet"
-    return f"{b.get('cpu', '?')}, {b.get('cpus', '?')} cores; load average {lb} before, {la} after: {verdict}"
+    others = others_busy_cores(b, a)
+    others = "" if others is None else f"; other processes used {others:.2f} cores on average"
+    return (f"{b.get('cpu', '?')}, {b.get('cpus', '?')} cores; load average {lb} before, {la} after{others}: "
+            f"{verdict}")

@@ -92,6 +92,23 @@ def test_contention_verdict():
     assert machine.is_contended(quiet, others_after)
 
 
+
+def test_contention_from_cpu_seconds_is_not_fooled_by_a_lagging_load_average():
+    # right after another benchmark the 1-minute load is still high, but in the 10 s between the snapshots the
+    # machine's busy seconds are all ours: quiet. The same run with 8 s of someone else's work: contended.
+    base = {"loadavg": [1.7, 1.0, 0.5], "cpus": 2, "cpu": "x", "time": 100.0, "cpu_busy_s": 500.0, "own_cpu_s": 3.0}
+    ours = {**base, "time": 110.0, "cpu_busy_s": 519.5, "own_cpu_s": 22.0}
+    others = {**base, "time": 110.0, "cpu_busy_s": 527.5, "own_cpu_s": 22.0}
+    assert machine.others_busy_cores(base, ours) == pytest.approx(0.05)
+    assert machine.others_busy_cores(base, others) == pytest.approx(0.85)
+    assert not machine.is_contended(base, ours)
+    assert machine.is_contended(base, others)
+    assert "0.85 cores" in machine.contention_note({"machine_before": base, "machine_after": others,
+                                                    "contended": True})
+    # a live snapshot carries the counters, and this process's own CPU time is in it
+    now = machine.machine_state()
+    assert now["own_cpu_s"] > 0 and "cpu_busy_s" in now
+
 def test_interleaved_medians_alternate_contenders():
     order = []
     medians, samples, outputs = machine.interleaved({"a": lambda: order.append("a") or 1,
