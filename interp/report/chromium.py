@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["FLAGS", "LABELS_JS", "PLOTS_JS", "DevTools", "find_chromium", "free_port", "launch"]
+__all__ = ["FIGURES_JS", "FLAGS", "LABELS_JS", "PLOTS_JS", "DevTools", "find_chromium", "free_port", "launch"]
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -37,7 +37,7 @@ PLOTS_JS = """(() => {
 LABELS_JS = """(() => {
   const docs = [document, ...[...document.querySelectorAll('iframe')].map(f => {
     try { return f.contentDocument; } catch (e) { return null; } }).filter(Boolean)];
-  const overlaps = [], bad = [];
+  const overlaps = [], bad = [], duplicates = [];
   let axes = 0, labels = 0;
   for (const d of docs) for (const plot of d.querySelectorAll('.js-plotly-plot')) {
     const title = (plot.querySelector('.gtitle') || {}).textContent || plot.id || '';
@@ -48,6 +48,8 @@ LABELS_JS = """(() => {
         .map(t => [t.textContent, t.getBoundingClientRect()]);
       labels += boxes.length;
       for (const [s] of boxes) if (s.includes('\\ufffd')) bad.push(title + ': ' + s);
+      const seen = new Set();  // two ticks of one axis reading alike (今₁ at 11 vs 今₁₁ at 1) would be ambiguous
+      for (const [s] of boxes) { if (seen.has(s)) duplicates.push(title + ': ' + s); seen.add(s); }
       for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
         const a = boxes[i][1], b = boxes[j][1];
         const ox = Math.min(a.right, b.right) - Math.max(a.left, b.left);
@@ -58,7 +60,40 @@ LABELS_JS = """(() => {
   }
   const text = docs.map(d => d.body ? d.body.innerText : '').join('\\n');
   return {axes, labels, overlaps: overlaps.slice(0, 10), n_overlaps: overlaps.length, bad: bad.slice(0, 10),
+          duplicates: duplicates.slice(0, 10),
           replacement_chars: (text.match(/\\ufffd/g) || []).length};
+})()"""
+
+# Every plotly figure as drawn: its box, whether it fits the viewport or sits inside an element that scrolls
+# (overflow auto/scroll, itself no wider than the viewport), the cells/points its traces draw (the payload that
+# bounds its draw time), and the report's own draw time for it (performance measure "draw:ID"; null elsewhere).
+FIGURES_JS = """(() => {
+  const docs = [document, ...[...document.querySelectorAll('iframe')].map(f => {
+    try { return f.contentDocument; } catch (e) { return null; } }).filter(Boolean)];
+  const count = t => {
+    if (t.z && t.z.length) return t.z.length * (Array.isArray(t.z[0]) || ArrayBuffer.isView(t.z[0]) ? t.z[0].length : 1);
+    for (const k of ['x', 'y', 'values', 'r', 'lat']) if (t[k] && t[k].length) return t[k].length;
+    return 0;
+  };
+  const out = [];
+  for (const d of docs) {
+    const view = d.defaultView.innerWidth, perf = d.defaultView.performance;
+    for (const plot of d.querySelectorAll('.js-plotly-plot')) {
+      const r = plot.getBoundingClientRect();
+      let scroller = null;
+      for (let el = plot.parentElement; el && el !== d.documentElement; el = el.parentElement) {
+        const o = getComputedStyle(el).overflowX;
+        if ((o === 'auto' || o === 'scroll') && el.getBoundingClientRect().width <= view + 1) { scroller = el; break; }
+      }
+      const m = plot.id ? perf.getEntriesByName('draw:' + plot.id) : [];
+      out.push({id: plot.id || '', title: (plot.querySelector('.gtitle') || {}).textContent || '',
+                width: Math.round(r.width), height: Math.round(r.height), view,
+                fits: r.left >= -1 && r.right <= view + 1, scrolls: !!scroller,
+                cells: (plot._fullData || []).reduce((a, t) => a + count(t), 0),  // data as drawn (decoded)
+                draw_ms: m.length ? m[m.length - 1].duration : null});
+    }
+  }
+  return out;
 })()"""
 
 

@@ -198,13 +198,15 @@ def md_table(df: pd.DataFrame, columns: list[str] | None = None, max_rows: int |
 
 
 # Figures are drawn when they come near the viewport (IntersectionObserver), so a long report opens at
-# once and draws the rest as the reader scrolls; window.interpDrawAll() draws every figure now.
+# once and draws the rest as the reader scrolls; window.interpDrawAll() draws every figure now. Each draw is a
+# performance measure "draw:ID" (parsing its spec to plotly's promise resolving): benchmarks/report_load.py reads them.
 _LAZY_JS = """
 (function(){
   function draw(el){
     if (el.dataset.drawn) return; el.dataset.drawn = '1';
+    const start = performance.now();
     const spec = JSON.parse(document.getElementById(el.id + '-spec').textContent);
-    Plotly.newPlot(el, spec.data, spec.layout, spec.config);
+    Plotly.newPlot(el, spec.data, spec.layout, spec.config).then(() => performance.measure('draw:' + el.id, {start}));
   }
   const els = [...document.querySelectorAll('.plotly-lazy')];
   window.interpDrawAll = () => els.forEach(draw);
