@@ -396,14 +396,14 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
 @st.cache_data(show_spinner="Scoring every edge…", max_entries=8)
 def edge_scores(spec: str, prompt: str, method: str, steps: int):
     """EAP / EAP-IG on the induction pair (as the Patching page) and the faithfulness of the top-n circuits."""
-    from interp.analysis import causal
     from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+    from interp.report.data import induction_pair
 
     model = get_model(spec)
-    pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    pair, notes = induction_pair(model, tokens_for(spec, prompt))  # fitted to n_ctx on a long prompt, as Patching's
     kw = {"answer": pair.answer, "wrong": pair.wrong}
     edges = edge_attribution(model, pair.clean, pair.corrupted, method=method, steps=steps, **kw)
-    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), dict(edges.attrs)
+    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), {**edges.attrs, "notes": notes}
 
 
 @st.cache_data(show_spinner="Steering…", max_entries=8)
@@ -1067,6 +1067,8 @@ def page_edges(spec: str, prompt: str) -> None:
     st.caption(f"The induction pair of the Patching page; logit difference clean {attrs['clean']:.3f}, corrupted "
                f"{attrs['corrupted']:.3f}. score = change of the metric when that edge alone carries the corrupted "
                f"value ({attrs['n_edges']} edges: embeddings, heads' q/k/v inputs, MLPs, logits).")
+    for note in attrs["notes"]:
+        st.caption(f"Shortened: {note}.")
     from interp.report.edge_figure import edge_circuit_figure
 
     plot(edge_circuit_figure(edges, top_n=30), key="edges_circuit")

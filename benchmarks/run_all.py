@@ -59,7 +59,7 @@ BENCHMARKS = [
               ("--lengths", "8", "--repeats", "1", "--train-steps", "5")),
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
     Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
-    Benchmark("report_load", (), ("--lengths", "10", "--repeats", "1"), needs="chromium"),
+    Benchmark("report_load", (), ("--lengths", "10", "--repeats", "1", "--pages", "Overview"), needs="chromium"),
     Benchmark("edges", ("--repeats", "3"), ("--model", "random", "--layers", "1", "--d-model", "32", "--heads", "2",
                                             "--vocab", "64", "--tokens", "4", "--steps", "2")),
 ]

@@ -28,9 +28,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -51,21 +49,6 @@ ZH_PAGES = ("Attention", "Logit lens", "Patching")  # the pages with token axes
 # The most cells (heatmap) or points a figure may draw: a 128 x 128 pooled pattern plus a little. Figures that grew
 # with the prompt (a 2,000 x 2,000 pattern: 4 M cells) froze the tab for tens of seconds.
 MAX_CELLS = 20_000
-READY_JS = """(() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  const h1 = [...document.querySelectorAll('h1')].map(e => e.innerText.trim());
-  const charts = document.querySelectorAll('[data-testid="stPlotlyChart"]').length;
-  const plots = [...document.querySelectorAll('.js-plotly-plot')];
-  const frames = [...document.querySelectorAll('iframe')];
-  const views = frames.filter(f => { try { return !!f.contentDocument.querySelector('.attn-view'); }
-                                     catch (e) { return false; } }).length;
-  return {h1, charts, plots: plots.length, drawn: plots.filter(p => p.querySelector('.main-svg')).length,
-          script: app ? app.dataset.testScriptState : null, frames: frames.length, views,
-          pages: [...document.querySelectorAll('[data-testid="stSidebar"] [role="radiogroup"] label')]
-                 .map(e => e.innerText.trim()),
-          exceptions: [...document.querySelectorAll('[data-testid="stException"]')].map(e => e.innerText),
-          errors: [...document.querySelectorAll('[data-testid="stAlertContentError"]')].map(e => e.innerText)};
-})()"""
 
 
 def text_of(tokenizer, text: str, n: int) -> str:
@@ -158,34 +141,10 @@ def _ensure_cjk_font() -> None:
 @pytest.fixture(scope="module")
 def server(long_model_dir, prompts):
     """The dashboard on the n_ctx-2048 model (the pages choose the prompt with ?prompt=...)."""
-    from interp.report.chromium import free_port
+    from interp.report.chromium import dashboard_server
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "apps" / "dashboard.py"),
-           "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-           "--", "--model", str(long_model_dir), "--prompt", prompts["10"]]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
-            try:
-                if urllib.request.urlopen(f"{base}/_stcore/health", timeout=2).read().strip() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the dashboard did not answer /_stcore/health within 180 s")
+    with dashboard_server(ROOT, "--model", str(long_model_dir), "--prompt", prompts["10"]) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -218,18 +177,11 @@ def _shot(browser, path: Path) -> None:
     assert colours is None or len(colours) > 200, (path.name, len(colours or []))
 
 
-def _load(browser, url: str, page: str, min_charts: int, timeout: float = 240) -> dict:
-    browser.call("Page.navigate", url=url)
-    deadline, state, stable = time.time() + timeout, None, 0
-    while time.time() < deadline:
-        state = browser.evaluate(READY_JS) or {}
-        done = (state.get("script") == "notRunning" and page in state.get("h1", [])
-                and state["drawn"] == state["plots"] == state["charts"] >= min_charts)
-        stable = stable + 1 if done else 0
-        if stable >= 2 or state.get("exceptions"):  # the script run has finished and every chart has drawn
-            return state
-        time.sleep(0.2)
-    pytest.fail(f"{page}: not rendered within {timeout} s; last state {state}")
+def _load(browser, url: str, page: str, min_charts: int) -> dict:
+    try:
+        return browser.load_dashboard_page(url, page, min_charts)
+    except TimeoutError as e:
+        pytest.fail(str(e))
 
 
 def _labels_ok(browser, where: str) -> dict:
@@ -295,8 +247,10 @@ def _hover_changes_the_view(browser, where: str) -> None:
 def test_every_page_at_every_length_in_chromium(server, browser, shots, prompts):
     cases = [(name, page) for name in map(str, LENGTHS) for page in PAGES] + [("zh", page) for page in ZH_PAGES]
     for name, page in cases:
+        start = time.perf_counter()
         state = _load(browser, f"{server}/?page={quote(page)}&prompt={quote(prompts[name])}", page, PAGES[page])
         where = f"{page} @ {name}"
+        print(f"{where}: {time.perf_counter() - start:.1f} s")
         assert state["pages"] == list(PAGES), (where, "a page this test does not visit", state["pages"])
         assert not state["exceptions"], (where, state["exceptions"])
         assert not state["errors"], (where, state["errors"])
@@ -374,6 +328,8 @@ def test_report_at_every_length_in_chromium(reports, browser, shots):
             assert f"A {n}-token prompt: each head is drawn whole" in text, name
         if n > 64:
             assert "Shortened: resid_pre is patched at" in text, name
+        if len(data.view_heads) < len(data.head_scores[["layer", "head"]].drop_duplicates()):
+            assert f"The view holds {len(data.view_heads)} of the" in text, name
         if name == "250":  # the shipped model's induction head, drawn whole: its stripe carries the attention
             induction = data.notable_heads[data.notable_heads.role == "induction"].iloc[0]
             fig_id = f"fig-pattern-all-{induction.layer}-{induction['head']}"
@@ -385,6 +341,8 @@ def test_report_at_every_length_in_chromium(reports, browser, shots):
 
 @pytest.mark.slow
 def test_bad_prompt_shows_an_error_in_the_browser(server, browser):
+    from interp.report.chromium import DASHBOARD_JS
+
     # type a prompt longer than the model's n_ctx (2048) into the sidebar: the page must show st.error
     url = f"{server}/?page=Overview"
     _load(browser, url, "Overview", 1)
@@ -400,7 +358,7 @@ def test_bad_prompt_shows_an_error_in_the_browser(server, browser):
     browser.evaluate(js)
     deadline, state = time.time() + 60, {}
     while time.time() < deadline:
-        state = browser.evaluate(READY_JS) or {}
+        state = browser.evaluate(DASHBOARD_JS) or {}
         if state.get("errors") or state.get("exceptions"):
             break
         time.sleep(0.5)

@@ -161,12 +161,15 @@ def page_neurons(top: pd.DataFrame) -> list[tuple[int, int]]:
 
 
 def view_heads(model, notable: pd.DataFrame, n: int, budget: int) -> list[tuple[int, int]]:
-    """Heads for the attention view: all of them when one byte per causal entry fits ``budget``, else the notable ones."""
+    """Heads for the attention view: all of them when one byte per causal entry fits ``budget``, else as many of the
+    notable ones as fit (at least one), so the page stays bounded however long the prompt."""
     cfg = model.cfg
     every = [(layer, head) for layer in range(int(cfg.n_layers)) for head in range(int(cfg.n_heads))]
-    if len(every) * n * (n + 1) // 2 <= budget:
+    per_head = n * (n + 1) // 2
+    if len(every) * per_head <= budget:
         return every
-    return [(int(r.layer), int(r.head)) for r in notable.itertuples()] or every[:1]
+    chosen = [(int(r.layer), int(r.head)) for r in notable.itertuples()] or every[:1]
+    return chosen[:max(1, budget // per_head)]
 
 
 def notable_heads(scores: pd.DataFrame, n: int) -> pd.DataFrame:

@@ -496,6 +496,11 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
     first = [(int(r.layer), int(r.head)) for r in data.notable_heads.head(1).itertuples()]
     view = attention_view(data.str_tokens, data.patterns, data.view_heads, checked=first,
                           title="Where each token attends")
+    n_all = n_layers * int(m["n_heads"])
+    if len(data.view_heads) < n_all:  # a long prompt: say which heads the view left out, and why
+        view = (f'<p class="note">The view holds {len(data.view_heads)} of the {n_all} heads, the most notable: at '
+                f"{len(data.token_ids)} tokens every head would exceed its budget of "
+                f"{data.options['view_bytes']:,} bytes (one per head and causal pair).</p>") + view
     parts.append(_section(
         "attention",
         '<p class="note">Role scores lie in [0, 1]. <code>duplicate_token</code> and <code>induction</code> are '
