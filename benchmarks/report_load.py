@@ -11,7 +11,8 @@ so the text is real). Prompts are the shipped model's held-out text cut to the l
   plotly.js inside) and ``shared`` (plotly-<version>.min.js beside it). Each is opened ``--repeats`` times, cache
   cleared between loads: ``open`` is navigation to every figure near the viewport drawn (the report draws the rest
   when scrolled to), ``eager`` navigation to every figure drawn (``interpDrawAll()`` at once). Per figure, the
-  report's own measure ``draw:ID`` (spec parsed to plotly's promise resolving).
+  report's own measure ``draw:ID`` (spec parsed to plotly's promise resolving), each figure redrawn alone in turn
+  (``interpRedrawEach()``: drawn together, each promise would also wait for the others).
 * **Dashboard**: ``apps/dashboard.py`` served by Streamlit with the n_ctx-2048 model; every page of its sidebar (or
   ``--pages``) at every length: ``page`` is navigation to the script run finished and every chart drawn. Each
   chart's spec is read back from the page and redrawn ``--repeats`` times on a blank page with the project's
@@ -105,7 +106,8 @@ def time_reports(browser, lengths, models, repeats, tmp: Path) -> tuple[list, li
                 browser.evaluate("interpDrawAll()")
                 state = browser.wait_for_plots(timeout=300)
                 eager.append(time.perf_counter() - start)
-                time.sleep(0.3)  # the last promises resolve after the SVG is there
+                # drawn together, each figure's promise waits for the others: redraw each alone for its own time
+                browser.call("Runtime.evaluate", expression="interpRedrawEach()", awaitPromise=True, timeout=300)
                 for f in browser.evaluate(FIGURES_JS):
                     draws.setdefault(f["id"], (f, []))[1].append(f["draw_ms"] or float("nan"))
             if mode == "shared":  # the draw itself does not depend on how plotly.js arrived

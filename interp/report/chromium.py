@@ -99,8 +99,8 @@ FIGURES_JS = """(() => {
   return out;
 })()"""
 
-# A Streamlit page's state: whether its script run has finished (Streamlit's own data-test-script-state), the page
-# title, charts and drawn plots, the pages the sidebar offers, and any exception or error shown.
+# A Streamlit page's state: whether its script run has finished (Streamlit's own data-test-script-state) and its
+# lazily loaded elements have replaced their skeletons, the page title, charts and drawn plots, the pages the sidebar offers, and any exception or error shown.
 DASHBOARD_JS = """(() => {
   const app = document.querySelector('[data-testid="stApp"]');
   const h1 = [...document.querySelectorAll('h1')].map(e => e.innerText.trim());
@@ -111,6 +111,8 @@ DASHBOARD_JS = """(() => {
                                      catch (e) { return false; } }).length;
   return {h1, charts, plots: plots.length, drawn: plots.filter(p => p.querySelector('.main-svg')).length,
           script: app ? app.dataset.testScriptState : null, frames: frames.length, views,
+          stale: document.documentElement.dataset.interpStale === '1',
+          loading: document.querySelectorAll('[data-testid="stSkeleton"], [data-testid="stSpinner"]').length,
           pages: [...document.querySelectorAll('[data-testid="stSidebar"] [role="radiogroup"] label')]
                  .map(e => e.innerText.trim()),
           exceptions: [...document.querySelectorAll('[data-testid="stException"]')].map(e => e.innerText),
@@ -192,11 +194,14 @@ class DevTools:
     def load_dashboard_page(self, url: str, page: str, min_charts: int = 0, timeout: float = 240) -> dict:
         """Navigate to a dashboard ``url`` and wait until ``page`` has run its script and drawn every chart (at least
         ``min_charts``), or shows an exception; returns :data:`DASHBOARD_JS`'s state."""
+        # mark the page we leave: until the new one has replaced it, its state is not the new page's
+        self.evaluate("document.documentElement && (document.documentElement.dataset.interpStale = '1')")
         self.call("Page.navigate", url=url)
         deadline, state, stable = time.time() + timeout, {}, 0
         while time.time() < deadline:
             state = self.evaluate(DASHBOARD_JS) or {}
-            done = (state.get("script") == "notRunning" and page in state.get("h1", [])
+            done = (not state.get("stale") and not state.get("loading") and state.get("script") == "notRunning"
+                    and page in state.get("h1", [])
                     and state["drawn"] == state["plots"] == state["charts"] >= min_charts)
             stable = stable + 1 if done else 0
             if stable >= 2 or state.get("exceptions"):  # finished, and still so one poll later
