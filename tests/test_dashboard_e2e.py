@@ -293,12 +293,17 @@ POOLED_JS = """((id) => { const t = document.getElementById(id)._fullData[0];
   return {z: Array.from(t.z, row => Array.from(row)), spans: Array.from(t.customdata[0])}; })(%r)"""
 
 
+def _pooled(browser, fig_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A drawn overview's cells and the first position of each block."""
+    fig = browser.evaluate(POOLED_JS % fig_id)
+    z = np.array([[np.nan if v is None else v for v in row] for row in fig["z"]], dtype=float)
+    return z, np.array([int(s.split("–")[0]) for s in fig["spans"]])
+
+
 def _induction_stripe(browser, fig_id: str, period: int) -> float:
     """The share of attention the drawn overview puts within one block of the induction offset (query q to key
     q - period + 1), averaged over the query blocks of the second copy."""
-    fig = browser.evaluate(POOLED_JS % fig_id)
-    z = np.array([[np.nan if v is None else v for v in row] for row in fig["z"]], dtype=float)
-    starts = np.array([int(s.split("–")[0]) for s in fig["spans"]])
+    z, starts = _pooled(browser, fig_id)
     shares = []
     for i, first in enumerate(starts):
         if first >= period:
@@ -317,17 +322,23 @@ def test_report_at_every_length_in_chromium(reports, browser, shots):
         browser.evaluate("interpDrawAll()")  # figures below the fold draw when scrolled to; draw them all now
         state = browser.wait_for_plots(expected=10, timeout=120)
         assert state["drawn"] == state["plots"]
-        _shot(browser, shots / f"report-{name}.png")
+        _shot(browser, shots / f"html-report-{name}.png")
         lab = _labels_ok(browser, f"report @ {name}")
         assert lab["labels"] > 0
         figs = _figures_ok(browser, f"report @ {name}")
         _hover_changes_the_view(browser, f"report @ {name}")
         text = browser.evaluate("document.body.innerText")
+        for f in figs:  # every head drawn whole holds all its attention: each query block's shares sum to 1
+            if f["id"].startswith("fig-pattern-all-"):
+                z, _ = _pooled(browser, f["id"])
+                np.testing.assert_allclose(np.nansum(z, axis=1), 1.0, atol=0.01, err_msg=f"{name} {f['id']}")
         if n > LENS_WINDOW:  # what was cut, and why, in a line beside the figure
             assert f"the last {LENS_WINDOW} of {n} positions" in text, name
             assert f"A {n}-token prompt: each head is drawn whole" in text, name
         if n > 64:
             assert "Shortened: resid_pre is patched at" in text, name
+        if len(data.patching["pair"]["clean"]) > 1200:  # the clean/corrupted texts: excerpts, saying so
+            assert "Shortened: the texts are" in text, name
         if len(data.view_heads) < len(data.head_scores[["layer", "head"]].drop_duplicates()):
             assert f"The view holds {len(data.view_heads)} of the" in text, name
         if name == "250":  # the shipped model's induction head, drawn whole: its stripe carries the attention

@@ -383,10 +383,14 @@ def _patching_html(data: ReportData) -> str:
     if not p:
         return ('<p class="note">Not computed: the option <code>patching</code> is off, or the prompt is a single '
                 "token (the task repeats the prompt's beginning).</p>")
+    from interp.report.data import pair_excerpt
+
     esc = html.escape
-    cut = "".join(f'<p class="note">Shortened: {esc(note)}.</p>' for note in p.get("notes", ()))
+    clean, corrupted, shown = pair_excerpt(p["pair"]["clean"], p["pair"]["corrupted"])
+    notes = [*p.get("notes", ()), *([shown] if shown else [])]
+    cut = "".join(f'<p class="note">Shortened: {esc(note)}.</p>' for note in notes)
     return (f'<p class="note">{esc(_patching_intro(p))}</p>' + cut
-            + f'<div class="prompt">clean:     {esc(p["pair"]["clean"])}\ncorrupted: {esc(p["pair"]["corrupted"])}</div>'
+            + f'<div class="prompt">clean:     {esc(clean)}\ncorrupted: {esc(corrupted)}</div>'
             + _figure(head_patching_heatmap(p["heads"]), "fig-patching-heads")
             + html_table(p["heads"], "patching_heads", _HEAD_COLS)
             + _figure(patching_heatmap(p["grid"], p["tokens"], title="Patching resid_pre: layer × position"),
