@@ -315,6 +315,7 @@ def _induction_stripe(browser, fig_id: str, period: int) -> float:
 @pytest.mark.slow
 def test_report_at_every_length_in_chromium(reports, browser, shots):
     from interp.report.figures import LENS_WINDOW
+    from interp.report.render import NEURON_PROMPT_TOKENS
 
     for name, (path, data) in reports.items():
         n = len(data.token_ids)
@@ -337,6 +338,8 @@ def test_report_at_every_length_in_chromium(reports, browser, shots):
             assert f"A {n}-token prompt: each head is drawn whole" in text, name
         if n > 64:
             assert "Shortened: resid_pre is patched at" in text, name
+        if n > NEURON_PROMPT_TOKENS:  # each neuron page shades the prompt's last tokens, saying so
+            assert f"The last {NEURON_PROMPT_TOKENS} of its {n} tokens." in text, name
         if len(data.patching["pair"]["clean"]) > 1200:  # the clean/corrupted texts: excerpts, saying so
             assert "Shortened: the texts are" in text, name
         if len(data.view_heads) < len(data.head_scores[["layer", "head"]].drop_duplicates()):

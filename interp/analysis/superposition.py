@@ -29,6 +29,7 @@ All functions are pure: they return DataFrames or small dataclasses, seeded wher
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -1023,6 +1024,20 @@ def _feature_measures(w: np.ndarray):
     return norms, interference, dimensionality
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run on one torch thread (restored afterwards). A toy model's matmuls are tiny: with more threads each of
+    thousands of steps pays to wake the others, which on a busy 2-core machine made 1,000 steps take 229 s on two
+    threads and 5 s on one (the dashboard's Superposition page, `interp probe superposition --toy`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@_one_thread()
 def _train_toy_batch(n_features, d_hidden, probs, importances, steps, batch_size, lr, seed):
     """Train K independent toy models at once (W [K, m, n]); the loss is a sum over instances and Adam is
     elementwise, so the instances do not interact."""

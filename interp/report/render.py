@@ -304,6 +304,9 @@ def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None =
             f"<style>{_CSS}{WIDGET_CSS}</style>{script}</head><body>{body}{loader}</body></html>\n")
 
 
+NEURON_PROMPT_TOKENS = 256  # the prompt's tokens shaded on each neuron page (the last ones)
+
+
 def _neuron_pages(data: ReportData) -> str:
     """One page per neuron the tables name: examples over the corpus, histogram, answers, the prompt."""
     from interp.report.widgets import neuron_examples, shading_scale, svg_histogram, token_shading
@@ -333,9 +336,12 @@ def _neuron_pages(data: ReportData) -> str:
         # the prompt is shaded on the same symmetric scale as the corpus examples below (±the neuron's largest
         # |activation|), so a small negative value stays pale instead of filling the prompt's own range
         scale = shading_scale(on.activation, () if st is None else (st["min"], st["max"]))
+        shown = on.tail(NEURON_PROMPT_TOKENS)  # a long prompt: its last tokens (a page per neuron would repeat it all)
+        cut = "" if len(shown) == len(on) else f" The last {len(shown)} of its {len(on)} tokens."
         body.append(f"<p>On this prompt: activation <b>{mine.activation:.4f}</b> at the last position{contrib}"
-                    + f'. <span class="note">Full colour at ±{scale:.3g}.</span></p>'
-                    + token_shading(on.token.tolist(), on.activation.tolist(), scale=scale, trigger=len(on) - 1))
+                    + f'. <span class="note">Full colour at ±{scale:.3g}.{cut}</span></p>'
+                    + token_shading(shown.token.tolist(), shown.activation.tolist(), scale=scale,
+                                    trigger=len(shown) - 1))
         if prof is not None:
             ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
             h = prof.histogram[(prof.histogram.layer == layer) & (prof.histogram.neuron == neuron)]
