@@ -127,7 +127,8 @@ def time_reports(browser, lengths, models, repeats, tmp: Path) -> tuple[list, li
     return rows, figures
 
 
-def time_dashboard(browser, lengths, model_dir: Path, prompts: dict, pages, repeats, tmp: Path) -> tuple[list, list]:
+def time_dashboard(browser, lengths, model_dir: Path, prompts: dict, pages, repeats, tmp: Path,
+                   page_timeout: float = 240) -> tuple[list, list]:
     from interp.report.chromium import SPECS_JS, dashboard_server
     from interp.report.render import html_page
 
@@ -139,13 +140,17 @@ def time_dashboard(browser, lengths, model_dir: Path, prompts: dict, pages, repe
             pages = browser.load_dashboard_page(f"{base}/?prompt=x", "Overview")["pages"]
         for n in lengths:
             for page in pages:
-                times = []
+                times, problems = [], []
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    state = browser.load_dashboard_page(f"{base}/?page={quote(page)}&prompt={quote(prompts[n])}",
-                                                        page)
+                    try:
+                        state = browser.load_dashboard_page(
+                            f"{base}/?page={quote(page)}&prompt={quote(prompts[n])}", page, timeout=page_timeout)
+                    except TimeoutError:  # recorded, and the other pages still measured
+                        problems.append(f"not drawn within {page_timeout:.0f} s")
+                        state = {"exceptions": [], "errors": []}
                     times.append(time.perf_counter() - start)
-                problems = state["exceptions"] + state["errors"]
+                problems += state["exceptions"] + state["errors"]
                 charts = browser.evaluate(SPECS_JS)
                 specs += [(n, page, i, s) for i, s in enumerate(charts)]
                 rows.append({"where": page, "tokens": n, "page_s": round(statistics.median(times), 2),
