@@ -1018,7 +1018,8 @@ def page_circuit(spec: str, prompt: str) -> None:
         shipped = str(default_transcoder_folder(model))
     except InterpError:
         shipped = ""
-    path = st.text_input("Transcoder folder (one per layer, SAELens layout)", shipped, key="tc_path",
+    path = st.text_input("Transcoder folder (one per layer, or a cross-layer transcoder such as the model's clt/; "
+                         "SAELens layout)", shipped, key="tc_path",
                          placeholder="runs/transcoders  (make them with: interp sae train --transcoder --out "
                                      "runs/transcoders)").strip()
     if not path:

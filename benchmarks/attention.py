@@ -21,7 +21,12 @@ On CUDA, times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up 
 random normals). On the CPU there is no kernel of ours to run (it is CUDA-only; the interpreter is a
 correctness tool), so only eager and sdpa are timed, at small sizes.
 
-Prints a table and writes JSON (device, dtype, shapes, TFLOP/s, ratios to the default SDPA) atomically.
+The bound: in the same process, on the same device and dtype, a plain square matmul's achieved FLOP/s
+(``matmul_peak``: the best of a few sizes, 2·n³ FLOPs each, timed like the contenders). Attention is two matmuls
+plus a softmax, so that is the most it can reach; each row's ``frac_of_matmul_peak`` says how close it gets.
+
+Prints a table and writes JSON (device, dtype, shapes, TFLOP/s, ratios to the default SDPA, the matmul peak)
+atomically; ``markdown_table(result)`` draws the table RESULTS.md shows (benchmarks/run_all.py).
 """
 
 from __future__ import annotations
@@ -199,6 +204,20 @@ def bench_one(impl, batch, heads, seq, d, causal, dtype, device, mode, reps, win
     return ms, None
 
 
+def matmul_peak(device: str, dtype: torch.dtype, reps: int, sizes=None) -> dict:
+    """The best achieved TFLOP/s of a square ``a @ b`` over a few sizes: the ceiling attention's matmuls work under."""
+    sizes = sizes or ((4096, 8192) if device == "cuda" else (256, 512, 1024))
+    best = {"tflops": 0.0}
+    for n in sizes:
+        g = torch.Generator(device=device).manual_seed(n)
+        a, b = (torch.randn(n, n, generator=g, device=device, dtype=dtype) for _ in range(2))
+        ms = time_ms(lambda a=a, b=b: a @ b, device, reps)
+        tflops = 2 * n ** 3 / (ms * 1e-3) / 1e12
+        if tflops > best["tflops"]:
+            best = {"n": n, "ms": ms, "tflops": tflops}
+    return best
+
+
 # --- sweep --------------------------------------------------------------------------------------------------
 
 
@@ -229,14 +248,17 @@ def configs(device: str, quick: bool, variants=("full", "causal"), dims=None, se
 def run(device: str, quick: bool, modes, reps: int, variants=("full", "causal"), dims=None, seqs=None,
         window: int = 1024, dry_run: bool = False, only=None, dtypes=None, deadline: float | None = None) -> dict:
     impls = contenders(device, only)
-    rows = []
+    rows, peaks = [], {}
     for dtype, d, variant, seq, batch, heads in configs(device, quick, variants, dims, seqs, dry_run, dtypes):
+        name = str(dtype).removeprefix("torch.")
+        if name not in peaks:  # the bound, measured here and now, before this dtype's first row
+            peaks[name] = matmul_peak(device, dtype, reps, (64, 128) if dry_run else None)
         causal = variant != "full"
         win = window if variant == "window" else None
         cap = SOFTCAP if variant == "softcap" else None
         for mode in modes:
-            for name, impl in impls.items():
-                if name in ("eager", "sdpa[math]") and seq > 8192:
+            for impl_name, impl in impls.items():
+                if impl_name in ("eager", "sdpa[math]") and seq > 8192:
                     continue  # materialises [heads, seq, seq] scores: tens of GB
                 if deadline is not None and time.time() > deadline:
                     ms, err = None, "skipped: out of time (--deadline)"
@@ -244,10 +266,17 @@ def run(device: str, quick: bool, modes, reps: int, variants=("full", "causal"),
                     ms, err = bench_one(impl, batch, heads, seq, d, causal, dtype, device, mode, reps, win, cap)
                 work = flops(batch, heads, seq, d, causal, mode, win)
                 tflops = None if ms is None else work / (ms * 1e-3) / 1e12
-                rows.append({"impl": name, "dtype": str(dtype).removeprefix("torch."), "d_head": d,
+                rows.append({"impl": impl_name, "dtype": str(dtype).removeprefix("torch."), "d_head": d,
                              "variant": variant, "causal": causal, "window": win, "softcap": cap, "seq": seq,
                              "batch": batch, "heads": heads, "mode": mode, "ms": ms, "tflops": tflops,
                              "error": err})
+    # the peak again after the sweep (the better of the two is the bound: load from elsewhere only ever lowers it)
+    for name, before in peaks.items():
+        after = matmul_peak(device, getattr(torch, name), reps, (64, 128) if dry_run else None)
+        peaks[name] = {**max(before, after, key=lambda p: p["tflops"]), "tflops_before": before["tflops"],
+                       "tflops_after": after["tflops"]}
+    for r in rows:
+        r["frac_of_matmul_peak"] = None if r["tflops"] is None else r["tflops"] / peaks[r["dtype"]]["tflops"]
     # ratio to the default SDPA dispatch at the same configuration, and window vs causal per implementation
     key = ("dtype", "d_head", "variant", "seq", "mode")
     base = {tuple(r[k] for k in key): r["ms"] for r in rows if r["impl"] == "sdpa"}
@@ -263,7 +292,8 @@ def run(device: str, quick: bool, modes, reps: int, variants=("full", "causal"),
     return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
             "tokens_per_config": TOKENS if device == "cuda" else None, "window": window, "softcap": SOFTCAP,
             "dry_run": dry_run, "flops_convention": "fwd = 4*b*h*d*pairs, pairs = s*s (full), s*s/2 (causal), "
-            "the window's visited pairs (window); fwd+bwd = 3.5 x fwd", "rows": rows}
+            "the window's visited pairs (window); fwd+bwd = 3.5 x fwd", "matmul_peak": peaks, "reps": reps,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
 
 
 def device_name(device: str) -> str:
@@ -290,6 +320,38 @@ def table(result: dict) -> str:
                 ratio = "" if r["speedup_vs_sdpa"] is None else f" ({r['speedup_vs_sdpa']:.2f}x)"
                 cells.append(f"{r['tflops']:.3g}{ratio}".rjust(22))
         lines.append(f"{dtype:<9}{d:>4} {variant:<8}{seq:>6} {mode:<8}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def markdown_table(result: dict) -> str:
+    """One row per shape and mode; per contender its FLOP/s and the fraction of the matmul peak it reaches."""
+    rows = result["rows"]
+    peaks = result.get("matmul_peak") or {}
+    # GFLOP/s on a CPU (tens of them), TFLOP/s on a GPU (hundreds)
+    scale, unit = (1e3, "GFLOP/s") if max((p["tflops"] for p in peaks.values()), default=1) < 1 else (1, "TFLOP/s")
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    bound = "; ".join(f"{dt} {p['tflops'] * scale:.4g} {unit} (n = {p['n']})" for dt, p in peaks.items())
+    caption = (f"{result['device']}, torch {result['torch']}, {result.get('date', '')}. Bound — a square matmul "
+               f"measured in the same run: {bound or 'not measured'}. Cells: {unit} (% of that matmul peak; × = "
+               "speed vs the default sdpa). FLOPs: QKᵀ and PV, 4·b·h·d·pairs, causal pairs halved; "
+               "fwd+bwd = 3.5 × fwd.")
+    lines = [caption, "",
+             "| dtype | d | variant | seq | mode | " + " | ".join(impls) + " |",
+             "|---|---:|---|---:|---|" + "---:|" * len(impls)]
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["dtype"], r["d_head"], r["variant"], r["seq"], r["mode"]), {})[r["impl"]] = r
+    for key, by_impl in groups.items():
+        cells = []
+        for i in impls:
+            r = by_impl.get(i)
+            if r is None or r["tflops"] is None:
+                cells.append("–")
+                continue
+            frac = "" if r.get("frac_of_matmul_peak") is None else f" ({100 * r['frac_of_matmul_peak']:.0f} %)"
+            ratio = "" if r.get("speedup_vs_sdpa") is None or i == "sdpa" else f" {r['speedup_vs_sdpa']:.2f}×"
+            cells.append(f"{r['tflops'] * scale:.3g}{frac}{ratio}")
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

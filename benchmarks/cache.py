@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,8 +161,8 @@ def worker(impl: str, n: int, layers: int, vocab: int, device: str, repeats: int
         else:
             peaks.append(rss.peak - rss.base)
         stored = unique_bytes(cache_tensors(cache))
-    # fastest run (the CPU is shared; slower runs measure the neighbours), largest peak
-    return {"impl": impl, "tokens": n, "seconds": min(times), "peak_mb": max(peaks) / 2**20,
+    # median call (issue 25: medians, with the machine's load recorded beside them), largest peak
+    return {"impl": impl, "tokens": n, "seconds": statistics.median(times), "peak_mb": max(peaks) / 2**20,
             "cache_mb": stored / 2**20, "entries": len(cache), "repeats": repeats}
 
 
@@ -209,6 +210,27 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table: per length, each contender's time, peak memory and cache size, memory vs the bridge."""
+    bridge = {r["tokens"]: r for r in result["rows"] if r["impl"] == "bridge" and "peak_mb" in r}
+    lines = [(f"{result['device']}, torch {result['torch']}; {result['layers']}-layer GPT-2-small shape (vocab "
+             f"{result['vocab']}); every hook cached; lazy-vs-bridge pattern max |diff| at 128 tokens "
+             f"{result['pattern_check_max_abs_diff']:.1e}. Time: median call; peak: memory above the pre-call "
+             "baseline."), "",
+             "| tokens | contender | seconds | peak MiB | cache MiB | peak vs bridge | note |",
+             "|---:|---|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        if "peak_mb" not in r:
+            why = r.get("skipped") or r.get("error")
+            lines.append(f"| {r['tokens']} | {r['impl']} | – | – | – | – | {why} |")
+            continue
+        b = bridge.get(r["tokens"])
+        vs = f"{r['peak_mb'] / b['peak_mb']:.2f}" if b and b["peak_mb"] > 0 else "–"
+        lines.append(f"| {r['tokens']} | {r['impl']} | {r['seconds']:.2f} | {r['peak_mb']:.1f} | {r['cache_mb']:.1f} | "
+                     f"{vs} | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -221,7 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-eager-tokens", type=int, default=8192 if cuda else 2048,
                    help="largest size for bridge, interp-eager, interp+read (they hold every n x n pattern)")
     p.add_argument("--max-tokens", type=int, default=8192 if cuda else 4096, help="largest size for interp")
-    p.add_argument("--repeats", type=int, default=2, help="calls per measurement (fastest time is kept)")
+    p.add_argument("--repeats", type=int, default=2, help="calls per measurement (the median time is kept)")
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default: a new benchmarks/results/cache-<device>-<time>.json)")

@@ -15,7 +15,8 @@ last position. Contenders:
   forward pass, each pass started at the first layer its edges reach (all edges, or ``--exact-edges``
   sampled ones, its time extrapolated linearly to every edge).
 
-Reported: wall seconds (fastest of ``--repeats``), the speed-up over exact patching, and the Pearson and
+Reported: wall seconds (median of ``--repeats`` runs, the contenders interleaved: eap, eap-ig, exact, eap, ...;
+``benchmarks/machine.py``), the speed-up over exact patching, and the Pearson and
 Spearman correlations of each estimate with the exact per-edge change. JSON goes to a new timestamped file in
 benchmarks/results/ (``--out`` is never overwritten without ``--force``).
 """
@@ -25,14 +26,15 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from machine import interleaved  # benchmarks/ is this script's folder
 
 from interp.analysis.causal import repeated_text_pair
 from interp.analysis.circuits.edges import edge_attribution, edge_graph, edge_patching
@@ -53,17 +55,20 @@ def build(args):
     return interp.load(args.model, device=args.device).eval()
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table: each method's time, speed-up over exact edge patching, and agreement with it."""
+    extrapolated = result["exact_edges_run"] < result["edges"]
+    lines = [f"{result['model']} ({result['layers']} layers, d_model {result['d_model']}, {result['heads']} heads), "
+             f"{result['positions']} positions, {result['edges']} edges; exact patching on "
+             f"{result['exact_edges_run']} edges" + (" (its time extrapolated to all)" if extrapolated else
+                                                      " (all of them, nothing extrapolated)")
+             + f"; EAP-IG {result['steps']} steps; {result['device']}; {result['date']}.", "",
+             "| method | seconds | speed-up vs exact | Pearson vs exact | Spearman vs exact |",
+             "|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {r['seconds']:.3g} | {r['speedup_vs_exact']:.1f}× | {r['pearson']:.3f} | "
+                     f"{r['spearman']:.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--exact-edges", type=int, default=None, help="exact patching on this many sampled edges")
     p.add_argument("--batch-size", type=int, default=None, help="copies per pass (default: the analyzer's)")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--repeats", type=int, default=1, help="runs per contender (fastest is kept)")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved runs per contender (median is kept)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default: a new benchmarks/results/edges-<device>-<time>.json)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -99,13 +104,15 @@ def main(argv=None) -> int:
     with torch.no_grad():
         model(clean)  # warm-up
 
-    t_eap, eap = timed(lambda: edge_attribution(model, clean, corrupted, method="eap", **kw), args.repeats)
-    t_ig, ig = timed(lambda: edge_attribution(model, clean, corrupted, method="eap-ig", steps=args.steps, **kw),
-                     args.repeats)
     edges = graph.edges()
     if args.exact_edges is not None and args.exact_edges < n_edges:
         edges = edges.sample(args.exact_edges, random_state=0)
-    t_exact, exact = timed(lambda: edge_patching(model, clean, corrupted, edges=edges, **kw), args.repeats)
+    sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else None
+    medians, _, outputs = interleaved({
+        "eap": lambda: edge_attribution(model, clean, corrupted, method="eap", **kw),
+        "eap-ig": lambda: edge_attribution(model, clean, corrupted, method="eap-ig", steps=args.steps, **kw),
+        "exact": lambda: edge_patching(model, clean, corrupted, edges=edges, **kw)}, args.repeats, sync)
+    (t_eap, t_ig, t_exact), (eap, ig, exact) = medians.values(), outputs.values()
     t_exact_full = t_exact * n_edges / max(len(edges), 1)
 
     key = ["sender", "receiver"]

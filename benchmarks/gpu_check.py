@@ -20,7 +20,11 @@ recorded as such and the rest still run):
    fwd+bwd; TFLOP/s. Autotuning over the first 3 candidates per kernel (INTERP_FLASH_CONFIGS=3); rows
    not started by its deadline are recorded as skipped.
 4. ``cache.json``         benchmarks/cache.py (run_with_cache with lazy patterns vs TransformerLens' bridge).
-5. ``summary.json``       pass/fail counts and the figures to report against the targets (≥ 1.0x SDPA and
+5. ``run_all/``           the rest of benchmarks/run_all.py's set that has a CUDA path (patching, forward,
+   generate, circuits, edges) at their GPU sizes (``run_all.py --size gpu``), with ``run_all/RESULTS.md``
+   drawn from their JSON. They need transformer_lens (interp's hook points are TransformerLens'): where it
+   is not importable each is skipped with that line (carry wheels with ``WHEELS=DIR``, gpu_check.sh).
+6. ``summary.json``       pass/fail counts and the figures to report against the targets (≥ 1.0x SDPA and
    ≥ 450 TFLOP/s forward at bf16, d128, causal, 8k–16k; windowed faster than causal by the keys ratio).
 """
 
@@ -189,6 +193,16 @@ def cache_cmd(out: Path, dry_run: bool) -> list[str]:
     return cmd + ["--sizes", "1024,4096,8192"]
 
 
+# what benchmarks/run_all.py runs here (attention and cache are steps of their own above)
+RUN_ALL_GPU = ("patching", "forward", "generate", "circuits", "edges")
+
+
+def run_all_cmd(out: Path, dry_run: bool, deadline: float) -> list[str]:
+    return [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only", ",".join(RUN_ALL_GPU),
+            "--size", "toy" if dry_run else "gpu", "--json-dir", str(out / "run_all"),
+            "--results-md", str(out / "run_all" / "RESULTS.md"), "--deadline", str(deadline)]
+
+
 def summary(out: Path, checks: dict, steps: dict) -> dict:
     result = {"kernel_checks": {k: checks.get(k) for k in ("passed", "failed", "skipped_for_time")},
               "steps": {name: {k: v for k, v in step.items() if k in ("returncode", "seconds", "timed_out",
@@ -197,8 +211,8 @@ def summary(out: Path, checks: dict, steps: dict) -> dict:
     if att.exists():
         rows = json.loads(att.read_text())["rows"]
         result["targets"] = [
-            {k: r.get(k) for k in ("impl", "variant", "d_head", "seq", "mode", "tflops", "speedup_vs_sdpa",
-                                   "speedup_vs_full", "keys_ratio")}
+            {k: r.get(k) for k in ("impl", "variant", "d_head", "seq", "mode", "tflops", "frac_of_matmul_peak",
+                                   "speedup_vs_sdpa", "speedup_vs_full", "keys_ratio")}
             for r in rows if r["impl"] == "ours" and r["d_head"] == 128 and r["seq"] >= 8192
             and r["variant"] in ("causal", "window")]
     return result
@@ -230,23 +244,26 @@ def main(argv=None) -> int:
     os.environ.setdefault("INTERP_FLASH_CONFIGS", "1")  # kernel checks: one tile per kernel, no timing needed
     env.setdefault("INTERP_FLASH_CONFIGS", "3")  # benchmark: the three front-runners of each list
     _write(out, "environment.json", environment())
-    print("1/4 environment written", flush=True)
+    print("1/5 environment written", flush=True)
 
     checks = kernel_checks(args.dry_run, start + 0.25 * args.budget)
     _write(out, "kernel_checks.json", checks)
-    print(f"2/4 kernel checks: {checks['passed']} passed, {checks['failed']} failed, "
+    print(f"2/5 kernel checks: {checks['passed']} passed, {checks['failed']} failed, "
           f"{checks['skipped_for_time']} skipped for time", flush=True)
 
     # attention.py stops starting rows at its deadline and still writes its JSON; the timeout is the backstop
-    att_deadline = start + 0.72 * args.budget
+    att_deadline = start + 0.55 * args.budget
     steps = {"attention": _run(attention_cmd(out, args.dry_run) + ["--deadline", str(att_deadline)],
                                att_deadline + 30 - time.time(), env)}
-    print(f"3/4 attention benchmark: rc={steps['attention']['returncode']}", flush=True)
+    print(f"3/5 attention benchmark: rc={steps['attention']['returncode']}", flush=True)
     if _has("transformer_lens") and _has("transformers"):
-        steps["cache"] = _run(cache_cmd(out, args.dry_run), deadline - time.time(), env)
+        steps["cache"] = _run(cache_cmd(out, args.dry_run), start + 0.7 * args.budget - time.time(), env)
     else:
         steps["cache"] = {"skipped": "transformers / transformer_lens are not installed here"}
-    print(f"4/4 cache benchmark: {steps['cache'].get('returncode', steps['cache'].get('skipped'))}", flush=True)
+    print(f"4/5 cache benchmark: {steps['cache'].get('returncode', steps['cache'].get('skipped'))}", flush=True)
+    steps["run_all"] = _run(run_all_cmd(out, args.dry_run, deadline - 10), deadline - time.time(), env)
+    run_all_step = steps["run_all"]
+    print(f"5/5 run_all set: rc={run_all_step['returncode']}\n{run_all_step.get('stdout_tail', '')}", flush=True)
     _write(out, "steps.json", steps)
     result = summary(out, checks, steps)
     result["seconds"] = time.time() - start

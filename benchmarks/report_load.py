@@ -179,8 +179,8 @@ def markdown_table(result: dict) -> str:
     head = (f"Slowest figure per surface, ms to draw (median of the repeats); target < {TARGET_MS} ms each. "
             f"{result.get('device', '')}, {result.get('browser', '')}, {result.get('date', '')[:10]}.")
     lines = [head, "", "| surface | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
-             "|---|" + "---:|" * len(lengths)]
-    for where in wheres:
+             "|---|" + "---:|" * len(lengths)] if figs else []  # (a record from before per-figure times: none)
+    for where in wheres if figs else []:
         cells = []
         for n in lengths:
             mine = [f for f in figs if f["where"] == where and f["tokens"] == n]
@@ -194,9 +194,10 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {where} | " + " | ".join(cells) + " |")
     rows = result.get("rows", [])
     if rows:
-        cols = ["tokens", "mode", "report_mb", "figures", "build_s", "open_s", "eager_s", "max_draw_ms"]
-        lines += ["", "| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
-        lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+        cols = [c for c in ("tokens", "model", "mode", "report_mb", "figures", "build_s", "open_s", "eager_s",
+                            "max_draw_ms") if any(c in r for r in rows)]  # (records before draw times lack some)
+        lines += [*([""] if lines else []), "| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+        lines += ["| " + " | ".join(str(r.get(c, "—")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 

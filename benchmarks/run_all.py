@@ -1,9 +1,11 @@
 """Every benchmark, at its documented size, in one command; RESULTS.md's tables regenerated from the JSON.
 
-    python benchmarks/run_all.py                      # every benchmark at its documented size (hours on a CPU)
+    python benchmarks/run_all.py                      # every benchmark at its documented size (~50 min on a CPU)
     python benchmarks/run_all.py --only patching,generate
     python benchmarks/run_all.py --size toy           # seconds each: checks the machinery, not the machine
     python benchmarks/run_all.py --render-only        # rebuild RESULTS.md's tables from the JSON already there
+    python benchmarks/run_all.py --size gpu           # the benchmarks with a CUDA path, at GPU sizes (gpu_check.sh)
+    SAELENS_PYTHON=/path/to/venv/bin/python python benchmarks/run_all.py   # sae_vs_saelens with SAELens' side
 
 Each benchmark runs as its own process (``python benchmarks/NAME.py ARGS --out DIR/NAME.json --force``), so
 one that fails or is killed leaves the others' figures intact. Around each, this script records the load
@@ -41,47 +43,90 @@ class Benchmark:
     name: str
     documented: tuple[str, ...]  # the size RESULTS.md quotes
     toy: tuple[str, ...]  # seconds on a CPU: exercises every code path of the script
-    needs: str = ""  # a module or program without which the benchmark is skipped, with this said
+    needs: str = "transformer_lens"  # a module or program without which the benchmark is skipped, with this said
+    gpu: tuple[str, ...] | None = None  # its size on a lent GPU (benchmarks/gpu_check.sh); None: not run there
 
 
+# Documented sizes: chosen so that everything but patching finishes in about 25 minutes on a quiet 2-core CPU
+# (patching alone: ~25 min). The minutes after each are estimates from toy runs and from the earlier (contended)
+# records in RESULTS.md, not measurements of these exact sizes; run_all prints each benchmark's wall time.
 BENCHMARKS = [
+    # ~25 min: full sweeps of both engines, 3 interleaved repeats, the per-cell bound
     Benchmark("patching", ("--layers", "12", "--tokens", "32", "--repeats", "3"),
               ("--layers", "2", "--tokens", "8", "--d-model", "64", "--heads", "4", "--vocab", "100",
-               "--repeats", "2")),
-    Benchmark("forward", (), ("--seqs", "16", "--layers", "1", "--repeats", "1", "--no-bridge")),
-    Benchmark("generate", (), ("--layers", "1", "--prompt", "8", "--new", "4", "--repeats", "1", "--no-bridge")),
+               "--repeats", "2"),
+              gpu=("--layers", "12", "--tokens", "64", "--repeats", "3")),
+    # ~2 min: GPT-2-small shape, 2 blocks, interp vs transformers vs the bridge, forward and run_with_cache
+    Benchmark("forward", ("--layers", "2", "--seqs", "256", "512", "--repeats", "3"),
+              ("--seqs", "16", "--layers", "1", "--repeats", "1", "--no-bridge"),
+              gpu=("--layers", "12", "--seqs", "1024", "4096", "--repeats", "3")),
+    # ~1 min
+    Benchmark("generate", (), ("--layers", "1", "--prompt", "8", "--new", "4", "--repeats", "1", "--no-bridge"),
+              gpu=()),
+    # ~3 min: every family, d_model 256, 4 layers, seq 256, interp vs the bridge
     Benchmark("families", (), ("--families", "gpt2", "llama", "--d-model", "64", "--layers", "1", "--vocab", "128",
                                "--n-ctx", "64", "--seq", "16", "--repeats", "1")),
-    Benchmark("cache", (), ("--sizes", "64", "--layers", "1", "--vocab", "128", "--repeats", "1")),
-    Benchmark("attention", ("--quick",), ("--dry-run",)),
-    Benchmark("sae", (), ("--archs", "topk", "--budget", "5", "--steps", "20")),
+    # ~3 min: native run_with_cache memory against the bridge, 12-layer GPT-2-small shape
+    Benchmark("cache", ("--sizes", "512,1024", "--repeats", "3"),
+              ("--sizes", "64", "--layers", "1", "--vocab", "128", "--repeats", "1")),
+    # ~1 min: eager vs sdpa FLOP/s against the matmul peak of the same run. On a GPU, gpu_check.py runs attention
+    # and cache itself (their GPU sizes and deadlines are set there), then `run_all --size gpu` for the rest.
+    Benchmark("attention", ("--quick",), ("--dry-run",), needs=""),
+    # ~3.5 min: TopK / ReLU / JumpReLU quality after 2000 steps (or 60 s) each, against PCA
+    Benchmark("sae", ("--budget", "60", "--steps", "2000"), ("--archs", "topk", "--budget", "600", "--steps", "20")),
+    # ~3 min: training tokens/s against SAELens (set SAELENS_PYTHON to a Python with sae-lens; else its rows say so)
+    Benchmark("sae_vs_saelens", ("--steps", "300", "--repeats", "3"),
+              ("--steps", "4", "--repeats", "1", "--batch", "256", "--max-tokens", "4096")),
+    # ~2.5 min: attribution-graph time and memory vs prompt length; transcoder (per-layer, cross-layer) tokens/s
     Benchmark("circuits", ("--threads", "1", "--repeats", "3", "--train-steps", "100"),
-              ("--lengths", "8", "--repeats", "1", "--train-steps", "5")),
+              ("--lengths", "8", "--repeats", "1", "--train-steps", "5"),
+              gpu=("--device", "cuda", "--repeats", "3", "--train-steps", "200")),
+    # ~1.5 min: corpus scan on 1 and 2 processes
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
+    # ~1 min: universal-path run_with_cache time and memory against native and the bridge
     Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
-    Benchmark("report_load", (), ("--lengths", "10", "--repeats", "1", "--pages", "Overview"), needs="chromium"),
+    # ~15 min: reports and every dashboard page at 10, 250, 500 and 2,000 tokens, each figure's draw time
+    Benchmark("report_load", ("--lengths", "10,250,500,2000", "--repeats", "1"),
+              ("--lengths", "10", "--repeats", "1", "--pages", "Overview"), needs="chromium"),
+    # ~0.5 min: EAP and EAP-IG against exact patching of every edge of the shipped model
     Benchmark("edges", ("--repeats", "3"), ("--model", "random", "--layers", "1", "--d-model", "32", "--heads", "2",
-                                            "--vocab", "64", "--tokens", "4", "--steps", "2")),
+                                            "--vocab", "64", "--tokens", "4", "--steps", "2"),
+              gpu=("--repeats", "3")),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
 
 def _missing(need: str) -> str | None:
     """Why a benchmark cannot run here, or None."""
+    if not need:
+        return None
     if need == "chromium":
         from shutil import which
 
         return None if which("chromium") or Path("/usr/bin/chromium").exists() else "needs chromium"
-    return None
+    import importlib.util
+
+    try:  # interp's hook points are TransformerLens': a GPU image without it runs only the kernel benchmarks
+        found = importlib.util.find_spec(need) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"needs {need}, not importable here"
 
 
-def run_one(bench: Benchmark, size: str, out_dir: Path, timeout: float | None) -> dict:
+def run_one(bench: Benchmark, size: str, out_dir: Path, timeout: float | None, deadline: float | None = None) -> dict:
     """Run one benchmark in its own process; add the machine record to its JSON; return a status row."""
     out = out_dir / f"{bench.name}.json"
     why = _missing(bench.needs)
     if why:
         return {"benchmark": bench.name, "status": f"skipped ({why})", "seconds": 0.0}
-    args = bench.toy if size == "toy" else bench.documented
+    if deadline is not None:  # a GPU lease ends at a fixed time: what cannot start by then is said, not half-run
+        left = deadline - time.time()
+        if left < 5:
+            return {"benchmark": bench.name, "status": "skipped (out of time: --deadline)", "seconds": 0.0}
+        timeout = left if timeout is None else min(timeout, left)
+    args = {"toy": bench.toy, "documented": bench.documented, "gpu": bench.gpu}[size]
+    if args is None:
+        return {"benchmark": bench.name, "status": f"skipped (no {size} size)", "seconds": 0.0}
     # paths as a reader types them from the repository root (the command is printed with the table), not this
     # machine's absolute ones; the benchmark runs with the repository root as its working directory
     out_arg = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
@@ -99,7 +144,7 @@ def run_one(bench: Benchmark, size: str, out_dir: Path, timeout: float | None) -
         return {"benchmark": bench.name, "status": f"failed (exit {proc.returncode}): {tail[0]}", "seconds": seconds}
     result = json.loads(out.read_text())
     result.setdefault("benchmark", bench.name)
-    result["command"] = result.get("command") or "python benchmarks/{}.py {}".format(bench.name, " ".join(args))
+    result["command"] = result.get("command") or " ".join(["python", f"benchmarks/{bench.name}.py", *args])
     # the script's own record (patching keeps one) is the more precise: it brackets only the timed part
     if "machine_before" not in result:
         result.update(contention_record(before, machine_state()))
@@ -177,11 +222,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="benchmarks: " + ", ".join(BY_NAME))
     p.add_argument("--only", default=None, help="comma list of benchmarks (default: all)")
-    p.add_argument("--size", choices=("documented", "toy"), default="documented")
+    p.add_argument("--size", choices=("documented", "toy", "gpu"), default="documented")
     p.add_argument("--json-dir", type=Path, default=BENCH / "results" / "run_all",
                    help="where each NAME.json goes (replaced on every run)")
     p.add_argument("--results-md", type=Path, default=BENCH / "RESULTS.md")
     p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default: none)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="unix time: benchmarks not started by then are skipped, a running one is stopped at it")
     p.add_argument("--render-only", action="store_true", help="only rebuild RESULTS.md's tables from the JSON")
     args = p.parse_args(argv)
     names = [n for n in (args.only or ",".join(BY_NAME)).split(",") if n]
@@ -190,10 +237,15 @@ def main(argv=None) -> int:
         p.error(f"--only: unknown benchmark(s) {unknown}; choose from {list(BY_NAME)}")
     args.json_dir.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
-        print(f"{'benchmark':<12} {'seconds':>8}  status", flush=True)
+        print(f"{'benchmark':<14} {'seconds':>8}  status", flush=True)
+        total = {}
         for name in names:
-            row = run_one(BY_NAME[name], args.size, args.json_dir, args.timeout)
-            print(f"{row['benchmark']:<12} {row['seconds']:8.1f}  {row['status']}", flush=True)
+            row = run_one(BY_NAME[name], args.size, args.json_dir, args.timeout, args.deadline)
+            total[name] = row["seconds"]
+            print(f"{row['benchmark']:<14} {row['seconds']:8.1f}  {row['status']}", flush=True)
+        # the registry's minute estimates are checked against this line
+        print(f"{'total':<14} {sum(total.values()):8.1f}  "
+              f"({sum(v for k, v in total.items() if k != 'patching'):.1f} s without patching)", flush=True)
     done = render(args.results_md, args.json_dir)
     print(f"{args.results_md}: regenerated {', '.join(done) or 'nothing'}")
     return 0

@@ -35,6 +35,8 @@ from forward import _cpu_name, _loadavg  # benchmarks/ is this script's folder
 
 from interp.io import write_benchmark_json
 
+BATCH = 1024  # activations a training step (train_sae's default)
+
 
 @torch.no_grad()
 def pca_peer(model, hook: str, train_acts: torch.Tensor, held_docs, rank: int) -> dict:
@@ -64,6 +66,20 @@ def pca_peer(model, hook: str, train_acts: torch.Tensor, held_docs, rank: int) -
         n_pred += toks.shape[0] * (toks.shape[1] - 1)
     clean, proj, zero = (c / n_pred for c in ce)
     return {"rank": rank, "fve": 1 - resid / total, "ce": proj, "ce_loss_recovered": (zero - proj) / (zero - clean)}
+
+
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table (benchmarks/run_all.py): quality per architecture within the budget, against PCA."""
+    lines = [(f"{result['model']}, `{result['hook']}`, d_in {result['d_in']} → d_sae {result['d_sae']}, "
+             f"{result['train_tokens']} training tokens; {result['device']}, {result['threads']} threads; "
+             f"{result['planned_steps']} steps or {result['budget_s']:.0f} s; {result['date']}."), "",
+             "| architecture | train s | steps | L0 | FVE (PCA) | CE loss recovered (PCA) | dead | dense |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['architecture']} | {r['train_s']:.1f} | {r['steps']} | {r['l0']:.1f} | "
+                     f"{r['fve']:.3f} ({r['pca_fve']:.3f}) | {r['ce_loss_recovered']:.3f} "
+                     f"({r['pca_ce_loss_recovered']:.3f}) | {r['dead_frac']:.3f} | {r['dense_frac']:.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -102,13 +118,14 @@ def main(argv=None) -> int:
         extra = {"resample_dead_every": args.resample_every} if variant == "resample" else {}
         t0 = time.perf_counter()
         sae = train_sae(acts.to(args.device), d_sae, base, steps=args.steps, time_budget=args.budget, device=args.device,
-                        metadata={"hook_name": args.hook}, progress=False, **extra)
+                        batch_size=BATCH, metadata={"hook_name": args.hook}, progress=False, **extra)
         train_s = time.perf_counter() - t0
         ev = evaluate_sae(model, sae, held_docs)
         peer = pca_peer(model, args.hook, acts.cpu(), held_docs, max(1, math.ceil(ev.metrics["l0"])))
         m = ev.metrics
-        rows.append({"architecture": arch, "train_s": train_s, "steps": int(sae.history.step.iloc[-1]),
-                     "tokens_seen": int(sae.history.tokens.iloc[-1]), "stopped_at_budget": bool(sae.stopped_early),
+        rows.append({"architecture": arch, "train_s": train_s, "steps": int(sae.steps_done),
+                     # every step, not the last logged one: a budget can end the run before the first log
+                     "tokens_seen": int(sae.steps_done * BATCH), "stopped_at_budget": bool(sae.stopped_early),
                      "resampled": int(sae.resamples.resampled.sum()),
                      **{k: m[k] for k in ("l0", "fve", "cosine", "ce_clean", "ce_sae", "ce_zero_ablation",
                                           "ce_loss_recovered", "dead_frac", "dense_frac")},

@@ -90,6 +90,19 @@ def run(n: int, args, tmp: Path) -> dict:
     return json.loads((folder / "timing.json").read_text()) | {"result": folder / "result.parquet"}
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table: corpus-scan throughput per process count (outputs checked equal across counts)."""
+    s = result["shapes"]
+    lines = [(f"{result['model']['name']} on {result['device']}; {s['n_tokens']} tokens, windows of {s['seq_len']} "
+             f"(overlap {s['overlap']}), {result['threads_per_proc']} thread(s) per process; {result['date']}."), "",
+             "| processes | seconds | tokens/s | tokens/s per process | speed-up | efficiency |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in result["results"]:
+        lines.append(f"| {r['procs']} | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['tokens_per_s_per_proc']:.0f} | {r['speedup']:.2f} | {r['efficiency']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--procs", default="1,2", help="process counts to run (default 1,2); the first must be 1")

@@ -121,6 +121,33 @@ def print_table(result: dict) -> None:
               f"{f(r['peak_mib'], '9.1f')} {f(r.get('cpu_vs_native'), '10.2f')} {f(r.get('peak_vs_native'), '11.2f')}")
 
 
+def markdown_table(result: dict) -> str:
+    """RESULTS.md's table: each path's time and the cache call's peak memory, against native and the bridge."""
+    a = result["args"]
+    bridge = {r["workload"]: r for r in result["rows"] if r["impl"] == "TL bridge" and r.get("peak_mib")}
+    lines = [(f"run_with_cache on one Llama-shaped model (d_model {a['d_model']}, {a['layers']} layers, vocab "
+             f"{a['vocab']}, batch {a['batch']}, seq {a['seq']}); {result['device']}, {result['threads']} threads; "
+             f"medians of {a['repeats']} after a warm-up; peak: extra resident memory of the cache call."), "",
+             ("| path | workload | wall s | CPU s | CPU vs native | peak MiB | peak vs native | peak vs bridge | "
+             "max abs logit diff vs native |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(x, spec):
+        return "–" if x is None else format(x, spec)
+
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['impl']} | {r['workload']} | {r['error']} | | | | | | |")
+            continue
+        b = bridge.get(r["workload"])
+        vs_bridge = r["peak_mib"] / b["peak_mib"] if b and r.get("peak_mib") else None
+        lines.append(f"| {r['impl']} | {r['workload']} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} | "
+                     f"{f(r.get('cpu_vs_native'), '.2f')} | {f(r['peak_mib'], '.1f')} | "
+                     f"{f(r.get('peak_vs_native'), '.2f')} | {f(vs_bridge, '.2f')} | "
+                     f"{r['max_abs_logit_diff_vs_native']:.1e} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--d-model", type=int, default=256)

@@ -56,14 +56,20 @@ def _report(args) -> int:
     corpus = None if args.corpus == "none" else args.corpus
     if corpus != "default" and corpus is not None:  # a wrong split or column fails before the model loads
         corpus = read_corpus(None, corpus, split=args.corpus_split, field=args.corpus_field)
+    from interp.progress import StepLine, progress_wanted
+
     err = Console(stderr=True)
     steps = ["loading model", *STAGES, "writing"]
+    show_bar = not args.quiet and progress_wanted()
+    line = [StepLine("", enabled=False)]  # load_model says its own line
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=args.quiet or not err.is_terminal) as bar:
+                  console=err, transient=True, disable=not show_bar) as bar:
         task = bar.add_task(steps[0], total=len(steps))
 
-        def stage(name: str) -> None:
+        def stage(name: str) -> None:  # a bar on a terminal; in a log, a line for each stage that takes 2 s
             bar.update(task, description=name, completed=steps.index(name))
+            line[0].done()
+            line[0] = StepLine(f"report: {name}", enabled=not args.quiet and not show_bar)
 
         model = load_model(args.model, device=args.device)
         cfg = model.cfg
@@ -79,6 +85,7 @@ def _report(args) -> int:
         stage("writing")
         path = write_report(data, out, fmt=fmt, force=args.force, plotly=args.plotly)
         bar.update(task, completed=len(steps))
+        line[0].done()
     s = data.summary()
     if not args.quiet:
         from interp.io import is_stream
@@ -130,7 +137,8 @@ def _add_report(sub) -> None:
                    help="feature cards in the SAE section: the N features most active on the prompt (default 5)")
     p.add_argument("--transcoders", default=None, metavar="FOLDER",
                    help="add an attribution-graph section: a folder of per-layer transcoders (interp sae train "
-                        "--transcoder --out), or 'default' (the ones shipped in the model folder's transcoders/)")
+                        "--transcoder --out) or of a cross-layer one, 'default' (the ones shipped in the model "
+                        "folder's transcoders/) or 'clt' (its cross-layer transcoder, clt/)")
     p.add_argument("--max-graph-tokens", type=positive_int, default=64, metavar="N",
                    help="the attribution graph traces the prompt's last N tokens (default 64)")
     p.add_argument("--plotly", choices=("inline", "shared"), default="inline",
@@ -333,8 +341,8 @@ def _add_circuit(sub) -> None:
                          'interp circuit "It is a truth universally" --json graph.json --node-threshold 0.6'))
     p.add_argument("prompt", help="the prompt (its last position's next-token logits are the graph's targets)")
     p.add_argument("--transcoders", default="default",
-                   help="folder of per-layer transcoders (interp sae train --transcoder --out), or 'default': the "
-                        "model folder's transcoders/")
+                   help="folder of per-layer transcoders (interp sae train --transcoder --out) or of a cross-layer "
+                        "one (--cross-layer), 'default': the model folder's transcoders/, or 'clt': its clt/")
     p.add_argument("--model", default=None, help="zoo name or model folder (default: the shipped model)")
     p.add_argument("--out", default=None, help="HTML file to write (e.g. graph.html)")
     p.add_argument("--json", default=None, help="also write the graph as JSON (documented in interp.analysis.circuits.graph)")
@@ -651,8 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ns = build_parser().parse_args(argv)
         func = ns.func
+    from interp.progress import silenced
+
     try:
-        return int(func(ns) or 0)
+        with silenced("--quiet" in argv):  # no step lines either
+            return int(func(ns) or 0)
     except InterpError as e:
         from interp.report.probes import printable
 

@@ -19,6 +19,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A step's progress line appears only when the step outlasts 2 s (interp/progress.py), so with it on, what a
+# test reads on stderr would depend on the machine's load; test_progress_lines.py turns it on where it checks it.
+os.environ.setdefault("INTERP_PROGRESS", "0")
 # Tests never install anything: TransformerLens' bridge runs `pip install torchvision` on the fly for multimodal
 # classes, which once replaced this machine's CPU torch with a CUDA build. With no configuration file (so no local
 # wheel folders) and no index, any pip a test's code starts fails at once instead.
@@ -330,3 +333,21 @@ def pytest_sessionfinish(session):
     cache = getattr(session.config, "cache", None)
     if cache is not None and _DURATIONS:
         cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}), **_DURATIONS})
+
+
+def saved_word_model_and_corpus(tmp_path, n_docs: int = 40):
+    """A saved 1-layer word-level model (``tmp_path/m``) and ``tmp_path/corpus.txt``: ``n_docs`` paragraphs of
+    12 words t2 ... t95 (the word-level tokenizer's vocabulary). Returns ``(model, model_dir, corpus)``."""
+    from interp.model.config import DecoderConfig
+    from interp.model.transformer import HookedDecoder
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "m"
+    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=1, n_heads=2, name="cli"))
+    model.tokenizer = word_level_tokenizer()
+    model.save(model_dir)
+    g = torch.Generator().manual_seed(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(f"t{int(i)}" for i in torch.randint(2, VOCAB, (12,), generator=g))
+                                   for _ in range(n_docs)))
+    return model, model_dir, corpus

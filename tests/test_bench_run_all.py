@@ -7,6 +7,7 @@ the committed RESULTS.md's marked tables are exactly what the committed JSON ren
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -107,3 +109,83 @@ def test_unknown_benchmark_is_one_line(capsys):
         run_all.main(["--only", "nope", "--render-only"])
     assert e.value.code == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_every_benchmark_has_markers_and_its_own_table():
+    """Each registered benchmark has its place in RESULTS.md and draws its own table (not the generic fallback)."""
+    import ast
+
+    committed = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    for bench in run_all.BENCHMARKS:
+        start, end = run_all.marker(bench.name)
+        assert committed.count(start) == 1 and committed.count(end) == 1, bench.name
+        tree = ast.parse((ROOT / "benchmarks" / f"{bench.name}.py").read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "markdown_table" for n in tree.body), bench.name
+
+
+def test_attention_flops_against_matmul_peak_measured_in_the_same_run():
+    import attention
+
+    result = attention.run("cpu", quick=True, modes=["fwd"], reps=1, variants=["full", "causal"], dims=[16],
+                           seqs=[32], only=["sdpa"])
+    peak = result["matmul_peak"]["float32"]
+    # the peak is the better of the two measurements, each 2 n^3 FLOPs over its time
+    assert peak["tflops"] == max(peak["tflops_before"], peak["tflops_after"])
+    assert peak["tflops"] == pytest.approx(2 * peak["n"] ** 3 / (peak["ms"] * 1e-3) / 1e12, rel=1e-9)
+    for r in result["rows"]:
+        b, h, s, d = r["batch"], r["heads"], r["seq"], r["d_head"]
+        pairs = s * s / 2 if r["causal"] else s * s  # QK^T and PV, 2 FLOPs per multiply-add each; causal halved
+        assert r["tflops"] == pytest.approx(2 * 2 * b * h * d * pairs / (r["ms"] * 1e-3) / 1e12, rel=1e-9)
+        assert r["frac_of_matmul_peak"] == pytest.approx(r["tflops"] / peak["tflops"], rel=1e-9)
+    table = attention.markdown_table(result)
+    rows = _table_rows(table)
+    assert [(c[2], int(c[3])) for c in rows] == [(r["variant"], r["seq"]) for r in result["rows"]]
+    for cells, r in zip(rows, result["rows"]):
+        gflops, pct = re.match(r"([0-9.e+-]+) \((\d+) %\)", cells[5]).groups()
+        assert float(gflops) == pytest.approx(r["tflops"] * 1e3, rel=5e-3)
+        assert int(pct) == round(100 * r["frac_of_matmul_peak"])
+
+
+def test_sae_vs_saelens_toy_through_run_all(tmp_path, monkeypatch):
+    """interp's side runs and its table is its JSON; without sae_lens the SAELens cells say why, in one line."""
+    monkeypatch.delenv("SAELENS_PYTHON", raising=False)
+    if importlib.util.find_spec("sae_lens") is not None:
+        pytest.skip("sae_lens is importable here: the skip line is not reachable")
+    results_md, json_dir = tmp_path / "RESULTS.md", tmp_path / "json"
+    assert run_all.main(["--only", "sae_vs_saelens", "--size", "toy", "--json-dir", str(json_dir),
+                         "--results-md", str(results_md), "--timeout", "600"]) == 0
+    result = json.loads((json_dir / "sae_vs_saelens.json").read_text())
+    rows = _table_rows(_block(results_md.read_text(), "sae_vs_saelens"))
+    assert [r[0] for r in rows] == [r["architecture"] for r in result["rows"]] == ["topk", "relu", "transcoder topk"]
+    for cells, r in zip(rows, result["rows"]):
+        assert r["tokens"] == r["steps"] * r["batch"]
+        assert r["interp_tokens_per_s"] == pytest.approx(r["tokens"] / r["interp_seconds"])
+        assert float(cells[5].replace(",", "")) == pytest.approx(r["interp_tokens_per_s"], abs=0.5)
+        assert cells[6] == "–" and "speedup" not in r
+        assert ("trains no transcoders" if "transcoder" in r["architecture"] else "sae_lens does not import") \
+            in cells[9]
+        mse, fve, l0 = (float(x) for x in cells[8].split(" / "))
+        assert fve == pytest.approx(r["interp_fve"], abs=1e-3)
+        assert mse == pytest.approx(r["interp_mse"], rel=1e-3) and l0 == pytest.approx(r["interp_l0"], abs=0.05)
+        if r["k"]:
+            assert r["interp_l0"] <= r["k"]  # TopK: at most k latents fire
+
+
+def test_sae_vs_saelens_batches_and_quality():
+    import sae_vs_saelens as svs
+
+    acts = torch.arange(40, dtype=torch.float32).reshape(10, 4)
+    stream = svs.shuffled_batches(acts, 5, seed=0)
+    one_pass = torch.cat([next(stream), next(stream)])
+    assert sorted(one_pass[:, 0].tolist()) == acts[:, 0].tolist()  # every row exactly once per pass
+    # quality against a float64 reference: a rank-2 projection as the "SAE"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    w = torch.linalg.qr(torch.randn(6, 2, generator=g, dtype=torch.float64))[0]
+    q = svs.quality(lambda v: v.double() @ w, lambda f: (f @ w.T).float(), x)
+    xd = x.double()
+    err = xd - xd @ w @ w.T
+    torch.testing.assert_close(q["mse"], float(err.pow(2).sum(-1).mean()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q["fve"], float(1 - err.pow(2).sum() / (xd - xd.mean(0)).pow(2).sum()),
+                               rtol=1e-5, atol=1e-6)
+    assert q["l0"] == 2.0

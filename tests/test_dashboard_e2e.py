@@ -288,9 +288,9 @@ def reports(long_model_dir, prompts, tokenizer, tmp_path_factory):
     return out
 
 
-# the pooled pattern of one head as drawn: its cells and the position span of each block ("a–b", in the hover)
+# the pooled pattern of one head as drawn: its cells and the position span of each key block ("a–b", its x)
 POOLED_JS = """((id) => { const t = document.getElementById(id)._fullData[0];
-  return {z: Array.from(t.z, row => Array.from(row)), spans: Array.from(t.customdata[0])}; })(%r)"""
+  return {z: Array.from(t.z, row => Array.from(row)), spans: Array.from(t.x)}; })(%r)"""
 
 
 def _pooled(browser, fig_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ transformer_lens, pytest and hypothesis made unimportable, so a stray import of 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def test_gpu_check_dry_run_needs_only_torch_and_triton(tmp_path):
     assert all(r["ms"] is not None for r in ours)
     steps = json.loads((out / "steps.json").read_text())
     assert "not installed" in steps["cache"]["skipped"]
+    # the rest of run_all's GPU set: each benchmark that needs TransformerLens says so in one line, none fails
+    assert steps["run_all"]["returncode"] == 0, steps["run_all"]
+    for name in ("patching", "forward", "generate", "circuits", "edges"):
+        line = rf"^{name}\s.*skipped \(needs transformer_lens"
+        assert re.search(line, steps["run_all"]["stdout_tail"], re.MULTILINE), name
     assert json.loads((out / "summary.json").read_text())["kernel_checks"]["failed"] == 0
     # a second run never writes over the first
     again = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run"],

@@ -365,8 +365,34 @@ def test_shared_plotly_report_folder(data, tmp_path):
     assert f'src="{plotly_file_name()}"' in page and get_plotlyjs()[:500] not in page
     assert external_references(page) == [] and check_well_formed(page) == []
     assert a.stat().st_size < lib.stat().st_size / 2
+    # the figures' plotly template (about 7 kB) is in the page once, not in every figure's spec
+    assert page.count('id="plotly-template"') == 1
+    assert not [k for k, spec in figure_specs(page).items() if "template" in spec["layout"]]
     with pytest.raises(InterpError, match="--plotly"):
         write_report(data, tmp_path / "c.html", plotly="cdn")
+
+
+def test_shared_report_draws_every_figure_in_chromium(data, tmp_path):
+    """The shared page (plotly.js beside it, one template for every figure) draws in a real browser:
+    every figure, each with the template's colours (plotly's own, read from Python)."""
+    import plotly.io as pio
+
+    from interp.report.chromium import find_chromium, launch
+    from interp.report.figures import TEMPLATE
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("needs Debian's chromium (/usr/bin/chromium)")
+    path = write_report(data, tmp_path / "r.html", plotly="shared")
+    n_figures = len(figure_specs(path.read_text(encoding="utf-8")))
+    with launch(chromium, tmp_path / "profile") as browser:
+        browser.open_and_time(path.as_uri())
+        browser.evaluate("interpDrawAll()")
+        state = browser.wait_for_plots(expected=n_figures, timeout=120)
+        colours = browser.evaluate("[...document.querySelectorAll('.js-plotly-plot')]"
+                                   ".map(p => p._fullLayout.plot_bgcolor)")
+    assert state["plots"] == state["drawn"] == n_figures
+    assert set(colours) == {pio.templates[TEMPLATE].layout.plot_bgcolor}
 
 
 def test_report_cli_corpus_and_shared_plotly(tmp_path, monkeypatch):

@@ -481,19 +481,11 @@ def test_decoder_orthogonality_against_random_baseline():
 
 
 def test_cli_train_eval_features(tmp_path, capsys):
-    from conftest import VOCAB, word_level_tokenizer
+    from conftest import saved_word_model_and_corpus
 
     from interp.cli import main
 
-    torch.manual_seed(0)
-    model_dir = tmp_path / "m"
-    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=1, n_heads=2, name="cli"))
-    model.tokenizer = word_level_tokenizer()
-    model.save(model_dir)
-    g = torch.Generator().manual_seed(0)
-    corpus = tmp_path / "corpus.txt"  # paragraphs of words t2 ... t95 (the word-level tokenizer's vocabulary)
-    corpus.write_text("\n\n".join(" ".join(f"t{int(i)}" for i in torch.randint(2, VOCAB, (12,), generator=g))
-                                   for _ in range(40)))
+    _, model_dir, corpus = saved_word_model_and_corpus(tmp_path)
     out = tmp_path / "sae"
     base = ["--model", str(model_dir), "--corpus", str(corpus), "--quiet"]
     rc = main(["sae", "train", *base, "--out", str(out), "--steps", "20", "--batch-size", "64", "--d-sae", "32",
@@ -512,6 +504,40 @@ def test_cli_train_eval_features(tmp_path, capsys):
     assert "not an SAE folder" in capsys.readouterr().err
     assert main(["sae", "train", *base, "--out", str(out), "--steps", "20", "--d-sae", "48"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_cli_time_budget_bounds_every_phase(tmp_path):
+    """A planted budget of 0 s: every phase does its minimum, and the 'time spent' table accounts for each.
+
+    Collection stops after its first batch (16 training paragraphs), training after one step, evaluation after
+    its first batch (8 paragraphs, or the held-out tail's fewer); every paragraph is the same length, so those
+    are whole-paragraph token counts."""
+    from conftest import saved_word_model_and_corpus
+
+    from interp.cli import main
+    from interp.report.sae import read_corpus
+
+    model, model_dir, corpus = saved_word_model_and_corpus(tmp_path)
+    per_doc = model.to_tokens(corpus.read_text().split("\n\n")[0]).shape[1]
+    n_held = len(read_corpus(model, str(corpus), "eval", 0.1).strip().split("\n\n"))
+    assert 1 <= n_held < 8
+    out, js = tmp_path / "sae", tmp_path / "t.json"
+    rc = main(["sae", "train", "--model", str(model_dir), "--corpus", str(corpus), "--quiet", "--out", str(out),
+               "--steps", "500", "--batch-size", "16", "--d-sae", "32", "--k", "2", "--time-budget", "0",
+               "--json", str(js)])
+    assert rc == 0
+    spent = json.loads(js.read_text())["time spent"]
+    assert [r["phase"] for r in spent] == ["load", "collect", "train", "evaluate", "total"]
+    done = {r["phase"]: r["done"] for r in spent}
+    assert done["collect"] == f"{16 * per_doc:,} tokens"
+    assert done["train"] == "1 steps"
+    assert done["evaluate"] == f"{n_held * per_doc:,} tokens"
+    assert done["total"] == "budget 0 s"
+    assert json.loads((out / "eval.json").read_text())["n_tokens"] == n_held * per_doc
+    seconds = [r["seconds"] for r in spent]
+    assert min(seconds) >= 0 and sum(seconds[:-1]) <= seconds[-1]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["step"] == 1
 
 
 def test_splice_composes_with_causal_tools(tiny, tiny_sae):

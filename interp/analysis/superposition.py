@@ -1025,10 +1025,10 @@ def _feature_measures(w: np.ndarray):
 
 
 @contextlib.contextmanager
-def _one_thread():
-    """Run on one torch thread (restored afterwards). A toy model's matmuls are tiny: with more threads each of
-    thousands of steps pays to wake the others, which on a busy 2-core machine made 1,000 steps take 229 s on two
-    threads and 5 s on one (the dashboard's Superposition page, `interp probe superposition --toy`)."""
+def _one_intra_op_thread():
+    """Run tiny tensor work on one thread: a [256, 20] matmul gains nothing from a second one, and on a shared
+    CPU each op's thread hand-off costs more than the op (measured: 2 ms a toy step on one thread, 60-110 ms
+    on two while other processes ran). torch's setting is process-wide, so it is restored on exit."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -1037,10 +1037,11 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-@_one_thread()
-def _train_toy_batch(n_features, d_hidden, probs, importances, steps, batch_size, lr, seed):
+def _train_toy_batch(n_features, d_hidden, probs, importances, steps, batch_size, lr, seed, progress=False):
     """Train K independent toy models at once (W [K, m, n]); the loss is a sum over instances and Adam is
     elementwise, so the instances do not interact."""
+    from interp.progress import progress_bar
+
     k = len(probs)
     gen = torch.Generator().manual_seed(int(seed))
     w = torch.empty(k, d_hidden, n_features, dtype=torch.float32)
@@ -1051,19 +1052,20 @@ def _train_toy_batch(n_features, d_hidden, probs, importances, steps, batch_size
     p = torch.tensor(probs, dtype=torch.float32).view(k, 1, 1)
     imp = torch.tensor(np.stack(importances), dtype=torch.float32).view(k, 1, n_features)
     opt = torch.optim.Adam([w, b], lr=lr)
-    history = np.empty((steps, k))
-    for step in range(steps):
-        # Each feature is active with probability p, then uniform on [0, 1] (the paper's data).
-        active = torch.rand(k, batch_size, n_features, generator=gen) < p
-        x = torch.rand(k, batch_size, n_features, generator=gen) * active
-        h = torch.einsum("kmn,kbn->kbm", w, x)
-        out = torch.relu(torch.einsum("kmn,kbm->kbn", w, h) + b[:, None, :])
-        per_model = (imp * (x - out) ** 2).sum(-1).mean(-1)  # [k] importance-weighted MSE
-        opt.zero_grad(set_to_none=True)
-        per_model.sum().backward()
-        opt.step()
-        history[step] = per_model.detach().numpy()
-    return w.detach().double().numpy(), b.detach().double().numpy(), history
+    history = torch.empty(steps, k)
+    with _one_intra_op_thread():
+        for step in progress_bar(range(steps), enabled=progress, desc="toy model", unit="step", leave=False):
+            # Each feature is active with probability p, then uniform on [0, 1] (the paper's data).
+            active = torch.rand(k, batch_size, n_features, generator=gen) < p
+            x = torch.rand(k, batch_size, n_features, generator=gen) * active
+            h = x @ w.transpose(1, 2)  # [k, batch, m]
+            out = torch.relu(h @ w + b[:, None, :])
+            per_model = (imp * (x - out) ** 2).sum(-1).mean(-1)  # [k] importance-weighted MSE
+            opt.zero_grad(set_to_none=True)
+            per_model.sum().backward()
+            opt.step()
+            history[step] = per_model.detach()
+    return w.detach().double().numpy(), b.detach().double().numpy(), history.double().numpy()
 
 
 def _toy_result(n, m, prob, imp, w, b, hist) -> ToyModelResult:
@@ -1115,6 +1117,7 @@ def train_toy_model(
     seed: int = 0,
     batch_size: int = 1024,
     lr: float = 1e-2,
+    progress: bool = False,
 ) -> ToyModelResult:
     """Train one toy model of superposition: x' = ReLU(WᵀW x + b), W [d_hidden, n_features].
 
@@ -1122,6 +1125,7 @@ def train_toy_model(
     the importance-weighted MSE Σ_i I_i (x_i - x'_i)². ``importance`` is a geometric decay r (I_i = r^i), a
     vector of n_features weights, or None (all 1). Adam, deterministic given ``seed``. Dense features give
     about d_hidden represented features (a PCA-like solution); sparse ones pack more than d_hidden.
+    ``progress`` draws a step bar on a terminal (:mod:`interp.progress`).
 
     >>> r = train_toy_model(6, 2, feature_probability=1.0, importance=0.7, steps=500, seed=0)
     >>> r.W.shape, r.n_represented
@@ -1130,7 +1134,7 @@ def train_toy_model(
     n, m, steps, bs, lr = _toy_args(n_features, d_hidden, steps, batch_size, lr)
     prob = _float_arg("feature_probability", feature_probability, 0.0, 1.0, lo_open=True)
     imp = _importance_vector("importance", importance, n)
-    w, b, hist = _train_toy_batch(n, m, [prob], [imp], steps, bs, lr, seed)
+    w, b, hist = _train_toy_batch(n, m, [prob], [imp], steps, bs, lr, seed, progress)
     return _toy_result(n, m, prob, imp, w[0], b[0], hist[:, 0])
 
 
@@ -1143,6 +1147,7 @@ def sweep_toy_models(
     seed: int = 0,
     batch_size: int = 1024,
     lr: float = 1e-2,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Train a toy model for every (feature_probability, importance) pair, all in one batched run.
 
@@ -1162,7 +1167,7 @@ def sweep_toy_models(
     imps = [_importance_vector("importances[]", i, n) for i in importances]
     combos = [(p, ii) for ii in range(len(imps)) for p in probs]
     w, b, hist = _train_toy_batch(
-        n, m, [p for p, _ in combos], [imps[ii] for _, ii in combos], steps, bs, lr, seed
+        n, m, [p for p, _ in combos], [imps[ii] for _, ii in combos], steps, bs, lr, seed, progress
     )
     frames = []
     for k, (p, ii) in enumerate(combos):

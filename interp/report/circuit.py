@@ -21,16 +21,18 @@ __all__ = ["DEFAULT_TRANSCODERS", "GRAPH_CSS", "default_transcoder_folder", "fea
 
 DEFAULT_TRANSCODERS = "default"
 TRANSCODER_FOLDER = "transcoders"  # models/<name>/transcoders/blocks.{l}.hook_mlp_out/
+CLT_TRANSCODERS = "clt"  # models/<name>/clt/: the shipped cross-layer transcoder (--transcoders clt)
 _CELL_W, _ROW_H, _PAD = 110, 90, 40
 
 
-def default_transcoder_folder(model) -> Path:
-    """The transcoders shipped with the model: its folder's ``transcoders/``."""
+def default_transcoder_folder(model, name: str = TRANSCODER_FOLDER) -> Path:
+    """The transcoders shipped with the model: its folder's ``transcoders/`` (per layer) or ``clt/`` (cross-layer)."""
     root = getattr(model, "_interp_folder", None)
-    folder = Path(root) / TRANSCODER_FOLDER if root else None
+    folder = Path(root) / name if root else None
     if folder is None or not folder.is_dir():
-        raise InterpError(f"--transcoders default: the model folder {str(root)!r} ships no transcoders (no "
-                          f"{TRANSCODER_FOLDER}/); give a folder (interp sae train --transcoder --out FOLDER)")
+        spec = DEFAULT_TRANSCODERS if name == TRANSCODER_FOLDER else name
+        raise InterpError(f"--transcoders {spec}: the model folder {str(root)!r} ships no transcoders (no "
+                          f"{name}/); give a folder (interp sae train --transcoder --out FOLDER)")
     return folder
 
 
@@ -173,13 +175,14 @@ def feature_table(graph):
 
 
 def load_graph_transcoders(model, spec: str | Path, flag: str = "--transcoders") -> list:
-    """The transcoders ``spec`` names for ``model``: a folder (one transcoder, or one per subfolder) or
-    ``"default"`` (the model folder's ``transcoders/``); they must fit the model (one :class:`InterpError` line
-    naming ``flag`` otherwise)."""
+    """The transcoders ``spec`` names for ``model``: a folder (one transcoder, or one per subfolder), ``"default"``
+    (the model folder's ``transcoders/``) or ``"clt"`` (its cross-layer transcoder, ``clt/``); they must fit the
+    model (one :class:`InterpError` line naming ``flag`` otherwise)."""
     from interp.analysis._inputs import model_device
     from interp.analysis.sae.transcoder import check_transcoders, load_transcoders
 
-    folder = default_transcoder_folder(model) if str(spec) == DEFAULT_TRANSCODERS else Path(spec).expanduser()
+    shipped = {DEFAULT_TRANSCODERS: TRANSCODER_FOLDER, CLT_TRANSCODERS: CLT_TRANSCODERS}
+    folder = default_transcoder_folder(model, shipped[str(spec)]) if str(spec) in shipped else Path(spec).expanduser()
     if not folder.exists():
         raise InterpError(f"{flag}: {str(folder)!r} does not exist; give a transcoder folder or 'default'")
     try:
@@ -200,10 +203,14 @@ def run(args) -> int:
         if path:
             check_writable(path, args.force)
     check_device(args.device)
+    from interp.progress import StepLine
+
     model = load_model(args.model, device=args.device)
-    tcs = load_graph_transcoders(model, args.transcoders)
-    graph = attribution_graph(model, tcs, args.prompt, max_logits=args.max_logits, batch_size=args.batch_size,
-                              node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    with StepLine("circuit: loading the transcoders"):
+        tcs = load_graph_transcoders(model, args.transcoders)
+    with StepLine("circuit: tracing the attribution graph"):  # seconds to minutes with the prompt's length
+        graph = attribution_graph(model, tcs, args.prompt, max_logits=args.max_logits, batch_size=args.batch_size,
+                                  node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
     if args.json:
         write_text(args.json, json.dumps(graph.to_dict(), allow_nan=False) + "\n", args.force, "--json")
     if args.out:

@@ -34,7 +34,8 @@ __all__ = [
     "toy_model_figure",
 ]
 
-_LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b": 60}, "font": {"size": 12}}
+TEMPLATE = "plotly_white"  # every figure's; an HTML report carries it once for all of them
+_LAYOUT = {"template": TEMPLATE, "margin": {"l": 60, "r": 20, "t": 50, "b": 60}, "font": {"size": 12}}
 
 
 def show_token(s: str) -> str:
@@ -226,18 +227,15 @@ def pattern_overview(matrix: np.ndarray, tokens: list[str], title: str,
     width = int(np.diff(edges).max())
     every = max(1, -(-TOKEN_PX * k // OVERVIEW_PX))  # label every `every`-th block: ticks TOKEN_PX apart or more
     shown = list(range(0, k, every))
-    ticks = {"tickmode": "array", "tickvals": shown, "ticktext": [tick_label(tokens[edges[i]], int(edges[i]))
-                                                                    for i in shown],
-             "tickfont": {"size": TICK_FONT}, "automargin": True}
-    spans = [f"{edges[i]}–{edges[i + 1] - 1}" for i in range(k)]
-    fig = go.Figure(go.Heatmap(z=pooled, zmin=0, zmax=1, colorscale="Reds",
-                               customdata=np.array([spans] * k, dtype=object),
-                               colorbar={"title": "share"},
-                               hovertemplate="query block %{y}<br>keys %{customdata}<br>share %{z:.3f}<extra></extra>"))
+    spans = [f"{edges[i]}–{edges[i + 1] - 1}" for i in range(k)]  # key blocks are named by their span: hover
+    ticks = {"tickmode": "array", "ticktext": [tick_label(tokens[edges[i]], int(edges[i])) for i in shown],
+             "tickfont": {"size": TICK_FONT}, "automargin": True}  # reads it from x, not a k x k customdata
+    fig = go.Figure(go.Heatmap(z=pooled, x=spans, zmin=0, zmax=1, colorscale="Reds", colorbar={"title": "share"},
+                               hovertemplate="query block %{y}<br>keys %{x}<br>share %{z:.3f}<extra></extra>"))
     fig.update_layout(title=f"{title}: all {len(tokens)} positions, blocks of ≤{width}",
                       width=OVERVIEW_PX + _AXIS_ROOM, height=OVERVIEW_PX + _AXIS_ROOM, **_LAYOUT)
-    fig.update_xaxes(title="key block", tickangle=-90, **ticks)
-    fig.update_yaxes(title="query block", autorange="reversed", **ticks)
+    fig.update_xaxes(title="key block", tickangle=-90, type="category", tickvals=[spans[i] for i in shown], **ticks)
+    fig.update_yaxes(title="query block", autorange="reversed", tickvals=shown, **ticks)
     return fig
 
 

@@ -129,7 +129,10 @@ def load_model(spec: str | Path | None = None, device: str | None = None):
             raise InterpError(f"model: no folder {spec!r}; give an existing model folder or a zoo name.")
         if p.exists():
             spec = str(p)
-    model = interp.load(spec, device=device)
+    from interp.progress import StepLine
+
+    with StepLine(f"loading model {spec if spec is not None else 'default'}"):  # seconds to a minute
+        model = interp.load(spec, device=device)
     model.eval()
     model._interp_folder = _model_folder(spec)  # where its held-out text (the default neuron corpus) lives
     return attach_byte_tokenizer(model)

@@ -174,6 +174,7 @@ def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
     import pandas as pd
 
     from interp.analysis import superposition as sp
+    from interp.progress import progress_wanted
 
     stats = sp.direction_set_stats(model, sets=args.sets, max_pairs=args.max_pairs, seed=args.seed,
                                    tolerance_deg=args.tolerance, center=args.center)
@@ -197,11 +198,11 @@ def _superposition_run(model, tokens, prompt, args) -> ProbeOutput:
     if args.toy:
         if not 0.0 <= args.sparsity < 1.0:
             raise InterpError(f"--sparsity: must be in [0, 1); given {args.sparsity}")
-        if not args.quiet:  # minutes at large sizes: say what is running (stderr keeps piped tables clean)
+        if not args.quiet:  # seconds, more at large sizes: say what is running (stderr keeps piped tables clean)
             print(f"superposition: training a toy model ({args.features} features in {args.hidden} dims, "
                   f"{args.steps} Adam steps)...", file=sys.stderr, flush=True)
         toy = sp.train_toy_model(args.features, args.hidden, feature_probability=1.0 - args.sparsity,
-                                 steps=args.steps, seed=args.seed)
+                                 steps=args.steps, seed=args.seed, progress=not args.quiet and progress_wanted())
         tables["toy_features"] = toy.features
         notes.append(f"toy model: {toy.n_represented} of {toy.n_features} features represented in {toy.d_hidden} "
                      f"dims; dimensions per feature {toy.dimensions_per_feature:.3f}; final loss {toy.final_loss:.4g}")

@@ -7,6 +7,7 @@ to the rounded text a reader sees, so tests (and scripts) can read the page back
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from datetime import datetime, timezone
@@ -202,24 +203,61 @@ def md_table(df: pd.DataFrame, columns: list[str] | None = None, max_rows: int |
 # performance measure "draw:ID" (parsing its spec to plotly's promise resolving): benchmarks/report_load.py reads them.
 _LAZY_JS = """
 (function(){
-  function draw(el){
-    if (el.dataset.drawn) return; el.dataset.drawn = '1';
-    const start = performance.now();
-    const spec = JSON.parse(document.getElementById(el.id + '-spec').textContent);
-    return Plotly.newPlot(el, spec.data, spec.layout, spec.config)
-      .then(() => performance.measure('draw:' + el.id, {start}));
+  function start(){
+    const tmpl = document.getElementById('plotly-template');
+    const template = tmpl ? JSON.parse(tmpl.textContent) : null;
+    function draw(el){
+      if (el.dataset.drawn) return; el.dataset.drawn = '1';
+      const begin = performance.now();
+      const spec = JSON.parse(document.getElementById(el.id + '-spec').textContent);
+      if (template && !spec.layout.template) spec.layout.template = template;
+      return Plotly.newPlot(el, spec.data, spec.layout, spec.config)
+        .then(() => performance.measure('draw:' + el.id, {start: begin}));
+    }
+    const els = [...document.querySelectorAll('.plotly-lazy')];
+    window.interpDrawAll = () => els.forEach(draw);
+    // each figure drawn again, alone and in turn: its measure is then its own cost (benchmarks/report_load.py)
+    window.interpRedrawEach = async () => { for (const el of els) {
+      if (el.dataset.drawn) { Plotly.purge(el); delete el.dataset.drawn; } await draw(el); } };
+    if (!('IntersectionObserver' in window)) { els.forEach(draw); return; }
+    const io = new IntersectionObserver(es => es.forEach(e => {
+      if (e.isIntersecting) { io.unobserve(e.target); draw(e.target); } }), {rootMargin: '400px'});
+    els.forEach(el => io.observe(el));
   }
-  const els = [...document.querySelectorAll('.plotly-lazy')];
-  window.interpDrawAll = () => els.forEach(draw);
-  // each figure drawn again, alone and in turn: its measure is then its own cost (benchmarks/report_load.py)
-  window.interpRedrawEach = async () => { for (const el of els) {
-    if (el.dataset.drawn) { Plotly.purge(el); delete el.dataset.drawn; } await draw(el); } };
-  if (!('IntersectionObserver' in window)) { els.forEach(draw); return; }
-  const io = new IntersectionObserver(es => es.forEach(e => {
-    if (e.isIntersecting) { io.unobserve(e.target); draw(e.target); } }), {rootMargin: '400px'});
-  els.forEach(el => io.observe(el));
+  // the figures' placeholders are all in the document by DOMContentLoaded, wherever this script stands
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start); else start();
 })();
 """
+
+
+@functools.lru_cache(maxsize=1)
+def _page_template() -> tuple[dict, str]:
+    """The figures' plotly template (as a dict, and as JSON): about 7 kB that every figure would otherwise
+    repeat. The page carries it once and the loader gives it to each figure that was written without one."""
+    import plotly.io as pio
+    from plotly.io.json import to_json_plotly
+
+    from interp.report.figures import TEMPLATE
+
+    plain = pio.templates[TEMPLATE].to_plotly_json()
+    return plain, to_json_plotly(plain)
+
+
+def _float32(obj):
+    """Float64 arrays in a figure's traces as float32: half the bytes in the page, and 7 significant digits
+    where hovers show 3 or 4. plotly has already written numpy arrays as typed-array specs (base64 ``bdata``)."""
+    if isinstance(obj, np.ndarray) and obj.dtype == np.float64:
+        return obj.astype(np.float32)
+    if isinstance(obj, dict) and obj.get("dtype") == "f8" and isinstance(obj.get("bdata"), str):
+        import base64
+
+        values = np.frombuffer(base64.b64decode(obj["bdata"]), dtype="<f8").astype("<f4")
+        return {**obj, "dtype": "f4", "bdata": base64.b64encode(values.tobytes()).decode("ascii")}
+    if isinstance(obj, dict):
+        return {k: _float32(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_float32(v) for v in obj]
+    return obj
 
 
 def _figure(fig, div_id: str) -> str:
@@ -232,6 +270,10 @@ def _figure(fig, div_id: str) -> str:
 
     config = {"displaylogo": False, "responsive": fig.layout.width is None}
     plain = fig.to_plotly_json()
+    plain["data"] = _float32(plain["data"])
+    template = plain["layout"].get("template")
+    if template is not None and template == _page_template()[0]:
+        plain["layout"] = {k: v for k, v in plain["layout"].items() if k != "template"}  # the page's copy serves
     spec = script_json(to_json({"data": plain["data"], "layout": plain["layout"], "config": config}, validate=False))
     width = f"width:{int(fig.layout.width)}px;" if fig.layout.width else "width:100%;"
     height = f"height:{int(fig.layout.height or 450)}px"
@@ -292,8 +334,11 @@ def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None =
     or, given ``plotly_src``, loaded from that relative path (a file beside the page, never the network)."""
     from interp.report.widgets import WIDGET_CSS
 
-    script, loader = "", f"<script>{_LAZY_JS}</script>" if with_plotly else ""
-    if with_plotly and plotly_src:
+    script, loader = "", ""
+    if with_plotly:
+        loader = (f'<script type="application/json" id="plotly-template">{script_json(_page_template()[1])}'
+                  f"</script><script>{_LAZY_JS}</script>")
+    if with_plotly and plotly_src:  # not deferred: measured slower to first figures (benchmarks/report_load.py)
         script = f'<script type="text/javascript" src="{html.escape(plotly_src)}"></script>'
     elif with_plotly:
         from plotly.offline import get_plotlyjs

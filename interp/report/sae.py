@@ -81,22 +81,35 @@ def _out(tables: dict[str, pd.DataFrame], args, notes=()) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
+# --time-budget's shares of what is left after the model loads: collection may take this much of it, then
+# evaluation (three forward passes a token, where collection needs one) this much of what remains, and the
+# final checkpoint and tables this many seconds; training gets the rest.
+COLLECT_SHARE, EVAL_SHARE, WRITE_RESERVE_S = 0.3, 0.25, 0.5
+
+
 def _train(args) -> int:
-    from interp.analysis.sae import evaluate_sae, train_sae
-    from interp.io import check_input_path, check_output_folder
-    from interp.report.output import write_text
+    from interp.progress import PhaseClock, progress_wanted
 
-    out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
-    if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
-        raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
-    if args.corpus is not None:  # a missing or binary file: refused before the model loads
-        from interp.data.corpus import check_text_file
+    clock = PhaseClock("sae train", args.time_budget, quiet=args.quiet)
+    bars = not args.quiet and progress_wanted()  # in a log file the clock's lines say each phase, once
+    with clock.phase("load", "loading the model and the corpus"):  # torch's import (seconds) counts too
+        from interp.analysis.sae import as_source, evaluate_sae, train_sae
+        from interp.io import check_input_path, check_output_folder
+        from interp.report.output import write_text
 
-        check_text_file(check_input_path(args.corpus, "--corpus", folder=False), "--corpus")
-    model = _model_for(args)
-    text = read_corpus(model, args.corpus, "train", args.eval_fraction)
+        out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
+        if args.cross_layer and not args.transcoder:
+            raise InterpError("--cross-layer: a cross-layer transcoder is a transcoder; add --transcoder")
+        if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
+            raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
+        if args.corpus is not None:  # a missing or binary file: refused before the model loads
+            from interp.data.corpus import check_text_file
+
+            check_text_file(check_input_path(args.corpus, "--corpus", folder=False), "--corpus")
+        model = _model_for(args)
+        text = read_corpus(model, args.corpus, "train", args.eval_fraction)
     if args.transcoder:
-        return _train_transcoders(args, model, text, out)
+        return _train_transcoders(args, model, text, out, clock)
     d_in = int(model.cfg.d_model) if "resid" in args.hook or args.hook.endswith("_out") else None
     d_sae = args.d_sae or (args.expansion * d_in if d_in else None)
     if d_sae is None:
@@ -104,29 +117,50 @@ def _train(args) -> int:
     if args.k is not None and args.k > d_sae:  # before the activations are collected, not after
         raise InterpError(f"--k: a TopK SAE keeps at most d_sae={d_sae} latents active (--d-sae, or --expansion "
                           f"{args.expansion} x d_model {d_in}); given {args.k}")
-    sae = train_sae((model, args.hook, documents(model, text)), d_sae, args.architecture, k=args.k, steps=args.steps,
-                    batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
-                    resample_dead_every=args.resample_every, time_budget=args.time_budget, checkpoint_dir=out, overwrite=args.force, seed=args.seed,
-                    device=args.device, progress=not args.quiet)
+    left = clock.left()
+    collect_s = None if left is None else COLLECT_SHARE * left
+    with clock.phase("collect", f"collecting {args.hook} activations"
+                     + (f" (at most {collect_s:.1f} s)" if collect_s is not None else "")) as row:
+        src = as_source((model, args.hook, documents(model, text)), time_budget=collect_s, progress=bars)
+        row["done"] = f"{src.n:,} tokens"
+    left = clock.left()
+    eval_s = None if left is None or args.eval_fraction == 0 else EVAL_SHARE * left
+    train_s = None if left is None else max(left - (eval_s or 0.0) - WRITE_RESERVE_S, 1e-3)
+    with clock.phase("train", f"training {args.architecture} SAE with {d_sae:,} latents"
+                     + (f" (at most {train_s:.1f} s)" if train_s is not None else "")) as row:
+        sae = train_sae(src, d_sae, args.architecture, k=args.k, steps=args.steps, batch_size=args.batch_size,
+                        lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
+                        resample_dead_every=args.resample_every, time_left=train_s, checkpoint_dir=out,
+                        overwrite=args.force, seed=args.seed, device=args.device, progress=bars)
+        row["done"] = f"{sae.steps_done:,} steps"
     hist = sae.history
     tables = {"training": hist.tail(5)}
     notes = [f"SAE written to {out} (SAELens layout: cfg.json + sae_weights.safetensors)"
              + (" — stopped at the time budget" if getattr(sae, "stopped_early", False) else "")]
     if args.eval_fraction > 0:
-        held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
-        ev = evaluate_sae(model, sae, documents(model, held), progress=not args.quiet)
+        with clock.phase("evaluate", "evaluating on the held-out text"
+                         + (f" (at most {eval_s:.1f} s)" if eval_s is not None else "")) as row:
+            held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
+            ev = evaluate_sae(model, sae, documents(model, held), time_budget=eval_s, progress=bars)
+            row["done"] = f"{int(ev.metrics['n_tokens']):,} tokens"
         tables["held-out evaluation"] = ev.table()
         write_text(out / "eval.json", json.dumps(ev.metrics, indent=1) + "\n", True)
+    tables["time spent"] = clock.table()
     _out(tables, args, notes)
     return 0
 
 
-def _train_transcoders(args, model, text: str, out: Path) -> int:
-    """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``."""
+def _train_transcoders(args, model, text: str, out: Path, clock) -> int:
+    """``--transcoder``: one transcoder per layer (``--layers``), each in ``OUT/blocks.{l}.hook_mlp_out``; with
+    ``--cross-layer`` one cross-layer transcoder in ``OUT``. ``--time-budget``: what is left after loading is
+    shared equally by the layers' training (their collection and the evaluation are not bounded)."""
     from interp.analysis.sae import evaluate_transcoders, train_transcoder
     from interp.report.output import write_text
 
     n = model.cfg.n_layers
+    if args.cross_layer and (args.layers is not None or args.skip):
+        raise InterpError(f"--cross-layer: spans every layer and has no skip term; drop "
+                          f"{'--layers' if args.layers is not None else '--skip'}")
     layers = args.layers if args.layers is not None else list(range(n))
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
@@ -134,23 +168,45 @@ def _train_transcoders(args, model, text: str, out: Path) -> int:
     d_sae = args.d_sae or args.expansion * int(model.cfg.d_model)
     docs = documents(model, text)
     tcs, rows = [], []
-    for layer in layers:
-        tc = train_transcoder(model, layer, docs, d_sae, args.architecture, input_hook=args.input_hook,
-                              skip=args.skip, k=args.k, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              l1_coefficient=args.l1, l0_coefficient=args.l0, time_budget=args.time_budget,
-                              checkpoint_dir=out / f"blocks.{layer}.hook_mlp_out", overwrite=args.force,
-                              seed=args.seed, device=args.device, progress=not args.quiet)
+    if args.cross_layer:
+        from interp.analysis.sae.cross_layer import train_cross_layer_transcoder
+
+        left = clock.left()
+        with clock.phase("cross-layer", "collecting and training the cross-layer transcoder") as row:
+            clt = train_cross_layer_transcoder(
+                model, docs, d_sae, args.architecture, input_hook=args.input_hook, k=args.k, steps=args.steps,
+                batch_size=args.batch_size, lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0,
+                time_left=None if left is None else max(left, 1e-3), checkpoint_dir=out, overwrite=args.force,
+                seed=args.seed, device=args.device, progress=not args.quiet)
+            row["done"] = f"{clt.steps_done:,} steps"
+        tcs.append(clt)
+        rows.append({"layer": "all", **clt.history.iloc[-1].to_dict(), "stopped_early": clt.stopped_early})
+        layers = []
+    for i, layer in enumerate(layers):
+        folder = out / f"blocks.{layer}.hook_mlp_out"
+        left = clock.left()
+        budget = None if left is None else max(left / (len(layers) - i), 1e-3)
+        with clock.phase(f"layer {layer}", f"collecting and training the layer-{layer} transcoder") as row:
+            tc = train_transcoder(model, layer, docs, d_sae, args.architecture, input_hook=args.input_hook,
+                                  skip=args.skip, k=args.k, steps=args.steps, batch_size=args.batch_size,
+                                  lr=args.lr, l1_coefficient=args.l1, l0_coefficient=args.l0, time_left=budget,
+                                  checkpoint_dir=folder, overwrite=args.force, seed=args.seed, device=args.device,
+                                  progress=not args.quiet)
+            row["done"] = f"{tc.steps_done:,} steps"
         tcs.append(tc)
         rows.append({"layer": layer, **tc.history.iloc[-1].to_dict(), "stopped_early": tc.stopped_early})
     tables = {"training (last step per layer)": pd.DataFrame(rows)}
-    notes = [f"transcoders written to {out}/blocks.{{l}}.hook_mlp_out (cfg.json + sae_weights.safetensors)"]
+    notes = [f"cross-layer transcoder written to {out} (cfg.json + sae_weights.safetensors)" if args.cross_layer else
+             f"transcoders written to {out}/blocks.{{l}}.hook_mlp_out (cfg.json + sae_weights.safetensors)"]
     if args.eval_fraction > 0:
-        held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
-        ev = evaluate_transcoders(model, tcs, documents(model, held))
+        with clock.phase("evaluate", "evaluating on the held-out text"):
+            held = read_corpus(model, args.corpus, "eval", args.eval_fraction)
+            ev = evaluate_transcoders(model, tcs, documents(model, held))
         tables["held-out: per layer"] = ev.layers
         tables["held-out: every MLP replaced"] = ev.table()
         data = {"layers": json.loads(ev.layers.to_json(orient="records")), "metrics": ev.metrics}
         write_text(out / "eval.json", json.dumps(data, indent=1) + "\n", True)
+    tables["time spent"] = clock.table()
     _out(tables, args, notes)
     return 0
 
@@ -261,7 +317,13 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 10 passes, >= 1000)")
     t.add_argument("--batch-size", type=positive_int, default=1024)
     t.add_argument("--lr", type=nonnegative_float, default=None)
-    t.add_argument("--time-budget", type=nonnegative_float, default=None, help="stop after this many seconds (checkpointed)")
+    t.add_argument("--time-budget", type=nonnegative_float, default=None, metavar="S",
+                   help="the whole command's seconds, counted from when it starts: after the model loads, "
+                        "collecting activations may take 30%% of what is left, evaluation 25%% of the rest, "
+                        "training (checkpointed; resumable) the remainder; "
+                        "each phase stops after the batch or step that reaches its share. --transcoder: the "
+                        "layers share it equally (their collection and evaluation are not bounded). The "
+                        "'time spent' table lists each phase")
     t.add_argument("--seed", type=seed, default=0)
     t.add_argument("--transcoder", action="store_true",
                    help="train transcoders instead: per layer, read --input-hook and predict hook_mlp_out "
@@ -270,6 +332,9 @@ def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:
     t.add_argument("--input-hook", choices=("ln2.hook_normalized", "hook_resid_mid"), default="ln2.hook_normalized",
                    help="--transcoder: what each transcoder reads (default ln2.hook_normalized)")
     t.add_argument("--skip", action="store_true", help="--transcoder: add the affine skip term (skip transcoder)")
+    t.add_argument("--cross-layer", action="store_true",
+                   help="--transcoder: one cross-layer transcoder instead (each layer's features write to every "
+                        "later MLP output; --d-sae / --k per layer); --out gets cfg.json + sae_weights.safetensors")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="L0, variance explained, CE loss recovered, dead/dense latents", formatter_class=_RAW)

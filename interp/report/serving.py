@@ -150,11 +150,12 @@ def check_model_size(folder: Path, n_bytes: int, max_params: int, label: str) ->
 
 
 def sae_parameters(cfg: dict) -> int:
-    """An SAE's encoder and decoder (SAELens' cfg.json: d_in, d_sae)."""
-    d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (d_in, d_sae)):
+    """An SAE's encoder and decoder (SAELens' cfg.json: d_in, d_sae); a cross-layer transcoder's (``n_layers``:
+    sizes per layer, its decoder stored ``[n_layers, d_sae, n_layers, d_in]``)."""
+    d_in, d_sae, n = cfg.get("d_in"), cfg.get("d_sae"), cfg.get("n_layers", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (d_in, d_sae, n)):
         return 0
-    return 2 * d_in * d_sae + d_in + d_sae
+    return n * (d_in * d_sae + d_in + d_sae) + n * n * d_sae * d_in
 
 
 # ----------------------------------------------------------------------------------------------------

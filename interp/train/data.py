@@ -293,19 +293,23 @@ def prepare(
                 for i, doc in enumerate(p for p in f.read().split("\n\n") if p.strip()):
                     yield str(i), doc
 
+    from interp.progress import StepLine
+
     tokenizer_path = Path(tokenizer_path)
     if tokenizer_path.is_file():
         tok = load_tokenizer(tokenizer_path)
     else:
-        tok = train_tokenizer((t for _, t in documents()), vocab_size=vocab_size)
+        with StepLine(f"prepare: training a BPE tokenizer ({vocab_size:,} tokens) on {corpus}"):
+            tok = train_tokenizer((t for _, t in documents()), vocab_size=vocab_size)
         save_tokenizer(tok, tokenizer_path)
     keys = [k for k, _ in documents()]
     texts = (t for _, t in documents())
     tok_hash = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
     out_dir = Path(out_dir)
     save_tokenizer(tok, out_dir / "tokenizer.json")  # the trainer reads the tokenizer from here
-    return write_token_files(
-        encode_documents(tok, texts), out_dir, eos_id=eos_id(tok), vocab_size=tok.get_vocab_size(),
-        val_fraction=val_fraction, seed=seed, keys=keys,
-        extra_meta={"corpus": str(corpus), "tokenizer": str(tokenizer_path), "tokenizer_sha256": tok_hash},
-    )
+    with StepLine(f"prepare: encoding {len(keys):,} documents into {out_dir}"):
+        return write_token_files(
+            encode_documents(tok, texts), out_dir, eos_id=eos_id(tok), vocab_size=tok.get_vocab_size(),
+            val_fraction=val_fraction, seed=seed, keys=keys,
+            extra_meta={"corpus": str(corpus), "tokenizer": str(tokenizer_path), "tokenizer_sha256": tok_hash},
+        )

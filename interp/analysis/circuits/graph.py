@@ -28,6 +28,13 @@ and ``embedding · ∂target/∂(embedding)`` for tokens; the gradients come fro
 per ``batch_size`` targets: the prompt runs ``batch_size`` times side by side and each copy carries one
 target's gradient).
 
+*Cross-layer transcoders* (``interp.analysis.sae.cross_layer``): a feature at layer ``l`` writes
+``a_f · W_dec[l, f, l']`` into every MLP output ``l' >= l``; its edge to a target is the sum of those writes'
+direct effects, ``Σ_l' a_f · W_dec[l, f, l'] · ∂target/∂(MLP l' output)`` (only ``l'`` before a feature target's
+layer reach its pre-activation), and each MLP output's error is measured against the sum of every feature's write
+to it. The code reads either kind through ``transcoder.TranscoderSet``; a CLT whose decoders to later layers are
+zero gives the per-layer graph.
+
 *Completeness.* Everything else in the replacement model is a constant, so for every target node
 ``value = Σ_sources adjacency[target, source] + bias``, with ``bias`` the target's value when every node's
 contribution is zero (embeddings, feature activations and errors set to 0 under the same frozen patterns and
@@ -47,7 +54,7 @@ and errors have none) weighted by their influence + w.
 
     {"format": "interp.attribution_graph", "version": 1,
      "model": {"name", "n_layers", "d_model", "d_vocab"},
-     "transcoders": [{"layer", "hook_name", "hook_name_out", "d_sae", "architecture", "skip"}],
+     "transcoders": [{"layer", "hook_name", "hook_name_out", "d_sae", "architecture", "skip", "cross_layer"}],
      "prompt": str | null, "tokens": [int], "str_tokens": [str],
      "options": {"max_logits", "logit_probability", "node_threshold", "edge_threshold", "pruned", ...},
      "scores": {"replacement_score", "completeness_score", "n_nodes_full", "n_edges_full"},
@@ -55,6 +62,7 @@ and errors have none) weighted by their influence + w.
                 "probability", "value", "bias", "influence", "top_logits": [[token, effect], ...]}],
      "edges": [{"source": id, "target": id, "weight": float}]}
 
+``cross_layer`` is true for a cross-layer transcoder's layers (their features write to every later MLP).
 ``layer`` is −1 for token nodes and ``n_layers`` for logit nodes; fields that do not apply to a kind are null;
 ``top_logits`` (features only): the tokens the feature's decoder vector raises most through the final norm's
 gain and the unembedding (centred), for presentation. ``edges`` lists the non-zero entries of ``adjacency``.
@@ -68,7 +76,6 @@ and reports the next-token distribution before and after.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -77,7 +84,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from interp.analysis.sae.transcoder import Transcoder, check_transcoders, splice_transcoders
+from interp.analysis.sae.transcoder import TranscoderSet, splice_transcoders, transcoder_set
 from interp.errors import InterpError
 
 __all__ = ["GRAPH_FORMAT", "AttributionGraph", "Intervention", "attribution_graph", "graph_scores", "intervene",
@@ -275,7 +282,7 @@ def prune_graph(graph: AttributionGraph, node_threshold: float = 0.8, edge_thres
 
 
 @contextlib.contextmanager
-def _frozen_replacement(model, by_layer: dict[int, Transcoder], record: dict):
+def _frozen_replacement(model, ts: TranscoderSet, record: dict):
     """Hooks that turn ``model`` into the local replacement model (module docstring) for a forward pass.
 
     Norm scales and attention patterns pass through detached (frozen at the values they have). The embedding
@@ -292,16 +299,16 @@ def _frozen_replacement(model, by_layer: dict[int, Transcoder], record: dict):
         record["embed"] = act.detach().requires_grad_(True)
         return record["embed"]
 
-    def read(layer, tc):
+    def read(layer):
         def hook(act, hook=None):
             record["inputs"][layer] = act
             with torch.no_grad():
-                record["acts"][layer] = tc.encode(act[0]).detach()  # every copy is the same prompt
+                record["acts"][layer] = ts.encode(layer, act[0], clean=True).detach()  # every copy: the prompt
         return hook
 
-    def write(layer, tc):
+    def write(layer):
         def hook(act, hook=None):
-            skip = tc.skip(record["inputs"][layer])
+            skip = ts.skip(layer, record["inputs"][layer])
             d = (act - skip).detach().requires_grad_(True)
             record["D"][layer] = d
             return skip + d
@@ -312,8 +319,8 @@ def _frozen_replacement(model, by_layer: dict[int, Transcoder], record: dict):
     fwd.append(("hook_embed", embed))
     if "hook_pos_embed" in names:
         fwd.append(("hook_pos_embed", detach))
-    for layer, tc in by_layer.items():
-        fwd += [(tc.cfg.hook_name, read(layer, tc)), (tc.cfg.hook_name_out, write(layer, tc))]
+    for layer in ts.layers:
+        fwd += [(ts.hook_in(layer), read(layer)), (ts.hook_out(layer), write(layer))]
     with model.hooks(fwd_hooks=fwd):
         yield
 
@@ -376,8 +383,8 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
     if not (hasattr(model, "blocks") and hasattr(model, "ln_final") and hasattr(model, "unembed")):
         raise InterpError("model: attribution graphs need interp's native HookedDecoder (interp.load of a native "
                           f"family); given {type(model).__name__}")
-    by_layer = check_transcoders(model, transcoders)
-    missing = sorted(set(range(model.cfg.n_layers)) - set(by_layer))
+    ts = transcoder_set(model, transcoders)
+    missing = sorted(set(range(model.cfg.n_layers)) - set(ts.layers))
     if missing:
         raise InterpError(f"transcoders: the replacement model needs one for every layer; layers {missing} "
                           "have none")
@@ -394,8 +401,8 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
     n_pos, n_layers, dev = toks.shape[1], model.cfg.n_layers, model_device(model)
     toks = toks.to(dev)
     dtype = next(model.parameters()).dtype
-    by_layer = {layer: tc if (tc.W_enc.dtype, tc.W_enc.device) == (dtype, dev) else
-                copy.deepcopy(tc).to(device=dev, dtype=dtype) for layer, tc in by_layer.items()}
+    ts = ts.converted(dev, dtype)
+    layers = ts.layers
 
     # the clean run: next-token probabilities (after any soft-cap: the model's real distribution)
     with torch.no_grad():
@@ -408,29 +415,32 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
     # logit node by _logit_directions instead (the batched logits would be [batch, pos, vocab])
     rec: dict = {}
     batch = toks.expand(batch_size, n_pos)
-    with torch.enable_grad(), _frozen_replacement(model, by_layer, rec):
+    with torch.enable_grad(), _frozen_replacement(model, ts, rec):
         resid = model(batch, stop_at_layer=n_layers)
     logit_grads, logit_values = _logit_directions(model, resid[0, -1], logit_ids)
 
     # nodes: features (by layer, position, feature), errors, tokens, logits
-    acts = {layer: rec["acts"][layer] for layer in by_layer}
-    feat_idx = {layer: acts[layer].nonzero() for layer in by_layer}  # [S_l, 2] (position, feature)
-    feat_vecs, errors, pre_acts, slots = {}, {}, {}, {}
+    acts = {layer: rec["acts"][layer] for layer in layers}
+    feat_idx = {layer: acts[layer].nonzero() for layer in layers}  # [S_l, 2] (position, feature)
+    # writes_into[l']: for each source layer whose features write MLP l''s output (its own layer only, for
+    # per-layer transcoders; every l <= l' for a CLT), those writes a_f · W_dec[f -> l'] laid out by position
+    errors, pre_acts = {}, {}
+    writes_into: dict[int, list] = {layer: [] for layer in layers}
     with torch.no_grad():
-        for layer, tc in by_layer.items():
+        for layer in layers:
             p, f = feat_idx[layer].unbind(-1)
-            a = acts[layer][p, f]
-            feat_vecs[layer] = a[:, None] * tc.W_dec[f]
-            slots[layer] = _by_position(p, feat_vecs[layer], n_pos)
-            recon = acts[layer] @ tc.W_dec + tc.b_dec
-            errors[layer] = rec["D"][layer][0].detach() - recon
-            pre_acts[layer] = tc.pre_activations(rec["inputs"][layer][0])[p, f]
+            outs, w_dec = ts.decoders(layer)
+            vecs = acts[layer][p, f][:, None, None] * w_dec[f]  # [S, len(outs), d]
+            for j, out in enumerate(outs):
+                writes_into[out].append((layer, _by_position(p, vecs[:, j], n_pos)))
+            errors[layer] = rec["D"][layer][0].detach() - ts.reconstruct(layer, acts, clean=True)
+            pre_acts[layer] = ts.pre_activations(layer, rec["inputs"][layer][0])[p, f]
         embed_vecs = rec["embed"][0].detach()
         if "hook_pos_embed" in model.hook_dict and model.cfg.positional in ("learned", "sinusoidal"):
             embed_vecs = embed_vecs + model.pos_embed(torch.arange(n_pos, device=dev)).reshape(n_pos, -1)
-    n_feat = {layer: len(feat_idx[layer]) for layer in by_layer}
+    n_feat = {layer: len(feat_idx[layer]) for layer in layers}
     feat_offset, off = {}, 0
-    for layer in by_layer:
+    for layer in layers:
         feat_offset[layer], off = off, off + n_feat[layer]
     n_features = off
     err_start = n_features
@@ -440,9 +450,9 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
     adj = torch.zeros(n_nodes, n_nodes, dtype=dtype, device=dev)
 
     # targets: every feature (its pre-activation's gradient is W_enc[:, f] at its input) and every logit node
-    targets = [(layer, int(p), int(f)) for layer in by_layer for p, f in feat_idx[layer].tolist()]
+    targets = [(layer, int(p), int(f)) for layer in layers for p, f in feat_idx[layer].tolist()]
     targets += [("logit", i, t) for i, t in enumerate(logit_ids)]
-    leaves = [rec["D"][layer] for layer in by_layer] + [rec["embed"]]
+    leaves = [rec["D"][layer] for layer in layers] + [rec["embed"]]
     for start in range(0, len(targets), batch_size):
         chunk = targets[start : start + batch_size]
         seeds: dict = {}
@@ -452,7 +462,7 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
                 out = resid if layer == "logit" else rec["inputs"][layer]
                 seeds[key] = (out, torch.zeros_like(out))
             seeds[key][1][i, -1 if layer == "logit" else p] = (
-                logit_grads[p] if layer == "logit" else by_layer[layer].W_enc[:, f])
+                logit_grads[p] if layer == "logit" else ts.encoder(layer)[:, f])
         outs, grads_out = zip(*seeds.values())
         grads = torch.autograd.grad(outs, leaves, grads_out, retain_graph=True, allow_unused=True,
                                     materialize_grads=True)
@@ -462,26 +472,26 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
             g_embed = grads[-1][: len(chunk)]
             adj[rows, tok_start:logit_start] = (g_embed * embed_vecs).sum(-1)
             top_layer = max(n_layers if layer == "logit" else layer for layer, _, _ in chunk)
-            for li, layer in enumerate(by_layer):
+            for li, layer in enumerate(layers):
                 if layer >= top_layer:  # a layer's MLP output reaches only later layers and the logits
                     continue
                 g = grads[li][: len(chunk)]
                 adj[rows, err_start + layer * n_pos : err_start + (layer + 1) * n_pos] = (g * errors[layer]).sum(-1)
-                if n_feat[layer]:  # per position, [batch, d] @ [d, features there]: one batched matmul
-                    padded, p, r = slots[layer]
-                    adj[rows, feat_offset[layer] : feat_offset[layer] + n_feat[layer]] = torch.einsum(
-                        "bnd,nkd->bnk", g, padded)[:, p, r]
+                for src, (padded, p, r) in writes_into[layer]:  # a source's edge sums its writes to every MLP
+                    if n_feat[src]:  # per position, [batch, d] @ [d, features there]: one batched matmul
+                        adj[rows, feat_offset[src] : feat_offset[src] + n_feat[src]] += torch.einsum(
+                            "bnd,nkd->bnk", g, padded)[:, p, r]
     del rec, resid, leaves
 
     # the node table
     strs = str_tokens(model, toks[0])
-    values = torch.cat([*(pre_acts[layer] for layer in by_layer),
+    values = torch.cat([*(pre_acts[layer] for layer in layers),
                         torch.zeros(n_layers * n_pos + n_pos, dtype=dtype, device=dev),
                         logit_values.to(dtype)]).double().cpu()
     adj = adj.cpu()
     bias = values - adj.double().sum(1)
     rows = []
-    for layer in by_layer:
+    for layer in layers:
         for p, f in feat_idx[layer].tolist():
             rows.append({"kind": "feature", "layer": layer, "position": p, "feature": f,
                          "activation": float(acts[layer][p, f])})
@@ -501,9 +511,7 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
     nodes = _typed(nodes)
     info = {"model": {"name": getattr(model.cfg, "name", None), "n_layers": n_layers, "d_model": model.cfg.d_model,
                       "d_vocab": model.cfg.d_vocab},
-            "transcoders": [{"layer": layer, "hook_name": tc.cfg.hook_name, "hook_name_out": tc.cfg.hook_name_out,
-                             "d_sae": tc.cfg.d_sae, "architecture": tc.cfg.architecture, "skip": tc.cfg.skip}
-                            for layer, tc in by_layer.items()],
+            "transcoders": ts.describe(),
             "prompt": prompt if isinstance(prompt, str) else None, "tokens": toks[0].tolist(), "str_tokens": strs,
             "options": {"max_logits": max_logits, "logit_probability": logit_probability, "batch_size": batch_size,
                         "pruned": False}}
@@ -518,7 +526,8 @@ def attribution_graph(model, transcoders, prompt, *, max_logits: int = 10, logit
         graph = prune_graph(graph, node_threshold, edge_threshold)
     feats = graph.nodes[graph.nodes.kind == "feature"]
     if len(feats) and top_logits:  # for presentation: what each kept feature writes, through the unembedding
-        vecs = torch.stack([by_layer[int(r.layer)].W_dec[int(r.feature)] for r in feats.itertuples()]).detach()
+        # everything a feature writes lands in the residual stream: its direct logit effect is their sum
+        vecs = torch.stack([ts.decoders(int(r.layer))[1][int(r.feature)].sum(0) for r in feats.itertuples()]).detach()
         for i, tl in zip(feats.index, _top_logits(model, vecs, top_logits)):
             graph.nodes.at[i, "top_logits"] = tl
     return graph
@@ -542,7 +551,7 @@ def intervene(model, transcoders, prompt, features: dict, mode: str = "set", top
     next-token distribution change (module docstring)."""
     from interp.analysis._inputs import as_tokens, check_index, model_device, str_tokens
 
-    by_layer = check_transcoders(model, transcoders)
+    ts = transcoder_set(model, transcoders)
     if mode not in ("set", "scale"):
         raise InterpError(f"mode: must be 'set' or 'scale'; given {mode!r}")
     if not isinstance(features, dict) or not features:
@@ -553,28 +562,23 @@ def intervene(model, transcoders, prompt, features: dict, mode: str = "set", top
         if not (isinstance(key, tuple) and len(key) == 3):
             raise InterpError(f"features: keys must be (layer, position, feature); given {key!r}")
         layer = int(key[0])
-        if layer not in by_layer:
-            raise InterpError(f"features: layer {key[0]!r} has no transcoder; layers with one: {list(by_layer)}")
+        if layer not in ts.layers:
+            raise InterpError(f"features: layer {key[0]!r} has no transcoder; layers with one: {ts.layers}")
         pos = check_index("features position", key[1], toks.shape[1])
-        feat = check_index("features feature", key[2], by_layer[layer].cfg.d_sae, allow_negative=False)
+        feat = check_index("features feature", key[2], ts.d_sae(layer), allow_negative=False)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise InterpError(f"features: value for {key} must be a finite number; given {value!r}")
         edits.setdefault(layer, []).append((pos, feat, float(value)))
 
-    def edit(items):
-        def hook(acts, hook=None):
-            acts = acts.clone()
-            for pos, feat, value in items:
-                acts[:, pos, feat] = value if mode == "set" else acts[:, pos, feat] * value
-            return acts
-        return hook
+    def edit(layer, acts):
+        acts = acts.clone()
+        for pos, feat, value in edits.get(layer, ()):
+            acts[:, pos, feat] = value if mode == "set" else acts[:, pos, feat] * value
+        return acts
 
     with torch.no_grad():
         before = model(toks)[0, -1].double()
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(splice_transcoders(model, list(by_layer.values()), use_error_term=True))
-            for layer, items in edits.items():
-                stack.enter_context(by_layer[layer].hooks(fwd_hooks=[("hook_sae_acts_post", edit(items))]))
+        with splice_transcoders(model, ts, use_error_term=True, edit=edit):
             after = model(toks)[0, -1].double()
     pb, pa = torch.softmax(before, -1), torch.softmax(after, -1)
     ids = sorted(set(pb.topk(min(top, len(pb))).indices.tolist()) | set(pa.topk(min(top, len(pa))).indices.tolist()),

@@ -13,6 +13,8 @@ SAE takes a layer's activations apart into such directions. The modules:
   dead and dense latents, over a corpus or token by token on a prompt (``token_reconstruction``);
 * ``transcoder``: transcoders (an MLP's input in, its output predicted; skip and TopK/ReLU/JumpReLU),
   ``train_transcoder``, splicing every MLP out (``splice_transcoders``) and ``evaluate_transcoders``;
+* ``cross_layer``: the cross-layer transcoder (each layer's features write to every later MLP output),
+  ``train_cross_layer_transcoder``; it splices, evaluates and builds attribution graphs like a per-layer set;
 * ``features``: a feature's top-activating contexts (``feature_top_contexts``; with the activation at every
   nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions.
 
@@ -22,6 +24,11 @@ SAE takes a layer's activations apart into such directions. The modules:
 torch.Size([16, 64])
 """
 
+from interp.analysis.sae.cross_layer import (
+    CrossLayerTranscoder,
+    CrossLayerTranscoderConfig,
+    train_cross_layer_transcoder,
+)
 from interp.analysis.sae.evaluate import (
     SAEEval,
     ce_loss_recovered,
@@ -50,22 +57,27 @@ from interp.analysis.sae.transcoder import (
     Transcoder,
     TranscoderConfig,
     TranscoderEval,
+    TranscoderSet,
     evaluate_transcoders,
     load_transcoder,
     load_transcoders,
     splice_transcoders,
     train_transcoder,
+    transcoder_set,
 )
 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
     "ActivationSource",
+    "CrossLayerTranscoder",
+    "CrossLayerTranscoderConfig",
     "SAEConfig",
     "SAEEval",
     "Transcoder",
     "TranscoderConfig",
     "TranscoderEval",
+    "TranscoderSet",
     "as_source",
     "ce_loss_recovered",
     "decoder_angle_samples",
@@ -91,6 +103,8 @@ __all__ = [
     "splice_saes",
     "splice_transcoders",
     "token_reconstruction",
+    "train_cross_layer_transcoder",
     "train_sae",
     "train_transcoder",
+    "transcoder_set",
 ]

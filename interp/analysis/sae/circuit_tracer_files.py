@@ -14,8 +14,8 @@ circuit-tracer (``safety-research/circuit-tracer``) keeps a per-layer transcoder
 interp's encoder is stored transposed (SAELens' ``W_enc [d_in, d_sae]``) and its JumpReLU threshold as a
 logarithm, so thresholds must be positive (a feature with θ ≤ 0 is refused: it would also pass negative
 pre-activations). interp's TopK applies a ReLU to the k kept values; circuit-tracer's keeps them as they are,
-so the two differ only where a kept pre-activation is negative. Only per-layer sets: a cross-layer
-transcoder's files (``model_kind: cross_layer_transcoder``) are refused.
+so the two differ only where a kept pre-activation is negative. Per-layer sets only: a cross-layer transcoder's
+folder (``W_enc_{i}`` / ``W_dec_{i}.safetensors``) is read by ``cross_layer.load_circuit_tracer_clt``.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def load_circuit_tracer_transcoders(folder: str | Path, device=None, dtype: str 
     cfg = _config(folder)
     if cfg.get("model_kind", "transcoder") != "transcoder":
         raise InterpError(f"transcoders: {folder / 'config.yaml'} says model_kind {cfg['model_kind']!r}; only "
-                          "per-layer transcoders (model_kind: transcoder) are read")
+                          "per-layer transcoders (model_kind: transcoder) are read from layer_{i}.safetensors files "
+                          "(a cross-layer transcoder's folder holds W_enc_{i} / W_dec_{i}.safetensors)")
     hook_in = _hook(cfg, "feature_input_hook", "hook_resid_mid", folder / "config.yaml")
     hook_out = _hook(cfg, "feature_output_hook", "hook_mlp_out", folder / "config.yaml")
     if hook_out != "hook_mlp_out":

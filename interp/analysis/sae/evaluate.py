@@ -212,9 +212,14 @@ class _Stats:
         """Add rows ``x``; ``y``: what the reconstruction aims at (a transcoder's target; default ``x``)."""
         x = x.reshape(-1, sae.cfg.d_in).to(sae.W_enc.device)
         f = sae.encode(x)
-        recon = (sae.decode(f) + sae.skip(x)).double()
-        x = (x if y is None else y.reshape(recon.shape).to(recon.device)).double()
-        f = f.double().cpu()
+        self.add_prediction(f, sae.decode(f) + sae.skip(x), x if y is None else y)
+
+    @torch.no_grad()
+    def add_prediction(self, f: torch.Tensor, recon: torch.Tensor, x: torch.Tensor) -> None:
+        """Add rows of latents ``f``, the reconstruction they give and what it aims at, ``x``."""
+        recon = recon.reshape(-1, recon.shape[-1]).double()
+        x = x.reshape(recon.shape).to(recon.device).double()
+        f = f.reshape(-1, f.shape[-1]).double().cpu()
         self.n += x.shape[0]
         self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
         self.sum_sq += float(x.pow(2).sum())
@@ -274,9 +279,9 @@ def sae_metrics(sae: SAE, activations, dense_threshold: float = 0.1, batch_size:
     return stats.metrics(dense_threshold)
 
 
-def _token_ce(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy of ``tokens`` under the model's current hooks (and the count)."""
-    logits = model(tokens)
+def _token_ce(model, tokens: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy of ``tokens`` under the model's current hooks (or of given ``logits``)."""
+    logits = model(tokens) if logits is None else logits
     logp = torch.log_softmax(logits[:, :-1].double(), -1)
     return -logp.gather(-1, tokens[:, 1:, None]).sum()
 
@@ -286,8 +291,8 @@ def _zero_hook(act, hook=None):
 
 
 @torch.no_grad()
-def _ce_pass(model, sae, name, toks) -> tuple[float, float, float]:
-    clean = float(_token_ce(model, toks))
+def _ce_pass(model, sae, name, toks, clean_logits=None) -> tuple[float, float, float]:
+    clean = float(_token_ce(model, toks, clean_logits))
     with model.hooks(fwd_hooks=[(name, sae_hook(sae))]):
         spliced = float(_token_ce(model, toks))
     with model.hooks(fwd_hooks=[(name, _zero_hook)]):
@@ -337,13 +342,17 @@ class SAEEval:
 
 @torch.no_grad()
 def evaluate_sae(model, sae: SAE, corpus, hook_name: str | None = None, *, seq_len: int | None = None,
-                 batch_size: int = 8, max_tokens: int | None = None, dense_threshold: float = 0.1,
-                 progress: bool = False) -> SAEEval:
+                 batch_size: int = 8, max_tokens: int | None = None, time_budget: float | None = None,
+                 dense_threshold: float = 0.1, progress: bool = False) -> SAEEval:
     """Everything at once over ``corpus`` (text, texts or token ids): sparsity, reconstruction, CE recovered.
 
     The corpus is cut into ``seq_len`` chunks (default ``n_ctx``); each batch runs clean (recording the
-    activation), with the SAE spliced in, and with the hook zero-ablated. ``max_tokens`` stops early.
+    activation), with the SAE spliced in, and with the hook zero-ablated. ``max_tokens`` stops early;
+    ``time_budget`` (seconds) stops after the batch that reaches it (at least one batch is scored).
+    The metrics' ``n_tokens`` says how many were scored.
     """
+    import time
+
     from interp.analysis._inputs import model_device
     from interp.progress import progress_bar
 
@@ -352,16 +361,19 @@ def evaluate_sae(model, sae: SAE, corpus, hook_name: str | None = None, *, seq_l
     stats = _Stats(sae.cfg.d_sae)
     sums, n_pred = [0.0, 0.0, 0.0], 0
     dev = model_device(model)
+    start = time.perf_counter()
     for toks in progress_bar(token_batches(model, corpus, seq_len, batch_size), desc="evaluating SAE",
                              unit="batch", enabled=progress):
         toks = toks.to(dev)
-        _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
+        clean_logits, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
         stats.add(sae, cache[name].reshape(toks.shape[0] * toks.shape[1], -1).float())
-        if toks.shape[1] >= 2:
-            for i, v in enumerate(_ce_pass(model, sae, name, toks)):
+        if toks.shape[1] >= 2:  # the cached run's logits are the clean ones: three passes a batch, not four
+            for i, v in enumerate(_ce_pass(model, sae, name, toks, clean_logits)):
                 sums[i] += v
             n_pred += toks.shape[0] * (toks.shape[1] - 1)
         if max_tokens is not None and stats.n >= max_tokens:
+            break
+        if time_budget is not None and time.perf_counter() - start >= time_budget:
             break
     metrics = stats.metrics(dense_threshold)
     metrics.update(_ce_metrics(sums, n_pred) if n_pred else {})

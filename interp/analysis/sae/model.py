@@ -218,7 +218,8 @@ class _JumpReLU(torch.autograd.Function):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_z = (z > threshold).to(grad.dtype) * grad
-        grad_t = (-(threshold / eps) * _rectangle((z - threshold) / eps) * grad).reshape(-1, z.shape[-1]).sum(0)
+        # summed over the batch: every leading dimension the threshold does not have (a CLT's has a layer axis)
+        grad_t = (-(threshold / eps) * _rectangle((z - threshold) / eps) * grad).reshape(-1, *threshold.shape).sum(0)
         return grad_z, grad_t, None
 
 
@@ -235,7 +236,7 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_t = (-(1.0 / eps) * _rectangle((z - threshold) / eps) * grad).reshape(-1, z.shape[-1]).sum(0)
+        grad_t = (-(1.0 / eps) * _rectangle((z - threshold) / eps) * grad).reshape(-1, *threshold.shape).sum(0)
         return None, grad_t, None
 
 
@@ -263,6 +264,7 @@ class SAE(HookedRootModule):
     """
 
     config_class = SAEConfig  # what ``train_sae`` builds this kind from (a transcoder has its own)
+    decoder_row_dims: tuple[int, ...] = (-1,)  # the dims of W_dec holding one latent's decoder row
 
     def __init__(self, cfg: SAEConfig, use_error_term: bool = False):
         super().__init__()
@@ -298,6 +300,15 @@ class SAE(HookedRootModule):
     @property
     def d_in(self) -> int:
         return self.cfg.d_in
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one row's latents (a cross-layer transcoder's have a layer axis)."""
+        return (self.cfg.d_sae,)
+
+    def decoder_sum(self, f: torch.Tensor) -> torch.Tensor:
+        """``f @ W_dec``: the latents' decoder rows summed, without ``b_dec`` (what AuxK fits to the residual)."""
+        return f.to(self.W_dec.dtype) @ self.W_dec
 
     @property
     def d_sae(self) -> int:

@@ -169,36 +169,48 @@ def check_hook_name(model, hook_name) -> str:
 
 @torch.no_grad()
 def model_activations(model, hook_name: str, corpus, *, seq_len: int | None = None, batch_size: int = 16,
-                      max_tokens: int | None = None, progress: bool = False) -> torch.Tensor:
+                      max_tokens: int | None = None, time_budget: float | None = None,
+                      progress: bool = False) -> torch.Tensor:
     """Activations of ``hook_name`` over ``corpus`` as float32 ``[tokens, d]`` on the CPU.
 
     The corpus (a string, a list of strings, token ids; as in ``scan_top_contexts``) is split into documents
     and each into chunks of ``seq_len`` (default ``n_ctx``) tokens; chunks of equal length run together in
     batches (so nothing is padded). Dimensions after ``[batch, pos]`` are flattened (``hook_z`` gives
-    ``n_heads * d_head``). ``max_tokens`` stops after that many tokens.
+    ``n_heads * d_head``). ``max_tokens`` stops after that many tokens; ``time_budget`` (seconds) after the
+    batch that reaches it (at least one batch is read). ``hook_name`` may be a list of hooks: their activations
+    side by side in each row, from one pass (a cross-layer transcoder reads every layer).
     """
+    import time
+
     from interp.analysis._inputs import model_device
     from interp.progress import progress_bar
 
-    check_hook_name(model, hook_name)
+    names = [hook_name] if isinstance(hook_name, str) else list(hook_name)
+    for name in names:
+        check_hook_name(model, name)
     groups = token_batches(model, corpus, seq_len, batch_size)
     out, total = [], 0
     dev = model_device(model)
-    for toks in progress_bar(groups, desc=f"activations {hook_name}", unit="batch", enabled=progress):
-        _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda n: n == hook_name)
-        a = cache[hook_name]
-        a = a.reshape(a.shape[0] * a.shape[1], -1).float().cpu()
+    start = time.perf_counter()
+    desc = f"activations {names[0]}{f' (+{len(names) - 1})' if len(names) > 1 else ''}"
+    for toks in progress_bar(groups, desc=desc, unit="batch", enabled=progress):
+        _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda n: n in names)
+        a = torch.cat([cache[n].reshape(toks.shape[0] * toks.shape[1], -1) for n in names], -1).float().cpu()
         out.append(a)
         total += a.shape[0]
         if max_tokens is not None and total >= max_tokens:
+            break
+        if time_budget is not None and time.perf_counter() - start >= time_budget:
             break
     acts = torch.cat(out)
     return acts[:max_tokens] if max_tokens is not None else acts
 
 
 def as_source(source, *, seq_len: int | None = None, max_tokens: int | None = None,
-              progress: bool = False) -> ActivationSource:
-    """Turn any accepted ``source`` form (module docstring) into an :class:`ActivationSource`."""
+              time_budget: float | None = None, progress: bool = False) -> ActivationSource:
+    """Turn any accepted ``source`` form (module docstring) into an :class:`ActivationSource`.
+
+    ``max_tokens`` and ``time_budget`` (seconds) bound the collection from ``(model, hook_name, corpus)``."""
     if isinstance(source, ActivationSource):
         return source
     if isinstance(source, torch.Tensor):
@@ -210,7 +222,7 @@ def as_source(source, *, seq_len: int | None = None, max_tokens: int | None = No
     if isinstance(source, tuple) and len(source) == 3:
         model, hook_name, corpus = source
         acts = model_activations(model, hook_name, corpus, seq_len=seq_len, max_tokens=max_tokens,
-                                 progress=progress)
+                                 time_budget=time_budget, progress=progress)
         name = getattr(model.cfg, "name", None) or getattr(model.cfg, "model_name", None)
         meta = {"hook_name": hook_name, "model_name": name, "context_size": int(seq_len or model.cfg.n_ctx),
                 "prepend_bos": getattr(model.cfg, "bos_token_id", None) is not None}

@@ -132,7 +132,7 @@ class _Trainer:
         self.out_scale = scale if out_scale is None else out_scale
         self.opt = torch.optim.Adam(sae.parameters(), lr=opts["lr"], betas=(0.9, 0.999))
         dev = sae.W_dec.device
-        self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)  # tokens since each latent fired
+        self.since_fired = torch.zeros(sae.latent_shape, dtype=torch.long, device=dev)  # tokens since each fired
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
@@ -143,13 +143,13 @@ class _Trainer:
         pre = sae.pre_activations(x)
         f = sae.activate(pre)
         recon = sae.decode(f) + sae.skip(x)  # skip: a skip transcoder's affine term, 0 otherwise
-        err = y - recon
-        mse = err.pow(2).sum(-1).mean()
+        err = y.reshape(recon.shape) - recon  # a cross-layer transcoder's rows are [layer, d]: summed over both
+        mse = err.pow(2).flatten(1).sum(-1).mean()
         warm = min(1.0, frac / 0.05)
         if arch == "relu":
-            aux = o["l1_coefficient"] * warm * (f * sae.W_dec.norm(dim=-1)).sum(-1).mean()
+            aux = o["l1_coefficient"] * warm * (f * sae._decoder_norms()).flatten(1).sum(-1).mean()
         elif arch == "jumprelu":
-            l0 = _Step.apply(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+            l0 = _Step.apply(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).flatten(1).sum(-1).mean()
             aux = o["l0_coefficient"] * warm * l0
         else:
             aux = self._auxk(pre, err.detach())
@@ -164,9 +164,9 @@ class _Trainer:
         masked = torch.where(dead[None], pre, torch.full_like(pre, -math.inf))
         vals, idx = masked.topk(k_aux, dim=-1)
         acts = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        aux_recon = acts @ self.sae.W_dec  # no b_dec: it models the residual
+        aux_recon = self.sae.decoder_sum(acts)  # no b_dec: it models the residual
         scale = min(n_dead / (self.sae.d_in // 2 or 1), 1.0)
-        return self.opts["aux_coefficient"] * scale * (aux_recon - residual).pow(2).sum(-1).mean()
+        return self.opts["aux_coefficient"] * scale * (aux_recon - residual).pow(2).flatten(1).sum(-1).mean()
 
     def train_step(self, x: torch.Tensor, frac: float, want_stats: bool = True,
                    y: torch.Tensor | None = None) -> dict | None:
@@ -178,13 +178,14 @@ class _Trainer:
         loss, mse, f, err = self.loss(x, frac, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        rows = sae.decoder_row_dims  # a latent's decoder row (a CLT's spans every layer it writes to)
         with torch.no_grad():
             w, g = sae.W_dec, sae.W_dec.grad
             if g is not None:  # only move decoder rows along the sphere
-                g -= (g * w).sum(-1, keepdim=True) * w
+                g -= (g * w).sum(rows, keepdim=True) * w
         self.opt.step()
         with torch.no_grad():
-            sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            sae.W_dec.div_(sae.W_dec.norm(dim=rows, keepdim=True).clamp_min(1e-12))
             fired = (f > 0).any(0)
             self.since_fired += x.shape[0]
             self.since_fired[fired] = 0
@@ -192,7 +193,7 @@ class _Trainer:
                 return None
             total = (y - y.mean(0)).pow(2).sum()
             return {"loss": float(loss), "mse": float(mse), "fve": float(1 - err.pow(2).sum() / total),
-                    "l0": float((f > 0).float().sum(-1).mean()),
+                    "l0": float((f > 0).float().sum(-1).mean()),  # a CLT's: per layer
                     "dead_frac": float((self.since_fired > self.opts["dead_tokens"]).float().mean()),
                     "lr": self.opt.param_groups[0]["lr"]}
 
@@ -348,6 +349,7 @@ def train_sae(
     resample_scale: float = 0.2,
     resample_inputs: int = 16_384,
     time_budget: float | None = None,
+    time_left: float | None = None,
     checkpoint_dir=None,
     checkpoint_every: int = 500,
     overwrite: bool = False,
@@ -360,6 +362,7 @@ def train_sae(
     progress: bool = True,
     target=None,
     skip: bool = False,
+    cross_layer: int | None = None,
 ) -> SAE:
     """Train a sparse autoencoder on activations and return it (an :class:`SAE`, features in the input's units).
 
@@ -367,16 +370,21 @@ def train_sae(
     hook_name, corpus)``; or an activation-dataset object (``interp.analysis.sae.source``). ``d_sae``: number
     of latents. ``architecture``: ``"topk"`` (default; ``k`` active latents, default ``d_in // 8``), ``"relu"``
     (L1 penalty ``l1_coefficient``) or ``"jumprelu"`` (L0 penalty ``l0_coefficient``). ``steps`` defaults to
-    10 passes over the data (at least 1000 steps). ``time_budget`` (seconds) stops early, still saving a
-    final checkpoint. ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
+    10 passes over the data (at least 1000 steps). ``time_budget`` (seconds of training, a resumed run's
+    earlier ones included) stops early, still saving a final checkpoint; ``time_left`` bounds this call alone
+    (the budget becomes the run's training so far plus it). ``resample_dead_every`` (ReLU only; default off) resamples latents that were silent for
     that many steps (Anthropic's recipe, module docstring); ``sae.resamples`` lists each event (``step,
     resampled``). The training log is ``sae.history`` (a DataFrame: ``step, tokens, elapsed_s, loss, mse,
-    fve, l0, dead_frac, lr``). See the module docstring for the recipe and checkpoint/resume rules.
+    fve, l0, dead_frac, lr``); ``sae.steps_done`` counts the steps taken and ``sae.stopped_early`` says whether
+    ``time_budget`` ended the run. See the module docstring for the recipe and checkpoint/resume rules.
 
     ``target``: a second source of the same form, row for row beside ``source`` (same shard sizes: batches
     are a pure function of the sizes and the step, so the rows stay paired): trains a *transcoder* that
     reads ``source`` and predicts ``target`` (with ``skip=True``, plus an affine skip term) and returns an
     ``interp.analysis.sae.transcoder.Transcoder``; ``train_transcoder`` there is the friendlier entry.
+    ``cross_layer=L`` (with ``target``): each row of ``source`` and ``target`` is L layers' inputs and outputs
+    side by side; trains a ``CrossLayerTranscoder`` with ``d_sae`` features (and ``k``) *per layer*, the loss
+    summing every layer's error (``train_cross_layer_transcoder`` in ``interp.analysis.sae.cross_layer``).
 
     >>> x = torch.randn(512, 8)
     >>> sae = train_sae(x, 16, "topk", k=2, steps=20, batch_size=64, progress=False)
@@ -396,6 +404,8 @@ def train_sae(
         raise InterpError(f"b_dec_init: must be 'geometric_median', 'mean' or 'zeros'; given {b_dec_init!r}")
     if time_budget is not None:
         time_budget = _pos("time_budget", time_budget)
+    if time_left is not None:
+        time_left = _pos("time_left", time_left)
     b_enc0 = _b_enc_init(b_enc_init, d_sae)
     if resample_dead_every is not None and arch != "relu":
         raise InterpError(f"resample_dead_every: resampling is for ReLU SAEs (TopK has AuxK); given "
@@ -413,8 +423,18 @@ def train_sae(
         if resample_dead_every is not None:
             raise InterpError("resample_dead_every: resampling is for SAEs; a transcoder (target=...) uses TopK's "
                               "AuxK or none")
-    elif skip:
-        raise InterpError("skip: a skip term belongs to a transcoder; give target=... (what it predicts)")
+    elif skip or cross_layer is not None:
+        what = "skip: a skip term" if skip else "cross_layer: a cross-layer transcoder"
+        raise InterpError(f"{what} belongs to a transcoder; give target=... (what it predicts)")
+    n_layers = 1
+    if cross_layer is not None:
+        n_layers = _int("cross_layer", cross_layer)
+        if skip:
+            raise InterpError("skip: a cross-layer transcoder has no skip term here; give skip=False")
+        if d_in % n_layers or tgt.d_in % n_layers:
+            raise InterpError(f"cross_layer: source and target rows must be {n_layers} layers side by side; their "
+                              f"widths {d_in} and {tgt.d_in} do not divide by {n_layers}")
+        d_in = d_in // n_layers  # per layer from here on
     if arch == "topk":
         k = _int("k", k if k is not None else max(1, d_in // 8))
         if k > d_sae:
@@ -436,7 +456,9 @@ def train_sae(
     if b_enc0 is not None:  # only then in opts: older checkpoints keep their options key
         opts["b_enc_init"] = b_enc0.tolist()
     if tgt is not None:  # only then in opts: SAE checkpoints keep their options key
-        opts.update(d_out=tgt.d_in, skip=bool(skip))
+        opts.update(d_out=tgt.d_in // n_layers, skip=bool(skip))
+    if cross_layer is not None:  # only then in opts: other checkpoints keep their options key
+        opts["cross_layer"] = n_layers
     if resample_dead_every is not None:  # only then in opts: older checkpoints keep their options key
         opts.update(resample_dead_every=_int("resample_dead_every", resample_dead_every),
                     resample_scale=_pos("resample_scale", resample_scale),
@@ -450,7 +472,11 @@ def train_sae(
     if tgt is not None:
         from interp.analysis.sae.transcoder import Transcoder
 
-        kind, cfg_kw = Transcoder, {"d_out": tgt.d_in, "skip": bool(skip)}
+        kind, cfg_kw = Transcoder, {"d_out": tgt.d_in // n_layers, "skip": bool(skip)}
+        if cross_layer is not None:
+            from interp.analysis.sae.cross_layer import CrossLayerTranscoder
+
+            kind, cfg_kw = CrossLayerTranscoder, {**cfg_kw, "n_layers": n_layers}
         meta.update(hook_name_out=tgt.metadata.get("hook_name"), **(metadata or {}))
     cfg = kind.config_class(d_in=d_in, d_sae=d_sae, architecture=arch, k=opts["k"],
                             jumprelu_bandwidth=opts["bandwidth"], metadata=meta, **cfg_kw)
@@ -477,7 +503,7 @@ def train_sae(
         trainer = _resume(sae, opts, state, folder, overwrite)
     if trainer is None:
         sample = src.sample(min(src.n, 16_384), seed=seed).to(device)
-        scale = math.sqrt(d_in / float(sample.pow(2).sum(-1).mean().clamp_min(1e-30)))
+        scale = math.sqrt(src.d_in / float(sample.pow(2).sum(-1).mean().clamp_min(1e-30)))
         out_scale = None
         if tgt is not None:  # the target gets its own constant (E‖y‖² = d_out); b_dec lives in its space
             sample = tgt.sample(min(tgt.n, 16_384), seed=seed).to(device)
@@ -487,7 +513,7 @@ def train_sae(
             if b_dec_init != "zeros":
                 x0 = sample[:4096] * trainer.out_scale
                 b = geometric_median(x0) if b_dec_init == "geometric_median" else x0.double().mean(0)
-                sae.b_dec.copy_(b.to(sae.b_dec.dtype))
+                sae.b_dec.copy_(b.reshape(sae.b_dec.shape).to(sae.b_dec.dtype))
             if arch == "jumprelu":
                 sae.log_threshold.fill_(math.log(opts["init_threshold"]))
             if b_enc0 is not None:  # given in the activation's units; the trainer works in scaled ones
@@ -495,6 +521,8 @@ def train_sae(
 
     from interp.progress import progress_bar
 
+    if time_left is not None:  # known only now: how long a resumed run has already trained
+        time_budget = min(time_budget or math.inf, trainer.elapsed + time_left)
     start = time.perf_counter() - trainer.elapsed
     batches = src.batches(batch_size, seed=seed, start_step=trainer.step)
     targets = tgt.batches(batch_size, seed=seed, start_step=trainer.step) if tgt is not None else None
@@ -539,4 +567,5 @@ def train_sae(
                                                              "l0", "dead_frac", "lr"])
     result.resamples = pd.DataFrame(trainer.resamples, columns=["step", "resampled"])
     result.stopped_early = out_of_time
+    result.steps_done = trainer.step  # the history logs every log_every steps; this counts them all
     return result.eval()

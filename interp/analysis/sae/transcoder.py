@@ -23,6 +23,10 @@ and norm scales are frozen — which is what ``interp.analysis.circuits.graph`` 
   transcoder's error, so the output is unchanged until a hook on a transcoder edits features), and
   ``evaluate_transcoders`` reports per layer L0 and the fraction of the MLP output's variance explained,
   and the CE loss recovered with every MLP replaced at once (against zero-ablating every MLP).
+* Both, and attribution graphs, read the transcoders through a :class:`TranscoderSet` (``transcoder_set``):
+  per layer, the hooks it reads and writes, the features' encoder and their decoders to *each* MLP output
+  they write. Per-layer transcoders write only their own layer; a cross-layer transcoder
+  (``interp.analysis.sae.cross_layer``) writes every later one, and satisfies the same interface.
 
 >>> tc = Transcoder(TranscoderConfig(d_in=8, d_out=6, d_sae=32, architecture="topk", k=4, skip=True))
 >>> tuple(tc(torch.randn(3, 8)).shape), tuple(tc.W_skip.shape)
@@ -44,9 +48,9 @@ from interp.analysis.sae.model import SAE, SAEConfig
 from interp.analysis.sae.source import check_hook_name
 from interp.errors import InterpError
 
-__all__ = ["INPUT_HOOKS", "Transcoder", "TranscoderConfig", "TranscoderEval", "check_transcoders",
+__all__ = ["INPUT_HOOKS", "Transcoder", "TranscoderConfig", "TranscoderEval", "TranscoderSet", "check_transcoders",
            "evaluate_transcoders", "load_transcoder", "load_transcoders", "splice_transcoders", "train_transcoder",
-           "transcoder_layer"]
+           "transcoder_layer", "transcoder_set"]
 
 INPUT_HOOKS = ("ln2.hook_normalized", "hook_resid_mid")  # what a layer's transcoder may read
 _PREFIX = {"relu": "", "topk": "topk_", "jumprelu": "jumprelu_"}
@@ -161,24 +165,37 @@ def load_transcoder(folder: str | Path, device=None, dtype: str | None = None) -
         raw = json.loads((folder / SAE_CFG_FILENAME).read_text())
     except json.JSONDecodeError as e:
         raise InterpError(f"folder: {folder / SAE_CFG_FILENAME} is not valid JSON ({e})") from None
-    cfg = TranscoderConfig.from_saelens(raw, source=str(folder / SAE_CFG_FILENAME))
+    kind = Transcoder
+    if str(raw.get("architecture", "")).startswith("cross_layer_"):  # a cross-layer transcoder's folder
+        from interp.analysis.sae.cross_layer import CrossLayerTranscoder
+
+        kind = CrossLayerTranscoder
+    cfg = kind.config_class.from_saelens(raw, source=str(folder / SAE_CFG_FILENAME))
     if dtype is not None:
         cfg.dtype = dtype
     with safe_open(str(folder / SAE_WEIGHTS_FILENAME), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    tc = Transcoder(cfg).load_saelens_state_dict(state, source=str(folder / SAE_WEIGHTS_FILENAME))
+    want = (cfg.d_in, cfg.d_sae) if kind is Transcoder else (cfg.n_layers, cfg.d_in, cfg.d_sae)
+    if "W_enc" in state and tuple(state["W_enc"].shape) != want:  # before building: cfg.json's sizes could be huge
+        raise InterpError(f"{folder / SAE_WEIGHTS_FILENAME}: W_enc has shape {tuple(state['W_enc'].shape)}; "
+                          f"{SAE_CFG_FILENAME} needs {want}: they do not belong together")
+    tc = kind(cfg).load_saelens_state_dict(state, source=str(folder / SAE_WEIGHTS_FILENAME))
     return tc.to(device) if device is not None else tc
 
 
 def load_transcoders(folder: str | Path, device=None, dtype: str | None = None) -> list[Transcoder]:
     """Every transcoder in ``folder`` (itself one, or one per subfolder), ordered by the layer they replace; a
-    folder in circuit-tracer's layout (``layer_{i}.safetensors``) is read too (``circuit_tracer_files``)."""
+    folder in circuit-tracer's layout (``layer_{i}.safetensors``) is read too (``circuit_tracer_files``), and
+    a cross-layer transcoder's (interp's, or circuit-tracer's ``W_enc_{i}``/``W_dec_{i}`` files) is a list of one."""
     from interp.analysis.sae.circuit_tracer_files import (
         is_circuit_tracer_folder,
         load_circuit_tracer_transcoders,
     )
+    from interp.analysis.sae.cross_layer import is_circuit_tracer_clt_folder, load_circuit_tracer_clt
 
     folder = Path(folder)
+    if is_circuit_tracer_clt_folder(folder):
+        return [load_circuit_tracer_clt(folder, device, dtype)]
     if is_circuit_tracer_folder(folder):
         return load_circuit_tracer_transcoders(folder, device, dtype)
     if (folder / "cfg.json").is_file():
@@ -201,13 +218,106 @@ def transcoder_layer(tc: Transcoder) -> int:
 
 def check_transcoders(model, transcoders) -> dict[int, Transcoder]:
     """``{layer: transcoder}`` after checking each fits ``model``: one per layer, hooks the model has, widths
-    equal to its ``d_model``, and (when both are known) the model name it was trained on."""
+    equal to its ``d_model``, and (when both are known) the model name it was trained on. A cross-layer
+    transcoder (given alone) is checked as a whole and stands at every layer."""
+    return transcoder_set(model, transcoders).by_layer
+
+
+class TranscoderSet:
+    """The MLP replacements of a model, read layer by layer (module docstring). This class holds per-layer
+    transcoders; ``cross_layer.CrossLayerSet`` a cross-layer one. Everything the users of a set need:
+
+    * ``layers``; ``hook_in(l)`` / ``hook_out(l)``: the hooks layer ``l``'s features read and its MLP output;
+    * ``encode(l, x)`` (through the module's hook points unless ``clean``) and ``pre_activations(l, x)``;
+      ``encoder(l) [d_in, d_sae]``;
+    * ``decoders(l)``: the MLP layers its features write to and ``W [d_sae, len(those), d_out]``;
+    * ``reconstruct(l, acts)``: MLP ``l``'s prediction from ``acts {layer: features}`` (every layer up to ``l``)
+      without the skip term; ``skip(l, x)``; ``b_dec(l)``.
+    """
+
+    def __init__(self, by_layer: dict[int, Transcoder]):
+        self.by_layer = dict(sorted(by_layer.items()))
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.by_layer)
+
+    def hook_in(self, layer: int) -> str:
+        return self.by_layer[layer].cfg.hook_name
+
+    def hook_out(self, layer: int) -> str:
+        return self.by_layer[layer].cfg.hook_name_out
+
+    def modules(self) -> list:
+        return list(self.by_layer.values())
+
+    def d_sae(self, layer: int) -> int:
+        return self.by_layer[layer].cfg.d_sae
+
+    def encoder(self, layer: int) -> torch.Tensor:
+        return self.by_layer[layer].W_enc
+
+    def decoders(self, layer: int) -> tuple[list[int], torch.Tensor]:
+        return [layer], self.by_layer[layer].W_dec[:, None]
+
+    def b_dec(self, layer: int) -> torch.Tensor:
+        return self.by_layer[layer].b_dec
+
+    def encode(self, layer: int, x: torch.Tensor, clean: bool = False) -> torch.Tensor:
+        tc = self.by_layer[layer]
+        tc._hooks_off, was = clean or tc._hooks_off, tc._hooks_off
+        try:
+            return tc.encode(x)
+        finally:
+            tc._hooks_off = was
+
+    def pre_activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return self.by_layer[layer].pre_activations(x)
+
+    def skip(self, layer: int, x: torch.Tensor):
+        return self.by_layer[layer].skip(x)
+
+    def reconstruct(self, layer: int, acts: dict, clean: bool = False) -> torch.Tensor:
+        tc = self.by_layer[layer]
+        tc._hooks_off, was = clean or tc._hooks_off, tc._hooks_off
+        try:
+            return tc.decode(acts[layer])
+        finally:
+            tc._hooks_off = was
+
+    def converted(self, device, dtype) -> TranscoderSet:
+        """The set on ``device`` in ``dtype`` (copies only where they differ)."""
+        import copy
+
+        return TranscoderSet({layer: tc if (tc.W_enc.dtype, tc.W_enc.device) == (dtype, torch.device(device)) else
+                              copy.deepcopy(tc).to(device=device, dtype=dtype) for layer, tc in self.by_layer.items()})
+
+    def describe(self) -> list[dict]:
+        """Per layer, what an attribution graph's JSON records about the transcoder there."""
+        return [{"layer": layer, "hook_name": tc.cfg.hook_name, "hook_name_out": tc.cfg.hook_name_out,
+                 "d_sae": tc.cfg.d_sae, "architecture": tc.cfg.architecture, "skip": tc.cfg.skip, "cross_layer": False}
+                for layer, tc in self.by_layer.items()]
+
+
+def transcoder_set(model, transcoders) -> TranscoderSet:
+    """``transcoders`` (per-layer ones: a list, a dict or one; a cross-layer transcoder alone, or in a list of
+    one; or a set) as a :class:`TranscoderSet`, after checking they fit ``model``."""
+    from interp.analysis.sae.cross_layer import CrossLayerTranscoder, check_clt
+
+    if isinstance(transcoders, TranscoderSet):
+        transcoders = transcoders.modules()
     if isinstance(transcoders, Transcoder):
         transcoders = [transcoders]
     if isinstance(transcoders, dict):
         transcoders = list(transcoders.values())
+    transcoders = list(dict.fromkeys(transcoders)) if isinstance(transcoders, (list, tuple)) else transcoders
     if not transcoders:
         raise InterpError("transcoders: give at least one Transcoder (or a folder: load_transcoders)")
+    if any(isinstance(tc, CrossLayerTranscoder) for tc in transcoders):
+        if len(transcoders) != 1:
+            raise InterpError(f"transcoders: a cross-layer transcoder replaces every MLP by itself; give it alone "
+                              f"(given {len(transcoders)} transcoders)")
+        return check_clt(model, transcoders[0])
     by_layer: dict[int, Transcoder] = {}
     d_model, name = int(model.cfg.d_model), getattr(model.cfg, "name", None)
     for tc in transcoders:
@@ -229,34 +339,47 @@ def check_transcoders(model, transcoders) -> dict[int, Transcoder]:
             raise InterpError(f"transcoders: layer {layer}'s transcoder was trained on model {trained_on!r}; "
                               f"this model is {name!r}")
         by_layer[layer] = tc
-    return dict(sorted(by_layer.items()))
+    return TranscoderSet(by_layer)
 
 
 @contextlib.contextmanager
-def splice_transcoders(model, transcoders, use_error_term: bool = False):
-    """Run ``model`` with each given layer's MLP output replaced by its transcoder's prediction.
+def splice_transcoders(model, transcoders, use_error_term: bool = False, edit=None):
+    """Run ``model`` with each given layer's MLP output replaced by its transcoders' prediction (per-layer ones,
+    or a cross-layer transcoder: every feature so far writes into each MLP output).
 
     With ``use_error_term=True`` the replacement is the prediction plus its error against the real MLP
-    output, so the model's output is unchanged until a hook on a transcoder (``tc.hooks(fwd_hooks=
-    [("hook_sae_acts_post", fn)])``) edits features: then exactly the edit's effect goes downstream.
+    output, so the model's output is unchanged until features are edited — by a hook on a per-layer
+    transcoder (``tc.hooks(fwd_hooks=[("hook_sae_acts_post", fn)])``) or by ``edit(layer, acts) -> acts``
+    (any set) — and then exactly the edit's effect goes downstream (to later layers too, for a CLT).
     """
-    by_layer = check_transcoders(model, transcoders)
+    ts = transcoder_set(model, transcoders)
     inputs: dict[int, torch.Tensor] = {}
+    acts: dict[int, torch.Tensor] = {}  # features so far in this forward pass (a CLT's write to later MLPs)
+    clean: dict[int, torch.Tensor] = {}
 
     def read(layer):
         def hook(act, hook=None):
+            if layer == ts.layers[0]:  # a new forward pass
+                acts.clear()
+                clean.clear()
             inputs[layer] = act
         return hook
 
-    def write(layer, tc):
+    def write(layer):
         def hook(act, hook=None):
             x = inputs.pop(layer)
-            out = tc(x, target=act) if use_error_term else tc(x)
-            return out.to(act.dtype)
+            a = ts.encode(layer, x)
+            acts[layer] = edit(layer, a) if edit is not None else a
+            pred = ts.reconstruct(layer, acts) + ts.skip(layer, x)
+            if use_error_term:  # the clean prediction's error: a constant, as a Transcoder's own error term
+                with torch.no_grad():
+                    clean[layer] = ts.encode(layer, x, clean=True)
+                    error = act - (ts.reconstruct(layer, clean, clean=True) + ts.skip(layer, x))
+                pred = pred + error.to(pred.dtype)
+            return pred.to(act.dtype)
         return hook
 
-    fwd = [h for layer, tc in by_layer.items()
-           for h in ((tc.cfg.hook_name, read(layer)), (tc.cfg.hook_name_out, write(layer, tc)))]
+    fwd = [h for layer in ts.layers for h in ((ts.hook_in(layer), read(layer)), (ts.hook_out(layer), write(layer)))]
     with model.hooks(fwd_hooks=fwd):
         yield model
 
@@ -307,21 +430,24 @@ def evaluate_transcoders(model, transcoders, corpus, *, seq_len: int | None = No
     from interp.analysis.sae.source import token_batches
 
     dense_threshold = _check_threshold(dense_threshold)
-    by_layer = check_transcoders(model, transcoders)
-    stats = {layer: _Stats(tc.cfg.d_sae) for layer, tc in by_layer.items()}
-    names = {n for tc in by_layer.values() for n in (tc.cfg.hook_name, tc.cfg.hook_name_out)}
+    ts = transcoder_set(model, transcoders)
+    stats = {layer: _Stats(ts.d_sae(layer)) for layer in ts.layers}
+    names = {n for layer in ts.layers for n in (ts.hook_in(layer), ts.hook_out(layer))}
     sums, n_pred, n_tok = [0.0, 0.0, 0.0], 0, 0
     dev = model_device(model)
-    zero = [(tc.cfg.hook_name_out, _zero_hook) for tc in by_layer.values()]
+    zero = [(ts.hook_out(layer), _zero_hook) for layer in ts.layers]
     for toks in token_batches(model, corpus, seq_len, batch_size):
         toks = toks.to(dev)
         logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
-        for layer, tc in by_layer.items():
-            stats[layer].add(tc, cache[tc.cfg.hook_name].flatten(0, 1).float(),
-                             cache[tc.cfg.hook_name_out].flatten(0, 1).float())
+        acts = {}  # each layer's prediction from the clean inputs (a CLT's: every layer so far writes to it)
+        for layer in ts.layers:
+            x = cache[ts.hook_in(layer)].flatten(0, 1)
+            acts[layer] = ts.encode(layer, x)
+            pred = ts.reconstruct(layer, acts) + ts.skip(layer, x)
+            stats[layer].add_prediction(acts[layer], pred, cache[ts.hook_out(layer)].flatten(0, 1))
         n_tok += toks.numel()
         if toks.shape[1] >= 2:
-            with splice_transcoders(model, list(by_layer.values())):
+            with splice_transcoders(model, ts):
                 replaced = float(_token_ce(model, toks))
             with model.hooks(fwd_hooks=zero):
                 zeroed = float(_token_ce(model, toks))
