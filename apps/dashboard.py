@@ -297,6 +297,22 @@ def sae_top_contexts(spec: str, sae_path: str, corpus: str, feature: int, k: int
         return feature_top_contexts(model, get_sae(sae_path), docs, features=[feature], k=k, window=8)
 
 
+@st.cache_data(show_spinner="Sampling activations and ablating…", max_entries=16)
+def sae_feature_dashboard(spec: str, sae_path: str, corpus: str, feature: int, seconds: int):
+    """Quantile samples and correlated features over the corpus, and the ablation effect on the top examples."""
+    from interp.analysis.sae import feature_ablation_effects, feature_dashboard
+    from interp.report.serving import time_limit
+
+    model, sae = get_model(spec), get_sae(sae_path)
+    docs = [model.to_tokens(d)[0].cpu() for d in corpus.split("\n") if d.strip()]
+    with time_limit(model, seconds, "feature dashboard"):
+        dash = feature_dashboard(model, sae, docs, [feature], n_bins=4, per_bin=2, k_top=3, window=8, after=3)
+        top = dash.samples[dash.samples.bin == 0]
+        contexts = [g.token_id.tolist() for _, g in top.groupby("sample", sort=True)]
+        ablation = feature_ablation_effects(model, sae, contexts, feature) if contexts else None
+    return dash, ablation
+
+
 @st.cache_resource(show_spinner="Loading the transcoders…", max_entries=4)
 def get_transcoders(path: str):
     from interp.analysis.sae.transcoder import load_transcoders
@@ -343,6 +359,23 @@ def circuit_graph(spec: str, tc_path: str, ids: tuple[int, ...], node_threshold:
     with time_limit(model, seconds, "attribution graph"):
         return attribution_graph(model, get_transcoders(tc_path), torch.tensor([ids]), node_threshold=node_threshold,
                                  edge_threshold=edge_threshold)
+
+
+@st.cache_data(show_spinner="Finding the features' top contexts…", max_entries=16)
+def circuit_contexts(spec: str, tc_path: str, ids: tuple[int, ...], node_threshold: float, edge_threshold: float,
+                     seconds: int) -> pd.DataFrame:
+    """The graph's feature nodes' top contexts (their hover), over the model folder's held-out text or, without
+    one, the sample corpus; a bounded scan (interp.report.circuit.HOVER_TOKENS)."""
+    from interp.report.circuit import graph_feature_contexts
+    from interp.report.inputs import read_corpus
+    from interp.report.serving import time_limit
+
+    model = get_model(spec)
+    graph = circuit_graph(spec, tc_path, ids, node_threshold, edge_threshold, seconds)
+    corpus = read_corpus(model, "default")
+    docs = corpus[1] if corpus is not None else [d for d in SAMPLE_CORPUS.split("\n") if d.strip()]
+    with time_limit(model, seconds, "top contexts"):
+        return graph_feature_contexts(model, get_transcoders(tc_path), graph, docs)
 
 
 @st.cache_data(show_spinner="Intervening…", max_entries=64)
@@ -901,7 +934,8 @@ def page_sae(spec: str, prompt: str) -> None:
     c[0].metric("architecture", sae.cfg.architecture + (f" (k={sae.cfg.k})" if sae.cfg.k else ""))
     c[1].metric("latents", f"{sae.cfg.d_sae:,}")
     c[2].metric("d_in", f"{sae.cfg.d_in:,}")
-    c[3].metric("hook", hook)
+    out = getattr(sae.cfg, "hook_name_out", None)  # a transcoder: read at the MLP's input, written to its output
+    c[3].metric("hook", f"{hook} → {out}" if out else hook)
 
     st.subheader("Features on the prompt")
     feats = sae_prompt_features(spec, path, prompt, 5)
@@ -937,11 +971,35 @@ def page_sae(spec: str, prompt: str) -> None:
             show(ctx[["rank", "activation", "doc", "position", "token", "context"]], key="sae_contexts")
             if ctx.empty:
                 st.caption("this feature does not fire on the corpus")
+            else:
+                sae_dashboard_parts(*sae_feature_dashboard(spec, path, corpus, feature, limits.scan_seconds), feature)
 
     st.subheader("Decoder directions vs random")
     stats, samples, pdf = sae_angles(path, 20_000)
     plot(angle_histogram(samples, pdf, "W_dec"), key="sae_angles")
     show(stats, key="sae_orthogonality")
+
+
+def sae_dashboard_parts(dash, ablation, feature: int) -> None:
+    """Correlated features, quantile samples and the ablation effect, drawn as the report's cards draw them."""
+    from interp.report.sae_cards import (
+        ABLATION_NOTE,
+        QUANTILE_NOTE,
+        ablation_html,
+        ablation_table,
+        correlated_html,
+        quantile_html,
+    )
+
+    html_block(correlated_html(dash.correlated, feature))
+    st.markdown("**Quantile samples**")
+    st.caption(QUANTILE_NOTE)
+    html_block(quantile_html(dash.bins, dash.samples, feature))
+    if ablation is not None:
+        st.markdown("**Ablation effect** (per token)")
+        st.caption(ABLATION_NOTE)
+        html_block(ablation_html(ablation))
+        show(ablation_table(ablation), key="sae_ablation")
 
 
 def page_lens(spec: str, prompt: str) -> None:
@@ -1040,13 +1098,14 @@ def page_circuit(spec: str, prompt: str) -> None:
     m[0].metric("replacement score", f"{s['replacement_score']:.3f}")
     m[1].metric("completeness score", f"{s['completeness_score']:.3f}")
     m[2].metric("nodes kept", f"{len(graph.nodes)} of {s['n_nodes_full']}")
-    page = graph_html(graph, title="Attribution graph")
+    contexts = circuit_contexts(spec, path, ids, float(node_threshold), float(edge_threshold), limits.scan_seconds)
+    page = graph_html(graph, title="Attribution graph", contexts=contexts)
     st.session_state["circuit_html"] = page  # what the frame shows (tests read it back)
     st.iframe(page, height=(int(model.cfg.n_layers) + 2) * 90 + 260)
 
     st.subheader("Features")
     strs = graph.info["str_tokens"]
-    table = feature_table(graph)
+    table = feature_table(graph, contexts)
     show(table, key="circuit_features")
     if table.empty:
         st.caption("no feature kept after pruning: lower the node threshold")

@@ -83,6 +83,8 @@ BENCHMARKS = [
               gpu=("--device", "cuda", "--repeats", "3", "--train-steps", "200")),
     # ~1.5 min: corpus scan on 1 and 2 processes
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
+    # ~0.5 min: the SAE feature cards' dashboard parts and the attribution graph's hover contexts, shipped model
+    Benchmark("feature_cards", ("--threads", "1"), ("--tokens", "512", "--cards", "2", "--repeats", "1")),
     # ~1 min: universal-path run_with_cache time and memory against native and the bridge
     Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
     # ~15 min: reports and every dashboard page at 10, 250, 500 and 2,000 tokens, each figure's draw time

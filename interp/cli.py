@@ -456,7 +456,7 @@ def _families() -> int:
 
 
 def _models(args) -> int:
-    from interp.zoo import ZOO, default_model_name, zoo_models  # no torch: listing the zoo is instant
+    from interp.zoo import ZOO, default_model_name, zoo_context, zoo_models  # no torch: listing is instant
 
     if args.families:
         return _families()
@@ -468,7 +468,7 @@ def _models(args) -> int:
     width = max(len(n) for n in names)
     for n in names:
         mark = "*" if n == default else " "
-        print(f"{mark} {n:<{width}}  {card_line(ZOO / n)}")
+        print(f"{mark} {n:<{width}}  n_ctx {zoo_context(n) or '?':<5}  {card_line(ZOO / n)}")
     print(f"(* = default; load with --model NAME or interp.load('NAME'); zoo folder {ZOO})")
     return 0
 

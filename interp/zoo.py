@@ -12,7 +12,9 @@ from pathlib import Path
 
 # The zoo lives beside the package in a source checkout (models/ is a data folder, not a package).
 ZOO = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL = "docs-bible-austen-2l"  # the shipped checkpoint (models/docs-bible-austen-2l)
+DEFAULT_MODEL = "docs-bible-austen-2l"  # the shipped checkpoint (models/docs-bible-austen-2l), n_ctx 256
+# (docs-bible-austen-2l-2k is the same model continued on 2048-token windows; a prompt too long for the default
+# is pointed at it, see interp.report.inputs.check_prompts_fit)
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 
@@ -33,6 +35,15 @@ def zoo_models() -> list[str]:
     if not ZOO.is_dir():
         return []
     return sorted(p.name for p in ZOO.iterdir() if is_interp_checkpoint(p))
+
+
+def zoo_context(name: str) -> int | None:
+    """n_ctx of a zoo model, read from its config.json (None when unreadable)."""
+    try:
+        n = json.loads((ZOO / name / CONFIG).read_text()).get("n_ctx")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) else None
 
 
 def default_model_name() -> str:

@@ -326,7 +326,7 @@ def test_models_lists_the_zoo_with_card_lines(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loading, "ZOO", zoo)
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "* tiny-a  tiny-a: a test model" in out
+    assert "* tiny-a  n_ctx 8      tiny-a: a test model" in out  # the context length read from its config.json
 
 
 def test_terminal_tables_fit_80_columns_without_wrapping_numbers():

@@ -14,12 +14,24 @@ import torch
 from interp.analysis.circuits.graph import attribution_graph, intervene
 from interp.analysis.sae import save_sae
 from interp.analysis.sae.transcoder import Transcoder, TranscoderConfig, load_transcoders
-from interp.report.circuit import graph_html
+from interp.report.circuit import HOVER_CONTEXTS, graph_feature_contexts, graph_html
 from interp.report.inputs import encode_prompt, load_model
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "dashboard.py")
+
+
+def _app_constant(name: str):
+    """A module-level constant of the app, read without running it."""
+    import ast
+
+    tree = ast.parse(Path(APP).read_text(encoding="utf-8"))
+    return next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                and any(getattr(t, "id", None) == name for t in n.targets))
+
+
+SAMPLE_CORPUS = _app_constant("SAMPLE_CORPUS")
 PROMPT = "the cat sat on the mat, the cat"  # 31 bytes: cut to the last MAX_TOKENS
 MAX_TOKENS = 12
 
@@ -52,6 +64,26 @@ def _frame(at, *columns):
     return next(d.value for d in at.dataframe if set(columns) <= set(d.value.columns))
 
 
+def _check_contexts(model, tcs, graph, corpus, contexts, page):
+    """The hover's contexts are the scan engine's top contexts (``feature_top_contexts``, an independent path:
+    the streaming top-k of ``run_scan``), and every feature node's hover lists them."""
+    import html
+
+    from interp.analysis.sae import feature_top_contexts
+
+    feats = graph.nodes[graph.nodes.kind == "feature"]
+    assert len(contexts) and set(zip(contexts.layer, contexts.feature)) <= set(zip(feats.layer, feats.feature))
+    for layer, g in feats.groupby("layer"):
+        wanted = sorted({int(f) for f in g.feature})
+        ref = feature_top_contexts(model, tcs[int(layer)], corpus, features=wanted, k=HOVER_CONTEXTS)
+        mine = contexts[contexts.layer == layer].sort_values(["feature", "rank"])
+        assert mine.feature.tolist() == ref.feature.tolist()
+        np.testing.assert_allclose(mine.activation.to_numpy(), ref.activation.to_numpy(), rtol=1e-5, atol=1e-6)
+        for r in mine.itertuples():
+            assert html.escape(f"  {r.activation:.3g}: {r.context}") in page
+    assert page.count("top contexts:") == len(feats)
+
+
 def test_circuit_page(folders, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dashboard.py", "--data-dir", str(folders), "--max-graph-tokens",
                                       str(MAX_TOKENS)])
@@ -70,7 +102,11 @@ def test_circuit_page(folders, monkeypatch):
     ids = encode_prompt(model, PROMPT)[:, -MAX_TOKENS:]
     assert any(f"last {MAX_TOKENS} of the prompt's 31 tokens" in c.value for c in at.caption)
     ref = attribution_graph(model, tcs, ids)
-    assert at.session_state["circuit_html"] == graph_html(ref, title="Attribution graph")  # the CLI's drawing
+    # hover: each feature's top contexts over the sample corpus (the model folder has no heldout.txt)
+    docs = [d for d in SAMPLE_CORPUS.split("\n") if d.strip()]
+    contexts = graph_feature_contexts(model, tcs, ref, docs)
+    assert at.session_state["circuit_html"] == graph_html(ref, title="Attribution graph", contexts=contexts)
+    _check_contexts(model, tcs, ref, docs, contexts, at.session_state["circuit_html"])
     assert at.session_state["circuit_html"].count('<g class="cg-node">') == len(ref.nodes)
     feats = ref.nodes[ref.nodes.kind == "feature"].sort_values("influence", ascending=False)
     shown = _frame(at, "feature", "raises")

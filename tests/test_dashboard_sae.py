@@ -91,6 +91,20 @@ def test_sae_page(folders, monkeypatch):
     _ok(at)
     ctx = _frame(at, "context", "activation")
     assert ctx.activation.is_monotonic_decreasing
+    # quantile samples, correlations and the ablation table: the analyzers' on the page's corpus
+    from interp.analysis.sae import feature_ablation_effects, feature_dashboard
+
+    docs = [model.to_tokens(d)[0] for d in at.text_area(key="sae_corpus").value.split("\n") if d.strip()]
+    dash = feature_dashboard(model, sae, docs, [feat], n_bins=4, per_bin=2, k_top=3, window=8, after=3)
+    top = dash.samples[dash.samples.bin == 0]
+    ref = feature_ablation_effects(model, sae, [g.token_id.tolist() for _, g in top.groupby("sample")], feat)
+    ref = ref[ref.activation > 0]
+    abl = _frame(at, "logprob_change", "raises")
+    assert abl.position.tolist() == ref.position.tolist() and len(ref)
+    np.testing.assert_allclose(abl.logprob_change.to_numpy(), ref.logprob_change.to_numpy(), rtol=1e-6, atol=1e-9)
+    page = " ".join(m.value for m in at.markdown)
+    assert "Quantile samples" in page and "Interval 4 · activation" in page
+    assert len(dash.correlated) and all(f" {g} (" in page or f">{g}</a> (" in page for g in dash.correlated.other)
     at.text_input(key="sae_path").set_value("/no/such/sae").run()
     assert not at.exception and any("may read" in e.value for e in at.error)
 

@@ -131,3 +131,57 @@ def test_cli_writes_the_section(tmp_path):
                      "--max-pairs", "100", "--quiet"]) == 0
     md = out.read_text(encoding="utf-8")
     assert "## Attribution graph" in md and "last 4 of the prompt" in md and "--max-graph-tokens" in md
+
+
+def test_feature_hover_shows_top_contexts_over_the_report_corpus(model, data):
+    """The shipped transcoders: each feature node's hover lists its top contexts over the corpus, which are the
+    scan engine's (``feature_top_contexts``, another path than the cards' ``feature_profiles``)."""
+    import html
+
+    from interp.analysis.sae import feature_top_contexts
+    from interp.report.circuit import HOVER_CONTEXTS, graph_feature_contexts
+    from interp.report.circuit_section import circuit_html
+
+    tcs = load_transcoders(TC_DIR)
+    text = (ROOT / "models" / "docs-bible-austen-2l" / "heldout.txt").read_text(encoding="utf-8")[:1500]
+    assert data.circuit["contexts"] is None  # the report had no corpus: no contexts, as before
+    # what collect_circuit_section adds with a corpus (the graph is the report's: not traced again)
+    s = {**data.circuit, "contexts": graph_feature_contexts(model, tcs, data.circuit["graph"], text)}
+    page, ctx = circuit_html(s), s["contexts"]
+    feats = s["graph"].nodes[s["graph"].nodes.kind == "feature"]
+    assert len(ctx) and page.count("top contexts:") == len(feats)
+    for layer, g in feats.groupby("layer"):
+        ref = feature_top_contexts(model, tcs[int(layer)], text, features=sorted(set(g.feature.astype(int))),
+                                   k=HOVER_CONTEXTS)
+        mine = ctx[ctx.layer == layer].sort_values(["feature", "rank"])
+        assert mine.feature.tolist() == ref.feature.tolist() and len(mine)
+        np.testing.assert_allclose(mine.activation.to_numpy(), ref.activation.to_numpy(), rtol=1e-5, atol=1e-6)
+        assert all(html.escape(f"  {r.activation:.3g}: {r.context}") in page for r in mine.itertuples())
+    table = read_tables(page)["circuit_features"]
+    assert any("«" in str(v) for v in table.top_context)
+
+
+def test_feature_hover_contexts_of_the_shipped_cross_layer_transcoder(model):
+    """A cross-layer transcoder's feature nodes get their top contexts too: each equals a hand reference (the
+    text's windows run one by one, ``encode_layer`` of the layer's input, the largest activations)."""
+    from interp.report.circuit import HOVER_CONTEXTS, graph_feature_contexts, load_graph_transcoders
+
+    clt = load_graph_transcoders(model, "clt")
+    graph = attribution_graph(model, clt, "And God said")
+    text = (ROOT / "models" / "docs-bible-austen-2l" / "heldout.txt").read_text(encoding="utf-8")[:600]
+    ctx = graph_feature_contexts(model, clt, graph, text)
+    feats = graph.nodes[graph.nodes.kind == "feature"]
+    assert len(ctx) and set(zip(ctx.layer, ctx.feature)) <= set(zip(feats.layer, feats.feature))
+    toks = model.to_tokens(text)[0]
+    n_ctx = int(model.cfg.n_ctx)
+    hooks = clt[0].cfg.hook_name
+    per_layer = {layer: [] for layer in set(ctx.layer)}
+    with torch.no_grad():
+        for s in range(0, len(toks), n_ctx):
+            _, cache = model.run_with_cache(toks[None, s:s + n_ctx])
+            for layer, acts in per_layer.items():
+                acts.append(clt[0].encode_layer(cache[hooks[layer]][0], layer))
+    for (layer, f), g in ctx.groupby(["layer", "feature"]):
+        acts = torch.cat(per_layer[layer])[:, f].double()
+        want = acts[acts > 0].sort(descending=True).values[:HOVER_CONTEXTS]
+        np.testing.assert_allclose(g.sort_values("rank").activation.to_numpy(), want.numpy(), rtol=1e-5, atol=1e-6)

@@ -242,9 +242,13 @@ def test_sae_cli_reads_the_shipped_sae_by_default(tmp_path, model, sae, corpus):
     out = tmp_path / "features.json"
     assert cli.main(["sae", "features", "--sae", "default", "--feature", "3", "--k", "1", "--logits", "2",
                      "--corpus", str(corpus), "--quiet", "--json", str(out)]) == 0
-    got = json.loads(out.read_text())["logit effects"]
+    tables = json.loads(out.read_text())
+    got = tables["logit effects"]
     ref = feature_logit_effects(model, sae, 3, k=2)
     assert [r["token_id"] for r in got] == ref.token_id.tolist()
+    bins, abl = tables["quantile bins (bin 0: the top contexts)"], tables["ablation effect on the top contexts"]
+    assert [r["bin"] for r in bins] == [0, 1, 2, 3, 4] and sum(r["share"] for r in bins[1:]) == pytest.approx(1.0)
+    assert abl and all(r["feature"] == 3 and r["activation"] > 0 for r in abl) and len(tables["correlated features"])
 
 
 def test_shipped_sae_card_numbers_are_its_eval(sae):
@@ -284,3 +288,47 @@ def test_feature_cards_list_their_nearest_features(data, sae):
         para = para[:para.index("</p>")]
         shown = [int(g) for g in re.findall(r"(?:>|, |: )(\d+)(?:</a>)? \(", para)]
         assert shown == similar_features(sae, feat, k=4).feature.tolist()  # k = the report's k_answers
+
+
+def test_feature_cards_show_quantile_samples_correlations_and_ablation(model, sae, data, page, tables):
+    """What the page shows is what the analyzers return on the same inputs (their own tests check them against
+    pandas, numpy and a float64 hand subtraction: tests/test_sae_cards.py)."""
+    import re
+
+    from interp.analysis.sae import feature_ablation_effects
+    from interp.report.sae_section import PER_BIN, QUANTILE_BINS
+
+    dash, prof = data.sae["dashboard"], data.sae["profiles"]
+    md = render_markdown(data)
+    for feat in data.sae["cards"]:
+        card = page[page.index(f'id="sae-feature-{feat}"'):]
+        card = card[:card.index('<div class="neuron-page"') if '<div class="neuron-page"' in card else None]
+        para = card[card.index("<b>Correlated features</b>"):]
+        para = para[:para.index("</p>")]
+        shown = [int(g) for g in re.findall(r"(?:>|, |: )(\d+)(?:</a>)? \(", para)]
+        corr = dash.correlated[dash.correlated.feature == feat]
+        assert shown == corr.other.tolist() and len(shown) == 4  # k = the report's k_answers
+        bins = dash.bins[dash.bins.feature == feat]
+        assert bins.bin.tolist() == list(range(QUANTILE_BINS + 1))
+        heads = re.findall(r"<b>(Top \d+|Interval \d+) · activation ([^ ]+)–([^ ]+) · ([\d.]+)% of nonzero", card)
+        assert [h[0] for h in heads] == [f"Top {PER_BIN}"] + [f"Interval {b}" for b in range(1, QUANTILE_BINS + 1)]
+        np.testing.assert_allclose([float(h[3]) for h in heads], 100 * bins.share.to_numpy(), atol=0.051)
+        # ablation: the top examples' windows as contexts, the table's firing tokens and changes
+        ex = prof.examples[prof.examples.feature == feat]
+        ref = feature_ablation_effects(model, sae, [g.token_id.tolist() for _, g in ex.groupby("rank")], feat)
+        ref = ref[ref.activation > 0]
+        t = tables[f"sae_ablation_F{feat}"]
+        assert [int(v) for v in t.position] == ref.position.tolist() and len(ref)
+        np.testing.assert_allclose(_floats(t.logprob_change), ref.logprob_change.to_numpy(), rtol=1e-6, atol=1e-9)
+        assert card.count('class="act-line"') >= K_EXAMPLES + len(dash.samples[dash.samples.feature == feat]
+                                                                  .groupby(["bin", "sample"]))
+    assert md.count("Quantile samples:") == len(data.sae["cards"]) and "Correlated features: " in md
+
+
+def test_a_transcoder_folder_given_to_sae_is_refused_before_any_analysis(model):
+    from interp.errors import InterpError
+    from interp.report.sae_section import load_report_sae
+
+    folder = ROOT / "models" / "docs-bible-austen-2l" / "transcoders" / "blocks.1.hook_mlp_out"
+    with pytest.raises(InterpError, match=r"^--sae: .* holds a transcoder .*--transcoders.*interp sae features"):
+        load_report_sae(model, str(folder))

@@ -255,3 +255,49 @@ def test_resume_refuses_a_different_model(token_dir, tmp_path):
     bad = _cfg(token_dir, tmp_path / "r", steps=4, warmup_steps=1, model=dict(TINY_MODEL, d_model=64))
     with pytest.raises(InterpError, match="model config differs"):
         train(bad)
+
+
+def test_init_from_continues_a_model_on_longer_windows(token_dir, tmp_path):
+    """--init-from: the run starts from another model folder's weights (exactly), with n_ctx = the new
+    context_length and the rest of its architecture; training from there starts far below a fresh model."""
+    train(_cfg(token_dir, tmp_path / "short", steps=30, lr=1e-2, context_length=16, stride=8))
+    short = export_model(latest_checkpoint(tmp_path / "short"), tmp_path / "short-model", name="short")
+    cfg = _cfg(token_dir, tmp_path / "long", steps=3, context_length=64, stride=32, lr=1e-4, model={},
+               init_from=str(short))
+    model = trainer_mod.build_model(cfg, TokenData(token_dir))
+    saved, cfg_short = load_file(str(short / "model.safetensors")), json.loads((short / "config.json").read_text())
+    assert model.cfg.n_ctx == 64 and cfg_short["n_ctx"] == 16
+    assert {k: v for k, v in model.cfg.to_dict().items() if k not in ("n_ctx", "name", "source")} == {
+        k: v for k, v in cfg_short.items() if k not in ("n_ctx", "name", "source")}
+    state = model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
+
+    rc = train_main(["fit", "--data", str(token_dir), "--out", str(tmp_path / "long"), "--init-from", str(short),
+                     "--context-length", "64", "--steps", "3", "--batch-size", "2", "--lr", "1e-4",
+                     "--warmup-steps", "1", "--eval-interval", "3", "--eval-batches", "1", "--log-interval", "1",
+                     "--no-progress", "--threads", "1", "--name", "long"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "long" / "log.json").read_text())
+    assert rows[0]["train_loss"] < math.log(320) - 1.0  # a fresh model starts near log(320)
+    long_model = interp.load(str(latest_checkpoint(tmp_path / "long")))
+    assert long_model.cfg.n_ctx == 64 and long_model.cfg.name == "long"
+    assert long_model(torch.randint(1, 320, (1, 64))).shape == (1, 64, 320)
+
+
+def test_init_from_refuses_what_cannot_continue(token_dir, tmp_path):
+    with pytest.raises(InterpError, match="init_from must be an interp model folder"):
+        trainer_mod.build_model(_cfg(token_dir, tmp_path / "x", init_from=str(tmp_path)), TokenData(token_dir))
+    # a learned position table of 16 rows cannot serve 32 positions: refused with the shapes
+    train(_cfg(token_dir, tmp_path / "learned", steps=2, warmup_steps=1, context_length=16, stride=8,
+               model=dict(TINY_MODEL, positional="learned")))
+    learned = export_model(latest_checkpoint(tmp_path / "learned"), tmp_path / "learned-model")
+    with pytest.raises(InterpError, match="W_pos.*shape"):
+        trainer_mod.build_model(_cfg(token_dir, tmp_path / "y", model={}, init_from=str(learned)), TokenData(token_dir))
+    # a model of another tokenizer: refused before training on ids that mean other things to it
+    other = tmp_path / "other-tokens"
+    prepare(FIXTURE, other, other / "tok-src.json", vocab_size=300, val_fraction=0.15, seed=0)
+    from tokenizers import Tokenizer
+
+    with pytest.raises(InterpError, match="tokenizer.json differs"):
+        trainer_mod.build_model(_cfg(other, tmp_path / "z", model={}, init_from=str(learned)), TokenData(other),
+                                Tokenizer.from_file(str(other / "tokenizer.json")))

@@ -882,22 +882,13 @@ def neuron_profiles(model, corpus, neurons, k: int = 5, window: int = 12, after:
                            overlap=overlap, text_field=text_field, split=split)
 
 
-@torch.no_grad()
-def column_profiles(model, corpus, names, read, labels, key_columns, *, k: int = 5, window: int = 12, after: int = 4,
-                    bins: int = 40, seq_len: int | None = None, max_tokens: int | None = 200_000, batch_size: int = 8,
-                    overlap: int = 0, text_field: str = "text", split: str = "train") -> NeuronProfiles:
-    """The engine of :func:`neuron_profiles` for any per-token quantity: ``read(cache)`` turns a cache of the
-    hooks ``names`` into ``[batch, pos, len(labels)]`` values (MLP neurons, SAE features, ...); column ``j``
-    is profiled, its rows starting with ``key_columns`` that hold the tuple ``labels[j]``. The corpus, the
-    windows, ``max_tokens`` and the ranking are :func:`neuron_profiles`' (see there)."""
+def profile_windows(model, corpus, *, seq_len: int | None = None, overlap: int = 0, max_tokens: int | None = 200_000,
+                    text_field: str = "text", split: str = "train") -> list:
+    """The ``(Window, document tokens)`` pairs a profile scans: ``corpus`` cut as :func:`scan_top_contexts` cuts
+    it and, when it scores more than ``max_tokens`` tokens, windows spread evenly over all of it (not just its
+    beginning) scoring about ``max_tokens`` in all."""
     from interp.data.corpus import as_corpus
-    from interp.data.scan import forward_cache, window_batches
 
-    k = _resolve_k(k)
-    bins = _resolve_k(bins, "bins")
-    batch_size = _resolve_k(batch_size, "batch_size")
-    window = _check_nonneg("window", window, "tokens shown before the trigger")
-    after = _check_nonneg("after", after, "tokens shown after the trigger")
     cfg = model.cfg
     seq_len = int(cfg.n_ctx) if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.n_ctx:
@@ -913,10 +904,29 @@ def column_profiles(model, corpus, names, read, labels, key_columns, *, k: int =
     if scored == 0:
         raise InterpError(f"corpus: no tokens to scan (every document is empty); given {source.description}")
     if max_tokens is not None and scored > max_tokens:
-        # windows spread evenly over the corpus (not just its beginning), about max_tokens scored tokens in all
         keep = max(1, round(len(windows) * max_tokens / scored))
         picks = sorted({round(i * (len(windows) - 1) / max(1, keep - 1)) for i in range(keep)})
         windows = [windows[i] for i in picks]
+    return windows
+
+
+@torch.no_grad()
+def column_profiles(model, corpus, names, read, labels, key_columns, *, k: int = 5, window: int = 12, after: int = 4,
+                    bins: int = 40, seq_len: int | None = None, max_tokens: int | None = 200_000, batch_size: int = 8,
+                    overlap: int = 0, text_field: str = "text", split: str = "train") -> NeuronProfiles:
+    """The engine of :func:`neuron_profiles` for any per-token quantity: ``read(cache)`` turns a cache of the
+    hooks ``names`` into ``[batch, pos, len(labels)]`` values (MLP neurons, SAE features, ...); column ``j``
+    is profiled, its rows starting with ``key_columns`` that hold the tuple ``labels[j]``. The corpus, the
+    windows, ``max_tokens`` and the ranking are :func:`neuron_profiles`' (see there)."""
+    from interp.data.scan import forward_cache, window_batches
+
+    k = _resolve_k(k)
+    bins = _resolve_k(bins, "bins")
+    batch_size = _resolve_k(batch_size, "batch_size")
+    window = _check_nonneg("window", window, "tokens shown before the trigger")
+    after = _check_nonneg("after", after, "tokens shown after the trigger")
+    windows = profile_windows(model, corpus, seq_len=seq_len, overlap=overlap, max_tokens=max_tokens,
+                              text_field=text_field, split=split)
 
     dev = model_device(model)
     acts: list[torch.Tensor] = []  # per window: [len, len(labels)]

@@ -4,7 +4,9 @@ Presentation only: ``graph_html`` draws an :class:`~interp.analysis.circuits.gra
 given (layers as rows — token embeddings at the bottom, logits at the top — prompt positions as columns, one
 SVG line per edge, width by |weight|, blue positive, red negative) and never recomputes anything; hovering a
 node shows its kind, place, activation, influence and, for a feature, the tokens its decoder vector raises
-most (the graph's ``top_logits``). The page is one file with no external scripts or styles.
+most (the graph's ``top_logits``) and, when a corpus was given, its top contexts (``graph_feature_contexts``:
+the feature cards' analyzer, ``feature_profiles``, over a bounded number of corpus tokens). The page is one file
+with no external scripts or styles.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from pathlib import Path
 
 from interp.errors import InterpError
 
-__all__ = ["DEFAULT_TRANSCODERS", "GRAPH_CSS", "default_transcoder_folder", "feature_table", "graph_html", "graph_summary", "graph_svg",
+__all__ = ["DEFAULT_TRANSCODERS", "GRAPH_CSS", "HOVER_CONTEXTS", "HOVER_TOKENS", "default_transcoder_folder",
+           "feature_table", "graph_feature_contexts", "graph_html", "graph_summary", "graph_svg",
            "load_graph_transcoders", "run"]
 
 DEFAULT_TRANSCODERS = "default"
 TRANSCODER_FOLDER = "transcoders"  # models/<name>/transcoders/blocks.{l}.hook_mlp_out/
 CLT_TRANSCODERS = "clt"  # models/<name>/clt/: the shipped cross-layer transcoder (--transcoders clt)
 _CELL_W, _ROW_H, _PAD = 110, 90, 40
+HOVER_CONTEXTS = 3  # top contexts in a feature node's hover
+HOVER_TOKENS = 4096  # corpus tokens scanned for them (windows spread over the corpus): seconds, not minutes
 
 
 def default_transcoder_folder(model, name: str = TRANSCODER_FOLDER) -> Path:
@@ -67,7 +72,42 @@ def _label(r) -> str:
     return str(r.token)
 
 
-def _tooltip(r) -> str:
+def graph_feature_contexts(model, transcoders, graph, corpus, *, k: int = HOVER_CONTEXTS,
+                           max_tokens: int = HOVER_TOKENS, window: int = 8, after: int = 2):
+    """The top contexts of ``graph``'s feature nodes over ``corpus``, as the feature cards find them
+    (``interp.analysis.sae.feature_profiles``; per-layer transcoders or a cross-layer one, every layer in one pass
+    over about ``max_tokens`` corpus tokens): ``layer, feature, rank, activation, context`` (the trigger «marked»;
+    activations > 0 only)."""
+    import pandas as pd
+
+    from interp.analysis.sae.features import transcoder_feature_profiles
+    from interp.report.figures import show_token
+
+    feats = graph.nodes[graph.nodes.kind == "feature"]
+    wanted = {int(layer): sorted({int(f) for f in g.feature}) for layer, g in feats.groupby("layer")}
+    rows = []
+    if wanted:
+        ex = transcoder_feature_profiles(model, transcoders, wanted, corpus, k=k, window=window, after=after,
+                                         max_tokens=max_tokens).examples
+        for (layer, f, rank), g in ex.groupby(["layer", "feature", "rank"], sort=True):
+            act = float(g[g.is_trigger].activation.iloc[0])
+            if act > 0:
+                rows.append((int(layer), int(f), int(rank), act, "".join(
+                    f"«{show_token(t)}»" if on else show_token(t) for t, on in zip(g.token, g.is_trigger))))
+    return pd.DataFrame(rows, columns=["layer", "feature", "rank", "activation", "context"])
+
+
+def _context_lines(contexts) -> dict[tuple[int, int], list[str]]:
+    """``(layer, feature)`` -> its contexts as hover lines (``activation: context``)."""
+    out: dict[tuple[int, int], list[str]] = {}
+    if contexts is None:
+        return out
+    for r in contexts.sort_values(["layer", "feature", "rank"]).itertuples():
+        out.setdefault((int(r.layer), int(r.feature)), []).append(f"  {r.activation:.3g}: {r.context}")
+    return out
+
+
+def _tooltip(r, contexts: list[str] | None = None) -> str:
     lines = [f"{r.kind} · layer {int(r.layer)} · position {int(r.position)}"]
     if r.kind == "feature":
         lines.append(f"feature {int(r.feature)} · activation {float(r.activation):.3g}")
@@ -81,6 +121,8 @@ def _tooltip(r) -> str:
         lines.append(f"influence on the logits {float(r.influence):.3g}")
     if isinstance(r.top_logits, list) and r.top_logits:
         lines.append("raises: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in r.top_logits))
+    if r.kind == "feature" and contexts is not None:
+        lines += ["top contexts:", *contexts] if contexts else ["top contexts: none in the corpus scanned"]
     return "\n".join(lines)
 
 
@@ -95,9 +137,9 @@ GRAPH_LEGEND = ("Rows: token embeddings (green), transcoder features (orange) an
                 "(blue positive, red negative, width by |weight|). Hover a node for details.")
 
 
-def graph_svg(graph) -> str:
+def graph_svg(graph, contexts=None) -> str:
     """The drawing of ``graph`` (module docstring) as one ``<div class="cg-wrap"><svg>…</svg></div>``, styled by
-    :data:`GRAPH_CSS`."""
+    :data:`GRAPH_CSS`; ``contexts`` (``graph_feature_contexts``) adds each feature's top contexts to its hover."""
     nodes, info = graph.nodes, graph.info
     n_layers, toks = int(info["model"]["n_layers"]), info.get("str_tokens") or []
     width = 2 * _PAD + max(len(toks), 1) * _CELL_W
@@ -123,16 +165,23 @@ def graph_svg(graph) -> str:
                    f'stroke-width="{0.3 + 4 * w:.2f}" stroke-opacity="{0.15 + 0.7 * w:.2f}"/>')
     fill = {"feature": "#f59e0b", "error": "#9ca3af", "token": "#10b981", "logit": "#8b5cf6"}
     crowd = nodes.groupby(["layer", "position"]).id.transform("size")  # crowded cells: labels on hover only
+    lines = _context_lines(contexts)
     for r, n_cell in zip(nodes.itertuples(), crowd):
         x, y = pos[int(r.id)]
         label = _label(r) if r.kind in ("token", "logit") or n_cell <= 4 else ""
         shape = (f'<rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12"' if r.kind == "error" else
                  f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{7 if r.kind != "feature" else 6}"')
         svg.append(f'<g class="cg-node">{shape} fill="{fill[r.kind]}" stroke="#111" stroke-width="0.6">'
-                   f'<title>{html.escape(_tooltip(r))}</title></{"rect" if r.kind == "error" else "circle"}>'
+                   f'<title>{html.escape(_tooltip(r, _node_contexts(r, lines, contexts)))}</title></{"rect" if r.kind == "error" else "circle"}>'
                    f'<text x="{x:.1f}" y="{y + 17:.1f}" class="cg-lab">{html.escape(label)}</text></g>')
     svg.append("</svg>")
     return f'<div class="cg-wrap">{"".join(svg)}</div>'
+
+
+def _node_contexts(r, lines: dict, contexts) -> list[str] | None:
+    if contexts is None or r.kind != "feature":
+        return None
+    return lines.get((int(r.layer), int(r.feature)), [])
 
 
 def graph_summary(graph) -> str:
@@ -147,7 +196,7 @@ def graph_summary(graph) -> str:
             f"{scores.get('completeness_score', float('nan')):.3f} · {kept}{how}")
 
 
-def graph_html(graph, title: str = "Attribution graph") -> str:
+def graph_html(graph, title: str = "Attribution graph", contexts=None) -> str:
     """A self-contained HTML page drawing ``graph`` (module docstring)."""
     prompt = graph.info.get("prompt") or " ".join(graph.info.get("str_tokens") or [])
     return f"""<!doctype html>
@@ -157,20 +206,24 @@ body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #111; }}{GRAPH_C
 <h2>{html.escape(title)}</h2>
 <p><b>Prompt:</b> <code>{html.escape(prompt)}</code></p>
 <p>{html.escape(graph_summary(graph))}. {GRAPH_LEGEND}</p>
-{graph_svg(graph)}
+{graph_svg(graph, contexts)}
 </body></html>
 """
 
 
-def feature_table(graph):
+def feature_table(graph, contexts=None):
     """The graph's feature nodes, most influential first: ``layer, position, token, feature, activation,
-    influence, raises`` (``raises``: the tokens its decoder vector raises most, as the hover shows them)."""
+    influence, raises`` (``raises``: the tokens its decoder vector raises most, as the hover shows them) and,
+    with ``contexts`` (``graph_feature_contexts``), ``top_context``."""
     strs = graph.info.get("str_tokens") or []
     feats = graph.nodes[graph.nodes.kind == "feature"].sort_values("influence", ascending=False, kind="stable")
     table = feats[["layer", "position", "feature", "activation", "influence"]].reset_index(drop=True)
     table.insert(2, "token", [strs[int(p)] if int(p) < len(strs) else "" for p in table.position])
     table["raises"] = [", ".join(f"{t!r} {v:+.2f}" for t, v in tl) if isinstance(tl, list) else ""
                        for tl in feats.top_logits]
+    if contexts is not None:
+        first = {(int(r.layer), int(r.feature)): r.context for r in contexts[contexts["rank"] == 1].itertuples()}
+        table["top_context"] = [first.get((int(la), int(f)), "") for la, f in zip(table.layer, table.feature)]
     return table
 
 
@@ -214,7 +267,12 @@ def run(args) -> int:
     if args.json:
         write_text(args.json, json.dumps(graph.to_dict(), allow_nan=False) + "\n", args.force, "--json")
     if args.out:
-        write_text(args.out, graph_html(graph, title=f"Attribution graph: {args.prompt[:60]}"), args.force, "--out")
+        from interp.report.inputs import read_corpus
+
+        corpus = read_corpus(model, "default")  # the model folder's held-out text, when it ships one
+        contexts = graph_feature_contexts(model, tcs, graph, corpus[1]) if corpus is not None else None
+        write_text(args.out, graph_html(graph, title=f"Attribution graph: {args.prompt[:60]}", contexts=contexts),
+                   args.force, "--out")
     if not args.quiet:
         s = graph.scores
         feats = graph.nodes[graph.nodes.kind == "feature"].sort_values("influence", ascending=False)

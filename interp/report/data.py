@@ -297,7 +297,8 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
         from interp.report.circuit_section import collect_circuit_section
 
         circuit = collect_circuit_section(model, tokens, transcoders, str(opts.transcoders),
-                                          max_tokens=opts.max_graph_tokens, node_threshold=0.8, edge_threshold=0.98)
+                                          max_tokens=opts.max_graph_tokens, node_threshold=0.8, edge_threshold=0.98,
+                                          corpus=corpus)
 
     opts_dict = asdict(replace(opts, corpus=None))  # a datasets object is shown by name, not deep-copied
     opts_dict["corpus"] = corpus[0] if corpus else None

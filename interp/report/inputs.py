@@ -176,8 +176,33 @@ def check_prompts_fit(spec, prompts, name: str = "prompt") -> None:
         if isinstance(prompt, str) and prompt.strip() and len(prompt) <= MAX_PROMPT_CHARS:
             n = len(tok.encode(prompt, add_special_tokens=False).ids)
             if n > n_ctx:
-                raise InterpError(f"{name}: the model reads at most n_ctx={n_ctx} tokens; the prompt is {n} tokens. "
-                                  "Shorten it (checked before loading the model).")
+                raise InterpError(too_long(name, n_ctx, n, folder) + " (checked before loading the model).")
+
+
+def too_long(name: str, n_ctx: int, n_tokens: int, folder: Path | None) -> str:
+    """The refusal of a prompt of ``n_tokens`` > ``n_ctx``: the limit, and a zoo model that reads it, if one shares
+    the tokenizer.json of the model ``folder``."""
+    longer = _zoo_model_reading(n_tokens, folder / "tokenizer.json") if folder is not None else None
+    fix = f"Shorten it, or use a longer-context model of the same tokenizer: --model {longer}" if longer else "Shorten it"
+    return f"{name}: the model reads at most n_ctx={n_ctx} tokens; the prompt is {n_tokens} tokens. {fix}"
+
+
+def _zoo_model_reading(n_tokens: int, tokenizer: Path) -> str | None:
+    """The shortest-context zoo model that reads ``n_tokens`` tokens with the very same tokenizer.json (so the
+    count holds for it too), e.g. docs-bible-austen-2l-2k for a long prompt to the default model; else None."""
+    from interp.zoo import ZOO, zoo_models
+
+    try:
+        wanted = tokenizer.read_bytes()
+    except OSError:
+        return None
+    fits = []
+    for name in zoo_models():
+        n_ctx = context_length(ZOO / name)
+        tok = ZOO / name / "tokenizer.json"
+        if n_ctx is not None and n_ctx >= n_tokens and tok.is_file() and tok.read_bytes() == wanted:
+            fits.append((n_ctx, name))
+    return min(fits)[1] if fits else None
 
 
 def _model_folder(spec) -> Path | None:
@@ -425,9 +450,8 @@ def encode_prompt(model, prompt: str, *, name: str = "prompt") -> torch.Tensor:
     tokens = model.to_tokens(prompt)  # a model without a tokenizer says so (it takes token ids only)
     n_ctx = int(model.cfg.n_ctx)
     if tokens.shape[1] > n_ctx:
-        raise InterpError(
-            f"{name}: the model reads at most n_ctx={n_ctx} tokens; the prompt is {tokens.shape[1]} tokens. Shorten it."
-        )
+        folder = model.cfg.source.get("path") if isinstance(model.cfg.source, dict) else None
+        raise InterpError(too_long(name, n_ctx, tokens.shape[1], Path(folder) if folder else None) + ".")
     return tokens[:1]
 
 

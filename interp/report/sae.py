@@ -260,6 +260,7 @@ def _features(args) -> int:
         feats = lat[~lat.dead].sort_values("frequency", ascending=False).latent.head(args.top).tolist()
     ctx = feature_top_contexts(model, sae, docs, features=feats, k=args.k, progress=not args.quiet)
     tables = {"top contexts": ctx[["feature", "rank", "activation", "token", "context"]]}
+    tables.update(_dashboard_tables(model, sae, docs, feats, args.k))
     frames = []
     for f in feats:
         try:
@@ -274,6 +275,32 @@ def _features(args) -> int:
         tables["logit effects"] = pd.concat(frames, ignore_index=True)
     _out(tables, args)
     return 0
+
+
+def _dashboard_tables(model, sae, docs, feats, k: int) -> dict[str, pd.DataFrame]:
+    """Correlated features, quantile bins (with one sampled context each) and the ablation effect on the top
+    contexts (``interp.analysis.sae.cards``), as tables."""
+    from interp.analysis.sae import feature_ablation_effects, feature_dashboard
+    from interp.report.sae_cards import ablation_table
+
+    dash = feature_dashboard(model, sae, docs, feats, n_bins=4, per_bin=1, k_top=k, window=8, after=3)
+    from interp.report.figures import show_token
+
+    s = dash.samples
+    first = {key: "".join(f"«{show_token(t)}»" if on else show_token(t) for t, on in zip(g.token, g.is_trigger))
+             for key, g in s[s["sample"] == 1].groupby(["feature", "bin"])}
+    bins = dash.bins.assign(example=[first.get((f, b), "") for f, b in zip(dash.bins.feature, dash.bins.bin)])
+    frames = []
+    for f in feats:  # the feature zeroed where it fires in its top contexts
+        top = s[(s.feature == f) & (s.bin == 0)]
+        contexts = [g.token_id.tolist() for _, g in top.groupby("sample", sort=True)]
+        if contexts:
+            frames.append(ablation_table(feature_ablation_effects(model, sae, contexts, f)).assign(feature=f))
+    out = {"correlated features": dash.correlated, "quantile bins (bin 0: the top contexts)": bins}
+    if frames:
+        abl = pd.concat(frames, ignore_index=True)
+        out["ablation effect on the top contexts"] = abl[["feature", *abl.columns[:-1]]]
+    return out
 
 
 def build_parser(prog: str = "interp sae") -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
 """The report's sparse-autoencoder section (``interp report "..." --sae PATH``): gathered and rendered.
 
 ``collect_sae_section`` only calls the SAE analyzers (``interp.analysis.sae``: ``feature_activations``,
-``evaluate_sae``, ``token_reconstruction``, ``feature_logit_effects``, ``feature_profiles``) and selects rows;
-``sae_html`` / ``sae_markdown`` only format what it gathered. ``load_report_sae`` turns the ``--sae`` option
+``evaluate_sae``, ``token_reconstruction``, ``feature_logit_effects``, ``feature_profiles``, ``similar_features``,
+``feature_dashboard`` for correlated features and quantile samples, ``feature_ablation_effects`` on each card's
+top examples) and selects rows; ``sae_html`` / ``sae_markdown`` only format what it gathered (the dashboard parts
+through ``interp.report.sae_cards``). ``load_report_sae`` turns the ``--sae`` option
 into an SAE that fits the model, or one :class:`InterpError` line naming ``--sae``.
 
 Which features get a card: the ``n_sae_cards`` features with the largest activation anywhere on the prompt.
@@ -55,6 +57,10 @@ def load_report_sae(model, spec: str | Path):
         sae = load_sae(folder, device=model_device(model))
     except InterpError as e:
         raise InterpError(f"--sae: {e}") from None
+    if getattr(sae.cfg, "d_out", None) is not None:  # refused before any analysis runs, not after
+        raise InterpError(f"--sae: {folder} holds a transcoder (it predicts {sae.cfg.hook_name_out!r}); give its "
+                          f"folder to --transcoders for the attribution graph, or see its feature cards with "
+                          f"interp sae features --sae {folder} --feature N")
     hook = sae.cfg.hook_name
     if not hook:
         raise InterpError(f"--sae: {folder / 'cfg.json'} names no hook (metadata.hook_name); the report needs one")
@@ -79,7 +85,9 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
     neuron pages scan (``interp.report.inputs.read_corpus``), or None."""
     from interp.analysis.sae import (
         evaluate_sae,
+        feature_ablation_effects,
         feature_activations,
+        feature_dashboard,
         feature_logit_effects,
         feature_profiles,
         similar_features,
@@ -108,9 +116,19 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
             break
         eff.insert(0, "feature", f)
         effects.append(eff)
-    profiles = None
+    profiles = dashboard = None
+    ablation = pd.DataFrame()
     if corpus is not None and cards:
         profiles = feature_profiles(model, sae, corpus[1], cards, k=k_examples, max_tokens=max_tokens)
+        dashboard = feature_dashboard(model, sae, corpus[1], cards, n_bins=QUANTILE_BINS, per_bin=PER_BIN,
+                                      k_top=PER_BIN, k_correlated=k_answers, max_tokens=max_tokens)
+        frames = []
+        for f in cards:  # the feature ablated where it fires in its top examples (their windows as contexts)
+            ex = profiles.examples[profiles.examples.feature == f]
+            contexts = [g.token_id.tolist() for _, g in ex.groupby("rank", sort=True)]
+            if contexts:
+                frames.append(feature_ablation_effects(model, sae, contexts, f, k_logits=3).assign(feature=f))
+        ablation = pd.concat(frames, ignore_index=True) if frames else ablation
     info = {"folder": str(folder), "hook": cfg.hook_name, "architecture": cfg.architecture, "d_in": cfg.d_in,
             "d_sae": cfg.d_sae}
     if cfg.k is not None:
@@ -125,9 +143,12 @@ def collect_sae_section(model, tokens: torch.Tensor, sae, folder, corpus: tuple[
         model, sae, tokens), "cards": [int(f) for f in cards],
         "shading": pd.concat(shading, ignore_index=True) if shading else pd.DataFrame(),
         "logit_effects": pd.concat(effects, ignore_index=True) if effects else pd.DataFrame(), "logit_note": note_eff,
-        "profiles": profiles, "corpus_name": corpus[0] if corpus else None, "model_note": note,
+        "profiles": profiles, "dashboard": dashboard, "ablation": ablation, "corpus_name": corpus[0] if corpus else None, "model_note": note,
         "similar": pd.concat([similar_features(sae, f, k=k_answers).assign(of=f) for f in cards], ignore_index=True)
         if cards else pd.DataFrame()}
+
+
+QUANTILE_BINS, PER_BIN = 4, 2  # quantile samples: intervals below the top examples, contexts shown per bin
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -242,8 +263,35 @@ def sae_html(s: dict) -> str:
             body.append("<p><b>Nearest features</b> (cosine of decoder directions): " + ", ".join(
                 (f'<a href="#{card_anchor(int(g))}">{int(g)}</a>' if int(g) in s["cards"] else str(int(g)))
                 + f" ({c:+.2f})" for g, c in zip(near.feature, near.cosine)) + "</p>")
+        body += _dashboard_parts(s, f)
         parts.append(f'<div class="neuron-page" id="{card_anchor(f)}"><h3>Feature {f}</h3>' + "".join(body) + "</div>")
     return "".join(parts)
+
+
+def _dashboard_parts(s: dict, f: int) -> list[str]:
+    """Correlated features, quantile samples and the ablation effect (``interp.report.sae_cards``) of card ``f``."""
+    from interp.report.render import html_table
+    from interp.report.sae_cards import (
+        ABLATION_NOTE,
+        QUANTILE_NOTE,
+        ablation_html,
+        ablation_table,
+        correlated_html,
+        quantile_html,
+    )
+
+    dash, abl = s.get("dashboard"), s.get("ablation")
+    out = []
+    if dash is not None:
+        out.append(correlated_html(dash.correlated, f, lambda g: card_anchor(g) if g in s["cards"] else None))
+        out.append(f'<details open><summary><b>Quantile samples</b></summary><p class="note">{QUANTILE_NOTE}</p>'
+                   + quantile_html(dash.bins, dash.samples, f) + "</details>")
+    mine = abl[abl.feature == f] if abl is not None and len(abl) else None
+    if mine is not None and len(mine):
+        out.append(f'<details open><summary><b>Ablation effect</b> (per token)</summary><p class="note">{ABLATION_NOTE}'
+                   "</p>" + ablation_html(mine) + "<details><summary>as a table</summary>"
+                   + html_table(ablation_table(mine), f"sae_ablation_F{f}") + "</details></details>")
+    return out
 
 
 def sae_markdown(s: dict) -> list[str]:
@@ -275,8 +323,36 @@ def sae_markdown(s: dict) -> list[str]:
         if prof is not None:
             ex, _ = _examples(prof, f)
             for rank, g in ex.groupby("rank", sort=True):
-                text = "".join(f"«{show_token(t)}»" if trig else show_token(t) for t, trig in zip(g.token, g.is_trigger))
-                act = float(g[g.is_trigger].activation.iloc[0])
-                card.append(f"{rank}. {act:.3f}: {md_code(text)}")
+                card.append(f"{rank}. {float(g[g.is_trigger].activation.iloc[0]):.3f}: {md_code(_marked(g))}")
+        card += _dashboard_markdown(s, f)
         blocks.append("\n".join(card))
     return blocks
+
+
+def _marked(g) -> str:
+    """A context's tokens with the trigger marked «like this»."""
+    from interp.report.figures import show_token
+
+    return "".join(f"«{show_token(t)}»" if trig else show_token(t) for t, trig in zip(g.token, g.is_trigger))
+
+
+def _dashboard_markdown(s: dict, f: int) -> list[str]:
+    from interp.report.figures import show_token
+    from interp.report.markdown import md_code, md_text
+    from interp.report.sae_cards import bin_label, correlated_text
+
+    dash, abl, out = s.get("dashboard"), s.get("ablation"), []
+    if dash is not None:
+        out += ["", "Correlated features: " + (", ".join(correlated_text(dash.correlated, f)) or "none"), "",
+                "Quantile samples:"]
+        for _, b in dash.bins[dash.bins.feature == f].sort_values("bin").iterrows():
+            ex = dash.samples[(dash.samples.feature == f) & (dash.samples.bin == b["bin"])]
+            out.append(f"- {md_text(bin_label(b))}: " + "; ".join(md_code(_marked(g)) for _, g in
+                                                                   ex.groupby("sample", sort=True)))
+    mine = abl[(abl.feature == f) & (abl.activation > 0)] if abl is not None and len(abl) else None
+    if mine is not None and len(mine):
+        top = mine.dropna(subset=["logprob_change"]).sort_values("logprob_change", key=abs, ascending=False).head(3)
+        out += ["", "Ablation (largest next-token log-prob changes on the top contexts): " + "; ".join(
+            f"{md_code(show_token(t))} → {md_code(show_token(n))} {c:+.3f}" for t, n, c in
+            zip(top.token, top.next_token, top.logprob_change))]
+    return out

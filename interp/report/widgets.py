@@ -219,14 +219,17 @@ def shading_scale(values, reference=()) -> float:
     return max(mags, default=0.0) or 1.0
 
 
-def token_shading(tokens: list[str], values, scale: float | None = None, trigger: int | None = None) -> str:
-    """One line of tokens, each shaded by its value (orange positive, blue negative; ``scale`` = full colour)."""
+def token_shading(tokens: list[str], values, scale: float | None = None, trigger: int | None = None,
+                  titles: list[str] | None = None) -> str:
+    """One line of tokens, each shaded by its value (orange positive, blue negative; ``scale`` = full colour);
+    ``titles``: each token's hover text (default its value)."""
     values = [float(v) for v in values]
     scale = scale if scale is not None else shading_scale(values)
     spans = []
     for i, (t, v) in enumerate(zip(tokens, values)):
         cls = "act-tok trigger" if i == trigger else "act-tok"
-        spans.append(f'<span class="{cls}" data-value="{v!r}" title="{v:.3f}" style="background:{_shade(v, scale)}">'
+        title = html.escape(titles[i], quote=True) if titles is not None else f"{v:.3f}"
+        spans.append(f'<span class="{cls}" data-value="{v!r}" title="{title}" style="background:{_shade(v, scale)}">'
                      f"{html.escape(show_token(t))}</span>")
     return f'<div class="act-line">{"".join(spans)}</div>'
 

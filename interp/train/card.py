@@ -18,6 +18,8 @@ What it measures, with the project's own analyzers (interp.analysis):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import math
 import platform
@@ -60,6 +62,63 @@ def heldout_loss(model, text: str, batch_size: int = 16) -> tuple[float, int]:
     return total / count, count
 
 
+def band_edges(n_ctx: int, base: int = 256) -> list[int]:
+    """Position bands for :func:`position_losses`: [0, base), [base, 1024), [1024, n_ctx) (as far as n_ctx reaches):
+    the default model's context, then the first and second halves-ish of a 2k context."""
+    return sorted({e for e in (0, base, 1024, n_ctx) if 0 <= e <= n_ctx})
+
+
+@contextlib.contextmanager
+def reading_up_to(model, length: int):
+    """Let a RoPE model read ``length`` tokens for the time of the block, past its n_ctx if need be (the forward's
+    length check reads ``cfg.n_ctx``; plain RoPE frequencies do not depend on it)."""
+    saved = model.cfg.n_ctx
+    model.cfg.n_ctx = max(saved, length)
+    try:
+        yield model
+    finally:
+        model.cfg.n_ctx = saved
+
+
+@torch.no_grad()
+def long_repeat_losses(model, length: int, batch: int = 4, seed: int = 0) -> dict:
+    """Induction at long range: loss on the first vs the second copy of a random sequence repeated to fill
+    ``length`` tokens after ``<|endoftext|>`` (the second copy starts ~length/2 tokens after the first)."""
+    from interp.analysis.attention import repeated_sequence_loss
+
+    seq_len = (length - 1) // 2
+    with reading_up_to(model, length):
+        means = repeated_sequence_loss(model, seq_len=seq_len, batch=batch, seed=seed,
+                                       prefix=model.cfg.eos_token_id).groupby("half").loss.mean()
+    return {"seq_len": seq_len, "batch": batch, "loss_first_copy": float(means["first"]),
+            "loss_second_copy": float(means["second"])}
+
+
+@torch.no_grad()
+def position_losses(model, text: str, length: int, edges: list[int], batch_size: int = 4) -> dict:
+    """Mean next-token cross-entropy (nats) by query position band on ``text``, in non-overlapping windows of
+    ``length`` predictions: ``{"0-255": loss, "256-1023": loss, ...}`` plus the windows used.
+
+    ``length`` may exceed ``model.cfg.n_ctx`` for a RoPE model (no position table to run off): that is how the
+    card shows what happens when a short-context model reads past its context. Position ``i`` predicts token
+    ``i + 1`` from tokens ``0..i`` of its window."""
+    from interp.train.data import Windows, eval_batches
+
+    tokens = heldout_tokens(model.tokenizer, text)
+    windows = Windows(tokens, length, length)
+    if len(windows) == 0:
+        raise InterpError(f"held-out text has {len(tokens)} tokens; it needs at least length + 1 = {length + 1}.")
+    model.eval()
+    nll = []
+    with reading_up_to(model, length):
+        for x, y in eval_batches(windows, batch_size):
+            logits = model(x.to(model.device))
+            nll.append(F.cross_entropy(logits.double().transpose(1, 2), y.to(model.device), reduction="none").cpu())
+    per_pos = torch.cat(nll).mean(0)  # [length]
+    bands = {f"{a}-{b - 1}": float(per_pos[a:b].mean()) for a, b in itertools.pairwise(edges) if b <= length}
+    return {"length": length, "windows": len(windows), "bands": bands}
+
+
 def write_heldout(token_dir: str | Path, dest: Path, max_tokens: int) -> dict:
     """Decode whole validation documents (up to ``max_tokens``) from a token folder into ``heldout.txt``."""
     from interp.tokenize import decode, load_tokenizer
@@ -87,6 +146,10 @@ def measure(model, heldout_text: str, seed: int = 0) -> dict:
     model.eval()
     loss, n = heldout_loss(model, heldout_text)
     out: dict = {"heldout_loss": loss, "heldout_predicted_tokens": n}
+    n_ctx = int(model.cfg.n_ctx)
+    out["position_loss"] = position_losses(model, heldout_text, n_ctx, band_edges(n_ctx))
+    if n_ctx > 256:  # a long model: does induction reach across its context?
+        out["repeated_random_long"] = long_repeat_losses(model, n_ctx, seed=seed)
 
     eos = model.cfg.eos_token_id
     seq_len = min(100, (model.cfg.n_ctx - 1) // 2)
@@ -122,6 +185,40 @@ def _fmt_heads(table: list[dict], role: str, k: int = 3) -> str:
     return ", ".join(f"L{r['layer']}H{r['head']} {r[role]:.2f}" for r in rows)
 
 
+def _position_section(cfg: dict, facts: dict) -> str:
+    """The card's long-context table: loss by position band, for this model and (``position_loss_compare``)
+    the model it was continued from, run past its own context on the same windows."""
+    own = facts.get("position_loss")
+    if not own or len(own["bands"]) < 2:
+        return ""
+    rows = [(f"this model (n_ctx {cfg['n_ctx']})", own["bands"])]
+    other = facts.get("position_loss_compare")
+    if other:
+        rows.append((f"`{other['model']}` (n_ctx {other['n_ctx']}, run past it)", other["bands"]))
+    bands = list(own["bands"])
+    table = "\n".join(f"| {label} | " + " | ".join(f"{b[k]:.3f}" for k in bands) + " |" for label, b in rows)
+    rep = facts.get("repeated_random_long")
+    long_rep = "" if not rep else (
+        f"\n\nInduction across the context: a random sequence of {rep['seq_len']} tokens shown twice after "
+        f"`<|endoftext|>` ({rep['batch']} sequences; `long_repeat_losses`): this model's loss is "
+        f"**{rep['loss_first_copy']:.2f} nats on the first copy and {rep['loss_second_copy']:.2f} on the second**"
+        + (f"; `{other['model']}` run past its context: {other['repeated_random_long']['loss_first_copy']:.2f} and "
+           f"{other['repeated_random_long']['loss_second_copy']:.2f}." if other and "repeated_random_long" in other
+           else "."))
+    return f"""
+## Long context: loss by position
+
+Mean next-token loss (nats) on `{HELDOUT}` in {own['windows']} non-overlapping windows of {own['length']} tokens,
+by the position of the predicting token in its window (`position_losses` in `interp/train/card.py`; a window
+may span several documents, separated by `<|endoftext|>`). A RoPE model has no position table, so the
+shorter model can be run past its context on the same windows, which shows why this one exists:
+
+| model | {' | '.join(f'positions {k}' for k in bands)} |
+|---|{'---|' * len(bands)}
+{table}{long_rep}
+"""
+
+
 def render_card(name: str, cfg: dict, facts: dict, train: dict, manifest: dict, heldout: dict,
                 notes: str = "") -> str:
     rr = facts["repeated_random"]
@@ -144,6 +241,10 @@ def render_card(name: str, cfg: dict, facts: dict, train: dict, manifest: dict, 
                 f"its strongest induction head L{ind['layer']}H{ind['head']} (score {ind['score']:.2f}); on a repeated "
                 f"random sequence the loss falls from {rr['loss_first_copy']:.2f} to {rr['loss_second_copy']:.2f} nats "
                 f"on the second copy. Details below.")
+    init_from = tc.get("init_from")
+    origin = (f"continued from `{Path(init_from).name}` (its weights, trained by this project) on windows of "
+              f"{tc['context_length']} tokens" if init_from else "trained from scratch by this project")
+    default_note = f"also reachable as `--model {name}`" if init_from else "also the default: interp.load()"
     if tc.get("lr_schedule") == "time":
         schedule = f"over a {tc['max_minutes']:.0f}-minute wall-clock budget (`--lr-schedule time`)"
         steps = f"{train['step']} (the time budget ended the run)"
@@ -153,10 +254,11 @@ def render_card(name: str, cfg: dict, facts: dict, train: dict, manifest: dict, 
     return f"""# {name}
 
 A 2-layer, {cfg['n_heads']}-head, d_model {cfg['d_model']} decoder (RoPE, pre-LayerNorm, GELU MLP,
-untied embeddings; {n_params / 1e6:.2f} M parameters, float32 weights) trained from scratch by this project
+untied embeddings; {n_params / 1e6:.2f} M parameters, float32 weights, context {cfg['n_ctx']} tokens)
+{origin}
 on {manifest['characters'] / 1e6:.1f} M characters of openly licensed English: software documentation,
 the World English Bible and Jane Austen's novels. It exists so the toolkit has a real model with real
-interpretable structure, offline: `interp.load()` loads it.
+interpretable structure, offline: `interp.load({'' if not init_from else repr(name)})` loads it.
 
 It is a *small* model: its text is locally fluent and globally confused. What it is good for is
 showing circuits: {circuits}
@@ -165,7 +267,7 @@ showing circuits: {circuits}
 
 ```python
 import interp
-model = interp.load("{name}")        # also the default: interp.load()
+model = interp.load("{name}")        # {default_note}
 from interp.generate import generate
 print(model.to_string(generate(model, "The Lord said to Moses,", max_new_tokens=30, temperature=0)[0]))
 ```
@@ -208,10 +310,10 @@ Tokenizer: byte-level BPE (`tokenizers`), vocabulary {cfg['d_vocab']} including 
 * **Held-out text in this folder:** `{HELDOUT}` ({heldout['documents']} whole validation documents,
   {heldout['tokens']} tokens, {heldout['bytes'] / 1024:.0f} KB). Loss on it, non-overlapping windows of {cfg['n_ctx']}:
   **{facts['heldout_loss']:.3f} nats** ({facts['heldout_predicted_tokens']} predicted tokens).
-  `tests/test_shipped_model.py` recomputes this number.
+  The zoo's tests (`tests/test_shipped_model.py`, `tests/test_long_model.py`) recompute this number.
 
 Loss curve: `loss.png`; full log: `log.csv`; exact configuration and commands: `recipe.json`, `recipe.md`.
-
+{_position_section(cfg, facts)}
 ## Interpretability facts (measured with `interp.analysis`)
 
 Measured by `python -m interp.train.card` (`interp/train/card.py`) on this checkpoint:
@@ -259,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-description", default=f"{platform.machine()} CPU")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--notes", default="", help="extra bullet points for the Training section (one per line)")
+    ap.add_argument("--compare", default=None, metavar="MODEL_DIR",
+                    help="a shorter-context RoPE model (e.g. the one --init-from started from) whose loss by position "
+                         "is measured past its context on the same windows, for the card's long-context table")
     args = ap.parse_args(argv)
 
     import shutil
@@ -271,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     heldout = write_heldout(args.tokens, model_dir / HELDOUT, args.heldout_max_tokens)
     model = load_checkpoint(model_dir)
     facts = measure(model, (model_dir / HELDOUT).read_text(encoding="utf-8"))
+    if args.compare:
+        other = load_checkpoint(args.compare)
+        n_ctx = int(model.cfg.n_ctx)
+        facts["position_loss_compare"] = {
+            "model": Path(args.compare).name, "n_ctx": int(other.cfg.n_ctx),
+            **position_losses(other, (model_dir / HELDOUT).read_text(encoding="utf-8"), n_ctx, band_edges(n_ctx)),
+            "repeated_random_long": long_repeat_losses(other, n_ctx)}
     from interp.train.trainer import latest_checkpoint
 
     ckpt = latest_checkpoint(run)
@@ -312,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(model_dir / "README.md", render_card(model_dir.name, cfg, facts, train, manifest, heldout,
                                                                  args.notes))
     print(json.dumps({"heldout_loss": facts["heldout_loss"], "repeated_random": facts["repeated_random"],
-                      "best": facts["best"]}, indent=2))
+                      "best": facts["best"], "position_loss": facts["position_loss"],
+                      "position_loss_compare": facts.get("position_loss_compare")}, indent=2))
     return 0
 
 

@@ -82,6 +82,10 @@ class TrainConfig:
     lr_schedule: str = "steps"
     progress: bool = True  # tqdm bar
     model: dict = field(default_factory=dict)  # DecoderConfig fields (d_vocab and n_ctx are filled in)
+    # A model folder (e.g. models/docs-bible-austen-2l) whose architecture and weights start the run instead of a
+    # random initialisation: continued training / fine-tuning, e.g. on longer windows. Its config is the base,
+    # n_ctx becomes context_length, and `model` fields override the rest. Ignored when resuming a checkpoint.
+    init_from: str | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "context_length", "eval_interval", "log_interval",
@@ -134,8 +138,38 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
 
 
+def _init_source(cfg: TrainConfig, data: TokenData, tokenizer) -> tuple[dict, dict | None, object]:
+    """(base config fields, weights, tokenizer) of the run's starting point: nothing for a fresh model, else the
+    ``init_from`` model's architecture and weights, after checking it speaks the data's vocabulary."""
+    if not cfg.init_from:
+        return {}, None, tokenizer
+    from interp.loading.checkpoint import load_checkpoint
+    from interp.zoo import is_interp_checkpoint
+
+    if not is_interp_checkpoint(Path(cfg.init_from)):
+        raise InterpError(f"init_from must be an interp model folder (config.json + model.safetensors, e.g. "
+                          f"models/docs-bible-austen-2l); got {cfg.init_from!r}.")
+    init = load_checkpoint(cfg.init_from)
+    same_vocab = (tokenizer is None or init.tokenizer is None
+                  or backend_tokenizer(init.tokenizer).get_vocab() == tokenizer.get_vocab())
+    if not same_vocab:
+        raise InterpError(f"init_from {cfg.init_from}: its tokenizer.json differs from the one of the token "
+                          f"folder {cfg.data}; prepare the data with that model's tokenizer.json.")
+    fields = {k: v for k, v in init.cfg.to_dict().items() if k not in ("source", "name")}
+    fields["n_ctx"] = cfg.context_length  # the point of continued training on longer windows
+    if fields["d_vocab"] < data.vocab_size:
+        raise InterpError(f"init_from {cfg.init_from}: its d_vocab {fields['d_vocab']} is smaller than the data's "
+                          f"vocab_size {data.vocab_size}.")
+    state = {k: v.detach().clone() for k, v in init.state_dict().items()}
+    return fields, state, tokenizer if tokenizer is not None else init.tokenizer
+
+
 def build_model(cfg: TrainConfig, data: TokenData, tokenizer=None) -> HookedDecoder:
-    fields = dict(cfg.model)
+    """A fresh model of ``cfg.model``'s architecture, or the ``init_from`` model's weights in a config whose
+    n_ctx is the training context (RoPE and no positional encoding carry over to any length; a learned
+    position table of another length cannot, and is refused with the shapes)."""
+    base, init_state, tokenizer = _init_source(cfg, data, tokenizer)
+    fields = {**base, **cfg.model}
     fields.setdefault("n_ctx", cfg.context_length)
     fields.setdefault("eos_token_id", data.eos_id)
     fields["d_vocab"] = fields.get("d_vocab", data.vocab_size)
@@ -147,7 +181,12 @@ def build_model(cfg: TrainConfig, data: TokenData, tokenizer=None) -> HookedDeco
         fields.setdefault(key, default)
     model_cfg = DecoderConfig(**fields)
     torch.manual_seed(cfg.seed)
-    return HookedDecoder(model_cfg, tokenizer=tokenizer)
+    model = HookedDecoder(model_cfg, tokenizer=tokenizer)
+    if init_state is not None:
+        from interp.loading.checkpoint import load_state
+
+        load_state(model, init_state, f"init_from {cfg.init_from}")
+    return model
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ SAE takes a layer's activations apart into such directions. The modules:
 * ``cross_layer``: the cross-layer transcoder (each layer's features write to every later MLP output),
   ``train_cross_layer_transcoder``; it splices, evaluates and builds attribution graphs like a per-layer set;
 * ``features``: a feature's top-activating contexts (``feature_top_contexts``; with the activation at every
-  nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions.
+  nearby token, ``feature_profiles``), its logit effects and the near-orthogonality of the decoder directions;
+* ``cards``: what SAE dashboards add — quantile samples and correlated features over a corpus
+  (``feature_dashboard``) and the per-token effect of ablating a feature (``feature_ablation_effects``).
 
 >>> import torch
 >>> from interp.analysis.sae import SAE, SAEConfig
@@ -24,6 +26,13 @@ SAE takes a layer's activations apart into such directions. The modules:
 torch.Size([16, 64])
 """
 
+from interp.analysis.sae.cards import (
+    FeatureDashboard,
+    feature_ablation_effects,
+    feature_correlations,
+    feature_dashboard,
+    feature_quantile_samples,
+)
 from interp.analysis.sae.cross_layer import (
     CrossLayerTranscoder,
     CrossLayerTranscoderConfig,
@@ -49,6 +58,7 @@ from interp.analysis.sae.features import (
     feature_profiles,
     feature_top_contexts,
     similar_features,
+    transcoder_feature_profiles,
 )
 from interp.analysis.sae.model import ARCHITECTURES, SAE, SAEConfig, load_sae, save_sae
 from interp.analysis.sae.source import ActivationSource, as_source, model_activations
@@ -72,6 +82,7 @@ __all__ = [
     "ActivationSource",
     "CrossLayerTranscoder",
     "CrossLayerTranscoderConfig",
+    "FeatureDashboard",
     "SAEConfig",
     "SAEEval",
     "Transcoder",
@@ -84,9 +95,13 @@ __all__ = [
     "decoder_orthogonality",
     "evaluate_sae",
     "evaluate_transcoders",
+    "feature_ablation_effects",
     "feature_activations",
+    "feature_correlations",
+    "feature_dashboard",
     "feature_logit_effects",
     "feature_profiles",
+    "feature_quantile_samples",
     "feature_top_contexts",
     "geometric_median",
     "load_sae",
@@ -106,5 +121,6 @@ __all__ = [
     "train_cross_layer_transcoder",
     "train_sae",
     "train_transcoder",
+    "transcoder_feature_profiles",
     "transcoder_set",
 ]

@@ -27,13 +27,28 @@ from interp.analysis.sae.model import SAE
 from interp.analysis.sae.source import check_hook_name
 from interp.errors import InterpError
 
-__all__ = ["decoder_angle_samples", "decoder_orthogonality", "feature_activations", "feature_logit_effects",
-           "feature_profiles", "feature_top_contexts", "similar_features"]
+__all__ = ["decoder_angle_samples", "decoder_orthogonality", "feature_activations", "feature_hooks", "feature_logit_effects",
+           "feature_profiles", "feature_top_contexts", "similar_features", "transcoder_feature_profiles"]
+
+
+def feature_hooks(sae, hook_name: str | None = None) -> tuple[str, str]:
+    """``(reads, writes)``: the hook a feature's activation is computed from and the hook its decoder row writes
+    to. An SAE: its one hook (``hook_name``, else its cfg's) twice; a transcoder: its input hook (``hook_name``
+    overrides it) and ``hook_name_out`` (``blocks.{l}.hook_mlp_out``)."""
+    if getattr(sae.cfg, "d_out", None) is None:
+        name = _hook_of(sae, hook_name)
+        return name, name
+    reads, writes = hook_name or sae.cfg.hook_name, sae.cfg.hook_name_out
+    if not reads or not writes:
+        raise InterpError(f"sae: this transcoder's cfg names no input or output hook (metadata.hook_name="
+                          f"{sae.cfg.hook_name!r}, hook_name_out={writes!r})")
+    return reads, writes
 
 
 def _encoder(sae: SAE):
     def read(act: torch.Tensor) -> torch.Tensor:
-        return sae.encode(act.reshape(*act.shape[:2], -1).float())
+        # at least float32 (a bf16 model's activations), never less than they are (a float64 model's)
+        return sae.encode(act.reshape(*act.shape[:2], -1).to(torch.promote_types(act.dtype, torch.float32)))
 
     return read
 
@@ -64,7 +79,7 @@ def feature_top_contexts(model, sae: SAE, corpus, features=None, k: int = 10, *,
     from interp.analysis import neurons as nr
     from interp.data.scan import TopK, run_scan
 
-    name = check_hook_name(model, _hook_of(sae, hook_name))
+    name = check_hook_name(model, feature_hooks(sae, hook_name)[0])
     k = nr._resolve_k(k)
     for arg, v in (("window", window), ("after", after)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -98,7 +113,7 @@ def _write_directions(model, sae: SAE, hook_name: str) -> torch.Tensor:
         from interp.analysis.neurons import _W_out
 
         return w @ _W_out(model, int(m.group(1))).detach().double()
-    if sae.cfg.d_in == d_model and re.search(r"resid|hook_(attn|mlp)_out|hook_embed|hook_pos_embed", hook_name):
+    if (getattr(sae.cfg, "d_out", None) or sae.cfg.d_in) == d_model and re.search(r"resid|hook_(attn|mlp)_out|hook_embed|hook_pos_embed", hook_name):
         return w
     raise InterpError(f"hook_name: logit effects need a feature that writes to the residual stream (a resid, "
                       f"attn_out / mlp_out or mlp.hook_post hook with d_in={d_model}); given {hook_name!r} "
@@ -117,7 +132,7 @@ def feature_logit_effects(model, sae: SAE, feature: int, k: int = 10, direction:
     from interp.analysis._inputs import check_index
     from interp.analysis.neurons import answer_frame, residual_direction
 
-    name = _hook_of(sae, hook_name)
+    name = feature_hooks(sae, hook_name)[1]
     feature = check_index("feature", feature, sae.cfg.d_sae)
     w = _write_directions(model, sae, name)[feature]
     logits = residual_direction(model, w) @ model.W_U.detach().double()
@@ -176,7 +191,7 @@ def feature_activations(model, sae: SAE, tokens, hook_name: str | None = None, k
     (sorted by position, strongest first; ``k`` keeps each position's ``k`` strongest)."""
     from interp.analysis._inputs import as_tokens, str_tokens
 
-    name = check_hook_name(model, _hook_of(sae, hook_name))
+    name = check_hook_name(model, feature_hooks(sae, hook_name)[0])
     toks = as_tokens(model, tokens)
     _, cache = model.run_with_cache(toks, names_filter=lambda n: n == name)
     f = _encoder(sae)(cache[name]).cpu()  # [batch, pos, d_sae]
@@ -188,6 +203,40 @@ def feature_activations(model, sae: SAE, tokens, hook_name: str | None = None, k
             n = int((v > 0).sum()) if k is None else min(int(k), int((v > 0).sum()))
             rows += [(b, p, strs[p], int(j), float(x)) for x, j in zip(v[:n].tolist(), i[:n].tolist())]
     return pd.DataFrame(rows, columns=["batch", "position", "token", "feature", "activation"])
+
+
+@torch.no_grad()
+def transcoder_feature_profiles(model, transcoders, features: dict, corpus, **options):
+    """:func:`feature_profiles` for the features of a set of transcoders (per-layer ones or a cross-layer one:
+    ``transcoder.transcoder_set``), every layer in one pass over ``corpus``: ``features`` ``{layer: [feature,
+    ...]}``; the frames start with ``layer, feature``. ``options`` are :func:`feature_profiles`' (``k``,
+    ``window``, ``after``, ``max_tokens``, ...)."""
+    from interp.analysis.neurons import column_profiles
+    from interp.analysis.sae.transcoder import transcoder_set
+
+    tset = transcoder_set(model, transcoders)
+    wanted = {}
+    for layer, feats in features.items():
+        if layer not in tset.layers:
+            raise InterpError(f"features: layer {layer} has no transcoder; the transcoders replace layers "
+                              f"{tset.layers}")
+        chosen = _features(list(feats), tset.d_sae(layer))
+        if chosen:
+            wanted[layer] = list(dict.fromkeys(chosen))
+    if not wanted:
+        raise InterpError("features: give at least one feature; given none")
+
+    def read(cache) -> torch.Tensor:  # [batch, pos, all chosen features, layer by layer]
+        parts = []
+        for layer, feats in wanted.items():
+            x = cache[tset.hook_in(layer)]
+            f = tset.encode(layer, x.to(torch.promote_types(x.dtype, torch.float32)), clean=True)
+            parts.append(f[..., torch.tensor(feats, device=f.device)])
+        return torch.cat(parts, -1)
+
+    labels = [(layer, f) for layer, feats in wanted.items() for f in feats]
+    return column_profiles(model, corpus, {tset.hook_in(layer) for layer in wanted}, read, labels,
+                           ("layer", "feature"), **options)
 
 
 @torch.no_grad()
@@ -204,7 +253,7 @@ def feature_profiles(model, sae: SAE, corpus, features, k: int = 5, *, hook_name
     """
     from interp.analysis.neurons import column_profiles
 
-    name = check_hook_name(model, _hook_of(sae, hook_name))
+    name = check_hook_name(model, feature_hooks(sae, hook_name)[0])
     feats = _features(features, sae.cfg.d_sae)
     if feats is None:
         raise InterpError("features: give a feature index or a list of them; given None")
