@@ -429,14 +429,14 @@ def patching(spec: str, prompt: str, corrupted: str | None, answer: str | None, 
 @st.cache_data(show_spinner="Scoring every edge…", max_entries=8)
 def edge_scores(spec: str, prompt: str, method: str, steps: int):
     """EAP / EAP-IG on the induction pair (as the Patching page) and the faithfulness of the top-n circuits."""
-    from interp.analysis import causal
     from interp.analysis.circuits.edges import edge_attribution, faithfulness_curve
+    from interp.report.data import induction_pair
 
     model = get_model(spec)
-    pair = causal.repeated_text_pair(model, tokens_for(spec, prompt))
+    pair, notes = induction_pair(model, tokens_for(spec, prompt))  # fitted to n_ctx on a long prompt, as Patching's
     kw = {"answer": pair.answer, "wrong": pair.wrong}
     edges = edge_attribution(model, pair.clean, pair.corrupted, method=method, steps=steps, **kw)
-    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), dict(edges.attrs)
+    return edges, faithfulness_curve(model, edges, pair.clean, pair.corrupted, **kw), {**edges.attrs, "notes": notes}
 
 
 @st.cache_data(show_spinner="Steering…", max_entries=8)
@@ -621,7 +621,13 @@ def page_overview(spec: str, prompt: str) -> None:
 
 def page_attention(spec: str, prompt: str) -> None:
     from interp.report.data import notable_heads, pattern_matrix
-    from interp.report.figures import head_role_grid, pattern_grid, pattern_heatmap, token_window
+    from interp.report.figures import (
+        head_role_grid,
+        pattern_grid,
+        pattern_heatmap,
+        pattern_overview,
+        token_window,
+    )
     from interp.report.inputs import str_tokens
 
     model = get_model(spec)
@@ -649,9 +655,13 @@ def page_attention(spec: str, prompt: str) -> None:
 
     st.subheader("Pattern of one head")
     pats = patterns(spec, prompt, layer)
+    matrix = pattern_matrix(pats, layer, head, n)
+    if n > WINDOW:  # the whole pattern first, pooled into blocks (as the report draws it), then a window of it
+        plot(pattern_overview(matrix, strs, f"L{layer}H{head}"), key="pattern_all")
+        st.caption(f"All {n} positions pooled into blocks: a cell is the share of a query block's attention that "
+                   f"lands on a key block. Below, {WINDOW} positions token by token; the slider moves them.")
     window = position_window(n, "attn_window")
-    plot(pattern_heatmap(pattern_matrix(pats, layer, head, n), strs, f"L{layer}H{head}", window=window),
-         key="pattern")
+    plot(pattern_heatmap(matrix, strs, f"L{layer}H{head}", window=window), key="pattern")
     if st.checkbox("All heads of this layer", key="all_heads"):
         mats = [pattern_matrix(pats, layer, h, n) for h in range(cfg.n_heads)]
         # two panels side by side fit the page at GRID_WINDOW positions each (TOKEN_PX per token label)
@@ -1040,10 +1050,12 @@ def page_patching(spec: str, prompt: str) -> None:
     st.caption(f"Metric: logit difference {show_token(info['answer'])!r} − {show_token(info['wrong'])!r} at the last "
                f"position: clean {info['clean']:.3f}, corrupted {info['corrupted']:.3f}. normalised: 0 = corrupted, "
                "1 = clean.")
-    for note in info["notes"]:
+    from interp.report.data import pair_excerpt
+
+    clean, corrupted, shown = pair_excerpt("".join(info["tokens"]), "".join(info["corrupted_tokens"]))
+    for note in [*info["notes"], *([shown] if shown else [])]:
         st.caption(f"Shortened: {note}.")
-    st.code("clean:     " + "".join(info["tokens"]) + "\ncorrupted: " + "".join(info["corrupted_tokens"]),
-            language=None)
+    st.code(f"clean:     {clean}\ncorrupted: {corrupted}", language=None)
     plot(head_patching_heatmap(heads), key="patch_heads")
     plot(patching_heatmap(grid, info["tokens"], title=f"Patching {where}: layer × position"), key="patch_grid")
     plot(dla_bar(dla), key="dla")
@@ -1127,6 +1139,8 @@ def page_edges(spec: str, prompt: str) -> None:
     st.caption(f"The induction pair of the Patching page; logit difference clean {attrs['clean']:.3f}, corrupted "
                f"{attrs['corrupted']:.3f}. score = change of the metric when that edge alone carries the corrupted "
                f"value ({attrs['n_edges']} edges: embeddings, heads' q/k/v inputs, MLPs, logits).")
+    for note in attrs["notes"]:
+        st.caption(f"Shortened: {note}.")
     from interp.report.edge_figure import edge_circuit_figure
 
     plot(edge_circuit_figure(edges, top_n=30), key="edges_circuit")

@@ -87,9 +87,9 @@ BENCHMARKS = [
     Benchmark("feature_cards", ("--threads", "1"), ("--tokens", "512", "--cards", "2", "--repeats", "1")),
     # ~1 min: universal-path run_with_cache time and memory against native and the bridge
     Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
-    # ~2 min: report open and draw times in headless Chromium
-    Benchmark("report_load", ("--lengths", "10,160", "--repeats", "2"), ("--lengths", "10", "--repeats", "1"),
-              needs="chromium"),
+    # ~15 min: reports and every dashboard page at 10, 250, 500 and 2,000 tokens, each figure's draw time
+    Benchmark("report_load", ("--lengths", "10,250,500,2000", "--repeats", "1"),
+              ("--lengths", "10", "--repeats", "1", "--pages", "Overview"), needs="chromium"),
     # ~0.5 min: EAP and EAP-IG against exact patching of every edge of the shipped model
     Benchmark("edges", ("--repeats", "3"), ("--model", "random", "--layers", "1", "--d-model", "32", "--heads", "2",
                                             "--vocab", "64", "--tokens", "4", "--steps", "2"),

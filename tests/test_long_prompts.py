@@ -281,3 +281,20 @@ def test_attention_view_colours_each_head_and_draws_whole_thumbnails(tmp_path):
         np.testing.assert_array_equal(alpha, want)  # the head's whole pattern, pixel for pixel
         rgb = np.array(out["thumbs"][h]).reshape(n, n, 4)[want > 0][:, :3]
         assert (rgb == colors[h]).all()
+
+
+def test_a_long_clean_corrupted_pair_is_shown_in_excerpts_that_keep_the_difference():
+    from interp.report.data import pair_excerpt
+
+    assert pair_excerpt("short a", "short b") == ("short a", "short b", None)
+    rng = np.random.default_rng(0)
+    clean = "".join(rng.choice(list("abcdefgh "), size=9000))
+    corrupted = clean[:4321] + "XYZ" + clean[4324:]
+    a, b, note = pair_excerpt(clean, corrupted, limit=1200)
+    for shown, text in ((a, clean), (b, corrupted)):
+        assert len(shown) < 1500 and shown.startswith(text[:200]) and shown.endswith(text[-200:])
+        cuts = [int(n.replace(",", "")) for n in re.findall(r"\[… ([0-9,]+) characters …\]", shown)]
+        kept = re.sub(r" \[… [0-9,]+ characters …\] ", "", shown)
+        assert len(cuts) == 2 and sum(cuts) + len(kept) == len(text)  # every character is shown or counted
+    assert clean[4300:4330] in a and corrupted[4300:4330] in b  # the difference is in view
+    assert "9,000 and 9,000 characters" in note

@@ -25,6 +25,7 @@ __all__ = [
     "collect_report",
     "notable_heads",
     "page_neurons",
+    "pair_excerpt",
     "pattern_matrix",
     "tokenization_table",
     "view_heads",
@@ -94,7 +95,7 @@ class ReportData:
     final_by_layer: pd.DataFrame  # lens_grid at the last position: the final prediction's prob by layer
     head_scores: pd.DataFrame  # attention.head_scores
     notable_heads: pd.DataFrame  # the best head per notable role
-    patterns: pd.DataFrame  # attention.attention_patterns of view_heads on the prompt
+    patterns: pd.DataFrame  # attention.attention_patterns of view_heads and the notable heads on the prompt
     view_heads: list  # (layer, head) pairs in the interactive attention view: every head when it fits
     neurons: pd.DataFrame  # neurons.top_neurons at the last position, target = predicted token
     neuron_answers: pd.DataFrame  # neurons.neuron_answers(center=True) of every paged neuron (+ layer, neuron)
@@ -161,12 +162,15 @@ def page_neurons(top: pd.DataFrame) -> list[tuple[int, int]]:
 
 
 def view_heads(model, notable: pd.DataFrame, n: int, budget: int) -> list[tuple[int, int]]:
-    """Heads for the attention view: all of them when one byte per causal entry fits ``budget``, else the notable ones."""
+    """Heads for the attention view: all of them when one byte per causal entry fits ``budget``, else as many of the
+    notable ones as fit (at least one), so the page stays bounded however long the prompt."""
     cfg = model.cfg
     every = [(layer, head) for layer in range(int(cfg.n_layers)) for head in range(int(cfg.n_heads))]
-    if len(every) * n * (n + 1) // 2 <= budget:
+    per_head = n * (n + 1) // 2
+    if len(every) * per_head <= budget:
         return every
-    return [(int(r.layer), int(r.head)) for r in notable.itertuples()] or every[:1]
+    chosen = [(int(r.layer), int(r.head)) for r in notable.itertuples()] or every[:1]
+    return chosen[:max(1, budget // per_head)]
 
 
 def notable_heads(scores: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -236,10 +240,12 @@ def collect_report(model, prompt: str, options: ReportOptions | None = None,
     scores = attention.head_scores(model, tokens, seed=opts.seed)
     notable = notable_heads(scores, opts.n_pattern_heads)
     heads = view_heads(model, notable, len(ids), opts.view_bytes)
-    if len(heads) == int(model.cfg.n_layers) * int(model.cfg.n_heads):
+    # the patterns of the view's heads and of every notable head (the figures draw those, in or out of the view)
+    wanted = list(dict.fromkeys([*heads, *((int(r.layer), int(r.head)) for r in notable.itertuples())]))
+    if len(wanted) == int(model.cfg.n_layers) * int(model.cfg.n_heads):
         patterns = attention.attention_patterns(model, tokens)  # one forward pass for every head
     else:
-        patterns = pd.concat([attention.attention_patterns(model, tokens, layers=h[0], heads=h[1]) for h in heads],
+        patterns = pd.concat([attention.attention_patterns(model, tokens, layers=h[0], heads=h[1]) for h in wanted],
                              ignore_index=True)
 
     # a universal-path model (interp.loading.universal) has no MLP neuron hooks or readable weight matrices: the
@@ -338,6 +344,31 @@ def induction_pair(model, tokens: torch.Tensor):
     if 0 < j < n // 2:
         notes.append(f"the repeat is the first {j} tokens (not half the prompt): that is what fits n_ctx={n_ctx}")
     return causal.repeated_text_pair(model, tokens, position=max(j, 1) if n >= 2 else None), notes
+
+
+def pair_excerpt(clean: str, corrupted: str, limit: int = 1200) -> tuple[str, str, str | None]:
+    """``(clean, corrupted, note)`` to show a clean/corrupted pair: whole when both fit ``limit`` characters, else
+    each cut to its start, the span around where the two differ, and its end, with the cuts marked in the text and
+    ``note`` saying what was left out (None when nothing was)."""
+    if max(len(clean), len(corrupted)) <= limit:
+        return clean, corrupted, None
+    d = next((i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b), min(len(clean), len(corrupted)))
+    edge, side = limit // 6, limit // 4  # the start and end; either side of the difference
+
+    def cut(text: str) -> str:
+        keep = sorted({*range(min(edge, len(text))), *range(max(0, d - side), min(len(text), d + side)),
+                       *range(max(0, len(text) - edge), len(text))})
+        out, last = [], -1
+        for i in keep:
+            if i != last + 1:
+                out.append(f" [… {i - last - 1:,} characters …] ")
+            out.append(text[i])
+            last = i
+        return "".join(out)
+
+    note = (f"the texts are {len(clean):,} and {len(corrupted):,} characters: shown are their start, the "
+            f"{2 * side} characters around where they differ and their end")
+    return cut(clean), cut(corrupted), note
 
 
 def positions_that_matter(model, clean, corrupted, where: str = "resid_pre", **metric) -> tuple[list | None, str]:

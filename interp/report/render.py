@@ -199,7 +199,8 @@ def md_table(df: pd.DataFrame, columns: list[str] | None = None, max_rows: int |
 
 
 # Figures are drawn when they come near the viewport (IntersectionObserver), so a long report opens at
-# once and draws the rest as the reader scrolls; window.interpDrawAll() draws every figure now.
+# once and draws the rest as the reader scrolls; window.interpDrawAll() draws every figure now. Each draw is a
+# performance measure "draw:ID" (parsing its spec to plotly's promise resolving): benchmarks/report_load.py reads them.
 _LAZY_JS = """
 (function(){
   function start(){
@@ -207,12 +208,17 @@ _LAZY_JS = """
     const template = tmpl ? JSON.parse(tmpl.textContent) : null;
     function draw(el){
       if (el.dataset.drawn) return; el.dataset.drawn = '1';
+      const begin = performance.now();
       const spec = JSON.parse(document.getElementById(el.id + '-spec').textContent);
       if (template && !spec.layout.template) spec.layout.template = template;
-      Plotly.newPlot(el, spec.data, spec.layout, spec.config);
+      return Plotly.newPlot(el, spec.data, spec.layout, spec.config)
+        .then(() => performance.measure('draw:' + el.id, {start: begin}));
     }
     const els = [...document.querySelectorAll('.plotly-lazy')];
     window.interpDrawAll = () => els.forEach(draw);
+    // each figure drawn again, alone and in turn: its measure is then its own cost (benchmarks/report_load.py)
+    window.interpRedrawEach = async () => { for (const el of els) {
+      if (el.dataset.drawn) { Plotly.purge(el); delete el.dataset.drawn; } await draw(el); } };
     if (!('IntersectionObserver' in window)) { els.forEach(draw); return; }
     const io = new IntersectionObserver(es => es.forEach(e => {
       if (e.isIntersecting) { io.unobserve(e.target); draw(e.target); } }), {rootMargin: '400px'});
@@ -343,6 +349,9 @@ def html_page(title: str, body: str, with_plotly: bool, plotly_src: str | None =
             f"<style>{_CSS}{WIDGET_CSS}</style>{script}</head><body>{body}{loader}</body></html>\n")
 
 
+NEURON_PROMPT_TOKENS = 256  # the prompt's tokens shaded on each neuron page (the last ones)
+
+
 def _neuron_pages(data: ReportData) -> str:
     """One page per neuron the tables name: examples over the corpus, histogram, answers, the prompt."""
     from interp.report.widgets import neuron_examples, shading_scale, svg_histogram, token_shading
@@ -372,9 +381,12 @@ def _neuron_pages(data: ReportData) -> str:
         # the prompt is shaded on the same symmetric scale as the corpus examples below (±the neuron's largest
         # |activation|), so a small negative value stays pale instead of filling the prompt's own range
         scale = shading_scale(on.activation, () if st is None else (st["min"], st["max"]))
+        shown = on.tail(NEURON_PROMPT_TOKENS)  # a long prompt: its last tokens (a page per neuron would repeat it all)
+        cut = "" if len(shown) == len(on) else f" The last {len(shown)} of its {len(on)} tokens."
         body.append(f"<p>On this prompt: activation <b>{mine.activation:.4f}</b> at the last position{contrib}"
-                    + f'. <span class="note">Full colour at ±{scale:.3g}.</span></p>'
-                    + token_shading(on.token.tolist(), on.activation.tolist(), scale=scale, trigger=len(on) - 1))
+                    + f'. <span class="note">Full colour at ±{scale:.3g}.{cut}</span></p>'
+                    + token_shading(shown.token.tolist(), shown.activation.tolist(), scale=scale,
+                                    trigger=len(shown) - 1))
         if prof is not None:
             ex = prof.examples[(prof.examples.layer == layer) & (prof.examples.neuron == neuron)]
             h = prof.histogram[(prof.histogram.layer == layer) & (prof.histogram.neuron == neuron)]
@@ -422,10 +434,14 @@ def _patching_html(data: ReportData) -> str:
     if not p:
         return ('<p class="note">Not computed: the option <code>patching</code> is off, or the prompt is a single '
                 "token (the task repeats the prompt's beginning).</p>")
+    from interp.report.data import pair_excerpt
+
     esc = html.escape
-    cut = "".join(f'<p class="note">Shortened: {esc(note)}.</p>' for note in p.get("notes", ()))
+    clean, corrupted, shown = pair_excerpt(p["pair"]["clean"], p["pair"]["corrupted"])
+    notes = [*p.get("notes", ()), *([shown] if shown else [])]
+    cut = "".join(f'<p class="note">Shortened: {esc(note)}.</p>' for note in notes)
     return (f'<p class="note">{esc(_patching_intro(p))}</p>' + cut
-            + f'<div class="prompt">clean:     {esc(p["pair"]["clean"])}\ncorrupted: {esc(p["pair"]["corrupted"])}</div>'
+            + f'<div class="prompt">clean:     {esc(clean)}\ncorrupted: {esc(corrupted)}</div>'
             + _figure(head_patching_heatmap(p["heads"]), "fig-patching-heads")
             + html_table(p["heads"], "patching_heads", _HEAD_COLS)
             + _figure(patching_heatmap(p["grid"], p["tokens"], title="Patching resid_pre: layer × position"),
@@ -539,6 +555,11 @@ def render_html(data: ReportData, plotly_src: str | None = None) -> str:
     first = [(int(r.layer), int(r.head)) for r in data.notable_heads.head(1).itertuples()]
     view = attention_view(data.str_tokens, data.patterns, data.view_heads, checked=first,
                           title="Where each token attends")
+    n_all = n_layers * int(m["n_heads"])
+    if len(data.view_heads) < n_all:  # a long prompt: say which heads the view left out, and why
+        view = (f'<p class="note">The view holds {len(data.view_heads)} of the {n_all} heads, the most notable: at '
+                f"{len(data.token_ids)} tokens every head would exceed its budget of "
+                f"{data.options['view_bytes']:,} bytes (one per head and causal pair).</p>") + view
     parts.append(_section(
         "attention",
         '<p class="note">Role scores lie in [0, 1]. <code>duplicate_token</code> and <code>induction</code> are '
