@@ -18,8 +18,10 @@ import os
 import platform
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from typing import Self
 
 
 def cpu_model() -> str:
@@ -70,6 +72,54 @@ def _machine_busy_seconds() -> float | None:
     # already inside user/nice, so only the first eight count
     busy = sum(fields[:8]) - fields[3] - (fields[4] if len(fields) > 4 else 0)
     return round(busy / os.sysconf("SC_CLK_TCK"), 3)
+
+
+
+class SessionCPU:
+    """CPU seconds used by every process of one session (``os.setsid``), sampled from /proc while it runs.
+
+    A benchmark that starts a browser does not wait for all of the browser's processes (Chromium's zygote
+    children are reaped by init), so their CPU time never reaches our ``getrusage``: without this, a quiet
+    run that drives Chromium would look like somebody else's load. Processes keep the session of the one
+    ``run_all`` starts with ``start_new_session=True``, so whatever carries that session id is ours. A process
+    that lives less than one sampling interval is missed (counted as others': the error is on the careful side).
+    """
+
+    def __init__(self, sid: int, interval: float = 0.25):
+        self.sid, self.interval = sid, interval
+        self.seen: dict[int, float] = {}  # pid -> its last-read utime+stime (seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    # the name (field 2) may hold spaces: fields after its closing parenthesis are fixed
+                    rest = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(rest[3]) == self.sid:  # rest[3] is field 6, the session id; utime/stime are fields 14/15
+                self.seen[int(entry.name)] = (int(rest[11]) + int(rest[12])) / self._tick
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seen.values())
 
 
 def others_busy_cores(before: dict, after: dict) -> float | None:

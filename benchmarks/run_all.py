@@ -25,6 +25,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from machine import contention_note, contention_record, machine_state
+from machine import SessionCPU, contention_note, contention_record, machine_state
 
 
 @dataclass(frozen=True)
@@ -135,21 +136,29 @@ def run_one(bench: Benchmark, size: str, out_dir: Path, timeout: float | None, d
     cmd = [sys.executable, str(BENCH / f"{bench.name}.py"), *args, "--out", str(out_arg), "--force"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     before, t0 = machine_state(), time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        return {"benchmark": bench.name, "status": f"timed out after {timeout:.0f} s", "seconds": timeout}
+    # its own session, so the CPU of every process it starts (a browser's too) is counted as ours
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    with SessionCPU(proc.pid) as session:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"benchmark": bench.name, "status": f"timed out after {timeout:.0f} s", "seconds": timeout}
+    after = machine_state()
+    # what the session's processes used, where we saw more of it than getrusage did (unreaped browser processes)
+    after["own_cpu_s"] = max(after["own_cpu_s"], before["own_cpu_s"] + session.seconds)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0 or not out.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
         return {"benchmark": bench.name, "status": f"failed (exit {proc.returncode}): {tail[0]}", "seconds": seconds}
     result = json.loads(out.read_text())
     result.setdefault("benchmark", bench.name)
     result["command"] = result.get("command") or " ".join(["python", f"benchmarks/{bench.name}.py", *args])
     # the script's own record (patching keeps one) is the more precise: it brackets only the timed part
     if "machine_before" not in result:
-        result.update(contention_record(before, machine_state()))
+        result.update(contention_record(before, after))
     result["run_all"] = {"size": size, "wall_seconds": round(seconds, 2)}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")

@@ -10,8 +10,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import resource
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +111,24 @@ def test_contention_from_cpu_seconds_is_not_fooled_by_a_lagging_load_average():
     # a live snapshot carries the counters, and this process's own CPU time is in it
     now = machine.machine_state()
     assert now["own_cpu_s"] > 0 and "cpu_busy_s" in now
+
+
+def test_session_cpu_counts_a_process_nobody_waits_for(tmp_path):
+    # the way Chromium's renderers escape getrusage: the child forks a worker and exits, the orphan burns CPU
+    done = tmp_path / "done"
+    code = ("import os\nif os.fork() == 0:\n    while os.times().user < 0.6: pass\n"
+            f"    open({str(done)!r}, 'w').close()\n    os._exit(0)\n")
+    before = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    with machine.SessionCPU(proc.pid, interval=0.05) as session:
+        proc.wait()
+        deadline = time.time() + 60
+        while not done.exists() and time.time() < deadline:
+            time.sleep(0.05)
+    assert done.exists()
+    reaped = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - before
+    assert reaped < 0.3  # getrusage saw only the short-lived parent
+    assert session.seconds > 0.4  # the sampler saw the orphan's work
 
 def test_interleaved_medians_alternate_contenders():
     order = []
