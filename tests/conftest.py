@@ -335,15 +335,15 @@ def pytest_sessionfinish(session):
         cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}), **_DURATIONS})
 
 
-def saved_word_model_and_corpus(tmp_path, n_docs: int = 40):
-    """A saved 1-layer word-level model (``tmp_path/m``) and ``tmp_path/corpus.txt``: ``n_docs`` paragraphs of
+def saved_word_model_and_corpus(tmp_path, n_docs: int = 40, n_layers: int = 1):
+    """A saved ``n_layers``-layer word-level model (``tmp_path/m``) and ``tmp_path/corpus.txt``: ``n_docs`` paragraphs of
     12 words t2 ... t95 (the word-level tokenizer's vocabulary). Returns ``(model, model_dir, corpus)``."""
     from interp.model.config import DecoderConfig
     from interp.model.transformer import HookedDecoder
 
     torch.manual_seed(0)
     model_dir = tmp_path / "m"
-    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=1, n_heads=2, name="cli"))
+    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=n_layers, n_heads=2, name="cli"))
     model.tokenizer = word_level_tokenizer()
     model.save(model_dir)
     g = torch.Generator().manual_seed(0)

@@ -189,20 +189,12 @@ def test_bad_input_is_named():
 
 
 def test_cli_train_transcoders_and_draw_a_circuit(tmp_path, capsys):
-    from conftest import VOCAB, word_level_tokenizer
+    from conftest import saved_word_model_and_corpus
 
     from interp.analysis.circuits.graph import load_graph
     from interp.cli import main
 
-    torch.manual_seed(0)
-    model_dir = tmp_path / "m"
-    model = HookedDecoder(DecoderConfig(d_vocab=VOCAB, n_ctx=32, d_model=16, n_layers=2, n_heads=2, name="cli"))
-    model.tokenizer = word_level_tokenizer()
-    model.save(model_dir)
-    g = torch.Generator().manual_seed(0)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(" ".join(f"t{int(i)}" for i in torch.randint(2, VOCAB, (12,), generator=g))
-                                   for _ in range(30)))
+    _, model_dir, corpus = saved_word_model_and_corpus(tmp_path, n_docs=30, n_layers=2)
     out = tmp_path / "tc"
     base = ["--model", str(model_dir), "--quiet"]
     rc = main(["sae", "train", "--transcoder", "--skip", *base, "--corpus", str(corpus), "--out", str(out),
