@@ -274,7 +274,7 @@ def test_training_learns_cross_layer_writes_a_per_layer_transcoder_cannot(tmp_pa
     # the other activations train through the same loop (JumpReLU's threshold has a layer axis)
     for arch, extra in (("relu", {"l1_coefficient": 0.01}),
                         ("jumprelu", {"l0_coefficient": 0.01, "jumprelu_init_threshold": 0.1})):
-        short = {**kw, "steps": 50, "log_every": 10}
+        short = {**kw, "steps": 80, "log_every": 10}
         m = train_sae(x.flatten(1), 16, arch, target=y.flatten(1), cross_layer=2, **short, **extra)
         assert m.history.mse.iloc[-1] < 0.6 * m.history.mse.iloc[0] and m.history.fve.iloc[-1] > 0.2, arch
     # a run interrupted after its step-20 checkpoint and resumed ends as the uninterrupted run (the state holds a CLT)

@@ -115,6 +115,13 @@ def _b_enc_init(value, d_sae: int) -> torch.Tensor | None:
     return t.expand(d_sae).clone()
 
 
+# A ReLU SAE's encoder starts as its (unit-norm) decoder's transpose scaled down: at full scale about half the
+# latents fire on the first batches and the L1 term spends the run switching them off. At 0.1 (SAELens starts its
+# decoder rows at norm 0.1 with the encoder tied to them) the shipped model's blocks.0 SAE reached FVE 0.79 at L0 18
+# in 2000 steps instead of 0.75 at L0 29, and 0.76 instead of 0.58 in 300 (benchmarks/sae_vs_saelens.py, sae.py).
+RELU_ENCODER_INIT = 0.1
+
+
 def _schedule(frac: float, warmup: float = 0.01, decay: float = 0.2) -> float:
     if frac < warmup:
         return (frac + 1e-9) / warmup
@@ -483,6 +490,9 @@ def train_sae(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(seed)
         sae = kind(cfg).to(device)
+        if arch == "relu":  # see RELU_ENCODER_INIT
+            with torch.no_grad():
+                sae.W_enc.mul_(RELU_ENCODER_INIT)
     state = None
     if folder is not None and (folder / STATE_JSON).is_file():
         state = _read_state(folder, overwrite)
