@@ -271,7 +271,8 @@ class SAE(HookedRootModule):
         self.cfg = cfg
         self.use_error_term = use_error_term
         dtype = DTYPES[cfg.dtype]
-        # Decoder rows: random unit vectors; the encoder starts as their transpose (Gao et al. 2024, 2.2)
+        # Decoder rows: random unit vectors; the encoder starts as their transpose (Gao et al. 2024, 2.2). train_sae
+        # scales a ReLU SAE's encoder down from there, for every kind at once (train.RELU_ENCODER_INIT)
         w_dec = torch.empty(cfg.d_sae, cfg.d_in, dtype=dtype)
         nn.init.kaiming_uniform_(w_dec)
         w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
