@@ -1,6 +1,6 @@
 """Every benchmark, at its documented size, in one command; RESULTS.md's tables regenerated from the JSON.
 
-    python benchmarks/run_all.py                      # every benchmark at its documented size (~50 min on a CPU)
+    python benchmarks/run_all.py                      # every benchmark at its documented size (~20 min on a CPU)
     python benchmarks/run_all.py --only patching,generate
     python benchmarks/run_all.py --size toy           # seconds each: checks the machinery, not the machine
     python benchmarks/run_all.py --render-only        # rebuild RESULTS.md's tables from the JSON already there
@@ -48,50 +48,49 @@ class Benchmark:
     gpu: tuple[str, ...] | None = None  # its size on a lent GPU (benchmarks/gpu_check.sh); None: not run there
 
 
-# Documented sizes: chosen so that everything but patching finishes in about 25 minutes on a quiet 2-core CPU
-# (patching alone: ~25 min). The minutes after each are estimates from toy runs and from the earlier (contended)
-# records in RESULTS.md, not measurements of these exact sizes; run_all prints each benchmark's wall time.
+# Documented sizes: the minutes after each are its wall time through run_all on the quiet 2-core AMD EPYC of
+# 2026-12-07 (each JSON's run_all.wall_seconds): about 15 min for everything but patching, 20 min in all.
 BENCHMARKS = [
-    # ~25 min: full sweeps of both engines, 3 interleaved repeats, the per-cell bound
+    # 5 min: full sweeps of both engines, 3 interleaved repeats, the per-cell bound
     Benchmark("patching", ("--layers", "12", "--tokens", "32", "--repeats", "3"),
               ("--layers", "2", "--tokens", "8", "--d-model", "64", "--heads", "4", "--vocab", "100",
                "--repeats", "2"),
               gpu=("--layers", "12", "--tokens", "64", "--repeats", "3")),
-    # ~2 min: GPT-2-small shape, 2 blocks, interp vs transformers vs the bridge, forward and run_with_cache
+    # 1 min: GPT-2-small shape, 2 blocks, interp vs transformers vs the bridge, forward and run_with_cache
     Benchmark("forward", ("--layers", "2", "--seqs", "256", "512", "--repeats", "3"),
               ("--seqs", "16", "--layers", "1", "--repeats", "1", "--no-bridge"),
               gpu=("--layers", "12", "--seqs", "1024", "4096", "--repeats", "3")),
-    # ~1 min
+    # 0.5 min
     Benchmark("generate", (), ("--layers", "1", "--prompt", "8", "--new", "4", "--repeats", "1", "--no-bridge"),
               gpu=()),
-    # ~3 min: every family, d_model 256, 4 layers, seq 256, interp vs the bridge
+    # 1.5 min: every family, d_model 256, 4 layers, seq 256, interp vs the bridge
     Benchmark("families", (), ("--families", "gpt2", "llama", "--d-model", "64", "--layers", "1", "--vocab", "128",
                                "--n-ctx", "64", "--seq", "16", "--repeats", "1")),
-    # ~3 min: native run_with_cache memory against the bridge, 12-layer GPT-2-small shape
+    # 2.5 min: native run_with_cache memory against the bridge, 12-layer GPT-2-small shape
     Benchmark("cache", ("--sizes", "512,1024", "--repeats", "3"),
               ("--sizes", "64", "--layers", "1", "--vocab", "128", "--repeats", "1")),
-    # ~1 min: eager vs sdpa FLOP/s against the matmul peak of the same run. On a GPU, gpu_check.py runs attention
+    # 0.1 min: eager vs sdpa FLOP/s against the matmul peak of the same run. On a GPU, gpu_check.py runs attention
     # and cache itself (their GPU sizes and deadlines are set there), then `run_all --size gpu` for the rest.
     Benchmark("attention", ("--quick",), ("--dry-run",), needs=""),
-    # ~3.5 min: TopK / ReLU / JumpReLU quality after 2000 steps (or 60 s) each, against PCA
+    # 2.5 min: TopK / ReLU / JumpReLU quality after 2000 steps (or 60 s) each, against PCA
     Benchmark("sae", ("--budget", "60", "--steps", "2000"), ("--archs", "topk", "--budget", "600", "--steps", "20")),
-    # ~3 min: training tokens/s against SAELens (set SAELENS_PYTHON to a Python with sae-lens; else its rows say so)
+    # 2 min: training tokens/s against SAELens (set SAELENS_PYTHON to a Python with sae-lens; else its rows say so)
     Benchmark("sae_vs_saelens", ("--steps", "300", "--repeats", "3"),
               ("--steps", "4", "--repeats", "1", "--batch", "256", "--max-tokens", "4096")),
-    # ~2.5 min: attribution-graph time and memory vs prompt length; transcoder (per-layer, cross-layer) tokens/s
+    # 1 min: attribution-graph time and memory vs prompt length; transcoder (per-layer, cross-layer) tokens/s
     Benchmark("circuits", ("--threads", "1", "--repeats", "3", "--train-steps", "100"),
               ("--lengths", "8", "--repeats", "1", "--train-steps", "5"),
               gpu=("--device", "cuda", "--repeats", "3", "--train-steps", "200")),
-    # ~1.5 min: corpus scan on 1 and 2 processes
+    # 0.5 min: corpus scan on 1 and 2 processes
     Benchmark("scan", (), ("--procs", "1", "--seq-len", "64", "--overlap", "16")),
-    # ~0.5 min: the SAE feature cards' dashboard parts and the attribution graph's hover contexts, shipped model
+    # 0.3 min: the SAE feature cards' dashboard parts and the attribution graph's hover contexts, shipped model
     Benchmark("feature_cards", ("--threads", "1"), ("--tokens", "512", "--cards", "2", "--repeats", "1")),
-    # ~1 min: universal-path run_with_cache time and memory against native and the bridge
+    # 0.2 min: universal-path run_with_cache time and memory against native and the bridge
     Benchmark("universal", (), ("--d-model", "32", "--layers", "1", "--vocab", "64", "--seq", "16", "--repeats", "1")),
-    # ~15 min: reports and every dashboard page at 10, 250, 500 and 2,000 tokens, each figure's draw time
+    # 3 min: reports and every dashboard page at 10, 250, 500 and 2,000 tokens, each figure's draw time
     Benchmark("report_load", ("--lengths", "10,250,500,2000", "--repeats", "1"),
               ("--lengths", "10", "--repeats", "1", "--pages", "Overview"), needs="chromium"),
-    # ~0.5 min: EAP and EAP-IG against exact patching of every edge of the shipped model
+    # 0.1 min: EAP and EAP-IG against exact patching of every edge of the shipped model
     Benchmark("edges", ("--repeats", "3"), ("--model", "random", "--layers", "1", "--d-model", "32", "--heads", "2",
                                             "--vocab", "64", "--tokens", "4", "--steps", "2"),
               gpu=("--repeats", "3")),
