@@ -93,11 +93,9 @@ class StepLine:
             self.cancel()
 
     def done(self, what: str = "") -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.said:
-            self.said = False  # said once
+        said = self.said
+        self.cancel()  # the timer stops and the end line is said once
+        if said:
             extra = f" ({what})" if what else ""
             print(f"{self.text}: done in {time.perf_counter() - self.start:.1f} s{extra}", file=sys.stderr, flush=True)
 
