@@ -301,3 +301,17 @@ def test_init_from_refuses_what_cannot_continue(token_dir, tmp_path):
     with pytest.raises(InterpError, match="tokenizer.json differs"):
         trainer_mod.build_model(_cfg(other, tmp_path / "z", model={}, init_from=str(learned)), TokenData(other),
                                 Tokenizer.from_file(str(other / "tokenizer.json")))
+
+
+def test_module_entry_point_reports_bad_input_in_one_line(tmp_path):
+    # `python -m interp.train` (the recipes' command) answers bad input as `interp train` does: one line, exit 2
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "interp.train", "fit", "--data", str(tmp_path), "--out",
+                           str(tmp_path / "run")], check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interp: error: ") and "meta.json" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()

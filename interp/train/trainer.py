@@ -397,10 +397,10 @@ def train(cfg: TrainConfig, resume: bool = True) -> dict:
     import contextlib
 
     out = Path(cfg.out)
+    data = TokenData(cfg.data)  # before the run folder exists: bad data leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = TokenData(cfg.data)
     tokenizer = None
     if (Path(cfg.data) / "tokenizer.json").is_file():  # `prepare` keeps a copy beside the tokens
         from tokenizers import Tokenizer
