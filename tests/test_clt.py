@@ -378,6 +378,10 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert cli.main(["sae", "train", "--cross-layer", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "--cross-layer: a cross-layer transcoder is a transcoder; add --transcoder")
+    # refused before any model is looked for (this one does not exist)
+    assert cli.main(["sae", "train", "--transcoder", "--cross-layer", "--skip", "--model", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--cross-layer: spans every layer and has no skip term; drop --skip")
 
 
 def test_the_shipped_clt_draws_the_shipped_models_graph(tmp_path):

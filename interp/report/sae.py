@@ -100,6 +100,9 @@ def _train(args) -> int:
         out = check_output_folder(args.out)  # an existing file or an unwritable place: refused before any work
         if args.cross_layer and not args.transcoder:
             raise InterpError("--cross-layer: a cross-layer transcoder is a transcoder; add --transcoder")
+        if args.cross_layer and (args.layers is not None or args.skip):
+            raise InterpError(f"--cross-layer: spans every layer and has no skip term; drop "
+                              f"{'--layers' if args.layers is not None else '--skip'}")
         if args.k is not None and args.d_sae is not None and args.k > args.d_sae:
             raise InterpError(f"--k: a TopK SAE keeps at most --d-sae={args.d_sae} latents active; given {args.k}")
         if args.corpus is not None:  # a missing or binary file: refused before the model loads
@@ -158,9 +161,6 @@ def _train_transcoders(args, model, text: str, out: Path, clock) -> int:
     from interp.report.output import write_text
 
     n = model.cfg.n_layers
-    if args.cross_layer and (args.layers is not None or args.skip):
-        raise InterpError(f"--cross-layer: spans every layer and has no skip term; drop "
-                          f"{'--layers' if args.layers is not None else '--skip'}")
     layers = args.layers if args.layers is not None else list(range(n))
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
