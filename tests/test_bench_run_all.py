@@ -116,7 +116,7 @@ def test_contention_from_cpu_seconds_is_not_fooled_by_a_lagging_load_average():
 def test_session_cpu_counts_a_process_nobody_waits_for(tmp_path):
     # the way Chromium's renderers escape getrusage: the child forks a worker and exits, the orphan burns CPU
     done = tmp_path / "done"
-    code = ("import os\nif os.fork() == 0:\n    while os.times().user < 0.6: pass\n"
+    code = ("import os\nif os.fork() == 0:\n    while os.times().user < 1.0: pass\n"
             f"    open({str(done)!r}, 'w').close()\n    os._exit(0)\n")
     before = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
@@ -127,8 +127,8 @@ def test_session_cpu_counts_a_process_nobody_waits_for(tmp_path):
             time.sleep(0.05)
     assert done.exists()
     reaped = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) - before
-    assert reaped < 0.3  # getrusage saw only the short-lived parent
-    assert session.seconds > 0.4  # the sampler saw the orphan's work
+    assert reaped < 0.5  # getrusage saw only the short-lived parent (its interpreter start-up)
+    assert session.seconds > 0.8  # the sampler saw the orphan's work
 
 def test_interleaved_medians_alternate_contenders():
     order = []
